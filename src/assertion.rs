@@ -1,0 +1,148 @@
+//! Signs the identity assertion every proxied request carries, and publishes its key as a JWKS.
+//!
+//! The key (ES256, P-256) is generated on first start and kept in the store, so restarts and other
+//! processes sharing the store sign with the same key.
+
+use aws_lc_rs::rand::SystemRandom;
+use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
+use jsonwebtoken::jwk::{Jwk, JwkSet, KeyAlgorithm, PublicKeyUse};
+use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use serde::Serialize;
+
+use crate::policy::Identity;
+use crate::store::{self, Store};
+
+/// How long an assertion is valid. The issue caps it at 10 minutes; upstreams see a fresh one on
+/// every request anyway.
+pub const LIFETIME_SECS: i64 = 300;
+
+pub struct Signer {
+    kid: String,
+    key: EncodingKey,
+    jwks: String,
+    issuer: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error(transparent)]
+    Store(#[from] store::Error),
+    #[error("the assertion signing key in the store is unusable: {0}")]
+    BadKey(jsonwebtoken::errors::Error),
+    #[error("signing the identity assertion failed: {0}")]
+    Sign(jsonwebtoken::errors::Error),
+}
+
+#[derive(Serialize)]
+struct Claims<'a> {
+    iss: &'a str,
+    aud: &'a str,
+    sub: &'a str,
+    email: &'a str,
+    provider: &'a str,
+    iat: i64,
+    exp: i64,
+}
+
+impl Signer {
+    pub async fn load(store: &Store, issuer: &str) -> Result<Signer, Error> {
+        let (kid, der) = store
+            .key_or_create("assertion", || {
+                let pkcs8 = EcdsaKeyPair::generate_pkcs8(
+                    &ECDSA_P256_SHA256_FIXED_SIGNING,
+                    &SystemRandom::new(),
+                )
+                .expect("P-256 key generation failed");
+                (crate::crypto::random_token(12), pkcs8.as_ref().to_vec())
+            })
+            .await?;
+        let key = EncodingKey::from_ec_der(&der);
+        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).map_err(Error::BadKey)?;
+        jwk.common.key_id = Some(kid.clone());
+        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
+        let jwks = serde_json::to_string(&JwkSet { keys: vec![jwk] }).expect("a JWKS serialises");
+        Ok(Signer {
+            kid,
+            key,
+            jwks,
+            issuer: issuer.to_string(),
+        })
+    }
+
+    /// The JWKS document served at `/.castellan/jwks.json`.
+    pub fn jwks(&self) -> &str {
+        &self.jwks
+    }
+
+    pub fn kid(&self) -> &str {
+        &self.kid
+    }
+
+    /// A fresh assertion of `who` for the app whose audience is `audience`.
+    pub fn sign(&self, who: &Identity, audience: &str) -> Result<String, Error> {
+        let now = store::now();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        let claims = Claims {
+            iss: &self.issuer,
+            aud: audience,
+            sub: &who.subject,
+            email: &who.email,
+            provider: &who.provider,
+            iat: now,
+            exp: now + LIFETIME_SECS,
+        };
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use jsonwebtoken::{DecodingKey, Validation};
+
+    #[tokio::test]
+    async fn assertions_verify_against_the_published_jwks() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(&crate::config::StoreLocation::Sqlite(
+            dir.path().join("t.db"),
+        ))
+        .await
+        .unwrap();
+        let signer = Signer::load(&store, "https://apps.example.com")
+            .await
+            .unwrap();
+        let again = Signer::load(&store, "https://apps.example.com")
+            .await
+            .unwrap();
+        assert_eq!(signer.kid(), again.kid(), "the key is kept in the store");
+        let who = Identity {
+            email: "alice@example.com".into(),
+            subject: "123".into(),
+            provider: "corp".into(),
+        };
+        let token = signer.sign(&who, "castellan:demo").unwrap();
+        let set: JwkSet = serde_json::from_str(signer.jwks()).unwrap();
+        let jwk = set.find(signer.kid()).unwrap();
+        let mut v = Validation::new(Algorithm::ES256);
+        v.set_audience(&["castellan:demo"]);
+        v.set_issuer(&["https://apps.example.com"]);
+        let data = jsonwebtoken::decode::<serde_json::Value>(
+            &token,
+            &DecodingKey::from_jwk(jwk).unwrap(),
+            &v,
+        )
+        .unwrap();
+        assert_eq!(data.claims["email"], "alice@example.com");
+        v.set_audience(&["castellan:other"]);
+        assert!(
+            jsonwebtoken::decode::<serde_json::Value>(
+                &token,
+                &DecodingKey::from_jwk(jwk).unwrap(),
+                &v
+            )
+            .is_err()
+        );
+    }
+}

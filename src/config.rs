@@ -1,0 +1,995 @@
+//! Reads `castellan.toml` into a validated [`Config`]: every error at once, each with its key path and the fix.
+//!
+//! The file is walked by hand rather than through `serde(deny_unknown_fields)` so that one run reports every
+//! unknown key, every wrong type and every bad value together, instead of stopping at the first.
+
+use std::collections::{BTreeMap, HashSet};
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use toml::Value;
+use url::Url;
+
+/// The validated configuration. Everything the server sees has been checked.
+#[derive(Debug, Clone)]
+pub struct Config {
+    pub listen: SocketAddr,
+    /// How browsers reach castellan: scheme, host and port, no path.
+    pub public_url: Url,
+    pub store: StoreLocation,
+    pub local_accounts: bool,
+    pub trusted_proxies: Vec<IpNet>,
+    pub session_lifetime: Duration,
+    pub session_idle_timeout: Duration,
+    pub upstream_connect_timeout: Duration,
+    pub upstream_timeout: Duration,
+    pub metrics_listen: Option<SocketAddr>,
+    pub providers: Vec<Provider>,
+    pub apps: Vec<App>,
+}
+
+/// Where castellan keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum StoreLocation {
+    /// A SQLite database file (created when missing).
+    Sqlite(PathBuf),
+}
+
+impl fmt::Display for StoreLocation {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            StoreLocation::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+        }
+    }
+}
+
+/// One OpenID Connect provider.
+#[derive(Clone)]
+pub struct Provider {
+    pub id: String,
+    pub display_name: String,
+    /// Exactly as configured: compared verbatim with the discovery document and the ID token's `iss`.
+    pub issuer: String,
+    pub client_id: String,
+    pub client_secret: String,
+    pub scopes: Vec<String>,
+    pub require_verified_email: bool,
+}
+
+impl fmt::Debug for Provider {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Provider")
+            .field("id", &self.id)
+            .field("issuer", &self.issuer)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("scopes", &self.scopes)
+            .finish()
+    }
+}
+
+/// One protected upstream app.
+#[derive(Debug, Clone)]
+pub struct App {
+    pub id: String,
+    /// `scheme://host:port` of the app; the request path is forwarded unchanged.
+    pub upstream: Url,
+    /// Match on the `Host` header (lower case, no port); `None` matches any host.
+    pub host: Option<String>,
+    /// Match on the request path; the longest matching prefix wins.
+    pub path_prefix: String,
+    /// The `aud` of the identity assertion sent to this app.
+    pub audience: String,
+}
+
+/// An IP network in CIDR form (`10.0.0.0/8`, `::1/128`, or a bare address).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct IpNet {
+    addr: IpAddr,
+    prefix: u8,
+}
+
+impl IpNet {
+    pub fn parse(text: &str) -> Option<IpNet> {
+        let (addr, prefix) = match text.split_once('/') {
+            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
+            None => (text.parse::<IpAddr>().ok()?, None),
+        };
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix = prefix.unwrap_or(max);
+        (prefix <= max).then_some(IpNet { addr, prefix })
+    }
+
+    pub fn contains(&self, ip: IpAddr) -> bool {
+        let ip = match ip {
+            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
+            v4 => v4,
+        };
+        match (self.addr, ip) {
+            (IpAddr::V4(net), IpAddr::V4(ip)) => {
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u32::from(net) & mask == u32::from(ip) & mask
+            }
+            (IpAddr::V6(net), IpAddr::V6(ip)) => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.prefix))
+                    .unwrap_or(0);
+                u128::from(net) & mask == u128::from(ip) & mask
+            }
+            _ => false,
+        }
+    }
+}
+
+/// Everything wrong with a configuration file, in file order.
+#[derive(Debug)]
+pub struct Errors {
+    pub file: PathBuf,
+    pub problems: Vec<Problem>,
+}
+
+/// One thing wrong, at one key.
+#[derive(Debug)]
+pub struct Problem {
+    pub key: String,
+    pub message: String,
+}
+
+impl fmt::Display for Errors {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let n = self.problems.len();
+        writeln!(
+            f,
+            "{} has {n} error{}:",
+            self.file.display(),
+            if n == 1 { "" } else { "s" }
+        )?;
+        for p in &self.problems {
+            if p.key.is_empty() {
+                writeln!(f, "  - {}", p.message)?;
+            } else {
+                writeln!(f, "  - {}: {}", p.key, p.message)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+impl std::error::Error for Errors {}
+
+/// Where configuration values come from besides the file: `${VAR}` expansion reads this.
+pub trait Env {
+    fn var(&self, name: &str) -> Option<String>;
+}
+
+/// The process environment.
+pub struct ProcessEnv;
+
+impl Env for ProcessEnv {
+    fn var(&self, name: &str) -> Option<String> {
+        std::env::var(name).ok()
+    }
+}
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, Errors> {
+        let text = std::fs::read_to_string(path).map_err(|e| Errors {
+            file: path.to_path_buf(),
+            problems: vec![Problem {
+                key: String::new(),
+                message: match e.kind() {
+                    std::io::ErrorKind::NotFound => format!(
+                        "the file does not exist. Create it (the README has a complete example) or point to it with --config FILE or CASTELLAN_CONFIG"
+                    ),
+                    _ => format!("cannot read it: {e}"),
+                },
+            }],
+        })?;
+        let base = path.parent().unwrap_or(Path::new("."));
+        Config::parse(&text, base, &ProcessEnv).map_err(|problems| Errors {
+            file: path.to_path_buf(),
+            problems,
+        })
+    }
+
+    /// Parses TOML text; relative store paths are resolved against `base` (the config file's folder).
+    pub fn parse(text: &str, base: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
+        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+            vec![Problem {
+                key: String::new(),
+                message: format!("not valid TOML: {}", e.to_string().trim()),
+            }]
+        })?;
+        let mut r = Reader {
+            problems: Vec::new(),
+            env,
+        };
+        let config = r.config(table, base);
+        if r.problems.is_empty() {
+            Ok(config.expect("a config with no problems is complete"))
+        } else {
+            Err(r.problems)
+        }
+    }
+
+    /// The callback URL to register with every OpenID provider.
+    pub fn redirect_uri(&self) -> String {
+        format!("{}/.castellan/callback", self.public_origin())
+    }
+
+    /// `scheme://host[:port]` of `public_url`, without a trailing slash.
+    pub fn public_origin(&self) -> String {
+        self.public_url.origin().ascii_serialization()
+    }
+
+    pub fn secure_cookies(&self) -> bool {
+        self.public_url.scheme() == "https"
+    }
+
+    pub fn app(&self, id: &str) -> Option<&App> {
+        self.apps.iter().find(|a| a.id == id)
+    }
+}
+
+struct Reader<'a> {
+    problems: Vec<Problem>,
+    env: &'a dyn Env,
+}
+
+const TOP_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "store",
+    "local_accounts",
+    "trusted_proxies",
+    "session_lifetime",
+    "session_idle_timeout",
+    "upstream_connect_timeout",
+    "upstream_timeout",
+    "metrics_listen",
+    "providers",
+    "apps",
+];
+const PROVIDER_KEYS: &[&str] = &[
+    "id",
+    "display_name",
+    "issuer",
+    "client_id",
+    "client_secret",
+    "scopes",
+    "require_verified_email",
+];
+const APP_KEYS: &[&str] = &["id", "upstream", "host", "path_prefix", "audience"];
+
+impl Reader<'_> {
+    fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
+        self.problems.push(Problem {
+            key: key.into(),
+            message: message.into(),
+        });
+    }
+
+    fn config(&mut self, mut t: toml::Table, base: &Path) -> Option<Config> {
+        self.unknown_keys(&t, "", TOP_KEYS);
+        let listen = self
+            .socket_addr(&mut t, "", "listen")
+            .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
+        let public_url = self.public_url(&mut t, listen);
+        let store = self.store(&mut t, base);
+        let local_accounts = self.boolean(&mut t, "", "local_accounts").unwrap_or(true);
+        let trusted_proxies = self.trusted_proxies(&mut t);
+        let session_lifetime = self
+            .duration(&mut t, "", "session_lifetime")
+            .unwrap_or(Duration::from_secs(24 * 3600));
+        let session_idle_timeout = self
+            .duration(&mut t, "", "session_idle_timeout")
+            .unwrap_or(Duration::from_secs(8 * 3600));
+        let upstream_connect_timeout = self
+            .duration(&mut t, "", "upstream_connect_timeout")
+            .unwrap_or(Duration::from_secs(5));
+        let upstream_timeout = self
+            .duration(&mut t, "", "upstream_timeout")
+            .unwrap_or(Duration::from_secs(60));
+        let metrics_listen = self.socket_addr(&mut t, "", "metrics_listen");
+        let providers = self.providers(&mut t);
+        let had_apps = t.contains_key("apps");
+        let apps = self.apps(&mut t);
+
+        if !local_accounts && providers.is_empty() {
+            self.problem(
+                "local_accounts",
+                "local accounts are off and no [[providers]] are configured, so nobody could sign in. \
+                 Add a [[providers]] table or set local_accounts = true",
+            );
+        }
+        if !had_apps {
+            self.problem(
+                "apps",
+                "no [[apps]] are configured: add at least one, e.g.\n      [[apps]]\n      id = \"demo\"\n      upstream = \"http://127.0.0.1:8501\"",
+            );
+        }
+        Some(Config {
+            listen,
+            public_url: public_url?,
+            store: store?,
+            local_accounts,
+            trusted_proxies,
+            session_lifetime,
+            session_idle_timeout,
+            upstream_connect_timeout,
+            upstream_timeout,
+            metrics_listen,
+            providers,
+            apps,
+        })
+    }
+
+    fn unknown_keys(&mut self, t: &toml::Table, prefix: &str, known: &[&str]) {
+        for key in t.keys() {
+            if !known.contains(&key.as_str()) {
+                let hint = closest(key, known)
+                    .map(|k| format!(" (did you mean `{k}`?)"))
+                    .unwrap_or_else(|| format!("; known keys here: {}", known.join(", ")));
+                self.problem(format!("{prefix}{key}"), format!("unknown key{hint}"));
+            }
+        }
+    }
+
+    /// Takes a string value, expanding `${VAR}` from the environment.
+    fn string(&mut self, t: &mut toml::Table, prefix: &str, key: &str) -> Option<String> {
+        let path = format!("{prefix}{key}");
+        match t.remove(key)? {
+            Value::String(s) => self.expand(&path, &s),
+            other => {
+                self.problem(
+                    path,
+                    format!("expected a string, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn expand(&mut self, path: &str, s: &str) -> Option<String> {
+        let mut out = String::with_capacity(s.len());
+        let mut rest = s;
+        let mut ok = true;
+        while let Some(i) = rest.find('$') {
+            out.push_str(&rest[..i]);
+            rest = &rest[i..];
+            if let Some(after) = rest.strip_prefix("$$") {
+                out.push('$');
+                rest = after;
+            } else if let Some(after) = rest.strip_prefix("${") {
+                let Some(end) = after.find('}') else {
+                    self.problem(
+                        path,
+                        "`${` without a closing `}` (write `$$` for a literal `$`)",
+                    );
+                    return None;
+                };
+                let name = &after[..end];
+                match self.env.var(name) {
+                    Some(v) if !name.is_empty() => out.push_str(&v),
+                    _ => {
+                        self.problem(
+                            path,
+                            format!("environment variable {name} is not set: export it, or write the value itself"),
+                        );
+                        ok = false;
+                    }
+                }
+                rest = &after[end + 1..];
+            } else {
+                out.push('$');
+                rest = &rest[1..];
+            }
+        }
+        out.push_str(rest);
+        ok.then_some(out)
+    }
+
+    fn boolean(&mut self, t: &mut toml::Table, prefix: &str, key: &str) -> Option<bool> {
+        match t.remove(key)? {
+            Value::Boolean(b) => Some(b),
+            other => {
+                self.problem(
+                    format!("{prefix}{key}"),
+                    format!("expected true or false, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    fn socket_addr(&mut self, t: &mut toml::Table, prefix: &str, key: &str) -> Option<SocketAddr> {
+        let s = self.string(t, prefix, key)?;
+        match s.parse() {
+            Ok(a) => Some(a),
+            Err(_) => {
+                self.problem(
+                    format!("{prefix}{key}"),
+                    format!("`{s}` is not an address and port: write e.g. \"127.0.0.1:8080\" or \"[::]:8080\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, t: &mut toml::Table, prefix: &str, key: &str) -> Option<Duration> {
+        let s = self.string(t, prefix, key)?;
+        match parse_duration(&s) {
+            Some(d) if !d.is_zero() => Some(d),
+            _ => {
+                self.problem(
+                    format!("{prefix}{key}"),
+                    format!("`{s}` is not a duration: write a positive number with a unit, e.g. \"90s\", \"15m\", \"8h\" or \"7d\""),
+                );
+                None
+            }
+        }
+    }
+
+    fn public_url(&mut self, t: &mut toml::Table, listen: SocketAddr) -> Option<Url> {
+        let Some(s) = self.string(t, "", "public_url") else {
+            if t.contains_key("public_url") {
+                return None;
+            }
+            let host = if listen.ip().is_unspecified() {
+                "127.0.0.1".to_string()
+            } else {
+                listen.ip().to_string()
+            };
+            let host = if listen.is_ipv6() && !listen.ip().is_unspecified() {
+                format!("[{host}]")
+            } else {
+                host
+            };
+            return Url::parse(&format!("http://{host}:{}", listen.port())).ok();
+        };
+        let fix =
+            "write the URL browsers use to reach castellan, e.g. \"https://apps.example.com\"";
+        match Url::parse(&s) {
+            Ok(u) if !matches!(u.scheme(), "http" | "https") => {
+                self.problem(
+                    "public_url",
+                    format!("`{s}` must start with http:// or https://"),
+                );
+                None
+            }
+            Ok(u)
+                if u.host_str().is_none() || !u.username().is_empty() || u.password().is_some() =>
+            {
+                self.problem(
+                    "public_url",
+                    format!("`{s}` needs a host and no user name: {fix}"),
+                );
+                None
+            }
+            Ok(u) if u.path() != "/" || u.query().is_some() || u.fragment().is_some() => {
+                self.problem(
+                    "public_url",
+                    format!("`{s}` has a path, query or fragment; castellan's own pages live under /.castellan/ on that origin: {fix}"),
+                );
+                None
+            }
+            Ok(u) => Some(u),
+            Err(e) => {
+                self.problem("public_url", format!("`{s}` is not a URL ({e}): {fix}"));
+                None
+            }
+        }
+    }
+
+    fn store(&mut self, t: &mut toml::Table, base: &Path) -> Option<StoreLocation> {
+        let s = self
+            .string(t, "", "store")
+            .unwrap_or_else(|| "sqlite://castellan.db".into());
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                self.problem(
+                    "store",
+                    "the SQLite path is empty: write e.g. \"sqlite://castellan.db\"",
+                );
+                return None;
+            }
+            let path = Path::new(path);
+            let path = if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                base.join(path)
+            };
+            return Some(StoreLocation::Sqlite(path));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            self.problem("store", "PostgreSQL stores are not supported by this version yet: use \"sqlite://castellan.db\"");
+        } else {
+            self.problem(
+                "store",
+                format!("`{s}` is not a store URL: write \"sqlite://PATH\" (relative paths are relative to this file's folder)"),
+            );
+        }
+        None
+    }
+
+    fn trusted_proxies(&mut self, t: &mut toml::Table) -> Vec<IpNet> {
+        let Some(v) = t.remove("trusted_proxies") else {
+            return Vec::new();
+        };
+        let Value::Array(items) = v else {
+            self.problem(
+                "trusted_proxies",
+                "expected a list of addresses or networks, e.g. [\"10.0.0.0/8\", \"127.0.0.1\"]",
+            );
+            return Vec::new();
+        };
+        let mut nets = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item.as_str().and_then(IpNet::parse) {
+                Some(n) => nets.push(n),
+                None => self.problem(
+                    format!("trusted_proxies[{i}]"),
+                    format!("{item} is not an address or network: write e.g. \"10.0.0.0/8\" or \"192.0.2.7\""),
+                ),
+            }
+        }
+        nets
+    }
+
+    fn tables(&mut self, t: &mut toml::Table, key: &str) -> Vec<(String, toml::Table)> {
+        let Some(v) = t.remove(key) else {
+            return Vec::new();
+        };
+        let Value::Array(items) = v else {
+            self.problem(
+                key,
+                format!("expected a list of tables: write each one as [[{key}]]"),
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            match item {
+                Value::Table(table) => out.push((format!("{key}[{i}]."), table)),
+                other => self.problem(
+                    format!("{key}[{i}]"),
+                    format!(
+                        "expected a table, found {}: write it as [[{key}]]",
+                        other.type_str()
+                    ),
+                ),
+            }
+        }
+        out
+    }
+
+    fn required(
+        &mut self,
+        t: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+        example: &str,
+    ) -> Option<String> {
+        if !t.contains_key(key) {
+            self.problem(
+                format!("{prefix}{key}"),
+                format!("missing: add e.g. {key} = {example}"),
+            );
+            return None;
+        }
+        let v = self.string(t, prefix, key)?;
+        if v.trim().is_empty() {
+            self.problem(
+                format!("{prefix}{key}"),
+                format!("is empty: write e.g. {key} = {example}"),
+            );
+            return None;
+        }
+        Some(v)
+    }
+
+    fn providers(&mut self, t: &mut toml::Table) -> Vec<Provider> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (prefix, mut p) in self.tables(t, "providers") {
+            self.unknown_keys(&p, &prefix, PROVIDER_KEYS);
+            let id = self.required(&mut p, &prefix, "id", "\"corp\"");
+            if let Some(id) = &id {
+                if !valid_id(id) || id == "local" {
+                    self.problem(
+                        format!("{prefix}id"),
+                        format!("`{id}` is not a valid provider id: use lower-case letters, digits and '-' (and not \"local\", which names local accounts)"),
+                    );
+                } else if !seen.insert(id.clone()) {
+                    self.problem(
+                        format!("{prefix}id"),
+                        format!("provider id `{id}` is used twice: ids must be unique"),
+                    );
+                }
+            }
+            let issuer = self
+                .required(&mut p, &prefix, "issuer", "\"https://accounts.google.com\"")
+                .and_then(|s| match Url::parse(&s) {
+                    Ok(u) if matches!(u.scheme(), "https" | "http") && u.host_str().is_some() && u.query().is_none() => Some(s),
+                    _ => {
+                        self.problem(
+                            format!("{prefix}issuer"),
+                            format!("`{s}` is not an issuer URL: write the provider's issuer exactly as its discovery document says, e.g. \"https://accounts.google.com\""),
+                        );
+                        None
+                    }
+                });
+            let client_id = self.required(&mut p, &prefix, "client_id", "\"castellan\"");
+            let client_secret = self.required(
+                &mut p,
+                &prefix,
+                "client_secret",
+                "\"${CORP_CLIENT_SECRET}\"",
+            );
+            let display_name = self.string(&mut p, &prefix, "display_name");
+            let scopes = self.scopes(&mut p, &prefix);
+            let require_verified_email = self
+                .boolean(&mut p, &prefix, "require_verified_email")
+                .unwrap_or(true);
+            if let (Some(id), Some(issuer), Some(client_id), Some(client_secret)) =
+                (id, issuer, client_id, client_secret)
+            {
+                out.push(Provider {
+                    display_name: display_name.unwrap_or_else(|| id.clone()),
+                    id,
+                    issuer,
+                    client_id,
+                    client_secret,
+                    scopes,
+                    require_verified_email,
+                });
+            }
+        }
+        out
+    }
+
+    fn scopes(&mut self, p: &mut toml::Table, prefix: &str) -> Vec<String> {
+        let default = vec!["openid".into(), "email".into(), "profile".into()];
+        let Some(v) = p.remove("scopes") else {
+            return default;
+        };
+        let scopes: Option<Vec<String>> = match &v {
+            Value::Array(items) => items
+                .iter()
+                .map(|i| i.as_str().map(str::to_string))
+                .collect(),
+            _ => None,
+        };
+        match scopes {
+            Some(s)
+                if s.iter().any(|x| x == "openid")
+                    && s.iter().all(|x| !x.contains(' ') && !x.is_empty()) =>
+            {
+                s
+            }
+            _ => {
+                self.problem(
+                    format!("{prefix}scopes"),
+                    "expected a list of scope names that includes \"openid\", e.g. [\"openid\", \"email\", \"profile\"]",
+                );
+                default
+            }
+        }
+    }
+
+    fn apps(&mut self, t: &mut toml::Table) -> Vec<App> {
+        let mut ids = HashSet::new();
+        let mut audiences = HashSet::new();
+        let mut routes = BTreeMap::new();
+        let mut out = Vec::new();
+        for (prefix, mut a) in self.tables(t, "apps") {
+            self.unknown_keys(&a, &prefix, APP_KEYS);
+            let id = self.required(&mut a, &prefix, "id", "\"demo\"");
+            if let Some(id) = &id {
+                if !valid_id(id) {
+                    self.problem(
+                        format!("{prefix}id"),
+                        format!("`{id}` is not a valid app id: use lower-case letters, digits and '-', starting with a letter or digit"),
+                    );
+                } else if !ids.insert(id.clone()) {
+                    self.problem(
+                        format!("{prefix}id"),
+                        format!("app id `{id}` is used twice: ids must be unique"),
+                    );
+                }
+            }
+            let upstream = self
+                .required(&mut a, &prefix, "upstream", "\"http://127.0.0.1:8501\"")
+                .and_then(|s| self.upstream(&prefix, &s));
+            let host = self.string(&mut a, &prefix, "host").and_then(|h| {
+                let lower = h.to_ascii_lowercase();
+                let ok = !lower.is_empty()
+                    && lower
+                        .chars()
+                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+                if ok {
+                    Some(lower)
+                } else {
+                    self.problem(
+                        format!("{prefix}host"),
+                        format!("`{h}` is not a host name: write it without scheme or port, e.g. \"demo.example.com\""),
+                    );
+                    None
+                }
+            });
+            let path_prefix = match self.string(&mut a, &prefix, "path_prefix") {
+                None => "/".to_string(),
+                Some(p)
+                    if p.starts_with('/')
+                        && !p.starts_with("/.castellan")
+                        && !p.contains(['?', '#', '\\']) =>
+                {
+                    p
+                }
+                Some(p) => {
+                    self.problem(
+                        format!("{prefix}path_prefix"),
+                        format!("`{p}` must start with '/', must not be under /.castellan/ (reserved) and has no query: write e.g. \"/reports\""),
+                    );
+                    "/".to_string()
+                }
+            };
+            let audience = self.string(&mut a, &prefix, "audience");
+            let Some(id) = id else { continue };
+            let audience = audience.unwrap_or_else(|| format!("castellan:{id}"));
+            if !audiences.insert(audience.clone()) {
+                self.problem(
+                    format!("{prefix}audience"),
+                    format!("audience `{audience}` is used by another app: each app needs its own, so an assertion for one app is never accepted by another"),
+                );
+            }
+            if let Some(other) = routes.insert((host.clone(), path_prefix.clone()), id.clone()) {
+                self.problem(
+                    format!("{prefix}path_prefix"),
+                    format!("app `{other}` already serves host {} with path_prefix \"{path_prefix}\": give one of them another host or path_prefix", host.as_deref().unwrap_or("(any)")),
+                );
+            }
+            if let Some(upstream) = upstream {
+                out.push(App {
+                    id,
+                    upstream,
+                    host,
+                    path_prefix,
+                    audience,
+                });
+            }
+        }
+        out
+    }
+
+    fn upstream(&mut self, prefix: &str, s: &str) -> Option<Url> {
+        match Url::parse(s) {
+            Ok(u)
+                if matches!(u.scheme(), "http" | "https")
+                    && u.host_str().is_some()
+                    && u.path() == "/"
+                    && u.query().is_none()
+                    && u.username().is_empty() =>
+            {
+                Some(u)
+            }
+            _ => {
+                self.problem(
+                    format!("{prefix}upstream"),
+                    format!("`{s}` is not an upstream URL: write scheme, host and port only, e.g. \"http://127.0.0.1:8501\" (the request path is forwarded as it is)"),
+                );
+                None
+            }
+        }
+    }
+}
+
+/// App and provider ids: `[a-z0-9][a-z0-9-]*`, at most 63 characters.
+pub fn valid_id(id: &str) -> bool {
+    let mut chars = id.chars();
+    matches!(chars.next(), Some(c) if c.is_ascii_lowercase() || c.is_ascii_digit())
+        && chars.all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && id.len() <= 63
+}
+
+/// Parses `"90s"`, `"15m"`, `"8h"`, `"7d"`.
+pub fn parse_duration(s: &str) -> Option<Duration> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit())?;
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num.parse().ok()?;
+    let secs = match unit {
+        "s" => n,
+        "m" => n.checked_mul(60)?,
+        "h" => n.checked_mul(3600)?,
+        "d" => n.checked_mul(86400)?,
+        _ => return None,
+    };
+    Some(Duration::from_secs(secs))
+}
+
+fn closest<'k>(key: &str, known: &[&'k str]) -> Option<&'k str> {
+    known
+        .iter()
+        .map(|k| (edit_distance(key, k), *k))
+        .filter(|(d, _)| *d <= 3)
+        .min()
+        .map(|(_, k)| k)
+}
+
+fn edit_distance(a: &str, b: &str) -> usize {
+    let b: Vec<char> = b.chars().collect();
+    let mut prev: Vec<usize> = (0..=b.len()).collect();
+    for (i, ca) in a.chars().enumerate() {
+        let mut cur = vec![i + 1];
+        for (j, cb) in b.iter().enumerate() {
+            cur.push(
+                (prev[j] + usize::from(ca != *cb))
+                    .min(prev[j + 1] + 1)
+                    .min(cur[j] + 1),
+            );
+        }
+        prev = cur;
+    }
+    prev[b.len()]
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    struct MapEnv(Vec<(&'static str, &'static str)>);
+    impl Env for MapEnv {
+        fn var(&self, name: &str) -> Option<String> {
+            self.0
+                .iter()
+                .find(|(k, _)| *k == name)
+                .map(|(_, v)| v.to_string())
+        }
+    }
+
+    fn parse(text: &str) -> Result<Config, Vec<Problem>> {
+        Config::parse(
+            text,
+            Path::new("/etc/castellan"),
+            &MapEnv(vec![("SECRET", "s3cret")]),
+        )
+    }
+
+    #[test]
+    fn minimal_config_gets_documented_defaults() {
+        let c = parse("[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:8501\"\n").unwrap();
+        assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
+        assert_eq!(c.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(
+            c.store,
+            StoreLocation::Sqlite("/etc/castellan/castellan.db".into())
+        );
+        assert!(c.local_accounts);
+        assert_eq!(c.apps[0].audience, "castellan:demo");
+        assert_eq!(c.apps[0].path_prefix, "/");
+        assert_eq!(
+            c.redirect_uri(),
+            "http://127.0.0.1:8080/.castellan/callback"
+        );
+        assert_eq!(c.session_lifetime, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn env_expansion_and_unset_variable() {
+        let ok = parse(
+            "[[providers]]\nid=\"corp\"\nissuer=\"http://127.0.0.1:9000\"\nclient_id=\"c\"\nclient_secret=\"${SECRET}\"\n[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        assert_eq!(ok.providers[0].client_secret, "s3cret");
+        assert!(
+            !format!("{:?}", ok.providers[0]).contains("s3cret"),
+            "Debug must redact the secret"
+        );
+        let err = parse(
+            "[[providers]]\nid=\"corp\"\nissuer=\"http://127.0.0.1:9000\"\nclient_id=\"c\"\nclient_secret=\"${NOPE}\"\n[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err.len(), 1);
+        assert_eq!(err[0].key, "providers[0].client_secret");
+        assert!(err[0].message.contains("NOPE is not set"));
+    }
+
+    #[test]
+    fn every_error_is_reported_at_once_with_its_key() {
+        let err = parse(
+            r#"
+listne = "127.0.0.1:8080"
+public_url = "ftp://x"
+session_lifetime = "forever"
+local_accounts = "yes"
+[[apps]]
+id = "Demo"
+upstream = "http://127.0.0.1:8501/sub"
+colour = "blue"
+[[apps]]
+id = "b"
+"#,
+        )
+        .unwrap_err();
+        let keys: Vec<&str> = err.iter().map(|p| p.key.as_str()).collect();
+        for k in [
+            "listne",
+            "public_url",
+            "session_lifetime",
+            "local_accounts",
+            "apps[0].id",
+            "apps[0].upstream",
+            "apps[0].colour",
+            "apps[1].upstream",
+        ] {
+            assert!(keys.contains(&k), "missing error for {k}: {keys:?}");
+        }
+        let typo = err.iter().find(|p| p.key == "listne").unwrap();
+        assert!(
+            typo.message.contains("did you mean `listen`"),
+            "{}",
+            typo.message
+        );
+    }
+
+    #[test]
+    fn duplicate_ids_audiences_and_routes_are_rejected() {
+        let err = parse(
+            "[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:2\"\naudience=\"castellan:a\"\n",
+        )
+        .unwrap_err();
+        let text: Vec<String> = err
+            .iter()
+            .map(|p| format!("{}: {}", p.key, p.message))
+            .collect();
+        assert!(text.iter().any(|t| t.contains("used twice")), "{text:?}");
+        assert!(text.iter().any(|t| t.contains("audience")), "{text:?}");
+        assert!(
+            text.iter().any(|t| t.contains("already serves")),
+            "{text:?}"
+        );
+    }
+
+    #[test]
+    fn no_way_to_sign_in_is_an_error() {
+        let err =
+            parse("local_accounts = false\n[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n")
+                .unwrap_err();
+        assert_eq!(err[0].key, "local_accounts");
+    }
+
+    #[test]
+    fn ip_networks() {
+        let n = IpNet::parse("10.0.0.0/8").unwrap();
+        assert!(n.contains("10.1.2.3".parse().unwrap()));
+        assert!(!n.contains("11.0.0.1".parse().unwrap()));
+        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
+        assert!(
+            IpNet::parse("::1")
+                .unwrap()
+                .contains("::1".parse().unwrap())
+        );
+        assert!(
+            IpNet::parse("0.0.0.0/0")
+                .unwrap()
+                .contains("8.8.8.8".parse().unwrap())
+        );
+        assert!(IpNet::parse("10.0.0.0/33").is_none());
+        assert!(IpNet::parse("nonsense").is_none());
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("90s"), Some(Duration::from_secs(90)));
+        assert_eq!(parse_duration("8h"), Some(Duration::from_secs(28800)));
+        assert_eq!(parse_duration("7d"), Some(Duration::from_secs(604800)));
+        assert_eq!(parse_duration("h"), None);
+        assert_eq!(parse_duration("5 minutes"), None);
+    }
+}

@@ -1,0 +1,19 @@
+//! castellan: a self-hosted identity-aware proxy. It signs people in (OpenID Connect or local accounts),
+//! decides every request against a per-app access list, and proxies allowed requests to the app with
+//! a signed identity assertion.
+
+pub mod assertion;
+pub mod config;
+pub mod crypto;
+pub mod demo;
+pub mod local;
+pub mod metrics;
+pub mod oidc;
+pub mod pages;
+pub mod policy;
+pub mod proxy;
+pub mod reserved;
+pub mod return_to;
+pub mod server;
+pub mod store;
+pub mod web;

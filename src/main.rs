@@ -1,0 +1,506 @@
+//! The `castellan` command: serve, demo, check-config, and managing users and access.
+
+use std::io::{BufRead, IsTerminal};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use anyhow::{Context, Result, bail};
+use clap::{Parser, Subcommand, ValueEnum};
+
+use castellan::config::Config;
+use castellan::policy::Member;
+use castellan::store::Store;
+use castellan::{local, server};
+
+#[derive(Parser)]
+#[command(
+    name = "castellan",
+    version,
+    about = "A self-hosted identity-aware proxy: sign people in, decide every request, proxy to your app.",
+    long_about = "castellan sits in front of your apps (Streamlit dashboards, notebooks, admin tools), signs people in \
+with OpenID Connect or local accounts, lets through only those you shared the app with, and tells the app who they are \
+in a signed JWT header.\n\nTry it with zero setup:  castellan demo",
+    after_help = "Every command finds its configuration with --config FILE, or CASTELLAN_CONFIG, or ./castellan.toml, \
+and its store (users, sessions, access lists) through the configuration's `store` key."
+)]
+struct Cli {
+    /// The configuration file.
+    #[arg(
+        long,
+        global = true,
+        env = "CASTELLAN_CONFIG",
+        default_value = "castellan.toml",
+        value_name = "FILE"
+    )]
+    config: PathBuf,
+
+    /// Log format: human-readable text, or one JSON object per line.
+    #[arg(
+        long,
+        global = true,
+        value_enum,
+        default_value = "text",
+        env = "CASTELLAN_LOG_FORMAT"
+    )]
+    log_format: LogFormat,
+
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the proxy.
+    #[command(
+        after_help = "Example:\n  castellan serve --config /etc/castellan/castellan.toml\n\n\
+SIGTERM or Ctrl-C stops accepting connections and lets in-flight requests finish (up to 30 s).\n\
+Set RUST_LOG (e.g. RUST_LOG=castellan=debug) for more detail."
+    )]
+    Serve,
+
+    /// Run a self-contained demo: temporary store, a generated admin account, a built-in "whoami" app.
+    #[command(
+        after_help = "Example:\n  castellan demo\n  castellan demo --listen 127.0.0.1:9090\n\n\
+Prints the URL to open and the admin password (once). Everything lives in a temporary folder that is deleted on exit."
+    )]
+    Demo {
+        /// Where to listen.
+        #[arg(long, default_value = "127.0.0.1:8080", value_name = "ADDR")]
+        listen: SocketAddr,
+    },
+
+    /// Validate the configuration and report every problem at once.
+    #[command(
+        after_help = "Example:\n  castellan check-config --config castellan.toml\n\nExit status 0 when valid, 2 when not."
+    )]
+    CheckConfig,
+
+    /// Manage local accounts (the built-in sign-in; `local_accounts = true`).
+    #[command(subcommand)]
+    Users(UsersCommand),
+
+    /// Share an app with people, domains or everyone signed in; takes effect in under a second.
+    #[command(subcommand)]
+    Access(AccessCommand),
+}
+
+#[derive(Subcommand)]
+enum UsersCommand {
+    /// Create a local account; prompts for the password.
+    #[command(after_help = "Examples:\n  castellan users add admin@example.com\n  \
+printf '%s\\n' \"$PASSWORD\" | castellan users add ci@example.com --password-stdin\n\n\
+A new account has access to nothing: share an app with `castellan access add APP user:EMAIL`.")]
+    Add {
+        email: String,
+        /// Read the password from the first line of standard input (for scripts).
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Change a local account's password.
+    #[command(after_help = "Example:\n  castellan users set-password admin@example.com")]
+    SetPassword {
+        email: String,
+        #[arg(long)]
+        password_stdin: bool,
+    },
+    /// Delete a local account and end its sessions.
+    #[command(after_help = "Example:\n  castellan users remove bob@example.com")]
+    Remove { email: String },
+    /// List local accounts.
+    List,
+}
+
+#[derive(Subcommand)]
+enum AccessCommand {
+    /// Give a member access to an app.
+    #[command(
+        after_help = "Members:\n  user:EMAIL              one person (case-insensitive)\n  \
+domain:DOMAIN           everyone whose email is in DOMAIN\n  allAuthenticatedUsers   anyone who can sign in\n\n\
+Examples:\n  castellan access add demo user:alice@example.com\n  castellan access add demo domain:example.com"
+    )]
+    Add { app: String, member: String },
+    /// Take a member's access to an app away (signed-in sessions lose it within a second).
+    #[command(after_help = "Example:\n  castellan access remove demo user:alice@example.com")]
+    Remove { app: String, member: String },
+    /// Show who has access to an app.
+    #[command(
+        after_help = "Examples:\n  castellan access list demo\n  castellan access list demo --json"
+    )]
+    List {
+        app: String,
+        /// Print JSON: {"app": ..., "members": [{"member": ..., "added_at": ...}]}
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.log_format);
+    let _ = rustls::crypto::aws_lc_rs::default_provider().install_default();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("the async runtime starts");
+    match runtime.block_on(run(cli)) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+/// Exit status for an invalid configuration, distinct from runtime failures.
+const CONFIG_INVALID: u8 = 2;
+
+fn load_config(path: &Path) -> Result<Config, ExitCode> {
+    Config::load(path).map_err(|errors| {
+        eprint!("{errors}");
+        ExitCode::from(CONFIG_INVALID)
+    })
+}
+
+async fn run(cli: Cli) -> Result<ExitCode> {
+    if let Command::Demo { listen } = cli.command {
+        return demo(listen).await;
+    }
+    let config = match load_config(&cli.config) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    match cli.command {
+        Command::Demo { .. } => unreachable!("handled above"),
+        Command::CheckConfig => {
+            println!(
+                "{}: OK. {} app(s): {}; sign-in: {}; store: {}; callback URL to register with providers: {}",
+                cli.config.display(),
+                config.apps.len(),
+                config
+                    .apps
+                    .iter()
+                    .map(|a| a.id.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+                sign_in_methods(&config),
+                config.store,
+                config.redirect_uri(),
+            );
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Serve => {
+            serve(config, None).await?;
+            Ok(ExitCode::SUCCESS)
+        }
+        Command::Users(cmd) => users(&config, cmd).await,
+        Command::Access(cmd) => access(&config, cmd).await,
+    }
+}
+
+fn sign_in_methods(config: &Config) -> String {
+    let mut m: Vec<String> = config
+        .providers
+        .iter()
+        .map(|p| format!("{} ({})", p.id, p.issuer))
+        .collect();
+    if config.local_accounts {
+        m.push("local accounts".into());
+    }
+    m.join(", ")
+}
+
+async fn open_store(config: &Config) -> Result<Store> {
+    Store::open(&config.store).await.map_err(Into::into)
+}
+
+async fn serve(config: Config, banner: Option<String>) -> Result<()> {
+    let store = open_store(&config).await?;
+    let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
+        format!(
+            "cannot listen on {}: is another program using it? Set `listen` in the configuration to a free address",
+            config.listen
+        )
+    })?;
+    let metrics_listener =
+        match config.metrics_listen {
+            Some(addr) => Some(tokio::net::TcpListener::bind(addr).await.with_context(|| {
+                format!("cannot listen on {addr} for metrics (metrics_listen)")
+            })?),
+            None => None,
+        };
+    let state = server::State::new(config, store).await?;
+    let c = &state.config;
+    tracing::info!(
+        listen = %c.listen,
+        public_url = %c.public_url,
+        apps = c.apps.len(),
+        sign_in = %sign_in_methods(c),
+        store = %c.store,
+        "castellan is serving"
+    );
+    if let Some(l) = metrics_listener {
+        tracing::info!("metrics at http://{}/metrics", l.local_addr()?);
+        tokio::spawn(server::serve_metrics(state.clone(), l));
+    }
+    if let Some(b) = banner {
+        println!("{b}");
+    }
+    server::run(state, listener, shutdown_signal()).await?;
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    let ctrl_c = tokio::signal::ctrl_c();
+    #[cfg(unix)]
+    {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate())
+            .expect("SIGTERM handler installs");
+        tokio::select! {
+            _ = ctrl_c => {}
+            _ = term.recv() => {}
+        }
+    }
+    #[cfg(not(unix))]
+    let _ = ctrl_c.await;
+}
+
+async fn demo(listen: SocketAddr) -> Result<ExitCode> {
+    let dir = tempfile::Builder::new()
+        .prefix("castellan-demo-")
+        .tempdir()?;
+    let whoami = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let whoami_addr = whoami.local_addr()?;
+    tokio::spawn(castellan::demo::serve_whoami(whoami));
+    let config_path = dir.path().join("castellan.toml");
+    let text = format!(
+        "# Written by `castellan demo`; deleted when it exits.\nlisten = \"{listen}\"\nstore = \"sqlite://castellan.db\"\n\n\
+         [[apps]]\nid = \"demo\"\nupstream = \"http://{whoami_addr}\"\n"
+    );
+    std::fs::write(&config_path, text)?;
+    let config = match load_config(&config_path) {
+        Ok(c) => c,
+        Err(code) => return Ok(code),
+    };
+    let store = open_store(&config).await?;
+    let email = "admin@example.com";
+    let password = castellan::crypto::random_token(12);
+    let hash = tokio::task::spawn_blocking({
+        let p = password.clone();
+        move || local::hash_password(&p)
+    })
+    .await?;
+    store.add_user(email, &hash).await?;
+    store
+        .add_binding("demo", &Member::parse(&format!("user:{email}"))?)
+        .await?;
+    drop(store);
+    let url = config.public_origin();
+    let banner = format!(
+        "\ncastellan demo is running.\n\n  Open      {url}/\n  Email     {email}\n  Password  {password}   (shown only now)\n\n\
+         The app behind it is a built-in \"whoami\" page that shows the identity castellan sends it.\n\
+         In another terminal, share it or take it away (effective in under a second):\n\
+         \x20 castellan access add demo user:alice@example.com --config {cfg}\n\
+         \x20 castellan users add alice@example.com --config {cfg}\n\
+         \x20 castellan access list demo --config {cfg}\n\n\
+         Ctrl-C stops the demo and deletes its temporary store.\n",
+        cfg = config_path.display()
+    );
+    serve(config, Some(banner)).await?;
+    drop(dir);
+    Ok(ExitCode::SUCCESS)
+}
+
+fn read_new_password(email: &str, from_stdin: bool) -> Result<String> {
+    let password = if from_stdin {
+        let mut line = String::new();
+        std::io::stdin().lock().read_line(&mut line)?;
+        line.trim_end_matches(['\r', '\n']).to_string()
+    } else {
+        if !std::io::stdin().is_terminal() {
+            bail!(
+                "no terminal to ask for the password: pass it on standard input with --password-stdin"
+            );
+        }
+        let p = rpassword::prompt_password(format!("Password for {email}: "))?;
+        let again = rpassword::prompt_password("Repeat the password: ")?;
+        if p != again {
+            bail!("the two passwords differ; nothing was changed");
+        }
+        p
+    };
+    local::check_new_password(&password).map_err(anyhow::Error::msg)?;
+    Ok(password)
+}
+
+fn normalize_email(email: &str) -> Result<String> {
+    let e = email.trim().to_ascii_lowercase();
+    if !castellan::policy::is_email(&e) {
+        bail!("`{email}` is not an email address: write e.g. alice@example.com");
+    }
+    Ok(e)
+}
+
+async fn users(config: &Config, cmd: UsersCommand) -> Result<ExitCode> {
+    if !config.local_accounts && !matches!(cmd, UsersCommand::List | UsersCommand::Remove { .. }) {
+        eprintln!(
+            "note: local_accounts = false in the configuration, so local accounts cannot sign in until it is turned on"
+        );
+    }
+    match cmd {
+        UsersCommand::Add {
+            email,
+            password_stdin,
+        } => {
+            let email = normalize_email(&email)?;
+            let password = read_new_password(&email, password_stdin)?;
+            let hash = tokio::task::spawn_blocking(move || local::hash_password(&password)).await?;
+            let store = open_store(config).await?;
+            store.add_user(&email, &hash).await?;
+            println!(
+                "created local account {email}. Share an app with it: castellan access add APP user:{email}"
+            );
+        }
+        UsersCommand::SetPassword {
+            email,
+            password_stdin,
+        } => {
+            let email = normalize_email(&email)?;
+            let store = open_store(config).await?;
+            if store.password_hash(&email).await?.is_none() {
+                bail!(
+                    "there is no local account {email}; create it with `castellan users add {email}`"
+                );
+            }
+            let password = read_new_password(&email, password_stdin)?;
+            let hash = tokio::task::spawn_blocking(move || local::hash_password(&password)).await?;
+            store.set_password(&email, &hash).await?;
+            println!("changed the password of {email}");
+        }
+        UsersCommand::Remove { email } => {
+            let email = normalize_email(&email)?;
+            let store = open_store(config).await?;
+            if !store.remove_user(&email).await? {
+                bail!("there is no local account {email}");
+            }
+            println!("removed local account {email} and ended its sessions");
+        }
+        UsersCommand::List => {
+            let store = open_store(config).await?;
+            for (email, created) in store.list_users().await? {
+                println!("{email}\tcreated {}", format_time(created));
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn known_app(config: &Config, app: &str) -> Result<()> {
+    if config.app(app).is_none() {
+        let ids: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
+        bail!(
+            "there is no app `{app}` in the configuration; apps: {}",
+            ids.join(", ")
+        );
+    }
+    Ok(())
+}
+
+async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
+    match cmd {
+        AccessCommand::Add { app, member } => {
+            known_app(config, &app)?;
+            let member = Member::parse(&member)?;
+            let store = open_store(config).await?;
+            if store.add_binding(&app, &member).await? {
+                println!("{member} can now open {app}");
+            } else {
+                println!("{member} already had access to {app}; nothing changed");
+            }
+        }
+        AccessCommand::Remove { app, member } => {
+            known_app(config, &app)?;
+            let member = Member::parse(&member)?;
+            let store = open_store(config).await?;
+            if store.remove_binding(&app, &member).await? {
+                println!("{member} can no longer open {app}");
+            } else {
+                bail!("{member} has no access to {app} (see `castellan access list {app}`)");
+            }
+        }
+        AccessCommand::List { app, json } => {
+            known_app(config, &app)?;
+            let store = open_store(config).await?;
+            let members: Vec<_> = store
+                .bindings()
+                .await?
+                .into_iter()
+                .filter(|(a, _, _)| *a == app)
+                .collect();
+            if json {
+                let list: Vec<_> = members
+                    .iter()
+                    .map(|(_, m, at)| serde_json::json!({ "member": m.to_string(), "role": castellan::store::ACCESSOR, "added_at": at }))
+                    .collect();
+                println!("{}", serde_json::json!({ "app": app, "members": list }));
+            } else if members.is_empty() {
+                println!(
+                    "nobody has access to {app} yet; share it with `castellan access add {app} user:EMAIL`"
+                );
+            } else {
+                for (_, m, at) in members {
+                    println!("{m}\tadded {}", format_time(at));
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+/// `2026-11-28 18:04:05 UTC` from unix seconds (civil-from-days, no time zone database needed).
+fn format_time(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn times_format_as_utc() {
+        assert_eq!(super::format_time(0), "1970-01-01 00:00:00 UTC");
+        assert_eq!(super::format_time(1_795_889_045), "2026-11-28 18:04:05 UTC");
+    }
+}

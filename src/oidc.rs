@@ -1,0 +1,485 @@
+//! OpenID Connect relying party: discovery, the authorization code flow with PKCE, and ID token validation.
+//!
+//! Written on jsonwebtoken rather than a full OIDC crate so that every check is visible here:
+//! the algorithms allowed (asymmetric only: no `none`, no HMAC), `iss`, `aud`, `azp`, `exp`, `iat`,
+//! `nonce`, and `email_verified`. The provider's JWKS is refreshed when a token names an unknown
+//! `kid`, at most once per [`JWKS_REFRESH_INTERVAL`].
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use jsonwebtoken::jwk::JwkSet;
+use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use serde::Deserialize;
+use tokio::sync::Mutex;
+use url::Url;
+
+use crate::config;
+use crate::policy::Identity;
+use crate::store;
+
+/// How often a token with an unknown `kid` may trigger a JWKS download.
+pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// How long discovery results are reused before being fetched again.
+const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+/// Clock skew tolerated on `exp`, `nbf` and `iat`.
+const LEEWAY_SECS: i64 = 60;
+/// An ID token older than this (by `iat`) is not accepted, even if it has not expired.
+const MAX_ID_TOKEN_AGE_SECS: i64 = 600;
+
+const ALLOWED_ALGS: &[Algorithm] = &[
+    Algorithm::RS256,
+    Algorithm::RS384,
+    Algorithm::RS512,
+    Algorithm::PS256,
+    Algorithm::PS384,
+    Algorithm::PS512,
+    Algorithm::ES256,
+    Algorithm::ES384,
+    Algorithm::EdDSA,
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// The provider could not be reached or answered nonsense: not the user's fault.
+    #[error("provider {provider} is unavailable: {detail}")]
+    Unavailable { provider: String, detail: String },
+    /// The provider refused or the response failed validation: the sign-in must not proceed.
+    #[error("sign-in with {provider} was rejected: {detail}")]
+    Rejected { provider: String, detail: String },
+}
+
+#[derive(Debug, Deserialize)]
+struct Discovery {
+    issuer: String,
+    authorization_endpoint: String,
+    token_endpoint: String,
+    jwks_uri: String,
+    userinfo_endpoint: Option<String>,
+    #[serde(default)]
+    token_endpoint_auth_methods_supported: Option<Vec<String>>,
+}
+
+struct Metadata {
+    authorization_endpoint: Url,
+    token_endpoint: String,
+    jwks_uri: String,
+    userinfo_endpoint: Option<String>,
+    /// `client_secret_basic` unless the provider only offers `client_secret_post`.
+    secret_in_body: bool,
+    fetched: Instant,
+}
+
+struct Keys {
+    set: JwkSet,
+    fetched: Option<Instant>,
+}
+
+pub struct Client {
+    pub config: config::Provider,
+    redirect_uri: String,
+    http: reqwest::Client,
+    metadata: Mutex<Option<Arc<Metadata>>>,
+    keys: Mutex<Keys>,
+}
+
+/// The result of the code exchange: who signed in.
+pub type SignedIn = Identity;
+
+#[derive(Deserialize)]
+struct TokenResponse {
+    id_token: Option<String>,
+    access_token: Option<String>,
+}
+
+#[derive(Deserialize)]
+struct IdClaims {
+    sub: String,
+    /// A string or a list; its membership is checked by jsonwebtoken, its size here.
+    aud: serde_json::Value,
+    azp: Option<String>,
+    iat: Option<i64>,
+    nonce: Option<String>,
+    email: Option<String>,
+    email_verified: Option<serde_json::Value>,
+}
+
+#[derive(Deserialize)]
+struct UserInfo {
+    sub: String,
+    email: Option<String>,
+    email_verified: Option<serde_json::Value>,
+}
+
+impl Client {
+    pub fn new(config: config::Provider, redirect_uri: String, http: reqwest::Client) -> Client {
+        Client {
+            config,
+            redirect_uri,
+            http,
+            metadata: Mutex::new(None),
+            keys: Mutex::new(Keys {
+                set: JwkSet { keys: Vec::new() },
+                fetched: None,
+            }),
+        }
+    }
+
+    fn unavailable(&self, detail: impl Into<String>) -> Error {
+        Error::Unavailable {
+            provider: self.config.id.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    fn rejected(&self, detail: impl Into<String>) -> Error {
+        Error::Rejected {
+            provider: self.config.id.clone(),
+            detail: detail.into(),
+        }
+    }
+
+    async fn metadata(&self) -> Result<Arc<Metadata>, Error> {
+        let mut slot = self.metadata.lock().await;
+        if let Some(m) = slot
+            .as_ref()
+            .filter(|m| m.fetched.elapsed() < DISCOVERY_TTL)
+        {
+            return Ok(m.clone());
+        }
+        let url = format!(
+            "{}/.well-known/openid-configuration",
+            self.config.issuer.trim_end_matches('/')
+        );
+        let d: Discovery = self.get_json(&url).await?;
+        if d.issuer != self.config.issuer {
+            return Err(self.unavailable(format!(
+                "its discovery document says issuer \"{}\" but the config says \"{}\": set `issuer` to exactly the provider's value",
+                d.issuer, self.config.issuer
+            )));
+        }
+        let authorization_endpoint = Url::parse(&d.authorization_endpoint)
+            .map_err(|e| self.unavailable(format!("bad authorization_endpoint: {e}")))?;
+        let methods = d.token_endpoint_auth_methods_supported.unwrap_or_default();
+        let secret_in_body = !methods.is_empty()
+            && !methods.iter().any(|m| m == "client_secret_basic")
+            && methods.iter().any(|m| m == "client_secret_post");
+        let m = Arc::new(Metadata {
+            authorization_endpoint,
+            token_endpoint: d.token_endpoint,
+            jwks_uri: d.jwks_uri,
+            userinfo_endpoint: d.userinfo_endpoint,
+            secret_in_body,
+            fetched: Instant::now(),
+        });
+        *slot = Some(m.clone());
+        drop(slot);
+        // A new discovery may come with new keys.
+        self.keys.lock().await.fetched = None;
+        Ok(m)
+    }
+
+    async fn get_json<T: serde::de::DeserializeOwned>(&self, url: &str) -> Result<T, Error> {
+        let resp = self
+            .http
+            .get(url)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| self.unavailable(format!("GET {url} failed: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(self.unavailable(format!("GET {url} answered {}", resp.status())));
+        }
+        resp.json()
+            .await
+            .map_err(|e| self.unavailable(format!("GET {url} returned unreadable JSON: {e}")))
+    }
+
+    /// Where to send the browser to sign in.
+    pub async fn authorization_url(
+        &self,
+        state: &str,
+        nonce: &str,
+        pkce_verifier: &str,
+        prompt: Option<&str>,
+    ) -> Result<Url, Error> {
+        let m = self.metadata().await?;
+        let mut url = m.authorization_endpoint.clone();
+        {
+            let mut q = url.query_pairs_mut();
+            q.append_pair("response_type", "code")
+                .append_pair("client_id", &self.config.client_id)
+                .append_pair("redirect_uri", &self.redirect_uri)
+                .append_pair("scope", &self.config.scopes.join(" "))
+                .append_pair("state", state)
+                .append_pair("nonce", nonce)
+                .append_pair(
+                    "code_challenge",
+                    &crate::crypto::pkce_challenge(pkce_verifier),
+                )
+                .append_pair("code_challenge_method", "S256");
+            if let Some(p) = prompt {
+                q.append_pair("prompt", p);
+            }
+        }
+        Ok(url)
+    }
+
+    /// Checks the `iss` authorization response parameter (RFC 9207) when the provider sends one.
+    pub fn check_response_issuer(&self, iss: Option<&str>) -> Result<(), Error> {
+        match iss {
+            Some(iss) if iss != self.config.issuer => Err(self.rejected(format!(
+                "the authorization response came from issuer \"{iss}\", not \"{}\"",
+                self.config.issuer
+            ))),
+            _ => Ok(()),
+        }
+    }
+
+    /// Exchanges the authorization code and validates the ID token against `nonce`.
+    pub async fn exchange(
+        &self,
+        code: &str,
+        pkce_verifier: &str,
+        nonce: &str,
+    ) -> Result<SignedIn, Error> {
+        let m = self.metadata().await?;
+        let mut form = vec![
+            ("grant_type", "authorization_code"),
+            ("code", code),
+            ("redirect_uri", self.redirect_uri.as_str()),
+            ("code_verifier", pkce_verifier),
+        ];
+        let mut req = self
+            .http
+            .post(&m.token_endpoint)
+            .header("accept", "application/json");
+        if m.secret_in_body {
+            form.push(("client_id", &self.config.client_id));
+            form.push(("client_secret", &self.config.client_secret));
+        } else {
+            // RFC 6749 §2.3.1: both parts are form-encoded before the Basic encoding.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            req = req.basic_auth(
+                enc(&self.config.client_id),
+                Some(enc(&self.config.client_secret)),
+            );
+        }
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(format!("token request failed: {e}")))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.unavailable(format!("token response unreadable: {e}")))?;
+        if !status.is_success() {
+            let detail = serde_json::from_slice::<serde_json::Value>(&body)
+                .ok()
+                .map(|v| {
+                    format!(
+                        "{} {}",
+                        v["error"].as_str().unwrap_or(""),
+                        v["error_description"].as_str().unwrap_or("")
+                    )
+                })
+                .unwrap_or_default();
+            return Err(if status.is_server_error() {
+                self.unavailable(format!(
+                    "token endpoint answered {status}: {}",
+                    detail.trim()
+                ))
+            } else {
+                self.rejected(format!(
+                    "token endpoint refused the code ({status}): {}",
+                    detail.trim()
+                ))
+            });
+        }
+        let tokens: TokenResponse = serde_json::from_slice(&body)
+            .map_err(|e| self.rejected(format!("token response is not valid JSON: {e}")))?;
+        let id_token = tokens.id_token.ok_or_else(|| {
+            self.rejected("the token response has no id_token (is the `openid` scope requested?)")
+        })?;
+        let claims = self.verify_id_token(&id_token, nonce).await?;
+
+        let (email, verified) = match claims.email {
+            Some(email) => (email, claims.email_verified),
+            None => {
+                let info = self
+                    .userinfo(&m, tokens.access_token.as_deref(), &claims.sub)
+                    .await?;
+                (
+                    info.email.ok_or_else(|| {
+                        self.rejected("neither the ID token nor userinfo carries an email: request the `email` scope")
+                    })?,
+                    info.email_verified,
+                )
+            }
+        };
+        let verified = matches!(verified, Some(serde_json::Value::Bool(true)))
+            || matches!(&verified, Some(serde_json::Value::String(s)) if s == "true");
+        if self.config.require_verified_email && !verified {
+            return Err(self.rejected(format!(
+                "the provider does not say that {email} is verified (email_verified); set require_verified_email = false for this provider only if it verifies every address"
+            )));
+        }
+        if !crate::policy::is_email(&email.to_ascii_lowercase()) {
+            return Err(self.rejected(format!("`{email}` is not an email address")));
+        }
+        Ok(Identity {
+            email: email.to_ascii_lowercase(),
+            subject: claims.sub,
+            provider: self.config.id.clone(),
+        })
+    }
+
+    async fn userinfo(
+        &self,
+        m: &Metadata,
+        access_token: Option<&str>,
+        sub: &str,
+    ) -> Result<UserInfo, Error> {
+        let (Some(endpoint), Some(token)) = (&m.userinfo_endpoint, access_token) else {
+            return Err(self.rejected(
+                "the ID token carries no email and the provider offers no userinfo endpoint",
+            ));
+        };
+        let resp = self
+            .http
+            .get(endpoint)
+            .bearer_auth(token)
+            .header("accept", "application/json")
+            .send()
+            .await
+            .map_err(|e| self.unavailable(format!("userinfo request failed: {e}")))?;
+        if !resp.status().is_success() {
+            return Err(self.unavailable(format!("userinfo answered {}", resp.status())));
+        }
+        let info: UserInfo = resp.json().await.map_err(|e| {
+            self.rejected(format!(
+                "userinfo is not JSON (signed userinfo is not supported): {e}"
+            ))
+        })?;
+        if info.sub != sub {
+            return Err(self.rejected("userinfo is about another subject than the ID token"));
+        }
+        Ok(info)
+    }
+
+    async fn verify_id_token(&self, token: &str, nonce: &str) -> Result<IdClaims, Error> {
+        let header = jsonwebtoken::decode_header(token).map_err(|e| {
+            self.rejected(format!(
+                "the ID token is malformed or uses a forbidden algorithm: {e}"
+            ))
+        })?;
+        if !ALLOWED_ALGS.contains(&header.alg) {
+            return Err(self.rejected(format!(
+                "the ID token is signed with {:?}, which is not accepted",
+                header.alg
+            )));
+        }
+        let key = self.key_for(header.kid.as_deref(), header.alg).await?;
+        let mut v = Validation::new(header.alg);
+        v.set_issuer(&[&self.config.issuer]);
+        v.set_audience(&[&self.config.client_id]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = LEEWAY_SECS as u64;
+        v.validate_nbf = true;
+        let claims = jsonwebtoken::decode::<IdClaims>(token, &key, &v)
+            .map_err(|e| self.rejected(format!("the ID token failed validation: {e}")))?
+            .claims;
+        let now = store::now();
+        match claims.iat {
+            None => return Err(self.rejected("the ID token has no iat")),
+            Some(iat) if iat > now + LEEWAY_SECS => {
+                return Err(self.rejected("the ID token was issued in the future"));
+            }
+            Some(iat) if iat < now - MAX_ID_TOKEN_AGE_SECS - LEEWAY_SECS => {
+                return Err(self.rejected("the ID token was issued too long ago"));
+            }
+            Some(_) => {}
+        }
+        let several_audiences = claims.aud.as_array().is_some_and(|a| a.len() > 1);
+        match &claims.azp {
+            Some(azp) if *azp != self.config.client_id => {
+                return Err(self.rejected("the ID token's azp names another client"));
+            }
+            None if several_audiences => {
+                return Err(self.rejected("the ID token has several audiences and no azp"));
+            }
+            _ => {}
+        }
+        match &claims.nonce {
+            Some(n) if crate::crypto::equal(n, nonce) => {}
+            _ => {
+                return Err(self.rejected(
+                    "the ID token's nonce does not match this sign-in (replayed or injected token)",
+                ));
+            }
+        }
+        Ok(claims)
+    }
+
+    /// The provider's key for `kid`, refreshing the JWKS once (rate-limited) when it is unknown.
+    async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, Error> {
+        let m = self.metadata().await?;
+        let mut keys = self.keys.lock().await;
+        if keys.fetched.is_none() {
+            keys.set = self.get_json(&m.jwks_uri).await?;
+            keys.fetched = Some(Instant::now());
+        }
+        if find_key(&keys.set, kid, alg).is_none()
+            && keys
+                .fetched
+                .is_some_and(|t| t.elapsed() >= JWKS_REFRESH_INTERVAL)
+        {
+            keys.set = self.get_json(&m.jwks_uri).await?;
+            keys.fetched = Some(Instant::now());
+        }
+        if let Some(key) = find_key(&keys.set, kid, alg) {
+            return DecodingKey::from_jwk(key).map_err(|e| {
+                self.rejected(format!("the provider's key {kid:?} is unusable: {e}"))
+            });
+        }
+        Err(self.rejected(format!(
+            "the ID token is signed by a key the provider does not publish (kid {})",
+            kid.unwrap_or("(none)")
+        )))
+    }
+}
+
+fn find_key<'a>(
+    set: &'a JwkSet,
+    kid: Option<&str>,
+    alg: Algorithm,
+) -> Option<&'a jsonwebtoken::jwk::Jwk> {
+    use jsonwebtoken::jwk::AlgorithmParameters as P;
+    let fits = |k: &&jsonwebtoken::jwk::Jwk| match (&k.algorithm, alg) {
+        (P::RSA(_), Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512)
+        | (P::RSA(_), Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512)
+        | (P::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384)
+        | (P::OctetKeyPair(_), Algorithm::EdDSA) => true,
+        _ => false,
+    };
+    match kid {
+        Some(kid) => set
+            .keys
+            .iter()
+            .filter(fits)
+            .find(|k| k.common.key_id.as_deref() == Some(kid)),
+        None => {
+            let mut candidates = set.keys.iter().filter(fits);
+            let first = candidates.next();
+            // Without a kid, only an unambiguous key will do.
+            if candidates.next().is_some() {
+                None
+            } else {
+                first
+            }
+        }
+    }
+}

@@ -1,0 +1,363 @@
+//! Forwards an allowed request to its app: hop-by-hop headers per RFC 9110 §7.6.1, `X-Forwarded-*`,
+//! the identity headers (client copies stripped), streamed bodies and WebSocket upgrades.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper::body::Incoming;
+use hyper_rustls::HttpsConnector;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+
+use crate::config::App;
+use crate::web::{Body, BoxError};
+
+/// Names of the identity headers castellan sets. Any client-sent header that reads as one of these,
+/// in any case and with `_` for `-` (as CGI, WSGI and PHP see them), is removed.
+pub const ASSERTION_HEADER: &str = "x-castellan-jwt-assertion";
+pub const EMAIL_HEADER: &str = "x-castellan-email";
+pub const USER_HEADER: &str = "x-castellan-user";
+
+/// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
+const HOP_BY_HOP: &[&str] = &[
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("cannot connect to the app's upstream: {0}")]
+    Connect(#[source] hyper_util::client::legacy::Error),
+    #[error("the app's upstream did not answer within {0:?}")]
+    Timeout(Duration),
+    #[error("the app's upstream failed: {0}")]
+    Upstream(#[source] hyper_util::client::legacy::Error),
+}
+
+impl Error {
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Error::Connect(_) => "connect",
+            Error::Timeout(_) => "timeout",
+            Error::Upstream(_) => "protocol",
+        }
+    }
+}
+
+pub struct Upstream {
+    client: Client<HttpsConnector<HttpConnector>, Body>,
+    timeout: Duration,
+}
+
+/// What the upstream learns about the request's origin.
+pub struct Forwarded<'a> {
+    pub peer_ip: IpAddr,
+    /// True when the socket peer is a trusted proxy whose `X-Forwarded-*` are kept and extended.
+    pub peer_trusted: bool,
+    pub proto: &'a str,
+}
+
+/// The identity headers for one request.
+pub struct IdentityHeaders {
+    pub assertion: String,
+    pub email: String,
+    pub user: String,
+}
+
+impl Upstream {
+    pub fn new(connect_timeout: Duration, timeout: Duration) -> Upstream {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .unwrap_or_else(|_| {
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+            })
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        let client = Client::builder(TokioExecutor::new())
+            // Below common upstream keep-alives (5 s), so a pooled connection is rarely closed under us.
+            .pool_idle_timeout(Duration::from_secs(4))
+            .pool_timer(TokioTimer::new())
+            .timer(TokioTimer::new())
+            .build(https);
+        Upstream { client, timeout }
+    }
+
+    /// Sends `req` to `app` and returns the app's response, with upgrades spliced through.
+    pub async fn forward(
+        &self,
+        app: &App,
+        mut req: Request<Incoming>,
+        forwarded: &Forwarded<'_>,
+        identity: IdentityHeaders,
+    ) -> Result<Response<Body>, Error> {
+        let upgrade = wants_upgrade(req.headers(), req.version());
+        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+        let (mut parts, body) = req.into_parts();
+
+        let host = parts
+            .uri
+            .authority()
+            .map(|a| a.as_str().to_string())
+            .or_else(|| {
+                parts
+                    .headers
+                    .get(header::HOST)
+                    .and_then(|h| h.to_str().ok())
+                    .map(str::to_string)
+            });
+        let path = parts
+            .uri
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        let base = app.upstream.as_str().trim_end_matches('/');
+        parts.uri = format!("{base}{path}")
+            .parse::<Uri>()
+            .unwrap_or_else(|_| Uri::from_static("/"));
+        parts.version = Version::HTTP_11;
+
+        let headers = &mut parts.headers;
+        remove_hop_by_hop(headers);
+        strip_identity_headers(headers);
+        crate::web::strip_own_cookies(headers);
+        if let Some(protocol) = &upgrade {
+            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            headers.insert(header::UPGRADE, protocol.clone());
+        }
+        // The original Host goes through: apps such as Streamlit compare Origin with Host.
+        if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            headers.insert(header::HOST, h);
+        }
+        set_forwarded(headers, forwarded, host.as_deref());
+        headers.insert(
+            HeaderName::from_static(ASSERTION_HEADER),
+            value(&identity.assertion),
+        );
+        headers.insert(
+            HeaderName::from_static(EMAIL_HEADER),
+            value(&identity.email),
+        );
+        headers.insert(HeaderName::from_static(USER_HEADER), value(&identity.user));
+
+        let upstream_req = Request::from_parts(
+            parts,
+            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        );
+        let mut resp =
+            match tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await {
+                Err(_) => return Err(Error::Timeout(self.timeout)),
+                Ok(Err(e)) if e.is_connect() => return Err(Error::Connect(e)),
+                Ok(Err(e)) => return Err(Error::Upstream(e)),
+                Ok(Ok(resp)) => resp,
+            };
+
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
+            if let Some(client_upgrade) = client_upgrade {
+                let upstream_upgrade = hyper::upgrade::on(&mut resp);
+                tokio::spawn(async move {
+                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                        Ok((client, upstream)) => {
+                            let mut client = TokioIo::new(client);
+                            let mut upstream = TokioIo::new(upstream);
+                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                        }
+                        Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
+                    }
+                });
+                let (mut parts, _) = resp.into_parts();
+                let protocol = parts.headers.get(header::UPGRADE).cloned();
+                remove_hop_by_hop(&mut parts.headers);
+                parts
+                    .headers
+                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+                if let Some(p) = protocol {
+                    parts.headers.insert(header::UPGRADE, p);
+                }
+                return Ok(Response::from_parts(parts, crate::web::empty()));
+            }
+        }
+        let (mut parts, body) = resp.into_parts();
+        remove_hop_by_hop(&mut parts.headers);
+        Ok(Response::from_parts(
+            parts,
+            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+        ))
+    }
+}
+
+fn value(s: &str) -> HeaderValue {
+    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
+}
+
+/// The protocol the client asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
+fn wants_upgrade(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
+    if version != Version::HTTP_11 {
+        return None;
+    }
+    let connection_upgrade = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|t| t.trim().eq_ignore_ascii_case("upgrade"));
+    connection_upgrade
+        .then(|| headers.get(header::UPGRADE).cloned())
+        .flatten()
+}
+
+/// Removes the hop-by-hop headers, including every header the `Connection` header names.
+pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(*name);
+    }
+}
+
+/// Removes every client-sent header that an app could read as one of castellan's identity headers.
+pub fn strip_identity_headers(headers: &mut HeaderMap) {
+    let forged: Vec<HeaderName> = headers
+        .keys()
+        .filter(|name| {
+            let n = name.as_str().replace('_', "-");
+            n.starts_with("x-castellan-")
+        })
+        .cloned()
+        .collect();
+    for name in forged {
+        tracing::debug!(header = %name, "stripped a client-sent identity header");
+        headers.remove(name);
+    }
+}
+
+fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<&str>) {
+    let xff = if f.peer_trusted {
+        let prior: Vec<&str> = headers
+            .get_all("x-forwarded-for")
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        let mut chain = prior.join(", ");
+        if !chain.is_empty() {
+            chain.push_str(", ");
+        }
+        chain.push_str(&f.peer_ip.to_string());
+        chain
+    } else {
+        f.peer_ip.to_string()
+    };
+    let trusted_proto = f
+        .peer_trusted
+        .then(|| headers.get("x-forwarded-proto").cloned())
+        .flatten();
+    let trusted_host = f
+        .peer_trusted
+        .then(|| headers.get("x-forwarded-host").cloned())
+        .flatten();
+    headers.remove("x-forwarded-for");
+    headers.remove("x-forwarded-proto");
+    headers.remove("x-forwarded-host");
+    headers.remove("forwarded");
+    headers.insert("x-forwarded-for", value(&xff));
+    headers.insert(
+        "x-forwarded-proto",
+        trusted_proto.unwrap_or_else(|| value(f.proto)),
+    );
+    if let Some(h) = trusted_host.or_else(|| host.map(value)) {
+        headers.insert("x-forwarded-host", h);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn forged_identity_headers_are_stripped_in_every_spelling() {
+        let mut h = HeaderMap::new();
+        for name in [
+            "x-castellan-email",
+            "X-CASTELLAN-USER",
+            "x_castellan_email",
+            "X-Castellan_Jwt-Assertion",
+            "x-castellan-anything",
+        ] {
+            h.append(
+                HeaderName::from_bytes(name.as_bytes()).unwrap(),
+                HeaderValue::from_static("forged"),
+            );
+        }
+        h.insert("x-castellanx", HeaderValue::from_static("kept"));
+        strip_identity_headers(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+    }
+
+    #[test]
+    fn hop_by_hop_and_connection_named_headers_go() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            "connection",
+            HeaderValue::from_static("keep-alive, x-secret"),
+        );
+        h.insert("x-secret", HeaderValue::from_static("1"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("te", HeaderValue::from_static("trailers"));
+        h.insert("accept", HeaderValue::from_static("*/*"));
+        remove_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1);
+        assert!(h.contains_key("accept"));
+    }
+
+    #[test]
+    fn forwarded_headers_from_untrusted_peers_are_replaced() {
+        let mut h = HeaderMap::new();
+        h.insert("x-forwarded-for", HeaderValue::from_static("6.6.6.6"));
+        h.insert("x-forwarded-proto", HeaderValue::from_static("https"));
+        let f = Forwarded {
+            peer_ip: "1.2.3.4".parse().unwrap(),
+            peer_trusted: false,
+            proto: "http",
+        };
+        set_forwarded(&mut h, &f, Some("app.example.com"));
+        assert_eq!(h["x-forwarded-for"], "1.2.3.4");
+        assert_eq!(h["x-forwarded-proto"], "http");
+        assert_eq!(h["x-forwarded-host"], "app.example.com");
+        let mut h2 = HeaderMap::new();
+        h2.insert("x-forwarded-for", HeaderValue::from_static("9.9.9.9"));
+        let f = Forwarded {
+            peer_ip: "10.0.0.1".parse().unwrap(),
+            peer_trusted: true,
+            proto: "http",
+        };
+        set_forwarded(&mut h2, &f, None);
+        assert_eq!(h2["x-forwarded-for"], "9.9.9.9, 10.0.0.1");
+    }
+}

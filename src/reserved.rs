@@ -1,0 +1,608 @@
+//! castellan's own endpoints under `/.castellan/`, answered on every host and never proxied:
+//! `sign_in`, `callback`, `sign_out`, `whoami`, `jwks.json`, `healthz`.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::crypto;
+use crate::oidc;
+use crate::pages::{self, ProviderChoice};
+use crate::policy::Identity;
+use crate::server::{Outcome, State, internal_error};
+use crate::store::{self, Flow};
+use crate::web::{self, Body};
+
+/// How long a sign-in at a provider may take, from the redirect to the callback.
+pub const FLOW_LIFETIME: Duration = Duration::from_secs(600);
+
+pub async fn handle(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let path = req.uri().path().to_string();
+    let method = req.method().clone();
+    match (method, path.as_str()) {
+        (Method::GET | Method::HEAD, "/.castellan/healthz") => match state.store.ping().await {
+            Ok(()) => web::text(StatusCode::OK, "ok\n"),
+            Err(e) => {
+                tracing::error!("health check: {e}");
+                web::text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+            }
+        },
+        (Method::GET | Method::HEAD, "/.castellan/jwks.json") => {
+            let mut resp = Response::new(web::full(state.signer.jwks().to_string()));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                HeaderValue::from_static("*"),
+            );
+            resp
+        }
+        (Method::GET | Method::HEAD, "/.castellan/whoami") => whoami(state, &req, outcome).await,
+        (Method::GET | Method::HEAD, "/.castellan/sign_in") => {
+            sign_in_page(state, &req, None, outcome).await
+        }
+        (Method::POST, "/.castellan/sign_in") if state.config.local_accounts => {
+            local_sign_in(state, peer, req, outcome).await
+        }
+        (Method::GET, "/.castellan/callback") => callback(state, peer, &req, outcome).await,
+        (Method::GET | Method::HEAD, "/.castellan/sign_out") => {
+            sign_out_page(state, &req, outcome).await
+        }
+        (Method::POST, "/.castellan/sign_out") => sign_out(state, req, outcome).await,
+        (
+            _,
+            "/.castellan/healthz"
+            | "/.castellan/jwks.json"
+            | "/.castellan/whoami"
+            | "/.castellan/sign_in"
+            | "/.castellan/callback"
+            | "/.castellan/sign_out",
+        ) => {
+            let mut r = web::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(header::ALLOW, HeaderValue::from_static("GET, POST"));
+            r
+        }
+        _ => web::html(
+            StatusCode::NOT_FOUND,
+            pages::error(
+                "Not found",
+                "There is no castellan page at this address.",
+                &crypto::reference_id(),
+            ),
+        ),
+    }
+}
+
+async fn whoami(state: &State, req: &Request<Incoming>, outcome: &mut Outcome) -> Response<Body> {
+    match state.authenticate(req.headers()).await {
+        Ok(Some((who, digest))) => {
+            outcome.user = who.email.clone();
+            let session = state
+                .store
+                .session(&digest, state.config.session_idle_timeout)
+                .await
+                .ok()
+                .flatten();
+            web::json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "email": who.email,
+                    "subject": who.subject,
+                    "provider": who.provider,
+                    "session": session.map(|s| serde_json::json!({
+                        "created_at": s.created_at,
+                        "expires_at": s.expires_at,
+                    })),
+                }),
+            )
+        }
+        Ok(None) => web::json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({
+                "error": "unauthenticated",
+                "sign_in_url": format!("{}/.castellan/sign_in", state.config.public_origin()),
+            }),
+        ),
+        Err(e) => internal_error(outcome, "reading the session", &e),
+    }
+}
+
+/// The browser's id cookie: reused when present and well-formed, otherwise a new one to set.
+fn browser_id(state: &State, headers: &http::HeaderMap) -> (String, Option<HeaderValue>) {
+    match web::cookie(headers, state.cookies.browser) {
+        Some(v)
+            if v.len() == 43
+                && v.bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+        {
+            (v.to_string(), None)
+        }
+        _ => {
+            let id = crypto::random_token(32);
+            let cookie = state.cookies.set(state.cookies.browser, &id, None);
+            (id, Some(cookie))
+        }
+    }
+}
+
+fn with_cookie(mut resp: Response<Body>, cookie: Option<HeaderValue>) -> Response<Body> {
+    if let Some(c) = cookie {
+        resp.headers_mut().append(header::SET_COOKIE, c);
+    }
+    resp
+}
+
+fn safe_return(state: &State, raw: Option<&str>) -> String {
+    raw.and_then(|r| crate::return_to::validate(r, &state.config.public_url))
+        .unwrap_or_else(|| "/".into())
+}
+
+async fn sign_in_page(
+    state: &State,
+    req: &Request<Incoming>,
+    error: Option<(StatusCode, &str)>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let params = web::query_pairs(req.uri());
+    let return_to = safe_return(state, web::param(&params, "rd"));
+    let switching = web::param(&params, "switch") == Some("1");
+    let (browser, set_browser) = browser_id(state, req.headers());
+
+    if let Some(id) = web::param(&params, "provider") {
+        let Some(client) = state.provider(id) else {
+            return web::html(
+                StatusCode::NOT_FOUND,
+                pages::error(
+                    "Unknown sign-in provider",
+                    &format!("castellan has no provider called \"{id}\"."),
+                    &crypto::reference_id(),
+                ),
+            );
+        };
+        let resp = start_flow(state, client, &browser, &return_to, switching, outcome).await;
+        return with_cookie(resp, set_browser);
+    }
+    // Exactly one way to sign in, and the person is not asking to switch accounts: go straight there.
+    if !state.config.local_accounts && state.providers.len() == 1 && !switching && error.is_none() {
+        let resp = start_flow(
+            state,
+            &state.providers[0],
+            &browser,
+            &return_to,
+            false,
+            outcome,
+        )
+        .await;
+        return with_cookie(resp, set_browser);
+    }
+    let (status, message) = error.map_or((StatusCode::OK, None), |(s, m)| (s, Some(m)));
+    let _ = outcome;
+    render_sign_in(
+        state,
+        &browser,
+        set_browser,
+        &return_to,
+        switching,
+        status,
+        message,
+    )
+}
+
+/// The chooser (providers, then the local-account form), with an optional error.
+fn render_sign_in(
+    state: &State,
+    browser: &str,
+    set_browser: Option<HeaderValue>,
+    return_to: &str,
+    switching: bool,
+    status: StatusCode,
+    message: Option<&str>,
+) -> Response<Body> {
+    let providers = state
+        .providers
+        .iter()
+        .map(|p| ProviderChoice {
+            display_name: &p.config.display_name,
+            href: format!(
+                "/.castellan/sign_in?provider={}&rd={}{}",
+                pages::q(&p.config.id),
+                pages::q(return_to),
+                if switching { "&switch=1" } else { "" }
+            ),
+        })
+        .collect();
+    let html = pages::sign_in(&pages::SignIn {
+        providers,
+        local: state
+            .config
+            .local_accounts
+            .then(|| (state.csrf_token(browser), "")),
+        return_to,
+        error: message,
+    });
+    with_cookie(web::html(status, html), set_browser)
+}
+
+async fn start_flow(
+    state: &State,
+    client: &oidc::Client,
+    browser: &str,
+    return_to: &str,
+    switching: bool,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let st = crypto::random_token(32);
+    let flow = Flow {
+        browser_digest: crypto::digest(browser),
+        provider: client.config.id.clone(),
+        nonce: crypto::random_token(32),
+        pkce_verifier: crypto::random_token(48),
+        return_to: return_to.to_string(),
+        created_at: store::now(),
+    };
+    let prompt = switching.then_some("select_account");
+    let url = match client
+        .authorization_url(&st, &flow.nonce, &flow.pkce_verifier, prompt)
+        .await
+    {
+        Ok(u) => u,
+        Err(e) => return provider_unavailable(state, &client.config.display_name, &e, outcome),
+    };
+    if let Err(e) = state.store.put_flow(&crypto::digest(&st), &flow).await {
+        return internal_error(outcome, "saving the sign-in state", &e);
+    }
+    web::redirect(url.as_str())
+}
+
+fn provider_unavailable(
+    state: &State,
+    name: &str,
+    err: &oidc::Error,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let reference = crypto::reference_id();
+    tracing::error!(reference, "{err}");
+    outcome.reference = Some(reference.clone());
+    state.metrics.sign_in(name, "provider-unavailable");
+    web::html(
+        StatusCode::BAD_GATEWAY,
+        pages::error(
+            "Sign-in is unavailable",
+            &format!("castellan could not reach {name} to sign you in. Try again in a moment."),
+            &reference,
+        ),
+    )
+}
+
+fn bad_sign_in(title: &str, message: &str, outcome: &mut Outcome) -> Response<Body> {
+    let reference = crypto::reference_id();
+    outcome.reference = Some(reference.clone());
+    outcome.decision = "sign-in-failed";
+    tracing::warn!(reference, "sign-in failed: {message}");
+    web::html(
+        StatusCode::BAD_REQUEST,
+        pages::page(
+            title,
+            &format!(
+                "<h1>{}</h1><p>{}</p><a class=\"button\" href=\"/.castellan/sign_in\">Start again</a><p class=\"muted\">Reference: <code>{}</code></p>",
+                pages::esc(title),
+                pages::esc(message),
+                pages::esc(&reference)
+            ),
+        ),
+    )
+}
+
+async fn callback(
+    state: &State,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let params = web::query_pairs(req.uri());
+    let Some(st) = web::param(&params, "state") else {
+        return bad_sign_in(
+            "Sign-in failed",
+            "The provider's answer has no state: start the sign-in from castellan.",
+            outcome,
+        );
+    };
+    let flow = match state.store.take_flow(&crypto::digest(st)).await {
+        Ok(Some(f)) => f,
+        Ok(None) => {
+            return bad_sign_in(
+                "This sign-in link has expired",
+                "It was already used, or it is not from this castellan. Start the sign-in again.",
+                outcome,
+            );
+        }
+        Err(e) => return internal_error(outcome, "reading the sign-in state", &e),
+    };
+    let browser_matches = web::cookie(req.headers(), state.cookies.browser)
+        .is_some_and(|b| crypto::equal(&crypto::digest(b), &flow.browser_digest));
+    if !browser_matches {
+        return bad_sign_in(
+            "Sign-in failed",
+            "This sign-in was started in another browser (or its cookies were cleared). Start again here.",
+            outcome,
+        );
+    }
+    if store::now() - flow.created_at > FLOW_LIFETIME.as_secs() as i64 {
+        return bad_sign_in(
+            "This sign-in link has expired",
+            "The sign-in took too long. Start again.",
+            outcome,
+        );
+    }
+    let Some(client) = state.provider(&flow.provider) else {
+        return bad_sign_in(
+            "Sign-in failed",
+            "The provider of this sign-in is no longer configured.",
+            outcome,
+        );
+    };
+    if let Some(err) = web::param(&params, "error") {
+        state.metrics.sign_in(&client.config.id, "refused");
+        let detail = web::param(&params, "error_description").unwrap_or("");
+        return bad_sign_in(
+            "Sign-in was not completed",
+            &format!("{} answered: {err} {detail}", client.config.display_name),
+            outcome,
+        );
+    }
+    if let Err(e) = client.check_response_issuer(web::param(&params, "iss")) {
+        state.metrics.sign_in(&client.config.id, "rejected");
+        return bad_sign_in("Sign-in failed", &e.to_string(), outcome);
+    }
+    let Some(code) = web::param(&params, "code") else {
+        return bad_sign_in(
+            "Sign-in failed",
+            "The provider's answer has no code.",
+            outcome,
+        );
+    };
+    let who = match client
+        .exchange(code, &flow.pkce_verifier, &flow.nonce)
+        .await
+    {
+        Ok(who) => who,
+        Err(e @ oidc::Error::Unavailable { .. }) => {
+            return provider_unavailable(state, &client.config.display_name, &e, outcome);
+        }
+        Err(e) => {
+            state.metrics.sign_in(&client.config.id, "rejected");
+            return bad_sign_in("Sign-in failed", &e.to_string(), outcome);
+        }
+    };
+    state.metrics.sign_in(&client.config.id, "ok");
+    start_session(state, peer, req.headers(), who, &flow.return_to, outcome).await
+}
+
+/// Creates a new session (never reusing an id the browser brought: no fixation) and sends the
+/// browser on to `return_to`.
+async fn start_session(
+    state: &State,
+    peer: SocketAddr,
+    headers: &http::HeaderMap,
+    who: Identity,
+    return_to: &str,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    if let Some(old) = web::cookie(headers, state.cookies.session) {
+        let _ = state.store.delete_session(&crypto::digest(old)).await;
+    }
+    let id = crypto::random_token(32);
+    let ip = web::client_ip(peer, headers, &state.config.trusted_proxies).to_string();
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(256)
+        .collect::<String>();
+    let lifetime = state.config.session_lifetime;
+    if let Err(e) = state
+        .store
+        .create_session(&crypto::digest(&id), &who, lifetime, &ip, &agent)
+        .await
+    {
+        return internal_error(outcome, "creating the session", &e);
+    }
+    tracing::info!(user = %who.email, provider = %who.provider, "signed in");
+    outcome.user = who.email;
+    outcome.decision = "signed-in";
+    let mut resp = web::redirect(return_to);
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        state
+            .cookies
+            .set(state.cookies.session, &id, Some(lifetime.as_secs())),
+    );
+    resp
+}
+
+/// Same-origin check for form posts: a browser sends `Origin` on POST; when it does, it must be ours.
+fn origin_ok(state: &State, headers: &http::HeaderMap) -> bool {
+    match headers.get(header::ORIGIN).and_then(|v| v.to_str().ok()) {
+        Some(origin) => origin == state.config.public_origin(),
+        None => true,
+    }
+}
+
+async fn local_sign_in(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let Some(form) = web::read_form(body).await else {
+        return bad_sign_in("Sign-in failed", "The form could not be read.", outcome);
+    };
+    let browser = web::cookie(&headers, state.cookies.browser);
+    let csrf_ok = browser.is_some_and(|b| {
+        crypto::equal(
+            &state.csrf_token(b),
+            web::param(&form, "csrf").unwrap_or(""),
+        )
+    });
+    let return_to = safe_return(state, web::param(&form, "rd"));
+    if !csrf_ok || !origin_ok(state, &headers) {
+        outcome.decision = "sign-in-failed";
+        outcome.reason = "csrf";
+        return again(
+            state,
+            &headers,
+            &return_to,
+            StatusCode::FORBIDDEN,
+            "This form has expired or did not come from this site. Please sign in again.",
+        );
+    }
+    let email = web::param(&form, "email")
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let password = web::param(&form, "password").unwrap_or("").to_string();
+    let ip = web::client_ip(peer, &headers, &state.config.trusted_proxies).to_string();
+    outcome.user = email.clone();
+
+    let wait = state
+        .ip_limiter
+        .blocked(&ip)
+        .max(state.account_limiter.blocked(&email));
+    if let Some(wait) = wait {
+        state.metrics.sign_in("local", "rate-limited");
+        outcome.decision = "sign-in-failed";
+        outcome.reason = "rate-limited";
+        let secs = wait.as_secs().max(1);
+        let mut resp = again(
+            state,
+            &headers,
+            &return_to,
+            StatusCode::TOO_MANY_REQUESTS,
+            &format!("Too many attempts. Try again in {secs} s."),
+        );
+        resp.headers_mut().insert(
+            header::RETRY_AFTER,
+            HeaderValue::from_str(&secs.to_string()).expect("digits"),
+        );
+        return resp;
+    }
+    let stored = match state.store.password_hash(&email).await {
+        Ok(h) => h,
+        Err(e) => return internal_error(outcome, "reading the account", &e),
+    };
+    let ok = tokio::task::spawn_blocking(move || {
+        crate::local::verify_password(stored.as_deref(), &password)
+    })
+    .await
+    .unwrap_or(false);
+    if !ok {
+        state.ip_limiter.fail(&ip);
+        state.account_limiter.fail(&email);
+        state.metrics.sign_in("local", "wrong-password");
+        outcome.decision = "sign-in-failed";
+        outcome.reason = "wrong-password";
+        return again(
+            state,
+            &headers,
+            &return_to,
+            StatusCode::UNAUTHORIZED,
+            "Wrong email or password.",
+        );
+    }
+    state.account_limiter.clear(&email);
+    state.metrics.sign_in("local", "ok");
+    let who = Identity {
+        subject: email.clone(),
+        email,
+        provider: "local".into(),
+    };
+    start_session(state, peer, &headers, who, &return_to, outcome).await
+}
+
+/// The sign-in page again, with an error message; the return URL is kept.
+fn again(
+    state: &State,
+    headers: &http::HeaderMap,
+    return_to: &str,
+    status: StatusCode,
+    message: &str,
+) -> Response<Body> {
+    let (browser, set_browser) = browser_id(state, headers);
+    render_sign_in(
+        state,
+        &browser,
+        set_browser,
+        return_to,
+        false,
+        status,
+        Some(message),
+    )
+}
+
+async fn sign_out_page(
+    state: &State,
+    req: &Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let (browser, set_browser) = browser_id(state, req.headers());
+    let email = match state.authenticate(req.headers()).await {
+        Ok(who) => who.map(|(i, _)| i.email),
+        Err(e) => return internal_error(outcome, "reading the session", &e),
+    };
+    with_cookie(
+        web::html(
+            StatusCode::OK,
+            pages::sign_out(&state.csrf_token(&browser), email.as_deref()),
+        ),
+        set_browser,
+    )
+}
+
+async fn sign_out(state: &State, req: Request<Incoming>, outcome: &mut Outcome) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let form = web::read_form(body).await.unwrap_or_default();
+    let csrf_ok = web::cookie(&parts.headers, state.cookies.browser).is_some_and(|b| {
+        crypto::equal(
+            &state.csrf_token(b),
+            web::param(&form, "csrf").unwrap_or(""),
+        )
+    });
+    if !csrf_ok || !origin_ok(state, &parts.headers) {
+        return bad_sign_in(
+            "Sign-out failed",
+            "This form has expired or did not come from this site. Open /.castellan/sign_out and try again.",
+            outcome,
+        );
+    }
+    if let Some(id) = web::cookie(&parts.headers, state.cookies.session) {
+        if let Err(e) = state.store.delete_session(&crypto::digest(id)).await {
+            return internal_error(outcome, "ending the session", &e);
+        }
+    }
+    outcome.decision = "signed-out";
+    let mut resp = web::html(StatusCode::OK, pages::signed_out());
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        state.cookies.set(state.cookies.session, "", Some(0)),
+    );
+    resp
+}
