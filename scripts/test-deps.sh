@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Installs what castellan's end-to-end tests need, from the package registries only:
+#   - Debian's chromium (the headless browser; needs root for apt-get),
+#   - npm packages in tests/support (oidc-provider, jose, playwright-core; exact versions from package-lock.json),
+#   - Streamlit in a virtual environment at tests/support/.venv.
+# Safe to run again: it skips what is already there.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+step() { printf '==> %s\n' "$*" >&2; }
+fail() { printf 'error: %s\n' "$*" >&2; exit 1; }
+
+command -v cargo >/dev/null || fail "cargo is not installed: install Rust with rustup (https://rustup.rs)"
+command -v node >/dev/null || fail "Node.js is not installed: oidc-provider needs Node.js >= 20.18"
+node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(a>20||(a===20&&b>=18)?0:1)' \
+  || fail "Node.js $(node --version) is too old: oidc-provider needs >= 20.18"
+command -v python3 >/dev/null || fail "python3 is not installed (Streamlit runs in a virtual environment)"
+
+if [ ! -x /usr/bin/chromium ]; then
+  [ "$(id -u)" = 0 ] || fail "/usr/bin/chromium is missing: run 'sudo apt-get install chromium' (Debian's package)"
+  step "installing Debian's chromium (apt-get)"
+  apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+fi
+
+if ! cmp -s tests/support/package-lock.json tests/support/node_modules/.package-lock.json 2>/dev/null; then
+  step "installing npm packages into tests/support/node_modules"
+  (cd tests/support && npm ci --no-audit --no-fund --loglevel=error)
+fi
+
+venv=tests/support/.venv
+if ! "$venv/bin/python" -c 'import streamlit' 2>/dev/null \
+   || ! cmp -s tests/support/requirements.txt "$venv/requirements.installed" 2>/dev/null; then
+  step "installing Streamlit into $venv (about 20 s)"
+  python3 -m venv "$venv"
+  "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/support/requirements.txt
+  cp tests/support/requirements.txt "$venv/requirements.installed"
+fi
+step "test dependencies are ready"

@@ -1,0 +1,95 @@
+//! A real Streamlit app behind castellan, opened in headless Chromium: the app only renders if its
+//! WebSocket passes through the proxy with the session checked and the identity attached.
+
+use std::process::Command;
+
+use crate::support::*;
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streamlit_renders_in_chromium_after_signing_in() {
+    let venv = support_dir().join(".venv/bin/streamlit");
+    require(&venv, "Streamlit (a Python virtual environment)");
+    require(
+        std::path::Path::new("/usr/bin/chromium"),
+        "Debian's chromium",
+    );
+    require(
+        &support_dir().join("node_modules/playwright-core"),
+        "the npm package playwright-core",
+    );
+
+    let tmp = tempfile::tempdir().unwrap();
+    let st_port = free_port();
+    let mut streamlit = Proc::spawn(
+        "streamlit",
+        Command::new(&venv)
+            .arg("run")
+            .arg(support_dir().join("streamlit_app.py"))
+            .args(["--server.headless", "true", "--server.address", "127.0.0.1"])
+            .args([
+                "--server.port",
+                &st_port.to_string(),
+                "--browser.gatherUsageStats",
+                "false",
+            ])
+            .env("HOME", tmp.path()),
+        tmp.path().join("streamlit.log"),
+    );
+    wait_for(
+        &format!("http://127.0.0.1:{st_port}/_stcore/health"),
+        "Streamlit",
+        &mut streamlit,
+    )
+    .await;
+
+    let (port, origin) = Castellan::reserve();
+    let idp = Idp::start(&origin, None).await;
+    let mut setup = Setup::new(format!("127.0.0.1:{st_port}").parse().unwrap());
+    setup.idp = Some(&idp);
+    setup.local_accounts = false;
+    let c = Castellan::start_on(port, setup).await;
+    c.grant("demo", "user:alice@example.com");
+
+    // Without a session the WebSocket endpoint is closed to the world.
+    let anon = reqwest::Client::new()
+        .get(c.url("/_stcore/stream"))
+        .header("connection", "Upgrade")
+        .header("upgrade", "websocket")
+        .header("sec-websocket-version", "13")
+        .header("sec-websocket-key", "dGhlIHNhbXBsZSBub25jZQ==")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 401);
+
+    let shot = tmp.path().join("streamlit.png");
+    let out = tokio::task::spawn_blocking({
+        let url = c.url("/");
+        let shot = shot.clone();
+        move || {
+            Command::new("node")
+                .arg(support_dir().join("streamlit.mjs"))
+                .args([&url, "alice@example.com", "alice-password"])
+                .arg(&shot)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "the browser did not see the app render: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let sockets = v["websockets"].to_string();
+    assert!(
+        sockets.contains(&format!("ws://127.0.0.1:{port}/_stcore/stream")),
+        "the WebSocket went through castellan: {sockets}"
+    );
+    if let Ok(dir) = std::env::var("CASTELLAN_TEST_ARTIFACTS") {
+        let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("streamlit.png"));
+    }
+}

@@ -1,0 +1,255 @@
+//! The command line as a user meets it: check-config, bad input, a store that cannot open, the demo.
+
+use std::io::{BufRead, BufReader};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+fn write_config(text: &str) -> (tempfile::TempDir, std::path::PathBuf) {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("castellan.toml");
+    std::fs::write(&path, text).unwrap();
+    (dir, path)
+}
+
+#[test]
+fn check_config_reports_every_error_with_its_key_and_exits_2() {
+    let (_d, path) = write_config(
+        r#"
+listen = "127.0.0.1:8080"
+public_urll = "http://127.0.0.1:8080"
+session_lifetime = "a while"
+
+[[providers]]
+id = "corp"
+issuer = "http://127.0.0.1:9000"
+client_id = "castellan"
+client_secret = "${CASTELLAN_TEST_UNSET_VARIABLE}"
+
+[[apps]]
+id = "demo"
+upstream = "127.0.0.1:8501"
+"#,
+    );
+    let out = run_cli(&path, &["check-config"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    for needle in [
+        "has 4 errors",
+        "public_urll: unknown key (did you mean `public_url`?)",
+        "session_lifetime: `a while` is not a duration",
+        "providers[0].client_secret: environment variable CASTELLAN_TEST_UNSET_VARIABLE is not set",
+        "apps[0].upstream: `127.0.0.1:8501` is not an upstream URL",
+    ] {
+        assert!(err.contains(needle), "missing {needle:?} in:\n{err}");
+    }
+}
+
+#[test]
+fn check_config_accepts_a_good_file_and_names_the_callback() {
+    let (_d, path) = write_config(
+        "public_url = \"https://apps.example.com\"\n[[providers]]\nid = \"google\"\nissuer = \"https://accounts.google.com\"\nclient_id = \"x\"\nclient_secret = \"y\"\n[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:8501\"\n",
+    );
+    let out = run_cli(&path, &["check-config"], None);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let s = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        s.contains("https://apps.example.com/.castellan/callback"),
+        "{s}"
+    );
+}
+
+#[test]
+fn a_missing_config_file_says_how_to_fix_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = run_cli(&dir.path().join("nope.toml"), &["serve"], None);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("does not exist"));
+}
+
+#[test]
+fn a_store_that_cannot_open_is_a_clear_error() {
+    let (_d, path) = write_config(
+        "store = \"sqlite:///nonexistent-dir/for/sure/castellan.db\"\n[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:1\"\n",
+    );
+    let out = run_cli(&path, &["serve"], None);
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cannot open the store sqlite:///nonexistent-dir/for/sure/castellan.db"),
+        "{err}"
+    );
+    assert!(err.contains("Check that the folder exists"), "{err}");
+}
+
+#[test]
+fn access_and_users_reject_bad_input_with_the_expected_form() {
+    let (_d, path) = write_config("[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:1\"\n");
+    let cases: &[(&[&str], Option<&str>, &str)] = &[
+        (
+            &["access", "add", "demo", "alice@example.com"],
+            None,
+            "write user:EMAIL",
+        ),
+        (
+            &["access", "add", "demo", "user:alice"],
+            None,
+            "after user: comes an email address",
+        ),
+        (
+            &["access", "add", "nope", "user:a@example.com"],
+            None,
+            "there is no app `nope` in the configuration; apps: demo",
+        ),
+        (
+            &["access", "remove", "demo", "user:a@example.com"],
+            None,
+            "has no access to demo",
+        ),
+        (
+            &["users", "add", "not-an-email", "--password-stdin"],
+            Some("x\n"),
+            "is not an email address",
+        ),
+        (
+            &["users", "add", "a@example.com", "--password-stdin"],
+            Some("short\n"),
+            "too short",
+        ),
+        (&["users", "add", "a@example.com"], None, "--password-stdin"),
+    ];
+    for (args, stdin, needle) in cases {
+        let out = run_cli(&path, args, *stdin);
+        assert!(!out.status.success(), "{args:?} should fail");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err}"
+        );
+    }
+    // Good input works, and a duplicate account is refused without changing it.
+    let ok = run_cli(
+        &path,
+        &["users", "add", "A@Example.com", "--password-stdin"],
+        Some("a long enough password\n"),
+    );
+    assert!(
+        ok.status.success(),
+        "{}",
+        String::from_utf8_lossy(&ok.stderr)
+    );
+    let dup = run_cli(
+        &path,
+        &["users", "add", "a@example.com", "--password-stdin"],
+        Some("another long password\n"),
+    );
+    assert!(String::from_utf8_lossy(&dup.stderr).contains("already exists"));
+    let list = run_cli(&path, &["users", "list"], None);
+    assert!(String::from_utf8_lossy(&list.stdout).starts_with("a@example.com\t"));
+    let add = run_cli(
+        &path,
+        &["access", "add", "demo", "user:A@Example.com"],
+        None,
+    );
+    assert!(String::from_utf8_lossy(&add.stdout).contains("user:a@example.com can now open demo"));
+    let json = run_cli(&path, &["access", "list", "demo", "--json"], None);
+    let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
+    assert_eq!(v["members"][0]["member"], "user:a@example.com");
+    assert_eq!(v["members"][0]["role"], "roles/accessor");
+}
+
+#[test]
+fn every_subcommand_has_help_with_an_example() {
+    for args in [
+        vec!["serve", "--help"],
+        vec!["demo", "--help"],
+        vec!["check-config", "--help"],
+        vec!["users", "add", "--help"],
+        vec!["access", "add", "--help"],
+        vec!["access", "list", "--help"],
+    ] {
+        let out = Command::new(castellan_bin()).args(&args).output().unwrap();
+        assert!(out.status.success());
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert!(text.contains("Example"), "{args:?}: {text}");
+        assert!(
+            text.contains("--config"),
+            "{args:?} documents --config: {text}"
+        );
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn demo_serves_its_sign_in_page_and_the_printed_password_works() {
+    let port = free_port();
+    let mut child = Command::new(castellan_bin())
+        .args(["demo", "--listen", &format!("127.0.0.1:{port}")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let stdout = child.stdout.take().unwrap();
+    let _guard = KillOnDrop(child);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let (mut url, mut password) = (None, None);
+    while password.is_none() {
+        let line = rx
+            .recv_timeout(deadline.saturating_duration_since(Instant::now()))
+            .expect("demo printed its banner");
+        let words: Vec<&str> = line.split_whitespace().collect();
+        match words.as_slice() {
+            ["Open", u, ..] => url = Some(u.to_string()),
+            ["Password", p, ..] => password = Some(p.to_string()),
+            _ => {}
+        }
+    }
+    let origin = url.unwrap().trim_end_matches('/').to_string();
+    assert_eq!(origin, format!("http://127.0.0.1:{port}"));
+    let mut b = Browser::new();
+    let page = b.follow(&format!("{origin}/")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("<h1>Sign in</h1>"), "{}", page.body);
+    let csrf = page.input("csrf").unwrap();
+    let signed = b
+        .request(
+            "POST",
+            &format!("{origin}/.castellan/sign_in"),
+            &[],
+            Some(&[
+                ("csrf", &csrf),
+                ("rd", "/"),
+                ("email", "admin@example.com"),
+                ("password", password.as_deref().unwrap()),
+            ]),
+        )
+        .await;
+    assert_eq!(signed.status, 302, "{}", signed.body);
+    let whoami = b.get(&format!("{origin}/")).await;
+    assert_eq!(whoami.status, 200);
+    assert!(
+        whoami.body.contains("Hello, admin@example.com"),
+        "the built-in whoami app: {}",
+        whoami.body
+    );
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}

@@ -1,0 +1,272 @@
+//! Local accounts: sign-in, wrong passwords, the attempt limit, CSRF, sign-out and return URLs.
+
+use crate::support::*;
+
+const PASSWORD: &str = "a long enough password";
+
+async fn start() -> (Echo, Castellan) {
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    c.add_user("carol@example.com", PASSWORD);
+    c.grant("demo", "user:carol@example.com");
+    (echo, c)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_wrong_password_and_attempt_limit() {
+    let (_echo, c) = start().await;
+
+    // The only way to sign in is the local form: sign_in shows it rather than a chooser.
+    let mut b = Browser::new();
+    let first = b.follow(&c.url("/app?page=2")).await;
+    assert_eq!(first.status, 200);
+    assert!(first.body.contains("name=\"password\"") && !first.body.contains("Sign in with "));
+    assert_eq!(first.input("rd").as_deref(), Some("/app?page=2"));
+
+    let wrong = b
+        .sign_in_local(&c, "carol@example.com", "not the password", "/app")
+        .await;
+    assert_eq!(wrong.status, 401);
+    assert!(wrong.body.contains("Wrong email or password."));
+    assert_eq!(
+        wrong.input("rd").as_deref(),
+        Some("/app"),
+        "the return URL survives a failed attempt"
+    );
+    let unknown = b
+        .sign_in_local(&c, "nobody@example.com", "whatever password", "/")
+        .await;
+    assert_eq!(unknown.status, 401);
+    assert!(
+        unknown.body.contains("Wrong email or password."),
+        "same answer for an unknown account"
+    );
+
+    let ok = b
+        .sign_in_local(&c, "Carol@Example.com", PASSWORD, "/app?page=2")
+        .await;
+    assert_eq!(ok.status, 302, "{}", ok.body);
+    assert_eq!(ok.location(), Some("/app?page=2"));
+    let app = b
+        .request(
+            "GET",
+            &c.url("/app?page=2"),
+            &[("accept", "application/json")],
+            None,
+        )
+        .await;
+    assert_eq!(app.status, 200);
+    assert_eq!(
+        app.json()["headers"]["x-castellan-email"][0],
+        "carol@example.com"
+    );
+    assert_eq!(
+        app.json()["headers"]["x-castellan-user"][0],
+        "local:carol@example.com"
+    );
+
+    // Five failures lock the account for a while, with a message that says how long.
+    let mut m = Browser::new();
+    for _ in 0..5 {
+        assert_eq!(
+            m.sign_in_local(&c, "carol@example.com", "guess guess guess", "/")
+                .await
+                .status,
+            401
+        );
+    }
+    let limited = m
+        .sign_in_local(&c, "carol@example.com", PASSWORD, "/")
+        .await;
+    assert_eq!(limited.status, 429, "{}", limited.body);
+    assert!(
+        limited.body.contains("Too many attempts. Try again in "),
+        "{}",
+        limited.body
+    );
+    let retry: u64 = limited.headers["retry-after"]
+        .to_str()
+        .unwrap()
+        .parse()
+        .unwrap();
+    assert!(retry > 0 && retry <= 300);
+    // The already signed-in browser is unaffected.
+    assert_eq!(
+        b.request("GET", &c.url("/"), &[("accept", "application/json")], None)
+            .await
+            .status,
+        200
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_form_needs_its_csrf_token_and_our_origin() {
+    let (_echo, c) = start().await;
+    let mut b = Browser::new();
+    let form = b.get(&c.url("/.castellan/sign_in")).await;
+    let csrf = form.input("csrf").unwrap();
+    let url = c.url("/.castellan/sign_in");
+    assert_eq!(post(&url, &mut b, String::new(), None).await.status, 403);
+    assert_eq!(post(&url, &mut b, "forged".into(), None).await.status, 403);
+    assert_eq!(
+        post(
+            &url,
+            &mut b,
+            csrf.clone(),
+            Some("http://evil.example".into())
+        )
+        .await
+        .status,
+        403
+    );
+    // A token from another browser does not work here.
+    let mut other = Browser::new();
+    assert_eq!(post(&url, &mut other, csrf.clone(), None).await.status, 403);
+    assert_eq!(
+        post(&url, &mut b, csrf, Some(c.origin.clone()))
+            .await
+            .status,
+        302
+    );
+}
+
+async fn post(url: &str, b: &mut Browser, csrf: String, origin: Option<String>) -> Page {
+    let mut headers = vec![];
+    if let Some(o) = &origin {
+        headers.push(("origin", o.as_str()));
+    }
+    b.request(
+        "POST",
+        url,
+        &headers,
+        Some(&[
+            ("csrf", &csrf),
+            ("email", "carol@example.com"),
+            ("password", PASSWORD),
+        ]),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn return_to_attacks_land_on_the_root() {
+    let (_echo, c) = start().await;
+    let attacks = [
+        "//evil.com",
+        "///evil.com",
+        "/\\evil.com",
+        "\\\\evil.com",
+        "https:evil.com",
+        "https://evil.com",
+        "http://evil.com@127.0.0.1/",
+        "/%2f%2fevil.com",
+        "%2f%2fevil.com",
+        "/%5cevil.com",
+        "/%252f%252fevil.com",
+        "/\t/evil.com",
+        "/\n/evil.com",
+        "javascript:alert(1)",
+        "JAVASCRIPT:alert(document.domain)",
+        "data:text/html,x",
+        "evil.com",
+        "https://evil。com",
+        "/..//evil.com",
+    ];
+    for rd in attacks {
+        let mut b = Browser::new();
+        let ok = b.sign_in_local(&c, "carol@example.com", PASSWORD, rd).await;
+        assert_eq!(ok.status, 302, "{rd:?}: {}", ok.body);
+        assert_eq!(ok.location(), Some("/"), "{rd:?} must not be followed");
+    }
+    // Same-origin destinations survive, absolute ones as paths.
+    let mut b = Browser::new();
+    let ok = b
+        .sign_in_local(&c, "carol@example.com", PASSWORD, &c.url("/deep/link?q=1"))
+        .await;
+    assert_eq!(ok.location(), Some("/deep/link?q=1"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_out_ends_the_session_server_side() {
+    let (_echo, c) = start().await;
+    let mut b = Browser::new();
+    assert_eq!(
+        b.sign_in_local(&c, "carol@example.com", PASSWORD, "/")
+            .await
+            .status,
+        302
+    );
+    let session = b.cookie(&c.origin, "castellan_session").unwrap().clone();
+
+    // GET only shows a confirmation (a link or image cannot sign anyone out); POST needs the token.
+    let page = b.get(&c.url("/.castellan/sign_out")).await;
+    assert!(page.body.contains("carol@example.com"));
+    assert_eq!(
+        b.request("GET", &c.url("/"), &[("accept", "application/json")], None)
+            .await
+            .status,
+        200
+    );
+    let forged = b
+        .request(
+            "POST",
+            &c.url("/.castellan/sign_out"),
+            &[],
+            Some(&[("csrf", "nope")]),
+        )
+        .await;
+    assert_eq!(forged.status, 400);
+    let csrf = page.input("csrf").unwrap();
+    let out = b
+        .request(
+            "POST",
+            &c.url("/.castellan/sign_out"),
+            &[],
+            Some(&[("csrf", &csrf)]),
+        )
+        .await;
+    assert_eq!(out.status, 200);
+    assert!(out.body.contains("You are signed out"));
+    assert!(
+        b.cookie(&c.origin, "castellan_session").is_none(),
+        "the cookie is cleared"
+    );
+
+    // The old cookie, replayed, is worthless: the session is gone from the store.
+    let mut replay = Browser::new();
+    replay.set_cookie(&c.origin, "castellan_session", &session);
+    assert_eq!(
+        replay
+            .request("GET", &c.url("/"), &[("accept", "application/json")], None)
+            .await
+            .status,
+        401
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn tampered_and_ambiguous_session_cookies_are_anonymous() {
+    let (_echo, c) = start().await;
+    let mut b = Browser::new();
+    b.sign_in_local(&c, "carol@example.com", PASSWORD, "/")
+        .await;
+    let good = b.cookie(&c.origin, "castellan_session").unwrap().clone();
+    let mut flipped = good.clone().into_bytes();
+    flipped[10] = if flipped[10] == b'A' { b'B' } else { b'A' };
+    for value in [
+        String::from_utf8(flipped).unwrap(),
+        "".into(),
+        "x".repeat(5000),
+        "../../etc/passwd".into(),
+        format!("{good}; castellan_session=other"),
+    ] {
+        let resp = reqwest::Client::new()
+            .get(c.url("/"))
+            .header("accept", "application/json")
+            .header("cookie", format!("castellan_session={value}"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(resp.status(), 401, "cookie {value:.40}");
+    }
+}

@@ -1,0 +1,9 @@
+//! castellan's end-to-end tests: the real binary, a real OpenID Provider, real Streamlit and Chromium.
+//! Run through `scripts/test.sh`, which installs what they need first.
+
+mod browser;
+mod cli;
+mod local;
+mod oidc;
+mod proxy;
+mod support;

@@ -1,0 +1,379 @@
+//! OpenID Connect sign-in against a real provider (oidc-provider on loopback), the identity the app
+//! receives, and access changes made from another process.
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+const ALICE: (&str, &str) = ("alice@example.com", "alice-password");
+const BOB: (&str, &str) = ("bob@example.com", "bob-password");
+
+/// castellan with the IdP as its only way to sign in, in front of the echo app.
+async fn start(tamper: Option<&str>, local_accounts: bool) -> (Echo, Idp, Castellan) {
+    let echo = Echo::start().await;
+    let (port, origin) = Castellan::reserve();
+    let idp = Idp::start(&origin, tamper).await;
+    let mut setup = Setup::new(echo.addr);
+    setup.idp = Some(&idp);
+    setup.local_accounts = local_accounts;
+    let castellan = Castellan::start_on(port, setup).await;
+    (echo, idp, castellan)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sign_in_reaches_the_app_with_a_verifiable_assertion_and_no_forged_headers() {
+    let (_echo, _idp, c) = start(None, false).await;
+    c.grant("demo", "user:alice@example.com");
+    let mut b = Browser::new();
+
+    // Straight to the provider (one way to sign in), and back to the page first asked for.
+    let first = b.get(&c.url("/reports/q?x=1")).await;
+    assert_eq!(first.status, 302);
+    let sign_in = b.get(&c.url(first.location().unwrap())).await;
+    assert_eq!(
+        sign_in.status, 302,
+        "with one provider and no local accounts, sign_in goes straight to it"
+    );
+    let auth = url::Url::parse(sign_in.location().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = auth.query_pairs().into_owned().collect();
+    assert_eq!(q["code_challenge_method"], "S256");
+    assert_eq!(q["response_type"], "code");
+    assert!(q["state"].len() >= 43 && q["nonce"].len() >= 43);
+    assert_eq!(q["redirect_uri"], c.url("/.castellan/callback"));
+
+    let page = b
+        .sign_in_oidc(&c.url("/reports/q?x=1"), ALICE.0, ALICE.1)
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.url.ends_with("/reports/q?x=1"),
+        "returned to {}",
+        page.url
+    );
+    let session = b
+        .cookie(&c.origin, "castellan_session")
+        .expect("a session cookie")
+        .clone();
+    assert_eq!(session.len(), 43);
+
+    // Forged identity headers in every spelling, and castellan's cookies, must not reach the app.
+    let forged = [
+        ("X-Castellan-Email", "mallory@evil.com"),
+        ("x-castellan-user", "corp:mallory"),
+        ("X-CASTELLAN-JWT-ASSERTION", "forged"),
+        ("x_castellan_email", "mallory@evil.com"),
+        ("X-Castellan-Groups", "admins"),
+        ("accept", "application/json"),
+        ("cookie", "app_pref=dark"),
+    ];
+    let mut req = reqwest::Client::new().get(c.url("/echo"));
+    for (k, v) in forged {
+        req = req.header(k, v);
+    }
+    let resp = req
+        .header(
+            "cookie",
+            format!("castellan_session={session}; castellan_browser=xyz"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 200);
+    let seen: serde_json::Value = resp.json().await.unwrap();
+    let h = &seen["headers"];
+    assert_eq!(
+        h["x-castellan-email"],
+        serde_json::json!(["alice@example.com"]),
+        "{h}"
+    );
+    assert_eq!(
+        h["x-castellan-user"],
+        serde_json::json!(["corp:alice@example.com"])
+    );
+    assert!(
+        h.get("x_castellan_email").is_none(),
+        "underscore variant stripped: {h}"
+    );
+    assert!(
+        h.get("x-castellan-groups").is_none(),
+        "unknown x-castellan-* stripped: {h}"
+    );
+    let cookies = h["cookie"].to_string();
+    assert!(
+        cookies.contains("app_pref=dark"),
+        "the app's own cookie passes: {cookies}"
+    );
+    assert!(
+        !cookies.contains("castellan_"),
+        "castellan's cookies never go upstream: {cookies}"
+    );
+    assert_eq!(
+        h["host"],
+        serde_json::json!([format!("127.0.0.1:{}", c.port)]),
+        "Host is preserved"
+    );
+    assert_eq!(h["x-forwarded-proto"], serde_json::json!(["http"]));
+    assert_eq!(h["x-forwarded-for"], serde_json::json!(["127.0.0.1"]));
+
+    // The assertion verifies with an independent library (node `jose`) against the JWKS endpoint.
+    let token = h["x-castellan-jwt-assertion"][0].as_str().unwrap();
+    let out = Command::new("node")
+        .arg(support_dir().join("verify-jwt.mjs"))
+        .arg(c.url("/.castellan/jwks.json"))
+        .arg(&c.origin)
+        .arg("castellan:demo")
+        .arg(token)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "jose rejected the assertion: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let verified: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let p = &verified["payload"];
+    assert_eq!(p["email"], "alice@example.com");
+    assert_eq!(p["sub"], "alice@example.com");
+    assert_eq!(p["provider"], "corp");
+    let lifetime = p["exp"].as_i64().unwrap() - p["iat"].as_i64().unwrap();
+    assert!(
+        lifetime > 0 && lifetime <= 600,
+        "exp at most 10 minutes after iat: {lifetime}"
+    );
+    assert_eq!(verified["protectedHeader"]["alg"], "ES256");
+    // ...and the same token is refused for another app's audience.
+    let wrong_aud = Command::new("node")
+        .arg(support_dir().join("verify-jwt.mjs"))
+        .arg(c.url("/.castellan/jwks.json"))
+        .arg(&c.origin)
+        .arg("castellan:other")
+        .arg(token)
+        .output()
+        .unwrap();
+    assert!(!wrong_aud.status.success());
+
+    let who = b
+        .request(
+            "GET",
+            &c.url("/.castellan/whoami"),
+            &[("accept", "application/json")],
+            None,
+        )
+        .await;
+    assert_eq!(who.status, 200);
+    assert_eq!(who.json()["email"], "alice@example.com");
+    assert_eq!(who.json()["provider"], "corp");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn state_is_single_use_and_bound_to_the_browser() {
+    let (_echo, _idp, c) = start(None, false).await;
+    c.grant("demo", "allAuthenticatedUsers");
+    let callback = c.url("/.castellan/callback");
+
+    // A callback carried to another browser (login CSRF / stolen link) is refused, and burns the state.
+    let mut victim = Browser::new();
+    let login = victim.follow(&c.url("/")).await;
+    let stopped = victim
+        .submit_idp_login(&login, ALICE.0, ALICE.1, Some(&callback))
+        .await;
+    let mut attacker = Browser::new();
+    let elsewhere = attacker.get(&stopped.url).await;
+    assert_eq!(elsewhere.status, 400, "{}", elsewhere.body);
+    assert!(
+        elsewhere.body.contains("another browser"),
+        "{}",
+        elsewhere.body
+    );
+    let after = victim.get(&stopped.url).await;
+    assert_eq!(after.status, 400, "the state was consumed by the first use");
+    assert!(after.body.contains("expired"));
+
+    // A normal callback works once; replaying it is refused.
+    let mut b = Browser::new();
+    let login = b.follow(&c.url("/")).await;
+    let stopped = b
+        .submit_idp_login(&login, ALICE.0, ALICE.1, Some(&callback))
+        .await;
+    let ok = b.get(&stopped.url).await;
+    assert_eq!(ok.status, 302, "{}", ok.body);
+    assert!(b.cookie(&c.origin, "castellan_session").is_some());
+    let replay = b.get(&stopped.url).await;
+    assert_eq!(replay.status, 400, "replayed state: {}", replay.body);
+
+    // Made-up and missing states.
+    assert_eq!(
+        b.get(&format!("{callback}?code=x&state=made-up"))
+            .await
+            .status,
+        400
+    );
+    assert_eq!(b.get(&format!("{callback}?code=x")).await.status, 400);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bad_id_tokens_never_make_a_session() {
+    // Each fault is injected by the real provider, which re-signs the ID token it issues.
+    for (tamper, says) in [
+        ("wrong_nonce", "nonce"),
+        ("expired", "ExpiredSignature"),
+        ("unknown_key", "key the provider does not publish"),
+        ("alg_none", "malformed"),
+        ("hs256", "not accepted"),
+        ("wrong_aud", "InvalidAudience"),
+        ("wrong_iss", "InvalidIssuer"),
+        ("unverified_email", "verified"),
+    ] {
+        let (_echo, _idp, c) = start(Some(tamper), false).await;
+        c.grant("demo", "allAuthenticatedUsers");
+        let mut b = Browser::new();
+        let page = b.sign_in_oidc(&c.url("/"), ALICE.0, ALICE.1).await;
+        assert_eq!(page.status, 400, "{tamper}: {}", page.body);
+        assert!(
+            page.body.contains("Sign-in failed"),
+            "{tamper}: {}",
+            page.body
+        );
+        assert!(
+            page.body.contains(says),
+            "{tamper}: expected {says:?} in {}",
+            page.body
+        );
+        assert!(
+            b.cookie(&c.origin, "castellan_session").is_none(),
+            "{tamper}: no session"
+        );
+        let app = b
+            .request("GET", &c.url("/"), &[("accept", "application/json")], None)
+            .await;
+        assert_eq!(app.status, 401, "{tamper}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn access_changes_from_another_process_apply_within_a_second() {
+    let (_echo, _idp, c) = start(None, false).await;
+    let mut b = Browser::new();
+    let denied = b.sign_in_oidc(&c.url("/dashboard"), BOB.0, BOB.1).await;
+    assert_eq!(denied.status, 403, "{}", denied.body);
+    assert!(denied.body.contains("bob@example.com") && denied.body.contains("demo"));
+    assert!(denied.body.contains("Sign in with another account"));
+    let reference = denied
+        .body
+        .split("Reference: <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap()
+        .to_string();
+    assert!(
+        c.proc
+            .log_text()
+            .lines()
+            .any(|l| l.contains(&reference) && l.contains("\"decision\":\"deny\"")),
+        "the 403 page's reference {reference} is in a deny log line"
+    );
+
+    let url = c.url("/dashboard");
+    let out = c.cli(&["access", "add", "demo", "domain:example.com"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let granted = until_status(&mut b, &url, 200).await;
+    let out = c.cli(&["access", "remove", "demo", "domain:example.com"]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let revoked = until_status(&mut b, &url, 403).await;
+    eprintln!("access change took effect after: grant {granted:?}, revoke {revoked:?}");
+
+    let listed = c.cli(&["access", "list", "demo", "--json"]);
+    let v: serde_json::Value = serde_json::from_slice(&listed.stdout).unwrap();
+    assert_eq!(v["members"], serde_json::json!([]));
+}
+
+/// Polls until `url` answers `want`; fails after 1 s. Returns how long it took.
+async fn until_status(b: &mut Browser, url: &str, want: u16) -> Duration {
+    let t = Instant::now();
+    loop {
+        let s = b
+            .request("GET", url, &[("accept", "application/json")], None)
+            .await
+            .status;
+        if s == want {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "still {s}, not {want}, after 1 s"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn return_to_stays_on_castellan_through_the_provider() {
+    let (_echo, _idp, c) = start(None, false).await;
+    c.grant("demo", "allAuthenticatedUsers");
+    for (rd, want) in [
+        ("//evil.com/x", "/"),
+        ("https://evil.com/", "/"),
+        ("/\\evil.com", "/"),
+        ("/%2f%2fevil.com", "/"),
+        ("/ok?a=1", "/ok?a=1"),
+    ] {
+        let mut b = Browser::new();
+        let login = b
+            .follow(&c.url(&format!("/.castellan/sign_in?rd={}", urlencode(rd))))
+            .await;
+        let cb = b
+            .submit_idp_login(
+                &login,
+                ALICE.0,
+                ALICE.1,
+                Some(&c.url("/.castellan/callback")),
+            )
+            .await;
+        let back = b.get(&cb.url).await;
+        assert_eq!(back.status, 302, "{rd}: {}", back.body);
+        assert_eq!(back.location(), Some(want), "{rd}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn chooser_offers_provider_and_local_accounts() {
+    let (_echo, _idp, c) = start(None, true).await;
+    let mut b = Browser::new();
+    let page = b.get(&c.url("/.castellan/sign_in?rd=%2Fx")).await;
+    assert_eq!(page.status, 200);
+    assert!(page.body.contains("Sign in with Corp SSO"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("/.castellan/sign_in?provider=corp&amp;rd=%2Fx"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("name=\"password\""),
+        "the local form is on the chooser"
+    );
+    // "Sign in with another account" asks the provider to let the person pick an account.
+    let switch = b
+        .follow_until(
+            &c.url("/.castellan/sign_in?provider=corp&rd=%2F&switch=1"),
+            &[],
+            Some(&_idp.issuer),
+        )
+        .await;
+    assert!(
+        switch.url.contains("prompt=select_account"),
+        "{}",
+        switch.url
+    );
+}

@@ -1,0 +1,716 @@
+//! The end-to-end harness: real processes on loopback (the castellan binary, the oidc-provider IdP,
+//! Streamlit), an echo upstream, and a small cookie-keeping HTTP client that behaves like a browser.
+//! Every process is stopped when its handle drops; a failing test prints the logs of what it started.
+
+use std::collections::HashMap;
+use std::convert::Infallible;
+use std::net::{SocketAddr, TcpListener as StdListener};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http_body_util::{BodyExt, Full};
+use hyper::body::Incoming;
+use hyper_util::rt::TokioIo;
+
+pub fn support_dir() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
+}
+
+/// Fails (never skips) when the test dependencies are missing, saying how to install them.
+pub fn require(path: &Path, what: &str) {
+    assert!(
+        path.exists(),
+        "{what} is missing at {}: run `scripts/test-deps.sh` (the README's test command `scripts/test.sh` does it)",
+        path.display()
+    );
+}
+
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
+
+/// A child process, killed on drop. Its combined output goes to a log file printed if the test fails.
+pub struct Proc {
+    pub child: Child,
+    pub name: String,
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn spawn(name: &str, cmd: &mut Command, log: PathBuf) -> Proc {
+        let out = std::fs::File::create(&log).unwrap();
+        let child = cmd
+            .stdin(Stdio::null())
+            .stdout(out.try_clone().unwrap())
+            .stderr(out)
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {name}: {e}"));
+        Proc {
+            child,
+            name: name.to_string(),
+            log,
+        }
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM (not SIGKILL) so the process can shut down cleanly.
+    pub fn terminate(&mut self) {
+        let _ = Command::new("kill")
+            .arg("-TERM")
+            .arg(self.child.id().to_string())
+            .status();
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            let log = self.log_text();
+            let tail: String = log
+                .chars()
+                .rev()
+                .take(6000)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect();
+            eprintln!(
+                "----- log of {} ({}) -----\n{tail}\n----- end of {} -----",
+                self.name,
+                self.log.display(),
+                self.name
+            );
+        }
+    }
+}
+
+pub async fn wait_for(url: &str, what: &str, proc: &mut Proc) {
+    let client = reqwest::Client::new();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while Instant::now() < deadline {
+        if client.get(url).send().await.is_ok() {
+            return;
+        }
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!(
+                "{what} exited with {status} before answering; log:\n{}",
+                proc.log_text()
+            );
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!(
+        "{what} did not answer at {url} within 60 s; log:\n{}",
+        proc.log_text()
+    );
+}
+
+// ---- the OpenID Provider --------------------------------------------------------------------------
+
+pub struct Idp {
+    pub issuer: String,
+    _proc: Proc,
+    _dir: tempfile::TempDir,
+}
+
+impl Idp {
+    /// Starts oidc-provider for a castellan at `castellan_origin`, optionally with a fault (`IDP_TAMPER`).
+    pub async fn start(castellan_origin: &str, tamper: Option<&str>) -> Idp {
+        let dir = support_dir();
+        require(
+            &dir.join("node_modules/oidc-provider"),
+            "the npm package oidc-provider",
+        );
+        let port = free_port();
+        let issuer = format!("http://127.0.0.1:{port}");
+        let tmp = tempfile::tempdir().unwrap();
+        let mut cmd = Command::new("node");
+        cmd.arg(dir.join("idp.mjs"))
+            .env("IDP_PORT", port.to_string())
+            .env("IDP_AUTO_CONSENT", "1")
+            .env(
+                "CASTELLAN_REDIRECT_URI",
+                format!("{castellan_origin}/.castellan/callback"),
+            )
+            .env("CASTELLAN_CLIENT_SECRET", "castellan-secret");
+        if let Some(t) = tamper {
+            cmd.env("IDP_TAMPER", t);
+        }
+        let mut proc = Proc::spawn("idp", &mut cmd, tmp.path().join("idp.log"));
+        wait_for(
+            &format!("{issuer}/.well-known/openid-configuration"),
+            "the IdP",
+            &mut proc,
+        )
+        .await;
+        Idp {
+            issuer,
+            _proc: proc,
+            _dir: tmp,
+        }
+    }
+}
+
+// ---- an echo upstream -----------------------------------------------------------------------------
+
+/// An upstream app that answers with JSON describing the request it received.
+/// `/slow` waits 3 s; `/stream` sends `chunk-1`, waits 1.5 s, sends `chunk-2`.
+pub struct Echo {
+    pub addr: SocketAddr,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for Echo {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+
+async fn echo(req: hyper::Request<Incoming>) -> Result<hyper::Response<EchoBody>, Infallible> {
+    let path = req.uri().path().to_string();
+    if path == "/slow" {
+        tokio::time::sleep(Duration::from_secs(3)).await;
+    }
+    if path == "/ws" {
+        // A byte-echoing "WebSocket" endpoint: enough to prove the upgrade is spliced both ways.
+        let saw = req.headers().get("x-castellan-email").cloned();
+        let mut req = req;
+        let upgrade = hyper::upgrade::on(&mut req);
+        tokio::spawn(async move {
+            if let Ok(up) = upgrade.await {
+                let (mut r, mut w) = tokio::io::split(TokioIo::new(up));
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            }
+        });
+        let mut resp = hyper::Response::new(BodyExt::boxed(Full::new(Bytes::new())));
+        *resp.status_mut() = hyper::StatusCode::SWITCHING_PROTOCOLS;
+        resp.headers_mut()
+            .insert("connection", "upgrade".parse().unwrap());
+        resp.headers_mut()
+            .insert("upgrade", "websocket".parse().unwrap());
+        if let Some(v) = saw {
+            resp.headers_mut().insert("x-upstream-saw-email", v);
+        }
+        return Ok(resp);
+    }
+    if path == "/stream" {
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        tokio::spawn(async move {
+            let _ = tx.send(Bytes::from_static(b"chunk-1\n")).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = tx.send(Bytes::from_static(b"chunk-2\n")).await;
+        });
+        return Ok(hyper::Response::new(BodyExt::boxed(ChannelBody(rx))));
+    }
+    let headers: serde_json::Map<String, serde_json::Value> =
+        req.headers()
+            .iter()
+            .fold(serde_json::Map::new(), |mut m, (k, v)| {
+                let v = serde_json::Value::String(String::from_utf8_lossy(v.as_bytes()).into());
+                match m.get_mut(k.as_str()) {
+                    Some(serde_json::Value::Array(a)) => a.push(v),
+                    _ => {
+                        m.insert(k.to_string(), serde_json::Value::Array(vec![v]));
+                    }
+                }
+                m
+            });
+    let method = req.method().to_string();
+    let uri = req.uri().to_string();
+    let version = format!("{:?}", req.version());
+    let body = req
+        .into_body()
+        .collect()
+        .await
+        .map(|b| b.to_bytes())
+        .unwrap_or_default();
+    let json = serde_json::json!({
+        "method": method, "uri": uri, "version": version, "headers": headers,
+        "body_len": body.len(),
+    });
+    let mut resp = hyper::Response::new(BodyExt::boxed(Full::new(Bytes::from(json.to_string()))));
+    resp.headers_mut()
+        .insert("content-type", "application/json".parse().unwrap());
+    resp.headers_mut()
+        .insert("set-cookie", "app_cookie=from-app; Path=/".parse().unwrap());
+    Ok(resp)
+}
+
+/// A response body fed by a channel, so the echo app can pause between chunks.
+struct ChannelBody(tokio::sync::mpsc::Receiver<Bytes>);
+
+impl hyper::body::Body for ChannelBody {
+    type Data = Bytes;
+    type Error = Infallible;
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Bytes>, Infallible>>> {
+        self.0
+            .poll_recv(cx)
+            .map(|o| o.map(|b| Ok(hyper::body::Frame::data(b))))
+    }
+}
+
+impl Echo {
+    pub async fn start() -> Echo {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    continue;
+                };
+                tokio::spawn(async move {
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(TokioIo::new(stream), hyper::service::service_fn(echo))
+                        .with_upgrades()
+                        .await;
+                });
+            }
+        });
+        Echo { addr, task }
+    }
+}
+
+// ---- castellan ------------------------------------------------------------------------------------
+
+pub struct Castellan {
+    pub origin: String,
+    pub port: u16,
+    _dir: tempfile::TempDir,
+    pub config_path: PathBuf,
+    pub proc: Proc,
+}
+
+/// What to put in the test configuration.
+pub struct Setup<'a> {
+    pub idp: Option<&'a Idp>,
+    pub local_accounts: bool,
+    /// `[[apps]]` entries beyond the default `demo` app (raw TOML).
+    pub extra: &'a str,
+    pub upstream: String,
+    pub top: &'a str,
+    pub args: &'a [&'a str],
+}
+
+impl<'a> Setup<'a> {
+    pub fn new(upstream: SocketAddr) -> Setup<'a> {
+        Setup {
+            idp: None,
+            local_accounts: true,
+            extra: "",
+            upstream: format!("http://{upstream}"),
+            top: "",
+            args: &[],
+        }
+    }
+}
+
+pub fn castellan_bin() -> &'static str {
+    env!("CARGO_BIN_EXE_castellan")
+}
+
+impl Castellan {
+    /// Picks the port first, so an IdP can be told the redirect URI before castellan starts.
+    pub fn reserve() -> (u16, String) {
+        let port = free_port();
+        (port, format!("http://127.0.0.1:{port}"))
+    }
+
+    pub async fn start(setup: Setup<'_>) -> Castellan {
+        let (port, _) = Castellan::reserve();
+        Castellan::start_on(port, setup).await
+    }
+
+    pub async fn start_on(port: u16, setup: Setup<'_>) -> Castellan {
+        let origin = format!("http://127.0.0.1:{port}");
+        let dir = tempfile::tempdir().unwrap();
+        let mut toml = format!(
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"{origin}\"\nstore = \"sqlite://castellan.db\"\nlocal_accounts = {}\n{}\n",
+            setup.local_accounts, setup.top
+        );
+        if let Some(idp) = setup.idp {
+            toml.push_str(&format!(
+                "[[providers]]\nid = \"corp\"\ndisplay_name = \"Corp SSO\"\nissuer = \"{}\"\nclient_id = \"castellan\"\nclient_secret = \"${{TEST_CLIENT_SECRET}}\"\n\n",
+                idp.issuer
+            ));
+        }
+        toml.push_str(&format!(
+            "[[apps]]\nid = \"demo\"\nupstream = \"{}\"\n{}\n",
+            setup.upstream, setup.extra
+        ));
+        let config_path = dir.path().join("castellan.toml");
+        std::fs::write(&config_path, toml).unwrap();
+        let mut cmd = Command::new(castellan_bin());
+        cmd.args(["--log-format", "json"])
+            .args(setup.args)
+            .arg("serve")
+            .arg("--config")
+            .arg(&config_path)
+            .env("TEST_CLIENT_SECRET", "castellan-secret")
+            .env("RUST_LOG", "info");
+        let mut proc = Proc::spawn("castellan", &mut cmd, dir.path().join("castellan.log"));
+        wait_for(
+            &format!("{origin}/.castellan/healthz"),
+            "castellan",
+            &mut proc,
+        )
+        .await;
+        Castellan {
+            origin,
+            port,
+            _dir: dir,
+            config_path,
+            proc,
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("{}{path}", self.origin)
+    }
+
+    /// Runs the castellan CLI against this instance's configuration, as a separate process.
+    pub fn cli(&self, args: &[&str]) -> std::process::Output {
+        self.cli_with_stdin(args, None)
+    }
+
+    pub fn cli_with_stdin(&self, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+        run_cli(&self.config_path, args, stdin)
+    }
+
+    /// Grants access from a separate process, then waits out castellan's poll interval (200 ms)
+    /// with room to spare, so the next request sees it.
+    pub fn grant(&self, app: &str, member: &str) {
+        let out = self.cli(&["access", "add", app, member]);
+        assert!(
+            out.status.success(),
+            "access add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
+    pub fn add_user(&self, email: &str, password: &str) {
+        let out = self.cli_with_stdin(
+            &["users", "add", email, "--password-stdin"],
+            Some(&format!("{password}\n")),
+        );
+        assert!(
+            out.status.success(),
+            "users add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+}
+
+pub fn run_cli(config: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
+    use std::io::Write;
+    let mut child = Command::new(castellan_bin())
+        .args(args)
+        .arg("--config")
+        .arg(config)
+        .env("TEST_CLIENT_SECRET", "castellan-secret")
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    {
+        let mut input = child.stdin.take().unwrap();
+        if let Some(s) = stdin {
+            input.write_all(s.as_bytes()).unwrap();
+        }
+    }
+    child.wait_with_output().unwrap()
+}
+
+// ---- a browser-like client ------------------------------------------------------------------------
+
+/// Keeps cookies per host (ignoring ports, as browsers do) and follows redirects by hand, so tests
+/// can stop anywhere in a sign-in flow.
+pub struct Browser {
+    client: reqwest::Client,
+    jar: HashMap<String, HashMap<String, String>>,
+}
+
+pub struct Page {
+    pub status: u16,
+    pub url: String,
+    pub headers: reqwest::header::HeaderMap,
+    pub body: String,
+}
+
+impl Page {
+    pub fn json(&self) -> serde_json::Value {
+        serde_json::from_str(&self.body).unwrap_or_else(|e| panic!("not JSON ({e}): {}", self.body))
+    }
+
+    pub fn location(&self) -> Option<&str> {
+        self.headers.get("location").and_then(|v| v.to_str().ok())
+    }
+
+    /// The value of a hidden or text input, by name.
+    pub fn input(&self, name: &str) -> Option<String> {
+        let needle = format!("name=\"{name}\" value=\"");
+        let start = self.body.find(&needle)? + needle.len();
+        let end = self.body[start..].find('"')?;
+        Some(
+            self.body[start..start + end]
+                .replace("&amp;", "&")
+                .replace("&#39;", "'")
+                .replace("&quot;", "\""),
+        )
+    }
+}
+
+impl Default for Browser {
+    fn default() -> Self {
+        Browser::new()
+    }
+}
+
+impl Browser {
+    pub fn new() -> Browser {
+        Browser {
+            client: reqwest::Client::builder()
+                .redirect(reqwest::redirect::Policy::none())
+                .timeout(Duration::from_secs(30))
+                .build()
+                .unwrap(),
+            jar: HashMap::new(),
+        }
+    }
+
+    fn host_of(url: &str) -> String {
+        url::Url::parse(url)
+            .unwrap()
+            .host_str()
+            .unwrap_or("")
+            .to_string()
+    }
+
+    pub fn cookie(&self, url: &str, name: &str) -> Option<&String> {
+        self.jar.get(&Browser::host_of(url))?.get(name)
+    }
+
+    pub fn set_cookie(&mut self, url: &str, name: &str, value: &str) {
+        self.jar
+            .entry(Browser::host_of(url))
+            .or_default()
+            .insert(name.into(), value.into());
+    }
+
+    fn cookie_header(&self, url: &str) -> Option<String> {
+        let cookies = self.jar.get(&Browser::host_of(url))?;
+        (!cookies.is_empty()).then(|| {
+            cookies
+                .iter()
+                .map(|(k, v)| format!("{k}={v}"))
+                .collect::<Vec<_>>()
+                .join("; ")
+        })
+    }
+
+    fn store_cookies(&mut self, url: &str, headers: &reqwest::header::HeaderMap) {
+        let host = Browser::host_of(url);
+        for v in headers.get_all("set-cookie") {
+            let s = v.to_str().unwrap_or("");
+            let mut parts = s.split(';');
+            let Some((name, value)) = parts.next().and_then(|p| p.split_once('=')) else {
+                continue;
+            };
+            let deleted = parts.any(|a| {
+                let a = a.trim().to_ascii_lowercase();
+                a == "max-age=0" || a.starts_with("expires=thu, 01 jan 1970")
+            });
+            let jar = self.jar.entry(host.clone()).or_default();
+            if deleted || value.is_empty() {
+                jar.remove(name.trim());
+            } else {
+                jar.insert(name.trim().to_string(), value.trim().to_string());
+            }
+        }
+    }
+
+    /// One request, no redirects followed. `headers` are extra request headers.
+    pub async fn request(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Page {
+        let mut req = self.client.request(method.parse().unwrap(), url);
+        if let Some(c) = self.cookie_header(url) {
+            req = req.header("cookie", c);
+        }
+        let mut has_accept = false;
+        for (k, v) in headers {
+            has_accept |= k.eq_ignore_ascii_case("accept");
+            req = req.header(*k, *v);
+        }
+        if !has_accept {
+            req = req.header("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
+        }
+        if let Some(f) = form {
+            req = req.form(f);
+        }
+        let resp = req
+            .send()
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let status = resp.status().as_u16();
+        let headers = resp.headers().clone();
+        self.store_cookies(url, &headers);
+        let body = resp.text().await.unwrap_or_default();
+        Page {
+            status,
+            url: url.to_string(),
+            headers,
+            body,
+        }
+    }
+
+    pub async fn get(&mut self, url: &str) -> Page {
+        self.request("GET", url, &[], None).await
+    }
+
+    /// GETs `url` and follows redirects; stops early (without requesting it) at a URL starting with `stop_at`.
+    pub async fn follow_until(
+        &mut self,
+        url: &str,
+        headers: &[(&str, &str)],
+        stop_at: Option<&str>,
+    ) -> Page {
+        let mut page = self.request("GET", url, headers, None).await;
+        for _ in 0..20 {
+            let Some(loc) = page.location() else {
+                return page;
+            };
+            let next = url::Url::parse(&page.url)
+                .unwrap()
+                .join(loc)
+                .unwrap()
+                .to_string();
+            if stop_at.is_some_and(|s| next.starts_with(s)) {
+                page.url = next;
+                return page;
+            }
+            page = self.request("GET", &next, headers, None).await;
+        }
+        panic!("too many redirects from {url}");
+    }
+
+    pub async fn follow(&mut self, url: &str) -> Page {
+        self.follow_until(url, &[], None).await
+    }
+
+    /// Submits the IdP's login form on `page` and follows redirects (consent is automatic in tests).
+    pub async fn submit_idp_login(
+        &mut self,
+        page: &Page,
+        email: &str,
+        password: &str,
+        stop_at: Option<&str>,
+    ) -> Page {
+        assert!(
+            page.body.contains("name=\"password\""),
+            "expected the IdP login form, got {} at {}: {}",
+            page.status,
+            page.url,
+            page.body
+        );
+        let action = {
+            let start = page.body.find("action=\"").expect("form action") + 8;
+            let end = page.body[start..].find('"').unwrap();
+            page.body[start..start + end].to_string()
+        };
+        let target = url::Url::parse(&page.url)
+            .unwrap()
+            .join(&action)
+            .unwrap()
+            .to_string();
+        let mut resp = self
+            .request(
+                "POST",
+                &target,
+                &[],
+                Some(&[
+                    ("prompt", "login"),
+                    ("login", email),
+                    ("password", password),
+                ]),
+            )
+            .await;
+        for _ in 0..20 {
+            let Some(loc) = resp.location() else {
+                return resp;
+            };
+            let next = url::Url::parse(&resp.url)
+                .unwrap()
+                .join(loc)
+                .unwrap()
+                .to_string();
+            if stop_at.is_some_and(|s| next.starts_with(s)) {
+                resp.url = next;
+                return resp;
+            }
+            resp = self.request("GET", &next, &[], None).await;
+        }
+        panic!("too many redirects after the IdP login");
+    }
+
+    /// Opens `url` on castellan, signs in at the IdP and returns the page castellan finally serves.
+    pub async fn sign_in_oidc(&mut self, url: &str, email: &str, password: &str) -> Page {
+        let login = self.follow(url).await;
+        self.submit_idp_login(&login, email, password, None).await
+    }
+
+    /// Signs in with a local account through castellan's form; returns castellan's answer to the POST.
+    pub async fn sign_in_local(
+        &mut self,
+        castellan: &Castellan,
+        email: &str,
+        password: &str,
+        rd: &str,
+    ) -> Page {
+        let form = self
+            .get(&castellan.url(&format!("/.castellan/sign_in?rd={}", urlencode(rd))))
+            .await;
+        assert_eq!(form.status, 200, "sign-in page: {}", form.body);
+        let csrf = form
+            .input("csrf")
+            .expect("the sign-in form has a CSRF token");
+        let rd_field = form.input("rd").unwrap_or_default();
+        self.request(
+            "POST",
+            &castellan.url("/.castellan/sign_in"),
+            &[],
+            Some(&[
+                ("csrf", &csrf),
+                ("rd", &rd_field),
+                ("email", email),
+                ("password", password),
+            ]),
+        )
+        .await
+    }
+}
+
+pub fn urlencode(s: &str) -> String {
+    url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
+}

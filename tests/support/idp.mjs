@@ -1,0 +1,289 @@
+// Test OpenID Provider for castellan's end-to-end tests.
+//
+// panva's certified `oidc-provider` (npm, major 9) on loopback, with a small
+// login + consent UI of our own (the package's devInteractions accept ANY
+// login and ignore the password; ours checks a password so tests can also
+// prove that a wrong password is refused).
+//
+// The tests run it from this folder, whose node_modules `npm ci` fills
+// (ESM imports resolve relative to the script's own location).
+//
+// Environment (all optional):
+//   IDP_HOST / IDP_PORT        listen address            (127.0.0.1 / 9000)
+//   IDP_ISSUER                 issuer URL                (http://IDP_HOST:IDP_PORT)
+//   IDP_USERS                  "email:password,..."      (alice@example.com:alice-password,bob@example.com:bob-password)
+//   IDP_AUTO_CONSENT=1         skip the consent page (grant is created automatically)
+//   IDP_CONFORM_ID_TOKEN_CLAIMS=1  oidc-provider's default: in the code flow the
+//                              ID token then carries only sub/acr/...; email must be
+//                              read from userinfo. Default here: 0 (email in ID token).
+//   IDP_KEYS_FILE              JSON file to keep signing keys across restarts
+//   APACHE_PEER_SECRET         secret of client apache-peer   (apache-peer-secret)
+//   APACHE_PEER_REDIRECT_URI   (http://127.0.0.1:8081/redirect_uri)
+//   CASTELLAN_CLIENT_SECRET    secret of client castellan     (castellan-secret)
+//   CASTELLAN_REDIRECT_URI     (http://127.0.0.1:8080/.castellan/callback)
+//   CASTELLAN_TOKEN_AUTH       client_secret_basic | client_secret_post (client_secret_basic)
+//   CASTELLAN_ID_TOKEN_ALG     RS256 | ES256 | PS256      (RS256)
+//   IDP_EXTRA_CLIENTS_JSON     JSON array of extra client metadata objects
+//   IDP_TAMPER                 fault injection for negative tests: rewrites the ID token in every token
+//                              response, re-signed with the provider's own RSA key unless stated:
+//                              expired | wrong_nonce | wrong_aud | wrong_iss | unknown_key (signed by a key
+//                              the JWKS does not publish) | alg_none (unsigned) | hs256 (HMAC keyed with the
+//                              public RSA JWK, the classic key-confusion attack) | unverified_email
+import http from 'node:http';
+import crypto from 'node:crypto';
+import fs from 'node:fs';
+import Provider from 'oidc-provider';
+import * as jose from 'jose';
+
+const env = process.env;
+const HOST = env.IDP_HOST || '127.0.0.1';
+const PORT = Number(env.IDP_PORT || 9000);
+const ISSUER = env.IDP_ISSUER || `http://${HOST}:${PORT}`;
+
+// ---- users -----------------------------------------------------------------
+const USERS = new Map();
+for (const entry of (env.IDP_USERS || 'alice@example.com:alice-password,bob@example.com:bob-password').split(',')) {
+  const i = entry.indexOf(':');
+  if (i <= 0) { console.error(`idp: bad IDP_USERS entry ${JSON.stringify(entry)}`); process.exit(2); }
+  const email = entry.slice(0, i).trim();
+  const local = email.split('@')[0];
+  USERS.set(email, {
+    password: entry.slice(i + 1),
+    name: local.charAt(0).toUpperCase() + local.slice(1) + ' Example',
+    preferred_username: local,
+  });
+}
+
+async function findAccount(_ctx, id) {
+  const u = USERS.get(id);
+  if (!u) return undefined;
+  return {
+    accountId: id,
+    async claims(_use, _scope) {
+      return {
+        sub: id,
+        email: id,
+        email_verified: true,
+        name: u.name,
+        preferred_username: u.preferred_username,
+      };
+    },
+  };
+}
+
+// ---- signing keys: one RSA (RS256/PS256) and one P-256 (ES256) ----------------
+function makeKeys() {
+  const rsa = crypto.generateKeyPairSync('rsa', { modulusLength: 2048 }).privateKey.export({ format: 'jwk' });
+  const ec = crypto.generateKeyPairSync('ec', { namedCurve: 'P-256' }).privateKey.export({ format: 'jwk' });
+  rsa.kid = `rsa-${crypto.randomBytes(4).toString('hex')}`; rsa.use = 'sig';
+  ec.kid = `ec-${crypto.randomBytes(4).toString('hex')}`; ec.use = 'sig';
+  return { keys: [rsa, ec] };
+}
+let jwks;
+if (env.IDP_KEYS_FILE && fs.existsSync(env.IDP_KEYS_FILE)) {
+  jwks = JSON.parse(fs.readFileSync(env.IDP_KEYS_FILE, 'utf8'));
+} else {
+  jwks = makeKeys();
+  if (env.IDP_KEYS_FILE) fs.writeFileSync(env.IDP_KEYS_FILE, JSON.stringify(jwks), { mode: 0o600 });
+}
+
+// ---- clients -----------------------------------------------------------------
+const clients = [
+  {
+    client_id: 'apache-peer',
+    client_secret: env.APACHE_PEER_SECRET || 'apache-peer-secret',
+    redirect_uris: [env.APACHE_PEER_REDIRECT_URI || 'http://127.0.0.1:8081/redirect_uri'],
+    response_types: ['code'],
+    grant_types: ['authorization_code', 'refresh_token'],
+    token_endpoint_auth_method: 'client_secret_basic',
+  },
+  {
+    client_id: 'castellan',
+    client_secret: env.CASTELLAN_CLIENT_SECRET || 'castellan-secret',
+    redirect_uris: [env.CASTELLAN_REDIRECT_URI || 'http://127.0.0.1:8080/.castellan/callback'],
+    post_logout_redirect_uris: [new URL('/', env.CASTELLAN_REDIRECT_URI || 'http://127.0.0.1:8080/').href],
+    response_types: ['code'],
+    grant_types: ['authorization_code', 'refresh_token'],
+    token_endpoint_auth_method: env.CASTELLAN_TOKEN_AUTH || 'client_secret_basic',
+    id_token_signed_response_alg: env.CASTELLAN_ID_TOKEN_ALG || 'RS256',
+  },
+  ...(env.IDP_EXTRA_CLIENTS_JSON ? JSON.parse(env.IDP_EXTRA_CLIENTS_JSON) : []),
+];
+
+// ---- provider ----------------------------------------------------------------
+const autoConsent = env.IDP_AUTO_CONSENT === '1';
+const configuration = {
+  clients,
+  jwks,
+  findAccount,
+  claims: {
+    openid: ['sub'],
+    email: ['email', 'email_verified'],
+    profile: ['name', 'preferred_username'],
+  },
+  scopes: ['openid', 'offline_access', 'email', 'profile'],
+  conformIdTokenClaims: env.IDP_CONFORM_ID_TOKEN_CLAIMS === '1',
+  pkce: { required: () => false }, // PKCE (S256) allowed, not required for confidential clients
+  features: {
+    devInteractions: { enabled: false }, // we serve /interaction/:uid ourselves below
+    rpInitiatedLogout: { enabled: true },
+    introspection: { enabled: true },
+    revocation: { enabled: true },
+  },
+  interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
+  ttl: {
+    AccessToken: 3600, AuthorizationCode: 600, IdToken: 3600, Interaction: 3600,
+    Session: 14 * 86400, Grant: 14 * 86400, RefreshToken: 14 * 86400,
+  },
+  async loadExistingGrant(ctx) {
+    const grantId = ctx.oidc.result?.consent?.grantId || ctx.oidc.session.grantIdFor(ctx.oidc.client.clientId);
+    if (grantId) return ctx.oidc.provider.Grant.find(grantId);
+    if (!autoConsent) return undefined;
+    const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
+    grant.addOIDCScope('openid email profile offline_access');
+    grant.addOIDCClaims(['email', 'email_verified', 'name', 'preferred_username']);
+    await grant.save();
+    return grant;
+  },
+};
+
+const provider = new Provider(ISSUER, configuration);
+for (const ev of ['server_error', 'authorization.error', 'grant.error', 'userinfo.error', 'end_session.error', 'introspection.error', 'revocation.error']) {
+  provider.on(ev, (_ctx, err) => console.error(`idp: ${ev}: ${err.message}${err.error_description ? ` (${err.error_description})` : ''}`));
+}
+
+// ---- our login / consent pages ---------------------------------------------------
+const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
+const page = (title, body) => `<!DOCTYPE html><html><head><meta charset="utf-8"><title>${esc(title)}</title></head>`
+  + `<body><h1>${esc(title)}</h1>${body}</body></html>`;
+
+function loginForm(uid, hint, error) {
+  return page('Sign-in', `${error ? `<p class="error" role="alert">${esc(error)}</p>` : ''}
+<form autocomplete="off" action="/interaction/${esc(uid)}" method="post">
+  <input type="hidden" name="prompt" value="login"/>
+  <label>Email <input required type="email" name="login" value="${esc(hint || '')}"></label>
+  <label>Password <input required type="password" name="password"></label>
+  <button type="submit">Sign-in</button>
+</form>
+<a href="/interaction/${esc(uid)}/abort">Cancel</a>`);
+}
+
+function consentForm(uid, clientId, details) {
+  const scopes = (details.missingOIDCScope || []).filter((s) => s !== 'openid');
+  return page('Authorize', `<p>Client <b>${esc(clientId)}</b> asks for: ${esc(scopes.join(', ') || 'sign-in')}</p>
+<form autocomplete="off" action="/interaction/${esc(uid)}" method="post">
+  <input type="hidden" name="prompt" value="consent"/>
+  <button type="submit">Continue</button>
+</form>
+<a href="/interaction/${esc(uid)}/abort">Cancel</a>`);
+}
+
+function send(res, status, html) {
+  res.writeHead(status, { 'content-type': 'text/html; charset=utf-8', 'cache-control': 'no-store' });
+  res.end(html);
+}
+
+async function readForm(req) {
+  let body = '';
+  for await (const chunk of req) {
+    body += chunk;
+    if (body.length > 65536) throw new Error('form too large');
+  }
+  return Object.fromEntries(new URLSearchParams(body));
+}
+
+async function interaction(req, res, uid, action) {
+  const details = await provider.interactionDetails(req, res);
+  if (details.uid !== uid) return send(res, 400, page('Error', '<p>interaction mismatch</p>'));
+  const { prompt, params } = details;
+
+  if (action === 'abort') {
+    return provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'End-User aborted interaction' }, { mergeWithLastSubmission: false });
+  }
+  if (req.method === 'GET') {
+    if (prompt.name === 'login') return send(res, 200, loginForm(uid, params.login_hint));
+    if (prompt.name === 'consent') return send(res, 200, consentForm(uid, params.client_id, prompt.details));
+    return send(res, 501, page('Error', `<p>prompt ${esc(prompt.name)} not implemented</p>`));
+  }
+  const form = await readForm(req);
+  if (form.prompt === 'login' && prompt.name === 'login') {
+    const user = USERS.get((form.login || '').trim());
+    const digest = (v) => crypto.createHash('sha256').update(String(v)).digest();
+    if (!user || !crypto.timingSafeEqual(digest(form.password || ''), digest(user.password))) {
+      console.error(`idp: failed login for ${JSON.stringify(form.login)}`);
+      return send(res, 200, loginForm(uid, form.login, 'Invalid email or password.'));
+    }
+    return provider.interactionFinished(req, res, { login: { accountId: form.login.trim() } }, { mergeWithLastSubmission: false });
+  }
+  if (form.prompt === 'consent' && prompt.name === 'consent') {
+    const { grantId, session } = details;
+    const grant = grantId ? await provider.Grant.find(grantId)
+      : new provider.Grant({ accountId: session.accountId, clientId: params.client_id });
+    const d = prompt.details;
+    if (d.missingOIDCScope) grant.addOIDCScope(d.missingOIDCScope.join(' '));
+    if (d.missingOIDCClaims) grant.addOIDCClaims(d.missingOIDCClaims);
+    if (d.missingResourceScopes) {
+      for (const [indicator, scope] of Object.entries(d.missingResourceScopes)) grant.addResourceScope(indicator, scope.join(' '));
+    }
+    return provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
+  }
+  return send(res, 400, page('Error', '<p>unexpected form submission</p>'));
+}
+
+// ---- fault injection (IDP_TAMPER) -----------------------------------------------------
+const TAMPER = env.IDP_TAMPER || '';
+async function tamper(idToken) {
+  const claims = jose.decodeJwt(idToken);
+  const now = Math.floor(Date.now() / 1000);
+  const rsa = jwks.keys.find((k) => k.kty === 'RSA');
+  let key = await jose.importJWK(rsa, 'RS256');
+  let header = { alg: 'RS256', kid: rsa.kid, typ: 'JWT' };
+  switch (TAMPER) {
+    case 'expired': claims.iat = now - 7200; claims.exp = now - 3600; break;
+    case 'wrong_nonce': claims.nonce = 'not-the-nonce-of-this-sign-in'; break;
+    case 'wrong_aud': claims.aud = 'some-other-client'; break;
+    case 'wrong_iss': claims.iss = 'http://127.0.0.1:1/evil'; break;
+    case 'unverified_email': claims.email_verified = false; break;
+    case 'unknown_key': {
+      const { privateKey } = await jose.generateKeyPair('RS256');
+      key = privateKey; header = { alg: 'RS256', kid: 'unknown-key', typ: 'JWT' };
+      break;
+    }
+    case 'alg_none': {
+      const enc = (o) => Buffer.from(JSON.stringify(o)).toString('base64url');
+      return `${enc({ alg: 'none', typ: 'JWT' })}.${enc(claims)}.`;
+    }
+    case 'hs256': {
+      const pub = { kty: rsa.kty, n: rsa.n, e: rsa.e };
+      key = new TextEncoder().encode(JSON.stringify(pub)); header = { alg: 'HS256', kid: rsa.kid, typ: 'JWT' };
+      break;
+    }
+    default: throw new Error(`unknown IDP_TAMPER ${TAMPER}`);
+  }
+  return new jose.SignJWT(claims).setProtectedHeader(header).sign(key);
+}
+if (TAMPER) {
+  provider.use(async (ctx, next) => {
+    await next();
+    if (ctx.path.endsWith('/token') && ctx.body && typeof ctx.body === 'object' && ctx.body.id_token) {
+      ctx.body = { ...ctx.body, id_token: await tamper(ctx.body.id_token) };
+    }
+  });
+}
+
+const providerHandler = provider.callback();
+const server = http.createServer((req, res) => {
+  const m = /^\/interaction\/([A-Za-z0-9_-]+)(\/abort)?\/?(?:\?.*)?$/.exec(req.url);
+  if (!m) return providerHandler(req, res);
+  interaction(req, res, m[1], m[2] ? 'abort' : null).catch((err) => {
+    console.error(`idp: interaction error: ${err.message}`);
+    if (!res.headersSent) send(res, 400, page('Error', `<p>${esc(err.message)}</p>`));
+    else res.end();
+  });
+});
+server.keepAliveTimeout = 65000;
+server.listen(PORT, HOST, () => {
+  console.log(`idp: issuer ${ISSUER} listening on ${HOST}:${PORT}; users: ${[...USERS.keys()].join(', ')}; clients: ${clients.map((c) => c.client_id).join(', ')}`);
+});
+for (const sig of ['SIGINT', 'SIGTERM']) process.on(sig, () => { server.close(); process.exit(0); });
