@@ -10,6 +10,7 @@ pub mod local;
 pub mod metrics;
 pub mod oidc;
 pub mod pages;
+pub mod path;
 pub mod policy;
 pub mod proxy;
 pub mod reserved;

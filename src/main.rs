@@ -257,6 +257,30 @@ async fn serve(config: Config, banner: Option<String>) -> Result<()> {
         store = %c.store,
         "castellan is serving"
     );
+    if c.public_url.scheme() == "http" && !is_loopback_host(&c.public_url) {
+        tracing::warn!(
+            "public_url {} is plain http on a non-loopback host: session cookies can be read on the network. \
+             Put castellan behind HTTPS and set public_url to the https:// address",
+            c.public_url
+        );
+    }
+    for provider in &state.providers {
+        let provider_id = provider.config.id.clone();
+        let state = state.clone();
+        tokio::spawn(async move {
+            let Some(p) = state.provider(&provider_id) else {
+                return;
+            };
+            match p.check().await {
+                Ok(()) => {
+                    tracing::info!(provider = %provider_id, issuer = %p.config.issuer, "provider discovery ok")
+                }
+                Err(e) => {
+                    tracing::error!(provider = %provider_id, "{e}; sign-in with it will fail until this is fixed")
+                }
+            }
+        });
+    }
     if let Some(l) = metrics_listener {
         tracing::info!("metrics at http://{}/metrics", l.local_addr()?);
         tokio::spawn(server::serve_metrics(state.clone(), l));
@@ -266,6 +290,15 @@ async fn serve(config: Config, banner: Option<String>) -> Result<()> {
     }
     server::run(state, listener, shutdown_signal()).await?;
     Ok(())
+}
+
+fn is_loopback_host(url: &url::Url) -> bool {
+    match url.host() {
+        Some(url::Host::Ipv4(ip)) => ip.is_loopback(),
+        Some(url::Host::Ipv6(ip)) => ip.is_loopback(),
+        Some(url::Host::Domain(d)) => d == "localhost" || d.ends_with(".localhost"),
+        None => false,
+    }
 }
 
 async fn shutdown_signal() {

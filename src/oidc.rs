@@ -195,6 +195,17 @@ impl Client {
             .map_err(|e| self.unavailable(format!("GET {url} returned unreadable JSON: {e}")))
     }
 
+    /// Fetches discovery and keys now, so a misconfigured provider shows up in the log at start
+    /// rather than at the first sign-in.
+    pub async fn check(&self) -> Result<(), Error> {
+        let m = self.metadata().await?;
+        let set: JwkSet = self.get_json(&m.jwks_uri).await?;
+        let mut keys = self.keys.lock().await;
+        keys.set = set;
+        keys.fetched = Some(Instant::now());
+        Ok(())
+    }
+
     /// Where to send the browser to sign in.
     pub async fn authorization_url(
         &self,

@@ -102,11 +102,13 @@ impl Upstream {
         Upstream { client, timeout }
     }
 
-    /// Sends `req` to `app` and returns the app's response, with upgrades spliced through.
+    /// Sends `req` to `app` as `target` (the normalised path and query castellan decided on) and
+    /// returns the app's response, with upgrades spliced through.
     pub async fn forward(
         &self,
         app: &App,
         mut req: Request<Incoming>,
+        target: &str,
         forwarded: &Forwarded<'_>,
         identity: IdentityHeaders,
     ) -> Result<Response<Body>, Error> {
@@ -125,13 +127,8 @@ impl Upstream {
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_string)
             });
-        let path = parts
-            .uri
-            .path_and_query()
-            .map(|p| p.as_str())
-            .unwrap_or("/");
         let base = app.upstream.as_str().trim_end_matches('/');
-        parts.uri = format!("{base}{path}")
+        parts.uri = format!("{base}{target}")
             .parse::<Uri>()
             .unwrap_or_else(|_| Uri::from_static("/"));
         parts.version = Version::HTTP_11;
@@ -159,10 +156,18 @@ impl Upstream {
         );
         headers.insert(HeaderName::from_static(USER_HEADER), value(&identity.user));
 
-        let upstream_req = Request::from_parts(
-            parts,
-            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-        );
+        // Trailers can carry headers too: identity look-alikes are dropped there as well.
+        let body = body
+            .map_frame(|frame| match frame.into_trailers() {
+                Ok(mut trailers) => {
+                    strip_identity_headers(&mut trailers);
+                    hyper::body::Frame::trailers(trailers)
+                }
+                Err(frame) => frame,
+            })
+            .map_err(|e| Box::new(e) as BoxError)
+            .boxed_unsync();
+        let upstream_req = Request::from_parts(parts, body);
         let mut resp =
             match tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await {
                 Err(_) => return Err(Error::Timeout(self.timeout)),

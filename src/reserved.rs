@@ -19,15 +19,16 @@ use crate::web::{self, Body};
 /// How long a sign-in at a provider may take, from the redirect to the callback.
 pub const FLOW_LIFETIME: Duration = Duration::from_secs(600);
 
+/// Answers a request whose normalised path is `path` (under `/.castellan/`).
 pub async fn handle(
     state: &State,
     peer: SocketAddr,
     req: Request<Incoming>,
+    path: &str,
     outcome: &mut Outcome,
 ) -> Response<Body> {
-    let path = req.uri().path().to_string();
     let method = req.method().clone();
-    match (method, path.as_str()) {
+    match (method, path) {
         (Method::GET | Method::HEAD, "/.castellan/healthz") => match state.store.ping().await {
             Ok(()) => web::text(StatusCode::OK, "ok\n"),
             Err(e) => {

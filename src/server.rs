@@ -150,8 +150,10 @@ impl State {
         else {
             return Ok(None);
         };
-        // Record use at most once a minute: enough for the idle timeout, cheap for the store.
-        if store::now() - session.last_seen >= 60 {
+        // Record use at most once a minute (sooner for short idle timeouts): enough for the idle
+        // timeout, cheap for the store.
+        let every = (self.config.session_idle_timeout.as_secs() / 4).clamp(1, 60) as i64;
+        if store::now() - session.last_seen >= every {
             self.store.touch_session(&digest).await?;
         }
         Ok(Some((session.identity, digest)))
@@ -163,13 +165,45 @@ impl State {
     }
 }
 
-/// `/reports` matches `/reports` and `/reports/x`, not `/reportsx`.
+/// `/reports` matches `/reports`, `/reports/x` and `/reports;x`, not `/reportsx`.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
         return true;
     }
     let prefix = prefix.trim_end_matches('/');
-    path == prefix || path.starts_with(prefix) && path[prefix.len()..].starts_with('/')
+    path == prefix || path.starts_with(prefix) && path[prefix.len()..].starts_with(['/', ';'])
+}
+
+/// False for a WebSocket (or other upgrade) whose `Origin` is not the host it connects to: a page on
+/// another site must not ride the person's session into the app (cross-site WebSocket hijacking).
+fn same_origin_upgrade(req: &Request<Incoming>, host: Option<&str>) -> bool {
+    if !req.headers().contains_key(http::header::UPGRADE) {
+        return true;
+    }
+    let Some(origin) = req.headers().get(http::header::ORIGIN) else {
+        return true; // not a browser: there is no ambient page to defend against
+    };
+    let Some(origin) = origin.to_str().ok().and_then(|o| url::Url::parse(o).ok()) else {
+        return false;
+    };
+    let host_port = req
+        .uri()
+        .authority()
+        .and_then(|a| a.port_u16())
+        .or_else(|| {
+            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            h.parse::<http::uri::Authority>().ok()?.port_u16()
+        })
+        .or_else(|| match origin.scheme() {
+            "https" | "wss" => Some(443),
+            _ => Some(80),
+        });
+    origin
+        .host_str()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        .as_deref()
+        == host
+        && origin.port_or_known_default() == host_port
 }
 
 /// What the log line and metrics say about one request.
@@ -200,11 +234,24 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
     let path = req.uri().path().to_string();
     let host = web::request_host(req.uri(), req.headers());
     let mut outcome = Outcome::new("-");
-    let resp = if path == "/.castellan" || path.starts_with("/.castellan/") {
-        outcome.app = "castellan".into();
-        crate::reserved::handle(&state, peer, req, &mut outcome).await
-    } else {
-        protected(&state, peer, req, host.as_deref(), &mut outcome).await
+    let resp = match crate::path::normalize(req.uri().path()) {
+        None => {
+            outcome.decision = "bad-request";
+            web::html(
+                StatusCode::BAD_REQUEST,
+                pages::error(
+                    "Bad request",
+                    "The request path is not valid.",
+                    &crypto_ref(&mut outcome),
+                ),
+            )
+        }
+        // Decided on the normalised path, so `/%2ecastellan/…` is castellan's too and never proxied.
+        Some(normal) if normal == "/.castellan" || normal.starts_with("/.castellan/") => {
+            outcome.app = "castellan".into();
+            crate::reserved::handle(&state, peer, req, &normal, &mut outcome).await
+        }
+        Some(normal) => protected(&state, peer, req, host.as_deref(), &normal, &mut outcome).await,
     };
     let status = resp.status().as_u16();
     let latency = start.elapsed();
@@ -241,14 +288,21 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
     resp
 }
 
+/// A fresh reference id, recorded in the outcome so the log line carries it too.
+fn crypto_ref(outcome: &mut Outcome) -> String {
+    let reference = crate::crypto::reference_id();
+    outcome.reference = Some(reference.clone());
+    reference
+}
+
 async fn protected(
     state: &State,
     peer: SocketAddr,
     req: Request<Incoming>,
     host: Option<&str>,
+    path: &str,
     outcome: &mut Outcome,
 ) -> Response<Body> {
-    let path = req.uri().path();
     let Some(app) = state.match_app(host, path) else {
         let reference = crate::crypto::reference_id();
         outcome.reference = Some(reference.clone());
@@ -307,6 +361,19 @@ async fn protected(
                 )
             }
         }
+        Decision::Allow(_) if !same_origin_upgrade(&req, host) => {
+            outcome.decision = "deny";
+            outcome.reason = "cross-origin-websocket";
+            let reference = crypto_ref(outcome);
+            web::json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({
+                    "error": "cross_origin_websocket",
+                    "message": "a WebSocket from another origin is refused (cross-site WebSocket hijacking)",
+                    "reference": reference,
+                }),
+            )
+        }
         Decision::Allow(_) => {
             let (identity, _) = who.expect("an allow decision has an identity");
             let assertion = match state.signer.sign(&identity, &app.audience) {
@@ -328,7 +395,15 @@ async fn protected(
                 email: identity.email.clone(),
                 user: format!("{}:{}", identity.provider, identity.subject),
             };
-            match state.upstream.forward(app, req, &forwarded, headers).await {
+            let target = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            match state
+                .upstream
+                .forward(app, req, &target, &forwarded, headers)
+                .await
+            {
                 Ok(resp) => resp,
                 Err(e) => {
                     let reference = crate::crypto::reference_id();
@@ -552,6 +627,7 @@ mod tests {
         assert!(prefix_matches("/reports", "/reports/q"));
         assert!(prefix_matches("/reports/", "/reports/q"));
         assert!(!prefix_matches("/reports", "/reportsx"));
+        assert!(prefix_matches("/reports", "/reports;jsessionid=1"));
         assert!(!prefix_matches("/reports", "/"));
     }
 }

@@ -90,6 +90,25 @@ async fn sign_in_wrong_password_and_attempt_limit() {
         .parse()
         .unwrap();
     assert!(retry > 0 && retry <= 300);
+    // Guessing across many accounts from one address is limited too (20 failures per address).
+    let mut spray = Browser::new();
+    let mut last = 0;
+    for i in 0..16 {
+        last = spray
+            .sign_in_local(
+                &c,
+                &format!("user{i}@example.com"),
+                "guess guess guess",
+                "/",
+            )
+            .await
+            .status;
+    }
+    assert_eq!(
+        last, 429,
+        "per-address limit after 20 failures (5 were spent above)"
+    );
+
     // The already signed-in browser is unaffected.
     assert_eq!(
         b.request("GET", &c.url("/"), &[("accept", "application/json")], None)

@@ -377,3 +377,58 @@ async fn chooser_offers_provider_and_local_accounts() {
         switch.url
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn several_providers_at_once_and_an_unreachable_one() {
+    let echo = Echo::start().await;
+    let (port, origin) = Castellan::reserve();
+    let corp = Idp::start(&origin, None).await;
+    let partner = Idp::start(&origin, None).await;
+    let dead = free_port();
+    let extra = format!(
+        "[[providers]]\nid = \"partner\"\ndisplay_name = \"Partner SSO\"\nissuer = \"{}\"\nclient_id = \"castellan\"\nclient_secret = \"castellan-secret\"\n\n\
+         [[providers]]\nid = \"gone\"\nissuer = \"http://127.0.0.1:{dead}\"\nclient_id = \"castellan\"\nclient_secret = \"x\"\n",
+        partner.issuer
+    );
+    let mut setup = Setup::new(echo.addr);
+    setup.idp = Some(&corp);
+    setup.local_accounts = false;
+    setup.extra = &extra;
+    let c = Castellan::start_on(port, setup).await;
+    c.grant("demo", "user:bob@example.com");
+
+    let mut b = Browser::new();
+    let chooser = b.follow(&c.url("/")).await;
+    assert_eq!(chooser.status, 200, "several providers: a chooser");
+    assert!(
+        chooser.body.contains("Sign in with Corp SSO")
+            && chooser.body.contains("Sign in with Partner SSO")
+    );
+    assert!(
+        !chooser.body.contains("name=\"password\""),
+        "local accounts are off"
+    );
+    let login = b
+        .follow(&c.url("/.castellan/sign_in?provider=partner&rd=%2F"))
+        .await;
+    assert!(login.url.starts_with(&partner.issuer), "{}", login.url);
+    let page = b.submit_idp_login(&login, BOB.0, BOB.1, None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let who = b
+        .request(
+            "GET",
+            &c.url("/.castellan/whoami"),
+            &[("accept", "application/json")],
+            None,
+        )
+        .await;
+    assert_eq!(who.json()["provider"], "partner");
+
+    let down = b.get(&c.url("/.castellan/sign_in?provider=gone")).await;
+    assert_eq!(down.status, 502);
+    assert!(down.body.contains("could not reach gone"), "{}", down.body);
+    assert!(
+        c.proc.log_text().contains("provider discovery ok"),
+        "providers are checked at start"
+    );
+}

@@ -168,6 +168,23 @@ async fn websocket_upgrades_need_a_session_and_are_spliced_both_ways() {
         head.contains("dave@example.com"),
         "the upstream saw the identity on the upgrade request: {head}"
     );
+    // A page on another site cannot open the app's WebSocket with the person's cookie.
+    let (head, _) = raw_upgrade(&c, Some(&cookie), Some("https://evil.example")).await;
+    assert!(
+        head.starts_with("HTTP/1.1 403"),
+        "cross-site WebSocket: {head}"
+    );
+    let (head, _) = raw_upgrade(
+        &c,
+        Some(&cookie),
+        Some(&format!("http://localhost:{}", c.port)),
+    )
+    .await;
+    assert!(
+        head.starts_with("HTTP/1.1 403"),
+        "another origin on the same machine: {head}"
+    );
+
     s.write_all(b"hello through castellan").await.unwrap();
     let mut buf = [0u8; 23];
     tokio::time::timeout(Duration::from_secs(5), s.read_exact(&mut buf))
@@ -263,7 +280,61 @@ async fn routing_hop_by_hop_and_reserved_paths() {
     }
     assert_eq!(h["x-kept"][0], "1");
 
-    // Nothing under /.castellan/ is proxied, on any method.
+    // Routing and decisions use the normalised path, which is also what the upstream receives:
+    // encodings and dot segments cannot slip a request past the /reports app's access list.
+    c.cli(&["access", "remove", "reports", "user:dave@example.com"]);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for sneaky in [
+        "/%72eports/q",
+        "/x/../reports/q",
+        "//reports/q",
+        "/x/%2e%2e/reports/q",
+        "/reports;x=1/q",
+    ] {
+        let r = b
+            .request(
+                "GET",
+                &c.url(sneaky),
+                &[("accept", "application/json")],
+                None,
+            )
+            .await;
+        assert_eq!(
+            r.status, 403,
+            "{sneaky} must be decided as /reports: {}",
+            r.body
+        );
+    }
+    let r = b
+        .request(
+            "GET",
+            &c.url("/a/./b/../c?q=%2e"),
+            &[("accept", "application/json")],
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.json()["uri"],
+        "/a/c?q=%2e",
+        "the upstream sees the path castellan decided on"
+    );
+    assert_eq!(b.get(&c.url("/%zz")).await.status, 400);
+
+    // Nothing under /.castellan/ is proxied, on any method or spelling.
+    let r = b
+        .request(
+            "GET",
+            &c.url("/%2ecastellan/whoami"),
+            &[("accept", "application/json")],
+            None,
+        )
+        .await;
+    assert_eq!(r.status, 200);
+    assert_eq!(
+        r.json()["email"],
+        "dave@example.com",
+        "answered by castellan, not the app"
+    );
     let r = reqwest::Client::new()
         .post(c.url("/.castellan/anything"))
         .header("cookie", &cookie)
@@ -372,4 +443,129 @@ async fn sigterm_lets_in_flight_requests_finish() {
     };
     assert!(status.success(), "clean exit: {status}");
     assert!(c.proc.log_text().contains("shutting down"));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn forwarded_headers_are_trusted_only_from_trusted_proxies() {
+    let echo = Echo::start().await;
+    let mut setup = Setup::new(echo.addr);
+    setup.top = "trusted_proxies = [\"127.0.0.1\"]";
+    let c = Castellan::start(setup).await;
+    let (_, cookie) = signed_in(&c).await;
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(c.url("/"))
+        .header("cookie", &cookie)
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["headers"]["x-forwarded-for"][0], "203.0.113.9, 127.0.0.1",
+        "the chain is extended"
+    );
+    assert_eq!(
+        v["headers"]["x-forwarded-proto"][0], "https",
+        "a trusted proxy's scheme is kept"
+    );
+
+    // Without trusted proxies (the default) the client's claims are replaced.
+    let c2 = Castellan::start(Setup::new(echo.addr)).await;
+    let (_, cookie) = signed_in(&c2).await;
+    let v: serde_json::Value = reqwest::Client::new()
+        .get(c2.url("/"))
+        .header("cookie", &cookie)
+        .header("x-forwarded-for", "203.0.113.9")
+        .header("x-forwarded-proto", "https")
+        .header("x-forwarded-host", "evil.example")
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        v["headers"]["x-forwarded-for"],
+        serde_json::json!(["127.0.0.1"])
+    );
+    assert_eq!(
+        v["headers"]["x-forwarded-proto"],
+        serde_json::json!(["http"])
+    );
+    assert_eq!(
+        v["headers"]["x-forwarded-host"],
+        serde_json::json!([format!("127.0.0.1:{}", c2.port)])
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_failing_store_fails_closed_with_a_reference() {
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    let (mut b, _) = signed_in(&c).await;
+    assert_eq!(b.get(&c.url("/")).await.status, 200);
+    // Break the store under the running server (another process drops the sessions table).
+    let db = c.config_path.parent().unwrap().join("castellan.db");
+    let out = std::process::Command::new("python3")
+        .args(["-c", "import sqlite3,sys; c=sqlite3.connect(sys.argv[1]); c.execute('drop table sessions'); c.commit()"])
+        .arg(&db)
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let page = b.get(&c.url("/")).await;
+    assert_eq!(page.status, 500, "{}", page.body);
+    assert!(page.body.contains("did not let the request through"));
+    assert!(!page.body.contains("\"method\""), "nothing was proxied");
+    let reference = page
+        .body
+        .split("Reference: <code>")
+        .nth(1)
+        .unwrap()
+        .split('<')
+        .next()
+        .unwrap();
+    assert!(c.proc.log_text().contains(reference));
+    assert_eq!(
+        reqwest::get(c.url("/.castellan/healthz"))
+            .await
+            .unwrap()
+            .status(),
+        200,
+        "healthz checks reachability only"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn idle_and_absolute_session_limits_end_sessions() {
+    let echo = Echo::start().await;
+    let mut setup = Setup::new(echo.addr);
+    setup.top = "session_lifetime = \"3s\"";
+    let c = Castellan::start(setup).await;
+    let (mut b, _) = signed_in(&c).await;
+    let api = [("accept", "application/json")];
+    assert_eq!(b.request("GET", &c.url("/"), &api, None).await.status, 200);
+    tokio::time::sleep(Duration::from_millis(3500)).await;
+    assert_eq!(
+        b.request("GET", &c.url("/"), &api, None).await.status,
+        401,
+        "past session_lifetime"
+    );
+
+    let mut setup = Setup::new(echo.addr);
+    setup.top = "session_idle_timeout = \"2s\"";
+    let c = Castellan::start(setup).await;
+    let (mut b, _) = signed_in(&c).await;
+    tokio::time::sleep(Duration::from_millis(2500)).await;
+    assert_eq!(
+        b.request("GET", &c.url("/"), &api, None).await.status,
+        401,
+        "idle past session_idle_timeout"
+    );
 }
