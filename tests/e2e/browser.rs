@@ -93,3 +93,63 @@ async fn streamlit_renders_in_chromium_after_signing_in() {
         let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("streamlit.png"));
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn local_sign_in_form_works_in_chromium() {
+    require(
+        std::path::Path::new("/usr/bin/chromium"),
+        "Debian's chromium",
+    );
+    require(
+        &support_dir().join("node_modules/playwright-core"),
+        "the npm package playwright-core",
+    );
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    c.add_user("erin@example.com", "a long enough password");
+    c.grant("demo", "user:erin@example.com");
+    let tmp = tempfile::tempdir().unwrap();
+    let shot = tmp.path().join("sign-in.png");
+    let out = tokio::task::spawn_blocking({
+        let url = c.url("/reports?page=2");
+        let shot = shot.clone();
+        move || {
+            Command::new("node")
+                .arg(support_dir().join("sign-in.mjs"))
+                .args([&url, "erin@example.com", "a long enough password"])
+                .arg(&shot)
+                .output()
+                .unwrap()
+        }
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    assert_eq!(
+        v["wrong"], "Wrong email or password.",
+        "a real browser's form post passes the CSRF and Origin checks"
+    );
+    assert_eq!(
+        v["url"],
+        c.url("/reports?page=2"),
+        "back where the person started"
+    );
+    assert!(
+        v["text"].as_str().unwrap().contains("erin@example.com"),
+        "the app saw the identity: {v}"
+    );
+    assert_eq!(
+        v["signedOut"], "You are signed out",
+        "the sign-out form works in a real browser: {v}"
+    );
+    assert!(
+        v["after"].as_str().unwrap().contains("/.castellan/sign_in"),
+        "signed out for real: {v}"
+    );
+}
