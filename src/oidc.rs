@@ -18,10 +18,12 @@ use crate::config;
 use crate::policy::Identity;
 use crate::store;
 
-/// How often a token with an unknown `kid` may trigger a JWKS download.
-pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(30);
+/// How often a token with an unknown `kid` may trigger a JWKS download: short enough that a
+/// provider's key rotation is picked up at once, long enough that forged `kid`s cannot make
+/// castellan hammer the provider.
+pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long discovery results are reused before being fetched again.
-const DISCOVERY_TTL: Duration = Duration::from_secs(3600);
+const DISCOVERY_TTL: Duration = Duration::from_secs(5);
 /// Clock skew tolerated on `exp`, `nbf` and `iat`.
 const LEEWAY_SECS: i64 = 60;
 /// An ID token older than this (by `iat`) is not accepted, even if it has not expired.

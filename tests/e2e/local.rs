@@ -289,3 +289,96 @@ async fn tampered_and_ambiguous_session_cookies_are_anonymous() {
         assert_eq!(resp.status(), 401, "cookie {value:.40}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn https_public_url_gets_host_prefixed_secure_cookies() {
+    let echo = Echo::start().await;
+    let (port, _) = Castellan::reserve();
+    let top = format!("public_url = \"https://127.0.0.1:{port}\"");
+    let mut setup = Setup::new(echo.addr);
+    setup.top = &top;
+    // The test config sets public_url first; a second key would be a duplicate, so replace it.
+    let c = Castellan::start_on_with_public_url(port, setup).await;
+    c.add_user("frank@example.com", PASSWORD);
+    let mut b = Browser::new();
+    let form = b.get(&c.url("/.castellan/sign_in")).await;
+    let browser_cookie = form.headers["set-cookie"].to_str().unwrap().to_string();
+    assert!(
+        browser_cookie.starts_with("__Host-castellan_browser="),
+        "{browser_cookie}"
+    );
+    assert!(
+        browser_cookie.contains("; Secure")
+            && browser_cookie.contains("; Path=/")
+            && !browser_cookie.contains("Domain")
+    );
+    let csrf = form.input("csrf").unwrap();
+    let ok = b
+        .request(
+            "POST",
+            &c.url("/.castellan/sign_in"),
+            &[],
+            Some(&[
+                ("csrf", &csrf),
+                ("rd", "/"),
+                ("email", "frank@example.com"),
+                ("password", PASSWORD),
+            ]),
+        )
+        .await;
+    assert_eq!(ok.status, 302, "{}", ok.body);
+    let session = ok.headers["set-cookie"].to_str().unwrap();
+    assert!(
+        session.starts_with("__Host-castellan_session="),
+        "{session}"
+    );
+    for attr in [
+        "; Path=/",
+        "; HttpOnly",
+        "; SameSite=Lax",
+        "; Secure",
+        "; Max-Age=86400",
+    ] {
+        assert!(session.contains(attr), "{attr} in {session}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn only_browser_navigations_are_redirected_to_sign_in() {
+    let (_echo, c) = start().await;
+    let mut b = Browser::new();
+    let nav = b.get(&c.url("/page?x=1")).await;
+    assert_eq!(nav.status, 302);
+    assert_eq!(
+        nav.location(),
+        Some("/.castellan/sign_in?rd=%2Fpage%3Fx%3D1")
+    );
+    for headers in [
+        vec![("accept", "application/json")],
+        vec![
+            ("accept", "text/html"),
+            ("x-requested-with", "XMLHttpRequest"),
+        ],
+        vec![("accept", "text/html"), ("sec-fetch-mode", "cors")],
+        vec![("accept", "*/*")],
+    ] {
+        let r = b.request("GET", &c.url("/page?x=1"), &headers, None).await;
+        assert_eq!(r.status, 401, "{headers:?}");
+        assert_eq!(
+            r.json()["sign_in_url"],
+            c.url("/.castellan/sign_in?rd=%2Fpage%3Fx%3D1")
+        );
+    }
+    let r = b
+        .request(
+            "GET",
+            &c.url("/page"),
+            &[("accept", "*/*"), ("sec-fetch-mode", "navigate")],
+            None,
+        )
+        .await;
+    assert_eq!(
+        r.status, 302,
+        "Sec-Fetch-Mode: navigate is a navigation whatever Accept says"
+    );
+}

@@ -432,3 +432,38 @@ async fn several_providers_at_once_and_an_unreachable_one() {
         "providers are checked at start"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_key_rotation_is_picked_up() {
+    let echo = Echo::start().await;
+    let (port, origin) = Castellan::reserve();
+    let idp = Idp::start(&origin, None).await;
+    let idp_port: u16 = idp.issuer.rsplit(':').next().unwrap().parse().unwrap();
+    let mut setup = Setup::new(echo.addr);
+    setup.idp = Some(&idp);
+    setup.local_accounts = false;
+    let c = Castellan::start_on(port, setup).await;
+    c.grant("demo", "allAuthenticatedUsers");
+    assert_eq!(
+        Browser::new()
+            .sign_in_oidc(&c.url("/"), ALICE.0, ALICE.1)
+            .await
+            .status,
+        200
+    );
+
+    // The provider restarts with new signing keys (same issuer); castellan only has the old ones.
+    let issuer = idp.issuer.clone();
+    drop(idp);
+    let _rotated = Idp::start_on(idp_port, &origin, None).await;
+    assert_eq!(_rotated.issuer, issuer);
+    tokio::time::sleep(castellan::oidc::JWKS_REFRESH_INTERVAL + Duration::from_millis(200)).await;
+    let page = Browser::new()
+        .sign_in_oidc(&c.url("/"), ALICE.0, ALICE.1)
+        .await;
+    assert_eq!(
+        page.status, 200,
+        "the unknown kid made castellan fetch the new keys: {}",
+        page.body
+    );
+}

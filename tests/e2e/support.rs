@@ -127,12 +127,16 @@ pub struct Idp {
 impl Idp {
     /// Starts oidc-provider for a castellan at `castellan_origin`, optionally with a fault (`IDP_TAMPER`).
     pub async fn start(castellan_origin: &str, tamper: Option<&str>) -> Idp {
+        Idp::start_on(free_port(), castellan_origin, tamper).await
+    }
+
+    /// The same on a given port: a restart on the same port is the same issuer with new signing keys.
+    pub async fn start_on(port: u16, castellan_origin: &str, tamper: Option<&str>) -> Idp {
         let dir = support_dir();
         require(
             &dir.join("node_modules/oidc-provider"),
             "the npm package oidc-provider",
         );
-        let port = free_port();
         let issuer = format!("http://127.0.0.1:{port}");
         let tmp = tempfile::tempdir().unwrap();
         let mut cmd = Command::new("node");
@@ -337,10 +341,20 @@ impl Castellan {
     }
 
     pub async fn start_on(port: u16, setup: Setup<'_>) -> Castellan {
+        let public = format!("public_url = \"http://127.0.0.1:{port}\"\n");
+        Castellan::launch(port, setup, &public).await
+    }
+
+    /// Like `start_on`, but `setup.top` sets `public_url` itself (e.g. an https one).
+    pub async fn start_on_with_public_url(port: u16, setup: Setup<'_>) -> Castellan {
+        Castellan::launch(port, setup, "").await
+    }
+
+    async fn launch(port: u16, setup: Setup<'_>, public: &str) -> Castellan {
         let origin = format!("http://127.0.0.1:{port}");
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
-            "listen = \"127.0.0.1:{port}\"\npublic_url = \"{origin}\"\nstore = \"sqlite://castellan.db\"\nlocal_accounts = {}\n{}\n",
+            "listen = \"127.0.0.1:{port}\"\n{public}store = \"sqlite://castellan.db\"\nlocal_accounts = {}\n{}\n",
             setup.local_accounts, setup.top
         );
         if let Some(idp) = setup.idp {
