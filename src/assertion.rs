@@ -121,6 +121,7 @@ mod tests {
             email: "alice@example.com".into(),
             subject: "123".into(),
             provider: "corp".into(),
+            groups: vec![],
         };
         let token = signer.sign(&who, "castellan:demo").unwrap();
         let set: JwkSet = serde_json::from_str(signer.jwks()).unwrap();

@@ -26,6 +26,8 @@ pub struct Config {
     pub upstream_connect_timeout: Duration,
     pub upstream_timeout: Duration,
     pub metrics_listen: Option<SocketAddr>,
+    /// How long audit records are kept.
+    pub audit_retention: Duration,
     pub providers: Vec<Provider>,
     pub apps: Vec<App>,
 }
@@ -56,6 +58,8 @@ pub struct Provider {
     pub client_secret: String,
     pub scopes: Vec<String>,
     pub require_verified_email: bool,
+    /// The ID-token (or userinfo) claim that lists the person's groups, for `group:` members.
+    pub groups_claim: Option<String>,
 }
 
 impl fmt::Debug for Provider {
@@ -66,6 +70,7 @@ impl fmt::Debug for Provider {
             .field("client_id", &self.client_id)
             .field("client_secret", &"<redacted>")
             .field("scopes", &self.scopes)
+            .field("groups_claim", &self.groups_claim)
             .finish()
     }
 }
@@ -252,6 +257,7 @@ const TOP_KEYS: &[&str] = &[
     "upstream_connect_timeout",
     "upstream_timeout",
     "metrics_listen",
+    "audit_retention",
     "providers",
     "apps",
 ];
@@ -263,6 +269,7 @@ const PROVIDER_KEYS: &[&str] = &[
     "client_secret",
     "scopes",
     "require_verified_email",
+    "groups_claim",
 ];
 const APP_KEYS: &[&str] = &["id", "upstream", "host", "path_prefix", "audience"];
 
@@ -296,6 +303,9 @@ impl Reader<'_> {
             .duration(&mut t, "", "upstream_timeout")
             .unwrap_or(Duration::from_secs(60));
         let metrics_listen = self.socket_addr(&mut t, "", "metrics_listen");
+        let audit_retention = self
+            .duration(&mut t, "", "audit_retention")
+            .unwrap_or(Duration::from_secs(90 * 86400));
         let providers = self.providers(&mut t);
         let had_apps = t.contains_key("apps");
         let apps = self.apps(&mut t);
@@ -324,6 +334,7 @@ impl Reader<'_> {
             upstream_connect_timeout,
             upstream_timeout,
             metrics_listen,
+            audit_retention,
             providers,
             apps,
         })
@@ -636,6 +647,7 @@ impl Reader<'_> {
             let require_verified_email = self
                 .boolean(&mut p, &prefix, "require_verified_email")
                 .unwrap_or(true);
+            let groups_claim = self.string(&mut p, &prefix, "groups_claim");
             if let (Some(id), Some(issuer), Some(client_id), Some(client_secret)) =
                 (id, issuer, client_id, client_secret)
             {
@@ -647,6 +659,7 @@ impl Reader<'_> {
                     client_secret,
                     scopes,
                     require_verified_email,
+                    groups_claim,
                 });
             }
         }

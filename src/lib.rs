@@ -2,10 +2,13 @@
 //! decides every request against a per-app access list, and proxies allowed requests to the app with
 //! a signed identity assertion.
 
+pub mod admin;
 pub mod assertion;
+pub mod audit;
 pub mod config;
 pub mod crypto;
 pub mod demo;
+pub mod live;
 pub mod local;
 pub mod metrics;
 pub mod oidc;
@@ -13,6 +16,7 @@ pub mod pages;
 pub mod path;
 pub mod policy;
 pub mod proxy;
+pub mod request;
 pub mod reserved;
 pub mod return_to;
 pub mod server;

@@ -36,6 +36,7 @@ pub struct Metrics {
     pub latency: Family<AppLabel, Histogram, fn() -> Histogram>,
     pub sign_ins: Family<SignInLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub audit_dropped: Counter,
 }
 
 fn latency_histogram() -> Histogram {
@@ -72,7 +73,14 @@ impl Metrics {
             "Failed upstream requests by app and kind (connect, timeout, protocol)",
             upstream_errors.clone(),
         );
+        let audit_dropped = Counter::default();
+        registry.register(
+            "audit_dropped",
+            "Decision records dropped because the audit queue was full",
+            audit_dropped.clone(),
+        );
         Metrics {
+            audit_dropped,
             registry,
             requests,
             latency,

@@ -97,6 +97,9 @@ struct TokenResponse {
 #[derive(Deserialize)]
 struct IdClaims {
     sub: String,
+    /// Everything else, for the configured groups claim.
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
     /// A string or a list; its membership is checked by jsonwebtoken, its size here.
     aud: serde_json::Value,
     azp: Option<String>,
@@ -109,6 +112,8 @@ struct IdClaims {
 #[derive(Deserialize)]
 struct UserInfo {
     sub: String,
+    #[serde(flatten)]
+    extra: serde_json::Map<String, serde_json::Value>,
     email: Option<String>,
     email_verified: Option<serde_json::Value>,
 }
@@ -319,12 +324,16 @@ impl Client {
         })?;
         let claims = self.verify_id_token(&id_token, nonce).await?;
 
+        let mut groups = self.groups(&claims.extra);
         let (email, verified) = match claims.email {
             Some(email) => (email, claims.email_verified),
             None => {
                 let info = self
                     .userinfo(&m, tokens.access_token.as_deref(), &claims.sub)
                     .await?;
+                if groups.is_empty() {
+                    groups = self.groups(&info.extra);
+                }
                 (
                     info.email.ok_or_else(|| {
                         self.rejected("neither the ID token nor userinfo carries an email: request the `email` scope")
@@ -347,7 +356,27 @@ impl Client {
             email: email.to_ascii_lowercase(),
             subject: claims.sub,
             provider: self.config.id.clone(),
+            groups,
         })
+    }
+
+    /// The groups named by the configured `groups_claim` (a list of strings, or one string); names
+    /// that could not be written as a `group:` member are skipped.
+    fn groups(&self, claims: &serde_json::Map<String, serde_json::Value>) -> Vec<String> {
+        let Some(name) = &self.config.groups_claim else {
+            return Vec::new();
+        };
+        let values: Vec<&str> = match claims.get(name) {
+            Some(serde_json::Value::Array(a)) => a.iter().filter_map(|v| v.as_str()).collect(),
+            Some(serde_json::Value::String(s)) => vec![s.as_str()],
+            _ => Vec::new(),
+        };
+        values
+            .into_iter()
+            .filter(|g| crate::policy::valid_group(g))
+            .take(256)
+            .map(str::to_string)
+            .collect()
     }
 
     async fn userinfo(

@@ -14,6 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::App;
+use crate::live::{Guard, RevocableBody, Revoked};
 use crate::web::{Body, BoxError};
 
 /// Names of the identity headers castellan sets. Any client-sent header that reads as one of these,
@@ -103,14 +104,17 @@ impl Upstream {
     }
 
     /// Sends `req` to `app` as `target` (the normalised path and query castellan decided on) and
-    /// returns the app's response, with upgrades spliced through.
+    /// returns the app's response, with upgrades spliced through. `identity` is None only for public
+    /// apps and anonymous callers. `live` is the connection's registration: revoking it ends the
+    /// response stream or the WebSocket.
     pub async fn forward(
         &self,
         app: &App,
         mut req: Request<Incoming>,
         target: &str,
         forwarded: &Forwarded<'_>,
-        identity: IdentityHeaders,
+        identity: Option<IdentityHeaders>,
+        live: Option<(Guard, Revoked)>,
     ) -> Result<Response<Body>, Error> {
         let upgrade = wants_upgrade(req.headers(), req.version());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -146,15 +150,17 @@ impl Upstream {
             headers.insert(header::HOST, h);
         }
         set_forwarded(headers, forwarded, host.as_deref());
-        headers.insert(
-            HeaderName::from_static(ASSERTION_HEADER),
-            value(&identity.assertion),
-        );
-        headers.insert(
-            HeaderName::from_static(EMAIL_HEADER),
-            value(&identity.email),
-        );
-        headers.insert(HeaderName::from_static(USER_HEADER), value(&identity.user));
+        if let Some(identity) = identity {
+            headers.insert(
+                HeaderName::from_static(ASSERTION_HEADER),
+                value(&identity.assertion),
+            );
+            headers.insert(
+                HeaderName::from_static(EMAIL_HEADER),
+                value(&identity.email),
+            );
+            headers.insert(HeaderName::from_static(USER_HEADER), value(&identity.user));
+        }
 
         // Trailers can carry headers too: identity look-alikes are dropped there as well.
         let body = body
@@ -184,7 +190,19 @@ impl Upstream {
                         Ok((client, upstream)) => {
                             let mut client = TokioIo::new(client);
                             let mut upstream = TokioIo::new(upstream);
-                            let _ = tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                            match live {
+                                Some((_guard, revoked)) => {
+                                    tokio::select! {
+                                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                                        () = revoked => tracing::info!("closed a WebSocket: access was revoked"),
+                                    }
+                                }
+                                None => {
+                                    let _ =
+                                        tokio::io::copy_bidirectional(&mut client, &mut upstream)
+                                            .await;
+                                }
+                            }
                         }
                         Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
                     }
@@ -203,10 +221,12 @@ impl Upstream {
         }
         let (mut parts, body) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);
-        Ok(Response::from_parts(
-            parts,
-            body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
-        ))
+        let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+        let body = match live {
+            Some((guard, revoked)) => RevocableBody::new(body, guard, revoked).boxed_unsync(),
+            None => body,
+        };
+        Ok(Response::from_parts(parts, body))
     }
 }
 

@@ -12,7 +12,9 @@ use crate::crypto;
 use crate::oidc;
 use crate::pages::{self, ProviderChoice};
 use crate::policy::Identity;
-use crate::server::{Outcome, State, internal_error};
+use crate::request::{Outcome, internal_error};
+use crate::server::State;
+use crate::store::Actor;
 use crate::store::{self, Flow};
 use crate::web::{self, Body};
 
@@ -406,7 +408,14 @@ async fn start_session(
     outcome: &mut Outcome,
 ) -> Response<Body> {
     if let Some(old) = web::cookie(headers, state.cookies.session) {
-        let _ = state.store.delete_session(&crypto::digest(old)).await;
+        let actor = Actor {
+            name: who.email.clone(),
+            ip: web::client_ip(peer, headers, &state.config.trusted_proxies).to_string(),
+        };
+        let _ = state
+            .store
+            .delete_session(&crypto::digest(old), &actor)
+            .await;
     }
     let id = crypto::random_token(32);
     let ip = web::client_ip(peer, headers, &state.config.trusted_proxies).to_string();
@@ -532,6 +541,7 @@ async fn local_sign_in(
     state.account_limiter.clear(&email);
     state.metrics.sign_in("local", "ok");
     let who = Identity {
+        groups: Vec::new(),
         subject: email.clone(),
         email,
         provider: "local".into(),
@@ -595,7 +605,15 @@ async fn sign_out(state: &State, req: Request<Incoming>, outcome: &mut Outcome) 
         );
     }
     if let Some(id) = web::cookie(&parts.headers, state.cookies.session) {
-        if let Err(e) = state.store.delete_session(&crypto::digest(id)).await {
+        let actor = Actor {
+            name: "sign-out".into(),
+            ip: String::new(),
+        };
+        if let Err(e) = state
+            .store
+            .delete_session(&crypto::digest(id), &actor)
+            .await
+        {
             return internal_error(outcome, "ending the session", &e);
         }
     }

@@ -1,11 +1,11 @@
-//! The running server: shared state, the accept loop with graceful shutdown, and the request path
-//! (reserved paths → app match → authenticate → decide → answer or proxy), with one log line per request.
+//! The running server: shared state, the accept loop with graceful shutdown, and the background
+//! work (reloading the policy snapshot, closing live connections whose access ended, sweeping).
 
-use std::collections::HashMap;
+use std::collections::HashSet;
 use std::convert::Infallible;
-use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::{Arc, RwLock};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -14,17 +14,21 @@ use hyper_util::server::conn::auto;
 use tokio::net::TcpListener;
 
 use crate::assertion::Signer;
+use crate::audit::AuditSink;
 use crate::config::{App, Config};
+use crate::live::Registry;
 use crate::local::Limiter;
-use crate::metrics::{AppLabel, Metrics, RequestLabels};
+use crate::metrics::Metrics;
 use crate::oidc;
-use crate::pages;
-use crate::policy::{self, Decision, Identity, Member};
-use crate::proxy::{self, Upstream};
+use crate::policy::Identity;
+use crate::policy::condition::Context;
+use crate::policy::snapshot::Snapshot;
+use crate::proxy::Upstream;
+use crate::request::handle;
 use crate::store::{self, Store};
-use crate::web::{self, Body, CookieNames};
+use crate::web::{self, CookieNames};
 
-/// How often the access lists are checked for changes made by other processes.
+/// How often the store is checked for changes made by any process.
 pub const ACCESS_POLL_INTERVAL: Duration = Duration::from_millis(200);
 /// How long in-flight requests get to finish after SIGTERM.
 pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
@@ -42,14 +46,11 @@ pub struct State {
     pub cookies: CookieNames,
     pub account_limiter: Limiter,
     pub ip_limiter: Limiter,
-    access: RwLock<Arc<AccessLists>>,
-}
-
-/// Each app's members, as last loaded from the store.
-#[derive(Default)]
-struct AccessLists {
-    revision: Option<i64>,
-    by_app: HashMap<String, Vec<Member>>,
+    pub audit: AuditSink,
+    pub live: Arc<Registry>,
+    snapshot: RwLock<Arc<Snapshot>>,
+    /// The store revision the snapshot was built from (-1: none yet).
+    revision: AtomicI64,
 }
 
 impl State {
@@ -70,46 +71,105 @@ impl State {
             .iter()
             .map(|p| oidc::Client::new(p.clone(), config.redirect_uri(), http.clone()))
             .collect();
+        let metrics = Metrics::new();
         let state = Arc::new(State {
             cookies: CookieNames::new(config.secure_cookies()),
             upstream: Upstream::new(config.upstream_connect_timeout, config.upstream_timeout),
             // Five wrong passwords per account, twenty per client address, in five minutes.
             account_limiter: Limiter::new(5, Duration::from_secs(300)),
             ip_limiter: Limiter::new(20, Duration::from_secs(300)),
-            metrics: Metrics::new(),
-            access: RwLock::new(Arc::new(AccessLists::default())),
+            audit: AuditSink::start(store.clone(), metrics.audit_dropped.clone()),
+            metrics,
+            live: Arc::new(Registry::default()),
+            snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            revision: AtomicI64::new(-1),
             signer,
             csrf_key,
             providers,
             config,
             store,
         });
-        state.reload_access().await?;
+        state.reload().await?;
         Ok(state)
     }
 
-    /// Loads the access lists if the store's revision changed; returns whether it did.
-    pub async fn reload_access(&self) -> Result<bool, store::Error> {
-        let revision = self.store.revision().await?;
-        if self.access_lists().revision == Some(revision) {
-            return Ok(false);
-        }
-        let mut by_app: HashMap<String, Vec<Member>> = HashMap::new();
-        for (app, member, _) in self.store.bindings().await? {
-            by_app.entry(app).or_default().push(member);
-        }
-        *self.access.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(AccessLists {
-            revision: Some(revision),
-            by_app,
-        });
-        Ok(true)
-    }
-
-    fn access_lists(&self) -> Arc<AccessLists> {
-        self.access
+    /// The policy snapshot decisions read: immutable, swapped whole.
+    pub fn snapshot(&self) -> Arc<Snapshot> {
+        self.snapshot
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Rebuilds the snapshot if the store changed; returns whether it did.
+    pub async fn reload(&self) -> Result<bool, store::Error> {
+        let revision = self.store.revision().await?;
+        if self.revision.load(Ordering::Acquire) == revision {
+            return Ok(false);
+        }
+        let snapshot = Snapshot::new(
+            self.store.policies().await?,
+            self.store.memberships().await?,
+        );
+        *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        self.revision.store(revision, Ordering::Release);
+        Ok(true)
+    }
+
+    /// Re-decides every live connection (WebSockets, streams) against the current snapshot and the
+    /// clock, and, with `sessions`, checks their sessions still exist; closes those that fail.
+    pub async fn recheck_live(&self, sessions: bool) {
+        let entries = self.live.snapshot();
+        if entries.is_empty() {
+            return;
+        }
+        let live_sessions: Option<HashSet<String>> = if sessions {
+            let digests: Vec<String> = entries
+                .iter()
+                .map(|(_, g)| g.session.clone())
+                .collect::<HashSet<_>>()
+                .into_iter()
+                .collect();
+            match self
+                .store
+                .live_sessions(&digests, self.config.session_idle_timeout)
+                .await
+            {
+                Ok(s) => Some(s),
+                Err(e) => {
+                    tracing::warn!("cannot check the sessions of live connections: {e}");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        let snapshot = self.snapshot();
+        let now = store::now();
+        let ended: Vec<u64> = entries
+            .iter()
+            .filter(|(_, g)| {
+                let cx = Context {
+                    path: &g.path,
+                    host: &g.host,
+                    method: &g.method,
+                    time: now,
+                    ip: g.ip,
+                };
+                let allowed = snapshot
+                    .decide(&g.app, crate::request::caller(&g.identity), &cx)
+                    .allowed();
+                let session_ok = live_sessions
+                    .as_ref()
+                    .is_none_or(|s| s.contains(&g.session));
+                !allowed || !session_ok
+            })
+            .map(|(id, _)| *id)
+            .collect();
+        let n = self.live.revoke(&ended);
+        if n > 0 {
+            tracing::info!("closed {n} live connection(s) whose access ended");
+        }
     }
 
     pub fn provider(&self, id: &str) -> Option<&oidc::Client> {
@@ -126,8 +186,9 @@ impl State {
             .max_by_key(|a| (a.host.is_some(), a.path_prefix.len()))
     }
 
-    /// The signed-in person, from the session cookie. `Ok(None)` for no, unknown, expired or
-    /// ambiguous cookies; `Err` when the store cannot answer (the caller fails closed).
+    /// The signed-in person and their session's digest, from the session cookie. `Ok(None)` for
+    /// no, unknown, expired or ambiguous cookies; `Err` when the store cannot answer (the caller
+    /// fails closed).
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
@@ -172,323 +233,6 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
     }
     let prefix = prefix.trim_end_matches('/');
     path == prefix || path.starts_with(prefix) && path[prefix.len()..].starts_with(['/', ';'])
-}
-
-/// False for a WebSocket (or other upgrade) whose `Origin` is not the host it connects to: a page on
-/// another site must not ride the person's session into the app (cross-site WebSocket hijacking).
-fn same_origin_upgrade(req: &Request<Incoming>, host: Option<&str>) -> bool {
-    if !req.headers().contains_key(http::header::UPGRADE) {
-        return true;
-    }
-    let Some(origin) = req.headers().get(http::header::ORIGIN) else {
-        return true; // not a browser: there is no ambient page to defend against
-    };
-    let Some(origin) = origin.to_str().ok().and_then(|o| url::Url::parse(o).ok()) else {
-        return false;
-    };
-    let host_port = req
-        .uri()
-        .authority()
-        .and_then(|a| a.port_u16())
-        .or_else(|| {
-            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
-            h.parse::<http::uri::Authority>().ok()?.port_u16()
-        })
-        .or_else(|| match origin.scheme() {
-            "https" | "wss" => Some(443),
-            _ => Some(80),
-        });
-    origin
-        .host_str()
-        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
-        .as_deref()
-        == host
-        && origin.port_or_known_default() == host_port
-}
-
-/// What the log line and metrics say about one request.
-pub struct Outcome {
-    pub app: String,
-    pub user: String,
-    pub decision: &'static str,
-    pub reason: &'static str,
-    pub reference: Option<String>,
-}
-
-impl Outcome {
-    pub fn new(app: &str) -> Outcome {
-        Outcome {
-            app: app.to_string(),
-            user: String::new(),
-            decision: "-",
-            reason: "-",
-            reference: None,
-        }
-    }
-}
-
-/// Handles one request; never fails (every error becomes a page).
-pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
-    let start = Instant::now();
-    let method = req.method().clone();
-    let path = req.uri().path().to_string();
-    let host = web::request_host(req.uri(), req.headers());
-    let mut outcome = Outcome::new("-");
-    let resp = match crate::path::normalize(req.uri().path()) {
-        None => {
-            outcome.decision = "bad-request";
-            web::html(
-                StatusCode::BAD_REQUEST,
-                pages::error(
-                    "Bad request",
-                    "The request path is not valid.",
-                    &crypto_ref(&mut outcome),
-                ),
-            )
-        }
-        // Decided on the normalised path, so `/%2ecastellan/…` is castellan's too and never proxied.
-        Some(normal) if normal == "/.castellan" || normal.starts_with("/.castellan/") => {
-            outcome.app = "castellan".into();
-            crate::reserved::handle(&state, peer, req, &normal, &mut outcome).await
-        }
-        Some(normal) => protected(&state, peer, req, host.as_deref(), &normal, &mut outcome).await,
-    };
-    let status = resp.status().as_u16();
-    let latency = start.elapsed();
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
-            app: outcome.app.clone(),
-            decision: outcome.decision,
-            status,
-        })
-        .inc();
-    state
-        .metrics
-        .latency
-        .get_or_create(&AppLabel {
-            app: outcome.app.clone(),
-        })
-        .observe(latency.as_secs_f64());
-    tracing::info!(
-        target: "castellan::request",
-        method = %method,
-        host = host.as_deref().unwrap_or("-"),
-        path = %path,
-        app = %outcome.app,
-        user = %outcome.user,
-        decision = outcome.decision,
-        reason = outcome.reason,
-        status,
-        latency_ms = (latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
-        reference = outcome.reference.as_deref().unwrap_or("-"),
-        peer = %peer.ip(),
-    );
-    resp
-}
-
-/// A fresh reference id, recorded in the outcome so the log line carries it too.
-fn crypto_ref(outcome: &mut Outcome) -> String {
-    let reference = crate::crypto::reference_id();
-    outcome.reference = Some(reference.clone());
-    reference
-}
-
-async fn protected(
-    state: &State,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    host: Option<&str>,
-    path: &str,
-    outcome: &mut Outcome,
-) -> Response<Body> {
-    let Some(app) = state.match_app(host, path) else {
-        let reference = crate::crypto::reference_id();
-        outcome.reference = Some(reference.clone());
-        return web::html(
-            StatusCode::NOT_FOUND,
-            pages::error(
-                "No app here",
-                "castellan has no app configured for this address. Check the link, or the [[apps]] host and path_prefix in the configuration.",
-                &reference,
-            ),
-        );
-    };
-    outcome.app = app.id.clone();
-
-    let who = match state.authenticate(req.headers()).await {
-        Ok(who) => who,
-        Err(e) => return internal_error(outcome, "reading the session", &e),
-    };
-    if let Some((identity, _)) = &who {
-        outcome.user = identity.email.clone();
-    }
-    let lists = state.access_lists();
-    let members = lists.by_app.get(&app.id).map(Vec::as_slice).unwrap_or(&[]);
-    let decision = policy::decide(members, who.as_ref().map(|(i, _)| i));
-    outcome.decision = decision.label();
-    outcome.reason = decision.reason().as_str();
-
-    match decision {
-        Decision::SignIn => sign_in_required(state, &req),
-        Decision::Deny(_) => {
-            let reference = crate::crypto::reference_id();
-            outcome.reference = Some(reference.clone());
-            let email = who.as_ref().map(|(i, _)| i.email.as_str()).unwrap_or("");
-            if web::is_navigation(req.headers()) {
-                let switch_href = format!(
-                    "/.castellan/sign_in?switch=1&rd={}",
-                    pages::q(&return_path(&req))
-                );
-                web::html(
-                    StatusCode::FORBIDDEN,
-                    pages::denied(&pages::Denied {
-                        email,
-                        app: &app.id,
-                        reference: &reference,
-                        switch_href,
-                    }),
-                )
-            } else {
-                web::json(
-                    StatusCode::FORBIDDEN,
-                    &serde_json::json!({
-                        "error": "access_denied",
-                        "message": format!("{email} has no access to app {}", app.id),
-                        "reference": reference,
-                    }),
-                )
-            }
-        }
-        Decision::Allow(_) if !same_origin_upgrade(&req, host) => {
-            outcome.decision = "deny";
-            outcome.reason = "cross-origin-websocket";
-            let reference = crypto_ref(outcome);
-            web::json(
-                StatusCode::FORBIDDEN,
-                &serde_json::json!({
-                    "error": "cross_origin_websocket",
-                    "message": "a WebSocket from another origin is refused (cross-site WebSocket hijacking)",
-                    "reference": reference,
-                }),
-            )
-        }
-        Decision::Allow(_) => {
-            let (identity, _) = who.expect("an allow decision has an identity");
-            let assertion = match state.signer.sign(&identity, &app.audience) {
-                Ok(a) => a,
-                Err(e) => return internal_error(outcome, "signing the identity assertion", &e),
-            };
-            let peer_trusted = state
-                .config
-                .trusted_proxies
-                .iter()
-                .any(|n| n.contains(peer.ip()));
-            let forwarded = proxy::Forwarded {
-                peer_ip: peer.ip(),
-                peer_trusted,
-                proto: state.config.public_url.scheme(),
-            };
-            let headers = proxy::IdentityHeaders {
-                assertion,
-                email: identity.email.clone(),
-                user: format!("{}:{}", identity.provider, identity.subject),
-            };
-            let target = match req.uri().query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_string(),
-            };
-            match state
-                .upstream
-                .forward(app, req, &target, &forwarded, headers)
-                .await
-            {
-                Ok(resp) => resp,
-                Err(e) => {
-                    let reference = crate::crypto::reference_id();
-                    outcome.reference = Some(reference.clone());
-                    state
-                        .metrics
-                        .upstream_errors
-                        .get_or_create(&crate::metrics::UpstreamErrorLabels {
-                            app: app.id.clone(),
-                            kind: e.kind(),
-                        })
-                        .inc();
-                    tracing::warn!(app = %app.id, upstream = %app.upstream, reference, "upstream error: {e}");
-                    let (status, title) = match e {
-                        proxy::Error::Timeout(_) => (
-                            StatusCode::GATEWAY_TIMEOUT,
-                            "The app took too long to answer",
-                        ),
-                        _ => (StatusCode::BAD_GATEWAY, "The app is not reachable"),
-                    };
-                    web::html(
-                        status,
-                        pages::error(
-                            title,
-                            &format!(
-                                "castellan could not get an answer from {}. Try again in a moment; if it persists, the app's operators can find this reference in castellan's log.",
-                                app.id
-                            ),
-                            &reference,
-                        ),
-                    )
-                }
-            }
-        }
-    }
-}
-
-/// The path and query of the request, where the browser returns after signing in.
-fn return_path(req: &Request<Incoming>) -> String {
-    req.uri()
-        .path_and_query()
-        .map(|p| p.as_str().to_string())
-        .unwrap_or_else(|| "/".into())
-}
-
-fn sign_in_required(state: &State, req: &Request<Incoming>) -> Response<Body> {
-    let sign_in = format!("/.castellan/sign_in?rd={}", pages::q(&return_path(req)));
-    if web::is_navigation(req.headers()) {
-        web::redirect(&sign_in)
-    } else {
-        let mut resp = web::json(
-            StatusCode::UNAUTHORIZED,
-            &serde_json::json!({
-                "error": "unauthenticated",
-                "message": "sign in first",
-                "sign_in_url": format!("{}{sign_in}", state.config.public_origin()),
-            }),
-        );
-        resp.headers_mut().insert(
-            http::header::WWW_AUTHENTICATE,
-            http::HeaderValue::from_static("Bearer realm=\"castellan\""),
-        );
-        resp
-    }
-}
-
-/// Fails closed: a 500 page with a reference that matches the log line; nothing is proxied.
-pub fn internal_error(
-    outcome: &mut Outcome,
-    doing: &str,
-    err: &dyn std::error::Error,
-) -> Response<Body> {
-    let reference = crate::crypto::reference_id();
-    tracing::error!(reference, "internal error while {doing}: {err}");
-    outcome.decision = "error";
-    outcome.reason = "internal-error";
-    outcome.reference = Some(reference.clone());
-    web::html(
-        StatusCode::INTERNAL_SERVER_ERROR,
-        pages::error(
-            "Something went wrong",
-            "castellan could not check your access, so it did not let the request through. Try again in a moment.",
-            &reference,
-        ),
-    )
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to [`DRAIN_TIMEOUT`].
@@ -546,6 +290,7 @@ pub async fn run(
         () = graceful.shutdown() => tracing::info!("all connections closed"),
         () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain timeout reached; closing remaining connections"),
     }
+    state.audit.flush().await;
     Ok(())
 }
 
@@ -553,20 +298,26 @@ fn spawn_background(state: Arc<State>) {
     let s = state.clone();
     tokio::spawn(async move {
         let mut failing = false;
+        let mut ticks: u32 = 0;
         loop {
             tokio::time::sleep(ACCESS_POLL_INTERVAL).await;
-            match s.reload_access().await {
+            ticks = ticks.wrapping_add(1);
+            match s.reload().await {
                 Ok(changed) => {
-                    if changed {
-                        tracing::info!("access lists reloaded");
-                    }
                     if failing {
                         tracing::info!("the store answers again");
                         failing = false;
                     }
+                    if changed {
+                        tracing::info!("policies reloaded");
+                        s.recheck_live(true).await;
+                    } else if ticks % 5 == 0 {
+                        // Conditions can stop granting access by the clock alone (expiry).
+                        s.recheck_live(false).await;
+                    }
                 }
                 Err(e) if !failing => {
-                    tracing::error!("cannot reload access lists (keeping the last ones): {e}");
+                    tracing::error!("cannot reload policies (keeping the last ones): {e}");
                     failing = true;
                 }
                 Err(_) => {}
@@ -577,6 +328,14 @@ fn spawn_background(state: Arc<State>) {
         loop {
             if let Err(e) = state.store.sweep(crate::reserved::FLOW_LIFETIME).await {
                 tracing::warn!("cleaning expired sessions failed: {e}");
+            }
+            let cutoff = store::now_ms() - state.config.audit_retention.as_millis() as i64;
+            match state.store.prune_audit(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!("removed {n} audit records older than the retention period")
+                }
+                Err(e) => tracing::warn!("pruning the audit trail failed: {e}"),
             }
             tokio::time::sleep(Duration::from_secs(600)).await;
         }

@@ -109,7 +109,7 @@ fn access_and_users_reject_bad_input_with_the_expected_form() {
         (
             &["access", "remove", "demo", "user:a@example.com"],
             None,
-            "has no access to demo",
+            "has no roles/accessor binding on app demo",
         ),
         (
             &["users", "add", "not-an-email", "--password-stdin"],
@@ -156,7 +156,12 @@ fn access_and_users_reject_bad_input_with_the_expected_form() {
         &["access", "add", "demo", "user:A@Example.com"],
         None,
     );
-    assert!(String::from_utf8_lossy(&add.stdout).contains("user:a@example.com can now open demo"));
+    assert!(
+        String::from_utf8_lossy(&add.stdout)
+            .contains("user:a@example.com now has roles/accessor on app demo"),
+        "{}",
+        String::from_utf8_lossy(&add.stdout)
+    );
     let json = run_cli(&path, &["access", "list", "demo", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["members"][0]["member"], "user:a@example.com");

@@ -1,16 +1,24 @@
-//! The `castellan` command: serve, demo, check-config, and managing users and access.
+//! The `castellan` command: serve, demo, check-config, and managing users, access, groups, sessions
+//! and the audit trail. One module per command family.
 
-use std::io::{BufRead, IsTerminal};
+mod access;
+mod audit;
+mod groups;
+mod service_accounts;
+mod sessions;
+mod users;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
-use anyhow::{Context, Result, bail};
+use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use castellan::config::Config;
-use castellan::policy::Member;
-use castellan::store::Store;
+use castellan::policy::snapshot::Resource;
+use castellan::policy::{Member, Role};
+use castellan::store::{Actor, Store};
 use castellan::{local, server};
 
 #[derive(Parser)]
@@ -84,61 +92,33 @@ Prints the URL to open and the admin password (once). Everything lives in a temp
 
     /// Manage local accounts (the built-in sign-in; `local_accounts = true`).
     #[command(subcommand)]
-    Users(UsersCommand),
+    Users(users::UsersCommand),
 
-    /// Share an app with people, domains or everyone signed in; takes effect in under a second.
+    /// Share an app: add or remove members of its policy; takes effect in under a second.
     #[command(subcommand)]
-    Access(AccessCommand),
-}
+    Access(access::AccessCommand),
 
-#[derive(Subcommand)]
-enum UsersCommand {
-    /// Create a local account; prompts for the password.
-    #[command(after_help = "Examples:\n  castellan users add admin@example.com\n  \
-printf '%s\\n' \"$PASSWORD\" | castellan users add ci@example.com --password-stdin\n\n\
-A new account has access to nothing: share an app with `castellan access add APP user:EMAIL`.")]
-    Add {
-        email: String,
-        /// Read the password from the first line of standard input (for scripts).
-        #[arg(long)]
-        password_stdin: bool,
-    },
-    /// Change a local account's password.
-    #[command(after_help = "Example:\n  castellan users set-password admin@example.com")]
-    SetPassword {
-        email: String,
-        #[arg(long)]
-        password_stdin: bool,
-    },
-    /// Delete a local account and end its sessions.
-    #[command(after_help = "Example:\n  castellan users remove bob@example.com")]
-    Remove { email: String },
-    /// List local accounts.
-    List,
-}
+    /// Read, replace or import whole policy documents (the shape gcloud prints).
+    #[command(subcommand)]
+    Policy(access::PolicyCommand),
 
-#[derive(Subcommand)]
-enum AccessCommand {
-    /// Give a member access to an app.
-    #[command(
-        after_help = "Members:\n  user:EMAIL              one person (case-insensitive)\n  \
-domain:DOMAIN           everyone whose email is in DOMAIN\n  allAuthenticatedUsers   anyone who can sign in\n\n\
-Examples:\n  castellan access add demo user:alice@example.com\n  castellan access add demo domain:example.com"
-    )]
-    Add { app: String, member: String },
-    /// Take a member's access to an app away (signed-in sessions lose it within a second).
-    #[command(after_help = "Example:\n  castellan access remove demo user:alice@example.com")]
-    Remove { app: String, member: String },
-    /// Show who has access to an app.
-    #[command(
-        after_help = "Examples:\n  castellan access list demo\n  castellan access list demo --json"
-    )]
-    List {
-        app: String,
-        /// Print JSON: {"app": ..., "members": [{"member": ..., "added_at": ...}]}
-        #[arg(long)]
-        json: bool,
-    },
+    /// Explain whether someone may open an app, and which binding decides it.
+    Check(access::CheckArgs),
+
+    /// Manage castellan's own groups (members `group:NAME`).
+    #[command(subcommand)]
+    Groups(groups::GroupsCommand),
+
+    /// List and revoke sign-in sessions; open connections of revoked sessions close within a second.
+    #[command(subcommand)]
+    Sessions(sessions::SessionsCommand),
+
+    /// Read the audit trail of decisions and changes.
+    Audit(audit::AuditArgs),
+
+    /// Manage service accounts (members `serviceAccount:NAME`) and their keys.
+    #[command(subcommand, name = "service-accounts")]
+    ServiceAccounts(service_accounts::ServiceAccountsCommand),
 }
 
 fn main() -> ExitCode {
@@ -211,8 +191,14 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             serve(config, None).await?;
             Ok(ExitCode::SUCCESS)
         }
-        Command::Users(cmd) => users(&config, cmd).await,
-        Command::Access(cmd) => access(&config, cmd).await,
+        Command::Users(cmd) => users::run(&config, cmd).await,
+        Command::Access(cmd) => access::access(&config, cmd).await,
+        Command::Policy(cmd) => access::policy(&config, cmd).await,
+        Command::Check(args) => access::check(&config, args).await,
+        Command::Groups(cmd) => groups::run(&config, cmd).await,
+        Command::Sessions(cmd) => sessions::run(&config, cmd).await,
+        Command::Audit(args) => audit::run(&config, args).await,
+        Command::ServiceAccounts(cmd) => service_accounts::run(&config, cmd).await,
     }
 }
 
@@ -228,7 +214,7 @@ fn sign_in_methods(config: &Config) -> String {
     m.join(", ")
 }
 
-async fn open_store(config: &Config) -> Result<Store> {
+pub(crate) async fn open_store(config: &Config) -> Result<Store> {
     Store::open(&config.store).await.map_err(Into::into)
 }
 
@@ -342,9 +328,15 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
     })
     .await?;
     store.add_user(email, &hash).await?;
-    store
-        .add_binding("demo", &Member::parse(&format!("user:{email}"))?)
-        .await?;
+    castellan::admin::add(
+        &store,
+        &Resource::App("demo".into()),
+        Role::Accessor,
+        Member::parse(&format!("user:{email}"))?,
+        None,
+        &Actor::cli(),
+    )
+    .await?;
     drop(store);
     let url = config.public_origin();
     let banner = format!(
@@ -362,154 +354,8 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-fn read_new_password(email: &str, from_stdin: bool) -> Result<String> {
-    let password = if from_stdin {
-        let mut line = String::new();
-        std::io::stdin().lock().read_line(&mut line)?;
-        line.trim_end_matches(['\r', '\n']).to_string()
-    } else {
-        if !std::io::stdin().is_terminal() {
-            bail!(
-                "no terminal to ask for the password: pass it on standard input with --password-stdin"
-            );
-        }
-        let p = rpassword::prompt_password(format!("Password for {email}: "))?;
-        let again = rpassword::prompt_password("Repeat the password: ")?;
-        if p != again {
-            bail!("the two passwords differ; nothing was changed");
-        }
-        p
-    };
-    local::check_new_password(&password).map_err(anyhow::Error::msg)?;
-    Ok(password)
-}
-
-fn normalize_email(email: &str) -> Result<String> {
-    let e = email.trim().to_ascii_lowercase();
-    if !castellan::policy::is_email(&e) {
-        bail!("`{email}` is not an email address: write e.g. alice@example.com");
-    }
-    Ok(e)
-}
-
-async fn users(config: &Config, cmd: UsersCommand) -> Result<ExitCode> {
-    if !config.local_accounts && !matches!(cmd, UsersCommand::List | UsersCommand::Remove { .. }) {
-        eprintln!(
-            "note: local_accounts = false in the configuration, so local accounts cannot sign in until it is turned on"
-        );
-    }
-    match cmd {
-        UsersCommand::Add {
-            email,
-            password_stdin,
-        } => {
-            let email = normalize_email(&email)?;
-            let password = read_new_password(&email, password_stdin)?;
-            let hash = tokio::task::spawn_blocking(move || local::hash_password(&password)).await?;
-            let store = open_store(config).await?;
-            store.add_user(&email, &hash).await?;
-            println!(
-                "created local account {email}. Share an app with it: castellan access add APP user:{email}"
-            );
-        }
-        UsersCommand::SetPassword {
-            email,
-            password_stdin,
-        } => {
-            let email = normalize_email(&email)?;
-            let store = open_store(config).await?;
-            if store.password_hash(&email).await?.is_none() {
-                bail!(
-                    "there is no local account {email}; create it with `castellan users add {email}`"
-                );
-            }
-            let password = read_new_password(&email, password_stdin)?;
-            let hash = tokio::task::spawn_blocking(move || local::hash_password(&password)).await?;
-            store.set_password(&email, &hash).await?;
-            println!("changed the password of {email}");
-        }
-        UsersCommand::Remove { email } => {
-            let email = normalize_email(&email)?;
-            let store = open_store(config).await?;
-            if !store.remove_user(&email).await? {
-                bail!("there is no local account {email}");
-            }
-            println!("removed local account {email} and ended its sessions");
-        }
-        UsersCommand::List => {
-            let store = open_store(config).await?;
-            for (email, created) in store.list_users().await? {
-                println!("{email}\tcreated {}", format_time(created));
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
-fn known_app(config: &Config, app: &str) -> Result<()> {
-    if config.app(app).is_none() {
-        let ids: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
-        bail!(
-            "there is no app `{app}` in the configuration; apps: {}",
-            ids.join(", ")
-        );
-    }
-    Ok(())
-}
-
-async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
-    match cmd {
-        AccessCommand::Add { app, member } => {
-            known_app(config, &app)?;
-            let member = Member::parse(&member)?;
-            let store = open_store(config).await?;
-            if store.add_binding(&app, &member).await? {
-                println!("{member} can now open {app}");
-            } else {
-                println!("{member} already had access to {app}; nothing changed");
-            }
-        }
-        AccessCommand::Remove { app, member } => {
-            known_app(config, &app)?;
-            let member = Member::parse(&member)?;
-            let store = open_store(config).await?;
-            if store.remove_binding(&app, &member).await? {
-                println!("{member} can no longer open {app}");
-            } else {
-                bail!("{member} has no access to {app} (see `castellan access list {app}`)");
-            }
-        }
-        AccessCommand::List { app, json } => {
-            known_app(config, &app)?;
-            let store = open_store(config).await?;
-            let members: Vec<_> = store
-                .bindings()
-                .await?
-                .into_iter()
-                .filter(|(a, _, _)| *a == app)
-                .collect();
-            if json {
-                let list: Vec<_> = members
-                    .iter()
-                    .map(|(_, m, at)| serde_json::json!({ "member": m.to_string(), "role": castellan::store::ACCESSOR, "added_at": at }))
-                    .collect();
-                println!("{}", serde_json::json!({ "app": app, "members": list }));
-            } else if members.is_empty() {
-                println!(
-                    "nobody has access to {app} yet; share it with `castellan access add {app} user:EMAIL`"
-                );
-            } else {
-                for (_, m, at) in members {
-                    println!("{m}\tadded {}", format_time(at));
-                }
-            }
-        }
-    }
-    Ok(ExitCode::SUCCESS)
-}
-
 /// `2026-11-28 18:04:05 UTC` from unix seconds (civil-from-days, no time zone database needed).
-fn format_time(secs: i64) -> String {
+pub(crate) fn format_time(secs: i64) -> String {
     let days = secs.div_euclid(86400);
     let rem = secs.rem_euclid(86400);
     let z = days + 719_468;

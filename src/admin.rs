@@ -1,0 +1,294 @@
+//! Policy management shared by the command line and the HTTP API: adding and removing bindings with
+//! conditions and expiries, importing gcloud's output, and explaining decisions in words.
+
+use std::fmt::Write;
+
+use crate::policy::condition::{self, format_rfc3339, parse_rfc3339};
+use crate::policy::snapshot::{Decision, Explanation, Resource};
+use crate::policy::{BindingCondition, Document, DocumentBinding, Member, Policy, Role};
+use crate::store::{self, Actor, Store};
+
+/// Reads `--expires`: a duration from now (`90m`, `12h`, `7d`), a date (`2027-01-01`, midnight UTC)
+/// or an RFC 3339 timestamp. Returns Unix seconds.
+pub fn parse_expires(s: &str, now: i64) -> Result<i64, String> {
+    let s = s.trim();
+    if let Some(d) = crate::config::parse_duration(s) {
+        return Ok(now + d.as_secs() as i64);
+    }
+    if s.len() == 10 {
+        if let Some(t) = parse_rfc3339(&format!("{s}T00:00:00Z")) {
+            return Ok(t);
+        }
+    }
+    parse_rfc3339(s).ok_or_else(|| {
+        format!("`{s}` is not an expiry: write a duration (7d, 12h, 90m), a date (2027-01-01) or a timestamp (2027-01-01T09:00:00Z)")
+    })
+}
+
+/// The condition for `--condition EXPR [--condition-title T]` and/or `--expires WHEN`.
+pub fn condition(
+    expression: Option<&str>,
+    title: Option<&str>,
+    expires: Option<i64>,
+) -> Result<Option<BindingCondition>, String> {
+    let expiry = expires.map(|t| format!("request.time < timestamp(\"{}\")", format_rfc3339(t)));
+    let (expr, default_title) = match (expression, &expiry) {
+        (None, None) => return Ok(None),
+        (Some(e), None) => (e.to_string(), e.to_string()),
+        (None, Some(x)) => (
+            x.clone(),
+            format!("expires {}", format_rfc3339(expires.unwrap_or(0))),
+        ),
+        (Some(e), Some(x)) => (
+            format!("({e}) && {x}"),
+            format!("{e}, until {}", format_rfc3339(expires.unwrap_or(0))),
+        ),
+    };
+    let title = title.map(str::to_string).unwrap_or(default_title);
+    BindingCondition::new(&title, "", &expr)
+        .map(Some)
+        .map_err(|e: condition::Error| {
+            format!(
+                "the condition is not valid {e}:\n  {}",
+                e.pointed(&expr).replace('\n', "\n  ")
+            )
+        })
+}
+
+/// Adds a member to a role (with an optional condition); returns the new policy and whether it
+/// changed anything.
+pub async fn add(
+    store: &Store,
+    resource: &Resource,
+    role: Role,
+    member: Member,
+    condition: Option<BindingCondition>,
+    actor: &Actor,
+) -> store::Result<(Policy, bool)> {
+    store
+        .update_policy(resource, actor, "policy.add-binding", |p| {
+            let added = p.add(role, member, condition);
+            (added, added)
+        })
+        .await
+}
+
+/// Removes a member from a role (only from the binding whose condition has `title`, when given);
+/// returns the new policy and from how many bindings it was removed.
+pub async fn remove(
+    store: &Store,
+    resource: &Resource,
+    role: Role,
+    member: &Member,
+    title: Option<&str>,
+    actor: &Actor,
+) -> store::Result<(Policy, usize)> {
+    store
+        .update_policy(resource, actor, "policy.remove-binding", |p| {
+            let n = p.remove(role, member, title);
+            (n > 0, n)
+        })
+        .await
+}
+
+/// Reads what `gcloud iap web get-iam-policy` printed (JSON or YAML) into a castellan document.
+/// Roles castellan has no equivalent for are left out and listed, with their members.
+pub fn import_gcloud(text: &str) -> Result<(Document, Vec<String>), String> {
+    let value: serde_json::Value = match serde_json::from_str(text) {
+        Ok(v) => v,
+        Err(json_err) => serde_yaml_ng::from_str(text)
+            .map_err(|yaml_err| format!("not JSON ({json_err}) nor YAML ({yaml_err})"))?,
+    };
+    let bindings = value
+        .get("bindings")
+        .and_then(|b| b.as_array())
+        .cloned()
+        .unwrap_or_default();
+    let mut doc = Document {
+        version: 3,
+        ..Default::default()
+    };
+    let mut skipped = Vec::new();
+    for (i, b) in bindings.iter().enumerate() {
+        let role = b.get("role").and_then(|r| r.as_str()).unwrap_or("");
+        let members: Vec<String> = b
+            .get("members")
+            .and_then(|m| m.as_array())
+            .map(|m| {
+                m.iter()
+                    .filter_map(|x| x.as_str().map(str::to_string))
+                    .collect()
+            })
+            .unwrap_or_default();
+        if Role::parse(role).is_err() {
+            skipped.push(format!(
+                "bindings[{i}]: role {role} has no castellan equivalent (members: {})",
+                members.join(", ")
+            ));
+            continue;
+        }
+        let mut kept = Vec::new();
+        for m in members {
+            // Google-only member kinds have no meaning here.
+            if m.starts_with("deleted:")
+                || m.starts_with("principal:")
+                || m.starts_with("principalSet:")
+            {
+                skipped.push(format!(
+                    "bindings[{i}]: member {m} has no castellan equivalent"
+                ));
+            } else {
+                kept.push(m);
+            }
+        }
+        if kept.is_empty() {
+            continue;
+        }
+        let condition = match b.get("condition") {
+            Some(c) => Some(
+                serde_json::from_value(c.clone())
+                    .map_err(|e| format!("bindings[{i}].condition: {e}"))?,
+            ),
+            None => None,
+        };
+        doc.bindings.push(DocumentBinding {
+            role: role.to_string(),
+            members: kept,
+            condition,
+        });
+    }
+    Ok((doc, skipped))
+}
+
+/// The troubleshooter's answer in words.
+pub fn explain_text(e: &Explanation, app: &str, who: &str) -> String {
+    let mut out = String::new();
+    match &e.decision {
+        Decision::Allow(g) => {
+            let _ = writeln!(out, "ALLOWED: {who} may open {app}, through {g}.");
+        }
+        Decision::SignIn => {
+            let _ = writeln!(
+                out,
+                "DENIED: an anonymous caller must sign in to open {app}."
+            );
+        }
+        Decision::Deny(r) => {
+            let _ = writeln!(out, "DENIED: {who} may not open {app} ({}).", r.as_str());
+        }
+    }
+    if !e.groups.is_empty() {
+        let _ = writeln!(out, "Groups considered: {}.", e.groups.join(", "));
+    }
+    if e.bindings.is_empty() {
+        let _ = writeln!(
+            out,
+            "No binding grants roles/accessor on {app} or globally."
+        );
+    }
+    for b in &e.bindings {
+        let place = match &b.resource {
+            Resource::Global => "global".to_string(),
+            Resource::App(a) => format!("app {a}"),
+        };
+        let names = if b.matched.is_empty() {
+            "does not name them".to_string()
+        } else {
+            format!("names them as {}", b.matched.join(", "))
+        };
+        let cond = match &b.condition {
+            None => String::new(),
+            Some((title, expr, ok)) => format!(
+                "; condition \"{title}\" ({expr}) is {}",
+                if *ok { "true" } else { "false" }
+            ),
+        };
+        let _ = writeln!(out, "  - {place} binding #{}: {names}{cond}", b.index);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn expiries() {
+        let now = parse_rfc3339("2026-11-28T18:00:00Z").unwrap();
+        assert_eq!(
+            format_rfc3339(parse_expires("7d", now).unwrap()),
+            "2026-12-05T18:00:00Z"
+        );
+        assert_eq!(
+            format_rfc3339(parse_expires("2027-01-01", now).unwrap()),
+            "2027-01-01T00:00:00Z"
+        );
+        assert_eq!(
+            format_rfc3339(parse_expires("2027-01-01T09:30:00+01:00", now).unwrap()),
+            "2027-01-01T08:30:00Z"
+        );
+        assert!(
+            parse_expires("next week", now)
+                .unwrap_err()
+                .contains("not an expiry")
+        );
+    }
+
+    #[test]
+    fn conditions_combine_with_expiry() {
+        let c = condition(
+            Some("request.path.startsWith(\"/r\")"),
+            None,
+            Some(parse_rfc3339("2027-01-01T00:00:00Z").unwrap()),
+        )
+        .unwrap()
+        .unwrap();
+        assert_eq!(
+            c.expression,
+            "(request.path.startsWith(\"/r\")) && request.time < timestamp(\"2027-01-01T00:00:00Z\")"
+        );
+        assert_eq!(c.compiled.expiry(), parse_rfc3339("2027-01-01T00:00:00Z"));
+        let err = condition(Some("request.pth == \"/\""), None, None).unwrap_err();
+        assert!(err.contains("column 9") && err.contains('^'), "{err}");
+    }
+
+    #[test]
+    fn gcloud_yaml_and_json_import() {
+        let yaml = r#"bindings:
+- condition:
+    description: Access for the Q1 audit
+    expression: request.time < timestamp("2027-01-01T00:00:00Z")
+    title: expires-2027
+  members:
+  - user:alice@example.com
+  - group:analysts@example.com
+  role: roles/iap.httpsResourceAccessor
+- members:
+  - user:owner@example.com
+  role: roles/owner
+- members:
+  - deleted:user:gone@example.com?uid=123
+  - domain:example.com
+  role: roles/iap.httpsResourceAccessor
+etag: BwYHZEDo6aM=
+version: 3
+"#;
+        let (doc, skipped) = import_gcloud(yaml).unwrap();
+        assert_eq!(doc.bindings.len(), 2);
+        assert_eq!(
+            doc.bindings[0].condition.as_ref().unwrap().title,
+            "expires-2027"
+        );
+        assert_eq!(skipped.len(), 2, "{skipped:?}");
+        assert!(skipped[0].contains("roles/owner"));
+        let p = Policy::from_document(&doc).unwrap();
+        assert_eq!(p.bindings[0].role, Role::Accessor);
+        let json = serde_json::to_string(&serde_json::json!({"bindings":[{"role":"roles/iap.admin","members":["user:a@x.com"]}],"etag":"x","version":1})).unwrap();
+        let (doc, skipped) = import_gcloud(&json).unwrap();
+        assert!(skipped.is_empty());
+        assert_eq!(
+            Policy::from_document(&doc).unwrap().bindings[0].role,
+            Role::Admin
+        );
+    }
+}

@@ -1,0 +1,496 @@
+//! `castellan access`, `castellan policy` and `castellan check`: policies as in Cloud IAM.
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, Result, bail};
+use clap::{Args, Subcommand, ValueEnum};
+
+use castellan::admin;
+use castellan::config::Config;
+use castellan::policy::condition::{Context, parse_rfc3339};
+use castellan::policy::snapshot::{Resource, Snapshot, Who};
+use castellan::policy::{Document, Member, Policy, Role};
+use castellan::store::{self, Actor};
+
+use crate::open_store;
+
+const MEMBERS_HELP: &str = "Members:\n  user:EMAIL              one person (case-insensitive)\n  \
+group:NAME              a castellan group, or a group your provider asserts (groups_claim)\n  \
+domain:DOMAIN           everyone whose email is in DOMAIN\n  \
+serviceAccount:NAME     a programmatic caller\n  \
+allAuthenticatedUsers   anyone who can sign in\n  \
+allUsers                anyone at all: makes the app public (needs --yes)";
+
+/// Which policy a command works on: an app's, or (with --global) the one that applies to every app.
+#[derive(Args)]
+pub struct Target {
+    /// Work on the global policy, which applies to every app (roles/admin there manages everything).
+    #[arg(long)]
+    global: bool,
+}
+
+#[derive(Subcommand)]
+pub enum AccessCommand {
+    /// Add a member to a role on an app (or globally), optionally with a condition or an expiry.
+    #[command(after_help = const_format_add())]
+    Add {
+        /// APP MEMBER, or just MEMBER with --global.
+        #[arg(num_args = 1..=2, required = true, value_names = ["APP", "MEMBER"])]
+        args: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+        /// The role: roles/accessor (open the app) or roles/admin (manage its policy). gcloud's
+        /// roles/iap.httpsResourceAccessor and roles/iap.admin are accepted.
+        #[arg(long, default_value = "roles/accessor")]
+        role: String,
+        /// A condition in castellan's CEL subset, e.g. 'request.path.startsWith("/reports")'.
+        #[arg(long, value_name = "EXPR")]
+        condition: Option<String>,
+        /// A title for the condition (shown in listings and the audit trail).
+        #[arg(long, value_name = "TITLE")]
+        condition_title: Option<String>,
+        /// Access ends at this time: a duration (7d, 12h), a date (2027-01-01) or a timestamp.
+        #[arg(long, value_name = "WHEN")]
+        expires: Option<String>,
+        /// Confirm making the app public (allUsers).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Remove a member from a role (access ends within a second, open WebSockets included).
+    #[command(
+        after_help = "Examples:\n  castellan access remove demo user:alice@example.com\n  \
+castellan access remove demo group:analysts --condition-title reports-only\n  \
+castellan access remove --global user:root@example.com --role roles/admin"
+    )]
+    Remove {
+        /// APP MEMBER, or just MEMBER with --global.
+        #[arg(num_args = 1..=2, required = true, value_names = ["APP", "MEMBER"])]
+        args: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, default_value = "roles/accessor")]
+        role: String,
+        /// Only from the binding whose condition has this title.
+        #[arg(long, value_name = "TITLE")]
+        condition_title: Option<String>,
+    },
+    /// Show an app's (or the global) bindings.
+    #[command(
+        after_help = "Examples:\n  castellan access list demo\n  castellan access list demo --json\n  castellan access list --global"
+    )]
+    List {
+        app: Option<String>,
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON: {"app": ..., "public": bool, "members": [{"member", "role", "condition"}]}
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+fn const_format_add() -> String {
+    format!(
+        "{MEMBERS_HELP}\n\nExamples:\n  castellan access add demo user:alice@example.com\n  \
+castellan access add demo domain:example.com\n  \
+castellan access add demo group:analysts --condition 'request.path.startsWith(\"/reports\")' --condition-title reports-only\n  \
+castellan access add demo user:contractor@partner.org --expires 7d\n  \
+castellan access add --global user:root@example.com --role roles/admin\n\n\
+Conditions can use request.path, request.host, request.method, request.time, origin.ip,\n\
+timestamp(\"2027-01-01T00:00:00Z\"), inIpRange(origin.ip, \"10.0.0.0/8\"), startsWith/endsWith/contains,\n\
+== != < <= > >= in, && || ! and parentheses."
+    )
+}
+
+#[derive(Subcommand)]
+pub enum PolicyCommand {
+    /// Print a policy document (with its etag), as `gcloud iap web get-iam-policy` does.
+    #[command(
+        after_help = "Examples:\n  castellan policy get demo > demo-policy.json\n  castellan policy get --global --format table"
+    )]
+    Get {
+        app: Option<String>,
+        #[command(flatten)]
+        target: Target,
+        #[arg(long, value_enum, default_value = "json")]
+        format: Format,
+    },
+    /// Replace a policy with a document (JSON or YAML); refuses if it changed since you read it.
+    #[command(
+        after_help = "Example:\n  castellan policy get demo > p.json && $EDITOR p.json && castellan policy set demo p.json\n\n\
+The document's etag must match the stored policy's (someone else's change would otherwise be lost);\n\
+--force skips that check. A document that makes the app public (allUsers) needs --yes."
+    )]
+    Set {
+        /// APP FILE, or just FILE with --global.
+        #[arg(num_args = 1..=2, required = true, value_names = ["APP", "FILE"])]
+        args: Vec<String>,
+        #[command(flatten)]
+        target: Target,
+        /// Overwrite even if the policy changed since the document was read.
+        #[arg(long)]
+        force: bool,
+        /// Confirm making the app public (allUsers).
+        #[arg(long)]
+        yes: bool,
+    },
+    /// Import what `gcloud iap web get-iam-policy` printed (JSON or YAML) as an app's policy.
+    #[command(
+        name = "import-gcloud",
+        after_help = "Example:\n  gcloud iap web get-iam-policy --resource-type=backend-services --service=dash --format=json > iap.json\n  \
+castellan policy import-gcloud demo iap.json\n\n\
+roles/iap.httpsResourceAccessor becomes roles/accessor and roles/iap.admin roles/admin; other roles and\n\
+Google-only members are left out and listed."
+    )]
+    ImportGcloud {
+        app: String,
+        file: PathBuf,
+        /// Confirm making the app public (allUsers).
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+pub enum Format {
+    Json,
+    Table,
+}
+
+#[derive(Args)]
+#[command(after_help = "Examples:\n  castellan check demo alice@example.com\n  \
+castellan check demo alice@example.com --path /reports/q --ip 10.1.2.3\n  \
+castellan check demo dave@example.com --group analysts --at 2027-02-01\n\n\
+Prints ALLOWED or DENIED and every binding that applies, whether it names the person and what its\n\
+condition said: Google's policy troubleshooter. Exit status 0 when allowed, 1 when denied.")]
+pub struct CheckArgs {
+    app: String,
+    /// The person's email (their castellan groups are looked up; add provider groups with --group).
+    email: String,
+    /// A group the provider would assert for them (repeatable).
+    #[arg(long = "group", value_name = "GROUP")]
+    groups: Vec<String>,
+    #[arg(long, default_value = "/")]
+    path: String,
+    #[arg(long, default_value = "GET")]
+    method: String,
+    /// The Host the request would carry.
+    #[arg(long, default_value = "")]
+    host: String,
+    /// The client address.
+    #[arg(long)]
+    ip: Option<std::net::IpAddr>,
+    /// When: a date, a timestamp or a duration from now (default: now).
+    #[arg(long)]
+    at: Option<String>,
+    /// Check roles/admin instead of roles/accessor.
+    #[arg(long, default_value = "roles/accessor")]
+    role: String,
+}
+
+/// Splits `[APP] ARG` by `--global`.
+fn resource_and_arg(
+    config: &Config,
+    args: &[String],
+    target: &Target,
+) -> Result<(Resource, String)> {
+    match (target.global, args) {
+        (true, [arg]) => Ok((Resource::Global, arg.clone())),
+        (true, [app, _]) => bail!("--global and an app ({app}) were both given: choose one"),
+        (false, [app, arg]) => {
+            known_app(config, app)?;
+            Ok((Resource::App(app.clone()), arg.clone()))
+        }
+        (false, [_]) => {
+            bail!("name the app first (castellan access add APP MEMBER), or use --global")
+        }
+        _ => bail!("expected APP and one more argument"),
+    }
+}
+
+fn resource_of(config: &Config, app: Option<&String>, target: &Target) -> Result<Resource> {
+    match (target.global, app) {
+        (true, None) => Ok(Resource::Global),
+        (false, Some(app)) => {
+            known_app(config, app)?;
+            Ok(Resource::App(app.clone()))
+        }
+        (true, Some(app)) => bail!("--global and an app ({app}) were both given: choose one"),
+        (false, None) => bail!("name the app, or use --global"),
+    }
+}
+
+pub fn known_app(config: &Config, app: &str) -> Result<()> {
+    if config.app(app).is_none() {
+        let ids: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
+        bail!(
+            "there is no app `{app}` in the configuration; apps: {}",
+            ids.join(", ")
+        );
+    }
+    Ok(())
+}
+
+fn parse_role(s: &str) -> Result<Role> {
+    Role::parse(s).map_err(anyhow::Error::msg)
+}
+
+pub async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
+    match cmd {
+        AccessCommand::Add {
+            args,
+            target,
+            role,
+            condition,
+            condition_title,
+            expires,
+            yes,
+        } => {
+            let (resource, member) = resource_and_arg(config, &args, &target)?;
+            let member = Member::parse(&member)?;
+            let role = parse_role(&role)?;
+            if member.is_public() && role == Role::Accessor && !yes {
+                bail!(
+                    "allUsers makes {resource} public: anyone on the internet can open it without signing in. Repeat with --yes if that is what you want"
+                );
+            }
+            let expires = expires
+                .map(|e| admin::parse_expires(&e, store::now()).map_err(anyhow::Error::msg))
+                .transpose()?;
+            let condition =
+                admin::condition(condition.as_deref(), condition_title.as_deref(), expires)
+                    .map_err(anyhow::Error::msg)?;
+            let store = open_store(config).await?;
+            let described = condition
+                .as_ref()
+                .map(|c| format!(" if \"{}\"", c.title))
+                .unwrap_or_default();
+            let (_, added) = admin::add(
+                &store,
+                &resource,
+                role,
+                member.clone(),
+                condition,
+                &Actor::cli(),
+            )
+            .await?;
+            if added {
+                println!("{member} now has {role} on {resource}{described}");
+            } else {
+                println!("{member} already had {role} on {resource}{described}; nothing changed");
+            }
+        }
+        AccessCommand::Remove {
+            args,
+            target,
+            role,
+            condition_title,
+        } => {
+            let (resource, member) = resource_and_arg(config, &args, &target)?;
+            let member = Member::parse(&member)?;
+            let role = parse_role(&role)?;
+            let store = open_store(config).await?;
+            let (_, n) = admin::remove(
+                &store,
+                &resource,
+                role,
+                &member,
+                condition_title.as_deref(),
+                &Actor::cli(),
+            )
+            .await?;
+            if n == 0 {
+                bail!("{member} has no {role} binding on {resource} (see `castellan access list`)");
+            }
+            println!("{member} no longer has {role} on {resource} ({n} binding(s) changed)");
+        }
+        AccessCommand::List { app, target, json } => {
+            let resource = resource_of(config, app.as_ref(), &target)?;
+            let store = open_store(config).await?;
+            let policy = store.policy(&resource).await?;
+            print_list(&resource, &policy, json);
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+fn print_list(resource: &Resource, policy: &Policy, json: bool) {
+    let rows: Vec<(String, String, Option<String>)> = policy
+        .bindings
+        .iter()
+        .flat_map(|b| {
+            b.members.iter().map(move |m| {
+                (
+                    m.to_string(),
+                    b.role.to_string(),
+                    b.condition
+                        .as_ref()
+                        .map(|c| format!("{} ({})", c.title, c.expression)),
+                )
+            })
+        })
+        .collect();
+    if json {
+        let members: Vec<_> = rows
+            .iter()
+            .map(|(m, r, c)| serde_json::json!({ "member": m, "role": r, "condition": c }))
+            .collect();
+        let app = match resource {
+            Resource::App(a) => serde_json::Value::String(a.clone()),
+            Resource::Global => serde_json::Value::Null,
+        };
+        println!(
+            "{}",
+            serde_json::json!({ "app": app, "public": policy.is_public(), "etag": policy.etag, "members": members })
+        );
+        return;
+    }
+    if policy.is_public() {
+        println!("WARNING: {resource} is PUBLIC: allUsers can open it without signing in");
+    }
+    if rows.is_empty() {
+        println!(
+            "nobody has a role on {resource} yet; share it with `castellan access add APP user:EMAIL`"
+        );
+    }
+    for (m, r, c) in rows {
+        match c {
+            Some(c) => println!("{m}\t{r}\tif {c}"),
+            None => println!("{m}\t{r}"),
+        }
+    }
+}
+
+fn read_document(path: &std::path::Path) -> Result<Document> {
+    let text =
+        std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+    match serde_json::from_str(&text) {
+        Ok(d) => Ok(d),
+        Err(json) => serde_yaml_ng::from_str(&text).map_err(|yaml| {
+            anyhow::anyhow!(
+                "{} is not a policy document: as JSON: {json}; as YAML: {yaml}",
+                path.display()
+            )
+        }),
+    }
+}
+
+pub async fn policy(config: &Config, cmd: PolicyCommand) -> Result<ExitCode> {
+    match cmd {
+        PolicyCommand::Get {
+            app,
+            target,
+            format,
+        } => {
+            let resource = resource_of(config, app.as_ref(), &target)?;
+            let store = open_store(config).await?;
+            let policy = store.policy(&resource).await?;
+            match format {
+                Format::Json => {
+                    println!("{}", serde_json::to_string_pretty(&policy.to_document())?)
+                }
+                Format::Table => print_list(&resource, &policy, false),
+            }
+        }
+        PolicyCommand::Set {
+            args,
+            target,
+            force,
+            yes,
+        } => {
+            let (resource, file) = resource_and_arg(config, &args, &target)?;
+            let doc = read_document(std::path::Path::new(&file))?;
+            let policy = Policy::from_document(&doc)?;
+            if policy.is_public() && !yes {
+                bail!(
+                    "this document makes {resource} public (allUsers): repeat with --yes if that is what you want"
+                );
+            }
+            if doc.etag.is_empty() && !force {
+                bail!(
+                    "the document has no etag: start from `castellan policy get` so concurrent changes are not lost, or use --force"
+                );
+            }
+            let store = open_store(config).await?;
+            let expected = (!force).then_some(doc.etag.as_str());
+            let stored = store
+                .set_policy(&resource, &policy, expected, &Actor::cli(), "policy.set")
+                .await?;
+            println!(
+                "set the policy of {resource}: {} binding(s), new etag {}",
+                stored.bindings.len(),
+                stored.etag
+            );
+        }
+        PolicyCommand::ImportGcloud { app, file, yes } => {
+            known_app(config, &app)?;
+            let text = std::fs::read_to_string(&file)
+                .with_context(|| format!("cannot read {}", file.display()))?;
+            let (doc, skipped) = admin::import_gcloud(&text).map_err(anyhow::Error::msg)?;
+            let policy = Policy::from_document(&doc)?;
+            if policy.is_public() && !yes {
+                bail!(
+                    "the imported policy makes app {app} public (allUsers): repeat with --yes if that is what you want"
+                );
+            }
+            let store = open_store(config).await?;
+            let resource = Resource::App(app.clone());
+            let stored = store
+                .set_policy(
+                    &resource,
+                    &policy,
+                    None,
+                    &Actor::cli(),
+                    "policy.import-gcloud",
+                )
+                .await?;
+            println!(
+                "imported {} binding(s) into app {app} (etag {})",
+                stored.bindings.len(),
+                stored.etag
+            );
+            if !skipped.is_empty() {
+                println!("not imported (no castellan equivalent):");
+                for s in skipped {
+                    println!("  - {s}");
+                }
+            }
+        }
+    }
+    Ok(ExitCode::SUCCESS)
+}
+
+pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
+    known_app(config, &args.app)?;
+    let email = crate::users::normalize_email(&args.email)?;
+    let role = parse_role(&args.role)?;
+    let at = match &args.at {
+        None => store::now(),
+        Some(a) => parse_rfc3339(a)
+            .map(Ok)
+            .unwrap_or_else(|| admin::parse_expires(a, store::now()))
+            .map_err(anyhow::Error::msg)?,
+    };
+    let path = castellan::path::normalize(&args.path)
+        .map_err(|e| anyhow::anyhow!("--path {}: {e}", args.path))?;
+    let store = open_store(config).await?;
+    let snapshot = Snapshot::new(store.policies().await?, store.memberships().await?);
+    let cx = Context {
+        path: &path,
+        host: &args.host,
+        method: &args.method.to_ascii_uppercase(),
+        time: at,
+        ip: args.ip,
+    };
+    let who = Who::User {
+        email: &email,
+        groups: &args.groups,
+    };
+    let explanation = snapshot.explain(&args.app, role, who, &cx);
+    print!("{}", admin::explain_text(&explanation, &args.app, &email));
+    Ok(if explanation.decision.allowed() {
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::FAILURE
+    })
+}

@@ -1,0 +1,201 @@
+//! Connections that outlive their decision: WebSockets and streaming responses.
+//!
+//! Each is registered with what it was decided on. After every change (and every second, for
+//! conditions that expire) the server re-decides them against the new snapshot, and closes those
+//! that would no longer be allowed or whose session has ended. Google IAP never re-checks an open
+//! WebSocket; castellan closes it within a second.
+
+use std::collections::HashMap;
+use std::future::Future;
+use std::net::IpAddr;
+use std::pin::Pin;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
+
+use bytes::Bytes;
+use hyper::body::{Body as HttpBody, Frame};
+use tokio::sync::watch;
+
+use crate::policy::Identity;
+use crate::web::{Body, BoxError};
+
+/// What a live connection was allowed on.
+#[derive(Debug, Clone)]
+pub struct Grounds {
+    pub app: String,
+    pub identity: Identity,
+    /// The digest of the session it rides on.
+    pub session: String,
+    pub host: String,
+    pub path: String,
+    pub method: String,
+    pub ip: Option<IpAddr>,
+}
+
+struct Entry {
+    grounds: Grounds,
+    cancel: watch::Sender<bool>,
+}
+
+#[derive(Default)]
+pub struct Registry {
+    next: AtomicU64,
+    entries: Mutex<HashMap<u64, Entry>>,
+}
+
+/// Unregisters the connection when dropped (the connection ended by itself).
+pub struct Guard {
+    id: u64,
+    registry: Arc<Registry>,
+}
+
+impl Drop for Guard {
+    fn drop(&mut self) {
+        self.registry.lock().remove(&self.id);
+    }
+}
+
+/// Resolves when the connection must close.
+pub type Revoked = Pin<Box<dyn Future<Output = ()> + Send>>;
+
+impl Registry {
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Entry>> {
+        self.entries.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    pub fn register(self: &Arc<Self>, grounds: Grounds) -> (Guard, Revoked) {
+        let id = self.next.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = watch::channel(false);
+        self.lock().insert(
+            id,
+            Entry {
+                grounds,
+                cancel: tx,
+            },
+        );
+        let revoked: Revoked = Box::pin(async move {
+            // A closed channel (registry entry removed) means the connection is over anyway.
+            let _ = rx.wait_for(|v| *v).await;
+        });
+        (
+            Guard {
+                id,
+                registry: self.clone(),
+            },
+            revoked,
+        )
+    }
+
+    pub fn len(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    /// What every live connection was allowed on, with its id.
+    pub fn snapshot(&self) -> Vec<(u64, Grounds)> {
+        self.lock()
+            .iter()
+            .map(|(id, e)| (*id, e.grounds.clone()))
+            .collect()
+    }
+
+    /// Closes the connections with these ids; returns how many were still open.
+    pub fn revoke(&self, ids: &[u64]) -> usize {
+        let mut map = self.lock();
+        let mut n = 0;
+        for id in ids {
+            if let Some(e) = map.remove(id) {
+                let _ = e.cancel.send(true);
+                n += 1;
+            }
+        }
+        n
+    }
+}
+
+/// A response body that ends with an error as soon as its connection is revoked.
+pub struct RevocableBody {
+    inner: Body,
+    revoked: Revoked,
+    _guard: Guard,
+}
+
+impl RevocableBody {
+    pub fn new(inner: Body, guard: Guard, revoked: Revoked) -> RevocableBody {
+        RevocableBody {
+            inner,
+            revoked,
+            _guard: guard,
+        }
+    }
+}
+
+impl HttpBody for RevocableBody {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if self.revoked.as_mut().poll(cx).is_ready() {
+            return Poll::Ready(Some(Err("access was revoked".into())));
+        }
+        Pin::new(&mut self.inner).poll_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.inner.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.inner.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn grounds() -> Grounds {
+        Grounds {
+            app: "demo".into(),
+            identity: Identity {
+                email: "a@example.com".into(),
+                subject: "a".into(),
+                provider: "local".into(),
+                groups: vec![],
+            },
+            session: "s".into(),
+            host: "h".into(),
+            path: "/".into(),
+            method: "GET".into(),
+            ip: None,
+        }
+    }
+
+    #[tokio::test]
+    async fn revoking_resolves_and_dropping_unregisters() {
+        let r = Arc::new(Registry::default());
+        let (guard, revoked) = r.register(grounds());
+        let (guard2, _revoked2) = r.register(grounds());
+        assert_eq!(r.len(), 2);
+        let ids: Vec<u64> = r
+            .snapshot()
+            .into_iter()
+            .map(|(id, _)| id)
+            .filter(|id| *id == 0)
+            .collect();
+        assert_eq!(r.revoke(&ids), 1);
+        tokio::time::timeout(std::time::Duration::from_secs(1), revoked)
+            .await
+            .unwrap();
+        drop(guard);
+        drop(guard2);
+        assert!(r.is_empty());
+    }
+}

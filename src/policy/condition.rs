@@ -1,0 +1,1032 @@
+//! Binding conditions: a small, safe subset of CEL, compiled once when a policy is stored.
+//!
+//! ```text
+//! expr    := or
+//! or      := and ("||" and)*
+//! and     := unary ("&&" unary)*
+//! unary   := "!" unary | compare
+//! compare := postfix (("==" | "!=" | "<" | "<=" | ">" | ">=" | "in") postfix)?
+//! postfix := primary ("." IDENT "(" args ")")*
+//! primary := STRING | INT | "true" | "false" | "[" args "]" | "(" expr ")"
+//!          | "request.path" | "request.host" | "request.method" | "request.time" | "origin.ip"
+//!          | "timestamp(" STRING ")" | "inIpRange(" expr "," STRING ")"
+//! methods := startsWith(s) | endsWith(s) | contains(s)   on strings
+//! ```
+//!
+//! Every expression is type-checked at compile time (it must be a bool; operands must agree), so a
+//! stored condition cannot fail with a type error later. Errors carry the column they point at.
+//! There are no loops, no regular expressions and no user-defined functions: evaluation is a walk of
+//! a small tree.
+
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::config::IpNet;
+
+/// What a condition can see of the request.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub path: &'a str,
+    pub host: &'a str,
+    pub method: &'a str,
+    /// Unix seconds.
+    pub time: i64,
+    pub ip: Option<IpAddr>,
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    root: Node,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at column {}: {}", self.column, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// The expression with a caret under the error, for terminals.
+    pub fn pointed(&self, source: &str) -> String {
+        format!(
+            "{source}\n{}^ {}",
+            " ".repeat(self.column.saturating_sub(1)),
+            self.message
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Type {
+    Bool,
+    Int,
+    String,
+    Timestamp,
+    Ip,
+    StringList,
+}
+
+impl Type {
+    fn name(self) -> &'static str {
+        match self {
+            Type::Bool => "bool",
+            Type::Int => "int",
+            Type::String => "string",
+            Type::Timestamp => "timestamp",
+            Type::Ip => "IP address",
+            Type::StringList => "list of strings",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attr {
+    Path,
+    Host,
+    Method,
+    Time,
+    Ip,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StrMethod {
+    StartsWith,
+    EndsWith,
+    Contains,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    Timestamp(i64),
+    List(Vec<String>),
+    Attr(Attr),
+    Not(Box<Node>),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    Compare(Cmp, Box<Node>, Box<Node>),
+    In(Box<Node>, Vec<String>),
+    Method(StrMethod, Box<Node>, Box<Node>),
+    InIpRange(Box<Node>, IpNet),
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Value<'a> {
+    Bool(bool),
+    Int(i64),
+    Str(std::borrow::Cow<'a, str>),
+    Ip(Option<IpAddr>),
+}
+
+impl Condition {
+    pub fn compile(source: &str) -> Result<Condition, Error> {
+        let tokens = lex(source)?;
+        let mut p = Parser {
+            tokens,
+            pos: 0,
+            end: source.chars().count() + 1,
+        };
+        let (root, ty) = p.expr()?;
+        if let Some(t) = p.peek() {
+            return Err(Error {
+                column: t.column,
+                message: format!(
+                    "unexpected {} after the end of the expression",
+                    t.kind.describe()
+                ),
+            });
+        }
+        if ty != Type::Bool {
+            return Err(Error {
+                column: 1,
+                message: format!(
+                    "a condition must be true or false, but this is a {}",
+                    ty.name()
+                ),
+            });
+        }
+        Ok(Condition { root })
+    }
+
+    /// Evaluates the condition. Anything unexpected (an absent client address) makes the part of the
+    /// expression that needs it false: conditions fail closed.
+    pub fn eval(&self, cx: &Context<'_>) -> bool {
+        matches!(eval(&self.root, cx), Value::Bool(true))
+    }
+
+    /// The latest `request.time < timestamp(T)` bound among the top-level `&&` terms, if any: the
+    /// moment this condition stops granting access by the clock alone.
+    pub fn expiry(&self) -> Option<i64> {
+        fn walk(n: &Node) -> Option<i64> {
+            match n {
+                Node::And(a, b) => match (walk(a), walk(b)) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    (x, y) => x.or(y),
+                },
+                Node::Compare(Cmp::Lt | Cmp::Le, a, b) if **a == Node::Attr(Attr::Time) => {
+                    match **b {
+                        Node::Timestamp(t) => Some(t),
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+        walk(&self.root)
+    }
+}
+
+fn eval<'a>(n: &'a Node, cx: &Context<'a>) -> Value<'a> {
+    use std::borrow::Cow;
+    match n {
+        Node::Bool(b) => Value::Bool(*b),
+        Node::Int(i) | Node::Timestamp(i) => Value::Int(*i),
+        Node::Str(s) => Value::Str(Cow::Borrowed(s)),
+        Node::List(_) => Value::Bool(false),
+        Node::Attr(Attr::Path) => Value::Str(Cow::Borrowed(cx.path)),
+        Node::Attr(Attr::Host) => Value::Str(Cow::Borrowed(cx.host)),
+        Node::Attr(Attr::Method) => Value::Str(Cow::Borrowed(cx.method)),
+        Node::Attr(Attr::Time) => Value::Int(cx.time),
+        Node::Attr(Attr::Ip) => Value::Ip(cx.ip),
+        Node::Not(a) => Value::Bool(!truthy(eval(a, cx))),
+        Node::And(a, b) => Value::Bool(truthy(eval(a, cx)) && truthy(eval(b, cx))),
+        Node::Or(a, b) => Value::Bool(truthy(eval(a, cx)) || truthy(eval(b, cx))),
+        Node::Compare(op, a, b) => {
+            let (a, b) = (eval(a, cx), eval(b, cx));
+            let ord = match (&a, &b) {
+                (Value::Int(x), Value::Int(y)) => x.cmp(y),
+                (Value::Str(x), Value::Str(y)) => x.cmp(y),
+                (Value::Bool(x), Value::Bool(y)) => x.cmp(y),
+                _ => return Value::Bool(false),
+            };
+            Value::Bool(match op {
+                Cmp::Eq => ord.is_eq(),
+                Cmp::Ne => ord.is_ne(),
+                Cmp::Lt => ord.is_lt(),
+                Cmp::Le => ord.is_le(),
+                Cmp::Gt => ord.is_gt(),
+                Cmp::Ge => ord.is_ge(),
+            })
+        }
+        Node::In(a, list) => match eval(a, cx) {
+            Value::Str(s) => Value::Bool(list.iter().any(|x| *x == *s)),
+            _ => Value::Bool(false),
+        },
+        Node::Method(m, recv, arg) => match (eval(recv, cx), eval(arg, cx)) {
+            (Value::Str(s), Value::Str(a)) => Value::Bool(match m {
+                StrMethod::StartsWith => s.starts_with(&*a),
+                StrMethod::EndsWith => s.ends_with(&*a),
+                StrMethod::Contains => s.contains(&*a),
+            }),
+            _ => Value::Bool(false),
+        },
+        Node::InIpRange(a, net) => match eval(a, cx) {
+            Value::Ip(Some(ip)) => Value::Bool(net.contains(ip)),
+            _ => Value::Bool(false),
+        },
+    }
+}
+
+fn truthy(v: Value<'_>) -> bool {
+    matches!(v, Value::Bool(true))
+}
+
+// ---- lexer ----------------------------------------------------------------------------------------
+
+#[derive(Debug, Clone, PartialEq)]
+enum Tok {
+    Ident(String),
+    Str(String),
+    Int(i64),
+    Op(&'static str),
+}
+
+impl Tok {
+    fn describe(&self) -> String {
+        match self {
+            Tok::Ident(s) => format!("`{s}`"),
+            Tok::Str(s) => format!("\"{s}\""),
+            Tok::Int(i) => format!("{i}"),
+            Tok::Op(o) => format!("`{o}`"),
+        }
+    }
+}
+
+#[derive(Debug, Clone)]
+struct Token {
+    kind: Tok,
+    column: usize,
+}
+
+fn lex(src: &str) -> Result<Vec<Token>, Error> {
+    let chars: Vec<char> = src.chars().collect();
+    let mut out = Vec::new();
+    let mut i = 0;
+    if chars.len() > 4096 {
+        return Err(Error {
+            column: 1,
+            message: "the expression is longer than 4096 characters".into(),
+        });
+    }
+    while i < chars.len() {
+        let c = chars[i];
+        let column = i + 1;
+        if c.is_whitespace() {
+            i += 1;
+            continue;
+        }
+        if c.is_ascii_alphabetic() || c == '_' {
+            let start = i;
+            while i < chars.len() && (chars[i].is_ascii_alphanumeric() || chars[i] == '_') {
+                i += 1;
+            }
+            out.push(Token {
+                kind: Tok::Ident(chars[start..i].iter().collect()),
+                column,
+            });
+            continue;
+        }
+        if c.is_ascii_digit() {
+            let start = i;
+            while i < chars.len() && chars[i].is_ascii_digit() {
+                i += 1;
+            }
+            let text: String = chars[start..i].iter().collect();
+            let n = text.parse().map_err(|_| Error {
+                column,
+                message: "this number is too large".into(),
+            })?;
+            out.push(Token {
+                kind: Tok::Int(n),
+                column,
+            });
+            continue;
+        }
+        if c == '"' || c == '\'' {
+            let quote = c;
+            i += 1;
+            let mut s = String::new();
+            loop {
+                let Some(&ch) = chars.get(i) else {
+                    return Err(Error {
+                        column,
+                        message: "this string is not closed".into(),
+                    });
+                };
+                i += 1;
+                match ch {
+                    '\\' => {
+                        let esc = chars.get(i).copied();
+                        i += 1;
+                        match esc {
+                            Some('\\') => s.push('\\'),
+                            Some('"') => s.push('"'),
+                            Some('\'') => s.push('\''),
+                            Some('n') => s.push('\n'),
+                            Some('t') => s.push('\t'),
+                            _ => {
+                                return Err(Error {
+                                    column: i - 1,
+                                    message: "unknown escape: use \\\\, \\\", \\', \\n or \\t"
+                                        .into(),
+                                });
+                            }
+                        }
+                    }
+                    ch if ch == quote => break,
+                    ch => s.push(ch),
+                }
+            }
+            out.push(Token {
+                kind: Tok::Str(s),
+                column,
+            });
+            continue;
+        }
+        let two: String = chars[i..(i + 2).min(chars.len())].iter().collect();
+        let op = ["&&", "||", "==", "!=", "<=", ">="]
+            .into_iter()
+            .find(|o| *o == two)
+            .or_else(|| {
+                ["!", "<", ">", "(", ")", "[", "]", ",", "."]
+                    .into_iter()
+                    .find(|o| o.starts_with(c))
+            });
+        match op {
+            Some(o) => {
+                i += o.len();
+                out.push(Token {
+                    kind: Tok::Op(o),
+                    column,
+                });
+            }
+            None => {
+                return Err(Error {
+                    column,
+                    message: format!("unexpected character `{c}`"),
+                });
+            }
+        }
+    }
+    Ok(out)
+}
+
+// ---- parser ---------------------------------------------------------------------------------------
+
+struct Parser {
+    tokens: Vec<Token>,
+    pos: usize,
+    end: usize,
+}
+
+type Typed = (Node, Type);
+
+impl Parser {
+    fn peek(&self) -> Option<&Token> {
+        self.tokens.get(self.pos)
+    }
+
+    fn column(&self) -> usize {
+        self.peek().map(|t| t.column).unwrap_or(self.end)
+    }
+
+    fn eat_op(&mut self, op: &str) -> bool {
+        if matches!(self.peek(), Some(Token { kind: Tok::Op(o), .. }) if *o == op) {
+            self.pos += 1;
+            true
+        } else {
+            false
+        }
+    }
+
+    fn expect_op(&mut self, op: &str) -> Result<(), Error> {
+        if self.eat_op(op) {
+            return Ok(());
+        }
+        Err(Error {
+            column: self.column(),
+            message: match self.peek() {
+                Some(t) => format!("expected `{op}`, found {}", t.kind.describe()),
+                None => format!("expected `{op}`, but the expression ends"),
+            },
+        })
+    }
+
+    fn err<T>(&self, column: usize, message: impl Into<String>) -> Result<T, Error> {
+        Err(Error {
+            column,
+            message: message.into(),
+        })
+    }
+
+    fn expect_type(&self, column: usize, got: Type, want: Type, what: &str) -> Result<(), Error> {
+        if got == want {
+            Ok(())
+        } else {
+            self.err(
+                column,
+                format!(
+                    "{what} needs a {}, but this is a {}",
+                    want.name(),
+                    got.name()
+                ),
+            )
+        }
+    }
+
+    fn expr(&mut self) -> Result<Typed, Error> {
+        let col = self.column();
+        let (mut left, ty) = self.and()?;
+        while self.eat_op("||") {
+            self.expect_type(col, ty, Type::Bool, "`||`")?;
+            let c = self.column();
+            let (right, rty) = self.and()?;
+            self.expect_type(c, rty, Type::Bool, "`||`")?;
+            left = Node::Or(Box::new(left), Box::new(right));
+        }
+        let ty = if matches!(left, Node::Or(..)) {
+            Type::Bool
+        } else {
+            ty
+        };
+        Ok((left, ty))
+    }
+
+    fn and(&mut self) -> Result<Typed, Error> {
+        let col = self.column();
+        let (mut left, ty) = self.unary()?;
+        while self.eat_op("&&") {
+            self.expect_type(col, ty, Type::Bool, "`&&`")?;
+            let c = self.column();
+            let (right, rty) = self.unary()?;
+            self.expect_type(c, rty, Type::Bool, "`&&`")?;
+            left = Node::And(Box::new(left), Box::new(right));
+        }
+        let ty = if matches!(left, Node::And(..)) {
+            Type::Bool
+        } else {
+            ty
+        };
+        Ok((left, ty))
+    }
+
+    fn unary(&mut self) -> Result<Typed, Error> {
+        let col = self.column();
+        if self.eat_op("!") {
+            let (inner, ty) = self.unary()?;
+            self.expect_type(col + 1, ty, Type::Bool, "`!`")?;
+            return Ok((Node::Not(Box::new(inner)), Type::Bool));
+        }
+        self.compare()
+    }
+
+    fn compare(&mut self) -> Result<Typed, Error> {
+        let col = self.column();
+        let (left, lty) = self.postfix()?;
+        let op = match self.peek() {
+            Some(Token {
+                kind: Tok::Op(o), ..
+            }) => match *o {
+                "==" => Some(Cmp::Eq),
+                "!=" => Some(Cmp::Ne),
+                "<" => Some(Cmp::Lt),
+                "<=" => Some(Cmp::Le),
+                ">" => Some(Cmp::Gt),
+                ">=" => Some(Cmp::Ge),
+                _ => None,
+            },
+            Some(Token {
+                kind: Tok::Ident(i),
+                ..
+            }) if i == "in" => {
+                self.pos += 1;
+                let c = self.column();
+                let (right, rty) = self.postfix()?;
+                let Node::List(items) = right else {
+                    return self.err(c, "`in` needs a list of strings, e.g. [\"GET\", \"HEAD\"]");
+                };
+                self.expect_type(c, rty, Type::StringList, "`in`")?;
+                self.expect_type(col, lty, Type::String, "`in`")?;
+                return Ok((Node::In(Box::new(left), items), Type::Bool));
+            }
+            _ => None,
+        };
+        let Some(op) = op else {
+            return Ok((left, lty));
+        };
+        self.pos += 1;
+        let c = self.column();
+        let (right, rty) = self.postfix()?;
+        if lty != rty {
+            return self.err(
+                c,
+                format!("cannot compare a {} with a {}", lty.name(), rty.name()),
+            );
+        }
+        if matches!(lty, Type::Ip | Type::StringList) {
+            return self.err(
+                col,
+                format!(
+                    "a {} cannot be compared; use inIpRange for addresses",
+                    lty.name()
+                ),
+            );
+        }
+        if lty == Type::Bool && !matches!(op, Cmp::Eq | Cmp::Ne) {
+            return self.err(col, "true and false can only be compared with == and !=");
+        }
+        Ok((
+            Node::Compare(op, Box::new(left), Box::new(right)),
+            Type::Bool,
+        ))
+    }
+
+    fn postfix(&mut self) -> Result<Typed, Error> {
+        let (mut node, mut ty) = self.primary()?;
+        while self.eat_op(".") {
+            let col = self.column();
+            let name = match self.peek() {
+                Some(Token {
+                    kind: Tok::Ident(n),
+                    ..
+                }) => n.clone(),
+                _ => return self.err(col, "expected a method name after `.`"),
+            };
+            self.pos += 1;
+            let method = match name.as_str() {
+                "startsWith" => StrMethod::StartsWith,
+                "endsWith" => StrMethod::EndsWith,
+                "contains" => StrMethod::Contains,
+                _ => {
+                    return self.err(
+                        col,
+                        format!("unknown method `{name}`: use startsWith, endsWith or contains"),
+                    );
+                }
+            };
+            self.expect_type(col, ty, Type::String, &format!("`{name}`"))?;
+            self.expect_op("(")?;
+            let c = self.column();
+            let (arg, aty) = self.expr()?;
+            self.expect_type(c, aty, Type::String, &format!("`{name}`"))?;
+            self.expect_op(")")?;
+            node = Node::Method(method, Box::new(node), Box::new(arg));
+            ty = Type::Bool;
+        }
+        Ok((node, ty))
+    }
+
+    fn string_literal(&mut self, what: &str) -> Result<(String, usize), Error> {
+        let col = self.column();
+        match self.peek() {
+            Some(Token {
+                kind: Tok::Str(s), ..
+            }) => {
+                let s = s.clone();
+                self.pos += 1;
+                Ok((s, col))
+            }
+            _ => self.err(col, format!("{what} takes a string literal here")),
+        }
+    }
+
+    fn primary(&mut self) -> Result<Typed, Error> {
+        let col = self.column();
+        let Some(tok) = self.peek().cloned() else {
+            return self.err(col, "the expression ends too early");
+        };
+        self.pos += 1;
+        match tok.kind {
+            Tok::Str(s) => Ok((Node::Str(s), Type::String)),
+            Tok::Int(i) => Ok((Node::Int(i), Type::Int)),
+            Tok::Op("(") => {
+                let inner = self.expr()?;
+                self.expect_op(")")?;
+                Ok(inner)
+            }
+            Tok::Op("[") => {
+                let mut items = Vec::new();
+                if !self.eat_op("]") {
+                    loop {
+                        let (s, _) = self.string_literal("a list")?;
+                        items.push(s);
+                        if self.eat_op("]") {
+                            break;
+                        }
+                        self.expect_op(",")?;
+                    }
+                }
+                Ok((Node::List(items), Type::StringList))
+            }
+            Tok::Ident(name) => match name.as_str() {
+                "true" => Ok((Node::Bool(true), Type::Bool)),
+                "false" => Ok((Node::Bool(false), Type::Bool)),
+                "request" | "origin" => {
+                    self.expect_op(".")?;
+                    let c = self.column();
+                    let field = match self.peek() {
+                        Some(Token { kind: Tok::Ident(f), .. }) => f.clone(),
+                        _ => return self.err(c, format!("expected a field of `{name}`")),
+                    };
+                    self.pos += 1;
+                    match (name.as_str(), field.as_str()) {
+                        ("request", "path") => Ok((Node::Attr(Attr::Path), Type::String)),
+                        ("request", "host") => Ok((Node::Attr(Attr::Host), Type::String)),
+                        ("request", "method") => Ok((Node::Attr(Attr::Method), Type::String)),
+                        ("request", "time") => Ok((Node::Attr(Attr::Time), Type::Timestamp)),
+                        ("origin", "ip") => Ok((Node::Attr(Attr::Ip), Type::Ip)),
+                        _ => self.err(
+                            c,
+                            format!("unknown attribute `{name}.{field}`: use request.path, request.host, request.method, request.time or origin.ip"),
+                        ),
+                    }
+                }
+                "timestamp" => {
+                    self.expect_op("(")?;
+                    let (s, c) = self.string_literal("timestamp()")?;
+                    self.expect_op(")")?;
+                    match parse_rfc3339(&s) {
+                        Some(t) => Ok((Node::Timestamp(t), Type::Timestamp)),
+                        None => self.err(c, format!("`{s}` is not a timestamp: write e.g. \"2027-01-01T00:00:00Z\"")),
+                    }
+                }
+                "inIpRange" => {
+                    self.expect_op("(")?;
+                    let c = self.column();
+                    let (ip, ty) = self.expr()?;
+                    self.expect_type(c, ty, Type::Ip, "inIpRange")?;
+                    self.expect_op(",")?;
+                    let (s, c) = self.string_literal("inIpRange()")?;
+                    self.expect_op(")")?;
+                    match IpNet::parse(&s) {
+                        Some(net) => Ok((Node::InIpRange(Box::new(ip), net), Type::Bool)),
+                        None => self.err(c, format!("`{s}` is not a network: write e.g. \"10.0.0.0/8\"")),
+                    }
+                }
+                _ => self.err(
+                    col,
+                    format!("unknown name `{name}`: use request.path, request.host, request.method, request.time, origin.ip, timestamp() or inIpRange()"),
+                ),
+            },
+            other => self.err(col, format!("unexpected {}", other.describe())),
+        }
+    }
+}
+
+/// Parses an RFC 3339 timestamp (`2027-01-01T00:00:00Z`, `…T00:00:00.5+02:00`) to Unix seconds.
+pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    let b = s.as_bytes();
+    if b.len() < 20
+        || b[4] != b'-'
+        || b[7] != b'-'
+        || !matches!(b[10], b'T' | b't')
+        || b[13] != b':'
+        || b[16] != b':'
+    {
+        return None;
+    }
+    let num = |r: std::ops::Range<usize>| -> Option<i64> {
+        let t = s.get(r)?;
+        t.bytes()
+            .all(|c| c.is_ascii_digit())
+            .then(|| t.parse().ok())?
+    };
+    let (y, mo, d, h, mi, sec) = (
+        num(0..4)?,
+        num(5..7)?,
+        num(8..10)?,
+        num(11..13)?,
+        num(14..16)?,
+        num(17..19)?,
+    );
+    if !(1..=12).contains(&mo) || !(1..=31).contains(&d) || h > 23 || mi > 59 || sec > 60 {
+        return None;
+    }
+    let mut rest = &s[19..];
+    if let Some(frac) = rest.strip_prefix('.') {
+        let n = frac.bytes().take_while(u8::is_ascii_digit).count();
+        if n == 0 {
+            return None;
+        }
+        rest = &frac[n..];
+    }
+    let offset = match rest {
+        "Z" | "z" => 0,
+        _ => {
+            let sign = match rest.as_bytes().first()? {
+                b'+' => 1,
+                b'-' => -1,
+                _ => return None,
+            };
+            if rest.len() != 6 || rest.as_bytes()[3] != b':' {
+                return None;
+            }
+            let oh: i64 = rest[1..3].parse().ok()?;
+            let om: i64 = rest[4..6].parse().ok()?;
+            sign * (oh * 3600 + om * 60)
+        }
+    };
+    Some(days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset)
+}
+
+/// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let mp = (m + 9) % 12;
+    let doy = (153 * mp + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `2027-01-01T00:00:00Z` from Unix seconds.
+pub fn format_rfc3339(secs: i64) -> String {
+    let days = secs.div_euclid(86400);
+    let rem = secs.rem_euclid(86400);
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + i64::from(m <= 2);
+    format!(
+        "{y:04}-{m:02}-{d:02}T{:02}:{:02}:{:02}Z",
+        rem / 3600,
+        rem % 3600 / 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn cx<'a>(path: &'a str, method: &'a str, ip: &str, time: i64) -> Context<'a> {
+        Context {
+            path,
+            host: "apps.example.com",
+            method,
+            time,
+            ip: ip.parse().ok(),
+        }
+    }
+
+    #[test]
+    fn evaluation_table() {
+        let t2026 = parse_rfc3339("2026-06-01T00:00:00Z").unwrap();
+        let t2028 = parse_rfc3339("2028-06-01T00:00:00Z").unwrap();
+        let cases: &[(&str, &str, &str, &str, i64, bool)] = &[
+            (
+                "request.path.startsWith(\"/reports\")",
+                "/reports/q",
+                "GET",
+                "10.0.0.1",
+                t2026,
+                true,
+            ),
+            (
+                "request.path.startsWith(\"/reports\")",
+                "/admin",
+                "GET",
+                "10.0.0.1",
+                t2026,
+                false,
+            ),
+            (
+                "request.path.endsWith('.csv')",
+                "/a.csv",
+                "GET",
+                "10.0.0.1",
+                t2026,
+                true,
+            ),
+            (
+                "request.path.contains(\"/q/\")",
+                "/a/q/b",
+                "GET",
+                "10.0.0.1",
+                t2026,
+                true,
+            ),
+            (
+                "request.host == \"apps.example.com\"",
+                "/",
+                "GET",
+                "10.0.0.1",
+                t2026,
+                true,
+            ),
+            (
+                "request.host != \"apps.example.com\"",
+                "/",
+                "GET",
+                "10.0.0.1",
+                t2026,
+                false,
+            ),
+            (
+                "request.method in [\"GET\", \"HEAD\"]",
+                "/",
+                "HEAD",
+                "10.0.0.1",
+                t2026,
+                true,
+            ),
+            (
+                "request.method in [\"GET\", \"HEAD\"]",
+                "/",
+                "POST",
+                "10.0.0.1",
+                t2026,
+                false,
+            ),
+            (
+                "request.time < timestamp(\"2027-01-01T00:00:00Z\")",
+                "/",
+                "GET",
+                "10.0.0.1",
+                t2026,
+                true,
+            ),
+            (
+                "request.time < timestamp(\"2027-01-01T00:00:00Z\")",
+                "/",
+                "GET",
+                "10.0.0.1",
+                t2028,
+                false,
+            ),
+            (
+                "inIpRange(origin.ip, \"10.0.0.0/8\")",
+                "/",
+                "GET",
+                "10.9.9.9",
+                t2026,
+                true,
+            ),
+            (
+                "inIpRange(origin.ip, \"10.0.0.0/8\")",
+                "/",
+                "GET",
+                "192.0.2.1",
+                t2026,
+                false,
+            ),
+            (
+                "inIpRange(origin.ip, \"10.0.0.0/8\")",
+                "/",
+                "GET",
+                "none",
+                t2026,
+                false,
+            ),
+            (
+                "!inIpRange(origin.ip, \"10.0.0.0/8\")",
+                "/",
+                "GET",
+                "192.0.2.1",
+                t2026,
+                true,
+            ),
+            (
+                "(request.path.startsWith(\"/a\") || request.path.startsWith(\"/b\")) && request.method == \"GET\"",
+                "/b/x",
+                "GET",
+                "10.0.0.1",
+                t2026,
+                true,
+            ),
+            (
+                "request.path.startsWith(\"/a\") || request.path.startsWith(\"/b\") && false",
+                "/a",
+                "GET",
+                "1.1.1.1",
+                t2026,
+                true,
+            ),
+            ("true && !false", "/", "GET", "1.1.1.1", t2026, true),
+            ("1 < 2", "/", "GET", "1.1.1.1", t2026, true),
+        ];
+        for (src, path, method, ip, time, want) in cases {
+            let c = Condition::compile(src).unwrap_or_else(|e| panic!("{src}: {}", e.pointed(src)));
+            assert_eq!(
+                c.eval(&cx(path, method, ip, *time)),
+                *want,
+                "{src} on {path} {method} {ip}"
+            );
+        }
+    }
+
+    #[test]
+    fn compile_errors_point_at_the_problem() {
+        let cases: &[(&str, usize, &str)] = &[
+            ("request.path.startsWith(\"/a\"", 29, "expected `)`"),
+            ("request.pth == \"/\"", 9, "unknown attribute `request.pth`"),
+            ("request.path", 1, "must be true or false"),
+            (
+                "request.path == 1",
+                17,
+                "cannot compare a string with a int",
+            ),
+            ("request.time < \"2027\"", 16, "cannot compare"),
+            ("timestamp(\"tomorrow\")", 11, "not a timestamp"),
+            ("inIpRange(origin.ip, \"10.0.0.0/99\")", 22, "not a network"),
+            (
+                "request.path.matches(\".*\")",
+                14,
+                "unknown method `matches`",
+            ),
+            ("request.path == \"/\" &&", 23, "ends too early"),
+            (
+                "request.path == \"/\" ; true",
+                21,
+                "unexpected character `;`",
+            ),
+            ("request.path == \"/", 17, "not closed"),
+            ("foo()", 1, "unknown name `foo`"),
+            ("request.method in \"GET\"", 19, "needs a list"),
+            ("origin.ip == origin.ip", 1, "cannot be compared"),
+            ("true true", 6, "unexpected `true`"),
+        ];
+        for (src, column, needle) in cases {
+            let e = Condition::compile(src).expect_err(src);
+            assert!(e.message.contains(needle), "{src}: {e}");
+            assert_eq!(e.column, *column, "{src}: {e}");
+        }
+        let e = Condition::compile("request.pth == \"/\"").unwrap_err();
+        assert_eq!(
+            e.pointed("request.pth == \"/\""),
+            "request.pth == \"/\"\n        ^ unknown attribute `request.pth`: use request.path, request.host, request.method, request.time or origin.ip"
+        );
+    }
+
+    #[test]
+    fn expiry_is_found_in_top_level_conjunctions() {
+        let t = parse_rfc3339("2027-01-01T00:00:00Z").unwrap();
+        let c = Condition::compile(
+            "request.path.startsWith(\"/r\") && request.time < timestamp(\"2027-01-01T00:00:00Z\")",
+        )
+        .unwrap();
+        assert_eq!(c.expiry(), Some(t));
+        assert_eq!(
+            Condition::compile("request.method == \"GET\"")
+                .unwrap()
+                .expiry(),
+            None
+        );
+    }
+
+    #[test]
+    fn timestamps_round_trip() {
+        for s in [
+            "1970-01-01T00:00:00Z",
+            "2027-01-01T00:00:00Z",
+            "2000-02-29T23:59:59Z",
+            "2026-11-28T18:04:05Z",
+        ] {
+            assert_eq!(format_rfc3339(parse_rfc3339(s).unwrap()), s);
+        }
+        assert_eq!(
+            parse_rfc3339("2027-01-01T02:00:00+02:00"),
+            parse_rfc3339("2027-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_rfc3339("2027-01-01T00:00:00.250Z"),
+            parse_rfc3339("2027-01-01T00:00:00Z")
+        );
+        for bad in [
+            "2027-13-01T00:00:00Z",
+            "2027-01-01",
+            "2027-01-01T00:00:00",
+            "2027-01-01T00:00:00+0200",
+            "x",
+        ] {
+            assert_eq!(parse_rfc3339(bad), None, "{bad}");
+        }
+    }
+}

@@ -1,0 +1,635 @@
+//! Compiled policies: an immutable snapshot of every app's policy, the global policy and castellan's
+//! groups, indexed by member so a decision looks only at the bindings that can name the caller.
+//!
+//! The server swaps a new snapshot in atomically whenever the store changes; a decision never waits
+//! on the store.
+
+use std::collections::HashMap;
+use std::fmt;
+
+use super::condition::Context;
+use super::{Member, Policy, Role};
+
+/// Which policy a binding belongs to.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Resource {
+    Global,
+    App(String),
+}
+
+impl Resource {
+    /// `global` or `app:ID`: the store's key and the audit trail's spelling.
+    pub fn key(&self) -> String {
+        match self {
+            Resource::Global => "global".into(),
+            Resource::App(id) => format!("app:{id}"),
+        }
+    }
+
+    pub fn from_key(key: &str) -> Option<Resource> {
+        match key {
+            "global" => Some(Resource::Global),
+            _ => key
+                .strip_prefix("app:")
+                .map(|id| Resource::App(id.to_string())),
+        }
+    }
+}
+
+impl fmt::Display for Resource {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Resource::Global => f.write_str("the global policy"),
+            Resource::App(id) => write!(f, "app {id}"),
+        }
+    }
+}
+
+/// The caller, as the decision sees it.
+#[derive(Debug, Clone, Copy)]
+pub enum Who<'a> {
+    Anonymous,
+    /// A person: lower-case email and the groups their provider asserted.
+    User {
+        email: &'a str,
+        groups: &'a [String],
+    },
+    ServiceAccount(&'a str),
+}
+
+/// The binding that let a request through.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Grant {
+    pub resource: Resource,
+    pub binding: usize,
+    pub member: String,
+    pub condition: Option<String>,
+}
+
+impl fmt::Display for Grant {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(
+            f,
+            "{}#{} {}",
+            self.resource.key(),
+            self.binding,
+            self.member
+        )?;
+        if let Some(c) = &self.condition {
+            write!(f, " if \"{c}\"")?;
+        }
+        Ok(())
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Allow(Grant),
+    /// Nobody is signed in and the app is not public: sign in first.
+    SignIn,
+    Deny(Reason),
+}
+
+/// Why: stable kebab-case strings for logs, pages and the audit trail.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Reason {
+    UserUnauthenticated,
+    User,
+    Group,
+    Domain,
+    ServiceAccount,
+    AllAuthenticatedUsers,
+    AllUsers,
+    NoMatchingBinding,
+    ConditionNotMet,
+}
+
+impl Reason {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Reason::UserUnauthenticated => "user-unauthenticated",
+            Reason::User => "user-ok",
+            Reason::Group => "group-ok",
+            Reason::Domain => "domain-ok",
+            Reason::ServiceAccount => "service-account-ok",
+            Reason::AllAuthenticatedUsers => "all-authenticated-users",
+            Reason::AllUsers => "all-users",
+            Reason::NoMatchingBinding => "no-matching-binding",
+            Reason::ConditionNotMet => "condition-not-met",
+        }
+    }
+}
+
+impl Decision {
+    pub fn reason(&self) -> Reason {
+        match self {
+            Decision::Allow(g) => match g
+                .member
+                .split_once(':')
+                .map(|(k, _)| k)
+                .unwrap_or(&g.member)
+            {
+                "user" => Reason::User,
+                "group" => Reason::Group,
+                "domain" => Reason::Domain,
+                "serviceAccount" => Reason::ServiceAccount,
+                "allUsers" => Reason::AllUsers,
+                _ => Reason::AllAuthenticatedUsers,
+            },
+            Decision::Deny(r) => *r,
+            Decision::SignIn => Reason::UserUnauthenticated,
+        }
+    }
+
+    pub fn label(&self) -> &'static str {
+        match self {
+            Decision::Allow(_) => "allow",
+            Decision::SignIn => "sign-in",
+            Decision::Deny(_) => "deny",
+        }
+    }
+
+    pub fn allowed(&self) -> bool {
+        matches!(self, Decision::Allow(_))
+    }
+}
+
+/// Binding positions by member kind, for one role of one policy.
+#[derive(Debug, Default)]
+struct Index {
+    users: HashMap<String, Vec<usize>>,
+    domains: HashMap<String, Vec<usize>>,
+    groups: HashMap<String, Vec<usize>>,
+    service_accounts: HashMap<String, Vec<usize>>,
+    all_authenticated: Vec<usize>,
+    all_users: Vec<usize>,
+}
+
+#[derive(Debug)]
+struct Compiled {
+    resource: Resource,
+    policy: Policy,
+    accessor: Index,
+    admin: Index,
+}
+
+impl Compiled {
+    fn new(resource: Resource, policy: Policy) -> Compiled {
+        let mut accessor = Index::default();
+        let mut admin = Index::default();
+        for (i, b) in policy.bindings.iter().enumerate() {
+            let idx = match b.role {
+                Role::Accessor => &mut accessor,
+                Role::Admin => &mut admin,
+            };
+            for m in &b.members {
+                match m {
+                    Member::User(e) => idx.users.entry(e.clone()).or_default().push(i),
+                    Member::Domain(d) => idx.domains.entry(d.clone()).or_default().push(i),
+                    Member::Group(g) => idx.groups.entry(g.clone()).or_default().push(i),
+                    Member::ServiceAccount(s) => {
+                        idx.service_accounts.entry(s.clone()).or_default().push(i)
+                    }
+                    Member::AllAuthenticatedUsers => idx.all_authenticated.push(i),
+                    Member::AllUsers => idx.all_users.push(i),
+                }
+            }
+        }
+        Compiled {
+            resource,
+            policy,
+            accessor,
+            admin,
+        }
+    }
+
+    fn index(&self, role: Role) -> &Index {
+        match role {
+            Role::Accessor => &self.accessor,
+            Role::Admin => &self.admin,
+        }
+    }
+}
+
+/// Everything decisions need, immutable once built.
+#[derive(Debug, Default)]
+pub struct Snapshot {
+    global: Option<Compiled>,
+    apps: HashMap<String, Compiled>,
+    /// castellan's own groups, by member email.
+    groups_of: HashMap<String, Vec<String>>,
+}
+
+/// Outcome of looking at the candidates of one policy.
+enum Look {
+    Allowed(Grant),
+    ConditionFailed,
+    Nothing,
+}
+
+impl Snapshot {
+    /// Builds a snapshot from policies keyed by resource and group memberships (group, email).
+    pub fn new(policies: Vec<(Resource, Policy)>, memberships: Vec<(String, String)>) -> Snapshot {
+        let mut s = Snapshot::default();
+        for (resource, policy) in policies {
+            let c = Compiled::new(resource.clone(), policy);
+            match resource {
+                Resource::Global => s.global = Some(c),
+                Resource::App(id) => {
+                    s.apps.insert(id, c);
+                }
+            }
+        }
+        for (group, email) in memberships {
+            s.groups_of.entry(email).or_default().push(group);
+        }
+        s
+    }
+
+    pub fn policy(&self, resource: &Resource) -> Option<&Policy> {
+        match resource {
+            Resource::Global => self.global.as_ref().map(|c| &c.policy),
+            Resource::App(id) => self.apps.get(id).map(|c| &c.policy),
+        }
+    }
+
+    /// castellan's groups that `email` belongs to.
+    pub fn groups_of(&self, email: &str) -> &[String] {
+        self.groups_of.get(email).map(Vec::as_slice).unwrap_or(&[])
+    }
+
+    fn policies<'s>(&'s self, app: &str) -> impl Iterator<Item = &'s Compiled> {
+        self.apps.get(app).into_iter().chain(self.global.as_ref())
+    }
+
+    /// May `who` open `app` with this request?
+    pub fn decide(&self, app: &str, who: Who<'_>, cx: &Context<'_>) -> Decision {
+        self.decide_role(app, Role::Accessor, who, cx)
+    }
+
+    /// Does `who` hold `role` on `app` (directly or through the global policy)? `app` None: global only.
+    pub fn has_role(&self, app: Option<&str>, role: Role, who: Who<'_>, cx: &Context<'_>) -> bool {
+        match app {
+            Some(app) => self.decide_role(app, role, who, cx).allowed(),
+            None => matches!(
+                self.global.as_ref().map(|c| self.look(c, role, who, cx)),
+                Some(Look::Allowed(_))
+            ),
+        }
+    }
+
+    fn decide_role(&self, app: &str, role: Role, who: Who<'_>, cx: &Context<'_>) -> Decision {
+        let mut condition_failed = false;
+        for c in self.policies(app) {
+            match self.look(c, role, who, cx) {
+                Look::Allowed(g) => return Decision::Allow(g),
+                Look::ConditionFailed => condition_failed = true,
+                Look::Nothing => {}
+            }
+        }
+        match who {
+            Who::Anonymous => Decision::SignIn,
+            _ if condition_failed => Decision::Deny(Reason::ConditionNotMet),
+            _ => Decision::Deny(Reason::NoMatchingBinding),
+        }
+    }
+
+    /// Checks the bindings of `c` that can name `who`, unconditional ones before conditional ones.
+    fn look(&self, c: &Compiled, role: Role, who: Who<'_>, cx: &Context<'_>) -> Look {
+        let idx = c.index(role);
+        let mut lists: Vec<(&[usize], String)> = Vec::with_capacity(6);
+        fn push<'i>(
+            lists: &mut Vec<(&'i [usize], String)>,
+            v: Option<&'i Vec<usize>>,
+            member: impl FnOnce() -> String,
+        ) {
+            if let Some(v) = v.filter(|v| !v.is_empty()) {
+                lists.push((v.as_slice(), member()));
+            }
+        }
+        match who {
+            Who::Anonymous => {}
+            Who::User { email, groups } => {
+                push(&mut lists, idx.users.get(email), || format!("user:{email}"));
+                if let Some((_, domain)) = email.rsplit_once('@') {
+                    push(&mut lists, idx.domains.get(domain), || {
+                        format!("domain:{domain}")
+                    });
+                }
+                if !idx.groups.is_empty() {
+                    for g in self.groups_of(email).iter().chain(groups) {
+                        push(&mut lists, idx.groups.get(g), || format!("group:{g}"));
+                    }
+                }
+                push(&mut lists, Some(&idx.all_authenticated), || {
+                    "allAuthenticatedUsers".into()
+                });
+            }
+            Who::ServiceAccount(name) => {
+                push(&mut lists, idx.service_accounts.get(name), || {
+                    format!("serviceAccount:{name}")
+                });
+                push(&mut lists, Some(&idx.all_authenticated), || {
+                    "allAuthenticatedUsers".into()
+                });
+            }
+        }
+        push(&mut lists, Some(&idx.all_users), || "allUsers".into());
+
+        let mut condition_failed = false;
+        for pass_conditional in [false, true] {
+            for (positions, member) in &lists {
+                for &i in *positions {
+                    let b = &c.policy.bindings[i];
+                    match (&b.condition, pass_conditional) {
+                        (None, false) => return Look::Allowed(grant(c, i, member, None)),
+                        (Some(cond), true) => {
+                            if cond.compiled.eval(cx) {
+                                return Look::Allowed(grant(c, i, member, Some(&cond.title)));
+                            }
+                            condition_failed = true;
+                        }
+                        _ => {}
+                    }
+                }
+            }
+        }
+        if condition_failed {
+            Look::ConditionFailed
+        } else {
+            Look::Nothing
+        }
+    }
+
+    /// Every binding of `app`'s and the global policy for `role`, and what it said about `who`:
+    /// the policy troubleshooter.
+    pub fn explain(&self, app: &str, role: Role, who: Who<'_>, cx: &Context<'_>) -> Explanation {
+        let mut lines = Vec::new();
+        let groups: Vec<String> = match who {
+            Who::User { email, groups } => self
+                .groups_of(email)
+                .iter()
+                .chain(groups)
+                .cloned()
+                .collect(),
+            _ => Vec::new(),
+        };
+        for c in self.policies(app) {
+            for (i, b) in c
+                .policy
+                .bindings
+                .iter()
+                .enumerate()
+                .filter(|(_, b)| b.role == role)
+            {
+                let matched: Vec<String> = b
+                    .members
+                    .iter()
+                    .filter(|m| member_names(m, who, &groups))
+                    .map(Member::to_string)
+                    .collect();
+                lines.push(ExplainedBinding {
+                    resource: c.resource.clone(),
+                    index: i,
+                    members: b.members.iter().map(Member::to_string).collect(),
+                    matched,
+                    condition: b
+                        .condition
+                        .as_ref()
+                        .map(|c| (c.title.clone(), c.expression.clone(), c.compiled.eval(cx))),
+                });
+            }
+        }
+        Explanation {
+            decision: self.decide_role(app, role, who, cx),
+            bindings: lines,
+            groups,
+        }
+    }
+}
+
+fn member_names(m: &Member, who: Who<'_>, groups: &[String]) -> bool {
+    match (m, who) {
+        (Member::AllUsers, _) => true,
+        (Member::AllAuthenticatedUsers, Who::User { .. } | Who::ServiceAccount(_)) => true,
+        (Member::User(e), Who::User { email, .. }) => e == email,
+        (Member::Domain(d), Who::User { email, .. }) => {
+            email.rsplit_once('@').is_some_and(|(_, x)| x == d)
+        }
+        (Member::Group(g), Who::User { .. }) => groups.contains(g),
+        (Member::ServiceAccount(s), Who::ServiceAccount(n)) => s == n,
+        _ => false,
+    }
+}
+
+fn grant(c: &Compiled, binding: usize, member: &str, condition: Option<&str>) -> Grant {
+    Grant {
+        resource: c.resource.clone(),
+        binding,
+        member: member.to_string(),
+        condition: condition.map(str::to_string),
+    }
+}
+
+/// The troubleshooter's answer.
+#[derive(Debug)]
+pub struct Explanation {
+    pub decision: Decision,
+    pub bindings: Vec<ExplainedBinding>,
+    /// The groups the caller was considered a member of.
+    pub groups: Vec<String>,
+}
+
+#[derive(Debug)]
+pub struct ExplainedBinding {
+    pub resource: Resource,
+    pub index: usize,
+    pub members: Vec<String>,
+    /// The members of this binding that name the caller.
+    pub matched: Vec<String>,
+    /// (title, expression, result) when the binding has a condition.
+    pub condition: Option<(String, String, bool)>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::policy::{BindingCondition, Document};
+
+    fn policy(json: &str) -> Policy {
+        Policy::from_document(&serde_json::from_str::<Document>(json).unwrap()).unwrap()
+    }
+
+    fn cx(path: &str) -> Context<'_> {
+        Context {
+            path,
+            host: "apps.example.com",
+            method: "GET",
+            time: 1_800_000_000,
+            ip: "10.1.2.3".parse().ok(),
+        }
+    }
+
+    fn user<'a>(email: &'a str, groups: &'a [String]) -> Who<'a> {
+        Who::User { email, groups }
+    }
+
+    #[test]
+    fn decision_table() {
+        let app = policy(
+            r#"{"bindings":[
+                {"role":"roles/accessor","members":["user:alice@example.com"]},
+                {"role":"roles/accessor","members":["group:analysts"],"condition":{"title":"reports only","expression":"request.path.startsWith(\"/reports\")"}},
+                {"role":"roles/accessor","members":["domain:partner.org"],"condition":{"title":"expired","expression":"request.time < timestamp(\"2020-01-01T00:00:00Z\")"}},
+                {"role":"roles/accessor","members":["serviceAccount:ci-bot"]},
+                {"role":"roles/admin","members":["user:root@example.com"]}]}"#,
+        );
+        let global = policy(
+            r#"{"bindings":[{"role":"roles/accessor","members":["user:ops@example.com"]}]}"#,
+        );
+        let s = Snapshot::new(
+            vec![
+                (Resource::App("demo".into()), app),
+                (Resource::Global, global),
+            ],
+            vec![("analysts".into(), "carol@example.com".into())],
+        );
+        let none: Vec<String> = vec![];
+        let claim = vec!["analysts".to_string()];
+        let cases: Vec<(Who, &str, &str, &str)> = vec![
+            (Who::Anonymous, "/", "sign-in", "user-unauthenticated"),
+            (user("alice@example.com", &none), "/", "allow", "user-ok"),
+            (
+                user("bob@example.com", &none),
+                "/",
+                "deny",
+                "no-matching-binding",
+            ),
+            (
+                user("carol@example.com", &none),
+                "/reports/q",
+                "allow",
+                "group-ok",
+            ),
+            (
+                user("carol@example.com", &none),
+                "/admin",
+                "deny",
+                "condition-not-met",
+            ),
+            (
+                user("dave@example.com", &claim),
+                "/reports",
+                "allow",
+                "group-ok",
+            ),
+            (
+                user("dave@example.com", &claim),
+                "/",
+                "deny",
+                "condition-not-met",
+            ),
+            (
+                user("eve@partner.org", &none),
+                "/",
+                "deny",
+                "condition-not-met",
+            ),
+            (
+                Who::ServiceAccount("ci-bot"),
+                "/",
+                "allow",
+                "service-account-ok",
+            ),
+            (
+                Who::ServiceAccount("other"),
+                "/",
+                "deny",
+                "no-matching-binding",
+            ),
+            (user("ops@example.com", &none), "/", "allow", "user-ok"),
+            (
+                user("root@example.com", &none),
+                "/",
+                "deny",
+                "no-matching-binding",
+            ),
+        ];
+        for (who, path, label, reason) in cases {
+            let d = s.decide("demo", who, &cx(path));
+            assert_eq!(
+                (d.label(), d.reason().as_str()),
+                (label, reason),
+                "{who:?} {path}"
+            );
+        }
+        // The global policy applies to apps that have no policy of their own.
+        assert!(
+            s.decide("other", user("ops@example.com", &none), &cx("/"))
+                .allowed()
+        );
+        assert!(
+            !s.decide("other", user("alice@example.com", &none), &cx("/"))
+                .allowed()
+        );
+        // Roles are separate: admin does not open the app, accessor does not manage it.
+        assert!(s.has_role(
+            Some("demo"),
+            Role::Admin,
+            user("root@example.com", &none),
+            &cx("/")
+        ));
+        assert!(!s.has_role(
+            Some("demo"),
+            Role::Admin,
+            user("alice@example.com", &none),
+            &cx("/")
+        ));
+        assert!(!s.has_role(None, Role::Admin, user("root@example.com", &none), &cx("/")));
+    }
+
+    #[test]
+    fn public_apps_let_anonymous_callers_in() {
+        let mut p = Policy::default();
+        p.add(Role::Accessor, Member::AllUsers, None);
+        let s = Snapshot::new(vec![(Resource::App("pub".into()), p)], vec![]);
+        let d = s.decide("pub", Who::Anonymous, &cx("/"));
+        assert_eq!(d.reason(), Reason::AllUsers);
+    }
+
+    #[test]
+    fn the_grant_names_binding_member_and_condition() {
+        let mut p = Policy::default();
+        p.add(
+            Role::Accessor,
+            Member::parse("user:alice@example.com").unwrap(),
+            Some(BindingCondition::new("r", "", "request.path.startsWith(\"/r\")").unwrap()),
+        );
+        let s = Snapshot::new(vec![(Resource::App("demo".into()), p)], vec![]);
+        let Decision::Allow(g) = s.decide("demo", user("alice@example.com", &[]), &cx("/r")) else {
+            panic!()
+        };
+        assert_eq!(g.to_string(), "app:demo#0 user:alice@example.com if \"r\"");
+    }
+
+    #[test]
+    fn explanations_say_which_bindings_named_the_caller() {
+        let p = policy(
+            r#"{"bindings":[{"role":"roles/accessor","members":["user:alice@example.com","domain:example.com"],
+                "condition":{"title":"reports","expression":"request.path.startsWith(\"/reports\")"}}]}"#,
+        );
+        let s = Snapshot::new(vec![(Resource::App("demo".into()), p)], vec![]);
+        let e = s.explain(
+            "demo",
+            Role::Accessor,
+            user("alice@example.com", &[]),
+            &cx("/admin"),
+        );
+        assert_eq!(e.decision, Decision::Deny(Reason::ConditionNotMet));
+        assert_eq!(
+            e.bindings[0].matched,
+            vec!["user:alice@example.com", "domain:example.com"]
+        );
+        assert_eq!(e.bindings[0].condition.as_ref().unwrap().2, false);
+    }
+}

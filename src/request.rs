@@ -1,0 +1,407 @@
+//! The request path: reserved paths → app match → authenticate → decide → answer or proxy, with one
+//! log line, metrics and (for app requests) one audit record per request.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Instant;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::live::Grounds;
+use crate::metrics::{AppLabel, RequestLabels};
+use crate::pages;
+use crate::policy::condition::Context;
+use crate::policy::snapshot::Who;
+use crate::policy::{Decision, Identity};
+use crate::proxy;
+use crate::server::State;
+use crate::store::{self, AuditRecord};
+use crate::web::{self, Body};
+
+/// What the log line, metrics and audit trail say about one request.
+pub struct Outcome {
+    pub app: String,
+    pub user: String,
+    pub decision: &'static str,
+    pub reason: &'static str,
+    pub binding: String,
+    pub reference: Option<String>,
+    /// Whether this was a decision about an app (audited) rather than castellan's own page.
+    pub audited: bool,
+    pub client_ip: String,
+}
+
+impl Outcome {
+    pub fn new(app: &str) -> Outcome {
+        Outcome {
+            app: app.to_string(),
+            user: String::new(),
+            decision: "-",
+            reason: "-",
+            binding: String::new(),
+            reference: None,
+            audited: false,
+            client_ip: String::new(),
+        }
+    }
+
+    /// A fresh reference id, recorded so the log line and audit record carry it too.
+    pub fn reference(&mut self) -> String {
+        let reference = crate::crypto::reference_id();
+        self.reference = Some(reference.clone());
+        reference
+    }
+}
+
+/// Handles one request; never fails (every error becomes a page).
+pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+    let start = Instant::now();
+    let method = req.method().clone();
+    let path = req.uri().path().to_string();
+    let host = web::request_host(req.uri(), req.headers());
+    let mut outcome = Outcome::new("-");
+    let resp = match crate::path::normalize(req.uri().path()) {
+        Err(why) => {
+            outcome.decision = "bad-request";
+            outcome.reason = "ambiguous-path";
+            let reference = outcome.reference();
+            web::html(
+                StatusCode::BAD_REQUEST,
+                pages::error("Bad request", why, &reference),
+            )
+        }
+        // Decided on the normalised path, so `/%2ecastellan/…` is castellan's too and never proxied.
+        Ok(normal) if normal == "/.castellan" || normal.starts_with("/.castellan/") => {
+            outcome.app = "castellan".into();
+            crate::reserved::handle(&state, peer, req, &normal, &mut outcome).await
+        }
+        Ok(normal) => protected(&state, peer, req, host.as_deref(), &normal, &mut outcome).await,
+    };
+    let status = resp.status().as_u16();
+    let latency = start.elapsed();
+    state
+        .metrics
+        .requests
+        .get_or_create(&RequestLabels {
+            app: outcome.app.clone(),
+            decision: outcome.decision,
+            status,
+        })
+        .inc();
+    state
+        .metrics
+        .latency
+        .get_or_create(&AppLabel {
+            app: outcome.app.clone(),
+        })
+        .observe(latency.as_secs_f64());
+    tracing::info!(
+        target: "castellan::request",
+        method = %method,
+        host = host.as_deref().unwrap_or("-"),
+        path = %path,
+        app = %outcome.app,
+        user = %outcome.user,
+        decision = outcome.decision,
+        reason = outcome.reason,
+        binding = %outcome.binding,
+        status,
+        latency_ms = (latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
+        reference = outcome.reference.as_deref().unwrap_or("-"),
+        peer = %peer.ip(),
+    );
+    if outcome.audited {
+        state.audit.record(AuditRecord {
+            at: store::now_ms(),
+            kind: "decision".into(),
+            actor: if outcome.user.is_empty() {
+                "anonymous".into()
+            } else {
+                outcome.user
+            },
+            ip: outcome.client_ip,
+            app: outcome.app,
+            action: outcome.decision.into(),
+            method: method.to_string(),
+            path,
+            reason: outcome.reason.into(),
+            binding: outcome.binding,
+            status: Some(i64::from(status)),
+            latency_us: Some(latency.as_micros() as i64),
+            reference: outcome.reference.unwrap_or_default(),
+            ..Default::default()
+        });
+    }
+    resp
+}
+
+async fn protected(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    host: Option<&str>,
+    path: &str,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let Some(app) = state.match_app(host, path) else {
+        let reference = outcome.reference();
+        return web::html(
+            StatusCode::NOT_FOUND,
+            pages::error(
+                "No app here",
+                "castellan has no app configured for this address. Check the link, or the [[apps]] host and path_prefix in the configuration.",
+                &reference,
+            ),
+        );
+    };
+    outcome.app = app.id.clone();
+    outcome.audited = true;
+    let client_ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    outcome.client_ip = client_ip.to_string();
+
+    let who = match state.authenticate(req.headers()).await {
+        Ok(who) => who,
+        Err(e) => return internal_error(outcome, "reading the session", &e),
+    };
+    if let Some((identity, _)) = &who {
+        outcome.user = identity.email.clone();
+    }
+    let snapshot = state.snapshot();
+    let method = req.method().as_str().to_string();
+    let cx = Context {
+        path,
+        host: host.unwrap_or(""),
+        method: &method,
+        time: store::now(),
+        ip: Some(client_ip),
+    };
+    let caller = match &who {
+        Some((i, _)) => Who::User {
+            email: &i.email,
+            groups: &i.groups,
+        },
+        None => Who::Anonymous,
+    };
+    let decision = snapshot.decide(&app.id, caller, &cx);
+    outcome.decision = decision.label();
+    outcome.reason = decision.reason().as_str();
+
+    match decision {
+        Decision::SignIn => sign_in_required(state, &req),
+        Decision::Deny(_) => {
+            let reference = outcome.reference();
+            let email = who.as_ref().map(|(i, _)| i.email.as_str()).unwrap_or("");
+            if web::is_navigation(req.headers()) {
+                let switch_href = format!(
+                    "/.castellan/sign_in?switch=1&rd={}",
+                    pages::q(&return_path(&req))
+                );
+                web::html(
+                    StatusCode::FORBIDDEN,
+                    pages::denied(&pages::Denied {
+                        email,
+                        app: &app.id,
+                        reference: &reference,
+                        switch_href,
+                    }),
+                )
+            } else {
+                web::json(
+                    StatusCode::FORBIDDEN,
+                    &serde_json::json!({
+                        "error": "access_denied",
+                        "message": format!("{email} has no access to app {}", app.id),
+                        "reason": decision.reason().as_str(),
+                        "reference": reference,
+                    }),
+                )
+            }
+        }
+        Decision::Allow(_) if !same_origin_upgrade(&req, host) => {
+            outcome.decision = "deny";
+            outcome.reason = "cross-origin-websocket";
+            let reference = outcome.reference();
+            web::json(
+                StatusCode::FORBIDDEN,
+                &serde_json::json!({
+                    "error": "cross_origin_websocket",
+                    "message": "a WebSocket from another origin is refused (cross-site WebSocket hijacking)",
+                    "reference": reference,
+                }),
+            )
+        }
+        Decision::Allow(grant) => {
+            outcome.binding = grant.to_string();
+            let identity_headers = match &who {
+                None => None,
+                Some((identity, _)) => match state.signer.sign(identity, &app.audience) {
+                    Ok(assertion) => Some(proxy::IdentityHeaders {
+                        assertion,
+                        email: identity.email.clone(),
+                        user: format!("{}:{}", identity.provider, identity.subject),
+                    }),
+                    Err(e) => return internal_error(outcome, "signing the identity assertion", &e),
+                },
+            };
+            // Register what this connection was allowed on, so a later change can close it.
+            let live = who.map(|(identity, session)| {
+                state.live.register(Grounds {
+                    app: app.id.clone(),
+                    identity,
+                    session,
+                    host: host.unwrap_or("").to_string(),
+                    path: path.to_string(),
+                    method: method.clone(),
+                    ip: Some(client_ip),
+                })
+            });
+            let forwarded = proxy::Forwarded {
+                peer_ip: peer.ip(),
+                peer_trusted: state
+                    .config
+                    .trusted_proxies
+                    .iter()
+                    .any(|n| n.contains(peer.ip())),
+                proto: state.config.public_url.scheme(),
+            };
+            let target = match req.uri().query() {
+                Some(q) => format!("{path}?{q}"),
+                None => path.to_string(),
+            };
+            match state
+                .upstream
+                .forward(app, req, &target, &forwarded, identity_headers, live)
+                .await
+            {
+                Ok(resp) => resp,
+                Err(e) => upstream_error(state, app, outcome, e),
+            }
+        }
+    }
+}
+
+fn upstream_error(
+    state: &State,
+    app: &crate::config::App,
+    outcome: &mut Outcome,
+    e: proxy::Error,
+) -> Response<Body> {
+    let reference = outcome.reference();
+    state
+        .metrics
+        .upstream_errors
+        .get_or_create(&crate::metrics::UpstreamErrorLabels {
+            app: app.id.clone(),
+            kind: e.kind(),
+        })
+        .inc();
+    tracing::warn!(app = %app.id, upstream = %app.upstream, reference, "upstream error: {e}");
+    let (status, title) = match e {
+        proxy::Error::Timeout(_) => (
+            StatusCode::GATEWAY_TIMEOUT,
+            "The app took too long to answer",
+        ),
+        _ => (StatusCode::BAD_GATEWAY, "The app is not reachable"),
+    };
+    web::html(
+        status,
+        pages::error(
+            title,
+            &format!(
+                "castellan could not get an answer from {}. Try again in a moment; if it persists, the app's operators can find this reference in castellan's log.",
+                app.id
+            ),
+            &reference,
+        ),
+    )
+}
+
+/// The path and query of the request, where the browser returns after signing in.
+fn return_path(req: &Request<Incoming>) -> String {
+    req.uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into())
+}
+
+fn sign_in_required(state: &State, req: &Request<Incoming>) -> Response<Body> {
+    let sign_in = format!("/.castellan/sign_in?rd={}", pages::q(&return_path(req)));
+    if web::is_navigation(req.headers()) {
+        web::redirect(&sign_in)
+    } else {
+        let mut resp = web::json(
+            StatusCode::UNAUTHORIZED,
+            &serde_json::json!({
+                "error": "unauthenticated",
+                "message": "sign in first",
+                "sign_in_url": format!("{}{sign_in}", state.config.public_origin()),
+            }),
+        );
+        resp.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static("Bearer realm=\"castellan\""),
+        );
+        resp
+    }
+}
+
+/// Fails closed: a 500 page with a reference that matches the log line; nothing is proxied.
+pub fn internal_error(
+    outcome: &mut Outcome,
+    doing: &str,
+    err: &dyn std::error::Error,
+) -> Response<Body> {
+    let reference = outcome.reference();
+    tracing::error!(reference, "internal error while {doing}: {err}");
+    outcome.decision = "error";
+    outcome.reason = "internal-error";
+    web::html(
+        StatusCode::INTERNAL_SERVER_ERROR,
+        pages::error(
+            "Something went wrong",
+            "castellan could not check your access, so it did not let the request through. Try again in a moment.",
+            &reference,
+        ),
+    )
+}
+
+/// False for a WebSocket (or other upgrade) whose `Origin` is not the host it connects to: a page on
+/// another site must not ride the person's session into the app (cross-site WebSocket hijacking).
+fn same_origin_upgrade(req: &Request<Incoming>, host: Option<&str>) -> bool {
+    if !req.headers().contains_key(http::header::UPGRADE) {
+        return true;
+    }
+    let Some(origin) = req.headers().get(http::header::ORIGIN) else {
+        return true; // not a browser: there is no ambient page to defend against
+    };
+    let Some(origin) = origin.to_str().ok().and_then(|o| url::Url::parse(o).ok()) else {
+        return false;
+    };
+    let host_port = req
+        .uri()
+        .authority()
+        .and_then(|a| a.port_u16())
+        .or_else(|| {
+            let h = req.headers().get(http::header::HOST)?.to_str().ok()?;
+            h.parse::<http::uri::Authority>().ok()?.port_u16()
+        })
+        .or(match origin.scheme() {
+            "https" | "wss" => Some(443),
+            _ => Some(80),
+        });
+    origin
+        .host_str()
+        .map(|h| h.trim_end_matches('.').to_ascii_lowercase())
+        .as_deref()
+        == host
+        && origin.port_or_known_default() == host_port
+}
+
+/// The identity a live connection's session belongs to, for tests of the registry.
+pub fn caller(identity: &Identity) -> Who<'_> {
+    Who::User {
+        email: &identity.email,
+        groups: &identity.groups,
+    }
+}

@@ -1,0 +1,376 @@
+//! Sessions and sign-in flows in progress.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use sqlx::Row;
+
+use super::{Actor, Result, Store, now};
+use crate::policy::Identity;
+
+/// A live session as stored.
+#[derive(Debug, Clone)]
+pub struct Session {
+    pub identity: Identity,
+    pub created_at: i64,
+    pub last_seen: i64,
+    pub expires_at: i64,
+}
+
+/// A session as listed to administrators: the id is a prefix of the stored digest, never the
+/// cookie value.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct SessionInfo {
+    pub id: String,
+    pub email: String,
+    pub provider: String,
+    pub created_at: i64,
+    pub last_seen: i64,
+    pub expires_at: i64,
+    pub client_ip: String,
+    pub user_agent: String,
+}
+
+/// How many characters of the digest make a session's public id.
+const PUBLIC_ID_LEN: usize = 16;
+
+/// An OpenID Connect sign-in in progress, between the redirect to the provider and the callback.
+#[derive(Debug, Clone)]
+pub struct Flow {
+    pub browser_digest: String,
+    pub provider: String,
+    pub nonce: String,
+    pub pkce_verifier: String,
+    pub return_to: String,
+    pub created_at: i64,
+}
+
+impl Store {
+    pub async fn create_session(
+        &self,
+        id_digest: &str,
+        who: &Identity,
+        lifetime: Duration,
+        client_ip: &str,
+        user_agent: &str,
+    ) -> Result<()> {
+        let now = now();
+        let mut tx = self.write().await?;
+        sqlx::query(
+            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups) \
+             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(id_digest)
+        .bind(&who.email)
+        .bind(&who.subject)
+        .bind(&who.provider)
+        .bind(now)
+        .bind(now)
+        .bind(now + lifetime.as_secs() as i64)
+        .bind(client_ip)
+        .bind(user_agent)
+        .bind(serde_json::to_string(&who.groups).expect("a list of strings serialises"))
+        .execute(&mut *tx)
+        .await?;
+        let actor = Actor {
+            name: who.email.clone(),
+            ip: client_ip.to_string(),
+        };
+        Store::record_change(
+            &mut tx,
+            &actor,
+            "session.create",
+            &format!("session {}", &id_digest[..PUBLIC_ID_LEN]),
+            None,
+            Some(&serde_json::json!({ "provider": who.provider, "groups": who.groups })),
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The session, if it exists, has not expired and has been used within `idle`.
+    pub async fn session(&self, id_digest: &str, idle: Duration) -> Result<Option<Session>> {
+        let now = now();
+        let row = sqlx::query(
+            "SELECT email, subject, provider, created_at, last_seen, expires_at, groups FROM sessions \
+             WHERE id_digest = ? AND expires_at > ? AND last_seen > ?",
+        )
+        .bind(id_digest)
+        .bind(now)
+        .bind(now - idle.as_secs() as i64)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Session {
+            identity: Identity {
+                email: r.get(0),
+                subject: r.get(1),
+                provider: r.get(2),
+                groups: serde_json::from_str(r.get::<&str, _>(6)).unwrap_or_default(),
+            },
+            created_at: r.get(3),
+            last_seen: r.get(4),
+            expires_at: r.get(5),
+        }))
+    }
+
+    pub async fn touch_session(&self, id_digest: &str) -> Result<()> {
+        sqlx::query("UPDATE sessions SET last_seen = ? WHERE id_digest = ?")
+            .bind(now())
+            .bind(id_digest)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Of `digests`, those that are still live sessions (for closing connections of ended ones).
+    pub async fn live_sessions(
+        &self,
+        digests: &[String],
+        idle: Duration,
+    ) -> Result<HashSet<String>> {
+        let mut live = HashSet::new();
+        for d in digests {
+            if self.session(d, idle).await?.is_some() {
+                live.insert(d.clone());
+            }
+        }
+        Ok(live)
+    }
+
+    /// Ends the session whose cookie digest is `id_digest` (sign-out).
+    pub async fn delete_session(&self, id_digest: &str, actor: &Actor) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let r = sqlx::query("DELETE FROM sessions WHERE id_digest = ?")
+            .bind(id_digest)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() > 0 {
+            Store::record_change(
+                &mut tx,
+                actor,
+                "session.end",
+                &format!(
+                    "session {}",
+                    &id_digest[..PUBLIC_ID_LEN.min(id_digest.len())]
+                ),
+                None,
+                None,
+            )
+            .await?;
+            Store::bump(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn list_sessions(&self, email: Option<&str>) -> Result<Vec<SessionInfo>> {
+        let rows = sqlx::query(
+            "SELECT id_digest, email, provider, created_at, last_seen, expires_at, client_ip, user_agent FROM sessions \
+             WHERE expires_at > ? AND (? IS NULL OR email = ?) ORDER BY last_seen DESC",
+        )
+        .bind(now())
+        .bind(email)
+        .bind(email)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| SessionInfo {
+                id: r.get::<String, _>(0)[..PUBLIC_ID_LEN].to_string(),
+                email: r.get(1),
+                provider: r.get(2),
+                created_at: r.get(3),
+                last_seen: r.get(4),
+                expires_at: r.get(5),
+                client_ip: r.get(6),
+                user_agent: r.get(7),
+            })
+            .collect())
+    }
+
+    /// Revokes the sessions whose public id is `id` (a prefix of at least 8 characters) or all of
+    /// `email`'s sessions; returns how many ended.
+    pub async fn revoke_sessions(
+        &self,
+        id: Option<&str>,
+        email: Option<&str>,
+        actor: &Actor,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let r = match (id, email) {
+            (Some(id), _)
+                if id.len() >= 8
+                    && id
+                        .bytes()
+                        .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
+            {
+                sqlx::query(
+                    "DELETE FROM sessions WHERE substr(id_digest, 1, ?) = ? AND expires_at > ?",
+                )
+                .bind(id.len() as i64)
+                .bind(id)
+                .bind(now())
+                .execute(&mut *tx)
+                .await?
+            }
+            (None, Some(email)) => {
+                sqlx::query("DELETE FROM sessions WHERE email = ? AND expires_at > ?")
+                    .bind(email)
+                    .bind(now())
+                    .execute(&mut *tx)
+                    .await?
+            }
+            _ => return Ok(0),
+        };
+        let n = r.rows_affected();
+        if n > 0 {
+            let target = match (id, email) {
+                (Some(id), _) => format!("session {id}"),
+                (_, Some(e)) => format!("sessions of {e}"),
+                _ => String::new(),
+            };
+            Store::record_change(
+                &mut tx,
+                actor,
+                "session.revoke",
+                &target,
+                None,
+                Some(&serde_json::json!({ "ended": n })),
+            )
+            .await?;
+            Store::bump(&mut tx).await?;
+        }
+        tx.commit().await?;
+        Ok(n)
+    }
+
+    /// Deletes expired sessions and abandoned sign-in flows; returns how many rows went.
+    pub async fn sweep(&self, flow_lifetime: Duration) -> Result<u64> {
+        let now = now();
+        let a = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        let b = sqlx::query("DELETE FROM login_flows WHERE created_at <= ?")
+            .bind(now - flow_lifetime.as_secs() as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(a.rows_affected() + b.rows_affected())
+    }
+
+    pub async fn put_flow(&self, state_digest: &str, flow: &Flow) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO login_flows (state_digest, browser_digest, provider, nonce, pkce_verifier, return_to, created_at) \
+             VALUES (?, ?, ?, ?, ?, ?, ?)",
+        )
+        .bind(state_digest)
+        .bind(&flow.browser_digest)
+        .bind(&flow.provider)
+        .bind(&flow.nonce)
+        .bind(&flow.pkce_verifier)
+        .bind(&flow.return_to)
+        .bind(flow.created_at)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes and returns the flow: a state can be used once, whatever happens next.
+    pub async fn take_flow(&self, state_digest: &str) -> Result<Option<Flow>> {
+        let row = sqlx::query(
+            "DELETE FROM login_flows WHERE state_digest = ? \
+             RETURNING browser_digest, provider, nonce, pkce_verifier, return_to, created_at",
+        )
+        .bind(state_digest)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.map(|r| Flow {
+            browser_digest: r.get(0),
+            provider: r.get(1),
+            nonce: r.get(2),
+            pkce_verifier: r.get(3),
+            return_to: r.get(4),
+            created_at: r.get(5),
+        }))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::temp_store;
+    use super::*;
+
+    fn who() -> Identity {
+        Identity {
+            email: "a@example.com".into(),
+            subject: "a".into(),
+            provider: "local".into(),
+            groups: vec!["eng".into()],
+        }
+    }
+
+    #[tokio::test]
+    async fn flows_are_single_use() {
+        let (_d, s) = temp_store().await;
+        let flow = Flow {
+            browser_digest: "b".into(),
+            provider: "corp".into(),
+            nonce: "n".into(),
+            pkce_verifier: "v".into(),
+            return_to: "/".into(),
+            created_at: now(),
+        };
+        s.put_flow("st", &flow).await.unwrap();
+        assert!(s.take_flow("st").await.unwrap().is_some());
+        assert!(s.take_flow("st").await.unwrap().is_none());
+    }
+
+    #[tokio::test]
+    async fn sessions_expire_list_and_revoke() {
+        let (_d, s) = temp_store().await;
+        let idle = Duration::from_secs(60);
+        let d1 = crate::crypto::digest("one");
+        let d2 = crate::crypto::digest("two");
+        s.create_session(&d1, &who(), idle, "127.0.0.1", "t")
+            .await
+            .unwrap();
+        s.create_session(&d2, &who(), idle, "127.0.0.1", "t")
+            .await
+            .unwrap();
+        assert_eq!(
+            s.session(&d1, idle).await.unwrap().unwrap().identity,
+            who(),
+            "groups survive"
+        );
+        let d3 = crate::crypto::digest("three");
+        s.create_session(&d3, &who(), Duration::from_secs(0), "127.0.0.1", "t")
+            .await
+            .unwrap();
+        assert!(s.session(&d3, idle).await.unwrap().is_none(), "expired");
+        let listed = s.list_sessions(Some("a@example.com")).await.unwrap();
+        assert_eq!(listed.len(), 2);
+        let r0 = s.revision().await.unwrap();
+        assert_eq!(
+            s.revoke_sessions(Some(&listed[0].id), None, &Actor::cli())
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(s.revision().await.unwrap() > r0);
+        assert_eq!(
+            s.revoke_sessions(Some("short"), None, &Actor::cli())
+                .await
+                .unwrap(),
+            0,
+            "ids need 8 characters"
+        );
+        assert_eq!(
+            s.revoke_sessions(None, Some("a@example.com"), &Actor::cli())
+                .await
+                .unwrap(),
+            1
+        );
+        assert!(s.live_sessions(&[d1, d2], idle).await.unwrap().is_empty());
+    }
+}

@@ -1,0 +1,83 @@
+//! Local accounts.
+
+use sqlx::Row;
+
+use super::{Error, Result, Store, now};
+
+impl Store {
+    pub async fn add_user(&self, email: &str, password_hash: &str) -> Result<()> {
+        let r = sqlx::query(
+            "INSERT INTO users (email, password_hash, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+        )
+        .bind(email)
+        .bind(password_hash)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        if r.rows_affected() == 0 {
+            return Err(Error::UserExists(email.to_string()));
+        }
+        Ok(())
+    }
+
+    pub async fn set_password(&self, email: &str, password_hash: &str) -> Result<bool> {
+        let r = sqlx::query("UPDATE users SET password_hash = ? WHERE email = ?")
+            .bind(password_hash)
+            .bind(email)
+            .execute(&self.pool)
+            .await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn password_hash(&self, email: &str) -> Result<Option<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE email = ?")
+                .bind(email)
+                .fetch_optional(&self.pool)
+                .await?,
+        )
+    }
+
+    /// Removes the account and ends its sessions.
+    pub async fn remove_user(&self, email: &str) -> Result<bool> {
+        let mut tx = self.write().await?;
+        let r = sqlx::query("DELETE FROM users WHERE email = ?")
+            .bind(email)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM sessions WHERE email = ? AND provider = 'local'")
+            .bind(email)
+            .execute(&mut *tx)
+            .await?;
+        Store::bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok(r.rows_affected() > 0)
+    }
+
+    pub async fn list_users(&self) -> Result<Vec<(String, i64)>> {
+        let rows = sqlx::query("SELECT email, created_at FROM users ORDER BY email")
+            .fetch_all(&self.pool)
+            .await?;
+        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::temp_store;
+    use super::*;
+
+    #[tokio::test]
+    async fn users_are_unique() {
+        let (_d, s) = temp_store().await;
+        s.add_user("a@example.com", "h").await.unwrap();
+        assert!(matches!(
+            s.add_user("a@example.com", "h").await,
+            Err(Error::UserExists(_))
+        ));
+        assert_eq!(
+            s.password_hash("a@example.com").await.unwrap().as_deref(),
+            Some("h")
+        );
+    }
+}
