@@ -108,6 +108,7 @@ async fn whoami(state: &State, req: &Request<Incoming>, outcome: &mut Outcome) -
                     "email": who.email,
                     "subject": who.subject,
                     "provider": who.provider,
+                    "groups": who.groups,
                     "session": session.map(|s| serde_json::json!({
                         "created_at": s.created_at,
                         "expires_at": s.expires_at,

@@ -5,5 +5,6 @@ mod browser;
 mod cli;
 mod local;
 mod oidc;
+mod policy;
 mod proxy;
 mod support;

@@ -132,6 +132,20 @@ impl Idp {
 
     /// The same on a given port: a restart on the same port is the same issuer with new signing keys.
     pub async fn start_on(port: u16, castellan_origin: &str, tamper: Option<&str>) -> Idp {
+        Idp::launch(port, castellan_origin, tamper, &[]).await
+    }
+
+    /// With extra environment for idp.mjs, e.g. `IDP_GROUPS`.
+    pub async fn start_with(castellan_origin: &str, env: &[(&str, &str)]) -> Idp {
+        Idp::launch(free_port(), castellan_origin, None, env).await
+    }
+
+    async fn launch(
+        port: u16,
+        castellan_origin: &str,
+        tamper: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> Idp {
         let dir = support_dir();
         require(
             &dir.join("node_modules/oidc-provider"),
@@ -150,6 +164,9 @@ impl Idp {
             .env("CASTELLAN_CLIENT_SECRET", "castellan-secret");
         if let Some(t) = tamper {
             cmd.env("IDP_TAMPER", t);
+        }
+        for (k, v) in env {
+            cmd.env(k, v);
         }
         let mut proc = Proc::spawn("idp", &mut cmd, tmp.path().join("idp.log"));
         wait_for(
@@ -308,6 +325,8 @@ pub struct Setup<'a> {
     pub extra: &'a str,
     pub upstream: String,
     pub top: &'a str,
+    /// Extra keys for the test provider's `[[providers]]` table.
+    pub provider_extra: &'a str,
     pub args: &'a [&'a str],
 }
 
@@ -319,6 +338,7 @@ impl<'a> Setup<'a> {
             extra: "",
             upstream: format!("http://{upstream}"),
             top: "",
+            provider_extra: "",
             args: &[],
         }
     }
@@ -359,8 +379,8 @@ impl Castellan {
         );
         if let Some(idp) = setup.idp {
             toml.push_str(&format!(
-                "[[providers]]\nid = \"corp\"\ndisplay_name = \"Corp SSO\"\nissuer = \"{}\"\nclient_id = \"castellan\"\nclient_secret = \"${{TEST_CLIENT_SECRET}}\"\n\n",
-                idp.issuer
+                "[[providers]]\nid = \"corp\"\ndisplay_name = \"Corp SSO\"\nissuer = \"{}\"\nclient_id = \"castellan\"\nclient_secret = \"${{TEST_CLIENT_SECRET}}\"\n{}\n\n",
+                idp.issuer, setup.provider_extra
             ));
         }
         toml.push_str(&format!(

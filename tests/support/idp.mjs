@@ -13,6 +13,7 @@
 //   IDP_ISSUER                 issuer URL                (http://IDP_HOST:IDP_PORT)
 //   IDP_USERS                  "email:password,..."      (alice@example.com:alice-password,bob@example.com:bob-password)
 //   IDP_AUTO_CONSENT=1         skip the consent page (grant is created automatically)
+//   IDP_GROUPS                 "email=group|group;email=group" - a `groups` claim (profile scope)
 //   IDP_CONFORM_ID_TOKEN_CLAIMS=1  oidc-provider's default: in the code flow the
 //                              ID token then carries only sub/acr/...; email must be
 //                              read from userinfo. Default here: 0 (email in ID token).
@@ -54,6 +55,12 @@ for (const entry of (env.IDP_USERS || 'alice@example.com:alice-password,bob@exam
   });
 }
 
+const GROUPS = new Map();
+for (const entry of (env.IDP_GROUPS || '').split(';').filter(Boolean)) {
+  const [email, groups] = entry.split('=');
+  GROUPS.set(email.trim(), (groups || '').split('|').map((g) => g.trim()).filter(Boolean));
+}
+
 async function findAccount(_ctx, id) {
   const u = USERS.get(id);
   if (!u) return undefined;
@@ -66,6 +73,7 @@ async function findAccount(_ctx, id) {
         email_verified: true,
         name: u.name,
         preferred_username: u.preferred_username,
+        groups: GROUPS.get(id) || [],
       };
     },
   };
@@ -119,7 +127,7 @@ const configuration = {
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified'],
-    profile: ['name', 'preferred_username'],
+    profile: ['name', 'preferred_username', 'groups'],
   },
   scopes: ['openid', 'offline_access', 'email', 'profile'],
   conformIdTokenClaims: env.IDP_CONFORM_ID_TOKEN_CLAIMS === '1',
@@ -142,7 +150,7 @@ const configuration = {
     if (!autoConsent) return undefined;
     const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
     grant.addOIDCScope('openid email profile offline_access');
-    grant.addOIDCClaims(['email', 'email_verified', 'name', 'preferred_username']);
+    grant.addOIDCClaims(['email', 'email_verified', 'name', 'preferred_username', 'groups']);
     await grant.save();
     return grant;
   },

@@ -1,0 +1,479 @@
+//! Access policies end to end: conditions, expiries, provider groups, the explainer, etag'd
+//! documents, gcloud import, public apps, live revocation and the audit trail.
+
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::*;
+
+const ALICE: (&str, &str) = ("alice@example.com", "alice-password");
+const BOB: (&str, &str) = ("bob@example.com", "bob-password");
+const API: [(&str, &str); 1] = [("accept", "application/json")];
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+fn err(out: &std::process::Output) -> String {
+    assert!(
+        !out.status.success(),
+        "command should fail: {}",
+        String::from_utf8_lossy(&out.stdout)
+    );
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn conditions_expiry_provider_groups_and_the_explainer() {
+    let echo = Echo::start().await;
+    let (port, origin) = Castellan::reserve();
+    let idp = Idp::start_with(&origin, &[("IDP_GROUPS", "bob@example.com=analysts|eu")]).await;
+    let mut setup = Setup::new(echo.addr);
+    setup.idp = Some(&idp);
+    setup.local_accounts = false;
+    setup.provider_extra = "groups_claim = \"groups\"";
+    let c = Castellan::start_on(port, setup).await;
+
+    // A path condition lets alice into /reports only.
+    ok(&c.cli(&[
+        "access",
+        "add",
+        "demo",
+        "user:alice@example.com",
+        "--condition",
+        "request.path.startsWith(\"/reports\")",
+        "--condition-title",
+        "reports only",
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut alice = Browser::new();
+    assert_eq!(
+        alice
+            .sign_in_oidc(&c.url("/reports/q1"), ALICE.0, ALICE.1)
+            .await
+            .status,
+        200
+    );
+    let other = alice.request("GET", &c.url("/admin"), &API, None).await;
+    assert_eq!(other.status, 403);
+    assert_eq!(other.json()["reason"], "condition-not-met");
+    // …and a walk around it is refused or decided on the normalised path.
+    assert_eq!(
+        alice
+            .request("GET", &c.url("/reports/../admin"), &API, None)
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        alice
+            .request("GET", &c.url("/reports/..;/admin"), &API, None)
+            .await
+            .status,
+        400
+    );
+    assert_eq!(
+        alice
+            .request("GET", &c.url("/reports%2f..%2fadmin"), &API, None)
+            .await
+            .status,
+        400
+    );
+
+    // A group asserted by the provider (groups claim) grants access.
+    let mut bob = Browser::new();
+    assert_eq!(
+        bob.sign_in_oidc(&c.url("/"), BOB.0, BOB.1).await.status,
+        403
+    );
+    ok(&c.cli(&["access", "add", "demo", "group:analysts"]));
+    std::thread::sleep(Duration::from_millis(500));
+    let r = bob.request("GET", &c.url("/x"), &API, None).await;
+    assert_eq!(r.status, 200);
+    let who = bob
+        .request("GET", &c.url("/.castellan/whoami"), &API, None)
+        .await;
+    assert_eq!(who.json()["groups"], serde_json::json!(["analysts", "eu"]));
+
+    // The explainer says which binding decides, and why not.
+    let yes = c.cli(&["check", "demo", "bob@example.com", "--group", "analysts"]);
+    let text = ok(&yes);
+    assert!(
+        text.starts_with(
+            "ALLOWED: bob@example.com may open demo, through app:demo#1 group:analysts"
+        ),
+        "{text}"
+    );
+    let no = c.cli(&["check", "demo", "alice@example.com", "--path", "/admin"]);
+    assert_eq!(no.status.code(), Some(1));
+    let text = String::from_utf8_lossy(&no.stdout);
+    assert!(
+        text.contains("DENIED: alice@example.com may not open demo (condition-not-met)"),
+        "{text}"
+    );
+    assert!(
+        text.contains(
+            "condition \"reports only\" (request.path.startsWith(\"/reports\")) is false"
+        ),
+        "{text}"
+    );
+    let bad = c.cli(&[
+        "access",
+        "add",
+        "demo",
+        "user:x@example.com",
+        "--condition",
+        "request.pth == \"/\"",
+    ]);
+    let e = err(&bad);
+    assert!(
+        e.contains("column 9") && e.contains("unknown attribute `request.pth`"),
+        "{e}"
+    );
+
+    // An expiry passes and access ends (a live stream included), without anyone touching the policy.
+    ok(&c.cli(&[
+        "access",
+        "add",
+        "demo",
+        "user:alice@example.com",
+        "--expires",
+        "3s",
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        alice
+            .request("GET", &c.url("/admin"), &API, None)
+            .await
+            .status,
+        200
+    );
+    let listed = ok(&c.cli(&["access", "list", "demo"]));
+    assert!(
+        listed.contains("user:alice@example.com\troles/accessor\tif expires "),
+        "{listed}"
+    );
+    let t = Instant::now();
+    loop {
+        let s = alice
+            .request("GET", &c.url("/admin"), &API, None)
+            .await
+            .status;
+        if s == 403 {
+            break;
+        }
+        assert!(
+            t.elapsed() < Duration::from_secs(6),
+            "the expiry never took effect"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn upgrade(c: &Castellan, cookie: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n",
+        c.port
+    );
+    s.write_all(req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(s.read(&mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    s.write_all(b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    s.read_exact(&mut echo).await.unwrap();
+    s
+}
+
+/// Waits for the server to close the socket; returns how long it took.
+async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Duration {
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(limit, s.read(&mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => t.elapsed(),
+        Ok(Ok(n)) => panic!("unexpected {n} bytes instead of a close"),
+        Err(_) => panic!("the connection was still open after {limit:?}"),
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revocation_closes_live_websockets_and_streams_within_a_second() {
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    c.add_user("gina@example.com", "a long enough password");
+    ok(&c.cli(&["groups", "create", "team"]));
+    ok(&c.cli(&["groups", "add-member", "team", "gina@example.com"]));
+    c.grant("demo", "group:team");
+    let mut b = Browser::new();
+    assert_eq!(
+        b.sign_in_local(&c, "gina@example.com", "a long enough password", "/")
+            .await
+            .status,
+        302
+    );
+    let cookie = format!(
+        "castellan_session={}",
+        b.cookie(&c.origin, "castellan_session").unwrap()
+    );
+
+    // 1. Leaving the group closes her open WebSocket.
+    let mut ws = upgrade(&c, &cookie).await;
+    ok(&c.cli(&["groups", "remove-member", "team", "gina@example.com"]));
+    let took = closed_within(&mut ws, Duration::from_secs(1)).await;
+    eprintln!("group change closed the WebSocket after {took:?}");
+
+    // 2. A session revoke closes it too (access itself unchanged).
+    ok(&c.cli(&["groups", "add-member", "team", "gina@example.com"]));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut ws = upgrade(&c, &cookie).await;
+    let sessions: serde_json::Value = serde_json::from_str(&ok(&c.cli(&[
+        "sessions",
+        "list",
+        "--user",
+        "gina@example.com",
+        "--json",
+    ])))
+    .unwrap();
+    let id = sessions[0]["id"].as_str().unwrap().to_string();
+    assert_eq!(sessions[0]["provider"], "local");
+    ok(&c.cli(&["sessions", "revoke", &id]));
+    let took = closed_within(&mut ws, Duration::from_secs(1)).await;
+    eprintln!("session revoke closed the WebSocket after {took:?}");
+    assert_eq!(
+        b.request("GET", &c.url("/"), &API, None).await.status,
+        401,
+        "signed out everywhere"
+    );
+
+    // 3. A streaming response is cut when access goes.
+    assert_eq!(
+        b.sign_in_local(&c, "gina@example.com", "a long enough password", "/")
+            .await
+            .status,
+        302
+    );
+    let cookie = format!(
+        "castellan_session={}",
+        b.cookie(&c.origin, "castellan_session").unwrap()
+    );
+    let mut resp = reqwest::Client::new()
+        .get(c.url("/stream"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"chunk-1\n");
+    ok(&c.cli(&["access", "remove", "demo", "group:team"]));
+    let rest = tokio::time::timeout(Duration::from_millis(1400), resp.chunk())
+        .await
+        .expect("ended within the second");
+    assert!(
+        rest.is_err(),
+        "the stream ended with an error instead of delivering chunk-2: {rest:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn policy_documents_etags_gcloud_import_and_public_apps() {
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    let dir = tempfile::tempdir().unwrap();
+
+    ok(&c.cli(&["access", "add", "demo", "user:a@example.com"]));
+    let got: serde_json::Value =
+        serde_json::from_str(&ok(&c.cli(&["policy", "get", "demo"]))).unwrap();
+    assert_eq!(got["version"], 3);
+    let etag = got["etag"].as_str().unwrap().to_string();
+    let mut edited = got.clone();
+    edited["bindings"][0]["members"] =
+        serde_json::json!(["user:a@example.com", "domain:example.org"]);
+    let file = dir.path().join("p.json");
+    std::fs::write(&file, edited.to_string()).unwrap();
+
+    // Someone else changes the policy in between: the stale etag is refused and nothing is lost.
+    ok(&c.cli(&["access", "add", "demo", "user:b@example.com"]));
+    let stale = err(&c.cli(&["policy", "set", "demo", file.to_str().unwrap()]));
+    assert!(
+        stale.contains("the policy changed since you read it"),
+        "{stale}"
+    );
+    assert!(ok(&c.cli(&["access", "list", "demo"])).contains("user:b@example.com"));
+    let fresh: serde_json::Value =
+        serde_json::from_str(&ok(&c.cli(&["policy", "get", "demo"]))).unwrap();
+    assert_ne!(fresh["etag"], etag);
+    let mut edited = fresh.clone();
+    edited["bindings"][0]["members"]
+        .as_array_mut()
+        .unwrap()
+        .push("domain:example.org".into());
+    std::fs::write(&file, edited.to_string()).unwrap();
+    assert!(
+        ok(&c.cli(&["policy", "set", "demo", file.to_str().unwrap()])).contains("1 binding(s)")
+    );
+    let listed = ok(&c.cli(&["access", "list", "demo"]));
+    assert!(
+        listed.contains("domain:example.org") && listed.contains("user:b@example.com"),
+        "{listed}"
+    );
+
+    // gcloud's YAML, as `gcloud iap web get-iam-policy` prints it.
+    let gcloud = "bindings:\n- members:\n  - user:carol@example.com\n  - group:eng@example.com\n  role: roles/iap.httpsResourceAccessor\n\
+                  - condition:\n    description: temporary\n    expression: request.time < timestamp(\"2030-01-01T00:00:00Z\")\n    title: until-2030\n  \
+                  members:\n  - user:temp@example.com\n  role: roles/iap.httpsResourceAccessor\n\
+                  - members:\n  - user:owner@example.com\n  role: roles/owner\netag: BwYHZEDo6aM=\nversion: 3\n";
+    let gfile = dir.path().join("iap.yaml");
+    std::fs::write(&gfile, gcloud).unwrap();
+    let out = ok(&c.cli(&["policy", "import-gcloud", "demo", gfile.to_str().unwrap()]));
+    assert!(out.contains("imported 2 binding(s)"), "{out}");
+    assert!(
+        out.contains("roles/owner has no castellan equivalent (members: user:owner@example.com)"),
+        "{out}"
+    );
+    let imported: serde_json::Value =
+        serde_json::from_str(&ok(&c.cli(&["policy", "get", "demo"]))).unwrap();
+    assert_eq!(imported["bindings"][0]["role"], "roles/accessor");
+    assert_eq!(imported["bindings"][1]["condition"]["title"], "until-2030");
+
+    // allUsers needs --yes, is flagged, and lets anonymous callers in without identity headers.
+    let refused = err(&c.cli(&["access", "add", "demo", "allUsers"]));
+    assert!(
+        refused.contains("public") && refused.contains("--yes"),
+        "{refused}"
+    );
+    ok(&c.cli(&["access", "add", "demo", "allUsers", "--yes"]));
+    assert!(ok(&c.cli(&["access", "list", "demo"])).starts_with("WARNING: app demo is PUBLIC"));
+    let v: serde_json::Value =
+        serde_json::from_str(&ok(&c.cli(&["access", "list", "demo", "--json"]))).unwrap();
+    assert_eq!(v["public"], true);
+    std::thread::sleep(Duration::from_millis(500));
+    let anon = reqwest::Client::new()
+        .get(c.url("/public"))
+        .header("x-castellan-email", "forged@evil.com")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(anon.status(), 200);
+    let seen: serde_json::Value = anon.json().await.unwrap();
+    assert!(
+        seen["headers"].get("x-castellan-email").is_none(),
+        "no identity for anonymous callers: {seen}"
+    );
+    assert!(seen["headers"].get("x-castellan-jwt-assertion").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn every_change_and_decision_is_in_the_audit_trail() {
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    c.add_user("hal@example.com", "a long enough password");
+    let mut b = Browser::new();
+    assert_eq!(
+        b.sign_in_local(&c, "hal@example.com", "a long enough password", "/")
+            .await
+            .status,
+        302
+    );
+    assert_eq!(
+        b.request("GET", &c.url("/before"), &API, None).await.status,
+        403
+    );
+    c.grant("demo", "user:hal@example.com");
+    assert_eq!(
+        b.request("GET", &c.url("/after?q=1"), &API, None)
+            .await
+            .status,
+        200
+    );
+    ok(&c.cli(&["groups", "create", "ops"]));
+
+    let t = Instant::now();
+    let records = loop {
+        let out = ok(&c.cli(&["audit", "--json", "--limit", "1000"]));
+        let records: Vec<serde_json::Value> = out
+            .lines()
+            .map(|l| serde_json::from_str(l).unwrap())
+            .collect();
+        if records.iter().any(|r| r["path"] == "/after") || t.elapsed() > Duration::from_secs(3) {
+            break records;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    };
+    let find = |pred: &dyn Fn(&serde_json::Value) -> bool, what: &str| {
+        records
+            .iter()
+            .find(|r| pred(r))
+            .unwrap_or_else(|| panic!("no audit record for {what}: {records:#?}"))
+            .clone()
+    };
+    let denied = find(
+        &|r| r["kind"] == "decision" && r["path"] == "/before",
+        "the denied request",
+    );
+    assert_eq!(denied["action"], "deny");
+    assert_eq!(denied["actor"], "hal@example.com");
+    assert_eq!(denied["reason"], "no-matching-binding");
+    assert_eq!(denied["status"], 403);
+    assert!(!denied["reference"].as_str().unwrap().is_empty());
+    let allowed = find(
+        &|r| r["kind"] == "decision" && r["path"] == "/after",
+        "the allowed request",
+    );
+    assert_eq!(allowed["action"], "allow");
+    assert_eq!(allowed["binding"], "app:demo#0 user:hal@example.com");
+    assert_eq!(allowed["method"], "GET");
+    assert!(allowed["latency_us"].as_i64().unwrap() > 0);
+    let grant = find(&|r| r["action"] == "policy.add-binding", "the grant");
+    assert!(grant["actor"].as_str().unwrap().starts_with("cli:"));
+    assert_eq!(grant["target"], "app:demo");
+    assert_eq!(grant["before"]["bindings"], serde_json::json!([]));
+    assert_eq!(
+        grant["after"]["bindings"][0]["members"],
+        serde_json::json!(["user:hal@example.com"])
+    );
+    find(
+        &|r| r["action"] == "group.create" && r["target"] == "group:ops",
+        "the group",
+    );
+    find(
+        &|r| r["action"] == "session.create" && r["actor"] == "hal@example.com",
+        "the sign-in",
+    );
+
+    // Filters.
+    let out = ok(&c.cli(&["audit", "--app", "demo", "--decision", "denied", "--json"]));
+    let only: Vec<serde_json::Value> = out
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .collect();
+    assert!(
+        !only.is_empty()
+            && only
+                .iter()
+                .all(|r| r["action"] == "deny" && r["app"] == "demo"),
+        "{only:?}"
+    );
+    let text = ok(&c.cli(&["audit", "--user", "hal@example.com", "--since", "1h"]));
+    assert!(
+        text.contains("allow") && text.contains("GET /after"),
+        "{text}"
+    );
+}
