@@ -92,6 +92,51 @@ async fn streamlit_renders_in_chromium_after_signing_in() {
     if let Ok(dir) = std::env::var("CASTELLAN_TEST_ARTIFACTS") {
         let _ = std::fs::copy(&shot, std::path::Path::new(&dir).join("streamlit.png"));
     }
+
+    // Revoking alice closes her live Streamlit WebSocket within a second.
+    use std::io::BufRead;
+    let mut held = Command::new("node")
+        .arg(support_dir().join("streamlit.mjs"))
+        .args([&c.url("/"), "alice@example.com", "alice-password"])
+        .arg(tmp.path().join("held.png"))
+        .arg("--hold")
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = std::io::BufReader::new(held.stdout.take().unwrap()).lines();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in lines.by_ref().map_while(Result::ok) {
+            let _ = tx.send(line);
+        }
+    });
+    let _kill = KillOnDrop(held);
+    let wait = |want: &str, secs: u64| loop {
+        match rx.recv_timeout(std::time::Duration::from_secs(secs)) {
+            Ok(l) if l == want => return,
+            Ok(l) if l == "TIMEOUT" => panic!("the browser saw no close within 15 s"),
+            Ok(_) => continue,
+            Err(e) => panic!("no {want} from the browser: {e}"),
+        }
+    };
+    wait("READY", 60);
+    let out = c.cli(&["access", "remove", "demo", "user:alice@example.com"]);
+    assert!(out.status.success());
+    let t = std::time::Instant::now();
+    wait("CLOSED", 15);
+    let took = t.elapsed();
+    eprintln!("revoking alice closed her Streamlit WebSocket after {took:?}");
+    assert!(took < std::time::Duration::from_secs(1), "took {took:?}");
+}
+
+struct KillOnDrop(std::process::Child);
+
+impl Drop for KillOnDrop {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
 }
 
 #[tokio::test(flavor = "multi_thread")]

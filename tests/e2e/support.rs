@@ -96,7 +96,10 @@ impl Drop for Proc {
 }
 
 pub async fn wait_for(url: &str, what: &str, proc: &mut Proc) {
-    let client = reqwest::Client::new();
+    let client = reqwest::Client::builder()
+        .timeout(Duration::from_secs(2))
+        .build()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while Instant::now() < deadline {
         if client.get(url).send().await.is_ok() {
