@@ -113,8 +113,10 @@ pub async fn wait_for(url: &str, what: &str, proc: &mut Proc) {
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+    let alive = proc.child.try_wait().map(|s| s.is_none()).unwrap_or(false);
     panic!(
-        "{what} did not answer at {url} within 60 s; log:\n{}",
+        "{what} did not answer at {url} within 60 s (process {}); log:\n{}",
+        if alive { "still running" } else { "gone" },
         proc.log_text()
     );
 }
