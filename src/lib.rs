@@ -3,6 +3,7 @@
 //! a signed identity assertion.
 
 pub mod admin;
+pub mod api;
 pub mod assertion;
 pub mod audit;
 pub mod config;

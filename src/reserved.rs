@@ -29,6 +29,9 @@ pub async fn handle(
     path: &str,
     outcome: &mut Outcome,
 ) -> Response<Body> {
+    if path.starts_with(crate::api::PREFIX) {
+        return crate::api::handle(state, peer, req, path, outcome).await;
+    }
     let method = req.method().clone();
     match (method, path) {
         (Method::GET | Method::HEAD, "/.castellan/healthz") => match state.store.ping().await {

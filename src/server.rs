@@ -51,6 +51,8 @@ pub struct State {
     snapshot: RwLock<Arc<Snapshot>>,
     /// The store revision the snapshot was built from (-1: none yet).
     revision: AtomicI64,
+    /// Serialises reloads, so a slow one can never replace a newer snapshot with an older one.
+    reload_lock: tokio::sync::Mutex<()>,
 }
 
 impl State {
@@ -83,6 +85,7 @@ impl State {
             live: Arc::new(Registry::default()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             revision: AtomicI64::new(-1),
+            reload_lock: tokio::sync::Mutex::new(()),
             signer,
             csrf_key,
             providers,
@@ -103,6 +106,7 @@ impl State {
 
     /// Rebuilds the snapshot if the store changed; returns whether it did.
     pub async fn reload(&self) -> Result<bool, store::Error> {
+        let _one_at_a_time = self.reload_lock.lock().await;
         let revision = self.store.revision().await?;
         if self.revision.load(Ordering::Acquire) == revision {
             return Ok(false);

@@ -443,6 +443,17 @@ impl Castellan {
         std::thread::sleep(Duration::from_millis(500));
     }
 
+    /// Grants a role (`target` is an app id or `--global`) and waits like [`Castellan::grant`].
+    pub fn grant_role(&self, target: &str, member: &str, role: &str) {
+        let out = self.cli(&["access", "add", target, member, "--role", role]);
+        assert!(
+            out.status.success(),
+            "access add failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        std::thread::sleep(Duration::from_millis(500));
+    }
+
     pub fn add_user(&self, email: &str, password: &str) {
         let out = self.cli_with_stdin(
             &["users", "add", email, "--password-stdin"],
