@@ -5,6 +5,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
 # Each benchmark once, as a smoke test that they still build and run (timings: cargo bench).
-cargo test --locked --benches
+cargo test --locked --bench decision
 # The e2e tests mostly wait on processes and sockets; four at a time suits two cores.
 cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"

@@ -264,7 +264,34 @@ async fn revocation_closes_live_websockets_and_streams_within_a_second() {
         "signed out everywhere"
     );
 
-    // 3. A streaming response is cut when access goes.
+    // 3. An expiry reached while the WebSocket is open closes it too, with no change to any policy.
+    ok(&c.cli(&["access", "remove", "demo", "group:team"]));
+    ok(&c.cli(&[
+        "access",
+        "add",
+        "demo",
+        "user:gina@example.com",
+        "--expires",
+        "2s",
+    ]));
+    assert_eq!(
+        b.sign_in_local(&c, "gina@example.com", "a long enough password", "/")
+            .await
+            .status,
+        302
+    );
+    let cookie = format!(
+        "castellan_session={}",
+        b.cookie(&c.origin, "castellan_session").unwrap()
+    );
+    std::thread::sleep(Duration::from_millis(300));
+    let mut ws = upgrade(&c, &cookie).await;
+    let took = closed_within(&mut ws, Duration::from_secs(4)).await;
+    eprintln!("the expiry closed the WebSocket {took:?} after it opened");
+    ok(&c.cli(&["access", "add", "demo", "group:team"]));
+    std::thread::sleep(Duration::from_millis(500));
+
+    // 4. A streaming response is cut when access goes.
     assert_eq!(
         b.sign_in_local(&c, "gina@example.com", "a long enough password", "/")
             .await
