@@ -28,6 +28,8 @@ pub struct Config {
     pub metrics_listen: Option<SocketAddr>,
     /// How long audit records are kept.
     pub audit_retention: Duration,
+    /// Where new access requests are announced (a JSON POST, Slack-compatible).
+    pub access_request_webhook: Option<Url>,
     pub providers: Vec<Provider>,
     pub apps: Vec<App>,
 }
@@ -258,6 +260,7 @@ const TOP_KEYS: &[&str] = &[
     "upstream_timeout",
     "metrics_listen",
     "audit_retention",
+    "access_request_webhook",
     "providers",
     "apps",
 ];
@@ -306,6 +309,18 @@ impl Reader<'_> {
         let audit_retention = self
             .duration(&mut t, "", "audit_retention")
             .unwrap_or(Duration::from_secs(90 * 86400));
+        let access_request_webhook = self.string(&mut t, "", "access_request_webhook").and_then(|s| {
+            match Url::parse(&s) {
+                Ok(u) if matches!(u.scheme(), "http" | "https") => Some(u),
+                _ => {
+                    self.problem(
+                        "access_request_webhook",
+                        format!("`{s}` is not an http(s) URL: write e.g. \"https://hooks.slack.com/services/T000/B000/XXXX\""),
+                    );
+                    None
+                }
+            }
+        });
         let providers = self.providers(&mut t);
         let had_apps = t.contains_key("apps");
         let apps = self.apps(&mut t);
@@ -335,6 +350,7 @@ impl Reader<'_> {
             upstream_timeout,
             metrics_listen,
             audit_retention,
+            access_request_webhook,
             providers,
             apps,
         })

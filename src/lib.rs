@@ -7,6 +7,7 @@ pub mod api;
 pub mod assertion;
 pub mod audit;
 pub mod config;
+pub mod console;
 pub mod crypto;
 pub mod demo;
 pub mod live;

@@ -32,7 +32,7 @@ label{display:block;margin:.8rem 0 .25rem;font-weight:600;font-size:.9rem}\
 input[type=email],input[type=password],input[type=text]{width:100%;box-sizing:border-box;padding:.55rem .6rem;border:1px solid #b9c0cf;border-radius:6px;font-size:1rem}\
 button,.button{display:block;width:100%;box-sizing:border-box;margin-top:1.1rem;padding:.6rem;border:0;border-radius:6px;background:#2454d6;color:#fff;font-size:1rem;text-align:center;text-decoration:none;cursor:pointer}\
 .secondary{background:#e8ebf2;color:#1d2433}.error{background:#fdecec;color:#8a1c1c;padding:.6rem .8rem;border-radius:6px}\
-.sep{text-align:center;color:#8a91a3;margin:1.2rem 0 .2rem;font-size:.85rem}code{background:#eef0f5;padding:.05rem .3rem;border-radius:4px}";
+.notice{background:#eaf1fd;color:#17407a;padding:.6rem .8rem;border-radius:6px}.sep{text-align:center;color:#8a91a3;margin:1.2rem 0 .2rem;font-size:.85rem}code{background:#eef0f5;padding:.05rem .3rem;border-radius:4px}";
 
 /// A whole page around `body`.
 pub fn page(title: &str, body: &str) -> String {
@@ -94,23 +94,71 @@ pub struct Denied<'a> {
     pub app: &'a str,
     pub reference: &'a str,
     pub switch_href: String,
+    /// The CSRF token for the request-access form.
+    pub csrf: &'a str,
+    /// Where the person was going, to come back to after asking.
+    pub return_to: &'a str,
+    /// The person's latest access request for this app: (status, when, decided by).
+    pub request: Option<(&'a str, String, &'a str)>,
 }
 
 pub fn denied(d: &Denied) -> String {
+    let status = match &d.request {
+        Some(("pending", when, _)) => format!(
+            "<p class=\"notice\" role=\"status\">You asked for access on {}. An administrator has been told; reload this page once they approve.</p>",
+            esc(when)
+        ),
+        Some(("denied", when, by)) => format!(
+            "<p class=\"error\" role=\"status\">Your request was denied on {} by {}. You can ask again with a reason.</p>",
+            esc(when),
+            esc(by)
+        ),
+        _ => String::new(),
+    };
+    let pending = matches!(d.request, Some(("pending", _, _)));
+    let form = format!(
+        "<form method=\"post\" action=\"/.castellan/request_access\">\
+         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"app\" value=\"{}\">\
+         <input type=\"hidden\" name=\"rd\" value=\"{}\">\
+         <label for=\"reason\">Reason (optional)</label><input id=\"reason\" type=\"text\" name=\"reason\" maxlength=\"500\">\
+         <button type=\"submit\">{}</button></form>",
+        esc(d.csrf),
+        esc(d.app),
+        esc(d.return_to),
+        if pending {
+            "Update my request"
+        } else {
+            "Request access"
+        }
+    );
     page(
         "Access denied",
         &format!(
             "<h1>You don't have access</h1><p>You are signed in as <b>{}</b>, which has no access to <b>{}</b>.</p>\
-             <p class=\"muted\">Ask an administrator of this app to share it with you (for example \
-             <code>castellan access add {} user:{}</code>), then reload this page.</p>\
+             {status}{form}\
              <a class=\"button secondary\" href=\"{}\">Sign in with another account</a>\
              <p class=\"muted\">Reference: <code>{}</code></p>",
             esc(d.email),
             esc(d.app),
-            esc(d.app),
-            esc(d.email),
             esc(&d.switch_href),
             esc(d.reference)
+        ),
+    )
+}
+
+pub fn request_sent(app: &str, new: bool, return_to: &str) -> String {
+    page(
+        "Access requested",
+        &format!(
+            "<h1>Access requested</h1><p>{} for <b>{}</b>. The app's administrators have been told; you will get in as soon as one approves.</p>\
+             <a class=\"button\" href=\"{}\">Back to the app</a>",
+            if new {
+                "Your request was sent"
+            } else {
+                "Your earlier request was updated"
+            },
+            esc(app),
+            esc(return_to)
         ),
     )
 }
@@ -159,7 +207,11 @@ mod tests {
             app: "a\"b",
             reference: "r",
             switch_href: "/x?a=1&b=2".into(),
+            csrf: "t",
+            return_to: "/",
+            request: Some(("denied", "2026-11-28".into(), "<b>admin</b>")),
         });
+        assert!(html.contains("&lt;b&gt;admin"));
         assert!(!html.contains("<script>x"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("a&quot;b"));

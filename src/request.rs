@@ -197,15 +197,36 @@ async fn protected(
                     "/.castellan/sign_in?switch=1&rd={}",
                     pages::q(&return_path(&req))
                 );
-                web::html(
+                let (browser, set_browser) = crate::reserved::browser_id(state, req.headers());
+                let latest = match state.store.latest_request(&app.id, email).await {
+                    Ok(r) => r,
+                    Err(e) => return internal_error(outcome, "reading access requests", &e),
+                };
+                let request = latest.as_ref().map(|r| {
+                    (
+                        r.status.as_str(),
+                        crate::policy::condition::format_rfc3339(r.updated_at)
+                            .replace('T', " ")
+                            .replace('Z', " UTC"),
+                        r.decided_by.as_str(),
+                    )
+                });
+                let mut resp = web::html(
                     StatusCode::FORBIDDEN,
                     pages::denied(&pages::Denied {
                         email,
                         app: &app.id,
                         reference: &reference,
                         switch_href,
+                        csrf: &state.csrf_token(&browser),
+                        return_to: &return_path(&req),
+                        request,
                     }),
-                )
+                );
+                if let Some(c) = set_browser {
+                    resp.headers_mut().append(http::header::SET_COOKIE, c);
+                }
+                resp
             } else {
                 web::json(
                     StatusCode::FORBIDDEN,

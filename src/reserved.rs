@@ -32,6 +32,9 @@ pub async fn handle(
     if path.starts_with(crate::api::PREFIX) {
         return crate::api::handle(state, peer, req, path, outcome).await;
     }
+    if path == crate::console::PREFIX || path.starts_with("/.castellan/admin/") {
+        return crate::console::handle(state, peer, req, path, outcome).await;
+    }
     let method = req.method().clone();
     match (method, path) {
         (Method::GET | Method::HEAD, "/.castellan/healthz") => match state.store.ping().await {
@@ -66,6 +69,9 @@ pub async fn handle(
             local_sign_in(state, peer, req, outcome).await
         }
         (Method::GET, "/.castellan/callback") => callback(state, peer, &req, outcome).await,
+        (Method::POST, "/.castellan/request_access") => {
+            request_access(state, peer, req, outcome).await
+        }
         (Method::GET | Method::HEAD, "/.castellan/sign_out") => {
             sign_out_page(state, &req, outcome).await
         }
@@ -131,7 +137,7 @@ async fn whoami(state: &State, req: &Request<Incoming>, outcome: &mut Outcome) -
 }
 
 /// The browser's id cookie: reused when present and well-formed, otherwise a new one to set.
-fn browser_id(state: &State, headers: &http::HeaderMap) -> (String, Option<HeaderValue>) {
+pub fn browser_id(state: &State, headers: &http::HeaderMap) -> (String, Option<HeaderValue>) {
     match web::cookie(headers, state.cookies.browser) {
         Some(v)
             if v.len() == 43
@@ -628,4 +634,103 @@ async fn sign_out(state: &State, req: Request<Incoming>, outcome: &mut Outcome) 
         state.cookies.set(state.cookies.session, "", Some(0)),
     );
     resp
+}
+
+/// The "Request access" button of the access-denied page.
+async fn request_access(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let form = web::read_form(body).await.unwrap_or_default();
+    let csrf_ok = web::cookie(&parts.headers, state.cookies.browser).is_some_and(|b| {
+        crypto::equal(
+            &state.csrf_token(b),
+            web::param(&form, "csrf").unwrap_or(""),
+        )
+    });
+    if !csrf_ok || !origin_ok(state, &parts.headers) {
+        return bad_sign_in(
+            "Request not sent",
+            "This form has expired or did not come from this site. Go back, reload the page and try again.",
+            outcome,
+        );
+    }
+    let who = match state.authenticate(&parts.headers).await {
+        Ok(Some((who, _))) => who,
+        Ok(None) => return web::redirect("/.castellan/sign_in"),
+        Err(e) => return internal_error(outcome, "reading the session", &e),
+    };
+    outcome.user = who.email.clone();
+    let Some(app) = web::param(&form, "app").and_then(|a| state.config.app(a)) else {
+        return bad_sign_in("Request not sent", "There is no such app.", outcome);
+    };
+    let reason: String = web::param(&form, "reason")
+        .unwrap_or("")
+        .trim()
+        .chars()
+        .take(500)
+        .collect();
+    let return_to = safe_return(state, web::param(&form, "rd"));
+    let ip = web::client_ip(peer, &parts.headers, &state.config.trusted_proxies).to_string();
+    let (request, new) = match state
+        .store
+        .request_access(&app.id, &who.email, &reason, &ip)
+        .await
+    {
+        Ok(r) => r,
+        Err(e) => return internal_error(outcome, "saving the access request", &e),
+    };
+    outcome.app = app.id.clone();
+    outcome.decision = "access-requested";
+    if new {
+        if let Some(hook) = state.config.access_request_webhook.clone() {
+            let http = state.webhook_client.clone();
+            let console = format!("{}/.castellan/admin/requests", state.config.public_origin());
+            tokio::spawn(notify(http, hook, request, console));
+        }
+    }
+    web::html(
+        StatusCode::OK,
+        pages::request_sent(&app.id, new, &return_to),
+    )
+}
+
+/// Tells admins about a new request: a JSON POST whose `text` field Slack (and compatible chat
+/// webhooks) show as the message, with the details as fields beside it.
+async fn notify(
+    http: reqwest::Client,
+    url: url::Url,
+    r: crate::store::AccessRequest,
+    console: String,
+) {
+    let text = format!(
+        "{} asks for access to {}{}. Review: {console}",
+        r.email,
+        r.app,
+        if r.reason.is_empty() {
+            String::new()
+        } else {
+            format!(" (\"{}\")", r.reason)
+        }
+    );
+    let body = serde_json::json!({
+        "text": text,
+        "app": r.app,
+        "email": r.email,
+        "reason": r.reason,
+        "request_id": r.id,
+        "console_url": console,
+    });
+    match http.post(url.as_str()).json(&body).send().await {
+        Ok(resp) if resp.status().is_success() => {
+            tracing::info!(request = r.id, "access request webhook delivered")
+        }
+        Ok(resp) => {
+            tracing::warn!(request = r.id, status = %resp.status(), "the access request webhook refused the notification")
+        }
+        Err(e) => tracing::warn!(request = r.id, "the access request webhook failed: {e}"),
+    }
 }

@@ -48,6 +48,8 @@ pub struct State {
     pub ip_limiter: Limiter,
     pub audit: AuditSink,
     pub live: Arc<Registry>,
+    /// For access-request notifications.
+    pub webhook_client: reqwest::Client,
     snapshot: RwLock<Arc<Snapshot>>,
     /// The store revision the snapshot was built from (-1: none yet).
     revision: AtomicI64,
@@ -81,6 +83,7 @@ impl State {
             account_limiter: Limiter::new(5, Duration::from_secs(300)),
             ip_limiter: Limiter::new(20, Duration::from_secs(300)),
             audit: AuditSink::start(store.clone(), metrics.audit_dropped.clone()),
+            webhook_client: http.clone(),
             metrics,
             live: Arc::new(Registry::default()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),

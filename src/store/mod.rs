@@ -8,6 +8,7 @@
 mod audit;
 mod groups;
 mod policies;
+mod requests;
 mod service_accounts;
 mod sessions;
 mod users;
@@ -23,6 +24,7 @@ use crate::config::StoreLocation;
 
 pub use audit::{AuditFilter, AuditRecord};
 pub use groups::Group;
+pub use requests::AccessRequest;
 pub use service_accounts::{ServiceAccount, ServiceAccountKey};
 pub use sessions::{Flow, Session, SessionInfo};
 
@@ -85,12 +87,34 @@ impl Actor {
     pub fn cli() -> Actor {
         let user = std::env::var("USER")
             .or_else(|_| std::env::var("LOGNAME"))
-            .unwrap_or_else(|_| "unknown".into());
+            .ok()
+            .filter(|u| !u.is_empty())
+            .or_else(os_user)
+            .unwrap_or_else(|| "unknown".into());
         Actor {
             name: format!("cli:{user}"),
             ip: String::new(),
         }
     }
+}
+
+/// The name of the user this process runs as, from /etc/passwd (containers often set no $USER).
+fn os_user() -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+            .or(Some(format!("uid {uid}")))
+    }
+    #[cfg(not(unix))]
+    None
 }
 
 #[derive(Clone)]

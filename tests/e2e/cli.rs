@@ -162,6 +162,20 @@ fn access_and_users_reject_bad_input_with_the_expected_form() {
         "{}",
         String::from_utf8_lossy(&add.stdout)
     );
+    let admin = run_cli(
+        &path,
+        &[
+            "users",
+            "add",
+            "boss@example.com",
+            "--admin",
+            "--password-stdin",
+        ],
+        Some("a long enough password\n"),
+    );
+    assert!(String::from_utf8_lossy(&admin.stdout).contains("an administrator of everything"));
+    let global = run_cli(&path, &["access", "list", "--global"], None);
+    assert!(String::from_utf8_lossy(&global.stdout).contains("user:boss@example.com\troles/admin"));
     let json = run_cli(&path, &["access", "list", "demo", "--json"], None);
     let v: serde_json::Value = serde_json::from_slice(&json.stdout).unwrap();
     assert_eq!(v["members"][0]["member"], "user:a@example.com");
@@ -247,6 +261,13 @@ async fn demo_serves_its_sign_in_page_and_the_printed_password_works() {
         whoami.body.contains("Hello, admin@example.com"),
         "the built-in whoami app: {}",
         whoami.body
+    );
+    let console = b.get(&format!("{origin}/.castellan/admin/")).await;
+    assert_eq!(console.status, 200, "the demo admin is an administrator");
+    assert!(
+        console.body.contains("<h1>Apps</h1>") && console.body.contains(">demo<"),
+        "{}",
+        console.body
     );
 }
 

@@ -4,6 +4,7 @@
 mod api;
 mod browser;
 mod cli;
+mod console;
 mod local;
 mod oidc;
 mod policy;

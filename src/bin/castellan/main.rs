@@ -337,11 +337,21 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
         &Actor::cli(),
     )
     .await?;
+    castellan::admin::add(
+        &store,
+        &Resource::Global,
+        Role::Admin,
+        Member::parse(&format!("user:{email}"))?,
+        None,
+        &Actor::cli(),
+    )
+    .await?;
     drop(store);
     let url = config.public_origin();
     let banner = format!(
         "\ncastellan demo is running.\n\n  Open      {url}/\n  Email     {email}\n  Password  {password}   (shown only now)\n\n\
          The app behind it is a built-in \"whoami\" page that shows the identity castellan sends it.\n\
+         The admin console (share the app, approve access requests, read the audit trail): {url}/.castellan/admin/\n\
          In another terminal, share it or take it away (effective in under a second):\n\
          \x20 castellan access add demo user:alice@example.com --config {cfg}\n\
          \x20 castellan users add alice@example.com --config {cfg}\n\

@@ -8,6 +8,9 @@ use clap::Subcommand;
 
 use castellan::config::Config;
 use castellan::local;
+use castellan::policy::snapshot::Resource;
+use castellan::policy::{Member, Role};
+use castellan::store::Actor;
 
 use crate::{format_time, open_store};
 
@@ -16,12 +19,17 @@ pub enum UsersCommand {
     /// Create a local account; prompts for the password.
     #[command(after_help = "Examples:\n  castellan users add admin@example.com\n  \
 printf '%s\\n' \"$PASSWORD\" | castellan users add ci@example.com --password-stdin\n\n\
-A new account has access to nothing: share an app with `castellan access add APP user:EMAIL`.")]
+A new account has access to nothing: share an app with `castellan access add APP user:EMAIL`.\n\
+The first administrator: castellan users add admin@example.com --admin   (roles/admin on the global policy;\n\
+the console is at /.castellan/admin/)")]
     Add {
         email: String,
         /// Read the password from the first line of standard input (for scripts).
         #[arg(long)]
         password_stdin: bool,
+        /// Also make the account an administrator of everything (roles/admin on the global policy).
+        #[arg(long)]
+        admin: bool,
     },
     /// Change a local account's password.
     #[command(after_help = "Example:\n  castellan users set-password admin@example.com")]
@@ -79,15 +87,31 @@ pub async fn run(config: &Config, cmd: UsersCommand) -> Result<ExitCode> {
         UsersCommand::Add {
             email,
             password_stdin,
+            admin,
         } => {
             let email = normalize_email(&email)?;
             let password = read_new_password(&email, password_stdin)?;
             let hash = tokio::task::spawn_blocking(move || local::hash_password(&password)).await?;
             let store = open_store(config).await?;
             store.add_user(&email, &hash).await?;
-            println!(
-                "created local account {email}. Share an app with it: castellan access add APP user:{email}"
-            );
+            if admin {
+                castellan::admin::add(
+                    &store,
+                    &Resource::Global,
+                    Role::Admin,
+                    Member::parse(&format!("user:{email}"))?,
+                    None,
+                    &Actor::cli(),
+                )
+                .await?;
+                println!(
+                    "created local account {email}, an administrator of everything: the console is at /.castellan/admin/"
+                );
+            } else {
+                println!(
+                    "created local account {email}. Share an app with it: castellan access add APP user:{email}"
+                );
+            }
         }
         UsersCommand::SetPassword {
             email,
