@@ -20,6 +20,8 @@ pub struct Signer {
     kid: String,
     key: EncodingKey,
     jwks: String,
+    /// `{kid: PEM}`, the form of Google IAP's `public_key` URL.
+    pem_keys: String,
     issuer: String,
 }
 
@@ -62,12 +64,38 @@ impl Signer {
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
         let jwks = serde_json::to_string(&JwkSet { keys: vec![jwk] }).expect("a JWKS serialises");
+        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
+            .map_err(|_| Error::BadKey(jsonwebtoken::errors::ErrorKind::InvalidEcdsaKey.into()))?;
+        let pem_keys = serde_json::json!({ kid.clone(): spki_pem(aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref()) }).to_string();
         Ok(Signer {
             kid,
             key,
             jwks,
+            pem_keys,
             issuer: issuer.to_string(),
         })
+    }
+
+    /// The `{kid: PEM}` document served at `/.castellan/iap/public_key`.
+    pub fn pem_keys(&self) -> &str {
+        &self.pem_keys
+    }
+
+    /// An assertion in Google IAP's shape (`x-goog-iap-jwt-assertion`): issuer
+    /// `https://cloud.google.com/iap`, `sub` prefixed `accounts.google.com:`.
+    pub fn sign_iap(&self, who: &Identity, audience: &str) -> Result<String, Error> {
+        let now = store::now();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        let claims = serde_json::json!({
+            "iss": crate::google::IAP_ISSUER,
+            "aud": audience,
+            "sub": format!("{}{}", crate::google::IAP_PREFIX, who.subject),
+            "email": who.email,
+            "iat": now,
+            "exp": now + LIFETIME_SECS,
+        });
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)
     }
 
     /// The JWKS document served at `/.castellan/jwks.json`.
@@ -95,6 +123,28 @@ impl Signer {
         };
         jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)
     }
+}
+
+/// A P-256 public key (65-byte uncompressed point) as a PEM SubjectPublicKeyInfo.
+fn spki_pem(point: &[u8]) -> String {
+    use base64::Engine;
+    // SEQUENCE { SEQUENCE { id-ecPublicKey, prime256v1 }, BIT STRING { point } }
+    const PREFIX: [u8; 26] = [
+        0x30, 0x59, 0x30, 0x13, 0x06, 0x07, 0x2a, 0x86, 0x48, 0xce, 0x3d, 0x02, 0x01, 0x06, 0x08,
+        0x2a, 0x86, 0x48, 0xce, 0x3d, 0x03, 0x01, 0x07, 0x03, 0x42, 0x00,
+    ];
+    let mut der = PREFIX.to_vec();
+    der.extend_from_slice(point);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let lines: Vec<&str> = b64
+        .as_bytes()
+        .chunks(64)
+        .map(|c| std::str::from_utf8(c).expect("base64 is ASCII"))
+        .collect();
+    format!(
+        "-----BEGIN PUBLIC KEY-----\n{}\n-----END PUBLIC KEY-----\n",
+        lines.join("\n")
+    )
 }
 
 #[cfg(test)]
@@ -136,6 +186,15 @@ mod tests {
         )
         .unwrap();
         assert_eq!(data.claims["email"], "alice@example.com");
+        // The PEM form verifies the same token (what Google's libraries use for IAP).
+        let pems: serde_json::Value = serde_json::from_str(signer.pem_keys()).unwrap();
+        let pem = pems[signer.kid()].as_str().unwrap();
+        jsonwebtoken::decode::<serde_json::Value>(
+            &token,
+            &DecodingKey::from_ec_pem(pem.as_bytes()).unwrap(),
+            &v,
+        )
+        .unwrap();
         v.set_audience(&["castellan:other"]);
         assert!(
             jsonwebtoken::decode::<serde_json::Value>(

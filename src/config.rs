@@ -30,6 +30,8 @@ pub struct Config {
     pub audit_retention: Duration,
     /// Where new access requests are announced (a JSON POST, Slack-compatible).
     pub access_request_webhook: Option<Url>,
+    /// The Google metadata server, for `upstream_auth = "google-id-token"`.
+    pub google_metadata_url: String,
     pub providers: Vec<Provider>,
     pub apps: Vec<App>,
 }
@@ -89,6 +91,28 @@ pub struct App {
     pub path_prefix: String,
     /// The `aud` of the identity assertion sent to this app.
     pub audience: String,
+    /// Which identity headers the app receives.
+    pub identity_headers: IdentityHeaders,
+    /// How castellan authenticates itself to the upstream, if at all.
+    pub upstream_auth: Option<UpstreamAuth>,
+}
+
+/// The identity headers an app receives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum IdentityHeaders {
+    /// `X-Castellan-Jwt-Assertion`, `X-Castellan-Email`, `X-Castellan-User`.
+    Castellan,
+    /// Google IAP's: `x-goog-iap-jwt-assertion`, `x-goog-authenticated-user-email`, `-id`.
+    GoogleIap,
+}
+
+/// castellan's own credential towards a private upstream.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct UpstreamAuth {
+    /// The audience of the Google ID token (Cloud Run: the service URL).
+    pub audience: String,
+    /// The header that carries it: `authorization` or `x-serverless-authorization`.
+    pub header: http::HeaderName,
 }
 
 /// An IP network in CIDR form (`10.0.0.0/8`, `::1/128`, or a bare address).
@@ -261,6 +285,7 @@ const TOP_KEYS: &[&str] = &[
     "metrics_listen",
     "audit_retention",
     "access_request_webhook",
+    "google_metadata_url",
     "providers",
     "apps",
 ];
@@ -274,7 +299,17 @@ const PROVIDER_KEYS: &[&str] = &[
     "require_verified_email",
     "groups_claim",
 ];
-const APP_KEYS: &[&str] = &["id", "upstream", "host", "path_prefix", "audience"];
+const APP_KEYS: &[&str] = &[
+    "id",
+    "upstream",
+    "host",
+    "path_prefix",
+    "audience",
+    "identity_headers",
+    "upstream_auth",
+    "upstream_auth_audience",
+    "upstream_auth_header",
+];
 
 impl Reader<'_> {
     fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
@@ -321,6 +356,9 @@ impl Reader<'_> {
                 }
             }
         });
+        let google_metadata_url = self
+            .string(&mut t, "", "google_metadata_url")
+            .unwrap_or_else(|| crate::google::DEFAULT_METADATA_URL.to_string());
         let providers = self.providers(&mut t);
         let had_apps = t.contains_key("apps");
         let apps = self.apps(&mut t);
@@ -351,6 +389,7 @@ impl Reader<'_> {
             metrics_listen,
             audit_retention,
             access_request_webhook,
+            google_metadata_url,
             providers,
             apps,
         })
@@ -769,6 +808,62 @@ impl Reader<'_> {
                 }
             };
             let audience = self.string(&mut a, &prefix, "audience");
+            let identity_headers = match self.string(&mut a, &prefix, "identity_headers").as_deref()
+            {
+                None | Some("castellan") => IdentityHeaders::Castellan,
+                Some("google-iap") => IdentityHeaders::GoogleIap,
+                Some(other) => {
+                    self.problem(
+                        format!("{prefix}identity_headers"),
+                        format!("`{other}` is not a header style: write \"castellan\" (the default) or \"google-iap\""),
+                    );
+                    IdentityHeaders::Castellan
+                }
+            };
+            let auth_kind = self.string(&mut a, &prefix, "upstream_auth");
+            let auth_audience = self.string(&mut a, &prefix, "upstream_auth_audience");
+            let auth_header = self.string(&mut a, &prefix, "upstream_auth_header");
+            let upstream_auth = match auth_kind.as_deref() {
+                None | Some("none") => {
+                    if auth_audience.is_some() || auth_header.is_some() {
+                        self.problem(
+                            format!("{prefix}upstream_auth"),
+                            "upstream_auth_audience and upstream_auth_header need upstream_auth = \"google-id-token\"",
+                        );
+                    }
+                    None
+                }
+                Some("google-id-token") => {
+                    let header = match auth_header
+                        .as_deref()
+                        .map(str::to_ascii_lowercase)
+                        .as_deref()
+                    {
+                        None | Some("authorization") => http::header::AUTHORIZATION,
+                        Some("x-serverless-authorization") => {
+                            http::HeaderName::from_static("x-serverless-authorization")
+                        }
+                        Some(other) => {
+                            self.problem(
+                                format!("{prefix}upstream_auth_header"),
+                                format!("`{other}` is not supported: write \"authorization\" (the default) or \"x-serverless-authorization\" (to let the app's own Authorization header through)"),
+                            );
+                            http::header::AUTHORIZATION
+                        }
+                    };
+                    let audience = auth_audience
+                        .or_else(|| upstream.as_ref().map(|u| u.origin().ascii_serialization()))
+                        .unwrap_or_default();
+                    Some(UpstreamAuth { audience, header })
+                }
+                Some(other) => {
+                    self.problem(
+                        format!("{prefix}upstream_auth"),
+                        format!("`{other}` is not an upstream authentication: write \"google-id-token\" (Cloud Run and other Google-authenticated services) or leave it out"),
+                    );
+                    None
+                }
+            };
             let Some(id) = id else { continue };
             let audience = audience.unwrap_or_else(|| format!("castellan:{id}"));
             if !audiences.insert(audience.clone()) {
@@ -790,6 +885,8 @@ impl Reader<'_> {
                     host,
                     path_prefix,
                     audience,
+                    identity_headers,
+                    upstream_auth,
                 });
             }
         }

@@ -10,6 +10,7 @@ pub mod config;
 pub mod console;
 pub mod crypto;
 pub mod demo;
+pub mod google;
 pub mod live;
 pub mod local;
 pub mod metrics;

@@ -17,8 +17,9 @@ use crate::config::App;
 use crate::live::{Guard, RevocableBody, Revoked};
 use crate::web::{Body, BoxError};
 
-/// Names of the identity headers castellan sets. Any client-sent header that reads as one of these,
-/// in any case and with `_` for `-` (as CGI, WSGI and PHP see them), is removed.
+/// Names of the identity headers castellan sets. Any client-sent header that reads as one of these
+/// (or as Google IAP's `x-goog-iap-*` / `x-goog-authenticated-*`), in any case and with `_` for `-`
+/// (as CGI, WSGI and PHP see them), is removed.
 pub const ASSERTION_HEADER: &str = "x-castellan-jwt-assertion";
 pub const EMAIL_HEADER: &str = "x-castellan-email";
 pub const USER_HEADER: &str = "x-castellan-user";
@@ -69,12 +70,9 @@ pub struct Forwarded<'a> {
     pub proto: &'a str,
 }
 
-/// The identity headers for one request.
-pub struct IdentityHeaders {
-    pub assertion: String,
-    pub email: String,
-    pub user: String,
-}
+/// Headers castellan adds for one request (identity, upstream credential), after every client-sent
+/// look-alike has been removed.
+pub type AddedHeaders = Vec<(HeaderName, HeaderValue)>;
 
 impl Upstream {
     pub fn new(connect_timeout: Duration, timeout: Duration) -> Upstream {
@@ -113,7 +111,7 @@ impl Upstream {
         mut req: Request<Incoming>,
         target: &str,
         forwarded: &Forwarded<'_>,
-        identity: Option<IdentityHeaders>,
+        added: AddedHeaders,
         live: Option<(Guard, Revoked)>,
     ) -> Result<Response<Body>, Error> {
         let upgrade = wants_upgrade(req.headers(), req.version());
@@ -150,16 +148,8 @@ impl Upstream {
             headers.insert(header::HOST, h);
         }
         set_forwarded(headers, forwarded, host.as_deref());
-        if let Some(identity) = identity {
-            headers.insert(
-                HeaderName::from_static(ASSERTION_HEADER),
-                value(&identity.assertion),
-            );
-            headers.insert(
-                HeaderName::from_static(EMAIL_HEADER),
-                value(&identity.email),
-            );
-            headers.insert(HeaderName::from_static(USER_HEADER), value(&identity.user));
+        for (name, v) in added {
+            headers.insert(name, v);
         }
 
         // Trailers can carry headers too: identity look-alikes are dropped there as well.
@@ -230,7 +220,7 @@ impl Upstream {
     }
 }
 
-fn value(s: &str) -> HeaderValue {
+pub fn value(s: &str) -> HeaderValue {
     HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
@@ -274,6 +264,8 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
         .filter(|name| {
             let n = name.as_str().replace('_', "-");
             n.starts_with("x-castellan-")
+                || n.starts_with("x-goog-iap-")
+                || n.starts_with("x-goog-authenticated-")
         })
         .cloned()
         .collect();
@@ -334,6 +326,8 @@ mod tests {
             "x_castellan_email",
             "X-Castellan_Jwt-Assertion",
             "x-castellan-anything",
+            "x-goog-iap-jwt-assertion",
+            "X_Goog_Authenticated_User_Email",
         ] {
             h.append(
                 HeaderName::from_bytes(name.as_bytes()).unwrap(),
@@ -341,8 +335,9 @@ mod tests {
             );
         }
         h.insert("x-castellanx", HeaderValue::from_static("kept"));
+        h.insert("x-goog-api-client", HeaderValue::from_static("kept"));
         strip_identity_headers(&mut h);
-        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h.len(), 2, "{h:?}");
     }
 
     #[test]

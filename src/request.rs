@@ -8,6 +8,7 @@ use std::time::Instant;
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
+use crate::config::IdentityHeaders;
 use crate::live::Grounds;
 use crate::metrics::{AppLabel, RequestLabels};
 use crate::pages;
@@ -254,17 +255,46 @@ async fn protected(
         }
         Decision::Allow(grant) => {
             outcome.binding = grant.to_string();
-            let identity_headers = match &who {
-                None => None,
-                Some((identity, _)) => match state.signer.sign(identity, &app.audience) {
-                    Ok(assertion) => Some(proxy::IdentityHeaders {
-                        assertion,
-                        email: identity.email.clone(),
-                        user: format!("{}:{}", identity.provider, identity.subject),
-                    }),
+            let mut added = match &who {
+                None => Vec::new(),
+                Some((identity, _)) => match identity_headers(state, app, identity) {
+                    Ok(h) => h,
                     Err(e) => return internal_error(outcome, "signing the identity assertion", &e),
                 },
             };
+            if app.identity_headers == IdentityHeaders::GoogleIap {
+                if let Some(resp) = iap_mode(state, &req, who.as_ref(), outcome).await {
+                    return resp;
+                }
+            }
+            if let Some(auth) = &app.upstream_auth {
+                match state.metadata.id_token(&auth.audience).await {
+                    Ok(token) => added.push((
+                        auth.header.clone(),
+                        proxy::value(&format!("Bearer {token}")),
+                    )),
+                    Err(e) => {
+                        let reference = outcome.reference();
+                        tracing::error!(app = %app.id, reference, "{e}");
+                        state
+                            .metrics
+                            .upstream_errors
+                            .get_or_create(&crate::metrics::UpstreamErrorLabels {
+                                app: app.id.clone(),
+                                kind: "credential",
+                            })
+                            .inc();
+                        return web::html(
+                            StatusCode::BAD_GATEWAY,
+                            pages::error(
+                                "The app is not reachable",
+                                "castellan could not obtain the credential the app requires. Its operators can find this reference in castellan's log.",
+                                &reference,
+                            ),
+                        );
+                    }
+                }
+            }
             // Register what this connection was allowed on, so a later change can close it.
             let live = who.map(|(identity, session)| {
                 state.live.register(Grounds {
@@ -292,7 +322,7 @@ async fn protected(
             };
             match state
                 .upstream
-                .forward(app, req, &target, &forwarded, identity_headers, live)
+                .forward(app, req, &target, &forwarded, added, live)
                 .await
             {
                 Ok(resp) => resp,
@@ -336,6 +366,86 @@ fn upstream_error(
             &reference,
         ),
     )
+}
+
+/// The identity headers for `app`'s style: castellan's own, or Google IAP's.
+fn identity_headers(
+    state: &State,
+    app: &crate::config::App,
+    identity: &Identity,
+) -> Result<proxy::AddedHeaders, crate::assertion::Error> {
+    use crate::google::IAP_PREFIX;
+    use http::HeaderName;
+    Ok(match app.identity_headers {
+        IdentityHeaders::Castellan => vec![
+            (
+                HeaderName::from_static(proxy::ASSERTION_HEADER),
+                proxy::value(&state.signer.sign(identity, &app.audience)?),
+            ),
+            (
+                HeaderName::from_static(proxy::EMAIL_HEADER),
+                proxy::value(&identity.email),
+            ),
+            (
+                HeaderName::from_static(proxy::USER_HEADER),
+                proxy::value(&format!("{}:{}", identity.provider, identity.subject)),
+            ),
+        ],
+        IdentityHeaders::GoogleIap => vec![
+            (
+                HeaderName::from_static("x-goog-iap-jwt-assertion"),
+                proxy::value(&state.signer.sign_iap(identity, &app.audience)?),
+            ),
+            (
+                HeaderName::from_static("x-goog-authenticated-user-email"),
+                proxy::value(&format!("{IAP_PREFIX}{}", identity.email)),
+            ),
+            (
+                HeaderName::from_static("x-goog-authenticated-user-id"),
+                proxy::value(&format!("{IAP_PREFIX}{}", identity.subject)),
+            ),
+        ],
+    })
+}
+
+/// Google IAP's special query parameters: `gcp-iap-mode=IDENTITY` answers who the caller is,
+/// `gcp-iap-mode=CLEAR_LOGIN_COOKIE` signs them out. None for any other request.
+async fn iap_mode(
+    state: &State,
+    req: &Request<Incoming>,
+    who: Option<&(Identity, String)>,
+    outcome: &mut Outcome,
+) -> Option<Response<Body>> {
+    use crate::google::IAP_PREFIX;
+    let params = web::query_pairs(req.uri());
+    let mode = web::param(&params, "gcp-iap-mode")?;
+    let (identity, session) = who?;
+    match mode {
+        "IDENTITY" => Some(web::json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "email": format!("{IAP_PREFIX}{}", identity.email),
+                "sub": format!("{IAP_PREFIX}{}", identity.subject),
+            }),
+        )),
+        "CLEAR_LOGIN_COOKIE" => {
+            let actor = crate::store::Actor {
+                name: identity.email.clone(),
+                ip: outcome.client_ip.clone(),
+            };
+            if let Err(e) = state.store.delete_session(session, &actor).await {
+                return Some(internal_error(outcome, "ending the session", &e));
+            }
+            outcome.decision = "signed-out";
+            let mut resp = web::redirect(req.uri().path());
+            resp.headers_mut().append(
+                http::header::SET_COOKIE,
+                state.cookies.set(state.cookies.session, "", Some(0)),
+            );
+            Some(resp)
+        }
+        _ => None,
+    }
 }
 
 /// The path and query of the request, where the browser returns after signing in.

@@ -61,6 +61,28 @@ pub async fn handle(
             );
             resp
         }
+        (Method::GET | Method::HEAD, "/.castellan/iap/public_key") => {
+            // The `{kid: PEM}` form of Google IAP's key URL, for apps written for IAP.
+            let mut resp = Response::new(web::full(state.signer.pem_keys().to_string()));
+            let h = resp.headers_mut();
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            h.insert(
+                header::CACHE_CONTROL,
+                HeaderValue::from_static("public, max-age=300"),
+            );
+            resp
+        }
+        (Method::GET | Method::HEAD, "/.castellan/iap/public_key-jwk") => {
+            let mut resp = Response::new(web::full(state.signer.jwks().to_string()));
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            resp
+        }
         (Method::GET | Method::HEAD, "/.castellan/whoami") => whoami(state, &req, outcome).await,
         (Method::GET | Method::HEAD, "/.castellan/sign_in") => {
             sign_in_page(state, &req, None, outcome).await

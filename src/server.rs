@@ -50,6 +50,8 @@ pub struct State {
     pub live: Arc<Registry>,
     /// For access-request notifications.
     pub webhook_client: reqwest::Client,
+    /// ID tokens for private upstreams.
+    pub metadata: crate::google::Metadata,
     snapshot: RwLock<Arc<Snapshot>>,
     /// The store revision the snapshot was built from (-1: none yet).
     revision: AtomicI64,
@@ -84,6 +86,7 @@ impl State {
             ip_limiter: Limiter::new(20, Duration::from_secs(300)),
             audit: AuditSink::start(store.clone(), metrics.audit_dropped.clone()),
             webhook_client: http.clone(),
+            metadata: crate::google::Metadata::new(&config.google_metadata_url),
             metrics,
             live: Arc::new(Registry::default()),
             snapshot: RwLock::new(Arc::new(Snapshot::default())),

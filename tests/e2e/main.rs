@@ -5,6 +5,7 @@ mod api;
 mod browser;
 mod cli;
 mod console;
+mod google;
 mod local;
 mod oidc;
 mod policy;
