@@ -209,42 +209,92 @@ impl Env for ProcessEnv {
 impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, Errors> {
-        let text = std::fs::read_to_string(path).map_err(|e| Errors {
-            file: path.to_path_buf(),
-            problems: vec![Problem {
-                key: String::new(),
-                message: match e.kind() {
-                    std::io::ErrorKind::NotFound => format!(
-                        "the file does not exist. Create it (the README has a complete example) or point to it with --config FILE or CASTELLAN_CONFIG"
-                    ),
-                    _ => format!("cannot read it: {e}"),
-                },
-            }],
-        })?;
-        let base = path.parent().unwrap_or(Path::new("."));
-        Config::parse(&text, base, &ProcessEnv).map_err(|problems| Errors {
-            file: path.to_path_buf(),
+        Config::load_with(path, &ProcessEnv)
+    }
+
+    /// Reads the configuration: the whole TOML from `CASTELLAN_CONFIG_TOML` when that is set (for
+    /// platforms such as Cloud Run that rarely mount files), else the file at `path`.
+    pub fn load_with(path: &Path, env: &dyn Env) -> Result<Config, Errors> {
+        let (text, base, label) = match env.var(CONFIG_TOML_VAR).filter(|t| !t.trim().is_empty()) {
+            Some(text) => (text, PathBuf::from("."), PathBuf::from(CONFIG_TOML_VAR)),
+            None => {
+                let text = std::fs::read_to_string(path).map_err(|e| Errors {
+                    file: path.to_path_buf(),
+                    problems: vec![Problem {
+                        key: String::new(),
+                        message: match e.kind() {
+                            std::io::ErrorKind::NotFound => format!(
+                                "the file does not exist. Create it (the README has a complete example), point to it with --config FILE or CASTELLAN_CONFIG, or put the whole configuration in {CONFIG_TOML_VAR}"
+                            ),
+                            _ => format!("cannot read it: {e}"),
+                        },
+                    }],
+                })?;
+                (
+                    text,
+                    path.parent().unwrap_or(Path::new(".")).to_path_buf(),
+                    path.to_path_buf(),
+                )
+            }
+        };
+        Config::parse(&text, &base, env).map_err(|problems| Errors {
+            file: label,
             problems,
         })
     }
 
     /// Parses TOML text; relative store paths are resolved against `base` (the config file's folder).
+    /// `CASTELLAN_<KEY>` environment variables override the top-level keys (see [`ENV_KEYS`]), and
+    /// `PORT` (set by Cloud Run) makes the default `listen` `0.0.0.0:$PORT`.
     pub fn parse(text: &str, base: &Path, env: &dyn Env) -> Result<Config, Vec<Problem>> {
-        let table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
+        let mut table: toml::Table = text.parse().map_err(|e: toml::de::Error| {
             vec![Problem {
                 key: String::new(),
                 message: format!("not valid TOML: {}", e.to_string().trim()),
             }]
         })?;
+        let mut problems = Vec::new();
+        for key in ENV_KEYS {
+            let var = format!("CASTELLAN_{}", key.to_ascii_uppercase());
+            let Some(v) = env.var(&var) else { continue };
+            let value = match *key {
+                "local_accounts" => match v.trim() {
+                    "true" => Value::Boolean(true),
+                    "false" => Value::Boolean(false),
+                    other => {
+                        problems.push(Problem {
+                            key: var,
+                            message: format!("`{other}` is not true or false"),
+                        });
+                        continue;
+                    }
+                },
+                "trusted_proxies" => Value::Array(
+                    v.split(',')
+                        .map(str::trim)
+                        .filter(|s| !s.is_empty())
+                        .map(|s| Value::String(s.into()))
+                        .collect(),
+                ),
+                _ => Value::String(v),
+            };
+            table.insert((*key).to_string(), value);
+        }
+        if !table.contains_key("listen") {
+            if let Some(port) = env.var("PORT").filter(|p| !p.is_empty()) {
+                table.insert("listen".into(), Value::String(format!("0.0.0.0:{port}")));
+            }
+        }
         let mut r = Reader {
             problems: Vec::new(),
             env,
         };
         let config = r.config(table, base);
-        if r.problems.is_empty() {
+        problems.extend(r.problems);
+        if problems.is_empty() {
             Ok(config.expect("a config with no problems is complete"))
         } else {
-            Err(r.problems)
+            Err(problems)
         }
     }
 
@@ -266,6 +316,27 @@ impl Config {
         self.apps.iter().find(|a| a.id == id)
     }
 }
+
+/// The variable that can hold the whole configuration instead of a file.
+pub const CONFIG_TOML_VAR: &str = "CASTELLAN_CONFIG_TOML";
+
+/// Top-level keys that `CASTELLAN_<KEY>` environment variables override (`trusted_proxies` as a
+/// comma-separated list). Providers and apps come from the file or `CASTELLAN_CONFIG_TOML`.
+pub const ENV_KEYS: &[&str] = &[
+    "listen",
+    "public_url",
+    "store",
+    "local_accounts",
+    "trusted_proxies",
+    "session_lifetime",
+    "session_idle_timeout",
+    "upstream_connect_timeout",
+    "upstream_timeout",
+    "metrics_listen",
+    "audit_retention",
+    "access_request_webhook",
+    "google_metadata_url",
+];
 
 struct Reader<'a> {
     problems: Vec<Problem>,
@@ -1080,6 +1151,45 @@ id = "b"
             text.iter().any(|t| t.contains("already serves")),
             "{text:?}"
         );
+    }
+
+    #[test]
+    fn environment_overrides_and_the_whole_config_in_one_variable() {
+        let env = MapEnv(vec![
+            ("CASTELLAN_PUBLIC_URL", "https://apps.example.com"),
+            ("CASTELLAN_LOCAL_ACCOUNTS", "false"),
+            ("CASTELLAN_TRUSTED_PROXIES", "10.0.0.0/8, 192.0.2.1"),
+            ("PORT", "9999"),
+            ("SECRET", "s3cret"),
+            (
+                "CASTELLAN_CONFIG_TOML",
+                "[[providers]]\nid=\"g\"\nissuer=\"https://accounts.google.com\"\nclient_id=\"c\"\nclient_secret=\"${SECRET}\"\n[[apps]]\nid=\"a\"\nupstream=\"https://a-xyz-uc.a.run.app\"\nupstream_auth=\"google-id-token\"\n",
+            ),
+        ]);
+        let c = Config::load_with(Path::new("/nonexistent/castellan.toml"), &env).unwrap();
+        assert_eq!(c.public_url.as_str(), "https://apps.example.com/");
+        assert!(!c.local_accounts);
+        assert_eq!(c.trusted_proxies.len(), 2);
+        assert_eq!(
+            c.listen,
+            "0.0.0.0:9999".parse().unwrap(),
+            "Cloud Run's PORT"
+        );
+        assert_eq!(c.providers[0].client_secret, "s3cret");
+        assert_eq!(
+            c.apps[0].upstream_auth.as_ref().unwrap().audience,
+            "https://a-xyz-uc.a.run.app"
+        );
+        let bad = MapEnv(vec![
+            ("CASTELLAN_LOCAL_ACCOUNTS", "yes"),
+            (
+                "CASTELLAN_CONFIG_TOML",
+                "[[apps]]\nid=\"a\"\nupstream=\"http://x:1\"\n",
+            ),
+        ]);
+        let e = Config::load_with(Path::new("/x"), &bad).unwrap_err();
+        assert_eq!(e.file, PathBuf::from("CASTELLAN_CONFIG_TOML"));
+        assert_eq!(e.problems[0].key, "CASTELLAN_LOCAL_ACCOUNTS");
     }
 
     #[test]

@@ -84,6 +84,18 @@ Prints the URL to open and the admin password (once). Everything lives in a temp
         listen: SocketAddr,
     },
 
+    /// Ask a running castellan whether it is healthy (for container health checks).
+    #[command(
+        after_help = "Examples:\n  castellan healthcheck\n  castellan healthcheck --url http://127.0.0.1:8080/.castellan/healthz\n\n\
+Checks /.castellan/healthz on the configured listen address; exit status 0 when healthy, 1 when not.\n\
+Container images have no shell or curl: use it as HEALTHCHECK CMD [\"/castellan\", \"healthcheck\"]."
+    )]
+    Healthcheck {
+        /// The health URL (default: http://LISTEN/.castellan/healthz).
+        #[arg(long)]
+        url: Option<String>,
+    },
+
     /// Validate the configuration and report every problem at once.
     #[command(
         after_help = "Example:\n  castellan check-config --config castellan.toml\n\nExit status 0 when valid, 2 when not."
@@ -190,6 +202,36 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Serve => {
             serve(config, None).await?;
             Ok(ExitCode::SUCCESS)
+        }
+        Command::Healthcheck { url } => {
+            let url = url.unwrap_or_else(|| {
+                let mut addr = config.listen;
+                if addr.ip().is_unspecified() {
+                    addr.set_ip(if addr.is_ipv4() {
+                        [127, 0, 0, 1].into()
+                    } else {
+                        std::net::Ipv6Addr::LOCALHOST.into()
+                    });
+                }
+                format!("http://{addr}/.castellan/healthz")
+            });
+            let client = reqwest::Client::builder()
+                .timeout(std::time::Duration::from_secs(3))
+                .build()?;
+            match client.get(&url).send().await {
+                Ok(r) if r.status().is_success() => {
+                    println!("healthy: {url}");
+                    Ok(ExitCode::SUCCESS)
+                }
+                Ok(r) => {
+                    eprintln!("unhealthy: {url} answered {}", r.status());
+                    Ok(ExitCode::FAILURE)
+                }
+                Err(e) => {
+                    eprintln!("unhealthy: {url}: {e}");
+                    Ok(ExitCode::FAILURE)
+                }
+            }
         }
         Command::Users(cmd) => users::run(&config, cmd).await,
         Command::Access(cmd) => access::access(&config, cmd).await,
