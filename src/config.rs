@@ -32,6 +32,9 @@ pub struct Config {
     pub access_request_webhook: Option<Url>,
     /// The Google metadata server, for `upstream_auth = "google-id-token"`.
     pub google_metadata_url: String,
+    /// Members who hold roles/admin on the global policy by configuration: the way to a first
+    /// administrator where no command line can reach the store (Cloud Run).
+    pub admins: Vec<crate::policy::Member>,
     pub providers: Vec<Provider>,
     pub apps: Vec<App>,
 }
@@ -357,6 +360,7 @@ const TOP_KEYS: &[&str] = &[
     "audit_retention",
     "access_request_webhook",
     "google_metadata_url",
+    "admins",
     "providers",
     "apps",
 ];
@@ -427,6 +431,7 @@ impl Reader<'_> {
                 }
             }
         });
+        let admins = self.admins(&mut t);
         let google_metadata_url = self
             .string(&mut t, "", "google_metadata_url")
             .unwrap_or_else(|| crate::google::DEFAULT_METADATA_URL.to_string());
@@ -461,6 +466,7 @@ impl Reader<'_> {
             audit_retention,
             access_request_webhook,
             google_metadata_url,
+            admins,
             providers,
             apps,
         })
@@ -652,6 +658,45 @@ impl Reader<'_> {
             );
         }
         None
+    }
+
+    fn admins(&mut self, t: &mut toml::Table) -> Vec<crate::policy::Member> {
+        let Some(v) = t.remove("admins") else {
+            return Vec::new();
+        };
+        let Value::Array(items) = v else {
+            self.problem(
+                "admins",
+                "expected a list of members, e.g. [\"user:you@example.com\"]",
+            );
+            return Vec::new();
+        };
+        let mut out = Vec::new();
+        for (i, item) in items.into_iter().enumerate() {
+            let text = item.as_str().map(str::to_string).unwrap_or_default();
+            let text = if crate::policy::is_email(&text.to_ascii_lowercase()) {
+                format!("user:{text}")
+            } else {
+                text
+            };
+            match crate::policy::Member::parse(&text) {
+                Ok(m)
+                    if !matches!(
+                        m,
+                        crate::policy::Member::AllUsers
+                            | crate::policy::Member::AllAuthenticatedUsers
+                    ) =>
+                {
+                    out.push(m)
+                }
+                Ok(_) => self.problem(
+                    format!("admins[{i}]"),
+                    "everyone cannot be an administrator: name people, groups or service accounts",
+                ),
+                Err(e) => self.problem(format!("admins[{i}]"), e.to_string()),
+            }
+        }
+        out
     }
 
     fn trusted_proxies(&mut self, t: &mut toml::Table) -> Vec<IpNet> {

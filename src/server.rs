@@ -117,10 +117,20 @@ impl State {
         if self.revision.load(Ordering::Acquire) == revision {
             return Ok(false);
         }
-        let snapshot = Snapshot::new(
-            self.store.policies().await?,
-            self.store.memberships().await?,
-        );
+        let mut policies = self.store.policies().await?;
+        if !self.config.admins.is_empty() {
+            // Administrators by configuration join the global policy's roles/admin (never stored).
+            use crate::policy::{Policy, Role, snapshot::Resource};
+            if !policies.iter().any(|(r, _)| *r == Resource::Global) {
+                policies.push((Resource::Global, Policy::default()));
+            }
+            if let Some((_, global)) = policies.iter_mut().find(|(r, _)| *r == Resource::Global) {
+                for m in &self.config.admins {
+                    global.add(Role::Admin, m.clone(), None);
+                }
+            }
+        }
+        let snapshot = Snapshot::new(policies, self.store.memberships().await?);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
         self.revision.store(revision, Ordering::Release);
         Ok(true)

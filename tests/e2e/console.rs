@@ -240,9 +240,11 @@ async fn admins_share_apps_and_approve_access_requests_in_a_real_browser() {
 #[tokio::test(flavor = "multi_thread")]
 async fn repeated_requests_merge_and_a_denial_is_shown_on_the_next_visit() {
     let echo = Echo::start().await;
-    let c = Castellan::start(Setup::new(echo.addr)).await;
+    // The administrator comes from the configuration (`admins`), as on Cloud Run.
+    let mut setup = Setup::new(echo.addr);
+    setup.top = "admins = [\"root@example.com\"]";
+    let c = Castellan::start(setup).await;
     c.add_user("root@example.com", "the admin's long password");
-    c.grant_role("--global", "user:root@example.com", "roles/admin");
     c.add_user("lee@example.com", "a long enough password");
     let mut lee = Browser::new();
     lee.sign_in_local(&c, "lee@example.com", "a long enough password", "/")

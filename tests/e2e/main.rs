@@ -5,6 +5,7 @@ mod api;
 mod browser;
 mod cli;
 mod console;
+mod deploy;
 mod google;
 mod local;
 mod oidc;
