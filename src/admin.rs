@@ -15,10 +15,10 @@ pub fn parse_expires(s: &str, now: i64) -> Result<i64, String> {
     if let Some(d) = crate::config::parse_duration(s) {
         return Ok(now + d.as_secs() as i64);
     }
-    if s.len() == 10 {
-        if let Some(t) = parse_rfc3339(&format!("{s}T00:00:00Z")) {
-            return Ok(t);
-        }
+    if s.len() == 10
+        && let Some(t) = parse_rfc3339(&format!("{s}T00:00:00Z"))
+    {
+        return Ok(t);
     }
     parse_rfc3339(s).ok_or_else(|| {
         format!("`{s}` is not an expiry: write a duration (7d, 12h, 90m), a date (2027-01-01) or a timestamp (2027-01-01T09:00:00Z)")

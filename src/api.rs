@@ -470,8 +470,7 @@ async fn route(
             require(&snapshot, &caller, app_of(&r), ip)?;
             let role = Role::parse(&body.role).map_err(bad)?;
             let email = body.email.trim().to_ascii_lowercase();
-            let path =
-                crate::path::normalize(body.path.as_deref().unwrap_or("/")).map_err(|e| bad(e))?;
+            let path = crate::path::normalize(body.path.as_deref().unwrap_or("/")).map_err(bad)?;
             let at = match body.at.as_deref() {
                 None => store::now(),
                 Some(a) => {

@@ -283,10 +283,10 @@ impl Config {
             };
             table.insert((*key).to_string(), value);
         }
-        if !table.contains_key("listen") {
-            if let Some(port) = env.var("PORT").filter(|p| !p.is_empty()) {
-                table.insert("listen".into(), Value::String(format!("0.0.0.0:{port}")));
-            }
+        if !table.contains_key("listen")
+            && let Some(port) = env.var("PORT").filter(|p| !p.is_empty())
+        {
+            table.insert("listen".into(), Value::String(format!("0.0.0.0:{port}")));
         }
         let mut r = Reader {
             problems: Vec::new(),

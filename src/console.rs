@@ -164,10 +164,10 @@ fn when(secs: i64) -> String {
 pub fn condition_words(c: &BindingCondition) -> String {
     let mut parts = Vec::new();
     let expr = &c.expression;
-    if let Some(rest) = expr.split("request.path.startsWith(\"").nth(1) {
-        if let Some(prefix) = rest.split('"').next() {
-            parts.push(format!("only {prefix}"));
-        }
+    if let Some(rest) = expr.split("request.path.startsWith(\"").nth(1)
+        && let Some(prefix) = rest.split('"').next()
+    {
+        parts.push(format!("only {prefix}"));
     }
     if let Some(t) = c.compiled.expiry() {
         parts.push(format!("until {}", when(t)));
@@ -532,10 +532,10 @@ async fn audit_page(
     } else {
         (!f_app.is_empty()).then(|| f_app.clone())
     };
-    if let Some(a) = &app {
-        if !admin.may(a) {
-            return Ok(forbidden("That app's audit trail is not yours to see."));
-        }
+    if let Some(a) = &app
+        && !admin.may(a)
+    {
+        return Ok(forbidden("That app's audit trail is not yours to see."));
     }
     let day = |d: &str, end: bool| -> Option<i64> {
         parse_rfc3339(&format!("{d}T00:00:00Z")).map(|t| (t + if end { 86_399 } else { 0 }) * 1000)

@@ -63,10 +63,10 @@ impl Metadata {
     /// An ID token for `audience`, from the cache while it has more than five minutes left.
     pub async fn id_token(&self, audience: &str) -> Result<String, TokenError> {
         let now = crate::store::now();
-        if let Some((token, exp)) = self.cache.lock().await.get(audience) {
-            if *exp - RENEW_BEFORE_SECS > now {
-                return Ok(token.clone());
-            }
+        if let Some((token, exp)) = self.cache.lock().await.get(audience)
+            && *exp - RENEW_BEFORE_SECS > now
+        {
+            return Ok(token.clone());
         }
         let err = |detail: String| TokenError {
             audience: audience.to_string(),

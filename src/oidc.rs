@@ -500,12 +500,20 @@ fn find_key<'a>(
     alg: Algorithm,
 ) -> Option<&'a jsonwebtoken::jwk::Jwk> {
     use jsonwebtoken::jwk::AlgorithmParameters as P;
-    let fits = |k: &&jsonwebtoken::jwk::Jwk| match (&k.algorithm, alg) {
-        (P::RSA(_), Algorithm::RS256 | Algorithm::RS384 | Algorithm::RS512)
-        | (P::RSA(_), Algorithm::PS256 | Algorithm::PS384 | Algorithm::PS512)
-        | (P::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384)
-        | (P::OctetKeyPair(_), Algorithm::EdDSA) => true,
-        _ => false,
+    let fits = |k: &&jsonwebtoken::jwk::Jwk| {
+        matches!(
+            (&k.algorithm, alg),
+            (
+                P::RSA(_),
+                Algorithm::RS256
+                    | Algorithm::RS384
+                    | Algorithm::RS512
+                    | Algorithm::PS256
+                    | Algorithm::PS384
+                    | Algorithm::PS512
+            ) | (P::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384)
+                | (P::OctetKeyPair(_), Algorithm::EdDSA)
+        )
     };
     match kid {
         Some(kid) => set

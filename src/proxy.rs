@@ -172,42 +172,41 @@ impl Upstream {
                 Ok(Ok(resp)) => resp,
             };
 
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if let Some(client_upgrade) = client_upgrade {
-                let upstream_upgrade = hyper::upgrade::on(&mut resp);
-                tokio::spawn(async move {
-                    match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                        Ok((client, upstream)) => {
-                            let mut client = TokioIo::new(client);
-                            let mut upstream = TokioIo::new(upstream);
-                            match live {
-                                Some((_guard, revoked)) => {
-                                    tokio::select! {
-                                        _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
-                                        () = revoked => tracing::info!("closed a WebSocket: access was revoked"),
-                                    }
-                                }
-                                None => {
-                                    let _ =
-                                        tokio::io::copy_bidirectional(&mut client, &mut upstream)
-                                            .await;
+        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+            && let Some(client_upgrade) = client_upgrade
+        {
+            let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            tokio::spawn(async move {
+                match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                    Ok((client, upstream)) => {
+                        let mut client = TokioIo::new(client);
+                        let mut upstream = TokioIo::new(upstream);
+                        match live {
+                            Some((_guard, revoked)) => {
+                                tokio::select! {
+                                    _ = tokio::io::copy_bidirectional(&mut client, &mut upstream) => {}
+                                    () = revoked => tracing::info!("closed a WebSocket: access was revoked"),
                                 }
                             }
+                            None => {
+                                let _ =
+                                    tokio::io::copy_bidirectional(&mut client, &mut upstream).await;
+                            }
                         }
-                        Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
                     }
-                });
-                let (mut parts, _) = resp.into_parts();
-                let protocol = parts.headers.get(header::UPGRADE).cloned();
-                remove_hop_by_hop(&mut parts.headers);
-                parts
-                    .headers
-                    .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-                if let Some(p) = protocol {
-                    parts.headers.insert(header::UPGRADE, p);
+                    Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
                 }
-                return Ok(Response::from_parts(parts, crate::web::empty()));
+            });
+            let (mut parts, _) = resp.into_parts();
+            let protocol = parts.headers.get(header::UPGRADE).cloned();
+            remove_hop_by_hop(&mut parts.headers);
+            parts
+                .headers
+                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+            if let Some(p) = protocol {
+                parts.headers.insert(header::UPGRADE, p);
             }
+            return Ok(Response::from_parts(parts, crate::web::empty()));
         }
         let (mut parts, body) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);

@@ -262,10 +262,10 @@ async fn protected(
                     Err(e) => return internal_error(outcome, "signing the identity assertion", &e),
                 },
             };
-            if app.identity_headers == IdentityHeaders::GoogleIap {
-                if let Some(resp) = iap_mode(state, &req, who.as_ref(), outcome).await {
-                    return resp;
-                }
+            if app.identity_headers == IdentityHeaders::GoogleIap
+                && let Some(resp) = iap_mode(state, &req, who.as_ref(), outcome).await
+            {
+                return resp;
             }
             if let Some(auth) = &app.upstream_auth {
                 match state.metadata.id_token(&auth.audience).await {

@@ -707,12 +707,10 @@ async fn request_access(
     };
     outcome.app = app.id.clone();
     outcome.decision = "access-requested";
-    if new {
-        if let Some(hook) = state.config.access_request_webhook.clone() {
-            let http = state.webhook_client.clone();
-            let console = format!("{}/.castellan/admin/requests", state.config.public_origin());
-            tokio::spawn(notify(http, hook, request, console));
-        }
+    if new && let Some(hook) = state.config.access_request_webhook.clone() {
+        let http = state.webhook_client.clone();
+        let console = format!("{}/.castellan/admin/requests", state.config.public_origin());
+        tokio::spawn(notify(http, hook, request, console));
     }
     web::html(
         StatusCode::OK,

@@ -331,7 +331,7 @@ fn spawn_background(state: Arc<State>) {
                     if changed {
                         tracing::info!("policies reloaded");
                         s.recheck_live(true).await;
-                    } else if ticks % 5 == 0 {
+                    } else if ticks.is_multiple_of(5) {
                         // Conditions can stop granting access by the clock alone (expiry).
                         s.recheck_live(false).await;
                     }

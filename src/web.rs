@@ -144,13 +144,13 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     for v in headers.get_all(header::COOKIE) {
         let Ok(s) = v.to_str() else { continue };
         for pair in s.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=') {
-                if k.trim() == name {
-                    if found.is_some() {
-                        return None;
-                    }
-                    found = Some(v.trim());
+            if let Some((k, v)) = pair.trim().split_once('=')
+                && k.trim() == name
+            {
+                if found.is_some() {
+                    return None;
                 }
+                found = Some(v.trim());
             }
         }
     }
@@ -176,10 +176,10 @@ pub fn strip_own_cookies(headers: &mut HeaderMap) {
         .filter(|s| !s.is_empty())
         .collect();
     headers.remove(header::COOKIE);
-    if !kept.is_empty() {
-        if let Ok(v) = HeaderValue::from_str(&kept.join("; ")) {
-            headers.insert(header::COOKIE, v);
-        }
+    if !kept.is_empty()
+        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+    {
+        headers.insert(header::COOKIE, v);
     }
 }
 

@@ -630,6 +630,6 @@ mod tests {
             e.bindings[0].matched,
             vec!["user:alice@example.com", "domain:example.com"]
         );
-        assert_eq!(e.bindings[0].condition.as_ref().unwrap().2, false);
+        assert!(!e.bindings[0].condition.as_ref().unwrap().2);
     }
 }

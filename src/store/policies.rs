@@ -79,13 +79,13 @@ impl Store {
     ) -> Result<Policy> {
         let mut tx = self.write().await?;
         let before = Store::policy_in(&mut tx, resource).await?;
-        if let Some(given) = expected_etag {
-            if given != before.etag {
-                return Err(Error::StaleEtag {
-                    given: given.to_string(),
-                    current: before.etag,
-                });
-            }
+        if let Some(given) = expected_etag
+            && given != before.etag
+        {
+            return Err(Error::StaleEtag {
+                given: given.to_string(),
+                current: before.etag,
+            });
         }
         let mut stored = policy.clone();
         stored.etag = new_etag();

@@ -23,11 +23,7 @@ fn the_dockerfile_builds_a_non_root_image_without_a_shell() {
             .any(|l| l.starts_with("FROM rust:") && l.ends_with("AS build")),
         "{d}"
     );
-    assert!(
-        lines
-            .iter()
-            .any(|l| *l == "RUN cargo build --release --locked --bin castellan")
-    );
+    assert!(lines.contains(&"RUN cargo build --release --locked --bin castellan"));
     let runtime = lines.iter().rev().find(|l| l.starts_with("FROM ")).unwrap();
     assert!(
         runtime.starts_with("FROM gcr.io/distroless/"),

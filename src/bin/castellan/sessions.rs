@@ -64,12 +64,12 @@ pub async fn run(config: &Config, cmd: SessionsCommand) -> Result<ExitCode> {
         }
         SessionsCommand::Revoke { id, user } => {
             let user = user.map(|u| normalize_email(&u)).transpose()?;
-            if let Some(id) = &id {
-                if id.len() < 8 {
-                    bail!(
-                        "give at least 8 characters of the session ID shown by `castellan sessions list`"
-                    );
-                }
+            if let Some(id) = &id
+                && id.len() < 8
+            {
+                bail!(
+                    "give at least 8 characters of the session ID shown by `castellan sessions list`"
+                );
             }
             let store = open_store(config).await?;
             let n = store
