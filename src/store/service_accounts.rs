@@ -69,12 +69,70 @@ impl Store {
 
     /// The service account a key belongs to, if the key is known and not revoked.
     pub async fn service_account_for_key(&self, key: &str) -> Result<Option<String>> {
-        Ok(sqlx::query_scalar(
-            "SELECT name FROM service_account_keys WHERE digest = ? AND revoked_at IS NULL",
-        )
-        .bind(crate::crypto::digest(key))
-        .fetch_optional(&self.pool)
-        .await?)
+        Ok(self.key_owner(key).await?.map(|(name, _)| name))
+    }
+
+    /// (service account, key id) for a key that is known and not revoked.
+    pub async fn key_owner(&self, key: &str) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT name, id FROM service_account_keys WHERE digest = ? AND revoked_at IS NULL")
+            .bind(crate::crypto::digest(key))
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
+    /// Whether key `id` exists and is not revoked (tokens minted with it die with it).
+    pub async fn key_active(&self, id: &str) -> Result<bool> {
+        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM service_account_keys WHERE id = ? AND revoked_at IS NULL")
+            .bind(id)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(n > 0)
+    }
+
+    /// Adds a key to an existing service account; returns the key (shown once).
+    pub async fn create_key(&self, name: &str, actor: &Actor) -> Result<String> {
+        let mut tx = self.write().await?;
+        let exists: Option<String> = sqlx::query_scalar("SELECT name FROM service_accounts WHERE name = ?")
+            .bind(name)
+            .fetch_optional(&mut *tx)
+            .await?;
+        if exists.is_none() {
+            return Err(Error::NotFound(format!(
+                "service account {name} (create it with `castellan service-accounts create {name}`)"
+            )));
+        }
+        let (id, key) = new_key();
+        sqlx::query("INSERT INTO service_account_keys (id, name, digest, created_at) VALUES (?, ?, ?, ?)")
+            .bind(&id)
+            .bind(name)
+            .bind(crate::crypto::digest(&key))
+            .bind(now())
+            .execute(&mut *tx)
+            .await?;
+        Store::record_change(&mut tx, actor, "service-account.key-create", &format!("serviceAccount:{name}"), None, Some(&serde_json::json!({ "key": id })))
+            .await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// Revokes key `id` of `name`; its tokens stop working at once.
+    pub async fn revoke_key(&self, name: &str, id: &str, actor: &Actor) -> Result<()> {
+        let mut tx = self.write().await?;
+        let r = sqlx::query("UPDATE service_account_keys SET revoked_at = ? WHERE name = ? AND id = ? AND revoked_at IS NULL")
+            .bind(now())
+            .bind(name)
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+        if r.rows_affected() == 0 {
+            return Err(Error::NotFound(format!("active key {id} of service account {name}")));
+        }
+        Store::record_change(&mut tx, actor, "service-account.key-revoke", &format!("serviceAccount:{name}"), None, Some(&serde_json::json!({ "key": id })))
+            .await?;
+        Store::bump(&mut tx).await?;
+        tx.commit().await?;
+        Ok(())
     }
 
     pub async fn service_accounts(&self) -> Result<Vec<ServiceAccount>> {
@@ -132,5 +190,13 @@ mod tests {
             Err(Error::Exists(_))
         ));
         assert_eq!(s.service_account_keys("ci-bot").await.unwrap().len(), 1);
+        let second = s.create_key("ci-bot", &Actor::cli()).await.unwrap();
+        let (_, id) = s.key_owner(&second).await.unwrap().unwrap();
+        assert!(s.key_active(&id).await.unwrap());
+        s.revoke_key("ci-bot", &id, &Actor::cli()).await.unwrap();
+        assert!(!s.key_active(&id).await.unwrap());
+        assert_eq!(s.service_account_for_key(&second).await.unwrap(), None);
+        assert_eq!(s.service_account_for_key(&key).await.unwrap().as_deref(), Some("ci-bot"), "the other key still works");
+        assert!(s.create_key("nobody", &Actor::cli()).await.is_err());
     }
 }

@@ -27,6 +27,22 @@ curl -H \"Authorization: Bearer $KEY\" https://apps.example.com/.castellan/api/v
     /// List service accounts and their keys.
     #[command(after_help = "Example:\n  castellan service-accounts list")]
     List,
+    /// Manage a service account's keys.
+    #[command(subcommand)]
+    Keys(KeysCommand),
+}
+
+#[derive(Subcommand)]
+pub enum KeysCommand {
+    /// Add a key (printed once), e.g. to rotate: create the new one, deploy it, revoke the old one.
+    #[command(after_help = "Example:\n  castellan service-accounts keys create ci-bot")]
+    Create { name: String },
+    /// List a service account's keys (ids only; secrets are never stored).
+    #[command(after_help = "Example:\n  castellan service-accounts keys list ci-bot")]
+    List { name: String },
+    /// Revoke a key: it and every access token minted with it stop working at once.
+    #[command(after_help = "Example:\n  castellan service-accounts keys revoke ci-bot AbCdEfGh")]
+    Revoke { name: String, id: String },
 }
 
 pub async fn run(config: &Config, cmd: ServiceAccountsCommand) -> Result<ExitCode> {
@@ -46,6 +62,27 @@ pub async fn run(config: &Config, cmd: ServiceAccountsCommand) -> Result<ExitCod
             println!(
                 "Grant it roles with `castellan access add APP serviceAccount:{name} --role ...`."
             );
+        }
+        ServiceAccountsCommand::Keys(KeysCommand::Create { name }) => {
+            let key = open_store(config).await?.create_key(&name, &Actor::cli()).await?;
+            println!("new key for serviceAccount:{name} (shown only now):\n\n  {key}\n");
+        }
+        ServiceAccountsCommand::Keys(KeysCommand::List { name }) => {
+            let keys = open_store(config).await?.service_account_keys(&name).await?;
+            if keys.is_empty() {
+                bail!("service account {name} has no keys (or does not exist)");
+            }
+            for k in keys {
+                let state = match k.revoked_at {
+                    Some(t) => format!("revoked {}", format_time(t)),
+                    None => "active".into(),
+                };
+                println!("{}\tcreated {}\t{state}", k.id, format_time(k.created_at));
+            }
+        }
+        ServiceAccountsCommand::Keys(KeysCommand::Revoke { name, id }) => {
+            open_store(config).await?.revoke_key(&name, &id, &Actor::cli()).await?;
+            println!("revoked key {id} of serviceAccount:{name}");
         }
         ServiceAccountsCommand::List => {
             let store = open_store(config).await?;
