@@ -16,9 +16,14 @@ use crate::store::{self, Store};
 /// every request anyway.
 pub const LIFETIME_SECS: i64 = 300;
 
+/// How long an access token from `/.castellan/token` lives (the issue caps it at one hour).
+pub const ACCESS_TOKEN_SECS: i64 = 3600;
+
 pub struct Signer {
     kid: String,
     key: EncodingKey,
+    /// The public half, to check castellan's own access tokens.
+    public: jsonwebtoken::DecodingKey,
     jwks: String,
     /// `{kid: PEM}`, the form of Google IAP's `public_key` URL.
     pem_keys: String,
@@ -63,6 +68,7 @@ impl Signer {
         jwk.common.key_id = Some(kid.clone());
         jwk.common.public_key_use = Some(PublicKeyUse::Signature);
         jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
+        let public = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(Error::BadKey)?;
         let jwks = serde_json::to_string(&JwkSet { keys: vec![jwk] }).expect("a JWKS serialises");
         let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
             .map_err(|_| Error::BadKey(jsonwebtoken::errors::ErrorKind::InvalidEcdsaKey.into()))?;
@@ -70,6 +76,7 @@ impl Signer {
         Ok(Signer {
             kid,
             key,
+            public,
             jwks,
             pem_keys,
             issuer: issuer.to_string(),
@@ -92,6 +99,83 @@ impl Signer {
             "aud": audience,
             "sub": format!("{}{}", crate::google::IAP_PREFIX, who.subject),
             "email": who.email,
+            "iat": now,
+            "exp": now + LIFETIME_SECS,
+        });
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)
+    }
+
+    /// An access token for service account `name` (minted with key `key_id`) to call the app whose
+    /// audience is `audience`; valid for [`ACCESS_TOKEN_SECS`].
+    pub fn sign_access_token(
+        &self,
+        name: &str,
+        key_id: &str,
+        audience: &str,
+    ) -> Result<String, Error> {
+        let now = store::now();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("at+jwt".into());
+        let claims = serde_json::json!({
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": format!("serviceAccount:{name}"),
+            "client_id": name,
+            "ckid": key_id,
+            "iat": now,
+            "exp": now + ACCESS_TOKEN_SECS,
+        });
+        jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)
+    }
+
+    /// Checks one of castellan's access tokens for `audience`: (service account, key id).
+    pub fn verify_access_token(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<(String, String), String> {
+        let header =
+            jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
+        if header.alg != Algorithm::ES256
+            || header.kid.as_deref() != Some(self.kid.as_str())
+            || header.typ.as_deref() != Some("at+jwt")
+        {
+            return Err("not a castellan access token".into());
+        }
+        let mut v = jsonwebtoken::Validation::new(Algorithm::ES256);
+        v.set_issuer(&[&self.issuer]);
+        v.set_audience(&[audience]);
+        v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
+        v.leeway = 30;
+        let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.public, &v).map_err(
+            |e| match e.kind() {
+                jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                    "the token is for another app".to_string()
+                }
+                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                    "the token has expired".to_string()
+                }
+                _ => format!("the token is not valid: {e}"),
+            },
+        )?;
+        let c = data.claims;
+        match (c["client_id"].as_str(), c["ckid"].as_str()) {
+            (Some(n), Some(k)) => Ok((n.to_string(), k.to_string())),
+            _ => Err("the token lacks its service account".into()),
+        }
+    }
+
+    /// The assertion for a service account (no email).
+    pub fn sign_service_account(&self, name: &str, audience: &str) -> Result<String, Error> {
+        let now = store::now();
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        let claims = serde_json::json!({
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": format!("serviceAccount:{name}"),
+            "provider": "serviceAccount",
             "iat": now,
             "exp": now + LIFETIME_SECS,
         });

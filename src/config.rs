@@ -67,6 +67,8 @@ pub struct Provider {
     pub require_verified_email: bool,
     /// The ID-token (or userinfo) claim that lists the person's groups, for `group:` members.
     pub groups_claim: Option<String>,
+    /// Audiences of this provider's ID tokens that programs may present as bearer tokens.
+    pub programmatic_audiences: Vec<String>,
 }
 
 impl fmt::Debug for Provider {
@@ -373,6 +375,7 @@ const PROVIDER_KEYS: &[&str] = &[
     "scopes",
     "require_verified_email",
     "groups_claim",
+    "programmatic_audiences",
 ];
 const APP_KEYS: &[&str] = &[
     "id",
@@ -819,6 +822,26 @@ impl Reader<'_> {
                 .boolean(&mut p, &prefix, "require_verified_email")
                 .unwrap_or(true);
             let groups_claim = self.string(&mut p, &prefix, "groups_claim");
+            let programmatic_audiences = match p.remove("programmatic_audiences") {
+                None => Vec::new(),
+                Some(Value::Array(items))
+                    if items
+                        .iter()
+                        .all(|i| i.as_str().is_some_and(|s| !s.is_empty())) =>
+                {
+                    items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect()
+                }
+                Some(_) => {
+                    self.problem(
+                        format!("{prefix}programmatic_audiences"),
+                        "expected a list of audiences, e.g. [\"https://apps.example.com\"] (for Google service-account ID tokens: the audience they were minted for)",
+                    );
+                    Vec::new()
+                }
+            };
             if let (Some(id), Some(issuer), Some(client_id), Some(client_secret)) =
                 (id, issuer, client_id, client_secret)
             {
@@ -831,6 +854,7 @@ impl Reader<'_> {
                     scopes,
                     require_verified_email,
                     groups_claim,
+                    programmatic_audiences,
                 });
             }
         }

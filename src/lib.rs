@@ -6,6 +6,7 @@ pub mod admin;
 pub mod api;
 pub mod assertion;
 pub mod audit;
+pub mod bearer;
 pub mod config;
 pub mod console;
 pub mod crypto;

@@ -161,6 +161,12 @@ async fn protected(
     let client_ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
     outcome.client_ip = client_ip.to_string();
 
+    if let Some(bearer) = crate::bearer::bearer(state, req.headers()) {
+        return protected_by_bearer(
+            state, peer, req, app, host, path, client_ip, bearer, outcome,
+        )
+        .await;
+    }
     let who = match state.authenticate(req.headers()).await {
         Ok(who) => who,
         Err(e) => return internal_error(outcome, "reading the session", &e),
@@ -255,7 +261,7 @@ async fn protected(
         }
         Decision::Allow(grant) => {
             outcome.binding = grant.to_string();
-            let mut added = match &who {
+            let added = match &who {
                 None => Vec::new(),
                 Some((identity, _)) => match identity_headers(state, app, identity) {
                     Ok(h) => h,
@@ -266,34 +272,6 @@ async fn protected(
                 && let Some(resp) = iap_mode(state, &req, who.as_ref(), outcome).await
             {
                 return resp;
-            }
-            if let Some(auth) = &app.upstream_auth {
-                match state.metadata.id_token(&auth.audience).await {
-                    Ok(token) => added.push((
-                        auth.header.clone(),
-                        proxy::value(&format!("Bearer {token}")),
-                    )),
-                    Err(e) => {
-                        let reference = outcome.reference();
-                        tracing::error!(app = %app.id, reference, "{e}");
-                        state
-                            .metrics
-                            .upstream_errors
-                            .get_or_create(&crate::metrics::UpstreamErrorLabels {
-                                app: app.id.clone(),
-                                kind: "credential",
-                            })
-                            .inc();
-                        return web::html(
-                            StatusCode::BAD_GATEWAY,
-                            pages::error(
-                                "The app is not reachable",
-                                "castellan could not obtain the credential the app requires. Its operators can find this reference in castellan's log.",
-                                &reference,
-                            ),
-                        );
-                    }
-                }
             }
             // Register what this connection was allowed on, so a later change can close it.
             let live = who.map(|(identity, session)| {
@@ -307,29 +285,166 @@ async fn protected(
                     ip: Some(client_ip),
                 })
             });
-            let forwarded = proxy::Forwarded {
-                peer_ip: peer.ip(),
-                peer_trusted: state
-                    .config
-                    .trusted_proxies
-                    .iter()
-                    .any(|n| n.contains(peer.ip())),
-                proto: state.config.public_url.scheme(),
-            };
-            let target = match req.uri().query() {
-                Some(q) => format!("{path}?{q}"),
-                None => path.to_string(),
-            };
-            match state
-                .upstream
-                .forward(app, req, &target, &forwarded, added, live)
-                .await
-            {
-                Ok(resp) => resp,
-                Err(e) => upstream_error(state, app, outcome, e),
+            forward(state, peer, app, req, path, added, live, outcome).await
+        }
+    }
+}
+
+/// Adds the upstream credential (if the app needs one) and forwards the allowed request.
+#[allow(clippy::too_many_arguments)]
+async fn forward(
+    state: &State,
+    peer: SocketAddr,
+    app: &crate::config::App,
+    req: Request<Incoming>,
+    path: &str,
+    mut added: proxy::AddedHeaders,
+    live: Option<(crate::live::Guard, crate::live::Revoked)>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    if let Some(auth) = &app.upstream_auth {
+        match state.metadata.id_token(&auth.audience).await {
+            Ok(token) => added.push((
+                auth.header.clone(),
+                proxy::value(&format!("Bearer {token}")),
+            )),
+            Err(e) => {
+                let reference = outcome.reference();
+                tracing::error!(app = %app.id, reference, "{e}");
+                state
+                    .metrics
+                    .upstream_errors
+                    .get_or_create(&crate::metrics::UpstreamErrorLabels {
+                        app: app.id.clone(),
+                        kind: "credential",
+                    })
+                    .inc();
+                return web::html(
+                    StatusCode::BAD_GATEWAY,
+                    pages::error(
+                        "The app is not reachable",
+                        "castellan could not obtain the credential the app requires. Its operators can find this reference in castellan's log.",
+                        &reference,
+                    ),
+                );
             }
         }
     }
+    let forwarded = proxy::Forwarded {
+        peer_ip: peer.ip(),
+        peer_trusted: state
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(peer.ip())),
+        proto: state.config.public_url.scheme(),
+    };
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    match state
+        .upstream
+        .forward(app, req, &target, &forwarded, added, live)
+        .await
+    {
+        Ok(resp) => resp,
+        Err(e) => upstream_error(state, app, outcome, e),
+    }
+}
+
+/// A request that carries a bearer token: decided on the token alone (a cookie beside it is
+/// ignored), answered with JSON, never redirected.
+#[allow(clippy::too_many_arguments)]
+async fn protected_by_bearer(
+    state: &State,
+    peer: SocketAddr,
+    mut req: Request<Incoming>,
+    app: &crate::config::App,
+    host: Option<&str>,
+    path: &str,
+    client_ip: std::net::IpAddr,
+    (carrier, token): (http::HeaderName, String),
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    use crate::bearer::Principal;
+    let principal = match crate::bearer::authenticate(state, &token, app).await {
+        Ok(p) => p,
+        Err(why) => {
+            outcome.decision = "deny";
+            outcome.reason = "invalid-token";
+            tracing::info!(app = %app.id, "bearer token refused: {why}");
+            return crate::bearer::unauthorized("invalid_token", &why);
+        }
+    };
+    let method = req.method().as_str().to_string();
+    let cx = Context {
+        path,
+        host: host.unwrap_or(""),
+        method: &method,
+        time: store::now(),
+        ip: Some(client_ip),
+    };
+    let who = match &principal {
+        Principal::ServiceAccount(name) => Who::ServiceAccount(name),
+        Principal::User(i) => Who::User {
+            email: &i.email,
+            groups: &i.groups,
+        },
+    };
+    outcome.user = match &principal {
+        Principal::ServiceAccount(name) => format!("serviceAccount:{name}"),
+        Principal::User(i) => i.email.clone(),
+    };
+    let decision = state.snapshot().decide(&app.id, who, &cx);
+    outcome.decision = decision.label();
+    outcome.reason = decision.reason().as_str();
+    let Decision::Allow(grant) = decision else {
+        let reference = outcome.reference();
+        let mut r = web::json(
+            StatusCode::FORBIDDEN,
+            &serde_json::json!({
+                "error": "insufficient_scope",
+                "message": format!("{} has no access to app {}", outcome.user, app.id),
+                "reason": outcome.reason,
+                "reference": reference,
+            }),
+        );
+        r.headers_mut().insert(
+            http::header::WWW_AUTHENTICATE,
+            http::HeaderValue::from_static(
+                "Bearer realm=\"castellan\", error=\"insufficient_scope\"",
+            ),
+        );
+        return r;
+    };
+    outcome.binding = grant.to_string();
+    let added = match &principal {
+        Principal::ServiceAccount(name) => {
+            match state.signer.sign_service_account(name, &app.audience) {
+                Ok(a) => vec![
+                    (
+                        http::HeaderName::from_static(proxy::ASSERTION_HEADER),
+                        proxy::value(&a),
+                    ),
+                    (
+                        http::HeaderName::from_static(proxy::USER_HEADER),
+                        proxy::value(&format!("serviceAccount:{name}")),
+                    ),
+                ],
+                Err(e) => return internal_error(outcome, "signing the identity assertion", &e),
+            }
+        }
+        Principal::User(identity) => match identity_headers(state, app, identity) {
+            Ok(h) => h,
+            Err(e) => return internal_error(outcome, "signing the identity assertion", &e),
+        },
+    };
+    // The token was for castellan: it does not travel on to the app.
+    if carrier == http::header::AUTHORIZATION {
+        req.headers_mut().remove(http::header::AUTHORIZATION);
+    }
+    forward(state, peer, app, req, path, added, None, outcome).await
 }
 
 fn upstream_error(

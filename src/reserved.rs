@@ -94,6 +94,9 @@ pub async fn handle(
         (Method::POST, "/.castellan/request_access") => {
             request_access(state, peer, req, outcome).await
         }
+        (Method::POST, "/.castellan/token") => {
+            crate::bearer::token_endpoint(state, peer, req, outcome).await
+        }
         (Method::GET | Method::HEAD, "/.castellan/sign_out") => {
             sign_out_page(state, &req, outcome).await
         }

@@ -74,44 +74,58 @@ impl Store {
 
     /// (service account, key id) for a key that is known and not revoked.
     pub async fn key_owner(&self, key: &str) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT name, id FROM service_account_keys WHERE digest = ? AND revoked_at IS NULL")
-            .bind(crate::crypto::digest(key))
-            .fetch_optional(&self.pool)
-            .await?;
+        let row = sqlx::query(
+            "SELECT name, id FROM service_account_keys WHERE digest = ? AND revoked_at IS NULL",
+        )
+        .bind(crate::crypto::digest(key))
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     /// Whether key `id` exists and is not revoked (tokens minted with it die with it).
     pub async fn key_active(&self, id: &str) -> Result<bool> {
-        let n: i64 = sqlx::query_scalar("SELECT COUNT(*) FROM service_account_keys WHERE id = ? AND revoked_at IS NULL")
-            .bind(id)
-            .fetch_one(&self.pool)
-            .await?;
+        let n: i64 = sqlx::query_scalar(
+            "SELECT COUNT(*) FROM service_account_keys WHERE id = ? AND revoked_at IS NULL",
+        )
+        .bind(id)
+        .fetch_one(&self.pool)
+        .await?;
         Ok(n > 0)
     }
 
     /// Adds a key to an existing service account; returns the key (shown once).
     pub async fn create_key(&self, name: &str, actor: &Actor) -> Result<String> {
         let mut tx = self.write().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT name FROM service_accounts WHERE name = ?")
-            .bind(name)
-            .fetch_optional(&mut *tx)
-            .await?;
+        let exists: Option<String> =
+            sqlx::query_scalar("SELECT name FROM service_accounts WHERE name = ?")
+                .bind(name)
+                .fetch_optional(&mut *tx)
+                .await?;
         if exists.is_none() {
             return Err(Error::NotFound(format!(
                 "service account {name} (create it with `castellan service-accounts create {name}`)"
             )));
         }
         let (id, key) = new_key();
-        sqlx::query("INSERT INTO service_account_keys (id, name, digest, created_at) VALUES (?, ?, ?, ?)")
-            .bind(&id)
-            .bind(name)
-            .bind(crate::crypto::digest(&key))
-            .bind(now())
-            .execute(&mut *tx)
-            .await?;
-        Store::record_change(&mut tx, actor, "service-account.key-create", &format!("serviceAccount:{name}"), None, Some(&serde_json::json!({ "key": id })))
-            .await?;
+        sqlx::query(
+            "INSERT INTO service_account_keys (id, name, digest, created_at) VALUES (?, ?, ?, ?)",
+        )
+        .bind(&id)
+        .bind(name)
+        .bind(crate::crypto::digest(&key))
+        .bind(now())
+        .execute(&mut *tx)
+        .await?;
+        Store::record_change(
+            &mut tx,
+            actor,
+            "service-account.key-create",
+            &format!("serviceAccount:{name}"),
+            None,
+            Some(&serde_json::json!({ "key": id })),
+        )
+        .await?;
         tx.commit().await?;
         Ok(key)
     }
@@ -126,10 +140,19 @@ impl Store {
             .execute(&mut *tx)
             .await?;
         if r.rows_affected() == 0 {
-            return Err(Error::NotFound(format!("active key {id} of service account {name}")));
+            return Err(Error::NotFound(format!(
+                "active key {id} of service account {name}"
+            )));
         }
-        Store::record_change(&mut tx, actor, "service-account.key-revoke", &format!("serviceAccount:{name}"), None, Some(&serde_json::json!({ "key": id })))
-            .await?;
+        Store::record_change(
+            &mut tx,
+            actor,
+            "service-account.key-revoke",
+            &format!("serviceAccount:{name}"),
+            None,
+            Some(&serde_json::json!({ "key": id })),
+        )
+        .await?;
         Store::bump(&mut tx).await?;
         tx.commit().await?;
         Ok(())
@@ -196,7 +219,11 @@ mod tests {
         s.revoke_key("ci-bot", &id, &Actor::cli()).await.unwrap();
         assert!(!s.key_active(&id).await.unwrap());
         assert_eq!(s.service_account_for_key(&second).await.unwrap(), None);
-        assert_eq!(s.service_account_for_key(&key).await.unwrap().as_deref(), Some("ci-bot"), "the other key still works");
+        assert_eq!(
+            s.service_account_for_key(&key).await.unwrap().as_deref(),
+            Some("ci-bot"),
+            "the other key still works"
+        );
         assert!(s.create_key("nobody", &Actor::cli()).await.is_err());
     }
 }

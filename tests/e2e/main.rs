@@ -10,5 +10,6 @@ mod google;
 mod local;
 mod oidc;
 mod policy;
+mod programmatic;
 mod proxy;
 mod support;

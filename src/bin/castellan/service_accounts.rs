@@ -64,11 +64,17 @@ pub async fn run(config: &Config, cmd: ServiceAccountsCommand) -> Result<ExitCod
             );
         }
         ServiceAccountsCommand::Keys(KeysCommand::Create { name }) => {
-            let key = open_store(config).await?.create_key(&name, &Actor::cli()).await?;
+            let key = open_store(config)
+                .await?
+                .create_key(&name, &Actor::cli())
+                .await?;
             println!("new key for serviceAccount:{name} (shown only now):\n\n  {key}\n");
         }
         ServiceAccountsCommand::Keys(KeysCommand::List { name }) => {
-            let keys = open_store(config).await?.service_account_keys(&name).await?;
+            let keys = open_store(config)
+                .await?
+                .service_account_keys(&name)
+                .await?;
             if keys.is_empty() {
                 bail!("service account {name} has no keys (or does not exist)");
             }
@@ -81,7 +87,10 @@ pub async fn run(config: &Config, cmd: ServiceAccountsCommand) -> Result<ExitCod
             }
         }
         ServiceAccountsCommand::Keys(KeysCommand::Revoke { name, id }) => {
-            open_store(config).await?.revoke_key(&name, &id, &Actor::cli()).await?;
+            open_store(config)
+                .await?
+                .revoke_key(&name, &id, &Actor::cli())
+                .await?;
             println!("revoked key {id} of serviceAccount:{name}");
         }
         ServiceAccountsCommand::List => {

@@ -1,0 +1,221 @@
+//! Programmatic access: the client-credentials token endpoint (RFC 6749 §4.4) and bearer tokens.
+//!
+//! Which token counts, when a request carries one:
+//! - `Proxy-Authorization: Bearer …` is always for castellan (the app keeps its own `Authorization`).
+//! - `Authorization: Bearer …` is for castellan when it is one of castellan's access tokens or comes
+//!   from a provider with `programmatic_audiences`; any other bearer token is the app's own and
+//!   passes through untouched, the request being decided by the session cookie as usual.
+//!
+//! A request with a token for castellan is decided on that token alone: a session cookie beside it
+//! is ignored, and a bad token is a 401 (JSON, `WWW-Authenticate: Bearer error=…`) even if the
+//! cookie is good. Accepted tokens: castellan's access tokens for the app's audience, and ID tokens
+//! from a configured provider whose audience is on its `programmatic_audiences`.
+
+use std::net::SocketAddr;
+
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use crate::assertion::ACCESS_TOKEN_SECS;
+use crate::config::App;
+use crate::policy::Identity;
+use crate::request::Outcome;
+use crate::server::State;
+use crate::web::{self, Body};
+
+/// Who a bearer token says is calling.
+pub enum Principal {
+    ServiceAccount(String),
+    User(Identity),
+}
+
+/// The bearer token meant for castellan, and the header it came in (see the module docs).
+pub fn bearer(state: &State, headers: &HeaderMap) -> Option<(HeaderName, String)> {
+    let token = |name: &HeaderName| {
+        let v = headers.get(name)?.to_str().ok()?;
+        let t = v
+            .strip_prefix("Bearer ")
+            .or_else(|| v.strip_prefix("bearer "))?;
+        Some(t.trim().to_string())
+    };
+    if let Some(t) = token(&header::PROXY_AUTHORIZATION) {
+        return Some((header::PROXY_AUTHORIZATION, t));
+    }
+    let t = token(&header::AUTHORIZATION)?;
+    let ours = jsonwebtoken::decode_header(&t)
+        .is_ok_and(|h| h.kid.as_deref() == Some(state.signer.kid()))
+        || unverified_issuer(&t).is_some_and(|iss| {
+            state
+                .providers
+                .iter()
+                .any(|p| p.config.issuer == iss && !p.config.programmatic_audiences.is_empty())
+        });
+    ours.then_some((header::AUTHORIZATION, t))
+}
+
+/// Verifies a bearer token for `app`.
+pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Principal, String> {
+    if token.len() > 16 * 1024 {
+        return Err("the token is too large".into());
+    }
+    let header =
+        jsonwebtoken::decode_header(token).map_err(|_| "the token is not a JWT".to_string())?;
+    if header.kid.as_deref() == Some(state.signer.kid()) {
+        let (name, key) = state.signer.verify_access_token(token, &app.audience)?;
+        return match state.store.key_active(&key).await {
+            Ok(true) => Ok(Principal::ServiceAccount(name)),
+            Ok(false) => Err("the key this token was minted with has been revoked".into()),
+            Err(e) => Err(format!("cannot check the token's key: {e}")),
+        };
+    }
+    // Otherwise it must be an ID token from a provider that accepts programmatic audiences.
+    let issuer = unverified_issuer(token).ok_or("the token has no issuer")?;
+    let provider = state
+        .providers
+        .iter()
+        .find(|p| p.config.issuer == issuer && !p.config.programmatic_audiences.is_empty())
+        .ok_or_else(|| format!("tokens from {issuer} are not accepted here"))?;
+    provider
+        .verify_programmatic(token)
+        .await
+        .map(Principal::User)
+        .map_err(|e| e.to_string())
+}
+
+fn unverified_issuer(token: &str) -> Option<String> {
+    use base64::Engine;
+    let payload = token.split('.').nth(1)?;
+    let claims: serde_json::Value = serde_json::from_slice(
+        &base64::engine::general_purpose::URL_SAFE_NO_PAD
+            .decode(payload)
+            .ok()?,
+    )
+    .ok()?;
+    claims["iss"].as_str().map(str::to_string)
+}
+
+/// The 401 for a bad or missing bearer token (RFC 6750 §3): never a redirect.
+pub fn unauthorized(error: &str, description: &str) -> Response<Body> {
+    let mut r = web::json(
+        StatusCode::UNAUTHORIZED,
+        &serde_json::json!({ "error": error, "error_description": description }),
+    );
+    let challenge = format!(
+        "Bearer realm=\"castellan\", error=\"{error}\", error_description=\"{}\"",
+        description.replace(['"', '\\'], "'")
+    );
+    if let Ok(v) = HeaderValue::from_str(&challenge) {
+        r.headers_mut().insert(header::WWW_AUTHENTICATE, v);
+    }
+    r
+}
+
+fn token_error(status: StatusCode, error: &str, description: &str) -> Response<Body> {
+    let mut r = web::json(
+        status,
+        &serde_json::json!({ "error": error, "error_description": description }),
+    );
+    if status == StatusCode::UNAUTHORIZED {
+        r.headers_mut().insert(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"castellan\""),
+        );
+    }
+    r
+}
+
+/// `POST /.castellan/token`: `grant_type=client_credentials` with the service account's name and
+/// key as client id and secret (HTTP Basic or form fields), and `audience` naming the app (its id
+/// or its audience). Answers `{"access_token", "token_type": "Bearer", "expires_in"}`.
+pub async fn token_endpoint(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let Some(form) = web::read_form(body).await else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "the body must be application/x-www-form-urlencoded",
+        );
+    };
+    let f = |n: &str| web::param(&form, n).map(str::to_string);
+    if f("grant_type").as_deref() != Some("client_credentials") {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "unsupported_grant_type",
+            "only grant_type=client_credentials is supported",
+        );
+    }
+    let basic = parts
+        .headers
+        .get(header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Basic "))
+        .and_then(|b| {
+            use base64::Engine;
+            let raw = base64::engine::general_purpose::STANDARD
+                .decode(b.trim())
+                .ok()?;
+            let text = String::from_utf8(raw).ok()?;
+            let (id, secret) = text.split_once(':')?;
+            let dec = |s: &str| {
+                url::form_urlencoded::parse(format!("x={s}").as_bytes())
+                    .next()
+                    .map(|(_, v)| v.into_owned())
+            };
+            Some((dec(id)?, dec(secret)?))
+        });
+    let Some((client_id, secret)) = basic.or_else(|| Some((f("client_id")?, f("client_secret")?)))
+    else {
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "authenticate with the service account's name and key",
+        );
+    };
+    let owner = match state.store.key_owner(&secret).await {
+        Ok(o) => o,
+        Err(e) => {
+            return crate::request::internal_error(outcome, "checking a service account key", &e);
+        }
+    };
+    let Some((name, key_id)) = owner.filter(|(name, _)| *name == client_id) else {
+        tracing::warn!(client = %client_id, peer = %peer.ip(), "token request with a wrong or revoked key");
+        return token_error(
+            StatusCode::UNAUTHORIZED,
+            "invalid_client",
+            "unknown service account or wrong, revoked key",
+        );
+    };
+    outcome.user = format!("serviceAccount:{name}");
+    let wanted = f("audience").or_else(|| f("resource")).unwrap_or_default();
+    let Some(app) = state
+        .config
+        .apps
+        .iter()
+        .find(|a| a.id == wanted || a.audience == wanted)
+    else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            &format!("`audience` must name an app (its id or its audience); `{wanted}` does not"),
+        );
+    };
+    match state
+        .signer
+        .sign_access_token(&name, &key_id, &app.audience)
+    {
+        Ok(token) => {
+            outcome.decision = "token-issued";
+            web::json(
+                StatusCode::OK,
+                &serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_SECS }),
+            )
+        }
+        Err(e) => crate::request::internal_error(outcome, "signing an access token", &e),
+    }
+}
