@@ -145,7 +145,7 @@ async fn conditions_expiry_provider_groups_and_the_explainer() {
         "demo",
         "user:alice@example.com",
         "--expires",
-        "3s",
+        "5s",
     ]));
     std::thread::sleep(Duration::from_millis(500));
     assert_eq!(
@@ -170,7 +170,7 @@ async fn conditions_expiry_provider_groups_and_the_explainer() {
             break;
         }
         assert!(
-            t.elapsed() < Duration::from_secs(6),
+            t.elapsed() < Duration::from_secs(9),
             "the expiry never took effect"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
@@ -272,7 +272,7 @@ async fn revocation_closes_live_websockets_and_streams_within_a_second() {
         "demo",
         "user:gina@example.com",
         "--expires",
-        "2s",
+        "5s",
     ]));
     assert_eq!(
         b.sign_in_local(&c, "gina@example.com", "a long enough password", "/")
@@ -286,7 +286,7 @@ async fn revocation_closes_live_websockets_and_streams_within_a_second() {
     );
     std::thread::sleep(Duration::from_millis(300));
     let mut ws = upgrade(&c, &cookie).await;
-    let took = closed_within(&mut ws, Duration::from_secs(4)).await;
+    let took = closed_within(&mut ws, Duration::from_secs(8)).await;
     eprintln!("the expiry closed the WebSocket {took:?} after it opened");
     ok(&c.cli(&["access", "add", "demo", "group:team"]));
     std::thread::sleep(Duration::from_millis(500));
