@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Installs what castellan's end-to-end tests need, from the package registries only:
-#   - Debian's chromium (the headless browser; needs root for apt-get),
+#   - Debian's chromium (the headless browser), nginx and caddy (ingresses for forward-auth); apt-get needs root,
 #   - npm packages in tests/support (oidc-provider, jose, playwright-core; exact versions from package-lock.json),
 #   - Streamlit in a virtual environment at tests/support/.venv.
 # Safe to run again: it skips what is already there.
@@ -15,11 +15,16 @@ node -e 'const [a,b]=process.versions.node.split(".").map(Number); process.exit(
   || fail "Node.js $(node --version) is too old: oidc-provider needs >= 20.18"
 command -v python3 >/dev/null || fail "python3 is not installed (Streamlit runs in a virtual environment)"
 
-if [ ! -x /usr/bin/chromium ]; then
-  [ "$(id -u)" = 0 ] || fail "/usr/bin/chromium is missing: run 'sudo apt-get install chromium' (Debian's package)"
-  step "installing Debian's chromium (apt-get)"
+# Debian packages: the browser, and the ingresses the forward-auth tests put in front of castellan.
+missing=()
+[ -x /usr/bin/chromium ] || missing+=(chromium)
+[ -x /usr/sbin/nginx ] || missing+=(nginx)
+[ -x /usr/bin/caddy ] || missing+=(caddy)
+if [ ${#missing[@]} -gt 0 ]; then
+  [ "$(id -u)" = 0 ] || fail "missing Debian packages: run 'sudo apt-get install ${missing[*]}'"
+  step "installing Debian's ${missing[*]} (apt-get)"
   apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends chromium >/dev/null
+  DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
 fi
 
 if ! cmp -s tests/support/package-lock.json tests/support/node_modules/.package-lock.json 2>/dev/null; then

@@ -11,6 +11,7 @@ pub mod config;
 pub mod console;
 pub mod crypto;
 pub mod demo;
+pub mod forward_auth;
 pub mod google;
 pub mod live;
 pub mod local;

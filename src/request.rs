@@ -484,7 +484,7 @@ fn upstream_error(
 }
 
 /// The identity headers for `app`'s style: castellan's own, or Google IAP's.
-fn identity_headers(
+pub fn identity_headers(
     state: &State,
     app: &crate::config::App,
     identity: &Identity,

@@ -94,6 +94,7 @@ pub async fn handle(
         (Method::POST, "/.castellan/request_access") => {
             request_access(state, peer, req, outcome).await
         }
+        (_, "/.castellan/auth") => crate::forward_auth::handle(state, peer, req, outcome).await,
         (Method::POST, "/.castellan/token") => {
             crate::bearer::token_endpoint(state, peer, req, outcome).await
         }

@@ -6,6 +6,7 @@ mod browser;
 mod cli;
 mod console;
 mod deploy;
+mod forward_auth;
 mod google;
 mod local;
 mod oidc;
