@@ -100,6 +100,8 @@ pub struct App {
     pub identity_headers: IdentityHeaders,
     /// How castellan authenticates itself to the upstream, if at all.
     pub upstream_auth: Option<UpstreamAuth>,
+    /// Origins whose scripts may call this app with the person's credentials (CORS).
+    pub cors_origins: Vec<String>,
 }
 
 /// The identity headers an app receives.
@@ -387,6 +389,7 @@ const APP_KEYS: &[&str] = &[
     "upstream_auth",
     "upstream_auth_audience",
     "upstream_auth_header",
+    "cors_origins",
 ];
 
 impl Reader<'_> {
@@ -1004,6 +1007,35 @@ impl Reader<'_> {
                     None
                 }
             };
+            let cors_origins = match a.remove("cors_origins") {
+                None => Vec::new(),
+                Some(Value::Array(items)) => {
+                    let mut out = Vec::new();
+                    for (i, item) in items.iter().enumerate() {
+                        let ok = item.as_str().and_then(|s| Url::parse(s).ok()).filter(|u| {
+                            matches!(u.scheme(), "http" | "https")
+                                && u.path() == "/"
+                                && u.query().is_none()
+                                && u.host_str().is_some()
+                        });
+                        match ok {
+                            Some(u) => out.push(u.origin().ascii_serialization()),
+                            None => self.problem(
+                                format!("{prefix}cors_origins[{i}]"),
+                                format!("{item} is not an origin: write scheme, host and port only, e.g. \"https://dashboard.example.com\" (\"*\" is not allowed with credentials)"),
+                            ),
+                        }
+                    }
+                    out
+                }
+                Some(_) => {
+                    self.problem(
+                        format!("{prefix}cors_origins"),
+                        "expected a list of origins, e.g. [\"https://dashboard.example.com\"]",
+                    );
+                    Vec::new()
+                }
+            };
             let Some(id) = id else { continue };
             let audience = audience.unwrap_or_else(|| format!("castellan:{id}"));
             if !audiences.insert(audience.clone()) {
@@ -1027,6 +1059,7 @@ impl Reader<'_> {
                     audience,
                     identity_headers,
                     upstream_auth,
+                    cors_origins,
                 });
             }
         }

@@ -158,6 +158,83 @@ async fn protected(
     };
     outcome.app = app.id.clone();
     outcome.audited = true;
+    let cors_origin = req
+        .headers()
+        .get(http::header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| app.cors_origins.iter().any(|a| a == o))
+        .map(str::to_string);
+    if let Some(origin) = &cors_origin {
+        if req.method() == http::Method::OPTIONS
+            && req
+                .headers()
+                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+        {
+            // A preflight from an allowed origin carries no credentials: castellan answers it.
+            // Other OPTIONS requests are decided like any other request.
+            outcome.decision = "cors-preflight";
+            return preflight(&req, origin);
+        }
+    }
+    let mut resp = decide_and_answer(state, peer, req, app, host, path, outcome).await;
+    if let Some(origin) = cors_origin {
+        let h = resp.headers_mut();
+        if !h.contains_key(http::header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+            h.insert(
+                http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+                proxy::value(&origin),
+            );
+            h.insert(
+                http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                http::HeaderValue::from_static("true"),
+            );
+        }
+        h.append(http::header::VARY, http::HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+/// The answer to a CORS preflight from an allowed origin.
+fn preflight(req: &Request<Incoming>, origin: &str) -> Response<Body> {
+    let mut r = Response::new(web::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(
+        http::header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        proxy::value(origin),
+    );
+    h.insert(
+        http::header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        http::HeaderValue::from_static("true"),
+    );
+    h.insert(
+        http::header::ACCESS_CONTROL_ALLOW_METHODS,
+        http::HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    if let Some(asked) = req
+        .headers()
+        .get(http::header::ACCESS_CONTROL_REQUEST_HEADERS)
+    {
+        h.insert(http::header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    h.insert(
+        http::header::ACCESS_CONTROL_MAX_AGE,
+        http::HeaderValue::from_static("600"),
+    );
+    h.insert(http::header::VARY, http::HeaderValue::from_static("Origin"));
+    r
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn decide_and_answer(
+    state: &State,
+    peer: SocketAddr,
+    req: Request<Incoming>,
+    app: &crate::config::App,
+    host: Option<&str>,
+    path: &str,
+    outcome: &mut Outcome,
+) -> Response<Body> {
     let client_ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
     outcome.client_ip = client_ip.to_string();
 

@@ -284,3 +284,68 @@ async fn provider_id_tokens_with_an_allowed_audience_are_accepted() {
     );
     assert!(r.text().await.unwrap().contains("InvalidAudience"));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn cors_preflights_are_answered_for_allowed_origins_only() {
+    let echo = Echo::start().await;
+    let mut setup = Setup::new(echo.addr);
+    setup.extra = "cors_origins = [\"https://dash.example.com\"]\n";
+    let c = Castellan::start(setup).await;
+    c.add_user("wes@example.com", "a long enough password");
+    c.grant("demo", "user:wes@example.com");
+    let http = reqwest::Client::new();
+    let preflight = |origin: &'static str| {
+        http.request(reqwest::Method::OPTIONS, c.url("/api/items"))
+            .header("origin", origin)
+            .header("access-control-request-method", "POST")
+            .header("access-control-request-headers", "content-type, x-app")
+            .send()
+    };
+    let ok = preflight("https://dash.example.com").await.unwrap();
+    assert_eq!(ok.status(), 204);
+    assert_eq!(
+        ok.headers()["access-control-allow-origin"],
+        "https://dash.example.com"
+    );
+    assert_eq!(ok.headers()["access-control-allow-credentials"], "true");
+    assert_eq!(
+        ok.headers()["access-control-allow-headers"],
+        "content-type, x-app"
+    );
+    // Any other origin's OPTIONS is decided like any request: no free pass.
+    let other = preflight("https://evil.example").await.unwrap();
+    assert_eq!(other.status(), 401);
+    assert!(other.headers().get("access-control-allow-origin").is_none());
+
+    let mut b = Browser::new();
+    b.sign_in_local(&c, "wes@example.com", "a long enough password", "/")
+        .await;
+    let actual = b
+        .request(
+            "GET",
+            &c.url("/api/items"),
+            &[
+                ("accept", "application/json"),
+                ("origin", "https://dash.example.com"),
+            ],
+            None,
+        )
+        .await;
+    assert_eq!(actual.status, 200);
+    assert_eq!(
+        actual.headers["access-control-allow-origin"],
+        "https://dash.example.com"
+    );
+    let foreign = b
+        .request(
+            "GET",
+            &c.url("/api/items"),
+            &[
+                ("accept", "application/json"),
+                ("origin", "https://evil.example"),
+            ],
+            None,
+        )
+        .await;
+    assert!(foreign.headers.get("access-control-allow-origin").is_none());
+}
