@@ -19,6 +19,16 @@ pub const LIFETIME_SECS: i64 = 300;
 /// How long an access token from `/.castellan/token` lives (the issue caps it at one hour).
 pub const ACCESS_TOKEN_SECS: i64 = 3600;
 
+/// Whom a castellan access token was issued to.
+pub enum TokenSubject {
+    ServiceAccount {
+        name: String,
+        key: String,
+    },
+    /// A person on the command line: the digest of the CLI's session.
+    Session(String),
+}
+
 pub struct Signer {
     kid: String,
     key: EncodingKey,
@@ -129,12 +139,37 @@ impl Signer {
         jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)
     }
 
-    /// Checks one of castellan's access tokens for `audience`: (service account, key id).
-    pub fn verify_access_token(
+    /// An access token for a person signed in on the command line: tied to the CLI's session
+    /// (`sid`, the session's digest), so revoking that session ends it.
+    pub fn sign_user_access_token(
         &self,
-        token: &str,
+        who: &Identity,
+        session_digest: &str,
         audience: &str,
-    ) -> Result<(String, String), String> {
+        not_after: i64,
+    ) -> Result<(String, i64), Error> {
+        let now = store::now();
+        let exp = (now + ACCESS_TOKEN_SECS).min(not_after);
+        let mut header = Header::new(Algorithm::ES256);
+        header.kid = Some(self.kid.clone());
+        header.typ = Some("at+jwt".into());
+        let claims = serde_json::json!({
+            "iss": self.issuer,
+            "aud": audience,
+            "sub": who.subject,
+            "email": who.email,
+            "sid": session_digest,
+            "iat": now,
+            "exp": exp,
+        });
+        Ok((
+            jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)?,
+            exp - now,
+        ))
+    }
+
+    /// Checks one of castellan's access tokens for `audience`.
+    pub fn verify_access_token(&self, token: &str, audience: &str) -> Result<TokenSubject, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         if header.alg != Algorithm::ES256
@@ -160,9 +195,17 @@ impl Signer {
             },
         )?;
         let c = data.claims;
-        match (c["client_id"].as_str(), c["ckid"].as_str()) {
-            (Some(n), Some(k)) => Ok((n.to_string(), k.to_string())),
-            _ => Err("the token lacks its service account".into()),
+        match (
+            c["client_id"].as_str(),
+            c["ckid"].as_str(),
+            c["sid"].as_str(),
+        ) {
+            (Some(n), Some(k), None) => Ok(TokenSubject::ServiceAccount {
+                name: n.to_string(),
+                key: k.to_string(),
+            }),
+            (None, None, Some(sid)) => Ok(TokenSubject::Session(sid.to_string())),
+            _ => Err("the token names neither a service account nor a session".into()),
         }
     }
 

@@ -17,7 +17,7 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::assertion::ACCESS_TOKEN_SECS;
+use crate::assertion::{ACCESS_TOKEN_SECS, TokenSubject};
 use crate::config::App;
 use crate::policy::Identity;
 use crate::request::Outcome;
@@ -62,11 +62,26 @@ pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Princ
     let header =
         jsonwebtoken::decode_header(token).map_err(|_| "the token is not a JWT".to_string())?;
     if header.kid.as_deref() == Some(state.signer.kid()) {
-        let (name, key) = state.signer.verify_access_token(token, &app.audience)?;
-        return match state.store.key_active(&key).await {
-            Ok(true) => Ok(Principal::ServiceAccount(name)),
-            Ok(false) => Err("the key this token was minted with has been revoked".into()),
-            Err(e) => Err(format!("cannot check the token's key: {e}")),
+        return match state.signer.verify_access_token(token, &app.audience)? {
+            TokenSubject::ServiceAccount { name, key } => {
+                match state.store.key_active(&key).await {
+                    Ok(true) => Ok(Principal::ServiceAccount(name)),
+                    Ok(false) => Err("the key this token was minted with has been revoked".into()),
+                    Err(e) => Err(format!("cannot check the token's key: {e}")),
+                }
+            }
+            TokenSubject::Session(sid) => match state
+                .store
+                .session(&sid, state.config.session_idle_timeout)
+                .await
+            {
+                Ok(Some(session)) => Ok(Principal::User(session.identity)),
+                Ok(None) => Err(
+                    "the session this token belongs to has ended: run `castellan login` again"
+                        .into(),
+                ),
+                Err(e) => Err(format!("cannot check the token's session: {e}")),
+            },
         };
     }
     // Otherwise it must be an ID token from a provider that accepts programmatic audiences.
@@ -143,12 +158,17 @@ pub async fn token_endpoint(
         );
     };
     let f = |n: &str| web::param(&form, n).map(str::to_string);
-    if f("grant_type").as_deref() != Some("client_credentials") {
-        return token_error(
-            StatusCode::BAD_REQUEST,
-            "unsupported_grant_type",
-            "only grant_type=client_credentials is supported",
-        );
+    match f("grant_type").as_deref() {
+        Some("client_credentials") => {}
+        Some("authorization_code") => return cli_code_grant(state, &form, outcome).await,
+        Some("refresh_token") => return cli_refresh_grant(state, &form, outcome).await,
+        _ => {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "unsupported_grant_type",
+                "use grant_type=client_credentials (service accounts), or authorization_code / refresh_token (castellan login)",
+            );
+        }
     }
     let basic = parts
         .headers
@@ -193,16 +213,13 @@ pub async fn token_endpoint(
     };
     outcome.user = format!("serviceAccount:{name}");
     let wanted = f("audience").or_else(|| f("resource")).unwrap_or_default();
-    let Some(app) = state
-        .config
-        .apps
-        .iter()
-        .find(|a| a.id == wanted || a.audience == wanted)
-    else {
+    let Some(app) = target_app(state, &wanted) else {
         return token_error(
             StatusCode::BAD_REQUEST,
             "invalid_target",
-            &format!("`audience` must name an app (its id or its audience); `{wanted}` does not"),
+            &format!(
+                "`audience` must name an app (its id, its audience or a URL it serves); `{wanted}` does not"
+            ),
         );
     };
     match state
@@ -216,6 +233,167 @@ pub async fn token_endpoint(
                 &serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_SECS }),
             )
         }
+        Err(e) => crate::request::internal_error(outcome, "signing an access token", &e),
+    }
+}
+
+/// The app an `audience` names: its id, its audience, or a URL on castellan that it serves.
+fn target_app<'a>(state: &'a State, wanted: &str) -> Option<&'a App> {
+    if let Some(a) = state
+        .config
+        .apps
+        .iter()
+        .find(|a| a.id == wanted || a.audience == wanted)
+    {
+        return Some(a);
+    }
+    let url = url::Url::parse(wanted).ok()?;
+    let path = crate::path::normalize(url.path()).ok()?;
+    state.match_app(
+        url.host_str().map(str::to_ascii_lowercase).as_deref(),
+        &path,
+    )
+}
+
+/// How long a code from the browser may wait for the command line to redeem it.
+const CLI_CODE_SECS: i64 = 120;
+
+/// `grant_type=authorization_code`: the command line redeems the one-time code its loopback
+/// listener received (with its PKCE verifier) for a refresh token: a session of its own.
+async fn cli_code_grant(
+    state: &State,
+    form: &[(String, String)],
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let (Some(code), Some(verifier)) =
+        (web::param(form, "code"), web::param(form, "code_verifier"))
+    else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "code and code_verifier are required",
+        );
+    };
+    let taken = match state
+        .store
+        .take_cli_code(&crate::crypto::digest(code))
+        .await
+    {
+        Ok(t) => t,
+        Err(e) => {
+            return crate::request::internal_error(outcome, "redeeming a command-line code", &e);
+        }
+    };
+    let Some((browser_session, challenge, created)) = taken else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "unknown or already used code",
+        );
+    };
+    if crate::store::now() - created > CLI_CODE_SECS
+        || !crate::crypto::equal(&crate::crypto::pkce_challenge(verifier), &challenge)
+    {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_grant",
+            "the code expired or the verifier does not match",
+        );
+    }
+    let session = match state
+        .store
+        .session(&browser_session, state.config.session_idle_timeout)
+        .await
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "the browser session that approved this has ended",
+            );
+        }
+        Err(e) => return crate::request::internal_error(outcome, "reading the session", &e),
+    };
+    let refresh = crate::crypto::random_token(32);
+    let lifetime =
+        std::time::Duration::from_secs((session.expires_at - crate::store::now()).max(60) as u64);
+    if let Err(e) = state
+        .store
+        .create_session(
+            &crate::crypto::digest(&refresh),
+            &session.identity,
+            lifetime,
+            "command line",
+            "castellan command line",
+        )
+        .await
+    {
+        return crate::request::internal_error(outcome, "creating the command-line session", &e);
+    }
+    outcome.user = session.identity.email.clone();
+    outcome.decision = "cli-signed-in";
+    web::json(
+        StatusCode::OK,
+        &serde_json::json!({
+            "refresh_token": refresh,
+            "token_type": "Bearer",
+            "email": session.identity.email,
+            "expires_at": crate::store::now() + lifetime.as_secs() as i64,
+        }),
+    )
+}
+
+/// `grant_type=refresh_token`: an access token for one app for the person signed in on the
+/// command line, valid for an hour at most and never beyond the session.
+async fn cli_refresh_grant(
+    state: &State,
+    form: &[(String, String)],
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let Some(refresh) = web::param(form, "refresh_token") else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_request",
+            "refresh_token is required",
+        );
+    };
+    let digest = crate::crypto::digest(refresh);
+    let session = match state
+        .store
+        .session(&digest, state.config.session_idle_timeout)
+        .await
+    {
+        Ok(Some(s)) => s,
+        Ok(None) => {
+            return token_error(
+                StatusCode::BAD_REQUEST,
+                "invalid_grant",
+                "this sign-in has ended or was revoked: run `castellan login` again",
+            );
+        }
+        Err(e) => return crate::request::internal_error(outcome, "reading the session", &e),
+    };
+    let _ = state.store.touch_session(&digest).await;
+    let wanted = web::param(form, "audience").unwrap_or_default();
+    let Some(app) = target_app(state, wanted) else {
+        return token_error(
+            StatusCode::BAD_REQUEST,
+            "invalid_target",
+            &format!("`{wanted}` names no app"),
+        );
+    };
+    outcome.user = session.identity.email.clone();
+    match state.signer.sign_user_access_token(
+        &session.identity,
+        &digest,
+        &app.audience,
+        session.expires_at,
+    ) {
+        Ok((token, expires_in)) => web::json(
+            StatusCode::OK,
+            &serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_in": expires_in, "app": app.id }),
+        ),
         Err(e) => crate::request::internal_error(outcome, "signing an access token", &e),
     }
 }

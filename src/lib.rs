@@ -7,6 +7,7 @@ pub mod api;
 pub mod assertion;
 pub mod audit;
 pub mod bearer;
+pub mod cli_auth;
 pub mod config;
 pub mod console;
 pub mod crypto;

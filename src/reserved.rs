@@ -95,6 +95,7 @@ pub async fn handle(
             request_access(state, peer, req, outcome).await
         }
         (_, "/.castellan/auth") => crate::forward_auth::handle(state, peer, req, outcome).await,
+        (_, crate::cli_auth::PATH) => crate::cli_auth::handle(state, req, outcome).await,
         (Method::POST, "/.castellan/token") => {
             crate::bearer::token_endpoint(state, peer, req, outcome).await
         }

@@ -259,6 +259,32 @@ impl Store {
         Ok(a.rows_affected() + b.rows_affected())
     }
 
+    /// Records a one-time code for the command line, tied to the browser session that approved it.
+    pub async fn put_cli_code(
+        &self,
+        code_digest: &str,
+        session_digest: &str,
+        challenge: &str,
+    ) -> Result<()> {
+        sqlx::query("INSERT INTO cli_codes (code_digest, session_digest, challenge, created_at) VALUES (?, ?, ?, ?)")
+            .bind(code_digest)
+            .bind(session_digest)
+            .bind(challenge)
+            .bind(now())
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// Removes and returns (session digest, challenge, created) for a code: single use.
+    pub async fn take_cli_code(&self, code_digest: &str) -> Result<Option<(String, String, i64)>> {
+        let row = sqlx::query("DELETE FROM cli_codes WHERE code_digest = ? RETURNING session_digest, challenge, created_at")
+            .bind(code_digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1), r.get(2))))
+    }
+
     pub async fn put_flow(&self, state_digest: &str, flow: &Flow) -> Result<()> {
         sqlx::query(
             "INSERT INTO login_flows (state_digest, browser_digest, provider, nonce, pkce_verifier, return_to, created_at) \

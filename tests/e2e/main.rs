@@ -4,6 +4,7 @@
 mod api;
 mod browser;
 mod cli;
+mod cli_login;
 mod console;
 mod deploy;
 mod forward_auth;

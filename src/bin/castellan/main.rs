@@ -4,6 +4,7 @@
 mod access;
 mod audit;
 mod groups;
+mod remote;
 mod service_accounts;
 mod sessions;
 mod users;
@@ -128,6 +129,36 @@ Container images have no shell or curl: use it as HEALTHCHECK CMD [\"/castellan\
     /// Read the audit trail of decisions and changes.
     Audit(audit::AuditArgs),
 
+    /// Sign the command line in to a castellan (a browser sign-in returned to this computer).
+    #[command(
+        after_help = "Example:\n  castellan login https://apps.example.com\n\n\
+Prints a link (and opens it when a browser is available); after you approve, the credential is saved\n\
+in ~/.config/castellan/credentials.json (mode 0600). It is a session: `castellan sessions` lists and\n\
+revokes it like any other. No configuration file is needed."
+    )]
+    Login {
+        url: String,
+        /// Only print the link; do not try to open a browser.
+        #[arg(long)]
+        no_browser: bool,
+    },
+
+    /// Access tokens for scripts, as the person signed in with `castellan login`.
+    #[command(subcommand)]
+    Token(remote::TokenCommand),
+
+    /// Forward a local port to a protected app, attaching fresh credentials (WebSockets too).
+    #[command(
+        after_help = "Example:\n  castellan proxy https://apps.example.com --port 8080\n  curl http://127.0.0.1:8080/api/items\n\n\
+Listens on 127.0.0.1 only. Like `gcloud run services proxy`, but for any app behind castellan, as the\n\
+person signed in with `castellan login`; tokens are renewed before they expire."
+    )]
+    Proxy {
+        url: String,
+        #[arg(long, default_value = "8080")]
+        port: u16,
+    },
+
     /// Manage service accounts (members `serviceAccount:NAME`) and their keys.
     #[command(subcommand, name = "service-accounts")]
     ServiceAccounts(service_accounts::ServiceAccountsCommand),
@@ -173,15 +204,24 @@ fn load_config(path: &Path) -> Result<Config, ExitCode> {
 }
 
 async fn run(cli: Cli) -> Result<ExitCode> {
-    if let Command::Demo { listen } = cli.command {
-        return demo(listen).await;
+    match cli.command {
+        Command::Demo { listen } => return demo(listen).await,
+        Command::Login { url, no_browser } => return remote::login(&url, no_browser).await,
+        Command::Token(cmd) => return remote::token(cmd).await,
+        Command::Proxy { url, port } => return remote::proxy(&url, port).await,
+        _ => {}
     }
     let config = match load_config(&cli.config) {
         Ok(c) => c,
         Err(code) => return Ok(code),
     };
     match cli.command {
-        Command::Demo { .. } => unreachable!("handled above"),
+        Command::Demo { .. }
+        | Command::Login { .. }
+        | Command::Token(_)
+        | Command::Proxy { .. } => {
+            unreachable!("handled above")
+        }
         Command::CheckConfig => {
             println!(
                 "{}: OK. {} app(s): {}; sign-in: {}; store: {}; callback URL to register with providers: {}",
