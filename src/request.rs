@@ -164,17 +164,16 @@ async fn protected(
         .and_then(|o| o.to_str().ok())
         .filter(|o| app.cors_origins.iter().any(|a| a == o))
         .map(str::to_string);
-    if let Some(origin) = &cors_origin {
-        if req.method() == http::Method::OPTIONS
-            && req
-                .headers()
-                .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
-        {
-            // A preflight from an allowed origin carries no credentials: castellan answers it.
-            // Other OPTIONS requests are decided like any other request.
-            outcome.decision = "cors-preflight";
-            return preflight(&req, origin);
-        }
+    if let Some(origin) = &cors_origin
+        && req.method() == http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(http::header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        // A preflight from an allowed origin carries no credentials: castellan answers it.
+        // Other OPTIONS requests are decided like any other request.
+        outcome.decision = "cors-preflight";
+        return preflight(&req, origin);
     }
     let mut resp = decide_and_answer(state, peer, req, app, host, path, outcome).await;
     if let Some(origin) = cors_origin {

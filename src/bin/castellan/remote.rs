@@ -266,10 +266,10 @@ struct Fresh {
 impl Fresh {
     async fn get(&self) -> Result<String> {
         let mut slot = self.current.lock().await;
-        if let Some((t, until)) = slot.as_ref() {
-            if Instant::now() < *until {
-                return Ok(t.clone());
-            }
+        if let Some((t, until)) = slot.as_ref()
+            && Instant::now() < *until
+        {
+            return Ok(t.clone());
         }
         let (token, expires_in) = access_token(&self.url).await?;
         let renew = Duration::from_secs((expires_in - 300).max(30) as u64);
