@@ -571,7 +571,7 @@ pub fn identity_headers(
         IdentityHeaders::Castellan => vec![
             (
                 HeaderName::from_static(proxy::ASSERTION_HEADER),
-                proxy::value(&state.signer.sign(identity, &app.audience)?),
+                proxy::value(&state.assertion(identity, &app.audience)?),
             ),
             (
                 HeaderName::from_static(proxy::EMAIL_HEADER),
@@ -624,6 +624,7 @@ async fn iap_mode(
                 name: identity.email.clone(),
                 ip: outcome.client_ip.clone(),
             };
+            state.forget_session(session);
             if let Err(e) = state.store.delete_session(session, &actor).await {
                 return Some(internal_error(outcome, "ending the session", &e));
             }

@@ -449,6 +449,7 @@ async fn start_session(
             name: who.email.clone(),
             ip: web::client_ip(peer, headers, &state.config.trusted_proxies).to_string(),
         };
+        state.forget_session(&crypto::digest(old));
         let _ = state
             .store
             .delete_session(&crypto::digest(old), &actor)
@@ -646,6 +647,7 @@ async fn sign_out(state: &State, req: Request<Incoming>, outcome: &mut Outcome) 
             name: "sign-out".into(),
             ip: String::new(),
         };
+        state.forget_session(&crypto::digest(id));
         if let Err(e) = state
             .store
             .delete_session(&crypto::digest(id), &actor)

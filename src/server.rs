@@ -57,7 +57,22 @@ pub struct State {
     revision: AtomicI64,
     /// Serialises reloads, so a slow one can never replace a newer snapshot with an older one.
     reload_lock: tokio::sync::Mutex<()>,
+    /// Sessions recently read from the store, by digest: (identity, expires_at, last_seen, read at).
+    /// Entries live [`SESSION_CACHE_TTL`] and the whole cache is dropped whenever the store changes
+    /// (sign-outs and revocations bump its revision), so a revoked session stops working as fast
+    /// as a policy change does.
+    session_cache: std::sync::Mutex<
+        std::collections::HashMap<String, (Identity, i64, i64, std::time::Instant)>,
+    >,
+    /// Identity assertions recently signed, by person and app: (token, issued at). Reused for up to
+    /// [`ASSERTION_REUSE_SECS`] of their five-minute life, so signing is not paid per request.
+    assertion_cache: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
+
+/// How long a session read from the store is trusted without reading it again.
+pub const SESSION_CACHE_TTL: Duration = Duration::from_secs(2);
+/// How long a signed assertion is reused (it stays valid for at least four more minutes).
+pub const ASSERTION_REUSE_SECS: i64 = 60;
 
 impl State {
     pub async fn new(config: Config, store: Store) -> Result<Arc<State>, crate::assertion::Error> {
@@ -92,6 +107,8 @@ impl State {
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             revision: AtomicI64::new(-1),
             reload_lock: tokio::sync::Mutex::new(()),
+            session_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+            assertion_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             signer,
             csrf_key,
             providers,
@@ -132,6 +149,14 @@ impl State {
         }
         let snapshot = Snapshot::new(policies, self.store.memberships().await?);
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        self.session_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
+        self.assertion_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clear();
         self.revision.store(revision, Ordering::Release);
         Ok(true)
     }
@@ -224,20 +249,96 @@ impl State {
             return Ok(None);
         }
         let digest = crate::crypto::digest(id);
+        let now = store::now();
+        let idle = self.config.session_idle_timeout.as_secs() as i64;
+        // Record use at most once a minute (sooner for short idle timeouts): enough for the idle
+        // timeout, cheap for the store.
+        let every = (idle / 4).clamp(1, 60);
+        if let Some((identity, expires_at, last_seen, read)) = self
+            .session_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&digest)
+            .cloned()
+        {
+            if read.elapsed() < SESSION_CACHE_TTL
+                && expires_at > now
+                && last_seen > now - idle
+                && now - last_seen < every
+            {
+                return Ok(Some((identity, digest)));
+            }
+        }
         let Some(session) = self
             .store
             .session(&digest, self.config.session_idle_timeout)
             .await?
         else {
+            self.forget_session(&digest);
             return Ok(None);
         };
-        // Record use at most once a minute (sooner for short idle timeouts): enough for the idle
-        // timeout, cheap for the store.
-        let every = (self.config.session_idle_timeout.as_secs() / 4).clamp(1, 60) as i64;
-        if store::now() - session.last_seen >= every {
+        let mut last_seen = session.last_seen;
+        if now - session.last_seen >= every {
             self.store.touch_session(&digest).await?;
+            last_seen = now;
         }
+        let mut cache = self.session_cache.lock().unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(
+            digest.clone(),
+            (
+                session.identity.clone(),
+                session.expires_at,
+                last_seen,
+                std::time::Instant::now(),
+            ),
+        );
+        drop(cache);
         Ok(Some((session.identity, digest)))
+    }
+
+    /// Drops a session from the cache at once (this process ended it).
+    pub fn forget_session(&self, digest: &str) {
+        self.session_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .remove(digest);
+    }
+
+    /// castellan's identity assertion of `who` for the app whose audience is `audience`, reusing
+    /// one signed in the last [`ASSERTION_REUSE_SECS`].
+    pub fn assertion(
+        &self,
+        who: &Identity,
+        audience: &str,
+    ) -> Result<String, crate::assertion::Error> {
+        let key = format!(
+            "{}\0{}\0{}\0{}",
+            who.provider, who.subject, who.email, audience
+        );
+        let now = store::now();
+        if let Some((token, iat)) = self
+            .assertion_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(&key)
+        {
+            if now - iat < ASSERTION_REUSE_SECS {
+                return Ok(token.clone());
+            }
+        }
+        let token = self.signer.sign(who, audience)?;
+        let mut cache = self
+            .assertion_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if cache.len() > 100_000 {
+            cache.clear();
+        }
+        cache.insert(key, (token.clone(), now));
+        Ok(token)
     }
 
     /// The CSRF token for forms shown to the browser identified by `browser_id`.
