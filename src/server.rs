@@ -260,14 +260,12 @@ impl State {
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
             .cloned()
+            && read.elapsed() < SESSION_CACHE_TTL
+            && expires_at > now
+            && last_seen > now - idle
+            && now - last_seen < every
         {
-            if read.elapsed() < SESSION_CACHE_TTL
-                && expires_at > now
-                && last_seen > now - idle
-                && now - last_seen < every
-            {
-                return Ok(Some((identity, digest)));
-            }
+            return Ok(Some((identity, digest)));
         }
         let Some(session) = self
             .store
@@ -324,10 +322,9 @@ impl State {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
+            && now - iat < ASSERTION_REUSE_SECS
         {
-            if now - iat < ASSERTION_REUSE_SECS {
-                return Ok(token.clone());
-            }
+            return Ok(token.clone());
         }
         let token = self.signer.sign(who, audience)?;
         let mut cache = self
