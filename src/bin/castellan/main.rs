@@ -304,7 +304,8 @@ async fn serve(config: Config, banner: Option<String>) -> Result<()> {
     let store = open_store(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
         format!(
-            "cannot listen on {}: is another program using it? Set `listen` in the configuration to a free address",
+            "cannot listen on {}: is another program using it? Set `listen` in the configuration \
+             (or `castellan demo --listen 127.0.0.1:9090`) to a free address",
             config.listen
         )
     })?;
