@@ -83,7 +83,7 @@ fn whoami(req: &Request<Incoming>) -> Response<Body> {
              <p><b>X-Castellan-Jwt-Assertion</b> claims (shown decoded; apps verify the signature against <a href=\"/.castellan/jwks.json\">/.castellan/jwks.json</a>):</p>\
              <pre style=\"white-space:pre-wrap;background:#eef0f5;padding:.6rem;border-radius:6px\">{}</pre>\
              <details><summary>All request headers</summary><table>{rows}</table></details>\
-             <p><a href=\"/.castellan/whoami\">/.castellan/whoami</a> · <a href=\"/.castellan/sign_out\">Sign out</a></p>",
+             <p><a href=\"/.castellan/whoami\">/.castellan/whoami</a> · <a href=\"/.castellan/account\">Your account and sessions</a> · <a href=\"/.castellan/sign_out\">Sign out</a></p>",
             esc(email),
             esc(email),
             esc(user),

@@ -2,6 +2,7 @@
 //! decides every request against a per-app access list, and proxies allowed requests to the app with
 //! a signed identity assertion.
 
+pub mod account;
 pub mod admin;
 pub mod api;
 pub mod assertion;

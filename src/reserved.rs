@@ -32,6 +32,9 @@ pub async fn handle(
     if path.starts_with(crate::api::PREFIX) {
         return crate::api::handle(state, peer, req, path, outcome).await;
     }
+    if path == crate::account::PATH || path.starts_with("/.castellan/account/") {
+        return crate::account::handle(state, peer, req, path, outcome).await;
+    }
     if path == crate::console::PREFIX || path.starts_with("/.castellan/admin/") {
         return crate::console::handle(state, peer, req, path, outcome).await;
     }

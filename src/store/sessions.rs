@@ -189,8 +189,9 @@ impl Store {
             .collect())
     }
 
-    /// Revokes the sessions whose public id is `id` (a prefix of at least 8 characters) or all of
-    /// `email`'s sessions; returns how many ended.
+    /// Revokes the sessions whose public id is `id` (a prefix of at least 8 characters; with
+    /// `email`, only if it is that person's) or, without `id`, all of `email`'s sessions; returns
+    /// how many ended.
     pub async fn revoke_sessions(
         &self,
         id: Option<&str>,
@@ -205,12 +206,15 @@ impl Store {
                         .bytes()
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
             {
+                // With an email too, only that person's session (a person revoking their own).
                 sqlx::query(
-                    "DELETE FROM sessions WHERE substr(id_digest, 1, ?) = ? AND expires_at > ?",
+                    "DELETE FROM sessions WHERE substr(id_digest, 1, ?) = ? AND expires_at > ? AND (? IS NULL OR email = ?)",
                 )
                 .bind(id.len() as i64)
                 .bind(id)
                 .bind(now())
+                .bind(email)
+                .bind(email)
                 .execute(&mut *tx)
                 .await?
             }

@@ -382,3 +382,131 @@ async fn only_browser_navigations_are_redirected_to_sign_in() {
         "Sec-Fetch-Mode: navigate is a navigation whatever Accept says"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_account_page_lists_and_ends_the_persons_own_sessions() {
+    let (_echo, c) = start().await;
+    c.add_user("other@example.com", PASSWORD);
+    let mut mine = Browser::new();
+    let mut laptop = Browser::new();
+    let mut phone = Browser::new();
+    let mut someone_else = Browser::new();
+    for b in [&mut mine, &mut laptop, &mut phone] {
+        assert_eq!(
+            b.sign_in_local(&c, "carol@example.com", PASSWORD, "/")
+                .await
+                .status,
+            302
+        );
+    }
+    someone_else
+        .sign_in_local(&c, "other@example.com", PASSWORD, "/")
+        .await;
+    let api = [("accept", "application/json")];
+
+    let page = mine.get(&c.url("/.castellan/account")).await;
+    assert_eq!(page.status, 200);
+    assert_eq!(
+        page.body.matches("Revoke</button>").count(),
+        3,
+        "three of carol's sessions, not other's"
+    );
+    assert_eq!(page.body.matches("(this browser)").count(), 1);
+    assert!(!page.body.contains("other@example.com"));
+
+    // Revoke one session (not this browser's): pick an id that is not marked as this browser.
+    let ids: Vec<String> = page
+        .body
+        .split("name=\"id\" value=\"")
+        .skip(1)
+        .map(|p| p.split('"').next().unwrap().to_string())
+        .collect();
+    let this_row = page
+        .body
+        .split("(this browser)")
+        .next()
+        .unwrap()
+        .matches("<tr>")
+        .count()
+        - 1;
+    let victim = ids
+        .iter()
+        .enumerate()
+        .find(|(i, _)| *i != this_row)
+        .unwrap()
+        .1
+        .clone();
+    let csrf = page.input("csrf").unwrap();
+    let forged = mine
+        .request(
+            "POST",
+            &c.url("/.castellan/account/revoke"),
+            &[],
+            Some(&[("id", victim.as_str())]),
+        )
+        .await;
+    assert_eq!(forged.status, 403);
+    let done = mine
+        .request(
+            "POST",
+            &c.url("/.castellan/account/revoke"),
+            &[],
+            Some(&[("csrf", &csrf), ("id", &victim)]),
+        )
+        .await;
+    assert_eq!(done.status, 303);
+    let alive = [
+        laptop.request("GET", &c.url("/"), &api, None).await.status,
+        phone.request("GET", &c.url("/"), &api, None).await.status,
+    ];
+    assert_eq!(
+        alive.iter().filter(|s| **s == 401).count(),
+        1,
+        "exactly the revoked one ended: {alive:?}"
+    );
+    // Someone else's session id cannot be revoked from here.
+    let theirs = c.cli(&["sessions", "list", "--user", "other@example.com", "--json"]);
+    let theirs: serde_json::Value = serde_json::from_slice(&theirs.stdout).unwrap();
+    let their_id = theirs[0]["id"].as_str().unwrap();
+    mine.request(
+        "POST",
+        &c.url("/.castellan/account/revoke"),
+        &[],
+        Some(&[("csrf", &csrf), ("id", their_id)]),
+    )
+    .await;
+    assert_eq!(
+        someone_else
+            .request("GET", &c.url("/.castellan/whoami"), &api, None)
+            .await
+            .status,
+        200
+    );
+
+    // Sign out everywhere ends every one of carol's sessions, this one included.
+    let out = mine
+        .request(
+            "POST",
+            &c.url("/.castellan/account/sign_out_everywhere"),
+            &[],
+            Some(&[("csrf", &csrf)]),
+        )
+        .await;
+    assert_eq!(out.status, 200);
+    assert!(out.body.contains("You are signed out"));
+    tokio::time::sleep(std::time::Duration::from_millis(300)).await;
+    for b in [&mut laptop, &mut phone] {
+        assert_eq!(b.request("GET", &c.url("/"), &api, None).await.status, 401);
+    }
+    assert_eq!(
+        mine.request("GET", &c.url("/"), &api, None).await.status,
+        401
+    );
+    assert_eq!(
+        someone_else
+            .request("GET", &c.url("/.castellan/whoami"), &api, None)
+            .await
+            .status,
+        200
+    );
+}
