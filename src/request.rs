@@ -721,7 +721,7 @@ fn same_origin_upgrade(req: &Request<Incoming>, host: Option<&str>) -> bool {
         && origin.port_or_known_default() == host_port
 }
 
-/// The identity a live connection's session belongs to, for tests of the registry.
+/// How decisions see a signed-in person (also used to re-decide live connections).
 pub fn caller(identity: &Identity) -> Who<'_> {
     Who::User {
         email: &identity.email,
