@@ -44,6 +44,18 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(Error::Exists(format!("service account {name}")));
         }
+        let key = Store::insert_key(&mut tx, name, actor, "service-account.create").await?;
+        tx.commit().await?;
+        Ok(key)
+    }
+
+    /// Mints a key for `name` inside `tx` and audits it; returns the key.
+    async fn insert_key(
+        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        name: &str,
+        actor: &Actor,
+        action: &str,
+    ) -> Result<String> {
         let (id, key) = new_key();
         sqlx::query(
             "INSERT INTO service_account_keys (id, name, digest, created_at) VALUES (?, ?, ?, ?)",
@@ -52,18 +64,17 @@ impl Store {
         .bind(name)
         .bind(crate::crypto::digest(&key))
         .bind(now())
-        .execute(&mut *tx)
+        .execute(&mut **tx)
         .await?;
         Store::record_change(
-            &mut tx,
+            tx,
             actor,
-            "service-account.create",
+            action,
             &format!("serviceAccount:{name}"),
             None,
             Some(&serde_json::json!({ "key": id })),
         )
         .await?;
-        tx.commit().await?;
         Ok(key)
     }
 
@@ -107,25 +118,7 @@ impl Store {
                 "service account {name} (create it with `castellan service-accounts create {name}`)"
             )));
         }
-        let (id, key) = new_key();
-        sqlx::query(
-            "INSERT INTO service_account_keys (id, name, digest, created_at) VALUES (?, ?, ?, ?)",
-        )
-        .bind(&id)
-        .bind(name)
-        .bind(crate::crypto::digest(&key))
-        .bind(now())
-        .execute(&mut *tx)
-        .await?;
-        Store::record_change(
-            &mut tx,
-            actor,
-            "service-account.key-create",
-            &format!("serviceAccount:{name}"),
-            None,
-            Some(&serde_json::json!({ "key": id })),
-        )
-        .await?;
+        let key = Store::insert_key(&mut tx, name, actor, "service-account.key-create").await?;
         tx.commit().await?;
         Ok(key)
     }
