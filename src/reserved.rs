@@ -47,44 +47,13 @@ pub async fn handle(
                 web::text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
             }
         },
-        (Method::GET | Method::HEAD, "/.castellan/jwks.json") => {
-            let mut resp = Response::new(web::full(state.signer.jwks().to_string()));
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=300"),
-            );
-            h.insert(
-                header::ACCESS_CONTROL_ALLOW_ORIGIN,
-                HeaderValue::from_static("*"),
-            );
-            resp
-        }
+        (
+            Method::GET | Method::HEAD,
+            "/.castellan/jwks.json" | "/.castellan/iap/public_key-jwk",
+        ) => public_keys(state.signer.jwks()),
+        // The `{kid: PEM}` form of Google IAP's key URL, for apps written for IAP.
         (Method::GET | Method::HEAD, "/.castellan/iap/public_key") => {
-            // The `{kid: PEM}` form of Google IAP's key URL, for apps written for IAP.
-            let mut resp = Response::new(web::full(state.signer.pem_keys().to_string()));
-            let h = resp.headers_mut();
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            h.insert(
-                header::CACHE_CONTROL,
-                HeaderValue::from_static("public, max-age=300"),
-            );
-            resp
-        }
-        (Method::GET | Method::HEAD, "/.castellan/iap/public_key-jwk") => {
-            let mut resp = Response::new(web::full(state.signer.jwks().to_string()));
-            resp.headers_mut().insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
-            resp
+            public_keys(state.signer.pem_keys())
         }
         (Method::GET | Method::HEAD, "/.castellan/whoami") => whoami(state, &req, outcome).await,
         (Method::GET | Method::HEAD, "/.castellan/sign_in") => {
@@ -129,6 +98,25 @@ pub async fn handle(
             ),
         ),
     }
+}
+
+/// Public keys for verifiers anywhere: cacheable for five minutes, readable cross-origin.
+fn public_keys(body: &str) -> Response<Body> {
+    let mut resp = Response::new(web::full(body.to_string()));
+    let h = resp.headers_mut();
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    h.insert(
+        header::CACHE_CONTROL,
+        HeaderValue::from_static("public, max-age=300"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_ORIGIN,
+        HeaderValue::from_static("*"),
+    );
+    resp
 }
 
 async fn whoami(state: &State, req: &Request<Incoming>, outcome: &mut Outcome) -> Response<Body> {
