@@ -63,27 +63,16 @@ async fn streamlit_renders_in_chromium_after_signing_in() {
     assert_eq!(anon.status(), 401);
 
     let shot = tmp.path().join("streamlit.png");
-    let out = tokio::task::spawn_blocking({
-        let url = c.url("/");
-        let shot = shot.clone();
-        move || {
-            Command::new("node")
-                .arg(support_dir().join("streamlit.mjs"))
-                .args([&url, "alice@example.com", "alice-password"])
-                .arg(&shot)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "the browser did not see the app render: {stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let v = run_browser_script(
+        "streamlit.mjs",
+        vec![
+            c.url("/"),
+            "alice@example.com".into(),
+            "alice-password".into(),
+            shot.display().to_string(),
+        ],
+    )
+    .await;
     let sockets = v["websockets"].to_string();
     assert!(
         sockets.contains(&format!("ws://127.0.0.1:{port}/_stcore/stream")),
@@ -155,27 +144,16 @@ async fn local_sign_in_form_works_in_chromium() {
     c.grant("demo", "user:erin@example.com");
     let tmp = tempfile::tempdir().unwrap();
     let shot = tmp.path().join("sign-in.png");
-    let out = tokio::task::spawn_blocking({
-        let url = c.url("/reports?page=2");
-        let shot = shot.clone();
-        move || {
-            Command::new("node")
-                .arg(support_dir().join("sign-in.mjs"))
-                .args([&url, "erin@example.com", "a long enough password"])
-                .arg(&shot)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    assert!(
-        out.status.success(),
-        "{stdout}\n{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap()).unwrap();
+    let v = run_browser_script(
+        "sign-in.mjs",
+        vec![
+            c.url("/reports?page=2"),
+            "erin@example.com".into(),
+            "a long enough password".into(),
+            shot.display().to_string(),
+        ],
+    )
+    .await;
     assert_eq!(
         v["wrong"], "Wrong email or password.",
         "a real browser's form post passes the CSRF and Origin checks"

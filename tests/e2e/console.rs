@@ -1,6 +1,5 @@
 //! The admin console and access requests, end to end in headless Chromium with the real IdP.
 
-use std::process::Command;
 use std::sync::{Arc, Mutex};
 
 use crate::support::*;
@@ -79,23 +78,16 @@ async fn admins_share_apps_and_approve_access_requests_in_a_real_browser() {
         Err(_) => tempfile::tempdir().unwrap().keep(),
     };
     std::fs::create_dir_all(&shots).unwrap();
-    let out = tokio::task::spawn_blocking({
-        let origin = origin.clone();
-        let shots = shots.clone();
-        move || {
-            Command::new("node")
-                .arg(support_dir().join("console.mjs"))
-                .args([&origin, "root@example.com", "the admin's long password"])
-                .arg(&shots)
-                .output()
-                .unwrap()
-        }
-    })
-    .await
-    .unwrap();
-    let stdout = String::from_utf8_lossy(&out.stdout);
-    let v: serde_json::Value = serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
-        .unwrap_or_else(|_| panic!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr)));
+    let v = run_browser_script(
+        "console.mjs",
+        vec![
+            origin.clone(),
+            "root@example.com".into(),
+            "the admin's long password".into(),
+            shots.display().to_string(),
+        ],
+    )
+    .await;
     assert_eq!(v["ok"], true, "{v:#}");
     let t = |k: &str| v[k].as_str().unwrap_or("").to_string();
     assert!(

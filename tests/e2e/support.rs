@@ -764,3 +764,22 @@ impl Browser {
 pub fn urlencode(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()
 }
+
+/// Runs a browser-driving script from tests/support with node (off the async runtime) and returns
+/// its last stdout line as JSON; fails with everything it printed if it exits non-zero.
+pub async fn run_browser_script(script: &str, args: Vec<String>) -> serde_json::Value {
+    let path = support_dir().join(script);
+    let out = tokio::task::spawn_blocking(move || {
+        Command::new("node").arg(path).args(args).output().unwrap()
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(
+        out.status.success(),
+        "{script} failed: {stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
+        .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
+}
