@@ -2,18 +2,28 @@
 //!
 //! Changes are audited by the store in the same transaction that makes them; decisions are many,
 //! so requests hand them to a bounded queue that a background task writes every few milliseconds.
-//! A full queue (the store far behind) drops records and counts them in
-//! `castellan_audit_dropped_total` rather than slowing or failing requests.
+//! When the store cannot take them (PostgreSQL restarting, a network cut), batches go to an
+//! on-disk spool (`audit_spool`, JSON lines, one file per process, at most [`SPOOL_MAX_BYTES`])
+//! and are written to the store once it answers again, so an outage loses no record. Records
+//! spooled by a process that then stopped are picked up by the next one to start. Only a full
+//! queue or a full spool drops records, counted in `castellan_audit_dropped_total`.
 
-use std::time::Duration;
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
 
 use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::gauge::Gauge;
 use tokio::sync::{mpsc, oneshot};
 
 use crate::store::{AuditRecord, Store};
 
 const QUEUE: usize = 65_536;
 const BATCH: usize = 2_000;
+/// The most the spool folder may hold.
+pub const SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
+/// How often a spooled backlog is offered to the store.
+const DRAIN_EVERY: Duration = Duration::from_secs(1);
 
 enum Msg {
     Record(Box<AuditRecord>),
@@ -27,9 +37,9 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    pub fn start(store: Store, dropped: Counter) -> AuditSink {
+    pub fn start(store: Store, spool: Spool, dropped: Counter, spooled: Gauge) -> AuditSink {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(store, rx));
+        tokio::spawn(write_loop(store, spool, rx, dropped.clone(), spooled));
         AuditSink { tx, dropped }
     }
 
@@ -44,7 +54,7 @@ impl AuditSink {
         }
     }
 
-    /// Waits until everything recorded so far is written (or has failed to be).
+    /// Waits until everything recorded so far is in the store or the spool.
     pub async fn flush(&self) {
         let (tx, rx) = oneshot::channel();
         if self.tx.send(Msg::Flush(tx)).await.is_ok() {
@@ -53,11 +63,130 @@ impl AuditSink {
     }
 }
 
-async fn write_loop(store: Store, mut rx: mpsc::Receiver<Msg>) {
+/// Decision records waiting on disk for the store.
+pub struct Spool {
+    dir: PathBuf,
+    /// This process's file; others' files in `dir` are drained too, never written.
+    file: PathBuf,
+}
+
+impl Spool {
+    /// The spool for `store` under `dir` (a folder per store, so processes on one machine that
+    /// use different stores never drain into each other's).
+    pub fn new(dir: &Path, store: &crate::config::StoreLocation) -> Spool {
+        let dir = dir.join(&crate::crypto::digest(&store.to_string())[..16]);
+        Spool {
+            file: dir.join(format!(
+                "{}-{}.jsonl",
+                std::process::id(),
+                crate::store::now_ms()
+            )),
+            dir,
+        }
+    }
+
+    /// Appends `records`, one JSON line each, under an exclusive lock.
+    fn append(&self, records: &[AuditRecord]) -> std::io::Result<()> {
+        std::fs::create_dir_all(&self.dir)?;
+        let mut lines = Vec::new();
+        for r in records {
+            serde_json::to_writer(&mut lines, r)?;
+            lines.push(b'\n');
+        }
+        if self.size()? + lines.len() as u64 > SPOOL_MAX_BYTES {
+            return Err(std::io::Error::other(format!(
+                "the spool {} is full ({} MiB)",
+                self.dir.display(),
+                SPOOL_MAX_BYTES >> 20
+            )));
+        }
+        let mut f = std::fs::OpenOptions::new()
+            .create(true)
+            .append(true)
+            .open(&self.file)?;
+        f.lock()?;
+        f.write_all(&lines)?;
+        f.sync_data()
+    }
+
+    fn files(&self) -> Vec<PathBuf> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Vec::new();
+        };
+        let mut files: Vec<PathBuf> = entries
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .collect();
+        files.sort();
+        files
+    }
+
+    fn size(&self) -> std::io::Result<u64> {
+        Ok(self
+            .files()
+            .iter()
+            .filter_map(|p| std::fs::metadata(p).ok())
+            .map(|m| m.len())
+            .sum())
+    }
+
+    /// Writes every spooled record to the store, file by file (each file in one transaction,
+    /// then deleted). Returns how many were written; stops at the first store error.
+    async fn drain(&self, store: &Store) -> Result<usize, crate::store::Error> {
+        let mut written = 0;
+        for path in self.files() {
+            let Ok(file) = std::fs::OpenOptions::new()
+                .read(true)
+                .write(true)
+                .open(&path)
+            else {
+                continue;
+            };
+            // Another process is writing or draining this file: leave it to them.
+            if file.try_lock().is_err() {
+                continue;
+            }
+            let mut records = Vec::new();
+            for (n, line) in std::io::BufReader::new(&file).lines().enumerate() {
+                match line.map(|l| serde_json::from_str::<AuditRecord>(&l)) {
+                    Ok(Ok(r)) => records.push(r),
+                    // A line cut short by a crash mid-write: the rest of the file still counts.
+                    Ok(Err(e)) => tracing::warn!(
+                        "skipping line {} of the audit spool {}: {e}",
+                        n + 1,
+                        path.display()
+                    ),
+                    Err(_) => break,
+                }
+            }
+            store.append_audit(&records).await?;
+            let _ = file.set_len(0);
+            let _ = std::fs::remove_file(&path);
+            written += records.len();
+        }
+        Ok(written)
+    }
+}
+
+async fn write_loop(
+    store: Store,
+    spool: Spool,
+    mut rx: mpsc::Receiver<Msg>,
+    dropped: Counter,
+    spooled: Gauge,
+) {
     let mut batch: Vec<AuditRecord> = Vec::new();
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
-    while let Some(first) = rx.recv().await {
-        let mut next = Some(first);
+    // Records a previous process left behind count as a backlog from the start.
+    let mut backlog = !spool.files().is_empty();
+    let mut last_drain: Option<Instant> = None;
+    loop {
+        let first = match tokio::time::timeout(DRAIN_EVERY, rx.recv()).await {
+            Ok(Some(msg)) => Some(msg),
+            Ok(None) => break,
+            Err(_) => None,
+        };
+        let mut next = first;
         while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
             match msg {
                 Msg::Record(r) => batch.push(*r),
@@ -67,22 +196,50 @@ async fn write_loop(store: Store, mut rx: mpsc::Receiver<Msg>) {
                 break;
             }
         }
-        for attempt in 1..=3 {
-            match store.append_audit(&batch).await {
-                Ok(()) => break,
-                Err(e) if attempt == 3 => {
-                    tracing::error!(
-                        "dropping {} audit records the store would not take: {e}",
-                        batch.len()
-                    );
+        if backlog && last_drain.is_none_or(|t| t.elapsed() >= DRAIN_EVERY) {
+            last_drain = Some(Instant::now());
+            match spool.drain(&store).await {
+                Ok(n) => {
+                    if n > 0 {
+                        tracing::info!("wrote {n} spooled audit records to the store");
+                    }
+                    backlog = false;
+                    spooled.set(0);
                 }
-                Err(e) => {
-                    tracing::warn!("writing audit records failed (attempt {attempt}): {e}");
-                    tokio::time::sleep(Duration::from_millis(200 * attempt)).await;
-                }
+                Err(e) => tracing::debug!("the audit spool waits for the store: {e}"),
             }
         }
-        batch.clear();
+        if !batch.is_empty() {
+            // While a backlog waits, new records queue behind it, so the trail stays in order.
+            let written = if backlog {
+                false
+            } else {
+                match store.append_audit(&batch).await {
+                    Ok(()) => true,
+                    Err(e) => {
+                        tracing::warn!(
+                            "the store would not take {} audit records ({e}); spooling them to {}",
+                            batch.len(),
+                            spool.dir.display()
+                        );
+                        false
+                    }
+                }
+            };
+            if !written {
+                match spool.append(&batch) {
+                    Ok(()) => {
+                        backlog = true;
+                        spooled.inc_by(batch.len() as i64);
+                    }
+                    Err(e) => {
+                        tracing::error!("dropping {} audit records: {e}", batch.len());
+                        dropped.inc_by(batch.len() as u64);
+                    }
+                }
+            }
+            batch.clear();
+        }
         for done in waiting.drain(..) {
             let _ = done.send(());
         }

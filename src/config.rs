@@ -19,6 +19,11 @@ pub struct Config {
     /// How browsers reach castellan: scheme, host and port, no path.
     pub public_url: Url,
     pub store: StoreLocation,
+    /// How long decisions continue from the last applied snapshot while the store cannot be
+    /// reached; after that every protected request is refused until it is back.
+    pub store_outage_grace: Duration,
+    /// Where decision records wait while the store cannot take them (flushed on recovery).
+    pub audit_spool: PathBuf,
     pub local_accounts: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub session_lifetime: Duration,
@@ -44,12 +49,66 @@ pub struct Config {
 pub enum StoreLocation {
     /// A SQLite database file (created when missing).
     Sqlite(PathBuf),
+    /// A PostgreSQL database, shared by every replica (`postgres://USER:PASSWORD@HOST/DB`).
+    Postgres(url::Url),
+}
+
+impl StoreLocation {
+    /// Parses a store URL; a relative SQLite path is taken relative to `base`.
+    pub fn parse(s: &str, base: &Path) -> Result<StoreLocation, String> {
+        if let Some(path) = s.strip_prefix("sqlite://") {
+            if path.is_empty() {
+                return Err(
+                    "the SQLite path is empty: write e.g. \"sqlite://castellan.db\"".into(),
+                );
+            }
+            let path = Path::new(path);
+            return Ok(StoreLocation::Sqlite(if path.is_absolute() {
+                path.to_path_buf()
+            } else {
+                base.join(path)
+            }));
+        }
+        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
+            let url = url::Url::parse(s).map_err(|e| {
+                format!("`{}` is not a PostgreSQL URL ({e}): write \"postgres://USER:PASSWORD@HOST:5432/DATABASE\"", redact(s))
+            })?;
+            if url.host_str().is_none_or(str::is_empty)
+                || url.path().trim_start_matches('/').is_empty()
+            {
+                return Err(format!(
+                    "`{}` names no host or database: write \"postgres://USER:PASSWORD@HOST:5432/DATABASE\"",
+                    redact(s)
+                ));
+            }
+            return Ok(StoreLocation::Postgres(url));
+        }
+        Err(format!(
+            "`{}` is not a store URL: write \"sqlite://PATH\" (relative paths are relative to the config file's folder) or \"postgres://USER:PASSWORD@HOST:5432/DATABASE\"",
+            redact(s)
+        ))
+    }
+}
+
+/// `s` with anything between `://` and `@` masked, so passwords never reach logs or errors.
+fn redact(s: &str) -> String {
+    match (s.find("://"), s.rfind('@')) {
+        (Some(a), Some(b)) if b > a => format!("{}://***{}", &s[..a], &s[b..]),
+        _ => s.to_string(),
+    }
 }
 
 impl fmt::Display for StoreLocation {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {
             StoreLocation::Sqlite(path) => write!(f, "sqlite://{}", path.display()),
+            StoreLocation::Postgres(url) => {
+                let mut shown = url.clone();
+                if url.password().is_some() {
+                    let _ = shown.set_password(Some("***"));
+                }
+                write!(f, "{shown}")
+            }
         }
     }
 }
@@ -333,6 +392,8 @@ pub const ENV_KEYS: &[&str] = &[
     "listen",
     "public_url",
     "store",
+    "store_outage_grace",
+    "audit_spool",
     "local_accounts",
     "trusted_proxies",
     "session_lifetime",
@@ -354,6 +415,8 @@ const TOP_KEYS: &[&str] = &[
     "listen",
     "public_url",
     "store",
+    "store_outage_grace",
+    "audit_spool",
     "local_accounts",
     "trusted_proxies",
     "session_lifetime",
@@ -407,6 +470,13 @@ impl Reader<'_> {
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
         let public_url = self.public_url(&mut t, listen);
         let store = self.store(&mut t, base);
+        let store_outage_grace = self
+            .duration(&mut t, "", "store_outage_grace")
+            .unwrap_or(Duration::from_secs(300));
+        let audit_spool = self
+            .string(&mut t, "", "audit_spool")
+            .map(|p| base.join(p))
+            .unwrap_or_else(|| std::env::temp_dir().join("castellan-audit-spool"));
         let local_accounts = self.boolean(&mut t, "", "local_accounts").unwrap_or(true);
         let trusted_proxies = self.trusted_proxies(&mut t);
         let session_lifetime = self
@@ -462,6 +532,8 @@ impl Reader<'_> {
             listen,
             public_url: public_url?,
             store: store?,
+            store_outage_grace,
+            audit_spool,
             local_accounts,
             trusted_proxies,
             session_lifetime,
@@ -639,31 +711,13 @@ impl Reader<'_> {
         let s = self
             .string(t, "", "store")
             .unwrap_or_else(|| "sqlite://castellan.db".into());
-        if let Some(path) = s.strip_prefix("sqlite://") {
-            if path.is_empty() {
-                self.problem(
-                    "store",
-                    "the SQLite path is empty: write e.g. \"sqlite://castellan.db\"",
-                );
-                return None;
+        match StoreLocation::parse(&s, base) {
+            Ok(l) => Some(l),
+            Err(e) => {
+                self.problem("store", e);
+                None
             }
-            let path = Path::new(path);
-            let path = if path.is_absolute() {
-                path.to_path_buf()
-            } else {
-                base.join(path)
-            };
-            return Some(StoreLocation::Sqlite(path));
         }
-        if s.starts_with("postgres://") || s.starts_with("postgresql://") {
-            self.problem("store", "PostgreSQL stores are not supported by this version yet: use \"sqlite://castellan.db\"");
-        } else {
-            self.problem(
-                "store",
-                format!("`{s}` is not a store URL: write \"sqlite://PATH\" (relative paths are relative to this file's folder)"),
-            );
-        }
-        None
     }
 
     fn admins(&mut self, t: &mut toml::Table) -> Vec<crate::policy::Member> {

@@ -3,6 +3,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{Histogram, exponential_buckets};
 use prometheus_client::registry::Registry;
 
@@ -37,6 +38,7 @@ pub struct Metrics {
     pub sign_ins: Family<SignInLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub audit_dropped: Counter,
+    pub audit_spooled: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -79,8 +81,15 @@ impl Metrics {
             "Decision records dropped because the audit queue was full",
             audit_dropped.clone(),
         );
+        let audit_spooled = Gauge::default();
+        registry.register(
+            "audit_spooled",
+            "Decision records waiting in the on-disk spool for the store to come back",
+            audit_spooled.clone(),
+        );
         Metrics {
             audit_dropped,
+            audit_spooled,
             registry,
             requests,
             latency,

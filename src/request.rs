@@ -237,6 +237,9 @@ async fn decide_and_answer(
     let client_ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
     outcome.client_ip = client_ip.to_string();
 
+    if !state.store_usable() {
+        return store_unavailable(outcome);
+    }
     if let Some(bearer) = crate::bearer::bearer(state, req.headers()) {
         return protected_by_bearer(
             state, peer, req, app, host, path, client_ip, bearer, outcome,
@@ -281,10 +284,15 @@ async fn decide_and_answer(
                     pages::q(&return_path(&req))
                 );
                 let (browser, set_browser) = crate::reserved::browser_id(state, req.headers());
-                let latest = match state.store.latest_request(&app.id, email).await {
-                    Ok(r) => r,
-                    Err(e) => return internal_error(outcome, "reading access requests", &e),
-                };
+                // The page still says "denied" without the request's state if the store is down.
+                let latest = state
+                    .store
+                    .latest_request(&app.id, email)
+                    .await
+                    .unwrap_or_else(|e| {
+                        tracing::warn!("reading access requests for the denied page: {e}");
+                        None
+                    });
                 let request = latest.as_ref().map(|r| {
                     (
                         r.status.as_str(),
@@ -669,12 +677,20 @@ fn sign_in_required(state: &State, req: &Request<Incoming>) -> Response<Body> {
     }
 }
 
-/// Fails closed: a 500 page with a reference that matches the log line; nothing is proxied.
+/// Fails closed: a 503 page when the store cannot be reached, else a 500 page; both with a
+/// reference that matches the log line; nothing is proxied.
 pub fn internal_error(
     outcome: &mut Outcome,
     doing: &str,
-    err: &dyn std::error::Error,
+    err: &(dyn std::error::Error + 'static),
 ) -> Response<Body> {
+    if err
+        .downcast_ref::<store::Error>()
+        .is_some_and(store::Error::is_unavailable)
+    {
+        tracing::error!("{doing}: {err}");
+        return store_unavailable(outcome);
+    }
     let reference = outcome.reference();
     tracing::error!(reference, "internal error while {doing}: {err}");
     outcome.decision = "error";
@@ -687,6 +703,28 @@ pub fn internal_error(
             &reference,
         ),
     )
+}
+
+/// The store cannot be reached and the answer needs it (a sign-in, a session not seen before the
+/// outage), or the outage outlasted `store_outage_grace`: refused, with a page that says so.
+pub fn store_unavailable(outcome: &mut Outcome) -> Response<Body> {
+    let reference = outcome.reference();
+    outcome.decision = "error";
+    outcome.reason = "store-unavailable";
+    let mut resp = web::html(
+        StatusCode::SERVICE_UNAVAILABLE,
+        pages::error(
+            "Temporarily unavailable",
+            "castellan cannot reach its database right now, so it cannot check your access or sign you in. \
+             Nothing was let through. Try again in a minute; if this lasts, tell the people who run this site.",
+            &reference,
+        ),
+    );
+    resp.headers_mut().insert(
+        http::header::RETRY_AFTER,
+        http::HeaderValue::from_static("10"),
+    );
+    resp
 }
 
 /// False for a WebSocket (or other upgrade) whose `Origin` is not the host it connects to: a page on

@@ -40,8 +40,17 @@ pub async fn handle(
     }
     let method = req.method().clone();
     match (method, path) {
+        // Healthy while decisions can be made: a replica serving from its last snapshot during a
+        // short store outage stays in rotation (restarting it would only lose that snapshot).
         (Method::GET | Method::HEAD, "/.castellan/healthz") => match state.store.ping().await {
             Ok(()) => web::text(StatusCode::OK, "ok\n"),
+            Err(e) if state.store_usable() => {
+                tracing::warn!("health check: {e}");
+                web::text(
+                    StatusCode::OK,
+                    "degraded: the store cannot be reached; serving from the last policies\n",
+                )
+            }
             Err(e) => {
                 tracing::error!("health check: {e}");
                 web::text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")

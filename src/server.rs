@@ -64,9 +64,21 @@ pub struct State {
     session_cache: std::sync::Mutex<
         std::collections::HashMap<String, (Identity, i64, i64, std::time::Instant)>,
     >,
+    /// Whether the store answered lately; see [`State::store_usable`].
+    store_health: StoreHealth,
+    /// Woken when another replica announces a change (PostgreSQL NOTIFY), to reload at once.
+    pub changed: tokio::sync::Notify,
     /// Identity assertions recently signed, by person and app: (token, issued at). Reused for up to
     /// [`ASSERTION_REUSE_SECS`] of their five-minute life, so signing is not paid per request.
     assertion_cache: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+}
+
+/// What the background reload learned about the store.
+struct StoreHealth {
+    /// The last reload reached the store.
+    up: std::sync::atomic::AtomicBool,
+    /// When a reload last reached the store (unix ms).
+    last_ok_ms: AtomicI64,
 }
 
 /// How long a session read from the store is trusted without reading it again.
@@ -99,7 +111,12 @@ impl State {
             // Five wrong passwords per account, twenty per client address, in five minutes.
             account_limiter: Limiter::new(5, Duration::from_secs(300)),
             ip_limiter: Limiter::new(20, Duration::from_secs(300)),
-            audit: AuditSink::start(store.clone(), metrics.audit_dropped.clone()),
+            audit: AuditSink::start(
+                store.clone(),
+                crate::audit::Spool::new(&config.audit_spool, &config.store),
+                metrics.audit_dropped.clone(),
+                metrics.audit_spooled.clone(),
+            ),
             webhook_client: http.clone(),
             metadata: crate::google::Metadata::new(&config.google_metadata_url),
             metrics,
@@ -108,6 +125,11 @@ impl State {
             revision: AtomicI64::new(-1),
             reload_lock: tokio::sync::Mutex::new(()),
             session_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+            store_health: StoreHealth {
+                up: std::sync::atomic::AtomicBool::new(true),
+                last_ok_ms: AtomicI64::new(store::now_ms()),
+            },
+            changed: tokio::sync::Notify::new(),
             assertion_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             signer,
             csrf_key,
@@ -127,8 +149,44 @@ impl State {
             .clone()
     }
 
+    /// Whether decisions may still be made: the store answers, or it stopped answering less than
+    /// `store_outage_grace` ago (decisions then continue from the last snapshot). After that,
+    /// every protected request is refused until the store is back.
+    pub fn store_usable(&self) -> bool {
+        self.store_health.up.load(Ordering::Acquire)
+            || store::now_ms() - self.store_health.last_ok_ms.load(Ordering::Acquire)
+                <= self.config.store_outage_grace.as_millis() as i64
+    }
+
+    /// Seconds since the store last answered a reload, when the last one failed.
+    pub fn store_down_for(&self) -> Option<i64> {
+        (!self.store_health.up.load(Ordering::Acquire)).then(|| {
+            (store::now_ms() - self.store_health.last_ok_ms.load(Ordering::Acquire)) / 1000
+        })
+    }
+
+    /// Forces the next reload to rebuild everything (after missed change notifications).
+    pub fn invalidate(&self) {
+        self.revision.store(-1, Ordering::Release);
+        self.changed.notify_one();
+    }
+
     /// Rebuilds the snapshot if the store changed; returns whether it did.
     pub async fn reload(&self) -> Result<bool, store::Error> {
+        let result = self.reload_inner().await;
+        match &result {
+            Ok(_) => {
+                self.store_health
+                    .last_ok_ms
+                    .store(store::now_ms(), Ordering::Release);
+                self.store_health.up.store(true, Ordering::Release);
+            }
+            Err(_) => self.store_health.up.store(false, Ordering::Release),
+        }
+        result
+    }
+
+    async fn reload_inner(&self) -> Result<bool, store::Error> {
         let _one_at_a_time = self.reload_lock.lock().await;
         let revision = self.store.revision().await?;
         if self.revision.load(Ordering::Acquire) == revision {
@@ -267,18 +325,41 @@ impl State {
         {
             return Ok(Some((identity, digest)));
         }
-        let Some(session) = self
+        // While the store is known to be down, a session seen before the outage is answered from
+        // the cache at once (asking the store would wait out its connection timeout).
+        if !self.store_health.up.load(Ordering::Acquire)
+            && self.store_usable()
+            && let Some(identity) = self.cached_session(&digest, now)
+        {
+            return Ok(Some((identity, digest)));
+        }
+        let stored = match self
             .store
             .session(&digest, self.config.session_idle_timeout)
-            .await?
-        else {
+            .await
+        {
+            Ok(stored) => stored,
+            // The store is down: a session seen before the outage keeps working within the
+            // grace period, as decisions from the last snapshot do. Nothing else gets in.
+            Err(e) if e.is_unavailable() && self.store_usable() => {
+                return match self.cached_session(&digest, now) {
+                    Some(identity) => Ok(Some((identity, digest))),
+                    None => Err(e),
+                };
+            }
+            Err(e) => return Err(e),
+        };
+        let Some(session) = stored else {
             self.forget_session(&digest);
             return Ok(None);
         };
         let mut last_seen = session.last_seen;
         if now - session.last_seen >= every {
-            self.store.touch_session(&digest).await?;
-            last_seen = now;
+            match self.store.touch_session(&digest).await {
+                Ok(()) => last_seen = now,
+                Err(e) if e.is_unavailable() => {}
+                Err(e) => return Err(e),
+            }
         }
         let mut cache = self.session_cache.lock().unwrap_or_else(|p| p.into_inner());
         if cache.len() > 100_000 {
@@ -295,6 +376,13 @@ impl State {
         );
         drop(cache);
         Ok(Some((session.identity, digest)))
+    }
+
+    /// A session in the cache that has not expired, however long ago it was read.
+    fn cached_session(&self, digest: &str, now: i64) -> Option<Identity> {
+        let cache = self.session_cache.lock().unwrap_or_else(|p| p.into_inner());
+        let (identity, expires_at, _, _) = cache.get(digest)?;
+        (*expires_at > now).then(|| identity.clone())
     }
 
     /// Drops a session from the cache at once (this process ended it).
@@ -418,7 +506,10 @@ fn spawn_background(state: Arc<State>) {
         let mut failing = false;
         let mut ticks: u32 = 0;
         loop {
-            tokio::time::sleep(ACCESS_POLL_INTERVAL).await;
+            tokio::select! {
+                _ = tokio::time::sleep(ACCESS_POLL_INTERVAL) => {}
+                _ = s.changed.notified() => {}
+            }
             ticks = ticks.wrapping_add(1);
             match s.reload().await {
                 Ok(changed) => {
@@ -435,13 +526,19 @@ fn spawn_background(state: Arc<State>) {
                     }
                 }
                 Err(e) if !failing => {
-                    tracing::error!("cannot reload policies (keeping the last ones): {e}");
+                    tracing::error!(
+                        "cannot reload policies: {e}. Decisions continue from the last ones for {} s (store_outage_grace), then fail closed",
+                        s.config.store_outage_grace.as_secs()
+                    );
                     failing = true;
                 }
                 Err(_) => {}
             }
         }
     });
+    if let crate::config::StoreLocation::Postgres(url) = &state.config.store {
+        tokio::spawn(listen_for_changes(state.clone(), url.to_string()));
+    }
     tokio::spawn(async move {
         loop {
             if let Err(e) = state.store.sweep(crate::reserved::FLOW_LIFETIME).await {
@@ -458,6 +555,33 @@ fn spawn_background(state: Arc<State>) {
             tokio::time::sleep(Duration::from_secs(600)).await;
         }
     });
+}
+
+/// Wakes the reload loop whenever any replica commits a change (the revision trigger's NOTIFY).
+/// Notifications sent while the connection is down are lost, so every (re)connection forces a
+/// full reload; the revision poll stays as the backstop.
+async fn listen_for_changes(state: Arc<State>, url: String) {
+    use sqlx::postgres::PgListener;
+    loop {
+        let mut listener = match PgListener::connect(&url).await {
+            Ok(l) => l,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if listener.listen(store::REVISION_CHANNEL).await.is_err() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        state.invalidate();
+        // `try_recv` answers `Ok(None)` when the connection was lost.
+        while let Ok(Some(_)) = listener.try_recv().await {
+            state.changed.notify_one();
+        }
+        tracing::warn!("lost the store's change notifications; reconnecting");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
 }
 
 /// Serves Prometheus metrics at `/metrics` on `listener`.

@@ -1,6 +1,6 @@
 //! The audit trail: every access decision and every change, in one table.
 
-use sqlx::{QueryBuilder, Row, Sqlite, Transaction};
+use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use super::{Actor, Result, Store, now_ms};
 
@@ -46,7 +46,7 @@ pub struct AuditFilter {
 
 const COLUMNS: &str = "id, at, kind, actor, ip, app, action, method, path, target, reason, binding, status, latency_us, reference, before, after";
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> AuditRecord {
+fn from_row(r: &sqlx::any::AnyRow) -> AuditRecord {
     let json = |i: usize| {
         r.get::<Option<String>, _>(i)
             .and_then(|s| serde_json::from_str(&s).ok())
@@ -75,7 +75,7 @@ fn from_row(r: &sqlx::sqlite::SqliteRow) -> AuditRecord {
 impl Store {
     /// Records a change inside the transaction that makes it: both land, or neither.
     pub(super) async fn record_change(
-        tx: &mut Transaction<'static, Sqlite>,
+        tx: &mut Transaction<'static, Any>,
         actor: &Actor,
         action: &str,
         target: &str,
@@ -84,7 +84,7 @@ impl Store {
     ) -> Result<()> {
         let app = target.strip_prefix("app:").unwrap_or("");
         sqlx::query(
-            "INSERT INTO audit (at, kind, actor, ip, app, action, target, before, after) VALUES (?, 'change', ?, ?, ?, ?, ?, ?, ?)",
+            "INSERT INTO audit (at, kind, actor, ip, app, action, target, before, after) VALUES ($1, 'change', $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(now_ms())
         .bind(&actor.name)
@@ -106,25 +106,34 @@ impl Store {
         }
         let mut tx = self.pool.begin().await?;
         for chunk in records.chunks(500) {
-            let mut q = QueryBuilder::<Sqlite>::new(
-                "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) ",
+            let rows: Vec<String> = (0..chunk.len())
+                .map(|r| {
+                    let p: Vec<String> = (1..=13).map(|c| format!("${}", r * 13 + c)).collect();
+                    format!("({})", p.join(", "))
+                })
+                .collect();
+            let sql = format!(
+                "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) VALUES {}",
+                rows.join(", ")
             );
-            q.push_values(chunk, |mut b, r| {
-                b.push_bind(r.at)
-                    .push_bind(&r.kind)
-                    .push_bind(&r.actor)
-                    .push_bind(&r.ip)
-                    .push_bind(&r.app)
-                    .push_bind(&r.action)
-                    .push_bind(&r.method)
-                    .push_bind(&r.path)
-                    .push_bind(&r.reason)
-                    .push_bind(&r.binding)
-                    .push_bind(r.status)
-                    .push_bind(r.latency_us)
-                    .push_bind(&r.reference);
-            });
-            q.build().execute(&mut *tx).await?;
+            let mut q = sqlx::query(AssertSqlSafe(sql));
+            for r in chunk {
+                q = q
+                    .bind(r.at)
+                    .bind(&r.kind)
+                    .bind(&r.actor)
+                    .bind(&r.ip)
+                    .bind(&r.app)
+                    .bind(&r.action)
+                    .bind(&r.method)
+                    .bind(&r.path)
+                    .bind(&r.reason)
+                    .bind(&r.binding)
+                    .bind(r.status)
+                    .bind(r.latency_us)
+                    .bind(&r.reference);
+            }
+            q.execute(&mut *tx).await?;
         }
         tx.commit().await?;
         Ok(())
@@ -132,32 +141,47 @@ impl Store {
 
     /// Records matching `f`, oldest first within the newest `f.limit`.
     pub async fn audit(&self, f: &AuditFilter) -> Result<Vec<AuditRecord>> {
-        let mut q = QueryBuilder::<Sqlite>::new(format!("SELECT {COLUMNS} FROM audit WHERE 1 = 1"));
+        enum Arg<'a> {
+            Text(&'a str),
+            Int(i64),
+        }
+        let mut sql = format!("SELECT {COLUMNS} FROM audit WHERE 1 = 1");
+        let mut args: Vec<Arg<'_>> = Vec::new();
+        let mut cond = |sql_part: &str, arg| {
+            args.push(arg);
+            sql.push_str(&format!(" AND {sql_part} ${}", args.len()));
+        };
         if let Some(app) = &f.app {
-            q.push(" AND app = ").push_bind(app);
+            cond("app =", Arg::Text(app));
         }
         if let Some(actor) = &f.actor {
-            q.push(" AND actor = ").push_bind(actor);
+            cond("actor =", Arg::Text(actor));
         }
         if let Some(t) = f.since_ms {
-            q.push(" AND at >= ").push_bind(t);
+            cond("at >=", Arg::Int(t));
         }
         if let Some(t) = f.until_ms {
-            q.push(" AND at <= ").push_bind(t);
+            cond("at <=", Arg::Int(t));
         }
         if let Some(d) = &f.decision {
-            q.push(" AND kind = 'decision' AND action = ").push_bind(d);
+            cond("kind = 'decision' AND action =", Arg::Text(d));
         }
         if let Some(k) = &f.kind {
-            q.push(" AND kind = ").push_bind(k);
+            cond("kind =", Arg::Text(k));
         }
         if let Some(id) = f.after_id {
-            q.push(" AND id > ").push_bind(id);
+            cond("id >", Arg::Int(id));
         }
-        q.push(" ORDER BY id DESC LIMIT ")
-            .push_bind(f.limit.clamp(1, 100_000));
+        args.push(Arg::Int(f.limit.clamp(1, 100_000)));
+        sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len()));
+        let mut q = sqlx::query(AssertSqlSafe(sql));
+        for a in args {
+            q = match a {
+                Arg::Text(t) => q.bind(t),
+                Arg::Int(i) => q.bind(i),
+            };
+        }
         let mut rows: Vec<AuditRecord> = q
-            .build()
             .fetch_all(&self.pool)
             .await?
             .iter()
@@ -169,7 +193,7 @@ impl Store {
 
     /// Deletes records older than `before_ms`.
     pub async fn prune_audit(&self, before_ms: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM audit WHERE at < ?")
+        Ok(sqlx::query("DELETE FROM audit WHERE at < $1")
             .bind(before_ms)
             .execute(&self.pool)
             .await?
@@ -179,59 +203,59 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::temp_store;
+    use super::super::store_test;
     use super::*;
 
-    #[tokio::test]
-    async fn decisions_and_changes_are_queryable() {
-        let (_d, s) = temp_store().await;
-        let rec = |actor: &str, action: &str, app: &str| AuditRecord {
-            at: now_ms(),
-            kind: "decision".into(),
-            actor: actor.into(),
-            app: app.into(),
-            action: action.into(),
-            method: "GET".into(),
-            path: "/".into(),
-            ..Default::default()
-        };
-        s.append_audit(&[
-            rec("a@x.com", "allow", "demo"),
-            rec("b@x.com", "deny", "demo"),
-            rec("a@x.com", "deny", "other"),
-        ])
-        .await
-        .unwrap();
-        s.create_group("g", "", &Actor::cli()).await.unwrap();
-        let all = s
-            .audit(&AuditFilter {
-                limit: 100,
+    store_test! {
+        async fn decisions_and_changes_are_queryable(s: Store) {
+            let rec = |actor: &str, action: &str, app: &str| AuditRecord {
+                at: now_ms(),
+                kind: "decision".into(),
+                actor: actor.into(),
+                app: app.into(),
+                action: action.into(),
+                method: "GET".into(),
+                path: "/".into(),
                 ..Default::default()
-            })
+            };
+            s.append_audit(&[
+                rec("a@x.com", "allow", "demo"),
+                rec("b@x.com", "deny", "demo"),
+                rec("a@x.com", "deny", "other"),
+            ])
             .await
             .unwrap();
-        assert_eq!(all.len(), 4);
-        assert_eq!(all[3].kind, "change");
-        let denied_demo = s
-            .audit(&AuditFilter {
-                app: Some("demo".into()),
-                decision: Some("deny".into()),
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(denied_demo.len(), 1);
-        assert_eq!(denied_demo[0].actor, "b@x.com");
-        let after = s
-            .audit(&AuditFilter {
-                after_id: Some(all[1].id),
-                limit: 100,
-                ..Default::default()
-            })
-            .await
-            .unwrap();
-        assert_eq!(after.len(), 2);
-        assert_eq!(s.prune_audit(now_ms() + 1).await.unwrap(), 4);
+            s.create_group("g", "", &Actor::cli()).await.unwrap();
+            let all = s
+                .audit(&AuditFilter {
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(all.len(), 4);
+            assert_eq!(all[3].kind, "change");
+            let denied_demo = s
+                .audit(&AuditFilter {
+                    app: Some("demo".into()),
+                    decision: Some("deny".into()),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(denied_demo.len(), 1);
+            assert_eq!(denied_demo[0].actor, "b@x.com");
+            let after = s
+                .audit(&AuditFilter {
+                    after_id: Some(all[1].id),
+                    limit: 100,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(after.len(), 2);
+            assert_eq!(s.prune_audit(now_ms() + 1).await.unwrap(), 4);
+        }
     }
 }

@@ -14,7 +14,7 @@ pub struct Group {
 impl Store {
     pub async fn create_group(&self, name: &str, description: &str, actor: &Actor) -> Result<()> {
         let mut tx = self.write().await?;
-        let r = sqlx::query("INSERT INTO groups (name, description, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        let r = sqlx::query("INSERT INTO groups (name, description, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(name)
             .bind(description)
             .bind(now())
@@ -39,7 +39,7 @@ impl Store {
     pub async fn delete_group(&self, name: &str, actor: &Actor) -> Result<()> {
         let mut tx = self.write().await?;
         let members = Store::members_in(&mut tx, name).await?;
-        let r = sqlx::query("DELETE FROM groups WHERE name = ?")
+        let r = sqlx::query("DELETE FROM groups WHERE name = $1")
             .bind(name)
             .execute(&mut *tx)
             .await?;
@@ -61,11 +61,11 @@ impl Store {
     }
 
     async fn members_in(
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         name: &str,
     ) -> Result<Vec<String>> {
         let rows =
-            sqlx::query("SELECT email FROM group_members WHERE group_name = ? ORDER BY email")
+            sqlx::query("SELECT email FROM group_members WHERE group_name = $1 ORDER BY email")
                 .bind(name)
                 .fetch_all(&mut **tx)
                 .await?;
@@ -81,7 +81,7 @@ impl Store {
         actor: &Actor,
     ) -> Result<bool> {
         let mut tx = self.write().await?;
-        let exists: Option<String> = sqlx::query_scalar("SELECT name FROM groups WHERE name = ?")
+        let exists: Option<String> = sqlx::query_scalar("SELECT name FROM groups WHERE name = $1")
             .bind(name)
             .fetch_optional(&mut *tx)
             .await?;
@@ -91,14 +91,14 @@ impl Store {
             )));
         }
         let r = if add {
-            sqlx::query("INSERT INTO group_members (group_name, email, added_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+            sqlx::query("INSERT INTO group_members (group_name, email, added_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
                 .bind(name)
                 .bind(email)
                 .bind(now())
                 .execute(&mut *tx)
                 .await?
         } else {
-            sqlx::query("DELETE FROM group_members WHERE group_name = ? AND email = ?")
+            sqlx::query("DELETE FROM group_members WHERE group_name = $1 AND email = $2")
                 .bind(name)
                 .bind(email)
                 .execute(&mut *tx)
@@ -168,37 +168,37 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::temp_store;
+    use super::super::store_test;
     use super::*;
 
-    #[tokio::test]
-    async fn group_lifecycle() {
-        let (_d, s) = temp_store().await;
-        let a = Actor::cli();
-        s.create_group("eng", "engineers", &a).await.unwrap();
-        assert!(matches!(
-            s.create_group("eng", "", &a).await,
-            Err(Error::Exists(_))
-        ));
-        assert!(
-            s.set_group_member("eng", "a@example.com", true, &a)
-                .await
-                .unwrap()
-        );
-        assert!(
-            !s.set_group_member("eng", "a@example.com", true, &a)
-                .await
-                .unwrap()
-        );
-        assert!(matches!(
-            s.set_group_member("nope", "a@example.com", true, &a).await,
-            Err(Error::NotFound(_))
-        ));
-        assert_eq!(s.groups().await.unwrap()[0].members, vec!["a@example.com"]);
-        s.delete_group("eng", &a).await.unwrap();
-        assert!(
-            s.memberships().await.unwrap().is_empty(),
-            "members go with the group"
-        );
+    store_test! {
+        async fn group_lifecycle(s: Store) {
+            let a = Actor::cli();
+            s.create_group("eng", "engineers", &a).await.unwrap();
+            assert!(matches!(
+                s.create_group("eng", "", &a).await,
+                Err(Error::Exists(_))
+            ));
+            assert!(
+                s.set_group_member("eng", "a@example.com", true, &a)
+                    .await
+                    .unwrap()
+            );
+            assert!(
+                !s.set_group_member("eng", "a@example.com", true, &a)
+                    .await
+                    .unwrap()
+            );
+            assert!(matches!(
+                s.set_group_member("nope", "a@example.com", true, &a).await,
+                Err(Error::NotFound(_))
+            ));
+            assert_eq!(s.groups().await.unwrap()[0].members, vec!["a@example.com"]);
+            s.delete_group("eng", &a).await.unwrap();
+            assert!(
+                s.memberships().await.unwrap().is_empty(),
+                "members go with the group"
+            );
+        }
     }
 }

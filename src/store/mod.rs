@@ -1,11 +1,15 @@
-//! castellan's state in SQLite: local accounts, sessions, sign-in flows, policies, groups, service
+//! castellan's state in SQLite or PostgreSQL: local accounts, sessions, sign-in flows, policies, groups, service
 //! accounts, keys and the audit trail. One file per concern; driver errors become [`Error`] variants
 //! here, and nothing above this module sees sqlx.
 //!
-//! Every change that can alter a decision bumps the store's revision in the same transaction, so
-//! running servers (in this or any other process) reload within their poll interval.
+//! Both backends run the same SQL (written in the dialect both accept, `$N` placeholders) through
+//! sqlx's `Any` driver, each with its own migrations folder. Every change that can alter a decision
+//! bumps the store's revision in the same transaction, so running servers (in this or any other
+//! process or replica) reload: by polling, and on PostgreSQL also woken by a NOTIFY that a trigger
+//! on the revision row sends at commit.
 
 mod audit;
+mod copy;
 mod groups;
 mod policies;
 mod requests;
@@ -13,16 +17,16 @@ mod service_accounts;
 mod sessions;
 mod users;
 
-use std::path::PathBuf;
-use std::str::FromStr;
+use std::path::Path;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqlitePoolOptions, SqliteSynchronous};
-use sqlx::{Row, Sqlite, SqlitePool, Transaction};
+use sqlx::any::{AnyPoolOptions, install_default_drivers};
+use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use crate::config::StoreLocation;
 
 pub use audit::{AuditFilter, AuditRecord};
+pub use copy::Copied;
 pub use groups::Group;
 pub use requests::AccessRequest;
 pub use service_accounts::{ServiceAccount, ServiceAccountKey};
@@ -48,16 +52,58 @@ pub enum Error {
     UserExists(String),
     #[error("{0} already exists")]
     Exists(String),
+    #[error(
+        "the destination's `{0}` table is not empty, so copying would mix two installations: migrate into a new, empty database"
+    )]
+    NotEmpty(String),
     #[error("{0} does not exist")]
     NotFound(String),
     #[error(
         "the policy changed since you read it (etag {given} is not the current {current}): read it again, reapply your change, or use --force to overwrite"
     )]
     StaleEtag { given: String, current: String },
+    #[error(
+        "the store cannot be reached ({0}): check that the database is running and reachable from here; nothing was changed"
+    )]
+    Unavailable(#[source] sqlx::Error),
     #[error("the store failed: {0}")]
-    Query(#[from] sqlx::Error),
+    Query(#[source] sqlx::Error),
     #[error("the store holds a value castellan cannot read: {0}")]
     Corrupt(String),
+}
+
+impl From<sqlx::Error> for Error {
+    fn from(e: sqlx::Error) -> Error {
+        if unreachable(&e) {
+            Error::Unavailable(e)
+        } else {
+            Error::Query(e)
+        }
+    }
+}
+
+/// Whether `e` means the database could not be reached (as opposed to refusing a statement).
+fn unreachable(e: &sqlx::Error) -> bool {
+    match e {
+        sqlx::Error::Io(_)
+        | sqlx::Error::Tls(_)
+        | sqlx::Error::PoolTimedOut
+        | sqlx::Error::PoolClosed
+        | sqlx::Error::WorkerCrashed => true,
+        // PostgreSQL: connection exceptions (08…) and operator intervention (57P…: shutting
+        // down, starting up). SQLite: SQLITE_BUSY (5) after the busy timeout.
+        sqlx::Error::Database(d) => d
+            .code()
+            .is_some_and(|c| c.starts_with("08") || c.starts_with("57P") || c == "5"),
+        _ => false,
+    }
+}
+
+impl Error {
+    /// True when the store could not be reached at all: castellan serves from its last snapshot.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(self, Error::Unavailable(_))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
@@ -117,42 +163,72 @@ fn os_user() -> Option<String> {
     None
 }
 
+/// Which database a [`Store`] talks to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
+}
+
+/// The PostgreSQL channel a trigger notifies (with the new revision) when the revision changes.
+pub const REVISION_CHANNEL: &str = "castellan_revision";
+
 #[derive(Clone)]
 pub struct Store {
-    pool: SqlitePool,
+    pool: AnyPool,
+    backend: Backend,
 }
 
 impl Store {
     pub async fn open(location: &StoreLocation) -> Result<Store> {
-        let StoreLocation::Sqlite(path) = location;
-        Store::open_sqlite(path.clone(), location.to_string()).await
+        install_default_drivers();
+        let shown = location.to_string();
+        let open_error = |source| Error::Open {
+            location: shown.clone(),
+            source,
+        };
+        let (backend, pool) = match location {
+            StoreLocation::Sqlite(path) => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(4)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(
+                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                 PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
+                            )
+                            .await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&sqlite_url(path))
+                    .await
+                    .map_err(open_error)?;
+                (Backend::Sqlite, pool)
+            }
+            StoreLocation::Postgres(url) => {
+                let pool = AnyPoolOptions::new()
+                    .max_connections(8)
+                    .acquire_timeout(Duration::from_secs(3))
+                    .connect(url.as_str())
+                    .await
+                    .map_err(open_error)?;
+                (Backend::Postgres, pool)
+            }
+        };
+        let migrated = match backend {
+            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await,
+            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
+        };
+        migrated.map_err(|source| Error::Migrate {
+            location: shown.clone(),
+            source,
+        })?;
+        Ok(Store { pool, backend })
     }
 
-    async fn open_sqlite(path: PathBuf, location: String) -> Result<Store> {
-        let options = SqliteConnectOptions::from_str("sqlite://")
-            .map_err(|source| Error::Open {
-                location: location.clone(),
-                source,
-            })?
-            .filename(&path)
-            .create_if_missing(true)
-            .journal_mode(SqliteJournalMode::Wal)
-            .synchronous(SqliteSynchronous::Normal)
-            .busy_timeout(Duration::from_secs(5))
-            .foreign_keys(true);
-        let pool = SqlitePoolOptions::new()
-            .max_connections(4)
-            .connect_with(options)
-            .await
-            .map_err(|source| Error::Open {
-                location: location.clone(),
-                source,
-            })?;
-        sqlx::migrate!("./migrations/sqlite")
-            .run(&pool)
-            .await
-            .map_err(|source| Error::Migrate { location, source })?;
-        Ok(Store { pool })
+    pub fn backend(&self) -> Backend {
+        self.backend
     }
 
     /// A cheap round trip, for health checks.
@@ -163,8 +239,18 @@ impl Store {
 
     /// A write transaction that holds the write lock from the start, so a read-modify-write
     /// cannot interleave with another process's.
-    async fn write(&self) -> Result<Transaction<'static, Sqlite>> {
-        Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?)
+    async fn write(&self) -> Result<Transaction<'static, Any>> {
+        match self.backend {
+            Backend::Sqlite => Ok(self.pool.begin_with("BEGIN IMMEDIATE").await?),
+            Backend::Postgres => {
+                let mut tx = self.pool.begin().await?;
+                // One writer at a time across all replicas, as SQLite's write lock gives.
+                sqlx::query("SELECT pg_advisory_xact_lock(7370616)")
+                    .execute(&mut *tx)
+                    .await?;
+                Ok(tx)
+            }
+        }
     }
 
     /// A number that changes whenever anything a decision depends on changes.
@@ -176,7 +262,7 @@ impl Store {
         )
     }
 
-    async fn bump(tx: &mut Transaction<'static, Sqlite>) -> Result<()> {
+    async fn bump(tx: &mut Transaction<'static, Any>) -> Result<()> {
         sqlx::query("UPDATE revision SET value = value + 1 WHERE id = 1")
             .execute(&mut **tx)
             .await?;
@@ -191,19 +277,33 @@ impl Store {
         make: impl FnOnce() -> (String, Vec<u8>),
     ) -> Result<(String, Vec<u8>)> {
         let (kid, material) = make();
-        sqlx::query("INSERT INTO keys (purpose, kid, material, created_at) VALUES (?, ?, ?, ?) ON CONFLICT DO NOTHING")
+        sqlx::query("INSERT INTO keys (purpose, kid, material, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
             .bind(purpose)
             .bind(&kid)
             .bind(&material)
             .bind(now())
             .execute(&self.pool)
             .await?;
-        let row = sqlx::query("SELECT kid, material FROM keys WHERE purpose = ?")
+        let row = sqlx::query("SELECT kid, material FROM keys WHERE purpose = $1")
             .bind(purpose)
             .fetch_one(&self.pool)
             .await?;
         Ok((row.get(0), row.get(1)))
     }
+}
+
+/// The sqlx URL of a SQLite file, created when missing (the path percent-encoded, so `?`, `#` or
+/// `%` in a folder name cannot change its meaning).
+fn sqlite_url(path: &Path) -> String {
+    let mut url = String::from("sqlite://");
+    for b in path.to_string_lossy().bytes() {
+        if b.is_ascii_alphanumeric() || b"/._-~".contains(&b) {
+            url.push(b as char);
+        } else {
+            url.push_str(&format!("%{b:02X}"));
+        }
+    }
+    url + "?mode=rwc"
 }
 
 #[cfg(test)]
@@ -215,22 +315,132 @@ pub(crate) async fn temp_store() -> (tempfile::TempDir, Store) {
     (dir, store)
 }
 
+/// The PostgreSQL server tests use: `CASTELLAN_TEST_POSTGRES` (an admin URL) when set, otherwise
+/// a throwaway cluster started once for this test process (stopped when the process exits).
+#[cfg(test)]
+pub(crate) fn test_postgres_admin_url() -> String {
+    static URL: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    URL.get_or_init(|| {
+        if let Ok(url) = std::env::var("CASTELLAN_TEST_POSTGRES") {
+            return url;
+        }
+        let script = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/support/throwaway-postgres.sh");
+        let out = std::process::Command::new(script)
+            .arg(std::process::id().to_string())
+            .stderr(std::process::Stdio::inherit())
+            .output()
+            .expect("run tests/support/throwaway-postgres.sh");
+        assert!(
+            out.status.success(),
+            "no PostgreSQL for the tests: set CASTELLAN_TEST_POSTGRES=postgres://USER@HOST:PORT/DB or install Debian's postgresql (scripts/test-deps.sh)"
+        );
+        String::from_utf8(out.stdout).unwrap().split(' ').next().unwrap().to_string()
+    })
+    .clone()
+}
+
+/// A database of its own on the test PostgreSQL server, dropped when this value is.
+#[cfg(test)]
+pub(crate) struct TestDatabase {
+    admin: String,
+    name: String,
+}
+
+#[cfg(test)]
+impl Drop for TestDatabase {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin.clone(), self.name.clone());
+        // Drop runs inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                install_default_drivers();
+                if let Ok(pool) = AnyPoolOptions::new()
+                    .max_connections(1)
+                    .connect(&admin)
+                    .await
+                {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql)).execute(&pool).await;
+                }
+            })
+        })
+        .join();
+    }
+}
+
+#[cfg(test)]
+pub(crate) async fn temp_postgres_store() -> (TestDatabase, Store) {
+    install_default_drivers();
+    let admin = test_postgres_admin_url();
+    let name = format!(
+        "castellan_test_{}",
+        crate::crypto::random_token(6)
+            .to_lowercase()
+            .replace(['-', '_'], "x")
+    );
+    let pool = AnyPoolOptions::new()
+        .max_connections(1)
+        .connect(&admin)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL ({e})"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&pool)
+        .await
+        .unwrap();
+    pool.close().await;
+    let db = TestDatabase { admin, name };
+    let mut url = url::Url::parse(&db.admin).unwrap();
+    url.set_path(&db.name);
+    let store = Store::open(&StoreLocation::Postgres(url)).await.unwrap();
+    (db, store)
+}
+
+/// A store test, run once against SQLite and once against PostgreSQL: the conformance suite that
+/// keeps both backends answering alike.
+#[cfg(test)]
+macro_rules! store_test {
+    (async fn $name:ident($s:ident: Store) $body:block) => {
+        mod $name {
+            #[allow(unused_imports)]
+            use super::*;
+
+            async fn run($s: $crate::store::Store) $body
+
+            #[tokio::test]
+            async fn sqlite() {
+                let (_dir, store) = $crate::store::temp_store().await;
+                run(store).await
+            }
+
+            #[tokio::test]
+            async fn postgres() {
+                let (_db, store) = $crate::store::temp_postgres_store().await;
+                run(store).await
+            }
+        }
+    };
+}
+#[cfg(test)]
+pub(crate) use store_test;
+
 #[cfg(test)]
 mod tests {
     use super::*;
+    use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
+    use std::str::FromStr;
 
-    #[tokio::test]
-    async fn keys_are_created_once() {
-        let (_d, s) = temp_store().await;
-        let a = s
-            .key_or_create("k", || ("1".into(), vec![1]))
-            .await
-            .unwrap();
-        let b = s
-            .key_or_create("k", || ("2".into(), vec![2]))
-            .await
-            .unwrap();
-        assert_eq!(a, b);
+    store_test! {
+        async fn keys_are_created_once(s: Store) {
+            let a = s
+                .key_or_create("k", || ("1".into(), vec![1]))
+                .await
+                .unwrap();
+            let b = s
+                .key_or_create("k", || ("2".into(), vec![2]))
+                .await
+                .unwrap();
+            assert_eq!(a, b);
+        }
     }
 
     #[tokio::test]
@@ -253,7 +463,7 @@ mod tests {
         .await
         .unwrap();
         for m in ["user:a@example.com", "domain:example.org"] {
-            sqlx::query("INSERT INTO bindings VALUES ('demo', 'roles/accessor', ?, 0)")
+            sqlx::query("INSERT INTO bindings VALUES ('demo', 'roles/accessor', $1, 0)")
                 .bind(m)
                 .execute(&pool)
                 .await
@@ -266,7 +476,7 @@ mod tests {
             .execute(&pool)
             .await
             .unwrap();
-        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES (?, ?, 1, ?, 0)")
+        sqlx::query("INSERT INTO _sqlx_migrations (version, description, success, checksum, execution_time) VALUES ($1, $2, 1, $3, 0)")
             .bind(first.version)
             .bind(first.description.to_string())
             .bind(first.checksum.to_vec())

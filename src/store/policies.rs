@@ -1,6 +1,6 @@
 //! Policy documents, one per resource, with etags.
 
-use sqlx::{Row, Sqlite, Transaction};
+use sqlx::{Any, Row, Transaction};
 
 use super::{Actor, Error, Result, Store, now};
 use crate::policy::snapshot::Resource;
@@ -22,7 +22,7 @@ fn decode(resource: &str, text: &str, etag: String) -> Result<Policy> {
 impl Store {
     /// The resource's policy; an empty one (with an etag) when none was ever set.
     pub async fn policy(&self, resource: &Resource) -> Result<Policy> {
-        let row = sqlx::query("SELECT document, etag FROM policies WHERE resource = ?")
+        let row = sqlx::query("SELECT document, etag FROM policies WHERE resource = $1")
             .bind(resource.key())
             .fetch_optional(&self.pool)
             .await?;
@@ -35,11 +35,8 @@ impl Store {
         }
     }
 
-    async fn policy_in(
-        tx: &mut Transaction<'static, Sqlite>,
-        resource: &Resource,
-    ) -> Result<Policy> {
-        let row = sqlx::query("SELECT document, etag FROM policies WHERE resource = ?")
+    async fn policy_in(tx: &mut Transaction<'static, Any>, resource: &Resource) -> Result<Policy> {
+        let row = sqlx::query("SELECT document, etag FROM policies WHERE resource = $1")
             .bind(resource.key())
             .fetch_optional(&mut **tx)
             .await?;
@@ -93,7 +90,7 @@ impl Store {
         doc.etag = String::new();
         let text = serde_json::to_string(&doc).expect("a policy document serialises");
         sqlx::query(
-            "INSERT INTO policies (resource, document, etag, updated_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO policies (resource, document, etag, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (resource) DO UPDATE SET document = excluded.document, etag = excluded.etag, updated_at = excluded.updated_at",
         )
         .bind(resource.key())
@@ -138,7 +135,7 @@ impl Store {
         let mut doc = after.to_document();
         doc.etag = String::new();
         sqlx::query(
-            "INSERT INTO policies (resource, document, etag, updated_at) VALUES (?, ?, ?, ?) \
+            "INSERT INTO policies (resource, document, etag, updated_at) VALUES ($1, $2, $3, $4) \
              ON CONFLICT (resource) DO UPDATE SET document = excluded.document, etag = excluded.etag, updated_at = excluded.updated_at",
         )
         .bind(resource.key())
@@ -166,55 +163,55 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::temp_store;
+    use super::super::store_test;
     use super::*;
     use crate::policy::{Member, Role};
 
-    #[tokio::test]
-    async fn etags_guard_against_lost_updates() {
-        let (_d, s) = temp_store().await;
-        let r = Resource::App("demo".into());
-        let read = s.policy(&r).await.unwrap();
-        let mut mine = read.clone();
-        mine.add(Role::Accessor, Member::AllAuthenticatedUsers, None);
-        let r0 = s.revision().await.unwrap();
-        let stored = s
-            .set_policy(&r, &mine, Some(&read.etag), &Actor::cli(), "policy.set")
-            .await
-            .unwrap();
-        assert_ne!(stored.etag, read.etag);
-        assert!(s.revision().await.unwrap() > r0);
-        // A second writer with the old etag is refused and nothing changes.
-        let err = s
-            .set_policy(
-                &r,
-                &Policy::default(),
-                Some(&read.etag),
-                &Actor::cli(),
-                "policy.set",
-            )
-            .await
-            .unwrap_err();
-        assert!(
-            err.to_string()
-                .contains("the policy changed since you read it"),
-            "{err}"
-        );
-        assert_eq!(s.policy(&r).await.unwrap().bindings.len(), 1);
-        // Unconditional update through the closure.
-        let (p, added) = s
-            .update_policy(&r, &Actor::cli(), "policy.add", |p| {
-                let a = p.add(
-                    Role::Admin,
-                    Member::parse("user:root@example.com").unwrap(),
-                    None,
-                );
-                (a, a)
-            })
-            .await
-            .unwrap();
-        assert!(added);
-        assert_eq!(p.bindings.len(), 2);
-        assert_eq!(s.policies().await.unwrap().len(), 1);
+    store_test! {
+        async fn etags_guard_against_lost_updates(s: Store) {
+            let r = Resource::App("demo".into());
+            let read = s.policy(&r).await.unwrap();
+            let mut mine = read.clone();
+            mine.add(Role::Accessor, Member::AllAuthenticatedUsers, None);
+            let r0 = s.revision().await.unwrap();
+            let stored = s
+                .set_policy(&r, &mine, Some(&read.etag), &Actor::cli(), "policy.set")
+                .await
+                .unwrap();
+            assert_ne!(stored.etag, read.etag);
+            assert!(s.revision().await.unwrap() > r0);
+            // A second writer with the old etag is refused and nothing changes.
+            let err = s
+                .set_policy(
+                    &r,
+                    &Policy::default(),
+                    Some(&read.etag),
+                    &Actor::cli(),
+                    "policy.set",
+                )
+                .await
+                .unwrap_err();
+            assert!(
+                err.to_string()
+                    .contains("the policy changed since you read it"),
+                "{err}"
+            );
+            assert_eq!(s.policy(&r).await.unwrap().bindings.len(), 1);
+            // Unconditional update through the closure.
+            let (p, added) = s
+                .update_policy(&r, &Actor::cli(), "policy.add", |p| {
+                    let a = p.add(
+                        Role::Admin,
+                        Member::parse("user:root@example.com").unwrap(),
+                        None,
+                    );
+                    (a, a)
+                })
+                .await
+                .unwrap();
+            assert!(added);
+            assert_eq!(p.bindings.len(), 2);
+            assert_eq!(s.policies().await.unwrap().len(), 1);
+        }
     }
 }

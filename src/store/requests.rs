@@ -18,7 +18,7 @@ pub struct AccessRequest {
     pub expires_at: Option<i64>,
 }
 
-fn from_row(r: &sqlx::sqlite::SqliteRow) -> AccessRequest {
+fn from_row(r: &sqlx::any::AnyRow) -> AccessRequest {
     AccessRequest {
         id: r.get(0),
         app: r.get(1),
@@ -55,7 +55,7 @@ impl Store {
         let mut tx = self.write().await?;
         let now = now();
         let existing: Option<i64> = sqlx::query_scalar(
-            "SELECT id FROM access_requests WHERE app = ? AND email = ? AND status = 'pending'",
+            "SELECT id FROM access_requests WHERE app = $1 AND email = $2 AND status = 'pending'",
         )
         .bind(app)
         .bind(email)
@@ -63,7 +63,7 @@ impl Store {
         .await?;
         let (id, new) = match existing {
             Some(id) => {
-                sqlx::query("UPDATE access_requests SET reason = CASE WHEN ? = '' THEN reason ELSE ? END, updated_at = ? WHERE id = ?")
+                sqlx::query("UPDATE access_requests SET reason = CASE WHEN $1 = '' THEN reason ELSE $2 END, updated_at = $3 WHERE id = $4")
                     .bind(reason)
                     .bind(reason)
                     .bind(now)
@@ -74,7 +74,7 @@ impl Store {
             }
             None => {
                 let id: i64 = sqlx::query_scalar(
-                    "INSERT INTO access_requests (app, email, reason, created_at, updated_at) VALUES (?, ?, ?, ?, ?) RETURNING id",
+                    "INSERT INTO access_requests (app, email, reason, created_at, updated_at) VALUES ($1, $2, $3, $4, $5) RETURNING id",
                 )
                 .bind(app)
                 .bind(email)
@@ -103,7 +103,7 @@ impl Store {
             Some(&serde_json::json!({ "request": id, "reason": reason })),
         )
         .await?;
-        let row = sqlx::query(select!("WHERE id = ?"))
+        let row = sqlx::query(select!("WHERE id = $1"))
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
@@ -114,7 +114,7 @@ impl Store {
     /// The person's latest request for the app.
     pub async fn latest_request(&self, app: &str, email: &str) -> Result<Option<AccessRequest>> {
         let row = sqlx::query(select!(
-            "WHERE app = ? AND email = ? ORDER BY id DESC LIMIT 1"
+            "WHERE app = $1 AND email = $2 ORDER BY id DESC LIMIT 1"
         ))
         .bind(app)
         .bind(email)
@@ -131,7 +131,7 @@ impl Store {
     }
 
     pub async fn access_request(&self, id: i64) -> Result<AccessRequest> {
-        let row = sqlx::query(select!("WHERE id = ?"))
+        let row = sqlx::query(select!("WHERE id = $1"))
             .bind(id)
             .fetch_optional(&self.pool)
             .await?;
@@ -151,7 +151,7 @@ impl Store {
         let mut tx = self.write().await?;
         let status = if approve { "approved" } else { "denied" };
         let r = sqlx::query(
-            "UPDATE access_requests SET status = ?, decided_by = ?, updated_at = ?, expires_at = ? WHERE id = ? AND status = 'pending'",
+            "UPDATE access_requests SET status = $1, decided_by = $2, updated_at = $3, expires_at = $4 WHERE id = $5 AND status = 'pending'",
         )
         .bind(status)
         .bind(&actor.name)
@@ -163,7 +163,7 @@ impl Store {
         if r.rows_affected() == 0 {
             return Err(Error::NotFound(format!("pending access request {id}")));
         }
-        let row = sqlx::query(select!("WHERE id = ?"))
+        let row = sqlx::query(select!("WHERE id = $1"))
             .bind(id)
             .fetch_one(&mut *tx)
             .await?;
@@ -190,51 +190,51 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::temp_store;
+    use super::super::store_test;
     use super::*;
 
-    #[tokio::test]
-    async fn repeats_merge_and_decisions_close_requests() {
-        let (_d, s) = temp_store().await;
-        let (a, new) = s
-            .request_access("demo", "a@example.com", "for the Q3 report", "127.0.0.1")
-            .await
-            .unwrap();
-        assert!(new);
-        let (b, new) = s
-            .request_access("demo", "a@example.com", "", "127.0.0.1")
-            .await
-            .unwrap();
-        assert!(!new);
-        assert_eq!(a.id, b.id);
-        assert_eq!(
-            b.reason, "for the Q3 report",
-            "an empty repeat keeps the reason"
-        );
-        assert_eq!(s.pending_requests().await.unwrap().len(), 1);
-        let d = s
-            .decide_request(a.id, false, None, &Actor::cli())
-            .await
-            .unwrap();
-        assert_eq!(d.status, "denied");
-        assert!(
-            s.decide_request(a.id, true, None, &Actor::cli())
+    store_test! {
+        async fn repeats_merge_and_decisions_close_requests(s: Store) {
+            let (a, new) = s
+                .request_access("demo", "a@example.com", "for the Q3 report", "127.0.0.1")
                 .await
-                .is_err(),
-            "decided once"
-        );
-        assert_eq!(
-            s.latest_request("demo", "a@example.com")
+                .unwrap();
+            assert!(new);
+            let (b, new) = s
+                .request_access("demo", "a@example.com", "", "127.0.0.1")
                 .await
-                .unwrap()
-                .unwrap()
-                .status,
-            "denied"
-        );
-        let (c, new) = s
-            .request_access("demo", "a@example.com", "again", "127.0.0.1")
-            .await
-            .unwrap();
-        assert!(new && c.id != a.id, "a new request after a denial");
+                .unwrap();
+            assert!(!new);
+            assert_eq!(a.id, b.id);
+            assert_eq!(
+                b.reason, "for the Q3 report",
+                "an empty repeat keeps the reason"
+            );
+            assert_eq!(s.pending_requests().await.unwrap().len(), 1);
+            let d = s
+                .decide_request(a.id, false, None, &Actor::cli())
+                .await
+                .unwrap();
+            assert_eq!(d.status, "denied");
+            assert!(
+                s.decide_request(a.id, true, None, &Actor::cli())
+                    .await
+                    .is_err(),
+                "decided once"
+            );
+            assert_eq!(
+                s.latest_request("demo", "a@example.com")
+                    .await
+                    .unwrap()
+                    .unwrap()
+                    .status,
+                "denied"
+            );
+            let (c, new) = s
+                .request_access("demo", "a@example.com", "again", "127.0.0.1")
+                .await
+                .unwrap();
+            assert!(new && c.id != a.id, "a new request after a denial");
+        }
     }
 }

@@ -35,7 +35,7 @@ impl Store {
         actor: &Actor,
     ) -> Result<String> {
         let mut tx = self.write().await?;
-        let r = sqlx::query("INSERT INTO service_accounts (name, description, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING")
+        let r = sqlx::query("INSERT INTO service_accounts (name, description, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING")
             .bind(name)
             .bind(description)
             .bind(now())
@@ -51,14 +51,14 @@ impl Store {
 
     /// Mints a key for `name` inside `tx` and audits it; returns the key.
     async fn insert_key(
-        tx: &mut sqlx::Transaction<'static, sqlx::Sqlite>,
+        tx: &mut sqlx::Transaction<'static, sqlx::Any>,
         name: &str,
         actor: &Actor,
         action: &str,
     ) -> Result<String> {
         let (id, key) = new_key();
         sqlx::query(
-            "INSERT INTO service_account_keys (id, name, digest, created_at) VALUES (?, ?, ?, ?)",
+            "INSERT INTO service_account_keys (id, name, digest, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(&id)
         .bind(name)
@@ -86,7 +86,7 @@ impl Store {
     /// (service account, key id) for a key that is known and not revoked.
     pub async fn key_owner(&self, key: &str) -> Result<Option<(String, String)>> {
         let row = sqlx::query(
-            "SELECT name, id FROM service_account_keys WHERE digest = ? AND revoked_at IS NULL",
+            "SELECT name, id FROM service_account_keys WHERE digest = $1 AND revoked_at IS NULL",
         )
         .bind(crate::crypto::digest(key))
         .fetch_optional(&self.pool)
@@ -97,7 +97,7 @@ impl Store {
     /// Whether key `id` exists and is not revoked (tokens minted with it die with it).
     pub async fn key_active(&self, id: &str) -> Result<bool> {
         let n: i64 = sqlx::query_scalar(
-            "SELECT COUNT(*) FROM service_account_keys WHERE id = ? AND revoked_at IS NULL",
+            "SELECT COUNT(*) FROM service_account_keys WHERE id = $1 AND revoked_at IS NULL",
         )
         .bind(id)
         .fetch_one(&self.pool)
@@ -109,7 +109,7 @@ impl Store {
     pub async fn create_key(&self, name: &str, actor: &Actor) -> Result<String> {
         let mut tx = self.write().await?;
         let exists: Option<String> =
-            sqlx::query_scalar("SELECT name FROM service_accounts WHERE name = ?")
+            sqlx::query_scalar("SELECT name FROM service_accounts WHERE name = $1")
                 .bind(name)
                 .fetch_optional(&mut *tx)
                 .await?;
@@ -126,7 +126,7 @@ impl Store {
     /// Revokes key `id` of `name`; its tokens stop working at once.
     pub async fn revoke_key(&self, name: &str, id: &str, actor: &Actor) -> Result<()> {
         let mut tx = self.write().await?;
-        let r = sqlx::query("UPDATE service_account_keys SET revoked_at = ? WHERE name = ? AND id = ? AND revoked_at IS NULL")
+        let r = sqlx::query("UPDATE service_account_keys SET revoked_at = $1 WHERE name = $2 AND id = $3 AND revoked_at IS NULL")
             .bind(now())
             .bind(name)
             .bind(id)
@@ -167,7 +167,7 @@ impl Store {
     }
 
     pub async fn service_account_keys(&self, name: &str) -> Result<Vec<ServiceAccountKey>> {
-        let rows = sqlx::query("SELECT id, name, created_at, revoked_at FROM service_account_keys WHERE name = ? ORDER BY created_at")
+        let rows = sqlx::query("SELECT id, name, created_at, revoked_at FROM service_account_keys WHERE name = $1 ORDER BY created_at")
             .bind(name)
             .fetch_all(&self.pool)
             .await?;
@@ -185,38 +185,38 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::temp_store;
+    use super::super::store_test;
     use super::*;
 
-    #[tokio::test]
-    async fn keys_identify_their_account() {
-        let (_d, s) = temp_store().await;
-        let key = s
-            .create_service_account("ci-bot", "", &Actor::cli())
-            .await
-            .unwrap();
-        assert!(key.starts_with("csk_"));
-        assert_eq!(
-            s.service_account_for_key(&key).await.unwrap().as_deref(),
-            Some("ci-bot")
-        );
-        assert_eq!(s.service_account_for_key("csk_nope").await.unwrap(), None);
-        assert!(matches!(
-            s.create_service_account("ci-bot", "", &Actor::cli()).await,
-            Err(Error::Exists(_))
-        ));
-        assert_eq!(s.service_account_keys("ci-bot").await.unwrap().len(), 1);
-        let second = s.create_key("ci-bot", &Actor::cli()).await.unwrap();
-        let (_, id) = s.key_owner(&second).await.unwrap().unwrap();
-        assert!(s.key_active(&id).await.unwrap());
-        s.revoke_key("ci-bot", &id, &Actor::cli()).await.unwrap();
-        assert!(!s.key_active(&id).await.unwrap());
-        assert_eq!(s.service_account_for_key(&second).await.unwrap(), None);
-        assert_eq!(
-            s.service_account_for_key(&key).await.unwrap().as_deref(),
-            Some("ci-bot"),
-            "the other key still works"
-        );
-        assert!(s.create_key("nobody", &Actor::cli()).await.is_err());
+    store_test! {
+        async fn keys_identify_their_account(s: Store) {
+            let key = s
+                .create_service_account("ci-bot", "", &Actor::cli())
+                .await
+                .unwrap();
+            assert!(key.starts_with("csk_"));
+            assert_eq!(
+                s.service_account_for_key(&key).await.unwrap().as_deref(),
+                Some("ci-bot")
+            );
+            assert_eq!(s.service_account_for_key("csk_nope").await.unwrap(), None);
+            assert!(matches!(
+                s.create_service_account("ci-bot", "", &Actor::cli()).await,
+                Err(Error::Exists(_))
+            ));
+            assert_eq!(s.service_account_keys("ci-bot").await.unwrap().len(), 1);
+            let second = s.create_key("ci-bot", &Actor::cli()).await.unwrap();
+            let (_, id) = s.key_owner(&second).await.unwrap().unwrap();
+            assert!(s.key_active(&id).await.unwrap());
+            s.revoke_key("ci-bot", &id, &Actor::cli()).await.unwrap();
+            assert!(!s.key_active(&id).await.unwrap());
+            assert_eq!(s.service_account_for_key(&second).await.unwrap(), None);
+            assert_eq!(
+                s.service_account_for_key(&key).await.unwrap().as_deref(),
+                Some("ci-bot"),
+                "the other key still works"
+            );
+            assert!(s.create_key("nobody", &Actor::cli()).await.is_err());
+        }
     }
 }

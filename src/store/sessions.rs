@@ -58,7 +58,7 @@ impl Store {
         let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups) \
-             VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(id_digest)
         .bind(&who.email)
@@ -94,7 +94,7 @@ impl Store {
         let now = now();
         let row = sqlx::query(
             "SELECT email, subject, provider, created_at, last_seen, expires_at, groups FROM sessions \
-             WHERE id_digest = ? AND expires_at > ? AND last_seen > ?",
+             WHERE id_digest = $1 AND expires_at > $2 AND last_seen > $3",
         )
         .bind(id_digest)
         .bind(now)
@@ -115,7 +115,7 @@ impl Store {
     }
 
     pub async fn touch_session(&self, id_digest: &str) -> Result<()> {
-        sqlx::query("UPDATE sessions SET last_seen = ? WHERE id_digest = ?")
+        sqlx::query("UPDATE sessions SET last_seen = $1 WHERE id_digest = $2")
             .bind(now())
             .bind(id_digest)
             .execute(&self.pool)
@@ -141,7 +141,7 @@ impl Store {
     /// Ends the session whose cookie digest is `id_digest` (sign-out).
     pub async fn delete_session(&self, id_digest: &str, actor: &Actor) -> Result<bool> {
         let mut tx = self.write().await?;
-        let r = sqlx::query("DELETE FROM sessions WHERE id_digest = ?")
+        let r = sqlx::query("DELETE FROM sessions WHERE id_digest = $1")
             .bind(id_digest)
             .execute(&mut *tx)
             .await?;
@@ -167,7 +167,7 @@ impl Store {
     pub async fn list_sessions(&self, email: Option<&str>) -> Result<Vec<SessionInfo>> {
         let rows = sqlx::query(
             "SELECT id_digest, email, provider, created_at, last_seen, expires_at, client_ip, user_agent FROM sessions \
-             WHERE expires_at > ? AND (? IS NULL OR email = ?) ORDER BY last_seen DESC",
+             WHERE expires_at > $1 AND ($2 IS NULL OR email = $3) ORDER BY last_seen DESC",
         )
         .bind(now())
         .bind(email)
@@ -208,7 +208,7 @@ impl Store {
             {
                 // With an email too, only that person's session (a person revoking their own).
                 sqlx::query(
-                    "DELETE FROM sessions WHERE substr(id_digest, 1, ?) = ? AND expires_at > ? AND (? IS NULL OR email = ?)",
+                    "DELETE FROM sessions WHERE substr(id_digest, 1, CAST($1 AS INTEGER)) = $2 AND expires_at > $3 AND ($4 IS NULL OR email = $5)",
                 )
                 .bind(id.len() as i64)
                 .bind(id)
@@ -219,7 +219,7 @@ impl Store {
                 .await?
             }
             (None, Some(email)) => {
-                sqlx::query("DELETE FROM sessions WHERE email = ? AND expires_at > ?")
+                sqlx::query("DELETE FROM sessions WHERE email = $1 AND expires_at > $2")
                     .bind(email)
                     .bind(now())
                     .execute(&mut *tx)
@@ -252,11 +252,11 @@ impl Store {
     /// Deletes expired sessions and abandoned sign-in flows; returns how many rows went.
     pub async fn sweep(&self, flow_lifetime: Duration) -> Result<u64> {
         let now = now();
-        let a = sqlx::query("DELETE FROM sessions WHERE expires_at <= ?")
+        let a = sqlx::query("DELETE FROM sessions WHERE expires_at <= $1")
             .bind(now)
             .execute(&self.pool)
             .await?;
-        let b = sqlx::query("DELETE FROM login_flows WHERE created_at <= ?")
+        let b = sqlx::query("DELETE FROM login_flows WHERE created_at <= $1")
             .bind(now - flow_lifetime.as_secs() as i64)
             .execute(&self.pool)
             .await?;
@@ -270,7 +270,7 @@ impl Store {
         session_digest: &str,
         challenge: &str,
     ) -> Result<()> {
-        sqlx::query("INSERT INTO cli_codes (code_digest, session_digest, challenge, created_at) VALUES (?, ?, ?, ?)")
+        sqlx::query("INSERT INTO cli_codes (code_digest, session_digest, challenge, created_at) VALUES ($1, $2, $3, $4)")
             .bind(code_digest)
             .bind(session_digest)
             .bind(challenge)
@@ -282,7 +282,7 @@ impl Store {
 
     /// Removes and returns (session digest, challenge, created) for a code: single use.
     pub async fn take_cli_code(&self, code_digest: &str) -> Result<Option<(String, String, i64)>> {
-        let row = sqlx::query("DELETE FROM cli_codes WHERE code_digest = ? RETURNING session_digest, challenge, created_at")
+        let row = sqlx::query("DELETE FROM cli_codes WHERE code_digest = $1 RETURNING session_digest, challenge, created_at")
             .bind(code_digest)
             .fetch_optional(&self.pool)
             .await?;
@@ -292,7 +292,7 @@ impl Store {
     pub async fn put_flow(&self, state_digest: &str, flow: &Flow) -> Result<()> {
         sqlx::query(
             "INSERT INTO login_flows (state_digest, browser_digest, provider, nonce, pkce_verifier, return_to, created_at) \
-             VALUES (?, ?, ?, ?, ?, ?, ?)",
+             VALUES ($1, $2, $3, $4, $5, $6, $7)",
         )
         .bind(state_digest)
         .bind(&flow.browser_digest)
@@ -309,7 +309,7 @@ impl Store {
     /// Removes and returns the flow: a state can be used once, whatever happens next.
     pub async fn take_flow(&self, state_digest: &str) -> Result<Option<Flow>> {
         let row = sqlx::query(
-            "DELETE FROM login_flows WHERE state_digest = ? \
+            "DELETE FROM login_flows WHERE state_digest = $1 \
              RETURNING browser_digest, provider, nonce, pkce_verifier, return_to, created_at",
         )
         .bind(state_digest)
@@ -328,7 +328,7 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::temp_store;
+    use super::super::store_test;
     use super::*;
 
     fn who() -> Identity {
@@ -340,67 +340,67 @@ mod tests {
         }
     }
 
-    #[tokio::test]
-    async fn flows_are_single_use() {
-        let (_d, s) = temp_store().await;
-        let flow = Flow {
-            browser_digest: "b".into(),
-            provider: "corp".into(),
-            nonce: "n".into(),
-            pkce_verifier: "v".into(),
-            return_to: "/".into(),
-            created_at: now(),
-        };
-        s.put_flow("st", &flow).await.unwrap();
-        assert!(s.take_flow("st").await.unwrap().is_some());
-        assert!(s.take_flow("st").await.unwrap().is_none());
+    store_test! {
+        async fn flows_are_single_use(s: Store) {
+            let flow = Flow {
+                browser_digest: "b".into(),
+                provider: "corp".into(),
+                nonce: "n".into(),
+                pkce_verifier: "v".into(),
+                return_to: "/".into(),
+                created_at: now(),
+            };
+            s.put_flow("st", &flow).await.unwrap();
+            assert!(s.take_flow("st").await.unwrap().is_some());
+            assert!(s.take_flow("st").await.unwrap().is_none());
+        }
     }
 
-    #[tokio::test]
-    async fn sessions_expire_list_and_revoke() {
-        let (_d, s) = temp_store().await;
-        let idle = Duration::from_secs(60);
-        let d1 = crate::crypto::digest("one");
-        let d2 = crate::crypto::digest("two");
-        s.create_session(&d1, &who(), idle, "127.0.0.1", "t")
-            .await
-            .unwrap();
-        s.create_session(&d2, &who(), idle, "127.0.0.1", "t")
-            .await
-            .unwrap();
-        assert_eq!(
-            s.session(&d1, idle).await.unwrap().unwrap().identity,
-            who(),
-            "groups survive"
-        );
-        let d3 = crate::crypto::digest("three");
-        s.create_session(&d3, &who(), Duration::from_secs(0), "127.0.0.1", "t")
-            .await
-            .unwrap();
-        assert!(s.session(&d3, idle).await.unwrap().is_none(), "expired");
-        let listed = s.list_sessions(Some("a@example.com")).await.unwrap();
-        assert_eq!(listed.len(), 2);
-        let r0 = s.revision().await.unwrap();
-        assert_eq!(
-            s.revoke_sessions(Some(&listed[0].id), None, &Actor::cli())
+    store_test! {
+        async fn sessions_expire_list_and_revoke(s: Store) {
+            let idle = Duration::from_secs(60);
+            let d1 = crate::crypto::digest("one");
+            let d2 = crate::crypto::digest("two");
+            s.create_session(&d1, &who(), idle, "127.0.0.1", "t")
                 .await
-                .unwrap(),
-            1
-        );
-        assert!(s.revision().await.unwrap() > r0);
-        assert_eq!(
-            s.revoke_sessions(Some("short"), None, &Actor::cli())
+                .unwrap();
+            s.create_session(&d2, &who(), idle, "127.0.0.1", "t")
                 .await
-                .unwrap(),
-            0,
-            "ids need 8 characters"
-        );
-        assert_eq!(
-            s.revoke_sessions(None, Some("a@example.com"), &Actor::cli())
+                .unwrap();
+            assert_eq!(
+                s.session(&d1, idle).await.unwrap().unwrap().identity,
+                who(),
+                "groups survive"
+            );
+            let d3 = crate::crypto::digest("three");
+            s.create_session(&d3, &who(), Duration::from_secs(0), "127.0.0.1", "t")
                 .await
-                .unwrap(),
-            1
-        );
-        assert!(s.live_sessions(&[d1, d2], idle).await.unwrap().is_empty());
+                .unwrap();
+            assert!(s.session(&d3, idle).await.unwrap().is_none(), "expired");
+            let listed = s.list_sessions(Some("a@example.com")).await.unwrap();
+            assert_eq!(listed.len(), 2);
+            let r0 = s.revision().await.unwrap();
+            assert_eq!(
+                s.revoke_sessions(Some(&listed[0].id), None, &Actor::cli())
+                    .await
+                    .unwrap(),
+                1
+            );
+            assert!(s.revision().await.unwrap() > r0);
+            assert_eq!(
+                s.revoke_sessions(Some("short"), None, &Actor::cli())
+                    .await
+                    .unwrap(),
+                0,
+                "ids need 8 characters"
+            );
+            assert_eq!(
+                s.revoke_sessions(None, Some("a@example.com"), &Actor::cli())
+                    .await
+                    .unwrap(),
+                1
+            );
+            assert!(s.live_sessions(&[d1, d2], idle).await.unwrap().is_empty());
+        }
     }
 }

@@ -7,7 +7,7 @@ use super::{Error, Result, Store, now};
 impl Store {
     pub async fn add_user(&self, email: &str, password_hash: &str) -> Result<()> {
         let r = sqlx::query(
-            "INSERT INTO users (email, password_hash, created_at) VALUES (?, ?, ?) ON CONFLICT DO NOTHING",
+            "INSERT INTO users (email, password_hash, created_at) VALUES ($1, $2, $3) ON CONFLICT DO NOTHING",
         )
         .bind(email)
         .bind(password_hash)
@@ -21,7 +21,7 @@ impl Store {
     }
 
     pub async fn set_password(&self, email: &str, password_hash: &str) -> Result<bool> {
-        let r = sqlx::query("UPDATE users SET password_hash = ? WHERE email = ?")
+        let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE email = $2")
             .bind(password_hash)
             .bind(email)
             .execute(&self.pool)
@@ -31,7 +31,7 @@ impl Store {
 
     pub async fn password_hash(&self, email: &str) -> Result<Option<String>> {
         Ok(
-            sqlx::query_scalar("SELECT password_hash FROM users WHERE email = ?")
+            sqlx::query_scalar("SELECT password_hash FROM users WHERE email = $1")
                 .bind(email)
                 .fetch_optional(&self.pool)
                 .await?,
@@ -41,11 +41,11 @@ impl Store {
     /// Removes the account and ends its sessions.
     pub async fn remove_user(&self, email: &str) -> Result<bool> {
         let mut tx = self.write().await?;
-        let r = sqlx::query("DELETE FROM users WHERE email = ?")
+        let r = sqlx::query("DELETE FROM users WHERE email = $1")
             .bind(email)
             .execute(&mut *tx)
             .await?;
-        sqlx::query("DELETE FROM sessions WHERE email = ? AND provider = 'local'")
+        sqlx::query("DELETE FROM sessions WHERE email = $1 AND provider = 'local'")
             .bind(email)
             .execute(&mut *tx)
             .await?;
@@ -64,20 +64,20 @@ impl Store {
 
 #[cfg(test)]
 mod tests {
-    use super::super::temp_store;
+    use super::super::store_test;
     use super::*;
 
-    #[tokio::test]
-    async fn users_are_unique() {
-        let (_d, s) = temp_store().await;
-        s.add_user("a@example.com", "h").await.unwrap();
-        assert!(matches!(
-            s.add_user("a@example.com", "h").await,
-            Err(Error::UserExists(_))
-        ));
-        assert_eq!(
-            s.password_hash("a@example.com").await.unwrap().as_deref(),
-            Some("h")
-        );
+    store_test! {
+        async fn users_are_unique(s: Store) {
+            s.add_user("a@example.com", "h").await.unwrap();
+            assert!(matches!(
+                s.add_user("a@example.com", "h").await,
+                Err(Error::UserExists(_))
+            ));
+            assert_eq!(
+                s.password_hash("a@example.com").await.unwrap().as_deref(),
+                Some("h")
+            );
+        }
     }
 }

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::*;
 
@@ -174,44 +173,6 @@ async fn conditions_expiry_provider_groups_and_the_explainer() {
             "the expiry never took effect"
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
-async fn upgrade(c: &Castellan, cookie: &str) -> tokio::net::TcpStream {
-    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
-        .await
-        .unwrap();
-    let req = format!(
-        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n",
-        c.port
-    );
-    s.write_all(req.as_bytes()).await.unwrap();
-    let mut head = Vec::new();
-    let mut b = [0u8; 1];
-    while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(s.read(&mut b).await.unwrap(), 1);
-        head.push(b[0]);
-    }
-    assert!(
-        head.starts_with(b"HTTP/1.1 101"),
-        "{}",
-        String::from_utf8_lossy(&head)
-    );
-    s.write_all(b"ping").await.unwrap();
-    let mut echo = [0u8; 4];
-    s.read_exact(&mut echo).await.unwrap();
-    s
-}
-
-/// Waits for the server to close the socket; returns how long it took.
-async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Duration {
-    let t = Instant::now();
-    let mut buf = [0u8; 16];
-    match tokio::time::timeout(limit, s.read(&mut buf)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => t.elapsed(),
-        Ok(Ok(n)) => panic!("unexpected {n} bytes instead of a close"),
-        Err(_) => panic!("the connection was still open after {limit:?}"),
     }
 }
 

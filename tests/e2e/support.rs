@@ -312,6 +312,152 @@ impl Echo {
     }
 }
 
+// ---- PostgreSQL ---------------------------------------------------------------------------------
+
+/// A throwaway PostgreSQL cluster of this test's own (tests/support/throwaway-postgres.sh),
+/// stopped and deleted on drop (and by the script's watchdog if this process dies first).
+pub struct Postgres {
+    pub admin_url: String,
+    data: PathBuf,
+    bin: PathBuf,
+}
+
+impl Postgres {
+    pub fn start() -> Postgres {
+        let out = Command::new(support_dir().join("throwaway-postgres.sh"))
+            .arg(std::process::id().to_string())
+            .stderr(Stdio::inherit())
+            .output()
+            .expect("run tests/support/throwaway-postgres.sh");
+        assert!(
+            out.status.success(),
+            "cannot start a throwaway PostgreSQL: install Debian's postgresql (scripts/test-deps.sh does)"
+        );
+        let line = String::from_utf8(out.stdout).unwrap();
+        let mut parts = line.split_whitespace();
+        Postgres {
+            admin_url: parts.next().unwrap().to_string(),
+            data: parts.next().unwrap().into(),
+            bin: parts.next().unwrap().into(),
+        }
+    }
+
+    fn pg_ctl(&self, args: &[&str]) {
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        let log = self.data.parent().unwrap().join("server.log");
+        let status = cmd
+            .arg("-D")
+            .arg(&self.data)
+            .arg("-l")
+            .arg(log)
+            .args(args)
+            .stdout(Stdio::null())
+            .status()
+            .unwrap();
+        assert!(status.success(), "pg_ctl {args:?} failed");
+    }
+
+    /// Stops the server (connections are cut).
+    pub fn stop(&self) {
+        self.pg_ctl(&["-m", "fast", "-w", "stop"]);
+    }
+
+    pub fn resume(&self) {
+        self.pg_ctl(&["-w", "-t", "30", "start"]);
+    }
+}
+
+impl Drop for Postgres {
+    fn drop(&mut self) {
+        let mut cmd = if is_root() {
+            let mut c = Command::new("runuser");
+            c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
+            c
+        } else {
+            Command::new(self.bin.join("pg_ctl"))
+        };
+        let _ = cmd
+            .arg("-D")
+            .arg(&self.data)
+            .args(["-m", "immediate", "-w", "stop"])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status();
+        let _ = std::fs::remove_dir_all(self.data.parent().unwrap());
+    }
+}
+
+fn is_root() -> bool {
+    std::fs::metadata("/proc/self")
+        .map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0)
+        .unwrap_or(false)
+}
+
+/// The PostgreSQL server tests share: `CASTELLAN_TEST_POSTGRES` (an admin URL) when set, else one
+/// throwaway cluster for this test process.
+pub fn shared_postgres() -> String {
+    static SHARED: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    SHARED
+        .get_or_init(|| {
+            std::env::var("CASTELLAN_TEST_POSTGRES").unwrap_or_else(|_| {
+                // Leaked on purpose: the script's watchdog stops it when this process exits.
+                let pg = Box::leak(Box::new(Postgres::start()));
+                pg.admin_url.clone()
+            })
+        })
+        .clone()
+}
+
+/// A new, empty database on the server at `admin_url`; returns its URL. Test databases are named
+/// `castellan_e2e_*` and are dropped by [`drop_database`].
+pub async fn create_database(admin_url: &str) -> String {
+    use sqlx::Connection;
+    let name = format!("castellan_e2e_{}", rand_suffix());
+    let mut conn = sqlx::PgConnection::connect(admin_url)
+        .await
+        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin_url}: {e}"));
+    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
+        .execute(&mut conn)
+        .await
+        .unwrap();
+    let mut url = url::Url::parse(admin_url).unwrap();
+    url.set_path(&name);
+    url.to_string()
+}
+
+pub async fn drop_database(admin_url: &str, db_url: &str) {
+    use sqlx::Connection;
+    let name = url::Url::parse(db_url).unwrap().path().trim_start_matches('/').to_string();
+    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
+        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+            .execute(&mut conn)
+            .await;
+    }
+}
+
+fn rand_suffix() -> String {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    format!("{:016x}", h.finish())
+}
+
+/// Runs a query on `db_url` and returns the first column of the first row as an integer.
+pub async fn pg_count(db_url: &str, sql: &str) -> i64 {
+    use sqlx::Connection;
+    let mut conn = sqlx::PgConnection::connect(db_url).await.unwrap();
+    sqlx::query_scalar(sqlx::AssertSqlSafe(sql.to_string()))
+        .fetch_one(&mut conn)
+        .await
+        .unwrap()
+}
+
 // ---- castellan ------------------------------------------------------------------------------------
 
 pub struct Castellan {
@@ -333,6 +479,8 @@ pub struct Setup<'a> {
     /// Extra keys for the test provider's `[[providers]]` table.
     pub provider_extra: &'a str,
     pub args: &'a [&'a str],
+    /// The `store` URL (default: a SQLite file in the instance's folder).
+    pub store: Option<String>,
 }
 
 impl<'a> Setup<'a> {
@@ -345,6 +493,7 @@ impl<'a> Setup<'a> {
             top: "",
             provider_extra: "",
             args: &[],
+            store: None,
         }
     }
 }
@@ -379,8 +528,10 @@ impl Castellan {
         let origin = format!("http://127.0.0.1:{port}");
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
-            "listen = \"127.0.0.1:{port}\"\n{public}store = \"sqlite://castellan.db\"\nlocal_accounts = {}\n{}\n",
-            setup.local_accounts, setup.top
+            "listen = \"127.0.0.1:{port}\"\n{public}store = \"{}\"\nlocal_accounts = {}\n{}\n",
+            setup.store.as_deref().unwrap_or("sqlite://castellan.db"),
+            setup.local_accounts,
+            setup.top
         );
         if let Some(idp) = setup.idp {
             toml.push_str(&format!(
@@ -758,6 +909,45 @@ impl Browser {
             ]),
         )
         .await
+    }
+}
+
+/// Opens a WebSocket to the echo upstream's `/ws` through castellan and checks it echoes.
+pub async fn upgrade(c: &Castellan, cookie: &str) -> tokio::net::TcpStream {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n",
+        c.port
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.unwrap();
+    let mut head = Vec::new();
+    let mut b = [0u8; 1];
+    while !head.ends_with(b"\r\n\r\n") {
+        assert_eq!(tokio::io::AsyncReadExt::read(&mut s, &mut b).await.unwrap(), 1);
+        head.push(b[0]);
+    }
+    assert!(
+        head.starts_with(b"HTTP/1.1 101"),
+        "{}",
+        String::from_utf8_lossy(&head)
+    );
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"ping").await.unwrap();
+    let mut echo = [0u8; 4];
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut echo).await.unwrap();
+    s
+}
+
+/// Waits for the server to close the socket; returns how long it took.
+pub async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Duration {
+    let t = Instant::now();
+    let mut buf = [0u8; 16];
+    match tokio::time::timeout(limit, tokio::io::AsyncReadExt::read(s, &mut buf)).await {
+        Ok(Ok(0)) | Ok(Err(_)) => t.elapsed(),
+        Ok(Ok(n)) => panic!("unexpected {n} bytes instead of a close"),
+        Err(_) => panic!("the connection was still open after {limit:?}"),
     }
 }
 

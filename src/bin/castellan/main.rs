@@ -7,6 +7,7 @@ mod groups;
 mod remote;
 mod service_accounts;
 mod sessions;
+mod store_cmd;
 mod users;
 
 use std::net::SocketAddr;
@@ -162,6 +163,10 @@ person signed in with `castellan login`; tokens are renewed before they expire."
     /// Manage service accounts (members `serviceAccount:NAME`) and their keys.
     #[command(subcommand, name = "service-accounts")]
     ServiceAccounts(service_accounts::ServiceAccountsCommand),
+
+    /// Move an installation between stores (SQLite to PostgreSQL, or back).
+    #[command(subcommand)]
+    Store(store_cmd::StoreCommand),
 }
 
 fn main() -> ExitCode {
@@ -209,6 +214,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Login { url, no_browser } => return remote::login(&url, no_browser).await,
         Command::Token(cmd) => return remote::token(cmd).await,
         Command::Proxy { url, port } => return remote::proxy(&url, port).await,
+        Command::Store(cmd) => return store_cmd::run(cmd).await,
         _ => {}
     }
     let config = match load_config(&cli.config) {
@@ -219,6 +225,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Demo { .. }
         | Command::Login { .. }
         | Command::Token(_)
+        | Command::Store(_)
         | Command::Proxy { .. } => {
             unreachable!("handled above")
         }
