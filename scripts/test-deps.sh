@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Installs what castellan's end-to-end tests need, from the package registries only:
-#   - Debian's chromium (the headless browser), nginx and caddy (ingresses for forward-auth); apt-get needs root,
+#   - Debian's chromium (the headless browser), nginx and caddy (ingresses for forward-auth) and
+#     postgresql (throwaway clusters for the store tests); apt-get needs root,
 #   - npm packages in tests/support (oidc-provider, jose, playwright-core; exact versions from package-lock.json),
 #   - Streamlit in a virtual environment at tests/support/.venv.
 # Safe to run again: it skips what is already there.
@@ -20,6 +21,8 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -x /usr/bin/caddy ] || missing+=(caddy)
+# PostgreSQL server binaries: tests start throwaway clusters (one they can stop and restart).
+compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || fail "missing Debian packages: run 'sudo apt-get install ${missing[*]}'"
   step "installing Debian's ${missing[*]} (apt-get)"

@@ -4,6 +4,14 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 scripts/test-deps.sh
+# PostgreSQL for the store tests: CASTELLAN_TEST_POSTGRES when given, else the server on
+# 127.0.0.1:5432 when one answers (each test makes and drops a database of its own), else the
+# tests start a throwaway cluster. Tests that restart PostgreSQL always use a cluster of their own.
+if [ -z "${CASTELLAN_TEST_POSTGRES:-}" ] && command -v psql >/dev/null \
+   && psql -h 127.0.0.1 -p 5432 -U postgres -d postgres -Atqc 'select 1' >/dev/null 2>&1; then
+  export CASTELLAN_TEST_POSTGRES=postgres://postgres@127.0.0.1:5432/postgres
+fi
+echo "==> PostgreSQL for the tests: ${CASTELLAN_TEST_POSTGRES:-a throwaway cluster}" >&2
 # Each benchmark once, as a smoke test that they still build and run (timings: cargo bench).
 cargo test --locked --bench decision
 # The e2e tests mostly wait on processes and sockets; four at a time suits two cores.

@@ -1196,6 +1196,28 @@ fn edit_distance(a: &str, b: &str) -> usize {
 mod tests {
     use super::*;
 
+    #[test]
+    fn store_urls_parse_and_never_show_a_password() {
+        let base = Path::new("/etc/castellan");
+        assert_eq!(
+            StoreLocation::parse("sqlite://state.db", base).unwrap(),
+            StoreLocation::Sqlite("/etc/castellan/state.db".into())
+        );
+        let pg =
+            StoreLocation::parse("postgres://castellan:s3cret@db:5432/castellan", base).unwrap();
+        assert_eq!(pg.to_string(), "postgres://castellan:***@db:5432/castellan");
+        let err = StoreLocation::parse("postgres://castellan:s3cret@db", base).unwrap_err();
+        assert!(
+            err.contains("names no host or database") && !err.contains("s3cret"),
+            "{err}"
+        );
+        let err = StoreLocation::parse("mysql://u:s3cret@db/x", base).unwrap_err();
+        assert!(
+            err.contains("is not a store URL") && !err.contains("s3cret"),
+            "{err}"
+        );
+    }
+
     struct MapEnv(Vec<(&'static str, &'static str)>);
     impl Env for MapEnv {
         fn var(&self, name: &str) -> Option<String> {

@@ -50,20 +50,40 @@ fn the_dockerfile_builds_a_non_root_image_without_a_shell() {
 
 #[test]
 fn the_kubernetes_manifests_are_complete_and_their_config_is_valid() {
-    let text = repo("deploy/kubernetes/castellan.yaml");
+    check_manifest(
+        "deploy/kubernetes/castellan.yaml",
+        &[
+            "ConfigMap",
+            "Secret",
+            "Deployment",
+            "Service",
+            "PersistentVolumeClaim",
+        ],
+        1,
+    );
+    check_manifest(
+        "deploy/kubernetes/replicas-postgres.yaml",
+        &[
+            "ConfigMap",
+            "Secret",
+            "Deployment",
+            "Service",
+            "PodDisruptionBudget",
+            "StatefulSet",
+        ],
+        3,
+    );
+}
+
+fn check_manifest(file: &str, want: &[&str], replicas: u64) {
+    let text = repo(file);
     let docs: Vec<serde_json::Value> = text
         .split("\n---\n")
         .map(|d| serde_yaml_ng::from_str(d).unwrap_or_else(|e| panic!("not YAML: {e}\n{d}")))
         .collect();
     let kinds: Vec<&str> = docs.iter().map(|d| d["kind"].as_str().unwrap()).collect();
-    for k in [
-        "ConfigMap",
-        "Secret",
-        "Deployment",
-        "Service",
-        "PersistentVolumeClaim",
-    ] {
-        assert!(kinds.contains(&k), "{k} in {kinds:?}");
+    for k in want {
+        assert!(kinds.contains(k), "{k} in {kinds:?} ({file})");
     }
     for d in &docs {
         assert!(
@@ -80,14 +100,19 @@ fn the_kubernetes_manifests_are_complete_and_their_config_is_valid() {
         .args(["check-config", "--config"])
         .arg(&path)
         .env("GOOGLE_CLIENT_SECRET", "x")
+        .envs(text.contains("${CASTELLAN_STORE}").then_some((
+            "CASTELLAN_STORE",
+            "postgres://castellan:x@postgres:5432/castellan",
+        )))
         .output()
         .unwrap();
     assert!(
         out.status.success(),
-        "{}",
+        "{file}: {}",
         String::from_utf8_lossy(&out.stderr)
     );
     let dep = docs.iter().find(|d| d["kind"] == "Deployment").unwrap();
+    assert_eq!(dep["spec"]["replicas"], replicas, "{file}");
     let c = &dep["spec"]["template"]["spec"]["containers"][0];
     assert_eq!(
         c["readinessProbe"]["httpGet"]["path"],

@@ -14,4 +14,5 @@ mod oidc;
 mod policy;
 mod programmatic;
 mod proxy;
+mod replicas;
 mod support;

@@ -3,7 +3,6 @@
 
 use std::time::{Duration, Instant};
 
-
 use crate::support::*;
 
 const ALICE: (&str, &str) = ("alice@example.com", "alice-password");

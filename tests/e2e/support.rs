@@ -345,7 +345,8 @@ impl Postgres {
     fn pg_ctl(&self, args: &[&str]) {
         let mut cmd = if is_root() {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
+            c.args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"));
             c
         } else {
             Command::new(self.bin.join("pg_ctl"))
@@ -377,7 +378,8 @@ impl Drop for Postgres {
     fn drop(&mut self) {
         let mut cmd = if is_root() {
             let mut c = Command::new("runuser");
-            c.args(["-u", "postgres", "--"]).arg(self.bin.join("pg_ctl"));
+            c.args(["-u", "postgres", "--"])
+                .arg(self.bin.join("pg_ctl"));
             c
         } else {
             Command::new(self.bin.join("pg_ctl"))
@@ -414,37 +416,62 @@ pub fn shared_postgres() -> String {
         .clone()
 }
 
-/// A new, empty database on the server at `admin_url`; returns its URL. Test databases are named
-/// `castellan_e2e_*` and are dropped by [`drop_database`].
-pub async fn create_database(admin_url: &str) -> String {
-    use sqlx::Connection;
-    let name = format!("castellan_e2e_{}", rand_suffix());
-    let mut conn = sqlx::PgConnection::connect(admin_url)
-        .await
-        .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin_url}: {e}"));
-    sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
-        .execute(&mut conn)
-        .await
-        .unwrap();
-    let mut url = url::Url::parse(admin_url).unwrap();
-    url.set_path(&name);
-    url.to_string()
+/// A new, empty database on a PostgreSQL server, dropped when this value is.
+pub struct Database {
+    pub url: String,
+    admin_url: String,
+    name: String,
 }
 
-pub async fn drop_database(admin_url: &str, db_url: &str) {
-    use sqlx::Connection;
-    let name = url::Url::parse(db_url).unwrap().path().trim_start_matches('/').to_string();
-    if let Ok(mut conn) = sqlx::PgConnection::connect(admin_url).await {
-        let _ = sqlx::query(sqlx::AssertSqlSafe(format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)")))
+impl Database {
+    pub async fn create(admin_url: &str) -> Database {
+        use sqlx::Connection;
+        let name = format!("castellan_e2e_{}", rand_suffix());
+        let mut conn = sqlx::PgConnection::connect(admin_url)
+            .await
+            .unwrap_or_else(|e| panic!("cannot reach the test PostgreSQL at {admin_url}: {e}"));
+        sqlx::query(sqlx::AssertSqlSafe(format!("CREATE DATABASE {name}")))
             .execute(&mut conn)
-            .await;
+            .await
+            .unwrap();
+        let mut url = url::Url::parse(admin_url).unwrap();
+        url.set_path(&name);
+        Database {
+            url: url.to_string(),
+            admin_url: admin_url.to_string(),
+            name,
+        }
+    }
+}
+
+impl Drop for Database {
+    fn drop(&mut self) {
+        let (admin, name) = (self.admin_url.clone(), self.name.clone());
+        // Drop may run inside the test's runtime: use a thread with a runtime of its own.
+        let _ = std::thread::spawn(move || {
+            tokio::runtime::Runtime::new().unwrap().block_on(async {
+                use sqlx::Connection;
+                if let Ok(mut conn) = sqlx::PgConnection::connect(&admin).await {
+                    let sql = format!("DROP DATABASE IF EXISTS {name} WITH (FORCE)");
+                    let _ = sqlx::query(sqlx::AssertSqlSafe(sql))
+                        .execute(&mut conn)
+                        .await;
+                }
+            })
+        })
+        .join();
     }
 }
 
 fn rand_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
-    h.write_u128(std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_nanos());
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap()
+            .as_nanos(),
+    );
     format!("{:016x}", h.finish())
 }
 
@@ -755,6 +782,20 @@ impl Browser {
         headers: &[(&str, &str)],
         form: Option<&[(&str, &str)]>,
     ) -> Page {
+        self.try_request(method, url, headers, form)
+            .await
+            .unwrap_or_else(|e| panic!("{method} {url}: {e}"))
+    }
+
+    /// Like [`Browser::request`], but a transport error (a response cut because access ended
+    /// while it was in flight) is returned instead of failing the test.
+    pub async fn try_request(
+        &mut self,
+        method: &str,
+        url: &str,
+        headers: &[(&str, &str)],
+        form: Option<&[(&str, &str)]>,
+    ) -> Result<Page, reqwest::Error> {
         let mut req = self.client.request(method.parse().unwrap(), url);
         if let Some(c) = self.cookie_header(url) {
             req = req.header("cookie", c);
@@ -770,20 +811,17 @@ impl Browser {
         if let Some(f) = form {
             req = req.form(f);
         }
-        let resp = req
-            .send()
-            .await
-            .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
+        let resp = req.send().await?;
         let status = resp.status().as_u16();
         let headers = resp.headers().clone();
         self.store_cookies(url, &headers);
         let body = resp.text().await.unwrap_or_default();
-        Page {
+        Ok(Page {
             status,
             url: url.to_string(),
             headers,
             body,
-        }
+        })
     }
 
     pub async fn get(&mut self, url: &str) -> Page {
@@ -922,11 +960,16 @@ pub async fn upgrade(c: &Castellan, cookie: &str) -> tokio::net::TcpStream {
          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n",
         c.port
     );
-    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes()).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
+        .await
+        .unwrap();
     let mut head = Vec::new();
     let mut b = [0u8; 1];
     while !head.ends_with(b"\r\n\r\n") {
-        assert_eq!(tokio::io::AsyncReadExt::read(&mut s, &mut b).await.unwrap(), 1);
+        assert_eq!(
+            tokio::io::AsyncReadExt::read(&mut s, &mut b).await.unwrap(),
+            1
+        );
         head.push(b[0]);
     }
     assert!(
@@ -934,9 +977,13 @@ pub async fn upgrade(c: &Castellan, cookie: &str) -> tokio::net::TcpStream {
         "{}",
         String::from_utf8_lossy(&head)
     );
-    tokio::io::AsyncWriteExt::write_all(&mut s, b"ping").await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut s, b"ping")
+        .await
+        .unwrap();
     let mut echo = [0u8; 4];
-    tokio::io::AsyncReadExt::read_exact(&mut s, &mut echo).await.unwrap();
+    tokio::io::AsyncReadExt::read_exact(&mut s, &mut echo)
+        .await
+        .unwrap();
     s
 }
 

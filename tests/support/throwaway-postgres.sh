@@ -23,7 +23,7 @@ for attempt in 1 2 3 4 5 6 7 8; do
     "$port" "$dir" >>"$dir/data/postgresql.conf"
   if "${as_pg[@]}" "$pgbin/pg_ctl" -D "$dir/data" -l "$dir/server.log" -w -t 30 start >/dev/null 2>&1; then
     # The watchdog: stop and delete the cluster when the owner is gone.
-    nohup bash -c "while kill -0 $owner 2>/dev/null; do sleep 1; done
+    setsid nohup bash -c "while kill -0 $owner 2>/dev/null; do sleep 1; done
       ${as_pg[*]} '$pgbin/pg_ctl' -D '$dir/data' -m immediate -w stop >/dev/null 2>&1; rm -rf '$dir'" \
       >/dev/null 2>&1 &
     echo "postgres://postgres@127.0.0.1:$port/postgres $dir/data $pgbin"

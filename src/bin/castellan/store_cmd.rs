@@ -13,13 +13,15 @@ use castellan::store::Store;
 pub enum StoreCommand {
     /// Copy everything (accounts, sessions, policies, groups, service accounts, requests, audit
     /// trail) from one store into a new, empty one, then count both sides.
-    #[command(after_help = "Example (stop castellan first, so nothing changes while copying):\n  \
+    #[command(
+        after_help = "Example (stop castellan first, so nothing changes while copying):\n  \
 castellan store migrate --from sqlite:///var/lib/castellan/castellan.db \\\n    \
 --to postgres://castellan:PASSWORD@db.internal:5432/castellan\n\n\
 The destination gets castellan's schema if it has none and must hold no data yet. Signing and\n\
 cookie keys move too, so sessions and issued assertions stay valid. Sign-ins in progress are not\n\
 copied (they last minutes). Exit status 0 when every table's row count matches, 1 when not.\n\
-Relative SQLite paths are relative to the current folder.")]
+Relative SQLite paths are relative to the current folder."
+    )]
     Migrate {
         /// The store to copy from: sqlite://PATH or postgres://USER:PASSWORD@HOST:PORT/DB.
         #[arg(long, value_name = "URL")]
@@ -65,10 +67,14 @@ pub async fn run(cmd: StoreCommand) -> Result<ExitCode> {
         println!("{table:<22} {a:>10} {b:>10}{mark}");
     }
     if copied.verified() {
-        println!("verified: every table holds the same number of rows. Point `store` at {to} and start castellan.");
+        println!(
+            "verified: every table holds the same number of rows. Point `store` at {to} and start castellan."
+        );
         Ok(ExitCode::SUCCESS)
     } else {
-        eprintln!("error: the row counts differ (was castellan still running on the source?): do not switch yet; empty the destination and run this again with castellan stopped");
+        eprintln!(
+            "error: the row counts differ (was castellan still running on the source?): do not switch yet; empty the destination and run this again with castellan stopped"
+        );
         Ok(ExitCode::FAILURE)
     }
 }
