@@ -14,5 +14,6 @@ fi
 echo "==> PostgreSQL for the tests: ${CASTELLAN_TEST_POSTGRES:-a throwaway cluster}" >&2
 # Each benchmark once, as a smoke test that they still build and run (timings: cargo bench).
 cargo test --locked --bench decision
+cargo test --locked --bench propagation
 # The e2e tests mostly wait on processes and sockets; four at a time suits two cores.
 cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"

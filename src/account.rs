@@ -35,12 +35,8 @@ pub async fn handle(
     if req.method() == Method::POST {
         let (parts, body) = req.into_parts();
         let form = web::read_form(body).await.unwrap_or_default();
-        let csrf_ok = web::cookie(&parts.headers, state.cookies.browser).is_some_and(|b| {
-            crypto::equal(
-                &state.csrf_token(b),
-                web::param(&form, "csrf").unwrap_or(""),
-            )
-        });
+        let csrf_ok = web::cookie(&parts.headers, state.cookies.browser)
+            .is_some_and(|b| state.csrf_valid(b, web::param(&form, "csrf").unwrap_or("")));
         let same_origin = parts
             .headers
             .get(header::ORIGIN)

@@ -1,7 +1,9 @@
 //! Signs the identity assertion every proxied request carries, and publishes its key as a JWKS.
 //!
-//! The key (ES256, P-256) is generated on first start and kept in the store, so restarts and other
-//! processes sharing the store sign with the same key.
+//! Keys (ES256, P-256) live in the store's key ring, so restarts and other replicas sign with the
+//! same key. They rotate every `key_rotation`: the next key is published [`PUBLISH_AHEAD`] before
+//! anyone signs with it (every replica and every verifier's cached JWKS knows it by then), and the
+//! previous key stays published, so no assertion or access token breaks at rotation.
 
 use aws_lc_rs::rand::SystemRandom;
 use aws_lc_rs::signature::{ECDSA_P256_SHA256_FIXED_SIGNING, EcdsaKeyPair};
@@ -29,11 +31,30 @@ pub enum TokenSubject {
     Session(String),
 }
 
+/// How long a new key is published before it is used.
+pub const PUBLISH_AHEAD_SECS: i64 = 3600;
+
+/// Of a key ring (oldest first), the index of the key to use at `now`: the newest key published
+/// for at least [`PUBLISH_AHEAD_SECS`], or the oldest when none is (a store's very first key).
+pub fn active_key(ring: &[store::RingKey], now: i64) -> usize {
+    ring.iter()
+        .rposition(|k| now - k.created_at >= PUBLISH_AHEAD_SECS)
+        .unwrap_or(0)
+}
+
+/// A new ES256 key: a random kid and PKCS#8 material.
+pub fn new_key() -> (String, Vec<u8>) {
+    let pkcs8 =
+        EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &SystemRandom::new())
+            .expect("P-256 key generation failed");
+    (crate::crypto::random_token(12), pkcs8.as_ref().to_vec())
+}
+
 pub struct Signer {
     kid: String,
     key: EncodingKey,
-    /// The public half, to check castellan's own access tokens.
-    public: jsonwebtoken::DecodingKey,
+    /// The public halves of every published key, to check castellan's own access tokens.
+    public: std::collections::HashMap<String, jsonwebtoken::DecodingKey>,
     jwks: String,
     /// `{kid: PEM}`, the form of Google IAP's `public_key` URL.
     pem_keys: String,
@@ -62,35 +83,62 @@ struct Claims<'a> {
 }
 
 impl Signer {
-    pub async fn load(store: &Store, issuer: &str) -> Result<Signer, Error> {
-        let (kid, der) = store
-            .key_or_create("assertion", || {
-                let pkcs8 = EcdsaKeyPair::generate_pkcs8(
-                    &ECDSA_P256_SHA256_FIXED_SIGNING,
-                    &SystemRandom::new(),
-                )
-                .expect("P-256 key generation failed");
-                (crate::crypto::random_token(12), pkcs8.as_ref().to_vec())
-            })
+    /// The signer for the store's assertion key ring at `now`, rotating it when due.
+    pub async fn load(
+        store: &Store,
+        issuer: &str,
+        rotation: std::time::Duration,
+        now: i64,
+    ) -> Result<Signer, Error> {
+        let rotate_after =
+            rotation.saturating_sub(std::time::Duration::from_secs(PUBLISH_AHEAD_SECS as u64));
+        let ring = store
+            .key_ring("assertion", now, rotate_after, new_key)
             .await?;
-        let key = EncodingKey::from_ec_der(&der);
-        let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).map_err(Error::BadKey)?;
-        jwk.common.key_id = Some(kid.clone());
-        jwk.common.public_key_use = Some(PublicKeyUse::Signature);
-        jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
-        let public = jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(Error::BadKey)?;
-        let jwks = serde_json::to_string(&JwkSet { keys: vec![jwk] }).expect("a JWKS serialises");
-        let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &der)
-            .map_err(|_| Error::BadKey(jsonwebtoken::errors::ErrorKind::InvalidEcdsaKey.into()))?;
-        let pem_keys = serde_json::json!({ kid.clone(): spki_pem(aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref()) }).to_string();
+        Signer::from_ring(&ring, now, issuer)
+    }
+
+    /// Signs with the ring's active key; publishes (and accepts tokens from) all of them.
+    pub fn from_ring(ring: &[store::RingKey], now: i64, issuer: &str) -> Result<Signer, Error> {
+        let mut jwks = Vec::new();
+        let mut pems = serde_json::Map::new();
+        let mut public = std::collections::HashMap::new();
+        for k in ring {
+            let key = EncodingKey::from_ec_der(&k.material);
+            let mut jwk = Jwk::from_encoding_key(&key, Algorithm::ES256).map_err(Error::BadKey)?;
+            jwk.common.key_id = Some(k.kid.clone());
+            jwk.common.public_key_use = Some(PublicKeyUse::Signature);
+            jwk.common.key_algorithm = Some(KeyAlgorithm::ES256);
+            public.insert(
+                k.kid.clone(),
+                jsonwebtoken::DecodingKey::from_jwk(&jwk).map_err(Error::BadKey)?,
+            );
+            jwks.push(jwk);
+            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &k.material)
+                .map_err(|_| {
+                    Error::BadKey(jsonwebtoken::errors::ErrorKind::InvalidEcdsaKey.into())
+                })?;
+            pems.insert(
+                k.kid.clone(),
+                spki_pem(aws_lc_rs::signature::KeyPair::public_key(&pair).as_ref()).into(),
+            );
+        }
+        let active = ring.get(active_key(ring, now)).ok_or_else(|| {
+            Error::BadKey(jsonwebtoken::errors::ErrorKind::InvalidEcdsaKey.into())
+        })?;
         Ok(Signer {
-            kid,
-            key,
+            kid: active.kid.clone(),
+            key: EncodingKey::from_ec_der(&active.material),
             public,
-            jwks,
-            pem_keys,
+            jwks: serde_json::to_string(&JwkSet { keys: jwks }).expect("a JWKS serialises"),
+            pem_keys: serde_json::Value::Object(pems).to_string(),
             issuer: issuer.to_string(),
         })
+    }
+
+    /// Whether `kid` names one of the published keys.
+    pub fn knows(&self, kid: &str) -> bool {
+        self.public.contains_key(kid)
     }
 
     /// The `{kid: PEM}` document served at `/.castellan/iap/public_key`.
@@ -172,28 +220,31 @@ impl Signer {
     pub fn verify_access_token(&self, token: &str, audience: &str) -> Result<TokenSubject, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
-        if header.alg != Algorithm::ES256
-            || header.kid.as_deref() != Some(self.kid.as_str())
-            || header.typ.as_deref() != Some("at+jwt")
-        {
-            return Err("not a castellan access token".into());
-        }
+        let public = match header.kid.as_deref().and_then(|k| self.public.get(k)) {
+            Some(p)
+                if header.alg == Algorithm::ES256 && header.typ.as_deref() == Some("at+jwt") =>
+            {
+                p
+            }
+            _ => return Err("not a castellan access token".into()),
+        };
         let mut v = jsonwebtoken::Validation::new(Algorithm::ES256);
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
         v.leeway = 30;
-        let data = jsonwebtoken::decode::<serde_json::Value>(token, &self.public, &v).map_err(
-            |e| match e.kind() {
-                jsonwebtoken::errors::ErrorKind::InvalidAudience => {
-                    "the token is for another app".to_string()
+        let data =
+            jsonwebtoken::decode::<serde_json::Value>(token, public, &v).map_err(|e| {
+                match e.kind() {
+                    jsonwebtoken::errors::ErrorKind::InvalidAudience => {
+                        "the token is for another app".to_string()
+                    }
+                    jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
+                        "the token has expired".to_string()
+                    }
+                    _ => format!("the token is not valid: {e}"),
                 }
-                jsonwebtoken::errors::ErrorKind::ExpiredSignature => {
-                    "the token has expired".to_string()
-                }
-                _ => format!("the token is not valid: {e}"),
-            },
-        )?;
+            })?;
         let c = data.claims;
         match (
             c["client_id"].as_str(),
@@ -280,6 +331,45 @@ mod tests {
     use jsonwebtoken::{DecodingKey, Validation};
 
     #[tokio::test]
+    async fn keys_rotate_with_the_next_one_published_first_and_old_tokens_still_valid() {
+        let (_d, store) = crate::store::temp_store().await;
+        let day = std::time::Duration::from_secs(86_400);
+        let issuer = "https://apps.example.com";
+        let t0 = store::now();
+        let first = Signer::load(&store, issuer, day, t0).await.unwrap();
+        let token = first
+            .sign_access_token("etl", "key1", "castellan:demo")
+            .unwrap();
+        let jwks = |s: &Signer| -> Vec<String> {
+            let set: JwkSet = serde_json::from_str(s.jwks()).unwrap();
+            set.keys
+                .iter()
+                .map(|k| k.common.key_id.clone().unwrap())
+                .collect()
+        };
+        assert_eq!(jwks(&first), vec![first.kid().to_string()]);
+        // An hour before the period ends the next key is made and published, but not used.
+        let ahead = Signer::load(&store, issuer, day, t0 + 86_400 - 3_600)
+            .await
+            .unwrap();
+        assert_eq!(ahead.kid(), first.kid());
+        assert_eq!(jwks(&ahead).len(), 2);
+        let next = jwks(&ahead)[1].clone();
+        // At the end of the period it signs, and a verifier holding the earlier JWKS knows it.
+        let rotated = Signer::load(&store, issuer, day, t0 + 86_400)
+            .await
+            .unwrap();
+        assert_eq!(rotated.kid(), next);
+        // Tokens signed with the previous key still verify.
+        assert!(matches!(
+            rotated.verify_access_token(&token, "castellan:demo"),
+            Ok(TokenSubject::ServiceAccount { .. })
+        ));
+        let pems: serde_json::Value = serde_json::from_str(rotated.pem_keys()).unwrap();
+        assert!(pems[first.kid()].is_string() && pems[&next].is_string());
+    }
+
+    #[tokio::test]
     async fn assertions_verify_against_the_published_jwks() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(&crate::config::StoreLocation::Sqlite(
@@ -287,10 +377,12 @@ mod tests {
         ))
         .await
         .unwrap();
-        let signer = Signer::load(&store, "https://apps.example.com")
+        let month = std::time::Duration::from_secs(30 * 86400);
+        let now = store::now();
+        let signer = Signer::load(&store, "https://apps.example.com", month, now)
             .await
             .unwrap();
-        let again = Signer::load(&store, "https://apps.example.com")
+        let again = Signer::load(&store, "https://apps.example.com", month, now)
             .await
             .unwrap();
         assert_eq!(signer.kid(), again.kid(), "the key is kept in the store");

@@ -44,7 +44,7 @@ pub fn bearer(state: &State, headers: &HeaderMap) -> Option<(HeaderName, String)
     }
     let t = token(&header::AUTHORIZATION)?;
     let ours = jsonwebtoken::decode_header(&t)
-        .is_ok_and(|h| h.kid.as_deref() == Some(state.signer.kid()))
+        .is_ok_and(|h| h.kid.as_deref().is_some_and(|k| state.signer().knows(k)))
         || unverified_issuer(&t).is_some_and(|iss| {
             state
                 .providers
@@ -61,8 +61,12 @@ pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Princ
     }
     let header =
         jsonwebtoken::decode_header(token).map_err(|_| "the token is not a JWT".to_string())?;
-    if header.kid.as_deref() == Some(state.signer.kid()) {
-        return match state.signer.verify_access_token(token, &app.audience)? {
+    if header
+        .kid
+        .as_deref()
+        .is_some_and(|k| state.signer().knows(k))
+    {
+        return match state.signer().verify_access_token(token, &app.audience)? {
             TokenSubject::ServiceAccount { name, key } => {
                 match state.store.key_active(&key).await {
                     Ok(true) => Ok(Principal::ServiceAccount(name)),
@@ -223,7 +227,7 @@ pub async fn token_endpoint(
         );
     };
     match state
-        .signer
+        .signer()
         .sign_access_token(&name, &key_id, &app.audience)
     {
         Ok(token) => {
@@ -384,7 +388,7 @@ async fn cli_refresh_grant(
         );
     };
     outcome.user = session.identity.email.clone();
-    match state.signer.sign_user_access_token(
+    match state.signer().sign_user_access_token(
         &session.identity,
         &digest,
         &app.audience,

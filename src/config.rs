@@ -24,6 +24,8 @@ pub struct Config {
     pub store_outage_grace: Duration,
     /// Where decision records wait while the store cannot take them (flushed on recovery).
     pub audit_spool: PathBuf,
+    /// How often the assertion signing key and the CSRF key are replaced.
+    pub key_rotation: Duration,
     pub local_accounts: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub session_lifetime: Duration,
@@ -394,6 +396,7 @@ pub const ENV_KEYS: &[&str] = &[
     "store",
     "store_outage_grace",
     "audit_spool",
+    "key_rotation",
     "local_accounts",
     "trusted_proxies",
     "session_lifetime",
@@ -417,6 +420,7 @@ const TOP_KEYS: &[&str] = &[
     "store",
     "store_outage_grace",
     "audit_spool",
+    "key_rotation",
     "local_accounts",
     "trusted_proxies",
     "session_lifetime",
@@ -473,6 +477,15 @@ impl Reader<'_> {
         let store_outage_grace = self
             .duration(&mut t, "", "store_outage_grace")
             .unwrap_or(Duration::from_secs(300));
+        let key_rotation = self
+            .duration(&mut t, "", "key_rotation")
+            .unwrap_or(Duration::from_secs(30 * 86400));
+        if key_rotation < Duration::from_secs(2 * 3600) {
+            self.problem(
+                "key_rotation",
+                "keys must live at least \"2h\": a new key is published an hour before it is used. Write e.g. \"30d\"",
+            );
+        }
         let audit_spool = self
             .string(&mut t, "", "audit_spool")
             .map(|p| base.join(p))
@@ -534,6 +547,7 @@ impl Reader<'_> {
             store: store?,
             store_outage_grace,
             audit_spool,
+            key_rotation,
             local_accounts,
             trusted_proxies,
             session_lifetime,

@@ -659,7 +659,7 @@ fn settings(state: &State) -> Vec<(String, String)> {
         ),
         (
             "assertion signing key id".into(),
-            state.signer.kid().to_string(),
+            state.signer().kid().to_string(),
         ),
     ];
     for p in &c.providers {
@@ -704,12 +704,8 @@ async fn post(
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let form = web::read_form(body).await.unwrap_or_default();
-    let token_ok = web::cookie(&parts.headers, state.cookies.browser).is_some_and(|b| {
-        crypto::equal(
-            &state.csrf_token(b),
-            web::param(&form, "csrf").unwrap_or(""),
-        )
-    });
+    let token_ok = web::cookie(&parts.headers, state.cookies.browser)
+        .is_some_and(|b| state.csrf_valid(b, web::param(&form, "csrf").unwrap_or("")));
     if !token_ok || !same_origin(state, &parts.headers) {
         outcome.decision = "deny";
         outcome.reason = "csrf";

@@ -168,7 +168,7 @@ pub async fn handle(
                     crate::request::identity_headers(state, app, identity)
                 }
                 Some(crate::bearer::Principal::ServiceAccount(name)) => state
-                    .signer
+                    .signer()
                     .sign_service_account(name, &app.audience)
                     .map(|a| {
                         vec![

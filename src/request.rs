@@ -505,7 +505,7 @@ async fn protected_by_bearer(
     outcome.binding = grant.to_string();
     let added = match &principal {
         Principal::ServiceAccount(name) => {
-            match state.signer.sign_service_account(name, &app.audience) {
+            match state.signer().sign_service_account(name, &app.audience) {
                 Ok(a) => vec![
                     (
                         http::HeaderName::from_static(proxy::ASSERTION_HEADER),
@@ -593,7 +593,7 @@ pub fn identity_headers(
         IdentityHeaders::GoogleIap => vec![
             (
                 HeaderName::from_static("x-goog-iap-jwt-assertion"),
-                proxy::value(&state.signer.sign_iap(identity, &app.audience)?),
+                proxy::value(&state.signer().sign_iap(identity, &app.audience)?),
             ),
             (
                 HeaderName::from_static("x-goog-authenticated-user-email"),

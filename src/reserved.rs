@@ -59,10 +59,10 @@ pub async fn handle(
         (
             Method::GET | Method::HEAD,
             "/.castellan/jwks.json" | "/.castellan/iap/public_key-jwk",
-        ) => public_keys(state.signer.jwks()),
+        ) => public_keys(state.signer().jwks()),
         // The `{kid: PEM}` form of Google IAP's key URL, for apps written for IAP.
         (Method::GET | Method::HEAD, "/.castellan/iap/public_key") => {
-            public_keys(state.signer.pem_keys())
+            public_keys(state.signer().pem_keys())
         }
         (Method::GET | Method::HEAD, "/.castellan/whoami") => whoami(state, &req, outcome).await,
         (Method::GET | Method::HEAD, "/.castellan/sign_in") => {
@@ -505,12 +505,8 @@ async fn local_sign_in(
         return bad_sign_in("Sign-in failed", "The form could not be read.", outcome);
     };
     let browser = web::cookie(&headers, state.cookies.browser);
-    let csrf_ok = browser.is_some_and(|b| {
-        crypto::equal(
-            &state.csrf_token(b),
-            web::param(&form, "csrf").unwrap_or(""),
-        )
-    });
+    let csrf_ok =
+        browser.is_some_and(|b| state.csrf_valid(b, web::param(&form, "csrf").unwrap_or("")));
     let return_to = safe_return(state, web::param(&form, "rd"));
     if !csrf_ok || !origin_ok(state, &headers) {
         outcome.decision = "sign-in-failed";
@@ -629,12 +625,8 @@ async fn sign_out_page(
 async fn sign_out(state: &State, req: Request<Incoming>, outcome: &mut Outcome) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let form = web::read_form(body).await.unwrap_or_default();
-    let csrf_ok = web::cookie(&parts.headers, state.cookies.browser).is_some_and(|b| {
-        crypto::equal(
-            &state.csrf_token(b),
-            web::param(&form, "csrf").unwrap_or(""),
-        )
-    });
+    let csrf_ok = web::cookie(&parts.headers, state.cookies.browser)
+        .is_some_and(|b| state.csrf_valid(b, web::param(&form, "csrf").unwrap_or("")));
     if !csrf_ok || !origin_ok(state, &parts.headers) {
         return bad_sign_in(
             "Sign-out failed",
@@ -674,12 +666,8 @@ async fn request_access(
 ) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let form = web::read_form(body).await.unwrap_or_default();
-    let csrf_ok = web::cookie(&parts.headers, state.cookies.browser).is_some_and(|b| {
-        crypto::equal(
-            &state.csrf_token(b),
-            web::param(&form, "csrf").unwrap_or(""),
-        )
-    });
+    let csrf_ok = web::cookie(&parts.headers, state.cookies.browser)
+        .is_some_and(|b| state.csrf_valid(b, web::param(&form, "csrf").unwrap_or("")));
     if !csrf_ok || !origin_ok(state, &parts.headers) {
         return bad_sign_in(
             "Request not sent",

@@ -37,9 +37,11 @@ pub const DRAIN_TIMEOUT: Duration = Duration::from_secs(30);
 pub struct State {
     pub config: Config,
     pub store: Store,
-    pub signer: Signer,
-    /// Key for CSRF tokens (HMAC), kept in the store.
-    pub csrf_key: Vec<u8>,
+    /// The assertion signer for the current key ring (swapped when keys rotate).
+    signer: RwLock<Arc<Signer>>,
+    /// Keys for CSRF tokens (HMAC), from the store's key ring: the active one makes tokens, all
+    /// of them check tokens.
+    csrf_keys: RwLock<Arc<CsrfKeys>>,
     pub providers: Vec<oidc::Client>,
     pub metrics: Metrics,
     pub upstream: Upstream,
@@ -73,6 +75,37 @@ pub struct State {
     assertion_cache: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
 }
 
+/// CSRF keys: all of the ring's, and which one makes new tokens.
+struct CsrfKeys {
+    keys: Vec<Vec<u8>>,
+    active: usize,
+}
+
+/// The assertion signer and the CSRF keys, from the store's key rings at this moment.
+async fn load_keys(
+    config: &Config,
+    store: &Store,
+) -> Result<(Signer, CsrfKeys), crate::assertion::Error> {
+    let now = store::now();
+    let signer = Signer::load(store, &config.public_origin(), config.key_rotation, now).await?;
+    let rotate_after = config.key_rotation.saturating_sub(Duration::from_secs(
+        crate::assertion::PUBLISH_AHEAD_SECS as u64,
+    ));
+    let ring = store
+        .key_ring("csrf", now, rotate_after, || {
+            (
+                crate::crypto::random_token(12),
+                crate::crypto::random_bytes(32),
+            )
+        })
+        .await?;
+    let csrf = CsrfKeys {
+        active: crate::assertion::active_key(&ring, now),
+        keys: ring.into_iter().map(|k| k.material).collect(),
+    };
+    Ok((signer, csrf))
+}
+
 /// What the background reload learned about the store.
 struct StoreHealth {
     /// The last reload reached the store.
@@ -88,10 +121,7 @@ pub const ASSERTION_REUSE_SECS: i64 = 60;
 
 impl State {
     pub async fn new(config: Config, store: Store) -> Result<Arc<State>, crate::assertion::Error> {
-        let signer = Signer::load(&store, &config.public_origin()).await?;
-        let (_, csrf_key) = store
-            .key_or_create("csrf", || ("csrf".into(), crate::crypto::random_bytes(32)))
-            .await?;
+        let (signer, csrf_keys) = load_keys(&config, &store).await?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
             .connect_timeout(Duration::from_secs(5))
@@ -131,8 +161,8 @@ impl State {
             },
             changed: tokio::sync::Notify::new(),
             assertion_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
-            signer,
-            csrf_key,
+            signer: RwLock::new(Arc::new(signer)),
+            csrf_keys: RwLock::new(Arc::new(csrf_keys)),
             providers,
             config,
             store,
@@ -414,7 +444,7 @@ impl State {
         {
             return Ok(token.clone());
         }
-        let token = self.signer.sign(who, audience)?;
+        let token = self.signer().sign(who, audience)?;
         let mut cache = self
             .assertion_cache
             .lock()
@@ -428,7 +458,47 @@ impl State {
 
     /// The CSRF token for forms shown to the browser identified by `browser_id`.
     pub fn csrf_token(&self, browser_id: &str) -> String {
-        crate::crypto::mac(&self.csrf_key, &format!("csrf:{browser_id}"))
+        let keys = self
+            .csrf_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        crate::crypto::mac(&keys.keys[keys.active], &format!("csrf:{browser_id}"))
+    }
+
+    /// Whether `token` is a CSRF token for `browser_id` under any key of the ring (a form shown
+    /// before a rotation still posts).
+    pub fn csrf_valid(&self, browser_id: &str, token: &str) -> bool {
+        let keys = self
+            .csrf_keys
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone();
+        keys.keys.iter().any(|k| {
+            crate::crypto::equal(&crate::crypto::mac(k, &format!("csrf:{browser_id}")), token)
+        })
+    }
+
+    /// The signer for the current key ring.
+    pub fn signer(&self) -> Arc<Signer> {
+        self.signer
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Re-reads the key rings (rotating them when due) and swaps in the result.
+    pub async fn refresh_keys(&self) -> Result<(), crate::assertion::Error> {
+        let (signer, csrf) = load_keys(&self.config, &self.store).await?;
+        if signer.kid() != self.signer().kid() {
+            tracing::info!(
+                kid = signer.kid(),
+                "assertions are now signed with a new key"
+            );
+        }
+        *self.signer.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(signer);
+        *self.csrf_keys.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(csrf);
+        Ok(())
     }
 }
 
@@ -539,6 +609,19 @@ fn spawn_background(state: Arc<State>) {
     if let crate::config::StoreLocation::Postgres(url) = &state.config.store {
         tokio::spawn(listen_for_changes(state.clone(), url.to_string()));
     }
+    let keys = state.clone();
+    tokio::spawn(async move {
+        // Every replica re-reads the key rings each minute, so all know a new key long before
+        // anyone signs with it (an hour after it is made).
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            if let Err(e) = keys.refresh_keys().await {
+                tracing::warn!(
+                    "refreshing the signing keys failed (keeping the current ones): {e}"
+                );
+            }
+        }
+    });
     tokio::spawn(async move {
         loop {
             if let Err(e) = state.store.sweep(crate::reserved::FLOW_LIFETIME).await {

@@ -42,7 +42,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
         ],
     ),
     (
-        "keys",
+        "key_ring",
         &[
             ("purpose", Text),
             ("kid", Text),
@@ -152,13 +152,15 @@ impl Store {
         mut progress: impl FnMut(&str, i64, i64),
     ) -> Result<Copied> {
         for (table, _) in TABLES {
-            // Keys are created by opening a store for serving, not by migrating: they are replaced.
-            if *table != "keys" && to.count(table).await? > 0 {
+            // Keys are made when a server first opens a store: the source's replace them.
+            if *table != "key_ring" && to.count(table).await? > 0 {
                 return Err(Error::NotEmpty(table.to_string()));
             }
         }
         let mut tx = to.write().await?;
-        sqlx::query("DELETE FROM keys").execute(&mut *tx).await?;
+        sqlx::query("DELETE FROM key_ring")
+            .execute(&mut *tx)
+            .await?;
         for (table, columns) in TABLES {
             let total = self.count(table).await?;
             let names: Vec<&str> = columns.iter().map(|(n, _)| *n).collect();

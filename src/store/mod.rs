@@ -269,27 +269,84 @@ impl Store {
         Ok(())
     }
 
-    /// The key for `purpose`, created with `make` when there is none yet. Safe when several
-    /// processes start at once: the first insert wins and everyone reads it back.
-    pub async fn key_or_create(
+    /// The key ring for `purpose`, oldest first. When the newest key was made `rotate_after` or
+    /// longer before `now` (or there is none), a new key made by `make` (a kid and its material)
+    /// joins first, and only the newest [`KEYS_KEPT`] stay. Safe when several processes do this at
+    /// once: the check is repeated under the write lock, so one key is added per rotation.
+    pub async fn key_ring(
         &self,
         purpose: &str,
+        now: i64,
+        rotate_after: Duration,
         make: impl FnOnce() -> (String, Vec<u8>),
-    ) -> Result<(String, Vec<u8>)> {
-        let (kid, material) = make();
-        sqlx::query("INSERT INTO keys (purpose, kid, material, created_at) VALUES ($1, $2, $3, $4) ON CONFLICT DO NOTHING")
+    ) -> Result<Vec<RingKey>> {
+        let due = |ring: &[RingKey]| {
+            ring.last()
+                .is_none_or(|k| now - k.created_at >= rotate_after.as_secs() as i64)
+        };
+        let ring = self.read_ring(purpose, &self.pool).await?;
+        if !due(&ring) {
+            return Ok(ring);
+        }
+        let mut tx = self.write().await?;
+        let ring = self.read_ring(purpose, &mut *tx).await?;
+        if due(&ring) {
+            let (kid, material) = make();
+            sqlx::query(
+                "INSERT INTO key_ring (purpose, kid, material, created_at) VALUES ($1, $2, $3, $4)",
+            )
             .bind(purpose)
             .bind(&kid)
             .bind(&material)
-            .bind(now())
-            .execute(&self.pool)
+            .bind(now.max(ring.last().map_or(now, |k| k.created_at + 1)))
+            .execute(&mut *tx)
             .await?;
-        let row = sqlx::query("SELECT kid, material FROM keys WHERE purpose = $1")
-            .bind(purpose)
-            .fetch_one(&self.pool)
-            .await?;
-        Ok((row.get(0), row.get(1)))
+            let all = self.read_ring(purpose, &mut *tx).await?;
+            for old in all.iter().take(all.len().saturating_sub(KEYS_KEPT)) {
+                sqlx::query("DELETE FROM key_ring WHERE purpose = $1 AND kid = $2")
+                    .bind(purpose)
+                    .bind(&old.kid)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+        }
+        let ring = self.read_ring(purpose, &mut *tx).await?;
+        tx.commit().await?;
+        Ok(ring)
     }
+
+    async fn read_ring<'e>(
+        &self,
+        purpose: &str,
+        on: impl sqlx::Executor<'e, Database = Any>,
+    ) -> Result<Vec<RingKey>> {
+        let rows = sqlx::query(
+            "SELECT kid, material, created_at FROM key_ring WHERE purpose = $1 ORDER BY created_at, kid",
+        )
+        .bind(purpose)
+        .fetch_all(on)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| RingKey {
+                kid: r.get(0),
+                material: r.get(1),
+                created_at: r.get(2),
+            })
+            .collect())
+    }
+}
+
+/// How many keys a ring keeps: the next one, the one in use and the previous one.
+pub const KEYS_KEPT: usize = 3;
+
+/// One key of a ring (see [`Store::key_ring`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RingKey {
+    pub kid: String,
+    pub material: Vec<u8>,
+    /// Unix seconds.
+    pub created_at: i64,
 }
 
 /// The sqlx URL of a SQLite file, created when missing (the path percent-encoded, so `?`, `#` or
@@ -430,16 +487,34 @@ mod tests {
     use std::str::FromStr;
 
     store_test! {
-        async fn keys_are_created_once(s: Store) {
-            let a = s
-                .key_or_create("k", || ("1".into(), vec![1]))
-                .await
-                .unwrap();
-            let b = s
-                .key_or_create("k", || ("2".into(), vec![2]))
-                .await
-                .unwrap();
+        async fn key_rings_rotate_once_per_period_and_keep_three(s: Store) {
+            let day = Duration::from_secs(86_400);
+            let mut n = 0;
+            let mut make = || {
+                n += 1;
+                (format!("k{n}"), vec![n as u8])
+            };
+            let t0 = 1_000_000;
+            let ring = s.key_ring("k", t0, day, &mut make).await.unwrap();
+            assert_eq!(ring.len(), 1);
+            // Not due yet: the same ring, nothing made.
+            let again = s.key_ring("k", t0 + 3600, day, &mut make).await.unwrap();
+            assert_eq!(again, ring);
+            // Two processes at the same moment after a period: one new key between them.
+            let (a, b) = tokio::join!(
+                s.key_ring("k", t0 + 86_400, day, || ("x1".into(), vec![9])),
+                s.key_ring("k", t0 + 86_400, day, || ("x2".into(), vec![9]))
+            );
+            let (a, b) = (a.unwrap(), b.unwrap());
+            assert_eq!(a.len(), 2);
             assert_eq!(a, b);
+            for d in 2..=4 {
+                s.key_ring("k", t0 + d * 86_400, day, &mut make).await.unwrap();
+            }
+            let ring = s.key_ring("k", t0 + 4 * 86_400, day, &mut make).await.unwrap();
+            assert_eq!(ring.len(), KEYS_KEPT, "{ring:?}");
+            assert!(ring.windows(2).all(|w| w[0].created_at < w[1].created_at));
+            assert!(!ring.iter().any(|k| k.kid == "k1"), "the oldest key is gone");
         }
     }
 
