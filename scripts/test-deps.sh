@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what castellan's end-to-end tests need, from the package registries only:
 #   - Debian's chromium (the headless browser), nginx and caddy (ingresses for forward-auth) and
-#     postgresql (throwaway clusters for the store tests); apt-get needs root,
+#     postgresql (throwaway clusters for the store tests) and pebble (an ACME CA for the HTTPS
+#     tests); apt-get needs root,
 #   - npm packages in tests/support (oidc-provider, jose, playwright-core; exact versions from package-lock.json),
 #   - Streamlit in a virtual environment at tests/support/.venv.
 # Safe to run again: it skips what is already there.
@@ -21,6 +22,8 @@ missing=()
 [ -x /usr/bin/chromium ] || missing+=(chromium)
 [ -x /usr/sbin/nginx ] || missing+=(nginx)
 [ -x /usr/bin/caddy ] || missing+=(caddy)
+# Pebble, Let's Encrypt's ACME test server (with pebble-challtestsrv as its DNS), for the HTTPS tests.
+[ -x /usr/bin/pebble ] || missing+=(pebble)
 # PostgreSQL server binaries: tests start throwaway clusters (one they can stop and restart).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
 if [ ${#missing[@]} -gt 0 ]; then

@@ -67,6 +67,8 @@ pub enum Error {
     Store(#[from] store::Error),
     #[error("the assertion signing key in the store is unusable: {0}")]
     BadKey(jsonwebtoken::errors::Error),
+    #[error("TLS: {0}")]
+    Tls(String),
     #[error("signing the identity assertion failed: {0}")]
     Sign(jsonwebtoken::errors::Error),
 }

@@ -44,7 +44,51 @@ pub struct Config {
     pub admins: Vec<crate::policy::Member>,
     pub providers: Vec<Provider>,
     pub apps: Vec<App>,
+    /// HTTPS on `listen`, with certificates from files or ACME.
+    pub tls: Option<Tls>,
 }
+
+/// `[tls]`: where certificates come from, and the plain-HTTP listener beside HTTPS.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tls {
+    pub certificates: Certificates,
+    /// A plain-HTTP listener that redirects to HTTPS (and answers ACME HTTP-01 challenges).
+    pub http_listen: Option<SocketAddr>,
+    /// `Strict-Transport-Security` max-age; zero sends none.
+    pub hsts: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Certificates {
+    /// PEM files, reloaded when they change and on SIGHUP.
+    Files {
+        cert: PathBuf,
+        key: PathBuf,
+    },
+    Acme(Acme),
+}
+
+/// Automatic certificates from an ACME CA (Let's Encrypt by default).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Acme {
+    pub domains: Vec<String>,
+    pub email: Option<String>,
+    pub directory: String,
+    /// A PEM root for a private or test CA's ACME endpoint.
+    pub ca_root: Option<PathBuf>,
+    pub challenge: AcmeChallenge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AcmeChallenge {
+    /// Answered on `http_listen` (port 80 in production).
+    Http01,
+    /// Answered in the TLS handshake on `listen` (port 443 in production).
+    TlsAlpn01,
+}
+
+/// Let's Encrypt's production directory.
+pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
 
 /// Where castellan keeps its state.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -434,7 +478,10 @@ const TOP_KEYS: &[&str] = &[
     "admins",
     "providers",
     "apps",
+    "tls",
 ];
+const TLS_KEYS: &[&str] = &["cert", "key", "acme", "http_listen", "hsts"];
+const ACME_KEYS: &[&str] = &["domains", "email", "directory", "ca_root", "challenge"];
 const PROVIDER_KEYS: &[&str] = &[
     "id",
     "display_name",
@@ -472,7 +519,8 @@ impl Reader<'_> {
         let listen = self
             .socket_addr(&mut t, "", "listen")
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
-        let public_url = self.public_url(&mut t, listen);
+        let had_public_url = t.contains_key("public_url");
+        let mut public_url = self.public_url(&mut t, listen);
         let store = self.store(&mut t, base);
         let store_outage_grace = self
             .duration(&mut t, "", "store_outage_grace")
@@ -524,6 +572,30 @@ impl Reader<'_> {
         let google_metadata_url = self
             .string(&mut t, "", "google_metadata_url")
             .unwrap_or_else(|| crate::google::DEFAULT_METADATA_URL.to_string());
+        let tls = self.tls(&mut t, base);
+        if let (Some(tls), false) = (&tls, had_public_url) {
+            // HTTPS by default: the first ACME domain, or the listen address.
+            let host = match &tls.certificates {
+                Certificates::Acme(a) if !a.domains.is_empty() => a.domains[0].clone(),
+                _ => public_url
+                    .as_ref()
+                    .and_then(|u| u.host_str())
+                    .unwrap_or("127.0.0.1")
+                    .to_string(),
+            };
+            let port = if listen.port() == 443 {
+                String::new()
+            } else {
+                format!(":{}", listen.port())
+            };
+            public_url = Url::parse(&format!("https://{host}{port}")).ok();
+        }
+        if tls.is_some() && public_url.as_ref().is_some_and(|u| u.scheme() != "https") {
+            self.problem(
+                "public_url",
+                "with [tls] castellan serves HTTPS: public_url must start with https://, e.g. \"https://apps.example.com\"",
+            );
+        }
         let providers = self.providers(&mut t);
         let had_apps = t.contains_key("apps");
         let apps = self.apps(&mut t);
@@ -561,6 +633,7 @@ impl Reader<'_> {
             admins,
             providers,
             apps,
+            tls,
         })
     }
 
@@ -930,6 +1003,124 @@ impl Reader<'_> {
             }
         }
         out
+    }
+
+    fn tls(&mut self, t: &mut toml::Table, base: &Path) -> Option<Tls> {
+        let mut tls = match t.remove("tls")? {
+            Value::Table(tls) => tls,
+            other => {
+                self.problem(
+                    "tls",
+                    format!(
+                        "expected a table, found {}: write it as [tls]",
+                        other.type_str()
+                    ),
+                );
+                return None;
+            }
+        };
+        self.unknown_keys(&tls, "tls.", TLS_KEYS);
+        let http_listen = self.socket_addr(&mut tls, "tls.", "http_listen");
+        let hsts = match tls.get("hsts") {
+            Some(Value::String(s)) if s == "off" => {
+                tls.remove("hsts");
+                Duration::ZERO
+            }
+            _ => self
+                .duration(&mut tls, "tls.", "hsts")
+                .unwrap_or(Duration::from_secs(365 * 86400)),
+        };
+        let file = |r: &mut Self, tls: &mut toml::Table, key: &str| {
+            r.string(tls, "tls.", key).map(|p| base.join(p))
+        };
+        let cert = file(self, &mut tls, "cert");
+        let key = file(self, &mut tls, "key");
+        let acme = match tls.remove("acme") {
+            None => None,
+            Some(Value::Table(mut a)) => {
+                self.unknown_keys(&a, "tls.acme.", ACME_KEYS);
+                let domains: Vec<String> = match a.remove("domains") {
+                    Some(Value::Array(items)) => items
+                        .iter()
+                        .filter_map(|i| {
+                            i.as_str()
+                                .map(|s| s.trim_end_matches('.').to_ascii_lowercase())
+                        })
+                        .collect(),
+                    _ => Vec::new(),
+                };
+                if domains.is_empty()
+                    || domains.iter().any(|d| {
+                        d.is_empty()
+                            || !d.split('.').all(|l| {
+                                !l.is_empty()
+                                    && l.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
+                            })
+                    })
+                {
+                    self.problem(
+                        "tls.acme.domains",
+                        "expected a list of host names to get a certificate for, e.g. [\"apps.example.com\"] (no wildcards: HTTP-01 and TLS-ALPN-01 cannot prove them)",
+                    );
+                }
+                let email = self.string(&mut a, "tls.acme.", "email");
+                let directory = self
+                    .string(&mut a, "tls.acme.", "directory")
+                    .unwrap_or_else(|| LETS_ENCRYPT.to_string());
+                if !directory.starts_with("https://") {
+                    self.problem(
+                        "tls.acme.directory",
+                        format!("`{directory}` must be an https:// URL, e.g. \"{LETS_ENCRYPT}\""),
+                    );
+                }
+                let ca_root = file(self, &mut a, "ca_root");
+                let challenge = match self.string(&mut a, "tls.acme.", "challenge").as_deref() {
+                    None if http_listen.is_some() => AcmeChallenge::Http01,
+                    None => AcmeChallenge::TlsAlpn01,
+                    Some("http-01") => AcmeChallenge::Http01,
+                    Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
+                    Some(other) => {
+                        self.problem("tls.acme.challenge", format!("`{other}` is not a challenge castellan answers: write \"http-01\" (needs tls.http_listen, port 80) or \"tls-alpn-01\" (on listen, port 443)"));
+                        AcmeChallenge::TlsAlpn01
+                    }
+                };
+                if challenge == AcmeChallenge::Http01 && http_listen.is_none() {
+                    self.problem("tls.acme.challenge", "http-01 is answered on the plain-HTTP listener: set tls.http_listen = \"0.0.0.0:80\", or use challenge = \"tls-alpn-01\"");
+                }
+                Some(Acme {
+                    domains,
+                    email,
+                    directory,
+                    ca_root,
+                    challenge,
+                })
+            }
+            Some(other) => {
+                self.problem("tls.acme", format!("expected a table, found {}: write acme = {{ domains = [\"apps.example.com\"], email = \"you@example.com\" }}", other.type_str()));
+                return None;
+            }
+        };
+        let certificates = match (cert, key, acme) {
+            (Some(cert), Some(key), None) => Certificates::Files { cert, key },
+            (None, None, Some(acme)) => Certificates::Acme(acme),
+            (None, None, None) => {
+                self.problem("tls", "say where certificates come from: cert = \"cert.pem\" and key = \"key.pem\", or acme = { domains = [\"apps.example.com\"] }");
+                return None;
+            }
+            (_, _, Some(_)) => {
+                self.problem("tls", "use either cert and key files or acme, not both");
+                return None;
+            }
+            _ => {
+                self.problem("tls", "cert and key go together: set both (PEM files)");
+                return None;
+            }
+        };
+        Some(Tls {
+            certificates,
+            http_listen,
+            hsts,
+        })
     }
 
     fn scopes(&mut self, p: &mut toml::Table, prefix: &str) -> Vec<String> {

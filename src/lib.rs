@@ -3,6 +3,7 @@
 //! a signed identity assertion.
 
 pub mod account;
+pub mod acme;
 pub mod admin;
 pub mod api;
 pub mod assertion;
@@ -28,4 +29,5 @@ pub mod reserved;
 pub mod return_to;
 pub mod server;
 pub mod store;
+pub mod tls;
 pub mod web;

@@ -68,6 +68,10 @@ pub struct State {
     >,
     /// Whether the store answered lately; see [`State::store_usable`].
     store_health: StoreHealth,
+    /// The certificates served with `[tls]`.
+    pub certs: Option<Arc<crate::tls::Certs>>,
+    /// Notified on SIGHUP: re-read certificate files.
+    pub reload_signal: Arc<tokio::sync::Notify>,
     /// Woken when another replica announces a change (PostgreSQL NOTIFY), to reload at once.
     pub changed: tokio::sync::Notify,
     /// Identity assertions recently signed, by person and app: (token, issued at). Reused for up to
@@ -135,7 +139,20 @@ impl State {
             .map(|p| oidc::Client::new(p.clone(), config.redirect_uri(), http.clone()))
             .collect();
         let metrics = Metrics::new();
+        let certs = match config.tls.as_ref().map(|t| &t.certificates) {
+            None => None,
+            Some(crate::config::Certificates::Files { cert, key }) => {
+                let certs = Arc::new(crate::tls::Certs::default());
+                crate::tls::load_files(&certs, cert, key).map_err(crate::assertion::Error::Tls)?;
+                Some(certs)
+            }
+            Some(crate::config::Certificates::Acme(_)) => {
+                Some(Arc::new(crate::tls::Certs::default()))
+            }
+        };
         let state = Arc::new(State {
+            certs,
+            reload_signal: Arc::new(tokio::sync::Notify::new()),
             cookies: CookieNames::new(config.secure_cookies()),
             upstream: Upstream::new(config.upstream_connect_timeout, config.upstream_timeout),
             // Five wrong passwords per account, twenty per client address, in five minutes.
@@ -518,6 +535,7 @@ pub async fn run(
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
     spawn_background(state.clone());
+    let tls = start_tls(&state).await?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
         .http1()
@@ -545,14 +563,48 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let state = state.clone();
+                let hsts = state.config.tls.as_ref().filter(|t| !t.hsts.is_zero()).map(|t| {
+                    http::HeaderValue::from_str(&format!("max-age={}", t.hsts.as_secs()))
+                        .expect("a number is a valid header value")
+                });
                 let service = hyper::service::service_fn(move |req| {
                     let state = state.clone();
-                    async move { Ok::<_, Infallible>(handle(state, peer, req).await) }
+                    let hsts = hsts.clone();
+                    async move {
+                        let mut resp = handle(state, peer, req).await;
+                        if let Some(v) = hsts {
+                            resp.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert(v);
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
                 });
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service).into_owned();
-                let conn = graceful.watch(conn);
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
                 tokio::spawn(async move {
-                    if let Err(e) = conn.await {
+                    let ended = match tls {
+                        None => {
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            // An ACME validator only checks the challenge certificate.
+                            if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                                return;
+                            }
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = ended {
                         tracing::debug!(%peer, "connection ended: {e}");
                     }
                 });
@@ -568,6 +620,54 @@ pub async fn run(
     }
     state.audit.flush().await;
     Ok(())
+}
+
+/// How long a client gets to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// With `[tls]`: the acceptor, the certificate file watcher or the ACME manager, SIGHUP, and
+/// the plain-HTTP listener.
+async fn start_tls(state: &Arc<State>) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Some(tls), Some(certs)) = (&state.config.tls, &state.certs) else {
+        return Ok(None);
+    };
+    #[cfg(unix)]
+    {
+        let reload = state.reload_signal.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading certificates");
+                reload.notify_waiters();
+            }
+        });
+    }
+    match &tls.certificates {
+        crate::config::Certificates::Files { cert, key } => {
+            tokio::spawn(crate::tls::watch_files(
+                certs.clone(),
+                cert.clone(),
+                key.clone(),
+                state.reload_signal.clone(),
+            ));
+        }
+        crate::config::Certificates::Acme(acme) => {
+            tokio::spawn(crate::acme::run(state.clone(), acme.clone(), certs.clone()));
+        }
+    }
+    if let Some(addr) = tls.http_listen {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (tls.http_listen): {e}"),
+            )
+        })?;
+        tracing::info!("redirecting http://{addr} to HTTPS");
+        tokio::spawn(crate::acme::serve_http(state.clone(), listener));
+    }
+    Ok(Some(tokio_rustls::TlsAcceptor::from(
+        crate::tls::server_config(certs.clone()),
+    )))
 }
 
 fn spawn_background(state: Arc<State>) {

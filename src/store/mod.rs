@@ -8,6 +8,7 @@
 //! process or replica) reload: by polling, and on PostgreSQL also woken by a NOTIFY that a trigger
 //! on the revision row sends at commit.
 
+mod acme;
 mod audit;
 mod copy;
 mod groups;
@@ -25,6 +26,7 @@ use sqlx::{Any, AnyPool, Executor, Row, Transaction};
 
 use crate::config::StoreLocation;
 
+pub use acme::StoredCertificate;
 pub use audit::{AuditFilter, AuditRecord};
 pub use copy::Copied;
 pub use groups::Group;

@@ -16,3 +16,4 @@ mod programmatic;
 mod proxy;
 mod replicas;
 mod support;
+mod tls;

@@ -1,0 +1,415 @@
+//! HTTPS: certificates from files (SNI, HTTP/2, HSTS, the redirect listener, reload on change,
+//! a bad file keeps the running certificate) and from ACME against Debian's Pebble, with HTTP-01
+//! and TLS-ALPN-01, including renewal of a short-lived certificate.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use crate::support::*;
+
+/// A test CA that signs leaf certificates.
+struct Ca {
+    issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
+    pem: String,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, name);
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.self_signed(&key).unwrap();
+        Ca {
+            pem: cert.pem(),
+            issuer: rcgen::Issuer::new(params, key),
+        }
+    }
+
+    /// A leaf for `names`: (chain PEM, key PEM, DER).
+    fn leaf(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+        let params =
+            rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
+                .unwrap();
+        let key = rcgen::KeyPair::generate().unwrap();
+        let cert = params.signed_by(&key, &self.issuer).unwrap();
+        (cert.pem(), key.serialize_pem(), cert.der().to_vec())
+    }
+}
+
+/// An HTTPS client for `host` that reaches `addr` and trusts only `root_pem`.
+fn client(host: &str, addr: SocketAddr, root_pem: &str) -> reqwest::Client {
+    reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap()])
+        .resolve(host, addr)
+        .tls_info(true)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+}
+
+/// The DER of the certificate `url` is served with (a new connection each time).
+async fn served_cert(host: &str, addr: SocketAddr, root_pem: &str, url: &str) -> Option<Vec<u8>> {
+    let resp = client(host, addr, root_pem).get(url).send().await.ok()?;
+    resp.extensions()
+        .get::<reqwest::tls::TlsInfo>()
+        .and_then(|i| i.peer_certificate().map(<[u8]>::to_vec))
+}
+
+/// Starts castellan with `toml` in `dir`; waits until `ready` says it serves.
+async fn start_castellan(dir: &Path, toml: &str) -> Proc {
+    let config = dir.join("castellan.toml");
+    std::fs::write(&config, toml).unwrap();
+    let mut cmd = Command::new(castellan_bin());
+    cmd.args(["--log-format", "json", "serve", "--config"])
+        .arg(&config)
+        .env("RUST_LOG", "info");
+    Proc::spawn("castellan", &mut cmd, dir.join("castellan.log"))
+}
+
+async fn eventually<F, Fut>(what: &str, limit: Duration, proc: &mut Proc, mut f: F)
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let t = Instant::now();
+    while !f().await {
+        if let Ok(Some(status)) = proc.child.try_wait() {
+            panic!(
+                "castellan exited ({status}) before {what}:\n{}",
+                proc.log_text()
+            );
+        }
+        assert!(
+            t.elapsed() < limit,
+            "{what}: not after {limit:?}\n{}",
+            proc.log_text()
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn certificate_files_serve_https_with_sni_h2_hsts_redirects_and_reloads() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("castellan test CA");
+    let (chain, key, first) = ca.leaf(&["apps.test", "*.apps.test"]);
+    std::fs::write(dir.path().join("cert.pem"), &chain).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    let (port, http_port) = (free_port(), free_port());
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = start_castellan(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"https://apps.test:{port}\"\nstore = \"sqlite://castellan.db\"\n\
+             [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n\
+             [[apps]]\nid = \"demo\"\nupstream = \"http://{}\"\n",
+            echo.addr
+        ),
+    )
+    .await;
+    let health = format!("https://apps.test:{port}/.castellan/healthz");
+    eventually("HTTPS answers", Duration::from_secs(20), &mut c, || async {
+        client("apps.test", addr, &ca.pem)
+            .get(&health)
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+
+    // HTTP/2 by ALPN, HSTS on every answer, and the certificate from the files.
+    let r = client("apps.test", addr, &ca.pem)
+        .get(&health)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.headers()["strict-transport-security"], "max-age=31536000");
+    assert_eq!(
+        served_cert("apps.test", addr, &ca.pem, &health)
+            .await
+            .unwrap(),
+        first
+    );
+    // The wildcard name is served by SNI; a client that does not trust the CA is refused.
+    let wild = format!("https://dash.apps.test:{port}/.castellan/healthz");
+    assert_eq!(
+        client("dash.apps.test", addr, &ca.pem)
+            .get(&wild)
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    let other = Ca::new("someone else");
+    assert!(
+        client("apps.test", addr, &other.pem)
+            .get(&health)
+            .send()
+            .await
+            .is_err()
+    );
+    // Sign-in cookies are Secure and __Host- prefixed on https.
+    let r = client("apps.test", addr, &ca.pem)
+        .get(format!("https://apps.test:{port}/.castellan/sign_in"))
+        .send()
+        .await
+        .unwrap();
+    let cookies: Vec<_> = r
+        .headers()
+        .get_all("set-cookie")
+        .iter()
+        .map(|v| v.to_str().unwrap().to_string())
+        .collect();
+    assert!(
+        cookies
+            .iter()
+            .any(|c| c.starts_with("__Host-") && c.contains("Secure")),
+        "{cookies:?}"
+    );
+
+    // Plain HTTP redirects to HTTPS, keeping path and query, only to hosts castellan serves.
+    let plain = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    for (host, want) in [
+        ("apps.test", format!("https://apps.test:{port}/x/y?z=1")),
+        ("evil.example", format!("https://apps.test:{port}/x/y?z=1")),
+    ] {
+        let r = plain
+            .get(format!("http://127.0.0.1:{http_port}/x/y?z=1"))
+            .header("host", host)
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 308);
+        assert_eq!(r.headers()["location"], want.as_str());
+    }
+
+    // A certificate swapped on disk is picked up; connections after it see the new one.
+    let (chain2, key2, second) = ca.leaf(&["apps.test", "*.apps.test"]);
+    std::fs::write(dir.path().join("key.pem"), &key2).unwrap();
+    std::fs::write(dir.path().join("cert.pem"), &chain2).unwrap();
+    eventually(
+        "the new certificate is served",
+        Duration::from_secs(10),
+        &mut c,
+        || async {
+            served_cert("apps.test", addr, &ca.pem, &health)
+                .await
+                .as_deref()
+                == Some(&second[..])
+        },
+    )
+    .await;
+    // A broken file keeps the running certificate, and says why.
+    std::fs::write(dir.path().join("cert.pem"), "not a certificate").unwrap();
+    eventually(
+        "the bad file is reported",
+        Duration::from_secs(10),
+        &mut c,
+        || async { c_log(&dir).contains("keeping the running certificate") },
+    )
+    .await;
+    assert_eq!(
+        served_cert("apps.test", addr, &ca.pem, &health)
+            .await
+            .unwrap(),
+        second
+    );
+}
+
+fn c_log(dir: &tempfile::TempDir) -> String {
+    std::fs::read_to_string(dir.path().join("castellan.log")).unwrap_or_default()
+}
+
+/// Debian's Pebble with pebble-challtestsrv as its DNS (every name is 127.0.0.1), validating
+/// HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`.
+struct Pebble {
+    directory: String,
+    /// Trust for talking to Pebble itself.
+    api_ca: PathBuf,
+    /// The root of the certificates Pebble issues.
+    issued_root: String,
+    _procs: Vec<Proc>,
+    _dir: tempfile::TempDir,
+}
+
+impl Pebble {
+    async fn start(http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
+        require(Path::new("/usr/bin/pebble"), "Debian's pebble");
+        let dir = tempfile::tempdir().unwrap();
+        let ca = Ca::new("pebble API CA");
+        let (chain, key, _) = ca.leaf(&["localhost", "127.0.0.1"]);
+        let api_ca = dir.path().join("api-ca.pem");
+        std::fs::write(&api_ca, &ca.pem).unwrap();
+        std::fs::write(dir.path().join("cert.pem"), chain).unwrap();
+        std::fs::write(dir.path().join("key.pem"), key).unwrap();
+        let (acme_port, mgmt_port, dns_port, dns_mgmt) =
+            (free_port(), free_port(), free_port(), free_port());
+        let config = serde_json::json!({"pebble": {
+            "listenAddress": format!("127.0.0.1:{acme_port}"),
+            "managementListenAddress": format!("127.0.0.1:{mgmt_port}"),
+            "certificate": dir.path().join("cert.pem"),
+            "privateKey": dir.path().join("key.pem"),
+            "httpPort": http_port,
+            "tlsPort": tls_port,
+            "ocspResponderURL": "",
+            "externalAccountBindingRequired": false,
+            "certificateValidityPeriod": validity_secs,
+        }});
+        std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
+        let mut dns = Command::new("pebble-challtestsrv");
+        dns.args([
+            "-dns01",
+            &format!("127.0.0.1:{dns_port}"),
+            "-http01",
+            "",
+            "-https01",
+            "",
+            "-tlsalpn01",
+            "",
+        ])
+        .args([
+            "-management",
+            &format!("127.0.0.1:{dns_mgmt}"),
+            "-defaultIPv4",
+            "127.0.0.1",
+            "-defaultIPv6",
+            "",
+        ]);
+        let dns = Proc::spawn("pebble-challtestsrv", &mut dns, dir.path().join("dns.log"));
+        let mut pebble = Command::new("pebble");
+        pebble
+            .arg("-config")
+            .arg(dir.path().join("pebble.json"))
+            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .env("PEBBLE_VA_NOSLEEP", "1")
+            .env("PEBBLE_WFE_NONCEREJECT", "0");
+        let mut pebble = Proc::spawn("pebble", &mut pebble, dir.path().join("pebble.log"));
+        let api = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap()])
+            .build()
+            .unwrap();
+        let directory = format!("https://127.0.0.1:{acme_port}/dir");
+        let t = Instant::now();
+        while api.get(&directory).send().await.is_err() {
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "pebble did not start:\n{}",
+                pebble.log_text()
+            );
+            if let Ok(Some(s)) = pebble.child.try_wait() {
+                panic!("pebble exited ({s}):\n{}", pebble.log_text());
+            }
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let issued_root = api
+            .get(format!("https://127.0.0.1:{mgmt_port}/roots/0"))
+            .send()
+            .await
+            .unwrap()
+            .text()
+            .await
+            .unwrap();
+        Pebble {
+            directory,
+            api_ca,
+            issued_root,
+            _procs: vec![pebble, dns],
+            _dir: dir,
+        }
+    }
+}
+
+async fn acme_round(challenge: &str, validity_secs: u64) {
+    let echo = Echo::start().await;
+    let (port, http_port) = (free_port(), free_port());
+    let pebble = Pebble::start(http_port, port, validity_secs).await;
+    let dir = tempfile::tempdir().unwrap();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let http_listen = if challenge == "http-01" {
+        format!("http_listen = \"127.0.0.1:{http_port}\"\n")
+    } else {
+        String::new()
+    };
+    let mut c = start_castellan(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\nstore = \"sqlite://castellan.db\"\n\
+             [tls]\n{http_listen}acme = {{ domains = [\"app.test\"], email = \"ops@example.com\", directory = \"{}\", ca_root = \"{}\", challenge = \"{challenge}\" }}\n\n\
+             [[apps]]\nid = \"demo\"\nupstream = \"http://{}\"\n",
+            pebble.directory,
+            pebble.api_ca.display(),
+            echo.addr
+        ),
+    )
+    .await;
+    let health = format!("https://app.test:{port}/.castellan/healthz");
+    let t = Instant::now();
+    eventually(
+        "a certificate from Pebble",
+        Duration::from_secs(60),
+        &mut c,
+        || async {
+            served_cert("app.test", addr, &pebble.issued_root, &health)
+                .await
+                .is_some()
+        },
+    )
+    .await;
+    eprintln!(
+        "{challenge}: HTTPS with Pebble's certificate after {:?}",
+        t.elapsed()
+    );
+    let log = c.log_text();
+    for step in [
+        "ACME: account registered",
+        "ACME: order placed",
+        "challenge ready",
+        "ACME: challenges validated",
+        "ACME: certificate issued",
+        "ACME: certificate installed",
+    ] {
+        assert!(log.contains(step), "no {step:?} in the log:\n{log}");
+    }
+    // Renewal at two thirds of a short lifetime: a new certificate is served without a restart.
+    let first = served_cert("app.test", addr, &pebble.issued_root, &health)
+        .await
+        .unwrap();
+    let t = Instant::now();
+    eventually(
+        "the renewed certificate",
+        Duration::from_secs(validity_secs * 2 + 30),
+        &mut c,
+        || async {
+            served_cert("app.test", addr, &pebble.issued_root, &health)
+                .await
+                .is_some_and(|d| d != first)
+        },
+    )
+    .await;
+    eprintln!(
+        "{challenge}: renewed after {:?} (lifetime {validity_secs} s)",
+        t.elapsed()
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acme_http01_from_pebble_is_served_and_renewed() {
+    acme_round("http-01", 15).await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn acme_tls_alpn01_from_pebble_is_served_and_renewed() {
+    acme_round("tls-alpn-01", 15).await;
+}
