@@ -43,11 +43,11 @@ pub struct State {
     /// of them check tokens.
     csrf_keys: RwLock<Arc<CsrfKeys>>,
     pub providers: Vec<oidc::Client>,
-    pub metrics: Metrics,
+    pub metrics: Arc<Metrics>,
     pub upstream: Upstream,
     pub cookies: CookieNames,
-    pub account_limiter: Limiter,
-    pub ip_limiter: Limiter,
+    pub account_limiter: Arc<Limiter>,
+    pub ip_limiter: Arc<Limiter>,
     pub audit: AuditSink,
     pub live: Arc<Registry>,
     /// For access-request notifications.
@@ -67,16 +67,30 @@ pub struct State {
         std::collections::HashMap<String, (Identity, i64, i64, std::time::Instant)>,
     >,
     /// Whether the store answered lately; see [`State::store_usable`].
-    store_health: StoreHealth,
+    store_health: Arc<StoreHealth>,
     /// The certificates served with `[tls]`.
     pub certs: Option<Arc<crate::tls::Certs>>,
     /// Notified on SIGHUP: re-read certificate files.
     pub reload_signal: Arc<tokio::sync::Notify>,
     /// Woken when another replica announces a change (PostgreSQL NOTIFY), to reload at once.
-    pub changed: tokio::sync::Notify,
+    pub changed: Arc<tokio::sync::Notify>,
     /// Identity assertions recently signed, by person and app: (token, issued at). Reused for up to
     /// [`ASSERTION_REUSE_SECS`] of their five-minute life, so signing is not paid per request.
     assertion_cache: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+}
+
+/// What a configuration reload hands from one [`State`] to the next.
+struct Shared {
+    store: Store,
+    metrics: Arc<Metrics>,
+    account_limiter: Arc<Limiter>,
+    ip_limiter: Arc<Limiter>,
+    audit: AuditSink,
+    live: Arc<Registry>,
+    certs: Option<Arc<crate::tls::Certs>>,
+    reload_signal: Arc<tokio::sync::Notify>,
+    changed: Arc<tokio::sync::Notify>,
+    store_health: Arc<StoreHealth>,
 }
 
 /// CSRF keys: all of the ring's, and which one makes new tokens.
@@ -125,6 +139,108 @@ pub const ASSERTION_REUSE_SECS: i64 = 60;
 
 impl State {
     pub async fn new(config: Config, store: Store) -> Result<Arc<State>, crate::assertion::Error> {
+        let metrics = Arc::new(Metrics::new());
+        let certs = match config.tls.as_ref().map(|t| &t.certificates) {
+            None => None,
+            Some(crate::config::Certificates::Files { cert, key }) => {
+                let certs = Arc::new(crate::tls::Certs::default());
+                crate::tls::load_files(&certs, cert, key).map_err(crate::assertion::Error::Tls)?;
+                Some(certs)
+            }
+            Some(crate::config::Certificates::Acme(_)) => {
+                Some(Arc::new(crate::tls::Certs::default()))
+            }
+        };
+        let shared = Shared {
+            // Five wrong passwords per account, twenty per client address, in five minutes.
+            account_limiter: Arc::new(Limiter::new(5, Duration::from_secs(300))),
+            ip_limiter: Arc::new(Limiter::new(20, Duration::from_secs(300))),
+            audit: AuditSink::start(
+                store.clone(),
+                crate::audit::Spool::new(&config.audit_spool, &config.store),
+                metrics.audit_dropped.clone(),
+                metrics.audit_spooled.clone(),
+            ),
+            metrics,
+            live: Arc::new(Registry::default()),
+            certs,
+            reload_signal: Arc::new(tokio::sync::Notify::new()),
+            changed: Arc::new(tokio::sync::Notify::new()),
+            store_health: Arc::new(StoreHealth {
+                up: std::sync::atomic::AtomicBool::new(true),
+                last_ok_ms: AtomicI64::new(store::now_ms()),
+            }),
+            store,
+        };
+        State::build(config, shared).await
+    }
+
+    /// A state for `config` that keeps everything that outlives a configuration: the store, live
+    /// connections, the audit writer, metrics, rate limits, certificates. Settings that need a
+    /// restart (listen addresses, store, TLS) keep their running values, with a warning.
+    pub async fn reconfigure(
+        &self,
+        mut config: Config,
+    ) -> Result<Arc<State>, crate::assertion::Error> {
+        let old = &self.config;
+        let mut kept = Vec::new();
+        if config.listen != old.listen {
+            kept.push("listen");
+            config.listen = old.listen;
+        }
+        if config.store != old.store {
+            kept.push("store");
+            config.store = old.store.clone();
+        }
+        if config.metrics_listen != old.metrics_listen {
+            kept.push("metrics_listen");
+            config.metrics_listen = old.metrics_listen;
+        }
+        if config.audit_spool != old.audit_spool {
+            kept.push("audit_spool");
+            config.audit_spool = old.audit_spool.clone();
+        }
+        if config.tls != old.tls {
+            kept.push("tls");
+            config.tls = old.tls.clone();
+        }
+        if !kept.is_empty() {
+            tracing::warn!(
+                "configuration reload: {} changed, which takes a restart; the running values stay until then",
+                kept.join(", ")
+            );
+        }
+        State::build(
+            config,
+            Shared {
+                store: self.store.clone(),
+                metrics: self.metrics.clone(),
+                account_limiter: self.account_limiter.clone(),
+                ip_limiter: self.ip_limiter.clone(),
+                audit: self.audit.clone(),
+                live: self.live.clone(),
+                certs: self.certs.clone(),
+                reload_signal: self.reload_signal.clone(),
+                changed: self.changed.clone(),
+                store_health: self.store_health.clone(),
+            },
+        )
+        .await
+    }
+
+    async fn build(config: Config, shared: Shared) -> Result<Arc<State>, crate::assertion::Error> {
+        let Shared {
+            store,
+            metrics,
+            account_limiter,
+            ip_limiter,
+            audit,
+            live,
+            certs,
+            reload_signal,
+            changed,
+            store_health,
+        } = shared;
         let (signer, csrf_keys) = load_keys(&config, &store).await?;
         let http = reqwest::Client::builder()
             .redirect(reqwest::redirect::Policy::none())
@@ -138,45 +254,24 @@ impl State {
             .iter()
             .map(|p| oidc::Client::new(p.clone(), config.redirect_uri(), http.clone()))
             .collect();
-        let metrics = Metrics::new();
-        let certs = match config.tls.as_ref().map(|t| &t.certificates) {
-            None => None,
-            Some(crate::config::Certificates::Files { cert, key }) => {
-                let certs = Arc::new(crate::tls::Certs::default());
-                crate::tls::load_files(&certs, cert, key).map_err(crate::assertion::Error::Tls)?;
-                Some(certs)
-            }
-            Some(crate::config::Certificates::Acme(_)) => {
-                Some(Arc::new(crate::tls::Certs::default()))
-            }
-        };
         let state = Arc::new(State {
             certs,
-            reload_signal: Arc::new(tokio::sync::Notify::new()),
+            reload_signal,
             cookies: CookieNames::new(config.secure_cookies()),
             upstream: Upstream::new(config.upstream_connect_timeout, config.upstream_timeout),
-            // Five wrong passwords per account, twenty per client address, in five minutes.
-            account_limiter: Limiter::new(5, Duration::from_secs(300)),
-            ip_limiter: Limiter::new(20, Duration::from_secs(300)),
-            audit: AuditSink::start(
-                store.clone(),
-                crate::audit::Spool::new(&config.audit_spool, &config.store),
-                metrics.audit_dropped.clone(),
-                metrics.audit_spooled.clone(),
-            ),
+            account_limiter,
+            ip_limiter,
+            audit,
             webhook_client: http.clone(),
             metadata: crate::google::Metadata::new(&config.google_metadata_url),
             metrics,
-            live: Arc::new(Registry::default()),
+            live,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             revision: AtomicI64::new(-1),
             reload_lock: tokio::sync::Mutex::new(()),
             session_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
-            store_health: StoreHealth {
-                up: std::sync::atomic::AtomicBool::new(true),
-                last_ok_ms: AtomicI64::new(store::now_ms()),
-            },
-            changed: tokio::sync::Notify::new(),
+            store_health,
+            changed,
             assertion_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             signer: RwLock::new(Arc::new(signer)),
             csrf_keys: RwLock::new(Arc::new(csrf_keys)),
@@ -529,12 +624,30 @@ fn prefix_matches(prefix: &str, path: &str) -> bool {
 }
 
 /// Serves until `shutdown` resolves, then drains in-flight requests for up to [`DRAIN_TIMEOUT`].
+/// Serves until `shutdown`; with `config_file`, the configuration is reloaded when it changes
+/// and on SIGHUP.
 pub async fn run(
     state: Arc<State>,
     listener: TcpListener,
     shutdown: impl std::future::Future<Output = ()>,
+    config_file: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
-    spawn_background(state.clone());
+    let current = Current::new(state.clone());
+    spawn_background(current.clone());
+    #[cfg(unix)]
+    {
+        let reload = state.reload_signal.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration and certificates");
+                reload.notify_waiters();
+            }
+        });
+    }
+    if let Some(path) = config_file {
+        tokio::spawn(watch_config(current.clone(), path));
+    }
     let tls = start_tls(&state).await?;
     let mut builder = auto::Builder::new(TokioExecutor::new());
     builder
@@ -562,14 +675,14 @@ pub async fn run(
                     }
                 };
                 let _ = stream.set_nodelay(true);
-                let state = state.clone();
-                let hsts = state.config.tls.as_ref().filter(|t| !t.hsts.is_zero()).map(|t| {
-                    http::HeaderValue::from_str(&format!("max-age={}", t.hsts.as_secs()))
-                        .expect("a number is a valid header value")
-                });
+                let current = current.clone();
                 let service = hyper::service::service_fn(move |req| {
-                    let state = state.clone();
-                    let hsts = hsts.clone();
+                    // Each request is served with the configuration of the moment it arrives.
+                    let state = current.get();
+                    let hsts = state.config.tls.as_ref().filter(|t| !t.hsts.is_zero()).map(|t| {
+                        http::HeaderValue::from_str(&format!("max-age={}", t.hsts.as_secs()))
+                            .expect("a number is a valid header value")
+                    });
                     async move {
                         let mut resp = handle(state, peer, req).await;
                         if let Some(v) = hsts {
@@ -631,17 +744,6 @@ async fn start_tls(state: &Arc<State>) -> std::io::Result<Option<tokio_rustls::T
     let (Some(tls), Some(certs)) = (&state.config.tls, &state.certs) else {
         return Ok(None);
     };
-    #[cfg(unix)]
-    {
-        let reload = state.reload_signal.clone();
-        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
-        tokio::spawn(async move {
-            while hup.recv().await.is_some() {
-                tracing::info!("SIGHUP: reloading certificates");
-                reload.notify_waiters();
-            }
-        });
-    }
     match &tls.certificates {
         crate::config::Certificates::Files { cert, key } => {
             tokio::spawn(crate::tls::watch_files(
@@ -670,16 +772,70 @@ async fn start_tls(state: &Arc<State>) -> std::io::Result<Option<tokio_rustls::T
     )))
 }
 
-fn spawn_background(state: Arc<State>) {
-    let s = state.clone();
+/// The state requests are served with; a configuration reload swaps it. Requests in flight keep
+/// the state they started with, so nothing is cut off by a reload.
+pub struct Current(RwLock<Arc<State>>);
+
+impl Current {
+    pub fn new(state: Arc<State>) -> Arc<Current> {
+        Arc::new(Current(RwLock::new(state)))
+    }
+
+    pub fn get(&self) -> Arc<State> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, state: Arc<State>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+}
+
+/// Re-reads the configuration file when it changes (checked every two seconds, which also sees
+/// files replaced through bind mounts and Kubernetes ConfigMap updates) or on SIGHUP: a valid file
+/// becomes the running configuration at once; an invalid one is refused, every problem logged,
+/// and the running configuration stays.
+async fn watch_config(current: Arc<Current>, path: std::path::PathBuf) {
+    let signal = current.get().reload_signal.clone();
+    let mut seen = std::fs::read(&path).ok();
+    loop {
+        let signalled = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            _ = signal.notified() => true,
+        };
+        let now = std::fs::read(&path).ok();
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        match Config::load(&path) {
+            Err(errors) => tracing::error!(
+                "configuration reload refused, the running configuration stays:\n{errors}"
+            ),
+            Ok(config) => match current.get().reconfigure(config).await {
+                Ok(state) => {
+                    current.set(state);
+                    tracing::info!("configuration reloaded from {}", path.display());
+                }
+                Err(e) => tracing::error!(
+                    "configuration reload failed, the running configuration stays: {e}"
+                ),
+            },
+        }
+    }
+}
+
+fn spawn_background(current: Arc<Current>) {
+    let c = current.clone();
     tokio::spawn(async move {
         let mut failing = false;
         let mut ticks: u32 = 0;
+        let changed = c.get().changed.clone();
         loop {
             tokio::select! {
                 _ = tokio::time::sleep(ACCESS_POLL_INTERVAL) => {}
-                _ = s.changed.notified() => {}
+                _ = changed.notified() => {}
             }
+            let s = c.get();
             ticks = ticks.wrapping_add(1);
             match s.reload().await {
                 Ok(changed) => {
@@ -706,16 +862,16 @@ fn spawn_background(state: Arc<State>) {
             }
         }
     });
-    if let crate::config::StoreLocation::Postgres(url) = &state.config.store {
-        tokio::spawn(listen_for_changes(state.clone(), url.to_string()));
+    if let crate::config::StoreLocation::Postgres(url) = &current.get().config.store {
+        tokio::spawn(listen_for_changes(current.clone(), url.to_string()));
     }
-    let keys = state.clone();
+    let keys = current.clone();
     tokio::spawn(async move {
         // Every replica re-reads the key rings each minute, so all know a new key long before
         // anyone signs with it (an hour after it is made).
         loop {
             tokio::time::sleep(Duration::from_secs(60)).await;
-            if let Err(e) = keys.refresh_keys().await {
+            if let Err(e) = keys.get().refresh_keys().await {
                 tracing::warn!(
                     "refreshing the signing keys failed (keeping the current ones): {e}"
                 );
@@ -724,6 +880,7 @@ fn spawn_background(state: Arc<State>) {
     });
     tokio::spawn(async move {
         loop {
+            let state = current.get();
             if let Err(e) = state.store.sweep(crate::reserved::FLOW_LIFETIME).await {
                 tracing::warn!("cleaning expired sessions failed: {e}");
             }
@@ -743,7 +900,7 @@ fn spawn_background(state: Arc<State>) {
 /// Wakes the reload loop whenever any replica commits a change (the revision trigger's NOTIFY).
 /// Notifications sent while the connection is down are lost, so every (re)connection forces a
 /// full reload; the revision poll stays as the backstop.
-async fn listen_for_changes(state: Arc<State>, url: String) {
+async fn listen_for_changes(current: Arc<Current>, url: String) {
     use sqlx::postgres::PgListener;
     loop {
         let mut listener = match PgListener::connect(&url).await {
@@ -757,10 +914,10 @@ async fn listen_for_changes(state: Arc<State>, url: String) {
             tokio::time::sleep(Duration::from_secs(1)).await;
             continue;
         }
-        state.invalidate();
+        current.get().invalidate();
         // `try_recv` answers `Ok(None)` when the connection was lost.
         while let Ok(Some(_)) = listener.try_recv().await {
-            state.changed.notify_one();
+            current.get().changed.notify_one();
         }
         tracing::warn!("lost the store's change notifications; reconnecting");
         tokio::time::sleep(Duration::from_millis(200)).await;

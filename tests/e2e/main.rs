@@ -14,6 +14,7 @@ mod oidc;
 mod policy;
 mod programmatic;
 mod proxy;
+mod reload;
 mod replicas;
 mod support;
 mod tls;

@@ -247,7 +247,10 @@ async fn run(cli: Cli) -> Result<ExitCode> {
             Ok(ExitCode::SUCCESS)
         }
         Command::Serve => {
-            serve(config, None).await?;
+            // The file is watched for changes unless the configuration came from the environment.
+            let from_env = std::env::var(castellan::config::CONFIG_TOML_VAR)
+                .is_ok_and(|t| !t.trim().is_empty());
+            serve(config, None, (!from_env).then_some(cli.config.as_path())).await?;
             Ok(ExitCode::SUCCESS)
         }
         Command::Healthcheck { url } => {
@@ -307,7 +310,7 @@ pub(crate) async fn open_store(config: &Config) -> Result<Store> {
     Store::open(&config.store).await.map_err(Into::into)
 }
 
-async fn serve(config: Config, banner: Option<String>) -> Result<()> {
+async fn serve(config: Config, banner: Option<String>, config_file: Option<&Path>) -> Result<()> {
     let store = open_store(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
         format!(
@@ -364,7 +367,13 @@ async fn serve(config: Config, banner: Option<String>) -> Result<()> {
     if let Some(b) = banner {
         println!("{b}");
     }
-    server::run(state, listener, shutdown_signal()).await?;
+    server::run(
+        state,
+        listener,
+        shutdown_signal(),
+        config_file.map(Path::to_path_buf),
+    )
+    .await?;
     Ok(())
 }
 
@@ -449,7 +458,7 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
          Ctrl-C stops the demo and deletes its temporary store.\n",
         cfg = config_path.display()
     );
-    serve(config, Some(banner)).await?;
+    serve(config, Some(banner), None).await?;
     drop(dir);
     Ok(ExitCode::SUCCESS)
 }
