@@ -209,6 +209,21 @@ pub struct App {
     pub cors_origins: Vec<String>,
 }
 
+impl App {
+    /// Whether this app's `host` is `host`, or a `*.` wildcard one label above it. False for apps
+    /// without a host (they serve any host).
+    pub fn serves_host(&self, host: &str) -> bool {
+        match self.host.as_deref() {
+            Some(h) if h == host => true,
+            Some(h) => h.strip_prefix("*.").is_some_and(|base| {
+                host.split_once('.')
+                    .is_some_and(|(label, rest)| !label.is_empty() && rest == base)
+            }),
+            None => false,
+        }
+    }
+}
+
 /// The identity headers an app receives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum IdentityHeaders {
@@ -422,6 +437,11 @@ impl Config {
 
     pub fn secure_cookies(&self) -> bool {
         self.public_url.scheme() == "https"
+    }
+
+    /// Whether castellan serves `host` (lower case, no port): the public_url host or an app's.
+    pub fn serves_host(&self, host: &str) -> bool {
+        self.public_url.host_str() == Some(host) || self.apps.iter().any(|a| a.serves_host(host))
     }
 
     pub fn app(&self, id: &str) -> Option<&App> {
@@ -1178,16 +1198,18 @@ impl Reader<'_> {
                 .and_then(|s| self.upstream(&prefix, &s));
             let host = self.string(&mut a, &prefix, "host").and_then(|h| {
                 let lower = h.to_ascii_lowercase();
-                let ok = !lower.is_empty()
-                    && lower
-                        .chars()
-                        .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '.');
+                // `*.apps.example.com` serves every name one label below apps.example.com.
+                let name = lower.strip_prefix("*.").unwrap_or(&lower);
+                let ok = name.contains('.')
+                    && name.split('.').all(|l| {
+                        !l.is_empty() && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    });
                 if ok {
                     Some(lower)
                 } else {
                     self.problem(
                         format!("{prefix}host"),
-                        format!("`{h}` is not a host name: write it without scheme or port, e.g. \"demo.example.com\""),
+                        format!("`{h}` is not a host name: write it without scheme or port, e.g. \"demo.example.com\" or \"*.apps.example.com\""),
                     );
                     None
                 }

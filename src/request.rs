@@ -657,7 +657,28 @@ fn return_path(req: &Request<Incoming>) -> String {
 }
 
 fn sign_in_required(state: &State, req: &Request<Incoming>) -> Response<Body> {
-    let sign_in = format!("/.castellan/sign_in?rd={}", pages::q(&return_path(req)));
+    let public = &state.config.public_url;
+    let host = web::request_host(req.uri(), req.headers());
+    // An app on another host: sign in on the public host, which hands the session back here.
+    let other_host = host.filter(|h| {
+        Some(h.as_str()) != public.host_str() && state.config.apps.iter().any(|a| a.serves_host(h))
+    });
+    let sign_in = match other_host {
+        Some(h) => {
+            let mut here = public.clone();
+            let _ = here.set_host(Some(&h));
+            format!(
+                "{}/.castellan/sign_in?rd={}",
+                state.config.public_origin(),
+                pages::q(&format!(
+                    "{}{}",
+                    here.origin().ascii_serialization(),
+                    return_path(req)
+                ))
+            )
+        }
+        None => format!("/.castellan/sign_in?rd={}", pages::q(&return_path(req))),
+    };
     if web::is_navigation(req.headers()) {
         web::redirect(&sign_in)
     } else {
@@ -666,7 +687,11 @@ fn sign_in_required(state: &State, req: &Request<Incoming>) -> Response<Body> {
             &serde_json::json!({
                 "error": "unauthenticated",
                 "message": "sign in first",
-                "sign_in_url": format!("{}{sign_in}", state.config.public_origin()),
+                "sign_in_url": if sign_in.starts_with('/') {
+                    format!("{}{sign_in}", state.config.public_origin())
+                } else {
+                    sign_in.clone()
+                },
             }),
         );
         resp.headers_mut().insert(

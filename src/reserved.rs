@@ -72,6 +72,7 @@ pub async fn handle(
             local_sign_in(state, peer, req, outcome).await
         }
         (Method::GET, "/.castellan/callback") => callback(state, peer, &req, outcome).await,
+        (Method::GET, "/.castellan/handoff") => handoff(state, peer, &req, outcome).await,
         (Method::POST, "/.castellan/request_access") => {
             request_access(state, peer, req, outcome).await
         }
@@ -188,9 +189,132 @@ fn with_cookie(mut resp: Response<Body>, cookie: Option<HeaderValue>) -> Respons
     resp
 }
 
+/// Where to go after sign-in: a path here, or an absolute URL on another host castellan serves.
 fn safe_return(state: &State, raw: Option<&str>) -> String {
-    raw.and_then(|r| crate::return_to::validate(r, &state.config.public_url))
-        .unwrap_or_else(|| "/".into())
+    raw.and_then(|r| {
+        crate::return_to::validate_any(r, &state.config.public_url, |h| state.config.serves_host(h))
+    })
+    .unwrap_or_else(|| "/".into())
+}
+
+/// How long a handoff code may wait to be redeemed.
+const HANDOFF_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// Sends a signed-in browser on to `return_to`. A path stays here; an absolute URL is another host
+/// castellan serves, whose cookies this host cannot set: the browser goes to that host's
+/// `/.castellan/handoff` with a one-time code (never a session id) bound to that host.
+async fn continue_to(
+    state: &State,
+    session_digest: &str,
+    return_to: &str,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    if return_to.starts_with('/') {
+        return web::redirect(return_to);
+    }
+    let Ok(target) = url::Url::parse(return_to) else {
+        return web::redirect("/");
+    };
+    let Some(host) = target.host_str() else {
+        return web::redirect("/");
+    };
+    let code = crypto::random_token(32);
+    if let Err(e) = state
+        .store
+        .put_handoff_code(&crypto::digest(&code), session_digest, host)
+        .await
+    {
+        return internal_error(outcome, "handing the session to another host", &e);
+    }
+    let path = &return_to[target.origin().ascii_serialization().len()..];
+    web::redirect(&format!(
+        "{}/.castellan/handoff?code={}&rd={}",
+        target.origin().ascii_serialization(),
+        pages::q(&code),
+        pages::q(if path.is_empty() { "/" } else { path })
+    ))
+}
+
+/// The other host's end of a handoff: redeems the code (once, within a minute, on the host it was
+/// made for), gives this host a session cookie of its own linked to the public host's session,
+/// and goes on to `rd` on this host.
+async fn handoff(
+    state: &State,
+    peer: SocketAddr,
+    req: &Request<Incoming>,
+    outcome: &mut Outcome,
+) -> Response<Body> {
+    let params = web::query_pairs(req.uri());
+    let host = web::request_host(req.uri(), req.headers()).unwrap_or_default();
+    let here = {
+        let mut u = state.config.public_url.clone();
+        let _ = u.set_host(Some(&host));
+        u
+    };
+    let rd = web::param(&params, "rd")
+        .and_then(|r| crate::return_to::validate(r, &here))
+        .unwrap_or_else(|| "/".into());
+    let code = web::param(&params, "code").unwrap_or("");
+    let id = crypto::random_token(32);
+    let ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies).to_string();
+    let agent = req
+        .headers()
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(256)
+        .collect::<String>();
+    let made = if code.is_empty() || host.is_empty() || !state.config.serves_host(&host) {
+        Ok(None)
+    } else {
+        state
+            .store
+            .redeem_handoff_code(
+                &crypto::digest(code),
+                &host,
+                HANDOFF_MAX_AGE,
+                &crypto::digest(&id),
+                &ip,
+                &agent,
+            )
+            .await
+    };
+    match made {
+        Ok(Some(session)) => {
+            outcome.user = session.identity.email.clone();
+            outcome.decision = "signed-in";
+            let mut resp = web::redirect(&rd);
+            let lifetime = (session.expires_at - store::now()).max(0) as u64;
+            resp.headers_mut().append(
+                header::SET_COOKIE,
+                state
+                    .cookies
+                    .set(state.cookies.session, &id, Some(lifetime)),
+            );
+            resp
+        }
+        Ok(None) => {
+            outcome.decision = "deny";
+            outcome.reason = "bad-handoff";
+            let again = format!(
+                "{}/.castellan/sign_in?rd={}",
+                state.config.public_origin(),
+                pages::q(&format!("{}{rd}", here.origin().ascii_serialization()))
+            );
+            web::html(
+                StatusCode::BAD_REQUEST,
+                pages::error(
+                    "This sign-in link has expired",
+                    &format!(
+                        "Sign-in links between castellan's hosts work once, within a minute. Open {again} to sign in again."
+                    ),
+                    &outcome.reference(),
+                ),
+            )
+        }
+        Err(e) => internal_error(outcome, "redeeming a handoff code", &e),
+    }
 }
 
 async fn sign_in_page(
@@ -203,6 +327,14 @@ async fn sign_in_page(
     let return_to = safe_return(state, web::param(&params, "rd"));
     let switching = web::param(&params, "switch") == Some("1");
     let (browser, set_browser) = browser_id(state, req.headers());
+    // Already signed in here and on the way to another host castellan serves: hand over at once.
+    if !return_to.starts_with('/') && !switching && error.is_none() {
+        match state.authenticate(req.headers()).await {
+            Ok(Some((_, digest))) => return continue_to(state, &digest, &return_to, outcome).await,
+            Ok(None) => {}
+            Err(e) => return internal_error(outcome, "reading the session", &e),
+        }
+    }
 
     if let Some(id) = web::param(&params, "provider") {
         let Some(client) = state.provider(id) else {
@@ -475,7 +607,7 @@ async fn start_session(
     tracing::info!(user = %who.email, provider = %who.provider, "signed in");
     outcome.user = who.email;
     outcome.decision = "signed-in";
-    let mut resp = web::redirect(return_to);
+    let mut resp = continue_to(state, &crypto::digest(&id), return_to, outcome).await;
     resp.headers_mut().append(
         header::SET_COOKIE,
         state

@@ -11,6 +11,43 @@ use url::Url;
 /// Returns the path (with query) to send the browser to, or `None` if `raw` is not a safe
 /// destination on `public`'s origin.
 pub fn validate(raw: &str, public: &Url) -> Option<String> {
+    let target = target(raw, public)?;
+    (target.origin() == public.origin()).then(|| path_of(&target))?
+}
+
+/// Like [`validate`], but an absolute URL on another host castellan serves (an app's `host`, as
+/// `serves` says) with `public`'s scheme and port is allowed too, and returned whole; sign-in then
+/// hands the session to that host with a one-time code.
+pub fn validate_any(raw: &str, public: &Url, serves: impl Fn(&str) -> bool) -> Option<String> {
+    let target = target(raw, public)?;
+    if target.origin() == public.origin() {
+        return path_of(&target);
+    }
+    let host = target.host_str()?;
+    let ok = target.scheme() == public.scheme()
+        && target.port_or_known_default() == public.port_or_known_default()
+        && serves(host);
+    if !ok {
+        return None;
+    }
+    let path = path_of(&target)?;
+    Some(format!("{}{path}", target.origin().ascii_serialization()))
+}
+
+fn path_of(target: &Url) -> Option<String> {
+    let mut path = target.path().to_string();
+    if path.starts_with("//") {
+        return None;
+    }
+    if let Some(q) = target.query() {
+        path.push('?');
+        path.push_str(q);
+    }
+    Some(path)
+}
+
+/// `raw` as a URL, after every check that does not depend on which origin it names.
+fn target(raw: &str, public: &Url) -> Option<Url> {
     if raw.is_empty() || raw.len() > 4096 {
         return None;
     }
@@ -58,21 +95,10 @@ pub fn validate(raw: &str, public: &Url) -> Option<String> {
         }
         u
     };
-    if target.origin() != public.origin()
-        || !target.username().is_empty()
-        || target.password().is_some()
-    {
+    if !target.username().is_empty() || target.password().is_some() {
         return None;
     }
-    let mut path = target.path().to_string();
-    if path.starts_with("//") {
-        return None;
-    }
-    if let Some(q) = target.query() {
-        path.push('?');
-        path.push_str(q);
-    }
-    Some(path)
+    Some(target)
 }
 
 fn percent_decode(s: &str) -> String {
@@ -101,6 +127,35 @@ mod tests {
             ("/_stcore/health", "/_stcore/health"),
         ] {
             assert_eq!(validate(raw, &public()).as_deref(), Some(want), "{raw}");
+        }
+    }
+
+    #[test]
+    fn other_hosts_castellan_serves_pass_whole_and_only_those() {
+        let serves = |h: &str| h == "dash.apps.example.com" || h == "reports.example.com";
+        for (raw, want) in [
+            (
+                "https://dash.apps.example.com/x?y=1",
+                Some("https://dash.apps.example.com/x?y=1"),
+            ),
+            (
+                "https://Reports.Example.com/",
+                Some("https://reports.example.com/"),
+            ),
+            ("/here", Some("/here")),
+            ("https://evil.com/", None),
+            ("http://dash.apps.example.com/", None),
+            ("https://dash.apps.example.com:8443/", None),
+            ("https://user@dash.apps.example.com/", None),
+            ("https://dash.apps.example.com.evil.com/", None),
+            ("//dash.apps.example.com/", None),
+            ("https:dash.apps.example.com/", None),
+        ] {
+            assert_eq!(
+                validate_any(raw, &public(), serves).as_deref(),
+                want,
+                "{raw}"
+            );
         }
     }
 

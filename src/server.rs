@@ -421,14 +421,22 @@ impl State {
         self.providers.iter().find(|p| p.config.id == id)
     }
 
-    /// The app that serves `host` and `path`: a matching `host` beats none, then the longest prefix.
+    /// The app that serves `host` and `path`: an exact `host` beats a wildcard one, which beats
+    /// none; then the longest prefix.
     pub fn match_app(&self, host: Option<&str>, path: &str) -> Option<&App> {
+        let rank = |a: &App| match (&a.host, host) {
+            (None, _) => Some(0),
+            (Some(h), Some(asked)) if h == asked => Some(2),
+            (Some(_), Some(asked)) if a.serves_host(asked) => Some(1),
+            _ => None,
+        };
         self.config
             .apps
             .iter()
-            .filter(|a| a.host.is_none() || a.host.as_deref() == host)
             .filter(|a| prefix_matches(&a.path_prefix, path))
-            .max_by_key(|a| (a.host.is_some(), a.path_prefix.len()))
+            .filter_map(|a| rank(a).map(|r| (r, a)))
+            .max_by_key(|(r, a)| (*r, a.path_prefix.len()))
+            .map(|(_, a)| a)
     }
 
     /// The signed-in person and their session's digest, from the session cookie. `Ok(None)` for

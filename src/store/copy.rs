@@ -39,6 +39,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("client_ip", Text),
             ("user_agent", Text),
             ("groups", Text),
+            ("parent", Text),
         ],
     ),
     (

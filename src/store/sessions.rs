@@ -139,12 +139,25 @@ impl Store {
     }
 
     /// Ends the session whose cookie digest is `id_digest` (sign-out).
+    /// Ends a session together with its family: the public host's session it was handed off
+    /// from, and every session handed off from that one (signing out on any host signs out on all).
     pub async fn delete_session(&self, id_digest: &str, actor: &Actor) -> Result<bool> {
         let mut tx = self.write().await?;
-        let r = sqlx::query("DELETE FROM sessions WHERE id_digest = $1")
-            .bind(id_digest)
-            .execute(&mut *tx)
-            .await?;
+        let parent: Option<String> =
+            sqlx::query_scalar("SELECT parent FROM sessions WHERE id_digest = $1")
+                .bind(id_digest)
+                .fetch_optional(&mut *tx)
+                .await?;
+        let root = parent
+            .filter(|p| !p.is_empty())
+            .unwrap_or_else(|| id_digest.to_string());
+        let r = sqlx::query(
+            "DELETE FROM sessions WHERE id_digest = $1 OR id_digest = $2 OR parent = $2",
+        )
+        .bind(id_digest)
+        .bind(&root)
+        .execute(&mut *tx)
+        .await?;
         if r.rows_affected() > 0 {
             Store::record_change(
                 &mut tx,
@@ -260,7 +273,11 @@ impl Store {
             .bind(now - flow_lifetime.as_secs() as i64)
             .execute(&self.pool)
             .await?;
-        Ok(a.rows_affected() + b.rows_affected())
+        let c = sqlx::query("DELETE FROM handoff_codes WHERE created_at <= $1")
+            .bind(now - flow_lifetime.as_secs() as i64)
+            .execute(&self.pool)
+            .await?;
+        Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
     }
 
     /// Records a one-time code for the command line, tied to the browser session that approved it.
@@ -281,6 +298,79 @@ impl Store {
     }
 
     /// Removes and returns (session digest, challenge, created) for a code: single use.
+    /// A one-time code that hands the public host's session `session_digest` to `host`.
+    pub async fn put_handoff_code(
+        &self,
+        code_digest: &str,
+        session_digest: &str,
+        host: &str,
+    ) -> Result<()> {
+        sqlx::query(
+            "INSERT INTO handoff_codes (code_digest, session_digest, host, created_at) VALUES ($1, $2, $3, $4)",
+        )
+        .bind(code_digest)
+        .bind(session_digest)
+        .bind(host)
+        .bind(now())
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Redeems a handoff code for `host` (once, within `max_age`): makes a session for that host
+    /// with the parent's identity and expiry, linked to the parent. Returns whether it did.
+    pub async fn redeem_handoff_code(
+        &self,
+        code_digest: &str,
+        host: &str,
+        max_age: Duration,
+        new_digest: &str,
+        client_ip: &str,
+        user_agent: &str,
+    ) -> Result<Option<Session>> {
+        let mut tx = self.write().await?;
+        let row = sqlx::query(
+            "DELETE FROM handoff_codes WHERE code_digest = $1 RETURNING session_digest, host, created_at",
+        )
+        .bind(code_digest)
+        .fetch_optional(&mut *tx)
+        .await?;
+        let now = now();
+        let Some((parent, bound_host, created_at)) = row.map(|r| {
+            (
+                r.get::<String, _>(0),
+                r.get::<String, _>(1),
+                r.get::<i64, _>(2),
+            )
+        }) else {
+            return Ok(None);
+        };
+        if bound_host != host || now - created_at > max_age.as_secs() as i64 {
+            tx.commit().await?;
+            return Ok(None);
+        }
+        let made = sqlx::query(
+            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent) \
+             SELECT $1, email, subject, provider, $2, $3, expires_at, $4, $5, groups, id_digest FROM sessions \
+             WHERE id_digest = $6 AND expires_at > $7",
+        )
+        .bind(new_digest)
+        .bind(now)
+        .bind(now)
+        .bind(client_ip)
+        .bind(user_agent)
+        .bind(&parent)
+        .bind(now)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        if made.rows_affected() == 0 {
+            return Ok(None);
+        }
+        self.session(new_digest, Duration::from_secs(u32::MAX as u64))
+            .await
+    }
+
     pub async fn take_cli_code(&self, code_digest: &str) -> Result<Option<(String, String, i64)>> {
         let row = sqlx::query("DELETE FROM cli_codes WHERE code_digest = $1 RETURNING session_digest, challenge, created_at")
             .bind(code_digest)

@@ -413,3 +413,208 @@ async fn acme_http01_from_pebble_is_served_and_renewed() {
 async fn acme_tls_alpn01_from_pebble_is_served_and_renewed() {
     acme_round("tls-alpn-01", 15).await;
 }
+
+/// The value of cookie `name` in a response's Set-Cookie headers.
+fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
+    r.headers().get_all("set-cookie").iter().find_map(|v| {
+        let v = v.to_str().ok()?;
+        let (n, rest) = v.split_once('=')?;
+        (n == name).then(|| rest.split(';').next().unwrap_or("").to_string())
+    })
+}
+
+fn input(body: &str, name: &str) -> String {
+    let needle = format!("name=\"{name}\" value=\"");
+    let start = body.find(&needle).expect(name) + needle.len();
+    let end = body[start..].find('"').unwrap();
+    body[start..start + end]
+        .replace("&amp;", "&")
+        .replace("&#38;", "&")
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("castellan test CA");
+    let (chain, key, _) = ca.leaf(&["apps.test", "*.apps.test"]);
+    std::fs::write(dir.path().join("cert.pem"), &chain).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = start_castellan(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"https://apps.test:{port}\"\nstore = \"sqlite://castellan.db\"\n\
+             [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n\
+             [[apps]]\nid = \"portal\"\nupstream = \"http://{0}\"\n\n\
+             [[apps]]\nid = \"sales\"\nhost = \"*.apps.test\"\nupstream = \"http://{0}\"\n",
+            echo.addr
+        ),
+    )
+    .await;
+    let config = dir.path().join("castellan.toml");
+    let http = reqwest::Client::builder()
+        .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap()])
+        .resolve("apps.test", addr)
+        .resolve("sales.apps.test", addr)
+        .resolve("other.apps.test", addr)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    let public = format!("https://apps.test:{port}");
+    let sales = format!("https://sales.apps.test:{port}");
+    eventually("HTTPS answers", Duration::from_secs(20), &mut c, || async {
+        http.get(format!("{public}/.castellan/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    let out = run_cli(
+        &config,
+        &["users", "add", "ada@example.com", "--password-stdin"],
+        Some("a long enough password\n"),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let out = run_cli(
+        &config,
+        &["access", "add", "sales", "user:ada@example.com"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let html = "text/html";
+
+    // 1. The app on its own host sends the browser to sign in on the public host.
+    let r = http
+        .get(format!("{sales}/report?q=1"))
+        .header("accept", html)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16() / 100, 3);
+    let to_sign_in = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        to_sign_in.starts_with(&format!("{public}/.castellan/sign_in?rd=")),
+        "{to_sign_in}"
+    );
+    // 2. Sign in there.
+    let r = http.get(&to_sign_in).send().await.unwrap();
+    let browser = set_cookie(&r, "__Host-castellan_browser").unwrap();
+    let body = r.text().await.unwrap();
+    let (csrf, rd) = (input(&body, "csrf"), input(&body, "rd"));
+    assert_eq!(rd, format!("{sales}/report?q=1"));
+    let r = http
+        .post(format!("{public}/.castellan/sign_in"))
+        .header("cookie", format!("__Host-castellan_browser={browser}"))
+        .header("origin", &public)
+        .form(&[
+            ("csrf", csrf.as_str()),
+            ("rd", rd.as_str()),
+            ("email", "ada@example.com"),
+            ("password", "a long enough password"),
+        ])
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16() / 100, 3);
+    let main_session =
+        set_cookie(&r, "__Host-castellan_session").expect("a session on the public host");
+    let handoff = r.headers()["location"].to_str().unwrap().to_string();
+    // 3. On to the app's host with a one-time code: never the session id.
+    assert!(
+        handoff.starts_with(&format!("{sales}/.castellan/handoff?code=")),
+        "{handoff}"
+    );
+    assert!(!handoff.contains(&main_session));
+    let r = http.get(&handoff).send().await.unwrap();
+    assert_eq!(r.status().as_u16() / 100, 3);
+    assert_eq!(r.headers()["location"], "/report?q=1");
+    let sales_session =
+        set_cookie(&r, "__Host-castellan_session").expect("a session on the app's host");
+    assert_ne!(
+        sales_session, main_session,
+        "each host gets a session of its own"
+    );
+    let r = http
+        .get(format!("{sales}/report?q=1"))
+        .header(
+            "cookie",
+            format!("__Host-castellan_session={sales_session}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    // 4. A code works once.
+    let again = http.get(&handoff).send().await.unwrap();
+    assert_eq!(again.status(), 400);
+    // 5. Already signed in on the public host: the next host is handed over at once, and a code
+    //    made for one host is refused on another.
+    let r = http
+        .get(&to_sign_in)
+        .header("cookie", format!("__Host-castellan_session={main_session}"))
+        .send()
+        .await
+        .unwrap();
+    let next = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        next.starts_with(&format!("{sales}/.castellan/handoff?code=")),
+        "{next}"
+    );
+    let stolen = next.replace("sales.apps.test", "other.apps.test");
+    assert_eq!(http.get(&stolen).send().await.unwrap().status(), 400);
+    assert_eq!(
+        http.get(&next).send().await.unwrap().status(),
+        400,
+        "a refused code is spent"
+    );
+    // 6. Signing out on the public host ends the app host's session too.
+    let r = http
+        .get(format!("{public}/.castellan/sign_out"))
+        .header(
+            "cookie",
+            format!("__Host-castellan_session={main_session}; __Host-castellan_browser={browser}"),
+        )
+        .send()
+        .await
+        .unwrap();
+    let csrf = input(&r.text().await.unwrap(), "csrf");
+    let r = http
+        .post(format!("{public}/.castellan/sign_out"))
+        .header(
+            "cookie",
+            format!("__Host-castellan_session={main_session}; __Host-castellan_browser={browser}"),
+        )
+        .header("origin", &public)
+        .form(&[("csrf", csrf.as_str())])
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        r.status().is_redirection() || r.status().is_success(),
+        "{}",
+        r.status()
+    );
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let r = http
+        .get(format!("{sales}/report"))
+        .header(
+            "cookie",
+            format!("__Host-castellan_session={sales_session}"),
+        )
+        .header("accept", "application/json")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
