@@ -330,6 +330,7 @@ async fn cli_code_grant(
             lifetime,
             "command line",
             "castellan command line",
+            Some(session.created_at),
         )
         .await
     {

@@ -207,6 +207,9 @@ pub struct App {
     pub upstream_auth: Option<UpstreamAuth>,
     /// Origins whose scripts may call this app with the person's credentials (CORS).
     pub cors_origins: Vec<String>,
+    /// A sign-in older than this must be repeated before the app opens (`reauth_max_age`, or the
+    /// top-level default).
+    pub reauth_max_age: Option<Duration>,
 }
 
 impl App {
@@ -461,6 +464,7 @@ pub const ENV_KEYS: &[&str] = &[
     "store_outage_grace",
     "audit_spool",
     "key_rotation",
+    "reauth_max_age",
     "local_accounts",
     "trusted_proxies",
     "session_lifetime",
@@ -485,6 +489,7 @@ const TOP_KEYS: &[&str] = &[
     "store_outage_grace",
     "audit_spool",
     "key_rotation",
+    "reauth_max_age",
     "local_accounts",
     "trusted_proxies",
     "session_lifetime",
@@ -524,6 +529,7 @@ const APP_KEYS: &[&str] = &[
     "upstream_auth_audience",
     "upstream_auth_header",
     "cors_origins",
+    "reauth_max_age",
 ];
 
 impl Reader<'_> {
@@ -618,7 +624,8 @@ impl Reader<'_> {
         }
         let providers = self.providers(&mut t);
         let had_apps = t.contains_key("apps");
-        let apps = self.apps(&mut t);
+        let reauth_default = self.duration(&mut t, "", "reauth_max_age");
+        let apps = self.apps(&mut t, reauth_default);
 
         if !local_accounts && providers.is_empty() {
             self.problem(
@@ -1172,7 +1179,7 @@ impl Reader<'_> {
         }
     }
 
-    fn apps(&mut self, t: &mut toml::Table) -> Vec<App> {
+    fn apps(&mut self, t: &mut toml::Table, reauth_default: Option<Duration>) -> Vec<App> {
         let mut ids = HashSet::new();
         let mut audiences = HashSet::new();
         let mut routes = BTreeMap::new();
@@ -1341,6 +1348,9 @@ impl Reader<'_> {
                     identity_headers,
                     upstream_auth,
                     cors_origins,
+                    reauth_max_age: self
+                        .duration(&mut a, &prefix, "reauth_max_age")
+                        .or(reauth_default),
                 });
             }
         }

@@ -86,7 +86,11 @@ pub struct Client {
 }
 
 /// The result of the code exchange: who signed in.
-pub type SignedIn = Identity;
+/// Who signed in, and when they last authenticated at the provider (`auth_time`), if it says.
+pub struct SignedIn {
+    pub identity: Identity,
+    pub auth_time: Option<i64>,
+}
 
 #[derive(Deserialize)]
 struct TokenResponse {
@@ -104,6 +108,7 @@ struct IdClaims {
     aud: serde_json::Value,
     azp: Option<String>,
     iat: Option<i64>,
+    auth_time: Option<i64>,
     nonce: Option<String>,
     email: Option<String>,
     email_verified: Option<serde_json::Value>,
@@ -220,6 +225,7 @@ impl Client {
         nonce: &str,
         pkce_verifier: &str,
         prompt: Option<&str>,
+        max_age: Option<i64>,
     ) -> Result<Url, Error> {
         let m = self.metadata().await?;
         let mut url = m.authorization_endpoint.clone();
@@ -238,6 +244,14 @@ impl Client {
                 .append_pair("code_challenge_method", "S256");
             if let Some(p) = prompt {
                 q.append_pair("prompt", p);
+            }
+            // A fresh authentication: the provider must ask again (prompt=login) and report
+            // auth_time, which the callback checks against max_age.
+            if let Some(age) = max_age {
+                q.append_pair("max_age", &age.to_string());
+                if prompt.is_none() {
+                    q.append_pair("prompt", "login");
+                }
             }
         }
         Ok(url)
@@ -352,11 +366,14 @@ impl Client {
         if !crate::policy::is_email(&email.to_ascii_lowercase()) {
             return Err(self.rejected(format!("`{email}` is not an email address")));
         }
-        Ok(Identity {
-            email: email.to_ascii_lowercase(),
-            subject: claims.sub,
-            provider: self.config.id.clone(),
-            groups,
+        Ok(SignedIn {
+            identity: Identity {
+                email: email.to_ascii_lowercase(),
+                subject: claims.sub,
+                provider: self.config.id.clone(),
+                groups,
+            },
+            auth_time: claims.auth_time,
         })
     }
 

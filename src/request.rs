@@ -250,8 +250,18 @@ async fn decide_and_answer(
         Ok(who) => who,
         Err(e) => return internal_error(outcome, "reading the session", &e),
     };
-    if let Some((identity, _)) = &who {
+    if let Some((identity, digest)) = &who {
         outcome.user = identity.email.clone();
+        // The app wants a recent sign-in: an older one is repeated first (OIDC max_age).
+        if let Some(max) = app.reauth_max_age
+            && state
+                .signed_in_at(digest)
+                .is_none_or(|t| store::now() - t > max.as_secs() as i64)
+        {
+            outcome.decision = "sign-in";
+            outcome.reason = "reauthentication";
+            return sign_in_required(state, &req, Some(max.as_secs()));
+        }
     }
     let snapshot = state.snapshot();
     let method = req.method().as_str().to_string();
@@ -274,7 +284,7 @@ async fn decide_and_answer(
     outcome.reason = decision.reason().as_str();
 
     match decision {
-        Decision::SignIn => sign_in_required(state, &req),
+        Decision::SignIn => sign_in_required(state, &req, None),
         Decision::Deny(_) => {
             let reference = outcome.reference();
             let email = who.as_ref().map(|(i, _)| i.email.as_str()).unwrap_or("");
@@ -656,7 +666,11 @@ fn return_path(req: &Request<Incoming>) -> String {
         .unwrap_or_else(|| "/".into())
 }
 
-fn sign_in_required(state: &State, req: &Request<Incoming>) -> Response<Body> {
+fn sign_in_required(
+    state: &State,
+    req: &Request<Incoming>,
+    max_age: Option<u64>,
+) -> Response<Body> {
     let public = &state.config.public_url;
     let host = web::request_host(req.uri(), req.headers());
     // An app on another host: sign in on the public host, which hands the session back here.
@@ -679,14 +693,18 @@ fn sign_in_required(state: &State, req: &Request<Incoming>) -> Response<Body> {
         }
         None => format!("/.castellan/sign_in?rd={}", pages::q(&return_path(req))),
     };
+    let sign_in = match max_age {
+        Some(m) => format!("{sign_in}&max_age={m}"),
+        None => sign_in,
+    };
     if web::is_navigation(req.headers()) {
         web::redirect(&sign_in)
     } else {
         let mut resp = web::json(
             StatusCode::UNAUTHORIZED,
             &serde_json::json!({
-                "error": "unauthenticated",
-                "message": "sign in first",
+                "error": if max_age.is_some() { "reauthentication_required" } else { "unauthenticated" },
+                "message": if max_age.is_some() { "this app needs a recent sign-in: sign in again" } else { "sign in first" },
                 "sign_in_url": if sign_in.starts_with('/') {
                     format!("{}{sign_in}", state.config.public_origin())
                 } else {

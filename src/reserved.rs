@@ -326,9 +326,13 @@ async fn sign_in_page(
     let params = web::query_pairs(req.uri());
     let return_to = safe_return(state, web::param(&params, "rd"));
     let switching = web::param(&params, "switch") == Some("1");
+    // An app asks for a fresh sign-in (its reauth_max_age): OIDC max_age, checked on return.
+    let max_age = web::param(&params, "max_age")
+        .and_then(|m| m.parse::<i64>().ok())
+        .filter(|m| *m >= 0);
     let (browser, set_browser) = browser_id(state, req.headers());
     // Already signed in here and on the way to another host castellan serves: hand over at once.
-    if !return_to.starts_with('/') && !switching && error.is_none() {
+    if !return_to.starts_with('/') && !switching && max_age.is_none() && error.is_none() {
         match state.authenticate(req.headers()).await {
             Ok(Some((_, digest))) => return continue_to(state, &digest, &return_to, outcome).await,
             Ok(None) => {}
@@ -347,7 +351,10 @@ async fn sign_in_page(
                 ),
             );
         };
-        let resp = start_flow(state, client, &browser, &return_to, switching, outcome).await;
+        let resp = start_flow(
+            state, client, &browser, &return_to, switching, max_age, outcome,
+        )
+        .await;
         return with_cookie(resp, set_browser);
     }
     // Exactly one way to sign in, and the person is not asking to switch accounts: go straight there.
@@ -358,6 +365,7 @@ async fn sign_in_page(
             &browser,
             &return_to,
             false,
+            max_age,
             outcome,
         )
         .await;
@@ -371,6 +379,7 @@ async fn sign_in_page(
         set_browser,
         &return_to,
         switching,
+        max_age,
         status,
         message,
     )
@@ -383,6 +392,7 @@ fn render_sign_in(
     set_browser: Option<HeaderValue>,
     return_to: &str,
     switching: bool,
+    max_age: Option<i64>,
     status: StatusCode,
     message: Option<&str>,
 ) -> Response<Body> {
@@ -392,10 +402,11 @@ fn render_sign_in(
         .map(|p| ProviderChoice {
             display_name: &p.config.display_name,
             href: format!(
-                "/.castellan/sign_in?provider={}&rd={}{}",
+                "/.castellan/sign_in?provider={}&rd={}{}{}",
                 pages::q(&p.config.id),
                 pages::q(return_to),
-                if switching { "&switch=1" } else { "" }
+                if switching { "&switch=1" } else { "" },
+                max_age.map(|m| format!("&max_age={m}")).unwrap_or_default()
             ),
         })
         .collect();
@@ -417,6 +428,7 @@ async fn start_flow(
     browser: &str,
     return_to: &str,
     switching: bool,
+    max_age: Option<i64>,
     outcome: &mut Outcome,
 ) -> Response<Body> {
     let st = crypto::random_token(32);
@@ -427,10 +439,11 @@ async fn start_flow(
         pkce_verifier: crypto::random_token(48),
         return_to: return_to.to_string(),
         created_at: store::now(),
+        max_age: max_age.unwrap_or(0),
     };
     let prompt = switching.then_some("select_account");
     let url = match client
-        .authorization_url(&st, &flow.nonce, &flow.pkce_verifier, prompt)
+        .authorization_url(&st, &flow.nonce, &flow.pkce_verifier, prompt, max_age)
         .await
     {
         Ok(u) => u,
@@ -549,7 +562,7 @@ async fn callback(
             outcome,
         );
     };
-    let who = match client
+    let signed_in = match client
         .exchange(code, &flow.pkce_verifier, &flow.nonce)
         .await
     {
@@ -562,8 +575,34 @@ async fn callback(
             return bad_sign_in("Sign-in failed", &e.to_string(), outcome);
         }
     };
+    // A re-authentication must be one: the provider says when it authenticated the person.
+    if flow.max_age > 0 {
+        let fresh = signed_in
+            .auth_time
+            .is_some_and(|t| store::now() - t <= flow.max_age + 30);
+        if !fresh {
+            state.metrics.sign_in(&client.config.id, "rejected");
+            return bad_sign_in(
+                "Sign-in failed",
+                &format!(
+                    "This app asks you to sign in again, but {} did not confirm a fresh sign-in (its ID token's auth_time is missing or too old). Try again; if it keeps happening, the provider may not support max_age.",
+                    client.config.display_name
+                ),
+                outcome,
+            );
+        }
+    }
     state.metrics.sign_in(&client.config.id, "ok");
-    start_session(state, peer, req.headers(), who, &flow.return_to, outcome).await
+    start_session(
+        state,
+        peer,
+        req.headers(),
+        signed_in.identity,
+        signed_in.auth_time,
+        &flow.return_to,
+        outcome,
+    )
+    .await
 }
 
 /// Creates a new session (never reusing an id the browser brought: no fixation) and sends the
@@ -573,6 +612,7 @@ async fn start_session(
     peer: SocketAddr,
     headers: &http::HeaderMap,
     who: Identity,
+    auth_time: Option<i64>,
     return_to: &str,
     outcome: &mut Outcome,
 ) -> Response<Body> {
@@ -599,7 +639,7 @@ async fn start_session(
     let lifetime = state.config.session_lifetime;
     if let Err(e) = state
         .store
-        .create_session(&crypto::digest(&id), &who, lifetime, &ip, &agent)
+        .create_session(&crypto::digest(&id), &who, lifetime, &ip, &agent, auth_time)
         .await
     {
         return internal_error(outcome, "creating the session", &e);
@@ -712,7 +752,7 @@ async fn local_sign_in(
         email,
         provider: "local".into(),
     };
-    start_session(state, peer, &headers, who, &return_to, outcome).await
+    start_session(state, peer, &headers, who, None, &return_to, outcome).await
 }
 
 /// The sign-in page again, with an error message; the return URL is kept.
@@ -730,6 +770,7 @@ fn again(
         set_browser,
         return_to,
         false,
+        None,
         status,
         Some(message),
     )

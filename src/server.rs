@@ -63,9 +63,7 @@ pub struct State {
     /// Entries live [`SESSION_CACHE_TTL`] and the whole cache is dropped whenever the store changes
     /// (sign-outs and revocations bump its revision), so a revoked session stops working as fast
     /// as a policy change does.
-    session_cache: std::sync::Mutex<
-        std::collections::HashMap<String, (Identity, i64, i64, std::time::Instant)>,
-    >,
+    session_cache: std::sync::Mutex<std::collections::HashMap<String, CachedSession>>,
     /// Whether the store answered lately; see [`State::store_usable`].
     store_health: Arc<StoreHealth>,
     /// The certificates served with `[tls]`.
@@ -122,6 +120,17 @@ async fn load_keys(
         keys: ring.into_iter().map(|k| k.material).collect(),
     };
     Ok((signer, csrf))
+}
+
+/// A session as the cache keeps it.
+#[derive(Clone)]
+struct CachedSession {
+    identity: Identity,
+    expires_at: i64,
+    last_seen: i64,
+    /// When the person last proved who they are (the session's sign-in).
+    signed_in_at: i64,
+    read: std::time::Instant,
 }
 
 /// What the background reload learned about the store.
@@ -462,18 +471,18 @@ impl State {
         // Record use at most once a minute (sooner for short idle timeouts): enough for the idle
         // timeout, cheap for the store.
         let every = (idle / 4).clamp(1, 60);
-        if let Some((identity, expires_at, last_seen, read)) = self
+        if let Some(c) = self
             .session_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
             .cloned()
-            && read.elapsed() < SESSION_CACHE_TTL
-            && expires_at > now
-            && last_seen > now - idle
-            && now - last_seen < every
+            && c.read.elapsed() < SESSION_CACHE_TTL
+            && c.expires_at > now
+            && c.last_seen > now - idle
+            && now - c.last_seen < every
         {
-            return Ok(Some((identity, digest)));
+            return Ok(Some((c.identity, digest)));
         }
         // While the store is known to be down, a session seen before the outage is answered from
         // the cache at once (asking the store would wait out its connection timeout).
@@ -517,12 +526,13 @@ impl State {
         }
         cache.insert(
             digest.clone(),
-            (
-                session.identity.clone(),
-                session.expires_at,
+            CachedSession {
+                identity: session.identity.clone(),
+                expires_at: session.expires_at,
                 last_seen,
-                std::time::Instant::now(),
-            ),
+                signed_in_at: session.created_at,
+                read: std::time::Instant::now(),
+            },
         );
         drop(cache);
         Ok(Some((session.identity, digest)))
@@ -531,8 +541,17 @@ impl State {
     /// A session in the cache that has not expired, however long ago it was read.
     fn cached_session(&self, digest: &str, now: i64) -> Option<Identity> {
         let cache = self.session_cache.lock().unwrap_or_else(|p| p.into_inner());
-        let (identity, expires_at, _, _) = cache.get(digest)?;
-        (*expires_at > now).then(|| identity.clone())
+        let c = cache.get(digest)?;
+        (c.expires_at > now).then(|| c.identity.clone())
+    }
+
+    /// When the session `digest` (just authenticated) was signed in.
+    pub fn signed_in_at(&self, digest: &str) -> Option<i64> {
+        self.session_cache
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .get(digest)
+            .map(|c| c.signed_in_at)
     }
 
     /// Drops a session from the cache at once (this process ended it).

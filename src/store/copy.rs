@@ -275,6 +275,7 @@ mod tests {
                 Duration::from_secs(60),
                 "127.0.0.1",
                 "ua",
+                None,
             )
             .await
             .unwrap();

@@ -43,6 +43,8 @@ pub struct Flow {
     pub pkce_verifier: String,
     pub return_to: String,
     pub created_at: i64,
+    /// The OIDC `max_age` this sign-in asked for (0: none); the ID token's `auth_time` must meet it.
+    pub max_age: i64,
 }
 
 impl Store {
@@ -53,6 +55,7 @@ impl Store {
         lifetime: Duration,
         client_ip: &str,
         user_agent: &str,
+        auth_time: Option<i64>,
     ) -> Result<()> {
         let now = now();
         let mut tx = self.write().await?;
@@ -64,7 +67,7 @@ impl Store {
         .bind(&who.email)
         .bind(&who.subject)
         .bind(&who.provider)
-        .bind(now)
+        .bind(auth_time.unwrap_or(now))
         .bind(now)
         .bind(now + lifetime.as_secs() as i64)
         .bind(client_ip)
@@ -351,11 +354,10 @@ impl Store {
         }
         let made = sqlx::query(
             "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent) \
-             SELECT $1, email, subject, provider, $2, $3, expires_at, $4, $5, groups, id_digest FROM sessions \
-             WHERE id_digest = $6 AND expires_at > $7",
+             SELECT $1, email, subject, provider, created_at, $2, expires_at, $3, $4, groups, id_digest FROM sessions \
+             WHERE id_digest = $5 AND expires_at > $6",
         )
         .bind(new_digest)
-        .bind(now)
         .bind(now)
         .bind(client_ip)
         .bind(user_agent)
@@ -381,8 +383,8 @@ impl Store {
 
     pub async fn put_flow(&self, state_digest: &str, flow: &Flow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO login_flows (state_digest, browser_digest, provider, nonce, pkce_verifier, return_to, created_at) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7)",
+            "INSERT INTO login_flows (state_digest, browser_digest, provider, nonce, pkce_verifier, return_to, created_at, max_age) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
         )
         .bind(state_digest)
         .bind(&flow.browser_digest)
@@ -391,6 +393,7 @@ impl Store {
         .bind(&flow.pkce_verifier)
         .bind(&flow.return_to)
         .bind(flow.created_at)
+        .bind(flow.max_age)
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -400,7 +403,7 @@ impl Store {
     pub async fn take_flow(&self, state_digest: &str) -> Result<Option<Flow>> {
         let row = sqlx::query(
             "DELETE FROM login_flows WHERE state_digest = $1 \
-             RETURNING browser_digest, provider, nonce, pkce_verifier, return_to, created_at",
+             RETURNING browser_digest, provider, nonce, pkce_verifier, return_to, created_at, max_age",
         )
         .bind(state_digest)
         .fetch_optional(&self.pool)
@@ -412,6 +415,7 @@ impl Store {
             pkce_verifier: r.get(3),
             return_to: r.get(4),
             created_at: r.get(5),
+            max_age: r.get(6),
         }))
     }
 }
@@ -433,6 +437,7 @@ mod tests {
     store_test! {
         async fn flows_are_single_use(s: Store) {
             let flow = Flow {
+                max_age: 0,
                 browser_digest: "b".into(),
                 provider: "corp".into(),
                 nonce: "n".into(),
@@ -451,10 +456,10 @@ mod tests {
             let idle = Duration::from_secs(60);
             let d1 = crate::crypto::digest("one");
             let d2 = crate::crypto::digest("two");
-            s.create_session(&d1, &who(), idle, "127.0.0.1", "t")
+            s.create_session(&d1, &who(), idle, "127.0.0.1", "t", None)
                 .await
                 .unwrap();
-            s.create_session(&d2, &who(), idle, "127.0.0.1", "t")
+            s.create_session(&d2, &who(), idle, "127.0.0.1", "t", None)
                 .await
                 .unwrap();
             assert_eq!(
@@ -463,7 +468,7 @@ mod tests {
                 "groups survive"
             );
             let d3 = crate::crypto::digest("three");
-            s.create_session(&d3, &who(), Duration::from_secs(0), "127.0.0.1", "t")
+            s.create_session(&d3, &who(), Duration::from_secs(0), "127.0.0.1", "t", None)
                 .await
                 .unwrap();
             assert!(s.session(&d3, idle).await.unwrap().is_none(), "expired");

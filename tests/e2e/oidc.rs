@@ -467,3 +467,44 @@ async fn a_provider_key_rotation_is_picked_up() {
         page.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_app_with_reauth_max_age_asks_for_a_fresh_sign_in_and_checks_auth_time() {
+    let echo = Echo::start().await;
+    let (port, origin) = Castellan::reserve();
+    let idp = Idp::start(&origin, None).await;
+    let mut setup = Setup::new(echo.addr);
+    setup.idp = Some(&idp);
+    setup.local_accounts = false;
+    setup.extra = "reauth_max_age = \"3s\"\n";
+    let c = Castellan::start_on(port, setup).await;
+    c.grant("demo", "user:alice@example.com");
+    let api = [("accept", "application/json")];
+
+    let mut b = Browser::new();
+    let page = b.sign_in_oidc(&c.url("/inbox"), ALICE.0, ALICE.1).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert_eq!(b.request("GET", &c.url("/x"), &api, None).await.status, 200);
+
+    tokio::time::sleep(Duration::from_millis(4500)).await;
+    // Scripts get a 401 they can act on.
+    let r = b.request("GET", &c.url("/x"), &api, None).await;
+    assert_eq!(r.status, 401);
+    assert_eq!(r.json()["error"], "reauthentication_required");
+    // A browser is sent to sign in again, and the provider is told to ask for the password.
+    let r = b.get(&c.url("/inbox")).await;
+    let to_sign_in = r.location().unwrap().to_string();
+    assert!(to_sign_in.contains("max_age=3"), "{to_sign_in}");
+    let r = b.get(&c.url(&to_sign_in)).await;
+    let auth = url::Url::parse(r.location().unwrap()).unwrap();
+    let q: std::collections::HashMap<_, _> = auth.query_pairs().into_owned().collect();
+    assert_eq!(q["max_age"], "3");
+    assert_eq!(q["prompt"], "login");
+    // The provider asks again (its own session is still there), and the app opens.
+    let login = b.follow(auth.as_str()).await;
+    let page = b.submit_idp_login(&login, ALICE.0, ALICE.1, None).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    assert!(page.url.ends_with("/inbox"), "{}", page.url);
+    assert_eq!(b.request("GET", &c.url("/x"), &api, None).await.status, 200);
+    drop(idp);
+}

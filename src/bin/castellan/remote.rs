@@ -298,6 +298,7 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
         identity_headers: IdentityHeaders::Castellan,
         upstream_auth: None,
         cors_origins: Vec::new(),
+        reauth_max_age: None,
     });
     let upstream = Arc::new(Upstream::new(
         Duration::from_secs(10),
