@@ -60,6 +60,7 @@ struct Discovery {
     userinfo_endpoint: Option<String>,
     #[serde(default)]
     token_endpoint_auth_methods_supported: Option<Vec<String>>,
+    end_session_endpoint: Option<String>,
 }
 
 struct Metadata {
@@ -67,6 +68,8 @@ struct Metadata {
     token_endpoint: String,
     jwks_uri: String,
     userinfo_endpoint: Option<String>,
+    /// RP-initiated logout, when the provider offers it.
+    end_session_endpoint: Option<Url>,
     /// `client_secret_basic` unless the provider only offers `client_secret_post`.
     secret_in_body: bool,
     fetched: Instant,
@@ -90,6 +93,8 @@ pub struct Client {
 pub struct SignedIn {
     pub identity: Identity,
     pub auth_time: Option<i64>,
+    /// The raw ID token, kept for `id_token_hint` at sign-out.
+    pub id_token: String,
 }
 
 #[derive(Deserialize)]
@@ -181,6 +186,10 @@ impl Client {
             token_endpoint: d.token_endpoint,
             jwks_uri: d.jwks_uri,
             userinfo_endpoint: d.userinfo_endpoint,
+            end_session_endpoint: d
+                .end_session_endpoint
+                .and_then(|u| Url::parse(&u).ok())
+                .filter(|u| matches!(u.scheme(), "https" | "http")),
             secret_in_body,
             fetched: Instant::now(),
         });
@@ -255,6 +264,22 @@ impl Client {
             }
         }
         Ok(url)
+    }
+
+    /// Where to send a browser that signs out, so the provider's session ends too (OpenID Connect
+    /// RP-Initiated Logout): `None` when the provider has no `end_session_endpoint`.
+    pub async fn logout_url(&self, id_token: &str, post_logout_redirect_uri: &str) -> Option<Url> {
+        let m = self.metadata().await.ok()?;
+        let mut url = m.end_session_endpoint.clone()?;
+        {
+            let mut q = url.query_pairs_mut();
+            if !id_token.is_empty() {
+                q.append_pair("id_token_hint", id_token);
+            }
+            q.append_pair("client_id", &self.config.client_id)
+                .append_pair("post_logout_redirect_uri", post_logout_redirect_uri);
+        }
+        Some(url)
     }
 
     /// Checks the `iss` authorization response parameter (RFC 9207) when the provider sends one.
@@ -374,6 +399,7 @@ impl Client {
                 groups,
             },
             auth_time: claims.auth_time,
+            id_token,
         })
     }
 

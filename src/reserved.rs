@@ -73,6 +73,9 @@ pub async fn handle(
         }
         (Method::GET, "/.castellan/callback") => callback(state, peer, &req, outcome).await,
         (Method::GET, "/.castellan/handoff") => handoff(state, peer, &req, outcome).await,
+        (Method::GET | Method::HEAD, "/.castellan/signed_out") => {
+            web::html(StatusCode::OK, pages::signed_out())
+        }
         (Method::POST, "/.castellan/request_access") => {
             request_access(state, peer, req, outcome).await
         }
@@ -386,6 +389,7 @@ async fn sign_in_page(
 }
 
 /// The chooser (providers, then the local-account form), with an optional error.
+#[allow(clippy::too_many_arguments)]
 fn render_sign_in(
     state: &State,
     browser: &str,
@@ -599,6 +603,7 @@ async fn callback(
         req.headers(),
         signed_in.identity,
         signed_in.auth_time,
+        Some(&signed_in.id_token),
         &flow.return_to,
         outcome,
     )
@@ -607,12 +612,14 @@ async fn callback(
 
 /// Creates a new session (never reusing an id the browser brought: no fixation) and sends the
 /// browser on to `return_to`.
+#[allow(clippy::too_many_arguments)]
 async fn start_session(
     state: &State,
     peer: SocketAddr,
     headers: &http::HeaderMap,
     who: Identity,
     auth_time: Option<i64>,
+    id_token: Option<&str>,
     return_to: &str,
     outcome: &mut Outcome,
 ) -> Response<Body> {
@@ -641,6 +648,14 @@ async fn start_session(
         .store
         .create_session(&crypto::digest(&id), &who, lifetime, &ip, &agent, auth_time)
         .await
+    {
+        return internal_error(outcome, "creating the session", &e);
+    }
+    if let Some(t) = id_token
+        && let Err(e) = state
+            .store
+            .set_session_id_token(&crypto::digest(&id), t)
+            .await
     {
         return internal_error(outcome, "creating the session", &e);
     }
@@ -752,7 +767,7 @@ async fn local_sign_in(
         email,
         provider: "local".into(),
     };
-    start_session(state, peer, &headers, who, None, &return_to, outcome).await
+    start_session(state, peer, &headers, who, None, None, &return_to, outcome).await
 }
 
 /// The sign-in page again, with an error message; the return URL is kept.
@@ -807,11 +822,26 @@ async fn sign_out(state: &State, req: Request<Incoming>, outcome: &mut Outcome) 
             outcome,
         );
     }
+    let mut provider_logout = None;
     if let Some(id) = web::cookie(&parts.headers, state.cookies.session) {
         let actor = Actor {
             name: "sign-out".into(),
             ip: String::new(),
         };
+        // Read before it is gone: the provider's logout wants the ID token back.
+        if let Ok(Some((provider, id_token))) = state
+            .store
+            .session_provider_token(&crypto::digest(id))
+            .await
+            && let Some(client) = state.provider(&provider)
+        {
+            provider_logout = client
+                .logout_url(
+                    &id_token,
+                    &format!("{}/.castellan/signed_out", state.config.public_origin()),
+                )
+                .await;
+        }
         state.forget_session(&crypto::digest(id));
         if let Err(e) = state
             .store
@@ -822,7 +852,11 @@ async fn sign_out(state: &State, req: Request<Incoming>, outcome: &mut Outcome) 
         }
     }
     outcome.decision = "signed-out";
-    let mut resp = web::html(StatusCode::OK, pages::signed_out());
+    // RP-initiated logout: the provider ends its session too, then comes back to signed_out.
+    let mut resp = match provider_logout {
+        Some(url) => web::redirect(url.as_str()),
+        None => web::html(StatusCode::OK, pages::signed_out()),
+    };
     resp.headers_mut().append(
         header::SET_COOKIE,
         state.cookies.set(state.cookies.session, "", Some(0)),

@@ -40,6 +40,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("user_agent", Text),
             ("groups", Text),
             ("parent", Text),
+            ("id_token", Text),
         ],
     ),
     (

@@ -301,6 +301,28 @@ impl Store {
     }
 
     /// Removes and returns (session digest, challenge, created) for a code: single use.
+    /// Keeps the provider's ID token with an OpenID Connect session, for sign-out.
+    pub async fn set_session_id_token(&self, id_digest: &str, id_token: &str) -> Result<()> {
+        sqlx::query("UPDATE sessions SET id_token = $1 WHERE id_digest = $2")
+            .bind(id_token)
+            .bind(id_digest)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// The provider and ID token of a session (for RP-initiated logout).
+    pub async fn session_provider_token(
+        &self,
+        id_digest: &str,
+    ) -> Result<Option<(String, String)>> {
+        let row = sqlx::query("SELECT provider, id_token FROM sessions WHERE id_digest = $1")
+            .bind(id_digest)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| (r.get(0), r.get(1))))
+    }
+
     /// A one-time code that hands the public host's session `session_digest` to `host`.
     pub async fn put_handoff_code(
         &self,
@@ -353,8 +375,8 @@ impl Store {
             return Ok(None);
         }
         let made = sqlx::query(
-            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent) \
-             SELECT $1, email, subject, provider, created_at, $2, expires_at, $3, $4, groups, id_digest FROM sessions \
+            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent, id_token) \
+             SELECT $1, email, subject, provider, created_at, $2, expires_at, $3, $4, groups, id_digest, id_token FROM sessions \
              WHERE id_digest = $5 AND expires_at > $6",
         )
         .bind(new_digest)

@@ -508,3 +508,95 @@ async fn an_app_with_reauth_max_age_asks_for_a_fresh_sign_in_and_checks_auth_tim
     assert_eq!(b.request("GET", &c.url("/x"), &api, None).await.status, 200);
     drop(idp);
 }
+
+/// The value of hidden input `name` in an HTML form.
+fn form_value(body: &str, name: &str) -> Option<String> {
+    let at = body.find(&format!("name=\"{name}\""))?;
+    let tag_start = body[..at].rfind('<')?;
+    let tag_end = at + body[at..].find('>')?;
+    let tag = &body[tag_start..tag_end];
+    let v = tag.find("value=\"")? + 7;
+    Some(tag[v..v + tag[v..].find('"')?].to_string())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn signing_out_ends_the_providers_session_too() {
+    let (_echo, idp, c) = start(None, false).await;
+    c.grant("demo", "user:alice@example.com");
+    let mut b = Browser::new();
+    let page = b.sign_in_oidc(&c.url("/"), ALICE.0, ALICE.1).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+
+    // Control: with castellan's session gone but the provider's alive, sign-in needs no password.
+    b.set_cookie(&c.origin, "castellan_session", "gone");
+    let page = b.follow(&c.url("/again")).await;
+    assert_eq!(
+        page.status, 200,
+        "single sign-on at the provider: {}",
+        page.body
+    );
+    assert!(!page.body.contains("name=\"password\""));
+
+    // Sign out: castellan's session ends, and the browser continues to the provider's end-session
+    // endpoint with the ID token as a hint and castellan's signed-out page to come back to.
+    let form = b.get(&c.url("/.castellan/sign_out")).await;
+    let csrf = form.input("csrf").unwrap();
+    let r = b
+        .request(
+            "POST",
+            &c.url("/.castellan/sign_out"),
+            &[],
+            Some(&[("csrf", &csrf)]),
+        )
+        .await;
+    let end = url::Url::parse(r.location().expect("on to the provider")).unwrap();
+    let q: std::collections::HashMap<_, _> = end.query_pairs().into_owned().collect();
+    assert!(end.as_str().starts_with(&idp.issuer), "{end}");
+    assert!(q["id_token_hint"].split('.').count() == 3, "{q:?}");
+    assert_eq!(
+        q["post_logout_redirect_uri"],
+        c.url("/.castellan/signed_out")
+    );
+    // The provider asks to confirm; confirming ends its session and returns to castellan.
+    let confirm = b.get(end.as_str()).await;
+    assert_eq!(confirm.status, 200, "{}", confirm.body);
+    let xsrf = form_value(&confirm.body, "xsrf").expect("the provider's logout form");
+    let action = {
+        let start = confirm.body.find("action=\"").unwrap() + 8;
+        let stop = confirm.body[start..].find('"').unwrap();
+        url::Url::parse(&confirm.url)
+            .unwrap()
+            .join(&confirm.body[start..start + stop])
+            .unwrap()
+    };
+    let mut r = b
+        .request(
+            "POST",
+            action.as_str(),
+            &[],
+            Some(&[("xsrf", &xsrf), ("logout", "yes")]),
+        )
+        .await;
+    for _ in 0..5 {
+        let Some(loc) = r.location().map(str::to_string) else {
+            break;
+        };
+        let next = url::Url::parse(&r.url).unwrap().join(&loc).unwrap();
+        r = b.get(next.as_str()).await;
+    }
+    assert_eq!(r.status, 200);
+    assert!(
+        r.url.starts_with(&c.url("/.castellan/signed_out")),
+        "{}",
+        r.url
+    );
+    assert!(r.body.contains("You are signed out"));
+    // The provider's session is gone: the next sign-in asks for the password again.
+    let page = b.follow(&c.url("/after")).await;
+    assert!(
+        page.body.contains("name=\"password\""),
+        "{} {}",
+        page.url,
+        page.body
+    );
+}

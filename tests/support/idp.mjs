@@ -109,7 +109,7 @@ const clients = [
     client_id: 'castellan',
     client_secret: env.CASTELLAN_CLIENT_SECRET || 'castellan-secret',
     redirect_uris: [env.CASTELLAN_REDIRECT_URI || 'http://127.0.0.1:8080/.castellan/callback'],
-    post_logout_redirect_uris: [new URL('/', env.CASTELLAN_REDIRECT_URI || 'http://127.0.0.1:8080/').href],
+    post_logout_redirect_uris: ['/', '/.castellan/signed_out'].map((p) => new URL(p, env.CASTELLAN_REDIRECT_URI || 'http://127.0.0.1:8080/').href),
     response_types: ['code'],
     grant_types: ['authorization_code', 'refresh_token'],
     token_endpoint_auth_method: env.CASTELLAN_TOKEN_AUTH || 'client_secret_basic',

@@ -29,7 +29,12 @@ pub enum SessionsCommand {
 The person is signed out at once; their open WebSockets and streams close within a second."
     )]
     Revoke {
-        #[arg(required_unless_present = "user", conflicts_with = "user")]
+        /// The ID (or its first 8+ characters) from `castellan sessions list`; IDs may start with `-`.
+        #[arg(
+            required_unless_present = "user",
+            conflicts_with = "user",
+            allow_hyphen_values = true
+        )]
         id: Option<String>,
         #[arg(long, value_name = "EMAIL")]
         user: Option<String>,
