@@ -53,6 +53,26 @@ pub async fn handle(
                 ),
             );
         }
+        if path == format!("{PATH}/two_step") && who.provider == "local" {
+            // Set up (or replace) TOTP: the second-factor page walks through it.
+            let browser = web::cookie(&parts.headers, state.cookies.browser).unwrap_or("");
+            let pending = crate::store::PendingSecondFactor {
+                email: who.email.clone(),
+                return_to: PATH.to_string(),
+                enrol_secret: crate::totp::new_secret(),
+                created_at: crate::store::now(),
+            };
+            if let Err(e) = state
+                .store
+                .put_second_factor_pending(&crypto::digest(browser), &pending)
+                .await
+            {
+                return internal_error(outcome, "starting two-step set-up", &e);
+            }
+            let mut r = web::redirect(crate::second_factor::PATH);
+            *r.status_mut() = StatusCode::SEE_OTHER;
+            return r;
+        }
         let everywhere = path == format!("{PATH}/sign_out_everywhere");
         let result = if everywhere {
             state
@@ -124,8 +144,29 @@ pub async fn handle(
             esc(&who.groups.join(", "))
         )
     };
+    let two_step = if who.provider != "local" {
+        String::new()
+    } else {
+        let on = matches!(state.store.totp_secret(&who.email).await, Ok(Some(_)));
+        format!(
+            "<h2 style=\"font-size:1.05rem\">Two-step verification</h2><p>{}</p>\
+             <form method=\"post\" action=\"{PATH}/two_step\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
+             <button type=\"submit\" class=\"secondary\">{}</button></form>",
+            if on {
+                "On: signing in asks for a code from your authenticator app."
+            } else {
+                "Off: signing in asks for your password only."
+            },
+            esc(&csrf),
+            if on {
+                "Set up again (new key, new recovery codes)"
+            } else {
+                "Set up two-step verification"
+            }
+        )
+    };
     let body = format!(
-        "<h1>Your account</h1><p>Signed in as <b>{}</b> ({}).</p>{groups}\
+        "<h1>Your account</h1><p>Signed in as <b>{}</b> ({}).</p>{groups}{two_step}\
          <h2 style=\"font-size:1.05rem\">Your sessions</h2>\
          <table style=\"width:100%;border-collapse:collapse\"><tbody>{rows}</tbody></table>\
          <form method=\"post\" action=\"{PATH}/sign_out_everywhere\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\

@@ -27,6 +27,8 @@ pub struct Config {
     /// How often the assertion signing key and the CSRF key are replaced.
     pub key_rotation: Duration,
     pub local_accounts: bool,
+    /// Local accounts must use a second factor (TOTP): `local_accounts_mfa = "required"`.
+    pub local_accounts_mfa_required: bool,
     pub trusted_proxies: Vec<IpNet>,
     pub session_lifetime: Duration,
     pub session_idle_timeout: Duration,
@@ -466,6 +468,7 @@ pub const ENV_KEYS: &[&str] = &[
     "key_rotation",
     "reauth_max_age",
     "local_accounts",
+    "local_accounts_mfa",
     "trusted_proxies",
     "session_lifetime",
     "session_idle_timeout",
@@ -491,6 +494,7 @@ const TOP_KEYS: &[&str] = &[
     "key_rotation",
     "reauth_max_age",
     "local_accounts",
+    "local_accounts_mfa",
     "trusted_proxies",
     "session_lifetime",
     "session_idle_timeout",
@@ -565,6 +569,20 @@ impl Reader<'_> {
             .map(|p| base.join(p))
             .unwrap_or_else(|| std::env::temp_dir().join("castellan-audit-spool"));
         let local_accounts = self.boolean(&mut t, "", "local_accounts").unwrap_or(true);
+        let local_accounts_mfa_required = match self
+            .string(&mut t, "", "local_accounts_mfa")
+            .as_deref()
+        {
+            None | Some("optional") => false,
+            Some("required") => true,
+            Some(other) => {
+                self.problem(
+                    "local_accounts_mfa",
+                    format!("`{other}` is not a choice: write \"optional\" (people may add a second factor) or \"required\" (everyone sets one up at their next sign-in)"),
+                );
+                false
+            }
+        };
         let trusted_proxies = self.trusted_proxies(&mut t);
         let session_lifetime = self
             .duration(&mut t, "", "session_lifetime")
@@ -648,6 +666,7 @@ impl Reader<'_> {
             audit_spool,
             key_rotation,
             local_accounts,
+            local_accounts_mfa_required,
             trusted_proxies,
             session_lifetime,
             session_idle_timeout,

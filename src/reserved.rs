@@ -73,6 +73,11 @@ pub async fn handle(
         }
         (Method::GET, "/.castellan/callback") => callback(state, peer, &req, outcome).await,
         (Method::GET, "/.castellan/handoff") => handoff(state, peer, &req, outcome).await,
+        (Method::GET | Method::HEAD | Method::POST, crate::second_factor::PATH)
+            if state.config.local_accounts =>
+        {
+            crate::second_factor::handle(state, peer, req, outcome).await
+        }
         (Method::GET | Method::HEAD, "/.castellan/signed_out") => {
             web::html(StatusCode::OK, pages::signed_out())
         }
@@ -613,7 +618,7 @@ async fn callback(
 /// Creates a new session (never reusing an id the browser brought: no fixation) and sends the
 /// browser on to `return_to`.
 #[allow(clippy::too_many_arguments)]
-async fn start_session(
+pub(crate) async fn start_session(
     state: &State,
     peer: SocketAddr,
     headers: &http::HeaderMap,
@@ -758,6 +763,17 @@ async fn local_sign_in(
             StatusCode::UNAUTHORIZED,
             "Wrong email or password.",
         );
+    }
+    // A second factor: asked for when the account has TOTP, set up when the configuration
+    // requires one and it has none.
+    let has_totp = match state.store.totp_secret(&email).await {
+        Ok(s) => s.is_some(),
+        Err(e) => return internal_error(outcome, "reading the account", &e),
+    };
+    if has_totp || state.config.local_accounts_mfa_required {
+        let browser = browser.unwrap_or("");
+        return crate::second_factor::begin(state, browser, &email, &return_to, !has_totp, outcome)
+            .await;
     }
     state.account_limiter.clear(&email);
     state.metrics.sign_in("local", "ok");

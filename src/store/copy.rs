@@ -24,8 +24,11 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("email", Text),
             ("password_hash", Text),
             ("created_at", Int),
+            ("totp_secret", Text),
+            ("totp_last_step", Int),
         ],
     ),
+    ("recovery_codes", &[("email", Text), ("digest", Text)]),
     (
         "sessions",
         &[

@@ -14,6 +14,7 @@ mod copy;
 mod groups;
 mod policies;
 mod requests;
+mod second_factor;
 mod service_accounts;
 mod sessions;
 mod users;
@@ -31,6 +32,7 @@ pub use audit::{AuditFilter, AuditRecord};
 pub use copy::Copied;
 pub use groups::Group;
 pub use requests::AccessRequest;
+pub use second_factor::PendingSecondFactor;
 pub use service_accounts::{ServiceAccount, ServiceAccountKey};
 pub use sessions::{Flow, Session, SessionInfo};
 

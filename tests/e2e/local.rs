@@ -510,3 +510,131 @@ async fn the_account_page_lists_and_ends_the_persons_own_sessions() {
         200
     );
 }
+
+fn now_step() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64
+        / castellan::totp::STEP
+}
+
+fn totp(secret: &str, step: i64) -> String {
+    format!("{:06}", castellan::totp::code(secret, step).unwrap())
+}
+
+async fn post_code(b: &mut Browser, c: &Castellan, code: &str) -> Page {
+    let form = b.get(&c.url("/.castellan/sign_in/code")).await;
+    assert_eq!(form.status, 200, "{}", form.body);
+    let csrf = form.input("csrf").unwrap();
+    b.request(
+        "POST",
+        &c.url("/.castellan/sign_in/code"),
+        &[],
+        Some(&[("csrf", &csrf), ("code", code)]),
+    )
+    .await
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn totp_is_set_up_from_the_account_page_then_asked_for_and_never_accepted_twice() {
+    const PW: &str = "a long enough password";
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    c.add_user("ada@example.com", PW);
+    c.grant("demo", "user:ada@example.com");
+    let mut b = Browser::new();
+    assert_eq!(
+        b.sign_in_local(&c, "ada@example.com", PW, "/").await.status,
+        302
+    );
+
+    // Set up from the account page: a key, a code to prove it, recovery codes once.
+    let account = b.get(&c.url("/.castellan/account")).await;
+    assert!(account.body.contains("Set up two-step verification"));
+    let csrf = account.input("csrf").unwrap();
+    let r = b
+        .request(
+            "POST",
+            &c.url("/.castellan/account/two_step"),
+            &[],
+            Some(&[("csrf", &csrf)]),
+        )
+        .await;
+    assert_eq!(r.location(), Some("/.castellan/sign_in/code"));
+    let setup = b.get(&c.url("/.castellan/sign_in/code")).await;
+    let secret = {
+        let at = setup.body.find("data-secret=\"").unwrap() + 13;
+        setup.body[at..at + setup.body[at..].find('"').unwrap()].to_string()
+    };
+    assert!(setup.body.contains("otpauth://totp/"));
+    let wrong = post_code(&mut b, &c, "000000").await;
+    assert_eq!(wrong.status, 401, "{}", wrong.body);
+    let step = now_step();
+    let done = post_code(&mut b, &c, &totp(&secret, step)).await;
+    assert_eq!(done.status, 200, "{}", done.body);
+    let recovery: Vec<String> = done
+        .body
+        .split("<li><code>")
+        .skip(1)
+        .map(|s| s[..s.find('<').unwrap()].to_string())
+        .collect();
+    assert_eq!(recovery.len(), 10, "{}", done.body);
+
+    // Now a password alone is not enough: no session until the code.
+    let mut b2 = Browser::new();
+    let r = b2.sign_in_local(&c, "ada@example.com", PW, "/").await;
+    assert_eq!(r.location(), Some("/.castellan/sign_in/code"));
+    assert!(b2.cookie(&c.origin, "castellan_session").is_none());
+    assert_eq!(
+        b2.request("GET", &c.url("/"), &[("accept", "application/json")], None)
+            .await
+            .status,
+        401
+    );
+    // The code used at set-up cannot be used again; the next one can, once.
+    let replay = post_code(&mut b2, &c, &totp(&secret, step)).await;
+    assert_eq!(replay.status, 401);
+    assert!(replay.body.contains("used already"), "{}", replay.body);
+    let ok = post_code(&mut b2, &c, &totp(&secret, step + 1)).await;
+    assert_eq!(ok.status, 302, "{}", ok.body);
+    assert_eq!(
+        b2.request("GET", &c.url("/"), &[("accept", "application/json")], None)
+            .await
+            .status,
+        200
+    );
+    let mut b3 = Browser::new();
+    b3.sign_in_local(&c, "ada@example.com", PW, "/").await;
+    assert_eq!(
+        post_code(&mut b3, &c, &totp(&secret, step + 1))
+            .await
+            .status,
+        401
+    );
+    // A recovery code works once.
+    assert_eq!(post_code(&mut b3, &c, &recovery[0]).await.status, 302);
+    let mut b4 = Browser::new();
+    b4.sign_in_local(&c, "ada@example.com", PW, "/").await;
+    assert_eq!(post_code(&mut b4, &c, &recovery[0]).await.status, 401);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn with_mfa_required_the_first_sign_in_sets_up_a_second_factor() {
+    const PW: &str = "a long enough password";
+    let echo = Echo::start().await;
+    let mut setup = Setup::new(echo.addr);
+    setup.top = "local_accounts_mfa = \"required\"\n";
+    let c = Castellan::start(setup).await;
+    c.add_user("bob@example.com", PW);
+    let mut b = Browser::new();
+    let r = b.sign_in_local(&c, "bob@example.com", PW, "/").await;
+    assert_eq!(r.location(), Some("/.castellan/sign_in/code"));
+    assert!(b.cookie(&c.origin, "castellan_session").is_none());
+    let page = b.get(&c.url("/.castellan/sign_in/code")).await;
+    assert!(
+        page.body.contains("Set up two-step verification"),
+        "{}",
+        page.body
+    );
+}
