@@ -1,6 +1,7 @@
 //! castellan's end-to-end tests: the real binary, a real OpenID Provider, real Streamlit and Chromium.
 //! Run through `scripts/test.sh`, which installs what they need first.
 
+mod adversarial;
 mod api;
 mod browser;
 mod cli;
