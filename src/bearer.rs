@@ -54,8 +54,28 @@ pub fn bearer(state: &State, headers: &HeaderMap) -> Option<(HeaderName, String)
     ours.then_some((header::AUTHORIZATION, t))
 }
 
+/// Why a bearer token was not accepted.
+pub enum Refused {
+    /// The token is not good: a 401 that says why.
+    Invalid(String),
+    /// Checking it needs the store, which did not answer: fail closed with the store's error.
+    Store(crate::store::Error),
+}
+
+impl From<String> for Refused {
+    fn from(why: String) -> Refused {
+        Refused::Invalid(why)
+    }
+}
+
+impl From<&str> for Refused {
+    fn from(why: &str) -> Refused {
+        Refused::Invalid(why.to_string())
+    }
+}
+
 /// Verifies a bearer token for `app`.
-pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Principal, String> {
+pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Principal, Refused> {
     if token.len() > 16 * 1024 {
         return Err("the token is too large".into());
     }
@@ -71,7 +91,7 @@ pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Princ
                 match state.store.key_active(&key).await {
                     Ok(true) => Ok(Principal::ServiceAccount(name)),
                     Ok(false) => Err("the key this token was minted with has been revoked".into()),
-                    Err(e) => Err(format!("cannot check the token's key: {e}")),
+                    Err(e) => Err(Refused::Store(e)),
                 }
             }
             TokenSubject::Session(sid) => match state
@@ -84,7 +104,7 @@ pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Princ
                     "the session this token belongs to has ended: run `castellan login` again"
                         .into(),
                 ),
-                Err(e) => Err(format!("cannot check the token's session: {e}")),
+                Err(e) => Err(Refused::Store(e)),
             },
         };
     }
@@ -99,7 +119,7 @@ pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Princ
         .verify_programmatic(token)
         .await
         .map(Principal::User)
-        .map_err(|e| e.to_string())
+        .map_err(|e| Refused::Invalid(e.to_string()))
 }
 
 fn unverified_issuer(token: &str) -> Option<String> {

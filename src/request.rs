@@ -464,7 +464,12 @@ async fn protected_by_bearer(
     use crate::bearer::Principal;
     let principal = match crate::bearer::authenticate(state, &token, app).await {
         Ok(p) => p,
-        Err(why) => {
+        // The store did not answer: 503 when it is unreachable, never a 401 that says the
+        // token is bad, and never an open door.
+        Err(crate::bearer::Refused::Store(e)) => {
+            return internal_error(outcome, "checking a bearer token", &e);
+        }
+        Err(crate::bearer::Refused::Invalid(why)) => {
             outcome.decision = "deny";
             outcome.reason = "invalid-token";
             tracing::info!(app = %app.id, "bearer token refused: {why}");
