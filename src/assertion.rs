@@ -154,7 +154,7 @@ impl Signer {
         let now = store::now();
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
-        let claims = serde_json::json!({
+        let mut claims = serde_json::json!({
             "iss": crate::google::IAP_ISSUER,
             "aud": audience,
             "sub": format!("{}{}", crate::google::IAP_PREFIX, who.subject),
@@ -162,6 +162,10 @@ impl Signer {
             "iat": now,
             "exp": now + LIFETIME_SECS,
         });
+        // As IAP does: the Workspace domain, when the provider said which.
+        if let Some(hd) = &who.hd {
+            claims["hd"] = hd.clone().into();
+        }
         jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)
     }
 
@@ -393,6 +397,7 @@ mod tests {
             subject: "123".into(),
             provider: "corp".into(),
             groups: vec![],
+            hd: None,
         };
         let token = signer.sign(&who, "castellan:demo").unwrap();
         let set: JwkSet = serde_json::from_str(signer.jwks()).unwrap();

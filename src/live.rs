@@ -169,6 +169,7 @@ mod tests {
                 subject: "a".into(),
                 provider: "local".into(),
                 groups: vec![],
+                hd: None,
             },
             session: "s".into(),
             host: "h".into(),

@@ -114,6 +114,8 @@ struct IdClaims {
     azp: Option<String>,
     iat: Option<i64>,
     auth_time: Option<i64>,
+    /// Google's hosted (Workspace) domain.
+    hd: Option<String>,
     nonce: Option<String>,
     email: Option<String>,
     email_verified: Option<serde_json::Value>,
@@ -397,6 +399,7 @@ impl Client {
                 subject: claims.sub,
                 provider: self.config.id.clone(),
                 groups,
+                hd: claims.hd.filter(|h| !h.is_empty() && h.len() <= 253),
             },
             auth_time: claims.auth_time,
             id_token,
@@ -488,6 +491,7 @@ impl Client {
             subject: claims.sub,
             provider: self.config.id.clone(),
             groups,
+            hd: claims.hd.filter(|h| !h.is_empty() && h.len() <= 253),
         })
     }
 

@@ -782,6 +782,7 @@ async fn local_sign_in(
         subject: email.clone(),
         email,
         provider: "local".into(),
+        hd: None,
     };
     start_session(state, peer, &headers, who, None, None, &return_to, outcome).await
 }

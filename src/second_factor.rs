@@ -187,6 +187,7 @@ pub async fn handle(
         subject: email.clone(),
         email,
         provider: "local".into(),
+        hd: None,
     };
     let resp = crate::reserved::start_session(
         state,

@@ -25,6 +25,9 @@ pub struct Identity {
     /// Groups the provider asserted (its `groups_claim`); castellan's own groups are added at decision time.
     #[serde(default)]
     pub groups: Vec<String>,
+    /// The Google Workspace domain (`hd` claim) when the provider asserts one.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hd: Option<String>,
 }
 
 /// A principal in a binding, spelled as in Cloud IAM.

@@ -44,6 +44,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("groups", Text),
             ("parent", Text),
             ("id_token", Text),
+            ("hd", Text),
         ],
     ),
     (
@@ -271,6 +272,7 @@ mod tests {
             subject: "a".into(),
             provider: "local".into(),
             groups: vec!["eng".into()],
+            hd: None,
         };
         sqlite
             .create_session(

@@ -60,8 +60,8 @@ impl Store {
         let now = now();
         let mut tx = self.write().await?;
         sqlx::query(
-            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
+            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, hd) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
         )
         .bind(id_digest)
         .bind(&who.email)
@@ -73,6 +73,7 @@ impl Store {
         .bind(client_ip)
         .bind(user_agent)
         .bind(serde_json::to_string(&who.groups).expect("a list of strings serialises"))
+        .bind(who.hd.as_deref().unwrap_or(""))
         .execute(&mut *tx)
         .await?;
         let actor = Actor {
@@ -96,7 +97,7 @@ impl Store {
     pub async fn session(&self, id_digest: &str, idle: Duration) -> Result<Option<Session>> {
         let now = now();
         let row = sqlx::query(
-            "SELECT email, subject, provider, created_at, last_seen, expires_at, groups FROM sessions \
+            "SELECT email, subject, provider, created_at, last_seen, expires_at, groups, hd FROM sessions \
              WHERE id_digest = $1 AND expires_at > $2 AND last_seen > $3",
         )
         .bind(id_digest)
@@ -110,6 +111,7 @@ impl Store {
                 subject: r.get(1),
                 provider: r.get(2),
                 groups: serde_json::from_str(r.get::<&str, _>(6)).unwrap_or_default(),
+                hd: Some(r.get::<String, _>(7)).filter(|h| !h.is_empty()),
             },
             created_at: r.get(3),
             last_seen: r.get(4),
@@ -375,8 +377,8 @@ impl Store {
             return Ok(None);
         }
         let made = sqlx::query(
-            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent, id_token) \
-             SELECT $1, email, subject, provider, created_at, $2, expires_at, $3, $4, groups, id_digest, id_token FROM sessions \
+            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent, id_token, hd) \
+             SELECT $1, email, subject, provider, created_at, $2, expires_at, $3, $4, groups, id_digest, id_token, hd FROM sessions \
              WHERE id_digest = $5 AND expires_at > $6",
         )
         .bind(new_digest)
@@ -453,6 +455,7 @@ mod tests {
             subject: "a".into(),
             provider: "local".into(),
             groups: vec!["eng".into()],
+            hd: None,
         }
     }
 

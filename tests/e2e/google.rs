@@ -294,3 +294,32 @@ async fn google_iap_headers_verify_with_google_auth_and_forgeries_never_pass() {
         401
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn iap_assertions_carry_the_providers_hosted_domain() {
+    let echo = Echo::start().await;
+    let (port, origin) = Castellan::reserve();
+    let idp = Idp::start_with(&origin, &[("IDP_HD", "alice@example.com=example.com")]).await;
+    let mut setup = Setup::new(echo.addr);
+    setup.idp = Some(&idp);
+    setup.local_accounts = false;
+    setup.extra =
+        "identity_headers = \"google-iap\"\naudience = \"/projects/1/global/backendServices/9\"\n";
+    let c = Castellan::start_on(port, setup).await;
+    c.grant("demo", "domain:example.com");
+    for (email, password, hd) in [
+        ("alice@example.com", "alice-password", Some("example.com")),
+        ("bob@example.com", "bob-password", None),
+    ] {
+        let mut b = Browser::new();
+        let page = b.sign_in_oidc(&c.url("/who"), email, password).await;
+        assert_eq!(page.status, 200, "{}", page.body);
+        let token = page.json()["headers"]["x-goog-iap-jwt-assertion"][0]
+            .as_str()
+            .unwrap()
+            .to_string();
+        let claims = claims_of(&token);
+        assert_eq!(claims["email"], email);
+        assert_eq!(claims["hd"].as_str(), hd, "{claims}");
+    }
+}

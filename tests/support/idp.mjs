@@ -14,6 +14,7 @@
 //   IDP_USERS                  "email:password,..."      (alice@example.com:alice-password,bob@example.com:bob-password)
 //   IDP_AUTO_CONSENT=1         skip the consent page (grant is created automatically)
 //   IDP_GROUPS                 "email=group|group;email=group" - a `groups` claim (profile scope)
+//   IDP_HD                     "email=domain;email=domain" - Google's `hd` claim (email scope)
 //   IDP_CONFORM_ID_TOKEN_CLAIMS=1  oidc-provider's default: in the code flow the
 //                              ID token then carries only sub/acr/...; email must be
 //                              read from userinfo. Default here: 0 (email in ID token).
@@ -61,6 +62,12 @@ for (const entry of (env.IDP_GROUPS || '').split(';').filter(Boolean)) {
   GROUPS.set(email.trim(), (groups || '').split('|').map((g) => g.trim()).filter(Boolean));
 }
 
+const HD = new Map();
+for (const entry of (env.IDP_HD || '').split(';').filter(Boolean)) {
+  const [email, domain] = entry.split('=');
+  HD.set(email.trim(), (domain || '').trim());
+}
+
 async function findAccount(_ctx, id) {
   const u = USERS.get(id);
   if (!u) return undefined;
@@ -74,6 +81,7 @@ async function findAccount(_ctx, id) {
         name: u.name,
         preferred_username: u.preferred_username,
         groups: GROUPS.get(id) || [],
+        ...(HD.has(id) ? { hd: HD.get(id) } : {}),
       };
     },
   };
@@ -126,7 +134,7 @@ const configuration = {
   findAccount,
   claims: {
     openid: ['sub'],
-    email: ['email', 'email_verified'],
+    email: ['email', 'email_verified', 'hd'],
     profile: ['name', 'preferred_username', 'groups'],
   },
   scopes: ['openid', 'offline_access', 'email', 'profile'],
@@ -150,7 +158,7 @@ const configuration = {
     if (!autoConsent) return undefined;
     const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
     grant.addOIDCScope('openid email profile offline_access');
-    grant.addOIDCClaims(['email', 'email_verified', 'name', 'preferred_username', 'groups']);
+    grant.addOIDCClaims(['email', 'email_verified', 'hd', 'name', 'preferred_username', 'groups']);
     await grant.save();
     return grant;
   },
