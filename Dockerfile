@@ -1,5 +1,6 @@
-# castellan's container image: a release build on Debian, copied into a distroless image that has
-# glibc and CA certificates but no shell and no package manager, running as a non-root user.
+# castellan's container image: a statically linked release build (glibc's static libc, which
+# resolves names from /etc/hosts and DNS itself), copied into distroless/static: CA certificates,
+# /etc/passwd and /etc/nsswitch.conf, no shell, no package manager, no libc; a non-root user.
 #
 #   docker build -t castellan .
 #   docker run --rm -p 8080:8080 -e CASTELLAN_CONFIG_TOML="$(cat castellan.toml)" castellan
@@ -10,10 +11,12 @@
 FROM rust:1.95-bookworm AS build
 WORKDIR /src
 COPY . .
-RUN cargo build --release --locked --bin castellan
+RUN target="$(rustc -vV | sed -n 's/^host: //p')" \
+ && RUSTFLAGS="-C target-feature=+crt-static" cargo build --release --locked --target "$target" --bin castellan \
+ && cp "target/$target/release/castellan" /castellan
 
-FROM gcr.io/distroless/cc-debian12:nonroot
-COPY --from=build /src/target/release/castellan /castellan
+FROM gcr.io/distroless/static-debian12:nonroot
+COPY --from=build /castellan /castellan
 WORKDIR /home/nonroot
 USER nonroot:nonroot
 # Cloud Run sets PORT itself; elsewhere castellan listens on 0.0.0.0:8080 unless `listen` says otherwise.

@@ -23,12 +23,17 @@ fn the_dockerfile_builds_a_non_root_image_without_a_shell() {
             .any(|l| l.starts_with("FROM rust:") && l.ends_with("AS build")),
         "{d}"
     );
-    assert!(lines.contains(&"RUN cargo build --release --locked --bin castellan"));
+    // A static binary (no libc in the image), built from the locked dependencies.
+    assert!(
+        d.contains("RUSTFLAGS=\"-C target-feature=+crt-static\" cargo build --release --locked"),
+        "{d}"
+    );
     let runtime = lines.iter().rev().find(|l| l.starts_with("FROM ")).unwrap();
     assert!(
-        runtime.starts_with("FROM gcr.io/distroless/"),
-        "no shell in the runtime image: {runtime}"
+        runtime.starts_with("FROM gcr.io/distroless/static"),
+        "no shell and no libc in the runtime image: {runtime}"
     );
+    assert!(lines.contains(&"COPY --from=build /castellan /castellan"));
     assert!(lines.contains(&"USER nonroot:nonroot"));
     assert!(
         lines.iter().any(|l| l.starts_with("HEALTHCHECK")
