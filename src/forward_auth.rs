@@ -95,6 +95,7 @@ pub async fn handle(
 
     // Who: a bearer token meant for castellan, else the session cookie.
     let bearer = crate::bearer::bearer(state, req.headers());
+    let mut session_digest = None;
     let principal = match &bearer {
         Some((_, token)) => match crate::bearer::authenticate(state, token, app).await {
             Ok(p) => Some(p),
@@ -108,7 +109,10 @@ pub async fn handle(
             }
         },
         None => match state.authenticate(req.headers()).await {
-            Ok(who) => who.map(|(identity, _)| crate::bearer::Principal::User(identity)),
+            Ok(who) => who.map(|(identity, digest)| {
+                session_digest = Some(digest);
+                crate::bearer::Principal::User(identity)
+            }),
             Err(e) => return crate::request::internal_error(outcome, "reading the session", &e),
         },
     };
@@ -135,11 +139,29 @@ pub async fn handle(
     let decision = state.snapshot().decide(&app.id, who, &cx);
     outcome.decision = decision.label();
     outcome.reason = decision.reason().as_str();
+    // The app wants a recent sign-in (reauth_max_age) and this session's is older.
+    let reauth = app.reauth_max_age.filter(|max| {
+        session_digest.as_deref().is_some_and(|d| {
+            state
+                .signed_in_at(d)
+                .is_none_or(|t| store::now() - t > max.as_secs() as i64)
+        })
+    });
     let sign_in = format!(
-        "{}/.castellan/sign_in?rd={}",
+        "{}/.castellan/sign_in?rd={}{}",
         state.config.public_origin(),
-        pages::q(&return_to)
+        pages::q(&return_to),
+        reauth
+            .map(|m| format!("&max_age={}", m.as_secs()))
+            .unwrap_or_default()
     );
+    let decision = if reauth.is_some() {
+        outcome.decision = "sign-in";
+        outcome.reason = "reauthentication";
+        Decision::SignIn
+    } else {
+        decision
+    };
     match decision {
         Decision::SignIn => {
             let params = web::query_pairs(req.uri());
@@ -149,7 +171,10 @@ pub async fn handle(
             }
             let mut r = web::json(
                 StatusCode::UNAUTHORIZED,
-                &serde_json::json!({ "error": "unauthenticated", "sign_in_url": sign_in }),
+                &serde_json::json!({
+                    "error": if reauth.is_some() { "reauthentication_required" } else { "unauthenticated" },
+                    "sign_in_url": sign_in,
+                }),
             );
             if let Ok(v) = HeaderValue::from_str(&sign_in) {
                 r.headers_mut().insert("x-castellan-sign-in", v);

@@ -477,6 +477,7 @@ async fn an_app_with_reauth_max_age_asks_for_a_fresh_sign_in_and_checks_auth_tim
     setup.idp = Some(&idp);
     setup.local_accounts = false;
     setup.extra = "reauth_max_age = \"3s\"\n";
+    setup.top = "trusted_proxies = [\"127.0.0.1/32\"]\n";
     let c = Castellan::start_on(port, setup).await;
     c.grant("demo", "user:alice@example.com");
     let api = [("accept", "application/json")];
@@ -486,7 +487,32 @@ async fn an_app_with_reauth_max_age_asks_for_a_fresh_sign_in_and_checks_auth_tim
     assert_eq!(page.status, 200, "{}", page.body);
     assert_eq!(b.request("GET", &c.url("/x"), &api, None).await.status, 200);
 
+    // Forward auth (an ingress asking) applies it too.
+    let cookie = format!(
+        "castellan_session={}",
+        b.cookie(&c.origin, "castellan_session").unwrap()
+    );
+    let ingress = |cookie: String| {
+        let url = c.url("/.castellan/auth");
+        async move {
+            let r = reqwest::Client::new()
+                .get(url)
+                .header("x-original-uri", "/inbox")
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap();
+            (r.status().as_u16(), r.text().await.unwrap())
+        }
+    };
+    assert_eq!(ingress(cookie.clone()).await.0, 200);
     tokio::time::sleep(Duration::from_millis(4500)).await;
+    let (status, body) = ingress(cookie).await;
+    assert_eq!(status, 401, "{body}");
+    assert!(
+        body.contains("reauthentication_required") && body.contains("max_age=3"),
+        "{body}"
+    );
     // Scripts get a 401 they can act on.
     let r = b.request("GET", &c.url("/x"), &api, None).await;
     assert_eq!(r.status, 401);
