@@ -485,30 +485,9 @@ struct Reader<'a> {
     env: &'a dyn Env,
 }
 
-const TOP_KEYS: &[&str] = &[
-    "listen",
-    "public_url",
-    "store",
-    "store_outage_grace",
-    "audit_spool",
-    "key_rotation",
-    "reauth_max_age",
-    "local_accounts",
-    "local_accounts_mfa",
-    "trusted_proxies",
-    "session_lifetime",
-    "session_idle_timeout",
-    "upstream_connect_timeout",
-    "upstream_timeout",
-    "metrics_listen",
-    "audit_retention",
-    "access_request_webhook",
-    "google_metadata_url",
-    "admins",
-    "providers",
-    "apps",
-    "tls",
-];
+/// Top-level keys the environment cannot override (lists and tables); with [`ENV_KEYS`], every
+/// top-level key.
+const TABLE_KEYS: &[&str] = &["admins", "providers", "apps", "tls"];
 const TLS_KEYS: &[&str] = &["cert", "key", "acme", "http_listen", "hsts"];
 const ACME_KEYS: &[&str] = &["domains", "email", "directory", "ca_root", "challenge"];
 const PROVIDER_KEYS: &[&str] = &[
@@ -545,7 +524,8 @@ impl Reader<'_> {
     }
 
     fn config(&mut self, mut t: toml::Table, base: &Path) -> Option<Config> {
-        self.unknown_keys(&t, "", TOP_KEYS);
+        let top: Vec<&str> = ENV_KEYS.iter().chain(TABLE_KEYS).copied().collect();
+        self.unknown_keys(&t, "", &top);
         let listen = self
             .socket_addr(&mut t, "", "listen")
             .unwrap_or(SocketAddr::from(([127, 0, 0, 1], 8080)));
