@@ -5,15 +5,6 @@ use serde_json::{Value, json};
 
 use crate::support::*;
 
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 async fn call(method: &str, url: &str, key: Option<&str>, body: Option<Value>) -> (u16, Value) {
     let mut req = reqwest::Client::new().request(method.parse().unwrap(), url);
     if let Some(k) = key {

@@ -9,16 +9,6 @@ const ALICE: (&str, &str) = ("alice@example.com", "alice-password");
 const BOB: (&str, &str) = ("bob@example.com", "bob-password");
 const API: [(&str, &str); 1] = [("accept", "application/json")];
 
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "command failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 fn err(out: &std::process::Output) -> String {
     assert!(
         !out.status.success(),

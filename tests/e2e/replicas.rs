@@ -8,16 +8,6 @@ use crate::support::*;
 
 const API: [(&str, &str); 1] = [("accept", "application/json")];
 
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "command failed: {}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
-}
-
 async fn signed_in(c: &Castellan, email: &str, password: &str) -> Browser {
     let mut b = Browser::new();
     let r = b.sign_in_local(c, email, password, "/").await;

@@ -645,6 +645,31 @@ impl Castellan {
     }
 }
 
+/// The standard output of a command that must have succeeded (its output is shown if not).
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "command failed: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The value of the form input `name` in an HTML page.
+pub fn form_input(body: &str, name: &str) -> Option<String> {
+    let needle = format!("name=\"{name}\" value=\"");
+    let start = body.find(&needle)? + needle.len();
+    let end = body[start..].find('"')?;
+    Some(
+        body[start..start + end]
+            .replace("&amp;", "&")
+            .replace("&#38;", "&")
+            .replace("&#39;", "'")
+            .replace("&quot;", "\""),
+    )
+}
+
 pub fn run_cli(config: &Path, args: &[&str], stdin: Option<&str>) -> std::process::Output {
     use std::io::Write;
     let mut child = Command::new(castellan_bin())
@@ -693,15 +718,7 @@ impl Page {
 
     /// The value of a hidden or text input, by name.
     pub fn input(&self, name: &str) -> Option<String> {
-        let needle = format!("name=\"{name}\" value=\"");
-        let start = self.body.find(&needle)? + needle.len();
-        let end = self.body[start..].find('"')?;
-        Some(
-            self.body[start..start + end]
-                .replace("&amp;", "&")
-                .replace("&#39;", "'")
-                .replace("&quot;", "\""),
-        )
+        form_input(&self.body, name)
     }
 }
 

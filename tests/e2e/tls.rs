@@ -423,15 +423,6 @@ fn set_cookie(r: &reqwest::Response, name: &str) -> Option<String> {
     })
 }
 
-fn input(body: &str, name: &str) -> String {
-    let needle = format!("name=\"{name}\" value=\"");
-    let start = body.find(&needle).expect(name) + needle.len();
-    let end = body[start..].find('"').unwrap();
-    body[start..start + end]
-        .replace("&amp;", "&")
-        .replace("&#38;", "&")
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
     let echo = Echo::start().await;
@@ -511,7 +502,10 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
     let r = http.get(&to_sign_in).send().await.unwrap();
     let browser = set_cookie(&r, "__Host-castellan_browser").unwrap();
     let body = r.text().await.unwrap();
-    let (csrf, rd) = (input(&body, "csrf"), input(&body, "rd"));
+    let (csrf, rd) = (
+        form_input(&body, "csrf").unwrap(),
+        form_input(&body, "rd").unwrap(),
+    );
     assert_eq!(rd, format!("{sales}/report?q=1"));
     let r = http
         .post(format!("{public}/.castellan/sign_in"))
@@ -588,7 +582,7 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
         .send()
         .await
         .unwrap();
-    let csrf = input(&r.text().await.unwrap(), "csrf");
+    let csrf = form_input(&r.text().await.unwrap(), "csrf").unwrap();
     let r = http
         .post(format!("{public}/.castellan/sign_out"))
         .header(
