@@ -73,6 +73,21 @@ pub async fn handle(
             *r.status_mut() = StatusCode::SEE_OTHER;
             return r;
         }
+        if path == format!("{PATH}/passkey_remove") {
+            let id = web::param(&form, "id").unwrap_or("");
+            match state.store.remove_passkey(&who.email, id).await {
+                Ok(removed) => {
+                    if removed {
+                        tracing::info!(user = %who.email, "passkey removed");
+                        outcome.decision = "passkey-removed";
+                    }
+                }
+                Err(e) => return internal_error(outcome, "removing the passkey", &e),
+            }
+            let mut r = web::redirect(PATH);
+            *r.status_mut() = StatusCode::SEE_OTHER;
+            return r;
+        }
         let everywhere = path == format!("{PATH}/sign_out_everywhere");
         let result = if everywhere {
             state
@@ -144,6 +159,14 @@ pub async fn handle(
             esc(&who.groups.join(", "))
         )
     };
+    let passkeys = if who.provider != "local" {
+        String::new()
+    } else {
+        match crate::passkey::account_section(state, &who.email, &csrf).await {
+            Ok(html) => html,
+            Err(e) => return internal_error(outcome, "listing passkeys", &e),
+        }
+    };
     let two_step = if who.provider != "local" {
         String::new()
     } else {
@@ -166,7 +189,7 @@ pub async fn handle(
         )
     };
     let body = format!(
-        "<h1>Your account</h1><p>Signed in as <b>{}</b> ({}).</p>{groups}{two_step}\
+        "<h1>Your account</h1><p>Signed in as <b>{}</b> ({}).</p>{groups}{two_step}{passkeys}\
          <h2 style=\"font-size:1.05rem\">Your sessions</h2>\
          <table style=\"width:100%;border-collapse:collapse\"><tbody>{rows}</tbody></table>\
          <form method=\"post\" action=\"{PATH}/sign_out_everywhere\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
@@ -176,6 +199,9 @@ pub async fn handle(
         esc(&csrf)
     );
     let mut r = web::html(StatusCode::OK, pages::page("Your account", &body));
+    if who.provider == "local" {
+        crate::passkey::allow_script(state, &mut r);
+    }
     if let Some(c) = set_browser {
         r.headers_mut().append(header::SET_COOKIE, c);
     }

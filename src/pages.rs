@@ -85,6 +85,15 @@ pub fn sign_in(s: &SignIn) -> String {
             esc(s.return_to),
             esc(email)
         );
+        // Shown by the script when the browser supports passkeys.
+        let _ = write!(
+            body,
+            "<button type=\"button\" class=\"secondary\" data-passkey=\"sign-in\" data-csrf=\"{}\" data-rd=\"{}\" hidden>\
+             Sign in with a passkey</button><p class=\"error\" role=\"alert\" data-passkey-status hidden></p>{}",
+            esc(csrf),
+            esc(s.return_to),
+            crate::passkey::script_tag()
+        );
     }
     page("Sign in", &body)
 }

@@ -35,6 +35,9 @@ pub async fn handle(
     if path == crate::account::PATH || path.starts_with("/.castellan/account/") {
         return crate::account::handle(state, peer, req, path, outcome).await;
     }
+    if path.starts_with(crate::passkey::PREFIX) {
+        return crate::passkey::handle(state, peer, req, path, outcome).await;
+    }
     if path == crate::console::PREFIX || path.starts_with("/.castellan/admin/") {
         return crate::console::handle(state, peer, req, path, outcome).await;
     }
@@ -64,6 +67,7 @@ pub async fn handle(
         (Method::GET | Method::HEAD, "/.castellan/iap/public_key") => {
             public_keys(state.signer().pem_keys())
         }
+        (Method::GET | Method::HEAD, crate::passkey::SCRIPT_PATH) => crate::passkey::script(),
         (Method::GET | Method::HEAD, "/.castellan/whoami") => whoami(state, &req, outcome).await,
         (Method::GET | Method::HEAD, "/.castellan/sign_in") => {
             sign_in_page(state, &req, None, outcome).await
@@ -198,7 +202,7 @@ fn with_cookie(mut resp: Response<Body>, cookie: Option<HeaderValue>) -> Respons
 }
 
 /// Where to go after sign-in: a path here, or an absolute URL on another host castellan serves.
-fn safe_return(state: &State, raw: Option<&str>) -> String {
+pub(crate) fn safe_return(state: &State, raw: Option<&str>) -> String {
     raw.and_then(|r| {
         crate::return_to::validate_any(r, &state.config.public_url, |h| state.config.serves_host(h))
     })
@@ -428,7 +432,11 @@ fn render_sign_in(
         return_to,
         error: message,
     });
-    with_cookie(web::html(status, html), set_browser)
+    let mut resp = web::html(status, html);
+    if state.config.local_accounts {
+        crate::passkey::allow_script(state, &mut resp);
+    }
+    with_cookie(resp, set_browser)
 }
 
 async fn start_flow(

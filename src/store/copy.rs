@@ -30,6 +30,19 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
     ),
     ("recovery_codes", &[("email", Text), ("digest", Text)]),
     (
+        "passkeys",
+        &[
+            ("id", Text),
+            ("email", Text),
+            ("user_handle", Text),
+            ("public_key", Blob),
+            ("sign_count", Int),
+            ("name", Text),
+            ("created_at", Int),
+            ("last_used_at", Int),
+        ],
+    ),
+    (
         "sessions",
         &[
             ("id_digest", Text),

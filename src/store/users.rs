@@ -49,6 +49,15 @@ impl Store {
             .bind(email)
             .execute(&mut *tx)
             .await?;
+        // Its second factors go with it, so a new account of the same name starts clean.
+        for table in ["passkeys", "recovery_codes"] {
+            sqlx::query(sqlx::AssertSqlSafe(format!(
+                "DELETE FROM {table} WHERE email = $1"
+            )))
+            .bind(email)
+            .execute(&mut *tx)
+            .await?;
+        }
         Store::bump(&mut tx).await?;
         tx.commit().await?;
         Ok(r.rows_affected() > 0)

@@ -176,3 +176,62 @@ async fn local_sign_in_form_works_in_chromium() {
         "signed out for real: {v}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_passkey_is_registered_then_signs_in_in_chromium() {
+    require(
+        std::path::Path::new("/usr/bin/chromium"),
+        "Debian's chromium",
+    );
+    require(
+        &support_dir().join("node_modules/playwright-core"),
+        "the npm package playwright-core",
+    );
+    let echo = Echo::start().await;
+    // WebAuthn needs a domain as the relying party id (not an IP address): `localhost`.
+    let (port, _) = Castellan::reserve();
+    let top = format!("public_url = \"http://localhost:{port}\"\n");
+    let mut setup = Setup::new(echo.addr);
+    setup.top = &top;
+    let c = Castellan::start_on_with_public_url(port, setup).await;
+    c.add_user("pat@example.com", "a long enough password");
+    c.grant("demo", "user:pat@example.com");
+    let app = format!("http://localhost:{port}/reports");
+    let v = run_browser_script(
+        "passkey.mjs",
+        vec![
+            app.clone(),
+            "pat@example.com".into(),
+            "a long enough password".into(),
+        ],
+    )
+    .await;
+    assert!(
+        v["listed"].as_str().unwrap().contains("test laptop"),
+        "the account page lists the new passkey: {v}"
+    );
+    assert_eq!(
+        v["credentials"], 1,
+        "one credential on the authenticator: {v}"
+    );
+    assert!(
+        v["signCount"].as_u64().unwrap() >= 1,
+        "the authenticator signed (its counter moved): {v}"
+    );
+    assert_eq!(v["url"], app, "the passkey signed in and went back: {v}");
+    assert!(
+        v["text"].as_str().unwrap().contains("pat@example.com"),
+        "the app saw the identity: {v}"
+    );
+    assert!(
+        v["removedError"]
+            .as_str()
+            .unwrap()
+            .contains("does not know this passkey"),
+        "a removed passkey signs nobody in: {v}"
+    );
+    assert!(
+        v["after"].as_str().unwrap().contains("/.castellan/sign_in"),
+        "still on the sign-in page: {v}"
+    );
+}

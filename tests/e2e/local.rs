@@ -638,3 +638,118 @@ async fn with_mfa_required_the_first_sign_in_sets_up_a_second_factor() {
         page.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn passkey_endpoints_refuse_forgeries_and_pages_allow_only_castellans_script() {
+    let (_echo, c) = start().await;
+    let mut b = Browser::new();
+    let page = b.get(&c.url("/.castellan/sign_in")).await;
+    let csp = page.headers["content-security-policy"].to_str().unwrap();
+    assert!(
+        csp.contains(&format!("script-src {}/.castellan/passkey.js;", c.origin)),
+        "the sign-in page may run that one script: {csp}"
+    );
+    assert!(page.body.contains("data-passkey=\"sign-in\""));
+    let csrf = page.input("csrf").unwrap();
+    let js = b.get(&c.url("/.castellan/passkey.js")).await;
+    assert_eq!(js.status, 200);
+    assert!(
+        js.headers["content-type"]
+            .to_str()
+            .unwrap()
+            .starts_with("text/javascript")
+    );
+    assert!(js.body.contains("navigator.credentials.get"));
+    // Other pages still run no script at all.
+    let denied = b.get(&c.url("/.castellan/signed_out")).await;
+    assert!(
+        !denied.headers["content-security-policy"]
+            .to_str()
+            .unwrap()
+            .contains("script-src")
+    );
+
+    let cookie = format!(
+        "castellan_browser={}",
+        b.cookie(&c.origin, "castellan_browser").unwrap()
+    );
+    let client = reqwest::Client::new();
+    let post = |path: &str, csrf: &str, origin: Option<&str>, body: serde_json::Value| {
+        let mut r = client
+            .post(c.url(path))
+            .header("cookie", &cookie)
+            .header("x-castellan-csrf", csrf)
+            .json(&body);
+        if let Some(o) = origin {
+            r = r.header("origin", o);
+        }
+        r.send()
+    };
+    let options = "/.castellan/passkey/sign_in/options";
+    let o = Some(c.origin.as_str());
+    let empty = serde_json::json!({});
+    assert_eq!(
+        post(options, "", o, empty.clone()).await.unwrap().status(),
+        403
+    );
+    assert_eq!(
+        post(options, "forged", o, empty.clone())
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let evil = post(options, &csrf, Some("http://evil.example"), empty.clone());
+    assert_eq!(evil.await.unwrap().status(), 403);
+    assert_eq!(
+        post(options, &csrf, None, empty.clone())
+            .await
+            .unwrap()
+            .status(),
+        403
+    );
+    let r = post(options, &csrf, o, empty.clone()).await.unwrap();
+    assert_eq!(r.status(), 200);
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["rpId"], "127.0.0.1");
+    assert_eq!(v["challenge"].as_str().unwrap().len(), 43);
+
+    // A response for a credential castellan never registered signs nobody in.
+    let forged = serde_json::json!({
+        "id": "bm90LWEtcGFzc2tleQ", "clientDataJSON": "e30", "authenticatorData": "AA", "signature": "AA"
+    });
+    let r = post("/.castellan/passkey/sign_in", &csrf, o, forged.clone())
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(
+        r.text()
+            .await
+            .unwrap()
+            .contains("does not know this passkey")
+    );
+    assert!(r_has_no_session(&c, &cookie).await);
+    // The challenge was used up by that attempt.
+    let r = post("/.castellan/passkey/sign_in", &csrf, o, forged)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    // Registering needs a signed-in local account.
+    let r = post("/.castellan/passkey/register/options", &csrf, o, empty)
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 401);
+}
+
+async fn r_has_no_session(c: &Castellan, cookie: &str) -> bool {
+    let r = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(c.url("/.castellan/whoami"))
+        .header("cookie", cookie)
+        .send()
+        .await
+        .unwrap();
+    r.status() == 401
+}
