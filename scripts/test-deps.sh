@@ -4,7 +4,8 @@
 #     postgresql (throwaway clusters for the store tests) and pebble (an ACME CA for the HTTPS
 #     tests); apt-get needs root,
 #   - npm packages in tests/support (oidc-provider, jose, playwright-core; exact versions from package-lock.json),
-#   - Streamlit in a virtual environment at tests/support/.venv.
+#   - Streamlit in a virtual environment at tests/support/.venv,
+#   - cargo-fuzz (for scripts/fuzz.sh).
 # Safe to run again: it skips what is already there.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -45,5 +46,10 @@ if ! "$venv/bin/python" -c 'import streamlit' 2>/dev/null \
   python3 -m venv "$venv"
   "$venv/bin/pip" install --quiet --disable-pip-version-check -r tests/support/requirements.txt
   cp tests/support/requirements.txt "$venv/requirements.installed"
+fi
+# cargo fuzz, for the fuzzing smoke (scripts/fuzz.sh); built from crates.io (about 30 s).
+if ! cargo fuzz --version >/dev/null 2>&1; then
+  step "installing cargo-fuzz (cargo install)"
+  cargo install --quiet --locked cargo-fuzz --version 0.13.2
 fi
 step "test dependencies are ready"

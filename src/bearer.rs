@@ -122,7 +122,7 @@ pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Princ
         .map_err(|e| Refused::Invalid(e.to_string()))
 }
 
-fn unverified_issuer(token: &str) -> Option<String> {
+pub(crate) fn unverified_issuer(token: &str) -> Option<String> {
     use base64::Engine;
     let payload = token.split('.').nth(1)?;
     let claims: serde_json::Value = serde_json::from_slice(

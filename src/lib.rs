@@ -15,6 +15,8 @@ pub mod console;
 pub mod crypto;
 pub mod demo;
 pub mod forward_auth;
+#[doc(hidden)]
+pub mod fuzz_targets;
 pub mod google;
 pub mod live;
 pub mod local;

@@ -1,0 +1,38 @@
+#!/usr/bin/env bash
+# Runs castellan's fuzz targets (fuzz/fuzz_targets: path normalisation, return URLs, cookies,
+# bearer tokens, conditions, configuration, WebAuthn/CBOR) with cargo fuzz (libFuzzer + AddressSanitizer).
+#
+#   scripts/fuzz.sh SECONDS [TARGET...]     each target for SECONDS (default: all targets)
+#
+# New inputs go to fuzz/target/corpus/<target> (not committed); the committed seeds in
+# fuzz/corpus/<target> are read first. A crash stops the run with the input in fuzz/artifacts/<target>/:
+# add it to fuzz/corpus/<target> once fixed, so the unit test `fuzz_targets` keeps it fixed.
+# cargo fuzz passes -Zsanitizer; RUSTC_BOOTSTRAP=1 lets the stable toolchain accept it.
+set -euo pipefail
+cd "$(dirname "$0")/../fuzz"
+secs=${1:?usage: scripts/fuzz.sh SECONDS [TARGET...]}
+shift
+targets=("$@")
+[ ${#targets[@]} -gt 0 ] || mapfile -t targets < <(cargo fuzz list)
+export RUSTC_BOOTSTRAP=1
+printf '==> building %d fuzz targets (the first build takes about 5 minutes)\n' "${#targets[@]}" >&2
+mkdir -p target
+if ! cargo fuzz build >target/build.log 2>&1; then
+  tail -30 target/build.log >&2
+  echo "error: the fuzz targets did not build (whole log: fuzz/target/build.log)" >&2
+  exit 1
+fi
+for t in "${targets[@]}"; do
+  mkdir -p "target/corpus/$t"
+  log=$(mktemp)
+  if ! cargo fuzz run "$t" "target/corpus/$t" "corpus/$t" -- -max_total_time="$secs" -print_final_stats=1 >"$log" 2>&1; then
+    tail -40 "$log" >&2
+    printf 'error: fuzz target %s failed: the input is in fuzz/artifacts/%s/\n' "$t" "$t" >&2
+    exit 1
+  fi
+  runs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log")
+  cov=$(grep -oE 'cov: [0-9]+' "$log" | tail -1)
+  corpus=$(find "target/corpus/$t" "corpus/$t" -type f | wc -l)
+  printf '%-10s %6s s  %10s executions  %s  corpus %s  no crash\n' "$t" "$secs" "${runs:-?}" "${cov:-cov: ?}" "$corpus"
+  rm -f "$log"
+done
