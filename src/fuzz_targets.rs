@@ -7,8 +7,11 @@ use std::path::Path;
 
 use http::{HeaderMap, HeaderValue, header};
 
+/// A fuzz target: bytes in, a panic when a property breaks.
+pub type Target = fn(&[u8]);
+
 /// Every target, by the name of its corpus folder.
-pub const TARGETS: &[(&str, fn(&[u8]))] = &[
+pub const TARGETS: &[(&str, Target)] = &[
     ("path", path),
     ("return_to", return_to),
     ("cookie", cookie),
