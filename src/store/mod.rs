@@ -71,9 +71,13 @@ pub enum Error {
     #[error(
         "the store cannot be reached ({0}): check that the database is running and reachable from here; nothing was changed"
     )]
-    Unavailable(#[source] sqlx::Error),
+    Unavailable(sqlx::Error),
+    #[error(
+        "the disk holding the store is full ({0}): free space on it and try again; nothing was changed"
+    )]
+    Full(sqlx::Error),
     #[error("the store failed: {0}")]
-    Query(#[source] sqlx::Error),
+    Query(sqlx::Error),
     #[error("the store holds a value castellan cannot read: {0}")]
     Corrupt(String),
 }
@@ -82,10 +86,17 @@ impl From<sqlx::Error> for Error {
     fn from(e: sqlx::Error) -> Error {
         if unreachable(&e) {
             Error::Unavailable(e)
+        } else if disk_full(&e) {
+            Error::Full(e)
         } else {
             Error::Query(e)
         }
     }
+}
+
+/// SQLITE_FULL (13) or PostgreSQL's disk_full (53100).
+fn disk_full(e: &sqlx::Error) -> bool {
+    matches!(e, sqlx::Error::Database(d) if d.code().is_some_and(|c| c == "13" || c == "53100"))
 }
 
 /// Whether `e` means the database could not be reached (as opposed to refusing a statement).

@@ -8,6 +8,7 @@ mod cli;
 mod cli_login;
 mod console;
 mod deploy;
+mod faults;
 mod forward_auth;
 mod google;
 mod local;
