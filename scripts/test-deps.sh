@@ -2,7 +2,8 @@
 # Installs what castellan's end-to-end tests need, from the package registries only:
 #   - Debian's chromium (the headless browser), nginx and caddy (ingresses for forward-auth) and
 #     postgresql (throwaway clusters for the store tests) and pebble (an ACME CA for the HTTPS
-#     tests); apt-get needs root,
+#     tests), apache2 + libapache2-mod-auth-openidc, wrk and nghttp2-client (the peer
+#     benchmark); apt-get needs root,
 #   - npm packages in tests/support (oidc-provider, jose, playwright-core; exact versions from package-lock.json),
 #   - Streamlit in a virtual environment at tests/support/.venv,
 #   - cargo-fuzz (for scripts/fuzz.sh).
@@ -27,6 +28,11 @@ missing=()
 [ -x /usr/bin/pebble ] || missing+=(pebble)
 # PostgreSQL server binaries: tests start throwaway clusters (one they can stop and restart).
 compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql)
+# The peer benchmark (benches/peers.rs, smoke-tested below): Apache + mod_auth_openidc, wrk, h2load.
+[ -x /usr/sbin/apache2 ] || missing+=(apache2)
+[ -f /usr/lib/apache2/modules/mod_auth_openidc.so ] || missing+=(libapache2-mod-auth-openidc)
+[ -x /usr/bin/wrk ] || missing+=(wrk)
+[ -x /usr/bin/h2load ] || missing+=(nghttp2-client)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || fail "missing Debian packages: run 'sudo apt-get install ${missing[*]}'"
   step "installing Debian's ${missing[*]} (apt-get)"

@@ -16,6 +16,7 @@ echo "==> PostgreSQL for the tests: ${CASTELLAN_TEST_POSTGRES:-a throwaway clust
 cargo test --locked --bench decision
 cargo test --locked --bench propagation
 cargo test --locked --bench connections
+cargo test --locked --bench peers
 # Each fuzz target for a few seconds, so they keep building and the seeds keep passing
 # (long runs: scripts/fuzz.sh 600).
 scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
