@@ -146,6 +146,7 @@ impl Condition {
             tokens,
             pos: 0,
             end: source.chars().count() + 1,
+            depth: 0,
         };
         let (root, ty) = p.expr()?;
         if let Some(t) = p.peek() {
@@ -398,7 +399,13 @@ struct Parser {
     tokens: Vec<Token>,
     pos: usize,
     end: usize,
+    /// How deeply the parser has recursed (parentheses, lists, `!`).
+    depth: usize,
 }
+
+/// Nesting beyond this is refused: the parser and evaluator recurse, and a policy must not be
+/// able to exhaust a thread's stack (found by the `condition` fuzz target).
+const MAX_NESTING: usize = 64;
 
 type Typed = (Node, Type);
 
@@ -455,8 +462,26 @@ impl Parser {
         }
     }
 
+    fn nest(&mut self, column: usize) -> Result<(), Error> {
+        self.depth += 1;
+        if self.depth > MAX_NESTING {
+            return self.err(
+                column,
+                format!("the expression nests more than {MAX_NESTING} levels deep"),
+            );
+        }
+        Ok(())
+    }
+
     fn expr(&mut self) -> Result<Typed, Error> {
         let col = self.column();
+        self.nest(col)?;
+        let result = self.expr_inner(col);
+        self.depth -= 1;
+        result
+    }
+
+    fn expr_inner(&mut self, col: usize) -> Result<Typed, Error> {
         let (mut left, ty) = self.and()?;
         while self.eat_op("||") {
             self.expect_type(col, ty, Type::Bool, "`||`")?;
@@ -494,7 +519,10 @@ impl Parser {
     fn unary(&mut self) -> Result<Typed, Error> {
         let col = self.column();
         if self.eat_op("!") {
-            let (inner, ty) = self.unary()?;
+            self.nest(col)?;
+            let inner = self.unary();
+            self.depth -= 1;
+            let (inner, ty) = inner?;
             self.expect_type(col + 1, ty, Type::Bool, "`!`")?;
             return Ok((Node::Not(Box::new(inner)), Type::Bool));
         }
@@ -794,6 +822,17 @@ mod tests {
             time,
             ip: ip.parse().ok(),
         }
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_not_a_stack_overflow() {
+        let deep = format!("1 > {}1{}", "(".repeat(2000), ")".repeat(2000));
+        let e = Condition::compile(&deep).unwrap_err();
+        assert!(e.message.contains("nests more than 64"), "{e}");
+        let nots = format!("{}true", "!".repeat(3000));
+        assert!(Condition::compile(&nots).is_err());
+        let ok = format!("{}true{}", "(".repeat(60), ")".repeat(60));
+        assert!(Condition::compile(&ok).is_ok());
     }
 
     #[test]
