@@ -11,7 +11,7 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 use crate::assertion::Signer;
 use crate::audit::AuditSink;
@@ -641,6 +641,38 @@ impl State {
     }
 }
 
+/// How long a new connection may take to send enough of its first request to tell HTTP/1 from
+/// HTTP/2 (after that, hyper's header timeout applies).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until the client has sent enough to choose the protocol: 24 bytes of the HTTP/2
+/// preface, or anything that is not its start. False when it closes or takes longer than
+/// [`FIRST_BYTES_TIMEOUT`].
+async fn first_bytes(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + FIRST_BYTES_TIMEOUT;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
+            return true;
+        }
+        // Part of the preface so far: peek again shortly (peek does not wait for more bytes).
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(20)))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+}
+
 /// `/reports` matches `/reports`, `/reports/x` and `/reports;x`, not `/reportsx`.
 fn prefix_matches(prefix: &str, path: &str) -> bool {
     if prefix == "/" {
@@ -724,6 +756,12 @@ pub async fn run(
                 tokio::spawn(async move {
                     let ended = match tls {
                         None => {
+                            // hyper-util reads the first bytes to tell HTTP/1 from HTTP/2 with no
+                            // timer of its own: a client that connects and sends nothing (or half
+                            // the HTTP/2 preface) would hold its socket for ever.
+                            if !first_bytes(&stream).await {
+                                return;
+                            }
                             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             watcher.watch(conn.into_owned()).await
                         }
@@ -739,6 +777,14 @@ pub async fn run(
                             // An ACME validator only checks the challenge certificate.
                             if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
                                 return;
+                            }
+                            // ALPN has chosen the protocol (HTTP/2 over TLS needs it, RFC 9113
+                            // §3.2): no guessing from the first bytes, which has no timer.
+                            let mut builder = builder;
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                builder = builder.http2_only();
+                            } else {
+                                builder = builder.http1_only();
                             }
                             let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
                             watcher.watch(conn.into_owned()).await

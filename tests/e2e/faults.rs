@@ -206,3 +206,143 @@ async fn kill_9_during_policy_writes_leaves_the_old_or_the_new_policy() {
     );
     ok(&c.cli(&["access", "add", "demo", "user:after@example.com"]));
 }
+
+fn open_fds(pid: u32) -> usize {
+    std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| d.count())
+        .unwrap_or(0)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn slowloris_and_half_open_connections_neither_starve_others_nor_stay() {
+    use tokio::io::AsyncWriteExt;
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    let pid = c.proc.child.id();
+    let before = open_fds(pid);
+    let addr = format!("127.0.0.1:{}", c.port);
+    // 300 connections that never send a byte, and 300 that send a header a byte a second.
+    let mut idle = Vec::new();
+    for _ in 0..300 {
+        idle.push(tokio::net::TcpStream::connect(&addr).await.unwrap());
+    }
+    let mut slow = Vec::new();
+    for _ in 0..300 {
+        let mut s = tokio::net::TcpStream::connect(&addr).await.unwrap();
+        s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+            .await
+            .unwrap();
+        slow.push(s);
+    }
+    let dripping = tokio::spawn(async move {
+        for _ in 0..15 {
+            for s in slow.iter_mut() {
+                let _ = s.write_all(b"a").await;
+            }
+            tokio::time::sleep(Duration::from_secs(1)).await;
+        }
+        slow
+    });
+    // Meanwhile everyone else is served at once.
+    let client = reqwest::Client::new();
+    for _ in 0..5 {
+        let t = std::time::Instant::now();
+        let r = client
+            .get(c.url("/.castellan/healthz"))
+            .send()
+            .await
+            .unwrap();
+        assert_eq!(r.status(), 200);
+        assert!(
+            t.elapsed() < Duration::from_secs(1),
+            "served while 600 connections hang: {:?}",
+            t.elapsed()
+        );
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    let mut slow = dripping.await.unwrap();
+    // castellan gives a request head 10 s: by now every one of them has been closed.
+    for (what, s) in idle
+        .iter_mut()
+        .map(|s| ("sent nothing", s))
+        .chain(slow.iter_mut().map(|s| ("dripped a header", s)))
+    {
+        let mut buf = [0u8; 512];
+        let end = tokio::time::timeout(Duration::from_secs(2), async {
+            use tokio::io::AsyncReadExt;
+            loop {
+                match s.read(&mut buf).await {
+                    Ok(0) | Err(_) => return,
+                    Ok(_) => continue,
+                }
+            }
+        })
+        .await;
+        assert!(
+            end.is_ok(),
+            "a connection that {what} is still open after 15 s"
+        );
+    }
+    drop(idle);
+    drop(slow);
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let after = open_fds(pid);
+    assert!(
+        after <= before + 5,
+        "castellan holds no leftover sockets: {before} file descriptors before, {after} after"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_dead_or_slow_upstream_leaks_no_connections() {
+    let echo = Echo::start().await;
+    let dead = free_port();
+    let extra = format!(
+        "[[apps]]\nid = \"dead\"\nupstream = \"http://127.0.0.1:{dead}\"\npath_prefix = \"/dead\"\n"
+    );
+    let mut setup = Setup::new(echo.addr);
+    setup.extra = &extra;
+    setup.top = "upstream_timeout = \"1s\"";
+    let c = Castellan::start(setup).await;
+    c.add_user("dave@example.com", "a long enough password");
+    c.grant("demo", "user:dave@example.com");
+    c.grant("dead", "user:dave@example.com");
+    let mut b = Browser::new();
+    b.sign_in_local(&c, "dave@example.com", "a long enough password", "/")
+        .await;
+    let pid = c.proc.child.id();
+    assert_eq!(b.get(&c.url("/warm")).await.status, 200);
+    let before = open_fds(pid);
+    let mut tasks = Vec::new();
+    for i in 0..100 {
+        let url = c.url(if i % 10 == 0 { "/slow" } else { "/dead/x" });
+        let cookie = format!(
+            "castellan_session={}",
+            b.cookie(&c.origin, "castellan_session").unwrap()
+        );
+        tasks.push(tokio::spawn(async move {
+            reqwest::Client::new()
+                .get(url)
+                .header("cookie", cookie)
+                .send()
+                .await
+                .unwrap()
+                .status()
+                .as_u16()
+        }));
+    }
+    let mut statuses = Vec::new();
+    for t in tasks {
+        statuses.push(t.await.unwrap());
+    }
+    assert_eq!(statuses.iter().filter(|s| **s == 502).count(), 90);
+    assert_eq!(statuses.iter().filter(|s| **s == 504).count(), 10);
+    // The clients above are gone; what castellan still holds must be what it held before.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let after = open_fds(pid);
+    assert!(
+        after <= before + 5,
+        "{before} file descriptors before 100 failed requests, {after} after"
+    );
+    assert_eq!(b.get(&c.url("/after")).await.status, 200);
+}
