@@ -105,7 +105,17 @@ impl Store {
             return Ok(());
         }
         let mut tx = self.pool.begin().await?;
-        for chunk in records.chunks(500) {
+        // Rows go in statements of 256, 32, 4 or 1 rows: a handful of distinct statements, each
+        // prepared once and then reused from the connection's cache (a statement per batch
+        // length would be prepared anew for almost every batch).
+        let mut rest = records;
+        while !rest.is_empty() {
+            let size = [256, 32, 4, 1]
+                .into_iter()
+                .find(|n| *n <= rest.len())
+                .unwrap_or(1);
+            let (chunk, tail) = rest.split_at(size);
+            rest = tail;
             let rows: Vec<String> = (0..chunk.len())
                 .map(|r| {
                     let p: Vec<String> = (1..=13).map(|c| format!("${}", r * 13 + c)).collect();
@@ -205,6 +215,30 @@ impl Store {
 mod tests {
     use super::super::store_test;
     use super::*;
+
+    store_test! {
+        async fn a_batch_of_any_size_is_written_whole_and_in_order(s: Store) {
+            let batch: Vec<AuditRecord> = (0..(256 + 2 * 32 + 4 + 3))
+                .map(|i| AuditRecord {
+                    at: i,
+                    kind: "decision".into(),
+                    actor: format!("u{i}@x.com"),
+                    action: "allow".into(),
+                    ..Default::default()
+                })
+                .collect();
+            s.append_audit(&batch).await.unwrap();
+            let all = s
+                .audit(&AuditFilter {
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(all.len(), batch.len());
+            assert!(all.iter().enumerate().all(|(i, r)| r.actor == format!("u{i}@x.com")));
+        }
+    }
 
     store_test! {
         async fn decisions_and_changes_are_queryable(s: Store) {
