@@ -25,17 +25,22 @@ pub const EMAIL_HEADER: &str = "x-castellan-email";
 pub const USER_HEADER: &str = "x-castellan-user";
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
-const HOP_BY_HOP: &[&str] = &[
-    "connection",
-    "keep-alive",
-    "proxy-connection",
-    "proxy-authenticate",
-    "proxy-authorization",
-    "te",
-    "trailer",
-    "transfer-encoding",
-    "upgrade",
+const HOP_BY_HOP: [HeaderName; 9] = [
+    header::CONNECTION,
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    header::PROXY_AUTHENTICATE,
+    header::PROXY_AUTHORIZATION,
+    header::TE,
+    header::TRAILER,
+    header::TRANSFER_ENCODING,
+    header::UPGRADE,
 ];
+
+// Parsed once: removing or inserting by `&str` parses and validates the name every time.
+const X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
+const X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
+const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
@@ -241,18 +246,23 @@ fn wants_upgrade(headers: &HeaderMap, version: Version) -> Option<HeaderValue> {
 
 /// Removes the hop-by-hop headers, including every header the `Connection` header names.
 pub fn remove_hop_by_hop(headers: &mut HeaderMap) {
-    let named: Vec<HeaderName> = headers
+    // One pass over the names present (usually none of them is hop-by-hop) instead of a lookup
+    // per possible name.
+    let mut doomed: Vec<HeaderName> = headers
         .get_all(header::CONNECTION)
         .iter()
         .filter_map(|v| v.to_str().ok())
         .flat_map(|v| v.split(','))
         .filter_map(|t| HeaderName::from_bytes(t.trim().as_bytes()).ok())
         .collect();
-    for name in named {
+    doomed.extend(
+        headers
+            .keys()
+            .filter(|name| HOP_BY_HOP.contains(name))
+            .cloned(),
+    );
+    for name in doomed {
         headers.remove(name);
-    }
-    for name in HOP_BY_HOP {
-        headers.remove(*name);
     }
 }
 
@@ -277,7 +287,7 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
 fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<&str>) {
     let xff = if f.peer_trusted {
         let prior: Vec<&str> = headers
-            .get_all("x-forwarded-for")
+            .get_all(X_FORWARDED_FOR)
             .iter()
             .filter_map(|v| v.to_str().ok())
             .collect();
@@ -292,23 +302,25 @@ fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<&str>)
     };
     let trusted_proto = f
         .peer_trusted
-        .then(|| headers.get("x-forwarded-proto").cloned())
+        .then(|| headers.get(X_FORWARDED_PROTO).cloned())
         .flatten();
     let trusted_host = f
         .peer_trusted
-        .then(|| headers.get("x-forwarded-host").cloned())
+        .then(|| headers.get(X_FORWARDED_HOST).cloned())
         .flatten();
-    headers.remove("x-forwarded-for");
-    headers.remove("x-forwarded-proto");
-    headers.remove("x-forwarded-host");
-    headers.remove("forwarded");
-    headers.insert("x-forwarded-for", value(&xff));
+    headers.remove(header::FORWARDED);
+    headers.insert(X_FORWARDED_FOR, value(&xff));
     headers.insert(
-        "x-forwarded-proto",
+        X_FORWARDED_PROTO,
         trusted_proto.unwrap_or_else(|| value(f.proto)),
     );
-    if let Some(h) = trusted_host.or_else(|| host.map(value)) {
-        headers.insert("x-forwarded-host", h);
+    match trusted_host.or_else(|| host.map(value)) {
+        Some(h) => {
+            headers.insert(X_FORWARDED_HOST, h);
+        }
+        None => {
+            headers.remove(X_FORWARDED_HOST);
+        }
     }
 }
 
