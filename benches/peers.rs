@@ -455,11 +455,20 @@ async fn measure(load: &Load<'_>, url: &str, cookie: Option<&str>, h2: bool, pid
 
 fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
-    if v.is_empty() {
-        f64::NAN
-    } else {
-        v[v.len() / 2]
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
     }
+}
+
+/// A counter from castellan's Prometheus endpoint.
+async fn metric(url: &str, name: &str) -> f64 {
+    let text = reqwest::get(url).await.unwrap().text().await.unwrap();
+    text.lines()
+        .filter(|l| l.starts_with(name))
+        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
+        .sum()
 }
 
 fn version(cmd: &str, arg: &str) -> String {
@@ -570,8 +579,9 @@ fn castellan_config(
     apps: usize,
     extra: &str,
 ) -> PathBuf {
+    let metrics = port_for_metrics(port);
     let mut toml = format!(
-        "listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nstore = \"sqlite://{name}.db\"\nlocal_accounts = false\n\n\
+        "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\npublic_url = \"http://127.0.0.1:{port}\"\nstore = \"sqlite://{name}.db\"\nlocal_accounts = false\n\n\
          [[providers]]\nid = \"idp\"\ndisplay_name = \"IdP\"\nissuer = \"{issuer}\"\nclient_id = \"castellan\"\nclient_secret = \"castellan-secret\"\n"
     );
     for i in 1..apps {
@@ -586,6 +596,13 @@ fn castellan_config(
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml).unwrap();
     path
+}
+
+/// Each castellan's metrics listener: a free port, remembered by its main port.
+fn port_for_metrics(port: u16) -> u16 {
+    use std::sync::{LazyLock, Mutex};
+    static PORTS: LazyLock<Mutex<HashMap<u16, u16>>> = LazyLock::new(Default::default);
+    *PORTS.lock().unwrap().entry(port).or_insert_with(free_port)
 }
 
 struct Target {
@@ -1021,6 +1038,14 @@ async fn main() {
         "castellan while streaming 1 GiB: download RSS {:.1} → peak {:.1} MiB at {:.0} MiB/s; upload RSS peak {:.1} MiB at {:.0} MiB/s",
         stream_rss.0, stream_rss.1, stream_rss.2, stream_rss.3, stream_rss.4
     );
+    for (label, port) in [("castellan", c_port), ("castellan, 100 apps", many_port)] {
+        let url = format!("http://127.0.0.1:{}/metrics", port_for_metrics(port));
+        println!(
+            "{label}: {} requests decided, {} audit records dropped (audit queue full)",
+            metric(&url, "castellan_requests_total").await,
+            metric(&url, "castellan_audit_dropped_total").await
+        );
+    }
     let total_requests: u64 = results.values().flatten().map(|r| r.requests).sum();
     eprintln!("{total_requests} requests measured; every one reached the upstream");
 }

@@ -641,6 +641,22 @@ impl State {
     }
 }
 
+/// Raises the soft limit on open files to the hard limit: every client connection and every
+/// WebSocket's upstream connection is a file descriptor, and service managers often start
+/// processes with a soft limit of 1,024 (systemd's default) under a much higher hard limit.
+/// Returns the limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit.clone()) {
+            tracing::warn!("cannot raise the open files limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
 /// How long a new connection may take to send enough of its first request to tell HTTP/1 from
 /// HTTP/2 (after that, hyper's header timeout applies).
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);

@@ -311,6 +311,9 @@ pub(crate) async fn open_store(config: &Config) -> Result<Store> {
 }
 
 async fn serve(config: Config, banner: Option<String>, config_file: Option<&Path>) -> Result<()> {
+    if let Some(files) = server::raise_open_files_limit() {
+        tracing::debug!("open files limit: {files}");
+    }
     let store = open_store(&config).await?;
     let listener = tokio::net::TcpListener::bind(config.listen).await.with_context(|| {
         format!(
