@@ -5,8 +5,10 @@
 //! When the store cannot take them (PostgreSQL restarting, a network cut), batches go to an
 //! on-disk spool (`audit_spool`, JSON lines, one file per process, at most [`SPOOL_MAX_BYTES`])
 //! and are written to the store once it answers again, so an outage loses no record. Records
-//! spooled by a process that then stopped are picked up by the next one to start. Only a full
-//! queue or a full spool drops records, counted in `castellan_audit_dropped_total`.
+//! spooled by a process that then stopped are picked up by the next one to start. When decisions
+//! come faster than the store records them, the queue fills and requests wait for room (back
+//! pressure) instead of losing records. Only a full spool or a writer stuck for two seconds drops
+//! records, counted in `castellan_audit_dropped_total`.
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -20,6 +22,8 @@ use crate::store::{AuditRecord, Store};
 
 const QUEUE: usize = 65_536;
 const BATCH: usize = 2_000;
+/// How long a request waits for room in a full audit queue before its record is dropped.
+const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// The most the spool folder may hold.
 pub const SPOOL_MAX_BYTES: u64 = 256 * 1024 * 1024;
 /// How often a spooled backlog is offered to the store.
@@ -43,15 +47,28 @@ impl AuditSink {
         AuditSink { tx, dropped }
     }
 
-    pub fn record(&self, r: AuditRecord) {
-        if self.tx.try_send(Msg::Record(Box::new(r))).is_err() {
-            if self.dropped.get() == 0 {
-                tracing::error!(
-                    "the audit queue is full (is the store slow or down?): decision records are being dropped"
-                );
+    /// Queues a decision record. When the queue is full (more decisions a second than the store
+    /// takes), the request waits for room, up to [`QUEUE_WAIT`]: the audit trail stays whole and
+    /// throughput drops to what the store can record. Only a writer that is stuck for that long
+    /// loses records, counted in `castellan_audit_dropped_total`.
+    pub async fn record(&self, r: AuditRecord) {
+        let msg = match self.tx.try_send(Msg::Record(Box::new(r))) {
+            Ok(()) => return,
+            Err(mpsc::error::TrySendError::Full(msg)) => msg,
+            Err(mpsc::error::TrySendError::Closed(_)) => {
+                self.dropped.inc();
+                return;
             }
-            self.dropped.inc();
+        };
+        if let Ok(Ok(())) = tokio::time::timeout(QUEUE_WAIT, self.tx.send(msg)).await {
+            return;
         }
+        if self.dropped.get() == 0 {
+            tracing::error!(
+                "the audit writer has taken no record for {QUEUE_WAIT:?} (is the store stuck?): decision records are being dropped"
+            );
+        }
+        self.dropped.inc();
     }
 
     /// Waits until everything recorded so far is in the store or the spool.

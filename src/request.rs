@@ -113,26 +113,29 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
         peer = %peer.ip(),
     );
     if outcome.audited {
-        state.audit.record(AuditRecord {
-            at: store::now_ms(),
-            kind: "decision".into(),
-            actor: if outcome.user.is_empty() {
-                "anonymous".into()
-            } else {
-                outcome.user
-            },
-            ip: outcome.client_ip,
-            app: outcome.app,
-            action: outcome.decision.into(),
-            method: method.to_string(),
-            path,
-            reason: outcome.reason.into(),
-            binding: outcome.binding,
-            status: Some(i64::from(status)),
-            latency_us: Some(latency.as_micros() as i64),
-            reference: outcome.reference.unwrap_or_default(),
-            ..Default::default()
-        });
+        state
+            .audit
+            .record(AuditRecord {
+                at: store::now_ms(),
+                kind: "decision".into(),
+                actor: if outcome.user.is_empty() {
+                    "anonymous".into()
+                } else {
+                    outcome.user
+                },
+                ip: outcome.client_ip,
+                app: outcome.app,
+                action: outcome.decision.into(),
+                method: method.to_string(),
+                path,
+                reason: outcome.reason.into(),
+                binding: outcome.binding,
+                status: Some(i64::from(status)),
+                latency_us: Some(latency.as_micros() as i64),
+                reference: outcome.reference.unwrap_or_default(),
+                ..Default::default()
+            })
+            .await;
     }
     resp
 }
