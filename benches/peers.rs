@@ -94,9 +94,12 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
+        // The whole process group (nginx and Apache have workers). procps-ng's kill needs `--`
+        // before a negative id: `kill -KILL -123` quietly does nothing.
         let _ = Command::new("kill")
-            .args(["-KILL", &format!("-{}", self.child.id())])
+            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
             .status();
+        let _ = self.child.kill();
         let _ = self.child.wait();
     }
 }
