@@ -16,7 +16,7 @@ try {
   await page.fill('input[name=email]', email);
   await page.fill('input[name=password]', 'not the password');
   await page.click('button[type=submit]');
-  const wrong = await page.locator('[role=alert]').innerText();
+  const wrong = await page.locator('[role=alert]:visible').innerText();
   await page.fill('input[name=email]', email);
   await page.fill('input[name=password]', password);
   await page.click('button[type=submit]');
