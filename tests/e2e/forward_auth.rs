@@ -119,7 +119,7 @@ async fn nginx_auth_request_protects_an_app() {
     let d = dir.path().display();
     conf = conf.replacen(
         "events {}",
-        &format!("user root;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}"),
+        &format!("user root;\nmaster_process off;\npid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}"),
         1,
     );
     conf = conf.replacen(
