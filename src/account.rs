@@ -128,11 +128,7 @@ pub async fn handle(
     };
     let (browser, set_browser) = crate::reserved::browser_id(state, req.headers());
     let csrf = state.csrf_token(&browser);
-    let when = |t: i64| {
-        crate::policy::condition::format_rfc3339(t)
-            .replace('T', " ")
-            .replace('Z', " UTC")
-    };
+    let when = pages::when;
     let rows: String = sessions
         .iter()
         .map(|s| {

@@ -20,6 +20,13 @@ pub fn esc(s: &str) -> String {
     out
 }
 
+/// A Unix time as people read it on castellan's pages: `2026-11-29 01:02:03 UTC`.
+pub fn when(secs: i64) -> String {
+    crate::policy::condition::format_rfc3339(secs)
+        .replace('T', " ")
+        .replace('Z', " UTC")
+}
+
 /// Escapes a value for a URL query component.
 pub fn q(s: &str) -> String {
     url::form_urlencoded::byte_serialize(s.as_bytes()).collect()

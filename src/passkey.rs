@@ -451,11 +451,7 @@ pub async fn account_section(
 ) -> Result<String, crate::store::Error> {
     use crate::pages::esc;
     let keys = state.store.passkeys_of(email).await?;
-    let when = |t: i64| {
-        crate::policy::condition::format_rfc3339(t)
-            .replace('T', " ")
-            .replace('Z', " UTC")
-    };
+    let when = crate::pages::when;
     let rows: String = keys
         .iter()
         .map(|p| {

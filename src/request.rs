@@ -309,9 +309,7 @@ async fn decide_and_answer(
                 let request = latest.as_ref().map(|r| {
                     (
                         r.status.as_str(),
-                        crate::policy::condition::format_rfc3339(r.updated_at)
-                            .replace('T', " ")
-                            .replace('Z', " UTC"),
+                        pages::when(r.updated_at),
                         r.decided_by.as_str(),
                     )
                 });
