@@ -22,6 +22,8 @@ use crate::store::{AuditRecord, Store};
 
 const QUEUE: usize = 65_536;
 const BATCH: usize = 2_000;
+/// How long the writer lets records gather after the first one arrives.
+const LINGER: Duration = Duration::from_millis(5);
 /// How long a request waits for room in a full audit queue before its record is dropped.
 const QUEUE_WAIT: Duration = Duration::from_secs(2);
 /// The most the spool folder may hold.
@@ -203,6 +205,11 @@ async fn write_loop(
             Ok(None) => break,
             Err(_) => None,
         };
+        // Let the records of a busy moment gather, so they go to the store in one statement and
+        // one wake-up of the writer instead of one each. A flush goes at once.
+        if matches!(first, Some(Msg::Record(_))) {
+            tokio::time::sleep(LINGER).await;
+        }
         let mut next = first;
         while let Some(msg) = next.take().or_else(|| rx.try_recv().ok()) {
             match msg {
