@@ -1,6 +1,9 @@
 //! Connections that outlive their decision: WebSockets and streaming responses.
 //!
-//! Each is registered with what it was decided on. After every change (and every second, for
+//! Each is registered with what it was decided on. A response whose length is known and at most
+//! [`SHORT_BODY`] is not: it is the answer to a request already decided, on its way out in the time
+//! it takes to send, and registering every such response cost the request path more than the
+//! decision itself. After every change (and every second, for
 //! conditions that expire) the server re-decides them against the new snapshot, and closes those
 //! that would no longer be allowed or whose session has ended. Google IAP never re-checks an open
 //! WebSocket; castellan closes it within a second.
@@ -53,6 +56,22 @@ pub struct Guard {
 impl Drop for Guard {
     fn drop(&mut self) {
         self.registry.lock().remove(&self.id);
+    }
+}
+
+/// The largest response of known length that is sent without registering.
+pub const SHORT_BODY: u64 = 1 << 20;
+
+/// What an allowed request was decided on, registered only if its response turns out to be live
+/// (an upgrade, a stream, or a long body).
+pub struct Pending {
+    pub registry: Arc<Registry>,
+    pub grounds: Grounds,
+}
+
+impl Pending {
+    pub fn register(self) -> (Guard, Revoked) {
+        self.registry.register(self.grounds)
     }
 }
 

@@ -14,7 +14,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 
 use crate::config::App;
-use crate::live::{Guard, RevocableBody, Revoked};
+use crate::live::{Pending, RevocableBody};
 use crate::web::{Body, BoxError};
 
 /// Names of the identity headers castellan sets. Any client-sent header that reads as one of these
@@ -107,9 +107,9 @@ impl Upstream {
     }
 
     /// Sends `req` to `app` as `target` (the normalised path and query castellan decided on) and
-    /// returns the app's response, with upgrades spliced through. `identity` is None only for public
-    /// apps and anonymous callers. `live` is the connection's registration: revoking it ends the
-    /// response stream or the WebSocket.
+    /// returns the app's response, with upgrades spliced through. `live` (None only for public
+    /// apps and anonymous callers) is registered when the response outlives the request (a
+    /// WebSocket, a stream, a long body): revoking it then ends the stream or the WebSocket.
     pub async fn forward(
         &self,
         app: &App,
@@ -117,7 +117,7 @@ impl Upstream {
         target: &str,
         forwarded: &Forwarded<'_>,
         added: AddedHeaders,
-        live: Option<(Guard, Revoked)>,
+        live: Option<Pending>,
     ) -> Result<Response<Body>, Error> {
         let upgrade = wants_upgrade(req.headers(), req.version());
         let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
@@ -181,6 +181,7 @@ impl Upstream {
             && let Some(client_upgrade) = client_upgrade
         {
             let upstream_upgrade = hyper::upgrade::on(&mut resp);
+            let live = live.map(Pending::register);
             tokio::spawn(async move {
                 match tokio::try_join!(client_upgrade, upstream_upgrade) {
                     Ok((client, upstream)) => {
@@ -214,10 +215,16 @@ impl Upstream {
         }
         let (mut parts, body) = resp.into_parts();
         remove_hop_by_hop(&mut parts.headers);
+        let short = hyper::body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n <= crate::live::SHORT_BODY);
         let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
         let body = match live {
-            Some((guard, revoked)) => RevocableBody::new(body, guard, revoked).boxed_unsync(),
-            None => body,
+            Some(pending) if !short => {
+                let (guard, revoked) = pending.register();
+                RevocableBody::new(body, guard, revoked).boxed_unsync()
+            }
+            _ => body,
         };
         Ok(Response::from_parts(parts, body))
     }

@@ -368,9 +368,10 @@ async fn decide_and_answer(
             {
                 return resp;
             }
-            // Register what this connection was allowed on, so a later change can close it.
-            let live = who.map(|(identity, session)| {
-                state.live.register(Grounds {
+            // What this connection was allowed on, so a later change can close it if it lives on.
+            let live = who.map(|(identity, session)| crate::live::Pending {
+                registry: state.live.clone(),
+                grounds: Grounds {
                     app: app.id.clone(),
                     identity,
                     session,
@@ -378,7 +379,7 @@ async fn decide_and_answer(
                     path: path.to_string(),
                     method: method.clone(),
                     ip: Some(client_ip),
-                })
+                },
             });
             forward(state, peer, app, req, path, added, live, outcome).await
         }
@@ -394,7 +395,7 @@ async fn forward(
     req: Request<Incoming>,
     path: &str,
     mut added: proxy::AddedHeaders,
-    live: Option<(crate::live::Guard, crate::live::Revoked)>,
+    live: Option<crate::live::Pending>,
     outcome: &mut Outcome,
 ) -> Response<Body> {
     if let Some(auth) = &app.upstream_auth {

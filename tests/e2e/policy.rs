@@ -267,6 +267,27 @@ async fn revocation_closes_live_websockets_and_streams_within_a_second() {
         rest.is_err(),
         "the stream ended with an error instead of delivering chunk-2: {rest:?}"
     );
+
+    // 5. So is a long response of known length (short ones are not registered: they are out in
+    //    the time it takes to send them).
+    ok(&c.cli(&["access", "add", "demo", "group:team"]));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut resp = reqwest::Client::new()
+        .get(c.url("/long"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.content_length(), Some((2 << 20) + 8));
+    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"chunk-1\n");
+    ok(&c.cli(&["access", "remove", "demo", "group:team"]));
+    let rest = tokio::time::timeout(Duration::from_millis(1400), resp.chunk())
+        .await
+        .expect("ended within the second");
+    assert!(
+        rest.is_err(),
+        "the long response ended with an error instead of delivering the rest: {rest:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -234,7 +234,8 @@ impl Idp {
 // ---- an echo upstream -----------------------------------------------------------------------------
 
 /// An upstream app that answers with JSON describing the request it received.
-/// `/slow` waits 3 s; `/stream` sends `chunk-1`, waits 1.5 s, sends `chunk-2`.
+/// `/slow` waits 3 s; `/stream` sends `chunk-1`, waits 1.5 s, sends `chunk-2`; `/long` does the
+/// same with a Content-Length and 2 MiB after the wait.
 pub struct Echo {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -283,6 +284,19 @@ async fn echo(req: hyper::Request<Incoming>) -> Result<hyper::Response<EchoBody>
             let _ = tx.send(Bytes::from_static(b"chunk-2\n")).await;
         });
         return Ok(hyper::Response::new(BodyExt::boxed(ChannelBody(rx))));
+    }
+    if path == "/long" {
+        // As `/stream`, but with a Content-Length (2 MiB more than the first chunk).
+        let (tx, rx) = tokio::sync::mpsc::channel::<Bytes>(4);
+        tokio::spawn(async move {
+            let _ = tx.send(Bytes::from_static(b"chunk-1\n")).await;
+            tokio::time::sleep(Duration::from_millis(1500)).await;
+            let _ = tx.send(Bytes::from(vec![b'x'; 2 << 20])).await;
+        });
+        let mut resp = hyper::Response::new(BodyExt::boxed(ChannelBody(rx)));
+        resp.headers_mut()
+            .insert("content-length", ((2 << 20) + 8).into());
+        return Ok(resp);
     }
     let headers: serde_json::Map<String, serde_json::Value> =
         req.headers()
