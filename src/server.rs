@@ -759,7 +759,9 @@ pub async fn run(
                             .expect("a number is a valid header value")
                     });
                     async move {
-                        let mut resp = handle(state, peer, req).await;
+                        // Boxed: the request's future is large, and unboxed it would be part of
+                        // every connection's task, in use or idle.
+                        let mut resp = Box::pin(handle(state, peer, req)).await;
                         if let Some(v) = hsts {
                             resp.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert(v);
                         }
