@@ -252,33 +252,25 @@ async fn revocation_closes_live_websockets_and_streams_within_a_second() {
         "castellan_session={}",
         b.cookie(&c.origin, "castellan_session").unwrap()
     );
-    let mut resp = reqwest::Client::new()
-        .get(c.url("/stream"))
-        .header("cookie", &cookie)
-        .send()
-        .await
-        .unwrap();
-    assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"chunk-1\n");
-    ok(&c.cli(&["access", "remove", "demo", "group:team"]));
-    let rest = tokio::time::timeout(Duration::from_millis(1400), resp.chunk())
-        .await
-        .expect("ended within the second");
-    assert!(
-        rest.is_err(),
-        "the stream ended with an error instead of delivering chunk-2: {rest:?}"
-    );
+    cut_when_access_goes(&c, &cookie, "/stream", None).await;
 
     // 5. So is a long response of known length (short ones are not registered: they are out in
     //    the time it takes to send them).
     ok(&c.cli(&["access", "add", "demo", "group:team"]));
     std::thread::sleep(Duration::from_millis(500));
+    cut_when_access_goes(&c, &cookie, "/long", Some((2 << 20) + 8)).await;
+}
+
+/// Opens `path` (the echo app sends `chunk-1`, pauses 1.5 s, sends the rest), takes group:team's
+/// access to demo away, and checks the rest never arrives: the response ends with an error.
+async fn cut_when_access_goes(c: &Castellan, cookie: &str, path: &str, length: Option<u64>) {
     let mut resp = reqwest::Client::new()
-        .get(c.url("/long"))
-        .header("cookie", &cookie)
+        .get(c.url(path))
+        .header("cookie", cookie)
         .send()
         .await
         .unwrap();
-    assert_eq!(resp.content_length(), Some((2 << 20) + 8));
+    assert_eq!(resp.content_length(), length, "{path}");
     assert_eq!(&resp.chunk().await.unwrap().unwrap()[..], b"chunk-1\n");
     ok(&c.cli(&["access", "remove", "demo", "group:team"]));
     let rest = tokio::time::timeout(Duration::from_millis(1400), resp.chunk())
@@ -286,7 +278,7 @@ async fn revocation_closes_live_websockets_and_streams_within_a_second() {
         .expect("ended within the second");
     assert!(
         rest.is_err(),
-        "the long response ended with an error instead of delivering the rest: {rest:?}"
+        "{path} ended with an error instead of delivering the rest: {rest:?}"
     );
 }
 
