@@ -214,7 +214,7 @@ async fn demo_serves_its_sign_in_page_and_the_printed_password_works() {
         .spawn()
         .unwrap();
     let stdout = child.stdout.take().unwrap();
-    let _guard = KillOnDrop(child);
+    let mut guard = KillOnDrop(child);
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         for line in BufReader::new(stdout).lines().map_while(Result::ok) {
@@ -222,8 +222,8 @@ async fn demo_serves_its_sign_in_page_and_the_printed_password_works() {
         }
     });
     let deadline = Instant::now() + Duration::from_secs(30);
-    let (mut url, mut password) = (None, None);
-    while password.is_none() {
+    let (mut url, mut password, mut config) = (None, None, None);
+    while password.is_none() || config.is_none() {
         let line = rx
             .recv_timeout(deadline.saturating_duration_since(Instant::now()))
             .expect("demo printed its banner");
@@ -231,6 +231,7 @@ async fn demo_serves_its_sign_in_page_and_the_printed_password_works() {
         match words.as_slice() {
             ["Open", u, ..] => url = Some(u.to_string()),
             ["Password", p, ..] => password = Some(p.to_string()),
+            [.., "--config", c] => config = Some(std::path::PathBuf::from(c)),
             _ => {}
         }
     }
@@ -269,6 +270,27 @@ async fn demo_serves_its_sign_in_page_and_the_printed_password_works() {
         "{}",
         console.body
     );
+
+    // "Ctrl-C stops the demo and deletes its temporary store" (SIGTERM too).
+    let dir = config.unwrap().parent().unwrap().to_path_buf();
+    assert!(dir.join("castellan.db").exists(), "{}", dir.display());
+    Command::new("kill")
+        .args(["-TERM", &guard.0.id().to_string()])
+        .status()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let status = loop {
+        if let Some(status) = guard.0.try_wait().unwrap() {
+            break status;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the demo did not stop on SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(status.success(), "{status}");
+    assert!(!dir.exists(), "the demo left {} behind", dir.display());
 }
 
 struct KillOnDrop(std::process::Child);
