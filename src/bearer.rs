@@ -60,6 +60,43 @@ pub enum Refused {
     Invalid(String),
     /// Checking it needs the store, which did not answer: fail closed with the store's error.
     Store(crate::store::Error),
+    /// Checking it needs its provider's keys, and the provider could not be reached: a 503, not a
+    /// 401 that would tell the program its token is bad.
+    Provider(String),
+}
+
+impl Refused {
+    /// The answer to a request whose token was refused; never a redirect, never the app.
+    pub fn answer(self, outcome: &mut Outcome, app: &App) -> Response<Body> {
+        match self {
+            Refused::Store(e) => {
+                crate::request::internal_error(outcome, "checking a bearer token", &e)
+            }
+            Refused::Invalid(why) => {
+                outcome.decision = "deny";
+                outcome.reason = "invalid-token";
+                tracing::info!(app = %app.id, "bearer token refused: {why}");
+                unauthorized("invalid_token", &why)
+            }
+            Refused::Provider(why) => {
+                let reference = outcome.reference();
+                outcome.decision = "error";
+                outcome.reason = "provider-unavailable";
+                tracing::warn!(app = %app.id, reference, "cannot check a bearer token: {why}");
+                let mut r = web::json(
+                    StatusCode::SERVICE_UNAVAILABLE,
+                    &serde_json::json!({
+                        "error": "temporarily_unavailable",
+                        "error_description": format!("{why}; the token was not checked and nothing was let through: try again in a minute"),
+                        "reference": reference,
+                    }),
+                );
+                r.headers_mut()
+                    .insert(header::RETRY_AFTER, HeaderValue::from_static("10"));
+                r
+            }
+        }
+    }
 }
 
 impl From<String> for Refused {
@@ -119,7 +156,10 @@ pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Princ
         .verify_programmatic(token)
         .await
         .map(Principal::User)
-        .map_err(|e| Refused::Invalid(e.to_string()))
+        .map_err(|e| match e {
+            crate::oidc::Error::Unavailable { .. } => Refused::Provider(e.to_string()),
+            crate::oidc::Error::Rejected { .. } => Refused::Invalid(e.to_string()),
+        })
 }
 
 pub(crate) fn unverified_issuer(token: &str) -> Option<String> {

@@ -99,14 +99,7 @@ pub async fn handle(
     let principal = match &bearer {
         Some((_, token)) => match crate::bearer::authenticate(state, token, app).await {
             Ok(p) => Some(p),
-            Err(crate::bearer::Refused::Store(e)) => {
-                return crate::request::internal_error(outcome, "checking a bearer token", &e);
-            }
-            Err(crate::bearer::Refused::Invalid(why)) => {
-                outcome.decision = "deny";
-                outcome.reason = "invalid-token";
-                return crate::bearer::unauthorized("invalid_token", &why);
-            }
+            Err(refused) => return refused.answer(outcome, app),
         },
         None => match state.authenticate(req.headers()).await {
             Ok(who) => who.map(|(identity, digest)| {

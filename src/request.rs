@@ -466,17 +466,9 @@ async fn protected_by_bearer(
     use crate::bearer::Principal;
     let principal = match crate::bearer::authenticate(state, &token, app).await {
         Ok(p) => p,
-        // The store did not answer: 503 when it is unreachable, never a 401 that says the
-        // token is bad, and never an open door.
-        Err(crate::bearer::Refused::Store(e)) => {
-            return internal_error(outcome, "checking a bearer token", &e);
-        }
-        Err(crate::bearer::Refused::Invalid(why)) => {
-            outcome.decision = "deny";
-            outcome.reason = "invalid-token";
-            tracing::info!(app = %app.id, "bearer token refused: {why}");
-            return crate::bearer::unauthorized("invalid_token", &why);
-        }
+        // A bad token is a 401; a store or provider that did not answer is a 503, never a 401
+        // that says the token is bad, and never an open door.
+        Err(refused) => return refused.answer(outcome, app),
     };
     let method = req.method().as_str().to_string();
     let cx = Context {

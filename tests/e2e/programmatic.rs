@@ -349,3 +349,63 @@ async fn cors_preflights_are_answered_for_allowed_origins_only() {
         .await;
     assert!(foreign.headers.get("access-control-allow-origin").is_none());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_provider_token_that_cannot_be_checked_is_a_503_not_a_401() {
+    use base64::Engine;
+    let echo = Echo::start().await;
+    let dead = free_port();
+    let issuer = format!("http://127.0.0.1:{dead}");
+    let extra = format!(
+        "[[providers]]\nid = \"gone\"\nissuer = \"{issuer}\"\nclient_id = \"castellan\"\nclient_secret = \"x\"\nprogrammatic_audiences = [\"script\"]\n"
+    );
+    let mut setup = Setup::new(echo.addr);
+    setup.extra = &extra;
+    setup.top = "trusted_proxies = [\"127.0.0.1\"]";
+    let c = Castellan::start(setup).await;
+    c.grant("demo", "user:alice@example.com");
+
+    // A token from that provider: castellan cannot fetch its keys, so it cannot tell whether the
+    // token is good. That is the provider's outage, not the program's fault: 503, nothing let in.
+    let b64 = |v: serde_json::Value| {
+        base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(v.to_string())
+    };
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs();
+    let token = format!(
+        "{}.{}.c2lnbmF0dXJl",
+        b64(serde_json::json!({"alg": "RS256", "kid": "k1", "typ": "JWT"})),
+        b64(serde_json::json!({
+            "iss": issuer, "aud": "script", "sub": "alice", "email": "alice@example.com",
+            "email_verified": true, "iat": now, "exp": now + 3600,
+        })),
+    );
+    let r = reqwest::Client::new()
+        .get(c.url("/api"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503);
+    assert_eq!(r.headers()["retry-after"], "10");
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(body["error"], "temporarily_unavailable");
+    let why = body["error_description"].as_str().unwrap();
+    assert!(
+        why.contains("gone") && why.contains("nothing was let through"),
+        "{why}"
+    );
+    assert!(body["reference"].as_str().is_some_and(|r| !r.is_empty()));
+
+    // The same through forward auth (`/.castellan/auth`, as nginx's auth_request calls it).
+    let r = reqwest::Client::new()
+        .get(c.url("/.castellan/auth"))
+        .header("x-forwarded-uri", "/api")
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 503, "forward auth");
+}
