@@ -72,6 +72,57 @@ fn from_row(r: &sqlx::any::AnyRow) -> AuditRecord {
     }
 }
 
+/// The most JSON one audit insert binds (PostgreSQL's jsonb holds at most 256 MiB; a spool file
+/// drained at once can hold more than that).
+const CHUNK_BYTES: usize = 4 << 20;
+
+/// `records` as JSON arrays of rows of at most [`CHUNK_BYTES`] (a larger single row goes alone).
+fn audit_json_chunks(records: &[AuditRecord]) -> Vec<String> {
+    // PostgreSQL text cannot hold NUL; one in a claim or header must not sink the batch.
+    fn text(s: &str) -> std::borrow::Cow<'_, str> {
+        if s.contains('\0') {
+            s.replace('\0', "\u{fffd}").into()
+        } else {
+            s.into()
+        }
+    }
+    let mut chunks = Vec::new();
+    let mut buf: Vec<u8> = Vec::new();
+    for r in records {
+        let start = buf.len();
+        buf.push(if start == 0 { b'[' } else { b',' });
+        let row = (
+            r.at,
+            text(&r.kind),
+            text(&r.actor),
+            text(&r.ip),
+            text(&r.app),
+            text(&r.action),
+            text(&r.method),
+            text(&r.path),
+            text(&r.reason),
+            text(&r.binding),
+            r.status,
+            r.latency_us,
+            text(&r.reference),
+        );
+        serde_json::to_writer(&mut buf, &row).expect("an audit row serialises");
+        if buf.len() > CHUNK_BYTES && start > 0 {
+            // This row starts the next chunk.
+            let mut next = buf.split_off(start);
+            next[0] = b'[';
+            buf.push(b']');
+            chunks
+                .push(String::from_utf8(std::mem::replace(&mut buf, next)).expect("JSON is UTF-8"));
+        }
+    }
+    if !buf.is_empty() {
+        buf.push(b']');
+        chunks.push(String::from_utf8(buf).expect("JSON is UTF-8"));
+    }
+    chunks
+}
+
 impl Store {
     /// Records a change inside the transaction that makes it: both land, or neither.
     pub(super) async fn record_change(
@@ -99,43 +150,13 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a batch of decision records with one statement and one bound value: the batch as a
-    /// JSON array of rows, which the database takes apart itself (SQLite's `json_each`,
-    /// PostgreSQL's `jsonb_array_elements`). Binding each column of each row instead costs more
-    /// than the insert itself, and made the audit trail the bottleneck under load.
+    /// Writes a batch of decision records, all or none. Each statement binds one value: up to
+    /// [`CHUNK_BYTES`] of rows as a JSON array, which the database takes apart itself (SQLite's
+    /// `json_each`, PostgreSQL's `jsonb_array_elements`). Binding each column of each row instead
+    /// cost more than the insert itself (sqlx looks each parameter up by name), and made the
+    /// audit trail the bottleneck under load.
     pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
-        if records.is_empty() {
-            return Ok(());
-        }
-        // PostgreSQL text cannot hold NUL; one in a claim or header must not sink the batch.
-        fn text(s: &str) -> std::borrow::Cow<'_, str> {
-            if s.contains('\0') {
-                s.replace('\0', "\u{fffd}").into()
-            } else {
-                s.into()
-            }
-        }
-        let rows: Vec<_> = records
-            .iter()
-            .map(|r| {
-                (
-                    r.at,
-                    text(&r.kind),
-                    text(&r.actor),
-                    text(&r.ip),
-                    text(&r.app),
-                    text(&r.action),
-                    text(&r.method),
-                    text(&r.path),
-                    text(&r.reason),
-                    text(&r.binding),
-                    r.status,
-                    r.latency_us,
-                    text(&r.reference),
-                )
-            })
-            .collect();
-        let json = serde_json::to_string(&rows).expect("audit rows serialise");
+        let chunks = audit_json_chunks(records);
         let sql = match self.backend {
             Backend::Sqlite => {
                 "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) \
@@ -150,7 +171,19 @@ impl Store {
                  FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n"
             }
         };
-        sqlx::query(sql).bind(json).execute(&self.pool).await?;
+        match chunks.as_slice() {
+            [] => {}
+            [one] => {
+                sqlx::query(sql).bind(one).execute(&self.pool).await?;
+            }
+            many => {
+                let mut tx = self.pool.begin().await?;
+                for chunk in many {
+                    sqlx::query(sql).bind(chunk).execute(&mut *tx).await?;
+                }
+                tx.commit().await?;
+            }
+        }
         Ok(())
     }
 
@@ -242,6 +275,60 @@ mod tests {
                 .unwrap();
             assert_eq!(all.len(), batch.len());
             assert!(all.iter().enumerate().all(|(i, r)| r.actor == format!("u{i}@x.com")));
+        }
+    }
+
+    #[test]
+    fn large_batches_are_cut_into_chunks_of_whole_rows() {
+        let row = |i: usize| AuditRecord {
+            at: i as i64,
+            path: "/".repeat(100_000),
+            ..Default::default()
+        };
+        let records: Vec<AuditRecord> = (0..100).map(row).collect();
+        let chunks = audit_json_chunks(&records);
+        assert!(chunks.len() >= 3, "{} chunks", chunks.len());
+        let mut at = 0;
+        for c in &chunks {
+            assert!(c.len() <= CHUNK_BYTES + 200_000, "{}", c.len());
+            let rows: Vec<serde_json::Value> = serde_json::from_str(c).unwrap();
+            for r in rows {
+                assert_eq!(r[0], at, "rows stay whole and in order");
+                at += 1;
+            }
+        }
+        assert_eq!(at, 100);
+        assert!(audit_json_chunks(&[]).is_empty());
+        let huge = AuditRecord {
+            path: "x".repeat(CHUNK_BYTES * 2),
+            ..Default::default()
+        };
+        assert_eq!(audit_json_chunks(&[huge]).len(), 1, "a huge row goes alone");
+    }
+
+    store_test! {
+        async fn a_batch_larger_than_one_chunk_is_written_whole(s: Store) {
+            let batch: Vec<AuditRecord> = (0..120)
+                .map(|i| AuditRecord {
+                    at: i,
+                    kind: "decision".into(),
+                    actor: format!("u{i}@x.com"),
+                    action: "allow".into(),
+                    path: format!("/{}", "p".repeat(60_000)),
+                    ..Default::default()
+                })
+                .collect();
+            assert!(audit_json_chunks(&batch).len() > 1);
+            s.append_audit(&batch).await.unwrap();
+            let all = s
+                .audit(&AuditFilter {
+                    limit: 1000,
+                    ..Default::default()
+                })
+                .await
+                .unwrap();
+            assert_eq!(all.len(), batch.len());
+            assert!(all.iter().enumerate().all(|(i, r)| r.at == i as i64 && r.path.len() == 60_001));
         }
     }
 
