@@ -2,13 +2,15 @@
 //! hop (no auth), Apache 2.4 + mod_auth_openidc (an identity-aware peer) and castellan, each
 //! proxying the same nginx upstream, the authenticated ones with a session cookie from a real
 //! OpenID Connect sign-in (tests/support/idp.mjs). Load comes from wrk (HTTP/1.1 keep-alive) and
-//! h2load (HTTP/2, castellan only). Prints one markdown table; asserts nothing about speed.
+//! h2load (HTTP/2, castellan only) as fast as each target answers, then from h2load at one fixed
+//! rate for nginx, Apache and castellan (latency at the same load). Prints markdown tables;
+//! asserts nothing about speed.
 //!
-//!   cargo bench --bench peers      # 2 rounds x 10 s per target and body (about 4 minutes)
+//!   cargo bench --bench peers      # 2 rounds x 10 s per target and body (about 5 minutes)
 //!   cargo test --bench peers       # smoke: everything starts, signs in, is checked, 1 s loads
 //!
 //! Settings (environment): DURATION (seconds per run, 10), ROUNDS (2), CONNECTIONS (64),
-//! THREADS (2, wrk's). Debian packages: nginx, apache2, libapache2-mod-auth-openidc, wrk,
+//! THREADS (2, wrk's), RATE (2000 requests/s in all, for the same-load runs). Debian packages: nginx, apache2, libapache2-mod-auth-openidc, wrk,
 //! nghttp2-client (scripts/test-deps.sh installs them). docs/benchmarks.md explains the columns.
 //!
 //! Before any load, every proxy is checked: with the cookie the body is the upstream's, byte for
@@ -286,6 +288,8 @@ struct Run {
     rps: f64,
     p50_ms: f64,
     p99_ms: f64,
+    /// Only from h2load's per-request log (wrk prints no 99.9th percentile).
+    p999_ms: f64,
     cpu_us_per_req: f64,
     peak_rss_mib: f64,
 }
@@ -325,21 +329,44 @@ struct Load<'a> {
     work: &'a Path,
 }
 
-/// One measured run of `url` with wrk (HTTP/1.1) or h2load (HTTP/2), sampling `pid`'s tree.
-async fn measure(load: &Load<'_>, url: &str, cookie: Option<&str>, h2: bool, pid: u32) -> Run {
+/// How a run loads its target.
+#[derive(Clone, Copy)]
+enum Generator {
+    /// wrk, HTTP/1.1, as fast as the target answers.
+    Wrk,
+    /// h2load, HTTP/2, as fast as the target answers.
+    H2,
+    /// h2load, HTTP/1.1, at this many requests a second in all over [`FIXED_CONNS`] connections:
+    /// latency at the same load for every target, below what any of them can take.
+    Fixed(u64),
+}
+
+const FIXED_CONNS: u64 = 8;
+
+/// One measured run of `url`, sampling `pid`'s tree.
+async fn measure(
+    load: &Load<'_>,
+    url: &str,
+    cookie: Option<&str>,
+    generator: Generator,
+    pid: u32,
+) -> Run {
     let before_up = upstream_requests(load.status_url).await;
     let before_cpu = cpu_ticks(pid);
     let log = load.work.join("h2load.log");
-    let mut cmd = if h2 {
+    let _ = std::fs::remove_file(&log);
+    let h2load = !matches!(generator, Generator::Wrk);
+    let mut cmd = if h2load {
         let mut c = Command::new("h2load");
-        c.args([
-            "-c",
-            &load.conns.to_string(),
-            "-t",
-            &load.threads.to_string(),
-        ])
-        .args(["-D", &load.secs.to_string(), "--log-file"])
-        .arg(&log);
+        match generator {
+            Generator::Fixed(rate) => c
+                .args(["--h1", "-c", &FIXED_CONNS.to_string()])
+                .arg(format!("--rps={}", (rate / FIXED_CONNS).max(1))),
+            _ => c.args(["-c", &load.conns.to_string()]),
+        };
+        c.args(["-t", &load.threads.to_string()])
+            .args(["-D", &load.secs.to_string(), "--log-file"])
+            .arg(&log);
         if let Some(ck) = cookie {
             c.args(["-H", &format!("cookie: {ck}")]);
         }
@@ -381,7 +408,7 @@ async fn measure(load: &Load<'_>, url: &str, cookie: Option<&str>, h2: bool, pid
     assert!(out.status.success(), "load on {url} failed: {text}");
     let cpu = cpu_ticks(pid) - before_cpu;
     let reached = upstream_requests(load.status_url).await - before_up;
-    let (requests, rps, p50, p99) = if h2 {
+    let (requests, rps, p50, p99, p999) = if h2load {
         let ok = text.contains(" 0 failed, 0 errored, 0 timeout")
             && text.contains(" 0 3xx, 0 4xx, 0 5xx");
         assert!(ok, "h2load on {url} saw failures: {text}");
@@ -415,7 +442,7 @@ async fn measure(load: &Load<'_>, url: &str, cookie: Option<&str>, h2: bool, pid
                 .copied()
                 .unwrap_or(f64::NAN)
         };
-        (done, rps, pct(0.5), pct(0.99))
+        (done, rps, pct(0.5), pct(0.99), pct(0.999))
     } else {
         assert!(
             !text.contains("Non-2xx") && !text.contains("Socket errors"),
@@ -437,7 +464,7 @@ async fn measure(load: &Load<'_>, url: &str, cookie: Option<&str>, h2: bool, pid
                 .map(|v| parse_wrk_time(v.trim()))
                 .unwrap_or(f64::NAN)
         };
-        (requests, rps, pct("50%"), pct("99%"))
+        (requests, rps, pct("50%"), pct("99%"), f64::NAN)
     };
     assert!(requests > 0, "no request completed on {url}: {text}");
     // Every request the load generator counted must have reached the upstream (wrk may count a
@@ -451,6 +478,7 @@ async fn measure(load: &Load<'_>, url: &str, cookie: Option<&str>, h2: bool, pid
         rps,
         p50_ms: p50,
         p99_ms: p99,
+        p999_ms: p999,
         cpu_us_per_req: cpu as f64 * 10_000.0 / requests as f64,
         peak_rss_mib: peak,
     }
@@ -614,7 +642,7 @@ struct Target {
     base: String,
     cookie: Option<String>,
     pid: u32,
-    h2: bool,
+    generator: Generator,
 }
 
 #[tokio::main]
@@ -881,7 +909,7 @@ async fn main() {
             base: up.clone(),
             cookie: None,
             pid: upstream.pid(),
-            h2: false,
+            generator: Generator::Wrk,
         },
         Target {
             key: "nginx",
@@ -889,7 +917,7 @@ async fn main() {
             base: format!("http://127.0.0.1:{hop_port}"),
             cookie: None,
             pid: hop.pid(),
-            h2: false,
+            generator: Generator::Wrk,
         },
         Target {
             key: "apache",
@@ -897,7 +925,7 @@ async fn main() {
             base: format!("http://127.0.0.1:{apache_port}"),
             cookie: Some(apache_cookie),
             pid: apache.pid(),
-            h2: false,
+            generator: Generator::Wrk,
         },
         Target {
             key: "castellan",
@@ -905,7 +933,7 @@ async fn main() {
             base: format!("http://127.0.0.1:{c_port}"),
             cookie: Some(c_cookie.clone()),
             pid: castellan.pid(),
-            h2: false,
+            generator: Generator::Wrk,
         },
         Target {
             key: "castellan-h2",
@@ -913,7 +941,7 @@ async fn main() {
             base: format!("http://127.0.0.1:{c_port}"),
             cookie: Some(c_cookie.clone()),
             pid: castellan.pid(),
-            h2: true,
+            generator: Generator::H2,
         },
         Target {
             key: "castellan-many",
@@ -921,7 +949,7 @@ async fn main() {
             base: format!("http://127.0.0.1:{many_port}/app50"),
             cookie: Some(many_cookie),
             pid: many.pid(),
-            h2: false,
+            generator: Generator::Wrk,
         },
     ];
     let load = Load {
@@ -948,7 +976,7 @@ async fn main() {
                     &load,
                     &format!("{}/{body}", t.base),
                     t.cookie.as_deref(),
-                    t.h2,
+                    t.generator,
                     t.pid,
                 )
                 .await;
@@ -958,6 +986,37 @@ async fn main() {
                 );
                 results.entry((t.key, body)).or_default().push(r);
             }
+        }
+    }
+
+    // Latency at the same load: a rate every target can take, so the comparison is of the hop's
+    // cost, not of how queues grow once a target is saturated.
+    let rate = env("RATE", if bench { 2000 } else { 400 });
+    let fixed_keys = ["nginx", "apache", "castellan"];
+    let mut fixed: HashMap<&str, Vec<Run>> = HashMap::new();
+    for round in 0..rounds {
+        let mut order: Vec<&Target> = targets
+            .iter()
+            .filter(|t| fixed_keys.contains(&t.key))
+            .collect();
+        if round % 2 == 1 {
+            order.reverse();
+        }
+        for t in order {
+            eprint!("[fixed] round {} {rate} req/s {:14} ", round + 1, t.key);
+            let r = measure(
+                &load,
+                &format!("{}/small", t.base),
+                t.cookie.as_deref(),
+                Generator::Fixed(rate),
+                t.pid,
+            )
+            .await;
+            eprintln!(
+                "{:>8.0} req/s  p50 {:.2} ms  p99 {:.2} ms  p99.9 {:.2} ms",
+                r.rps, r.p50_ms, r.p99_ms, r.p999_ms
+            );
+            fixed.entry(t.key).or_default().push(r);
         }
     }
 
@@ -1030,6 +1089,34 @@ async fn main() {
         p99("small"),
         p99("64k")
     );
+    let fixed_med = |key: &str, f: fn(&Run) -> f64| {
+        median(
+            fixed
+                .get(key)
+                .map(|v| v.iter().map(f).collect())
+                .unwrap_or_default(),
+        )
+    };
+    println!(
+        "| castellan p99 − nginx hop p99 at the same {rate} req/s | {:+.2} ms | | ≤ +1 ms |",
+        fixed_med("castellan", |r| r.p99_ms) - fixed_med("nginx", |r| r.p99_ms)
+    );
+    println!(
+        "\n### At the same load: {rate} requests/s over {FIXED_CONNS} keep-alive connections, HTTP/1.1, small body (h2load)\n"
+    );
+    println!(
+        "| target | p50 ms | p99 ms | p99.9 ms | server CPU µs/req |\n|---|---:|---:|---:|---:|"
+    );
+    for t in targets.iter().filter(|t| fixed_keys.contains(&t.key)) {
+        println!(
+            "| {} | {:.2} | {:.2} | {:.2} | {:.0} |",
+            t.label,
+            fixed_med(t.key, |r| r.p50_ms),
+            fixed_med(t.key, |r| r.p99_ms),
+            fixed_med(t.key, |r| r.p999_ms),
+            fixed_med(t.key, |r| r.cpu_us_per_req),
+        );
+    }
     println!(
         "\nIdle RSS before any load (MiB): {}",
         idle.iter()
@@ -1049,7 +1136,12 @@ async fn main() {
             metric(&url, "castellan_audit_dropped_total").await
         );
     }
-    let total_requests: u64 = results.values().flatten().map(|r| r.requests).sum();
+    let total_requests: u64 = results
+        .values()
+        .flatten()
+        .chain(fixed.values().flatten())
+        .map(|r| r.requests)
+        .sum();
     eprintln!("{total_requests} requests measured; every one reached the upstream");
 }
 
