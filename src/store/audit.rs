@@ -254,6 +254,20 @@ mod tests {
     use super::super::store_test;
     use super::*;
 
+    /// Appends `batch` to an empty trail and reads the whole trail back, oldest first.
+    async fn written_back(s: &Store, batch: &[AuditRecord]) -> Vec<AuditRecord> {
+        s.append_audit(batch).await.unwrap();
+        let all = s
+            .audit(&AuditFilter {
+                limit: 1000,
+                ..Default::default()
+            })
+            .await
+            .unwrap();
+        assert_eq!(all.len(), batch.len());
+        all
+    }
+
     store_test! {
         async fn a_batch_of_any_size_is_written_whole_and_in_order(s: Store) {
             let batch: Vec<AuditRecord> = (0..(256 + 2 * 32 + 4 + 3))
@@ -265,15 +279,7 @@ mod tests {
                     ..Default::default()
                 })
                 .collect();
-            s.append_audit(&batch).await.unwrap();
-            let all = s
-                .audit(&AuditFilter {
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            assert_eq!(all.len(), batch.len());
+            let all = written_back(&s, &batch).await;
             assert!(all.iter().enumerate().all(|(i, r)| r.actor == format!("u{i}@x.com")));
         }
     }
@@ -319,15 +325,7 @@ mod tests {
                 })
                 .collect();
             assert!(audit_json_chunks(&batch).len() > 1);
-            s.append_audit(&batch).await.unwrap();
-            let all = s
-                .audit(&AuditFilter {
-                    limit: 1000,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            assert_eq!(all.len(), batch.len());
+            let all = written_back(&s, &batch).await;
             assert!(all.iter().enumerate().all(|(i, r)| r.at == i as i64 && r.path.len() == 60_001));
         }
     }
@@ -361,15 +359,7 @@ mod tests {
                 latency_us: None,
                 ..Default::default()
             };
-            s.append_audit(&[odd.clone(), plain.clone()]).await.unwrap();
-            let all = s
-                .audit(&AuditFilter {
-                    limit: 10,
-                    ..Default::default()
-                })
-                .await
-                .unwrap();
-            assert_eq!(all.len(), 2);
+            let all = written_back(&s, &[odd.clone(), plain.clone()]).await;
             let written = AuditRecord {
                 id: all[0].id,
                 path: odd.path.replace('\0', "\u{fffd}"),
