@@ -152,7 +152,7 @@ impl Store {
 
     /// Writes a batch of decision records, all or none. Each statement binds one value: up to
     /// [`CHUNK_BYTES`] of rows as a JSON array, which the database takes apart itself (SQLite's
-    /// `json_each`, PostgreSQL's `jsonb_array_elements`). Binding each column of each row instead
+    /// `jsonb_each`, PostgreSQL's `jsonb_array_elements`). Binding each column of each row instead
     /// cost more than the insert itself (sqlx looks each parameter up by name), and made the
     /// audit trail the bottleneck under load.
     pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
@@ -162,7 +162,7 @@ impl Store {
                 "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) \
                  SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, \
                         value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12 \
-                 FROM json_each($1) ORDER BY key"
+                 FROM jsonb_each($1) ORDER BY key"
             }
             Backend::Postgres => {
                 "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) \
