@@ -35,5 +35,6 @@ pub mod server;
 pub mod store;
 pub mod tls;
 pub mod totp;
+pub mod upstream;
 pub mod web;
 pub mod webauthn;

@@ -8,10 +8,8 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_rustls::HttpsConnector;
-use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::rt::TokioIo;
 
 use crate::config::App;
 use crate::live::{Pending, RevocableBody};
@@ -45,11 +43,11 @@ const X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host")
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     #[error("cannot connect to the app's upstream: {0}")]
-    Connect(#[source] hyper_util::client::legacy::Error),
+    Connect(#[source] BoxError),
     #[error("the app's upstream did not answer within {0:?}")]
     Timeout(Duration),
     #[error("the app's upstream failed: {0}")]
-    Upstream(#[source] hyper_util::client::legacy::Error),
+    Upstream(#[source] hyper::Error),
 }
 
 impl Error {
@@ -63,7 +61,7 @@ impl Error {
 }
 
 pub struct Upstream {
-    client: Client<HttpsConnector<HttpConnector>, Body>,
+    pool: crate::upstream::Pool,
     timeout: Duration,
 }
 
@@ -97,13 +95,10 @@ impl Upstream {
             .https_or_http()
             .enable_http1()
             .wrap_connector(http);
-        let client = Client::builder(TokioExecutor::new())
-            // Below common upstream keep-alives (5 s), so a pooled connection is rarely closed under us.
-            .pool_idle_timeout(Duration::from_secs(4))
-            .pool_timer(TokioTimer::new())
-            .timer(TokioTimer::new())
-            .build(https);
-        Upstream { client, timeout }
+        Upstream {
+            pool: crate::upstream::Pool::new(https),
+            timeout,
+        }
     }
 
     /// Sends `req` to `app` as `target` (the normalised path and query castellan decided on) and
@@ -134,10 +129,15 @@ impl Upstream {
                     .and_then(|h| h.to_str().ok())
                     .map(str::to_string)
             });
-        let base = app.upstream.as_str().trim_end_matches('/');
-        parts.uri = format!("{base}{target}")
+        let upstream = app.upstream.as_str();
+        let uri = format!("{}{target}", upstream.trim_end_matches('/'))
             .parse::<Uri>()
             .unwrap_or_else(|_| Uri::from_static("/"));
+        // The request line carries the origin form (path and query); the pool connects to `uri`.
+        parts.uri = uri
+            .path_and_query()
+            .map(|pq| Uri::from(pq.clone()))
+            .unwrap_or_else(|| Uri::from_static("/"));
         parts.version = Version::HTTP_11;
 
         let headers = &mut parts.headers;
@@ -148,9 +148,20 @@ impl Upstream {
             headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
             headers.insert(header::UPGRADE, protocol.clone());
         }
-        // The original Host goes through: apps such as Streamlit compare Origin with Host.
-        if let Some(h) = host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            headers.insert(header::HOST, h);
+        // The original Host goes through: apps such as Streamlit compare Origin with Host. A
+        // request without one (HTTP/1.0) names the upstream.
+        match host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+            Some(h) => {
+                headers.insert(header::HOST, h);
+            }
+            None => {
+                if let Some(a) = uri
+                    .authority()
+                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                {
+                    headers.insert(header::HOST, a);
+                }
+            }
         }
         set_forwarded(headers, forwarded, host.as_deref());
         for (name, v) in added {
@@ -169,13 +180,17 @@ impl Upstream {
             .map_err(|e| Box::new(e) as BoxError)
             .boxed_unsync();
         let upstream_req = Request::from_parts(parts, body);
-        let mut resp =
-            match tokio::time::timeout(self.timeout, self.client.request(upstream_req)).await {
-                Err(_) => return Err(Error::Timeout(self.timeout)),
-                Ok(Err(e)) if e.is_connect() => return Err(Error::Connect(e)),
-                Ok(Err(e)) => return Err(Error::Upstream(e)),
-                Ok(Ok(resp)) => resp,
-            };
+        // Boxed: the exchange's state is large, and the request's future is copied into its box.
+        let sent = Box::pin(
+            self.pool
+                .send(upstream, &uri, upstream_req, client_upgrade.is_some()),
+        );
+        let mut resp = match tokio::time::timeout(self.timeout, sent).await {
+            Err(_) => return Err(Error::Timeout(self.timeout)),
+            Ok(Err(crate::upstream::Error::Connect(e))) => return Err(Error::Connect(e)),
+            Ok(Err(crate::upstream::Error::Http(e))) => return Err(Error::Upstream(e)),
+            Ok(Ok(resp)) => resp,
+        };
 
         if resp.status() == StatusCode::SWITCHING_PROTOCOLS
             && let Some(client_upgrade) = client_upgrade

@@ -1,0 +1,465 @@
+//! Connections to the apps' upstreams: HTTP/1.1 (over TLS for `https` upstreams), kept alive and
+//! reused.
+//!
+//! A connection has no task of its own: the request that uses it drives it, from sending the
+//! request until the last byte of the response body, and then puts it back in the pool. Reading
+//! the client's request, forwarding it, reading the app's answer and writing it back all happen in
+//! the client connection's task, so a request wakes no other task and no other thread (with a
+//! task per upstream connection, each request crossed between tasks at least four times).
+//! WebSocket upgrades are the exception: their connection gets a task, and is never reused.
+
+use std::collections::HashMap;
+use std::future::{Future, poll_fn};
+use std::pin::{Pin, pin};
+use std::sync::{Arc, Mutex, Weak};
+use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use http::{Request, Response, Uri};
+use hyper::body::{Body as _, Frame, Incoming, SizeHint};
+use hyper::client::conn::http1;
+use hyper_rustls::{HttpsConnector, MaybeHttpsStream};
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioIo;
+use tower_service::Service;
+
+use crate::web::{Body, BoxError};
+
+/// How long an unused connection is kept: below common upstream keep-alives (5 s), so a pooled
+/// connection is rarely closed under us.
+const IDLE_TIMEOUT: Duration = Duration::from_secs(4);
+/// Unused connections kept per upstream; more are closed as they come back.
+const MAX_IDLE_PER_UPSTREAM: usize = 256;
+
+type Io = MaybeHttpsStream<TokioIo<tokio::net::TcpStream>>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    #[error("{0}")]
+    Connect(#[source] BoxError),
+    #[error("{0}")]
+    Http(#[source] hyper::Error),
+}
+
+/// The upstream connections of one castellan, by upstream.
+pub struct Pool {
+    connector: HttpsConnector<HttpConnector>,
+    shared: Arc<Shared>,
+}
+
+#[derive(Default)]
+struct Shared {
+    /// Unused connections by upstream (the app's `upstream` URL), oldest first.
+    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    sweeping: std::sync::atomic::AtomicBool,
+}
+
+struct Idle {
+    conn: Box<Conn>,
+    since: Instant,
+}
+
+/// One HTTP/1.1 connection: what sends requests on it, and what reads and writes its socket.
+/// Always boxed: it holds its buffers' bookkeeping inline (about 1.7 KiB), and it moves between
+/// the pool, the request and the response body.
+struct Conn {
+    sender: http1::SendRequest<Body>,
+    /// None once the connection has ended.
+    driver: Option<http1::Connection<Io, Body>>,
+}
+
+impl Conn {
+    /// Lets the connection read and write what it can; notices when it has ended.
+    fn drive(&mut self, cx: &mut Context<'_>) {
+        if let Some(driver) = &mut self.driver
+            && let Poll::Ready(result) = Pin::new(driver).poll(cx)
+        {
+            if let Err(e) = result {
+                tracing::debug!("upstream connection ended: {e}");
+            }
+            // Dropping it fails whatever still waits on it, so nothing waits for ever.
+            self.driver = None;
+        }
+    }
+}
+
+impl Pool {
+    pub fn new(connector: HttpsConnector<HttpConnector>) -> Pool {
+        Pool {
+            connector,
+            shared: Arc::default(),
+        }
+    }
+
+    /// Sends `req` (its URI in origin form) to `upstream` at `uri` and waits for the response
+    /// head, driving the connection meanwhile. The response's body drives the connection from
+    /// then on and returns it to the pool when it ends. With `upgrade`, the connection gets a task
+    /// of its own and is not reused.
+    pub async fn send(
+        &self,
+        upstream: &str,
+        uri: &Uri,
+        mut req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Driven>, Error> {
+        loop {
+            let (mut conn, reused) = match self.checkout(upstream).await {
+                Some(conn) => (conn, true),
+                None => (self.connect(uri).await?, false),
+            };
+            let sent = conn.sender.try_send_request(req);
+            let result = if upgrade {
+                if let Some(driver) = conn.driver.take() {
+                    tokio::spawn(async move {
+                        if let Err(e) = driver.with_upgrades().await {
+                            tracing::debug!("upstream connection ended: {e}");
+                        }
+                    });
+                }
+                sent.await
+            } else {
+                let mut sent = pin!(sent);
+                poll_fn(|cx| {
+                    conn.drive(cx);
+                    sent.as_mut().poll(cx)
+                })
+                .await
+            };
+            match result {
+                Ok(resp) => {
+                    let lease = (!upgrade).then(|| Lease {
+                        conn,
+                        upstream: upstream.to_string(),
+                        pool: Arc::downgrade(&self.shared),
+                    });
+                    return Ok(resp.map(|body| Driven::new(body, lease)));
+                }
+                // A kept-alive connection the upstream closed before taking the request: the
+                // request went nowhere, so it goes again, on a new connection.
+                Err(mut e) if reused => match e.take_message() {
+                    Some(r) => req = r,
+                    None => return Err(Error::Http(e.into_error())),
+                },
+                Err(e) => return Err(Error::Http(e.into_error())),
+            }
+        }
+    }
+
+    /// An unused connection to `upstream` that is still open and ready for a request.
+    async fn checkout(&self, upstream: &str) -> Option<Box<Conn>> {
+        loop {
+            let mut conn = {
+                let mut idle = self.shared.idle.lock().expect("pool lock");
+                let list = idle.get_mut(upstream)?;
+                let found = list.pop()?;
+                if found.since.elapsed() > IDLE_TIMEOUT {
+                    // Everything below it is older still.
+                    list.clear();
+                    return None;
+                }
+                found.conn
+            };
+            // One turn of the connection lets it notice a close that came while it sat unused,
+            // and finish the previous exchange.
+            let ready = poll_fn(|cx| {
+                conn.drive(cx);
+                Poll::Ready(conn.driver.is_some() && conn.sender.poll_ready(cx).is_ready_and_ok())
+            })
+            .await;
+            if ready {
+                return Some(conn);
+            }
+        }
+    }
+
+    async fn connect(&self, uri: &Uri) -> Result<Box<Conn>, Error> {
+        let mut connector = self.connector.clone();
+        poll_fn(|cx| connector.poll_ready(cx))
+            .await
+            .map_err(Error::Connect)?;
+        let io = connector.call(uri.clone()).await.map_err(Error::Connect)?;
+        let (sender, driver) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(Error::Http)?;
+        Ok(Box::new(Conn {
+            sender,
+            driver: Some(driver),
+        }))
+    }
+}
+
+trait ReadyAndOk {
+    fn is_ready_and_ok(&self) -> bool;
+}
+
+impl<E> ReadyAndOk for Poll<Result<(), E>> {
+    fn is_ready_and_ok(&self) -> bool {
+        matches!(self, Poll::Ready(Ok(())))
+    }
+}
+
+impl Shared {
+    fn put_back(self: &Arc<Self>, upstream: String, conn: Box<Conn>) {
+        if conn.driver.is_none() || conn.sender.is_closed() {
+            return;
+        }
+        let mut idle = self.idle.lock().expect("pool lock");
+        let list = idle.entry(upstream).or_default();
+        if list.len() < MAX_IDLE_PER_UPSTREAM {
+            list.push(Idle {
+                conn,
+                since: Instant::now(),
+            });
+        }
+        drop(idle);
+        if !self
+            .sweeping
+            .swap(true, std::sync::atomic::Ordering::Relaxed)
+        {
+            tokio::spawn(sweep(Arc::downgrade(self)));
+        }
+    }
+}
+
+/// Closes connections unused for longer than [`IDLE_TIMEOUT`], until the pool is gone.
+async fn sweep(shared: Weak<Shared>) {
+    loop {
+        tokio::time::sleep(IDLE_TIMEOUT).await;
+        let Some(shared) = shared.upgrade() else {
+            return;
+        };
+        let mut idle = shared.idle.lock().expect("pool lock");
+        idle.retain(|_, list| {
+            list.retain(|i| i.since.elapsed() <= IDLE_TIMEOUT);
+            !list.is_empty()
+        });
+    }
+}
+
+/// A connection on loan to one response.
+struct Lease {
+    conn: Box<Conn>,
+    upstream: String,
+    pool: Weak<Shared>,
+}
+
+impl Lease {
+    fn give_back(self) {
+        if let Some(pool) = self.pool.upgrade() {
+            pool.put_back(self.upstream, self.conn);
+        }
+    }
+}
+
+/// A response body from an upstream, which drives its connection while it is read and returns
+/// it to the pool once read to the end. Dropped before the end, it closes the connection.
+pub struct Driven {
+    body: Incoming,
+    lease: Option<Lease>,
+}
+
+impl Driven {
+    fn new(body: Incoming, lease: Option<Lease>) -> Driven {
+        let mut driven = Driven { body, lease };
+        if driven.body.is_end_stream() {
+            // No body to read (204, 304, HEAD, Content-Length: 0): nobody will poll it.
+            driven.finished();
+        }
+        driven
+    }
+
+    fn finished(&mut self) {
+        if let Some(lease) = self.lease.take() {
+            lease.give_back();
+        }
+    }
+}
+
+impl hyper::body::Body for Driven {
+    type Data = Bytes;
+    type Error = hyper::Error;
+
+    fn poll_frame(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, hyper::Error>>> {
+        let this = self.get_mut();
+        let mut polled = Pin::new(&mut this.body).poll_frame(cx);
+        if polled.is_pending()
+            && let Some(lease) = &mut this.lease
+        {
+            lease.conn.drive(cx);
+            polled = Pin::new(&mut this.body).poll_frame(cx);
+        }
+        match &polled {
+            Poll::Ready(None) => this.finished(),
+            Poll::Ready(Some(Ok(_))) if this.body.is_end_stream() => this.finished(),
+            Poll::Ready(Some(Err(_))) => this.lease = None,
+            _ => {}
+        }
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        self.body.size_hint()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+
+    use http_body_util::BodyExt;
+    use hyper::server::conn::http1 as server;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::net::TcpListener;
+
+    use super::*;
+
+    fn pool() -> Pool {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        Pool::new(
+            hyper_rustls::HttpsConnectorBuilder::new()
+                .with_tls_config(
+                    rustls::ClientConfig::builder_with_provider(Arc::new(
+                        rustls::crypto::aws_lc_rs::default_provider(),
+                    ))
+                    .with_safe_default_protocol_versions()
+                    .unwrap()
+                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_no_client_auth(),
+                )
+                .https_or_http()
+                .enable_http1()
+                .wrap_connector(http),
+        )
+    }
+
+    /// An HTTP/1.1 server on loopback that answers `/n` with n bytes and counts its connections.
+    async fn upstream() -> (Uri, Arc<AtomicUsize>) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                count.fetch_add(1, Ordering::SeqCst);
+                tokio::spawn(server::Builder::new().serve_connection(
+                    TokioIo::new(tcp),
+                    hyper::service::service_fn(|req: Request<Incoming>| async move {
+                        let n: usize = req.uri().path()[1..].parse().unwrap_or(0);
+                        Ok::<_, std::convert::Infallible>(Response::new(crate::web::full(vec![
+                            b'x';
+                            n
+                        ])))
+                    }),
+                ));
+            }
+        });
+        (base, accepted)
+    }
+
+    fn get(path: &str) -> Request<Body> {
+        Request::get(path)
+            .header(http::header::HOST, "upstream")
+            .body(crate::web::empty())
+            .unwrap()
+    }
+
+    async fn fetch(pool: &Pool, base: &Uri, path: &str) -> Result<Bytes, Error> {
+        let resp = pool.send(&base.to_string(), base, get(path), false).await?;
+        Ok(resp
+            .into_body()
+            .collect()
+            .await
+            .map_err(Error::Http)?
+            .to_bytes())
+    }
+
+    #[tokio::test]
+    async fn a_connection_is_reused_once_its_response_is_read() {
+        let (base, accepted) = upstream().await;
+        let pool = pool();
+        for n in [0, 5, 100_000, 0, 7] {
+            assert_eq!(
+                fetch(&pool, &base, &format!("/{n}")).await.unwrap().len(),
+                n
+            );
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
+    }
+
+    #[tokio::test]
+    async fn a_response_dropped_half_read_closes_its_connection() {
+        let (base, accepted) = upstream().await;
+        let pool = pool();
+        let resp = pool
+            .send(&base.to_string(), &base, get("/1000000"), false)
+            .await
+            .unwrap();
+        let mut body = resp.into_body();
+        body.frame().await.unwrap().unwrap();
+        drop(body);
+        // The rest of the first body must not be read as the next response.
+        assert_eq!(fetch(&pool, &base, "/3").await.unwrap(), "xxx");
+        assert_eq!(accepted.load(Ordering::SeqCst), 2);
+    }
+
+    #[tokio::test]
+    async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
+        // Answers one request per connection and closes it without saying so (no
+        // `Connection: close`), as an upstream whose keep-alive timer fired would.
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move {
+            loop {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                let mut buf = vec![0; 4096];
+                let mut seen = Vec::new();
+                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+                    let n = tcp.read(&mut buf).await.unwrap();
+                    if n == 0 {
+                        break;
+                    }
+                    seen.extend_from_slice(&buf[..n]);
+                }
+                let _ = tcp
+                    .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+                    .await;
+                tokio::time::sleep(Duration::from_millis(10)).await;
+                drop(tcp);
+            }
+        });
+        let pool = pool();
+        for _ in 0..5 {
+            assert_eq!(fetch(&pool, &base, "/").await.unwrap(), "ok");
+            // The close arrives while the connection sits in the pool.
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    #[tokio::test]
+    async fn an_upstream_that_refuses_connections_is_a_connect_error() {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        drop(listener);
+        assert!(matches!(
+            fetch(&pool(), &base, "/").await,
+            Err(Error::Connect(_))
+        ));
+    }
+}
