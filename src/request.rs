@@ -75,7 +75,17 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
         // Decided on the normalised path, so `/%2ecastellan/…` is castellan's too and never proxied.
         Ok(normal) if normal == "/.castellan" || normal.starts_with("/.castellan/") => {
             outcome.app = "castellan".into();
-            crate::reserved::handle(&state, peer, req, &normal, &mut outcome).await
+            // Boxed, as every path off the proxied request's way (pages, tokens, IAP mode): a
+            // future is as large as its largest path, and the request's future is copied into
+            // its box.
+            Box::pin(crate::reserved::handle(
+                &state,
+                peer,
+                req,
+                &normal,
+                &mut outcome,
+            ))
+            .await
         }
         Ok(normal) => protected(&state, peer, req, host.as_deref(), &normal, &mut outcome).await,
     };
@@ -244,9 +254,9 @@ async fn decide_and_answer(
         return store_unavailable(outcome);
     }
     if let Some(bearer) = crate::bearer::bearer(state, req.headers()) {
-        return protected_by_bearer(
+        return Box::pin(protected_by_bearer(
             state, peer, req, app, host, path, client_ip, bearer, outcome,
-        )
+        ))
         .await;
     }
     let who = match state.authenticate(req.headers()).await {
@@ -298,9 +308,7 @@ async fn decide_and_answer(
                 );
                 let (browser, set_browser) = crate::reserved::browser_id(state, req.headers());
                 // The page still says "denied" without the request's state if the store is down.
-                let latest = state
-                    .store
-                    .latest_request(&app.id, email)
+                let latest = Box::pin(state.store.latest_request(&app.id, email))
                     .await
                     .unwrap_or_else(|e| {
                         tracing::warn!("reading access requests for the denied page: {e}");
@@ -364,7 +372,7 @@ async fn decide_and_answer(
                 },
             };
             if app.identity_headers == IdentityHeaders::GoogleIap
-                && let Some(resp) = iap_mode(state, &req, who.as_ref(), outcome).await
+                && let Some(resp) = Box::pin(iap_mode(state, &req, who.as_ref(), outcome)).await
             {
                 return resp;
             }
@@ -399,7 +407,7 @@ async fn forward(
     outcome: &mut Outcome,
 ) -> Response<Body> {
     if let Some(auth) = &app.upstream_auth {
-        match state.metadata.id_token(&auth.audience).await {
+        match Box::pin(state.metadata.id_token(&auth.audience)).await {
             Ok(token) => added.push((
                 auth.header.clone(),
                 proxy::value(&format!("Bearer {token}")),
