@@ -74,7 +74,7 @@ pub struct State {
     pub changed: Arc<tokio::sync::Notify>,
     /// Identity assertions recently signed, by person and app: (token, issued at). Reused for up to
     /// [`ASSERTION_REUSE_SECS`] of their five-minute life, so signing is not paid per request.
-    assertion_cache: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+    assertion_cache: std::sync::Mutex<std::collections::HashMap<String, (http::HeaderValue, i64)>>,
 }
 
 /// What a configuration reload hands from one [`State`] to the next.
@@ -562,16 +562,23 @@ impl State {
             .remove(digest);
     }
 
-    /// castellan's identity assertion of `who` for the app whose audience is `audience`, reusing
-    /// one signed in the last [`ASSERTION_REUSE_SECS`].
+    /// The identity assertion of `who` for the app whose audience is `audience`, in the app's
+    /// style (castellan's or Google IAP's), as a header value; reuses one signed in the last
+    /// [`ASSERTION_REUSE_SECS`], so signing is not paid per request in either style.
     pub fn assertion(
         &self,
         who: &Identity,
         audience: &str,
-    ) -> Result<String, crate::assertion::Error> {
+        style: crate::config::IdentityHeaders,
+    ) -> Result<http::HeaderValue, crate::assertion::Error> {
+        use crate::config::IdentityHeaders;
+        // Everything either style of assertion says.
         let key = format!(
-            "{}\0{}\0{}\0{}",
-            who.provider, who.subject, who.email, audience
+            "{style:?}\0{}\0{}\0{}\0{}\0{audience}",
+            who.provider,
+            who.subject,
+            who.email,
+            who.hd.as_deref().unwrap_or("")
         );
         let now = store::now();
         if let Some((token, iat)) = self
@@ -583,7 +590,11 @@ impl State {
         {
             return Ok(token.clone());
         }
-        let token = self.signer().sign(who, audience)?;
+        let token = match style {
+            IdentityHeaders::Castellan => self.signer().sign(who, audience)?,
+            IdentityHeaders::GoogleIap => self.signer().sign_iap(who, audience)?,
+        };
+        let token = crate::proxy::value(&token);
         let mut cache = self
             .assertion_cache
             .lock()

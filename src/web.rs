@@ -159,25 +159,23 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
 
 /// Removes castellan's cookies from the `Cookie` headers, keeping the app's own.
 pub fn strip_own_cookies(headers: &mut HeaderMap) {
-    let kept: Vec<String> = headers
-        .get_all(header::COOKIE)
-        .iter()
-        .map(|v| {
-            String::from_utf8_lossy(v.as_bytes())
-                .split(';')
-                .map(str::trim)
-                .filter(|pair| {
-                    let name = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair).trim();
-                    !pair.is_empty() && !is_own_cookie(name)
-                })
-                .collect::<Vec<_>>()
-                .join("; ")
-        })
-        .filter(|s| !s.is_empty())
-        .collect();
+    let mut kept = String::new();
+    for v in headers.get_all(header::COOKIE) {
+        for pair in String::from_utf8_lossy(v.as_bytes()).split(';') {
+            let pair = pair.trim();
+            let name = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair).trim();
+            if pair.is_empty() || is_own_cookie(name) {
+                continue;
+            }
+            if !kept.is_empty() {
+                kept.push_str("; ");
+            }
+            kept.push_str(pair);
+        }
+    }
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept.join("; "))
+        && let Ok(v) = HeaderValue::from_str(&kept)
     {
         headers.insert(header::COOKIE, v);
     }
