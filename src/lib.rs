@@ -2,6 +2,8 @@
 //! decides every request against a per-app access list, and proxies allowed requests to the app with
 //! a signed identity assertion.
 
+#![forbid(unsafe_code)]
+
 pub mod account;
 pub mod acme;
 pub mod admin;
