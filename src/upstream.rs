@@ -323,6 +323,10 @@ mod tests {
     use super::*;
 
     fn pool() -> Pool {
+        pool_trusting(rustls::RootCertStore::empty())
+    }
+
+    fn pool_trusting(roots: rustls::RootCertStore) -> Pool {
         let mut http = HttpConnector::new();
         http.enforce_http(false);
         Pool::new(
@@ -333,13 +337,73 @@ mod tests {
                     ))
                     .with_safe_default_protocol_versions()
                     .unwrap()
-                    .with_root_certificates(rustls::RootCertStore::empty())
+                    .with_root_certificates(roots)
                     .with_no_client_auth(),
                 )
                 .https_or_http()
                 .enable_http1()
                 .wrap_connector(http),
         )
+    }
+
+    /// An HTTPS server on loopback for `localhost` (a self-signed certificate, returned) that
+    /// answers every request with `tls`, and counts its connections.
+    async fn tls_upstream() -> (
+        Uri,
+        rustls::pki_types::CertificateDer<'static>,
+        Arc<AtomicUsize>,
+    ) {
+        let pair = rcgen::KeyPair::generate().unwrap();
+        let cert = rcgen::CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&pair)
+            .unwrap();
+        let der = cert.der().clone();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::aws_lc_rs::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(
+            vec![der.clone()],
+            rustls::pki_types::PrivateKeyDer::Pkcs8(pair.serialize_der().into()),
+        )
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base: Uri = format!(
+            "https://localhost:{}",
+            listener.local_addr().unwrap().port()
+        )
+        .parse()
+        .unwrap();
+        let accepted = Arc::new(AtomicUsize::new(0));
+        let count = accepted.clone();
+        tokio::spawn(async move {
+            loop {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let acceptor = acceptor.clone();
+                let count = count.clone();
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    count.fetch_add(1, Ordering::SeqCst);
+                    let _ = server::Builder::new()
+                        .serve_connection(
+                            TokioIo::new(tls),
+                            hyper::service::service_fn(|_: Request<Incoming>| async {
+                                Ok::<_, std::convert::Infallible>(Response::new(crate::web::full(
+                                    "tls",
+                                )))
+                            }),
+                        )
+                        .await;
+                });
+            }
+        });
+        (base, der, accepted)
     }
 
     /// An HTTP/1.1 server on loopback that answers `/n` with n bytes and counts its connections.
@@ -448,6 +512,24 @@ mod tests {
             // The close arrives while the connection sits in the pool.
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
+    }
+
+    #[tokio::test]
+    async fn https_upstreams_are_verified_and_their_connections_reused() {
+        let (base, cert, accepted) = tls_upstream().await;
+        // A certificate nobody vouches for is refused before any request goes out.
+        assert!(matches!(
+            fetch(&pool(), &base, "/").await,
+            Err(Error::Connect(_))
+        ));
+        assert_eq!(accepted.load(Ordering::SeqCst), 0);
+        let mut roots = rustls::RootCertStore::empty();
+        roots.add(cert).unwrap();
+        let pool = pool_trusting(roots);
+        for _ in 0..3 {
+            assert_eq!(fetch(&pool, &base, "/").await.unwrap(), "tls");
+        }
+        assert_eq!(accepted.load(Ordering::SeqCst), 1);
     }
 
     #[tokio::test]
