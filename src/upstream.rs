@@ -164,7 +164,10 @@ impl Pool {
             // and finish the previous exchange.
             let ready = poll_fn(|cx| {
                 conn.drive(cx);
-                Poll::Ready(conn.driver.is_some() && conn.sender.poll_ready(cx).is_ready_and_ok())
+                Poll::Ready(
+                    conn.driver.is_some()
+                        && matches!(conn.sender.poll_ready(cx), Poll::Ready(Ok(()))),
+                )
             })
             .await;
             if ready {
@@ -187,16 +190,6 @@ impl Pool {
             sender,
             driver: Some(driver),
         }))
-    }
-}
-
-trait ReadyAndOk {
-    fn is_ready_and_ok(&self) -> bool;
-}
-
-impl<E> ReadyAndOk for Poll<Result<(), E>> {
-    fn is_ready_and_ok(&self) -> bool {
-        matches!(self, Poll::Ready(Ok(())))
     }
 }
 
