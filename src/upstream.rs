@@ -507,6 +507,64 @@ mod tests {
         }
     }
 
+    /// Reads one request head from `tcp`; false when the connection ended first.
+    async fn read_head(tcp: &mut tokio::net::TcpStream) -> bool {
+        let mut seen = Vec::new();
+        let mut buf = [0; 4096];
+        while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
+            match tcp.read(&mut buf).await {
+                Ok(0) | Err(_) => return false,
+                Ok(n) => seen.extend_from_slice(&buf[..n]),
+            }
+        }
+        true
+    }
+
+    #[tokio::test]
+    async fn bytes_after_a_response_never_answer_the_next_request() {
+        // An unasked-for response behind the real one (a broken or hostile app): served to
+        // whoever's request came next on that connection, it would be another user's page. The
+        // first connection sends it with its answer, the second 20 ms after (while the connection
+        // sits in the pool); later connections answer "fine".
+        const POISON: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON";
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base: Uri = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        tokio::spawn(async move {
+            for n in 0.. {
+                let (mut tcp, _) = listener.accept().await.unwrap();
+                tokio::spawn(async move {
+                    while read_head(&mut tcp).await {
+                        let answer: &[u8] = if n == 0 { b"ok" } else { b"fine" };
+                        let mut bytes = format!(
+                            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n",
+                            answer.len()
+                        )
+                        .into_bytes();
+                        bytes.extend_from_slice(answer);
+                        if n == 0 {
+                            bytes.extend_from_slice(POISON);
+                        }
+                        if tcp.write_all(&bytes).await.is_err() {
+                            return;
+                        }
+                        if n == 1 {
+                            tokio::time::sleep(Duration::from_millis(20)).await;
+                            let _ = tcp.write_all(POISON).await;
+                        }
+                    }
+                });
+            }
+        });
+        let pool = pool();
+        assert_eq!(fetch(&pool, &base, "/").await.unwrap(), "ok");
+        for _ in 0..3 {
+            assert_eq!(fetch(&pool, &base, "/").await.unwrap(), "fine");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
     #[tokio::test]
     async fn https_upstreams_are_verified_and_their_connections_reused() {
         let (base, cert, accepted) = tls_upstream().await;
