@@ -401,10 +401,7 @@ mod tests {
 
     /// An HTTP/1.1 server on loopback that answers `/n` with n bytes and counts its connections.
     async fn upstream() -> (Uri, Arc<AtomicUsize>) {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (listener, base) = listen().await;
         let accepted = Arc::new(AtomicUsize::new(0));
         let count = accepted.clone();
         tokio::spawn(async move {
@@ -424,6 +421,15 @@ mod tests {
             }
         });
         (base, accepted)
+    }
+
+    /// A listener on a free loopback port, and its `http://` URI.
+    async fn listen() -> (TcpListener, Uri) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let base = format!("http://{}", listener.local_addr().unwrap())
+            .parse()
+            .unwrap();
+        (listener, base)
     }
 
     fn get(path: &str) -> Request<Body> {
@@ -476,22 +482,11 @@ mod tests {
     async fn a_connection_the_upstream_closed_while_idle_is_not_used() {
         // Answers one request per connection and closes it without saying so (no
         // `Connection: close`), as an upstream whose keep-alive timer fired would.
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (listener, base) = listen().await;
         tokio::spawn(async move {
             loop {
                 let (mut tcp, _) = listener.accept().await.unwrap();
-                let mut buf = vec![0; 4096];
-                let mut seen = Vec::new();
-                while !seen.windows(4).any(|w| w == b"\r\n\r\n") {
-                    let n = tcp.read(&mut buf).await.unwrap();
-                    if n == 0 {
-                        break;
-                    }
-                    seen.extend_from_slice(&buf[..n]);
-                }
+                read_head(&mut tcp).await;
                 let _ = tcp
                     .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                     .await;
@@ -527,10 +522,7 @@ mod tests {
         // first connection sends it with its answer, the second 20 ms after (while the connection
         // sits in the pool); later connections answer "fine".
         const POISON: &[u8] = b"HTTP/1.1 200 OK\r\ncontent-length: 6\r\n\r\nPOISON";
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (listener, base) = listen().await;
         tokio::spawn(async move {
             for n in 0.. {
                 let (mut tcp, _) = listener.accept().await.unwrap();
@@ -585,10 +577,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_upstream_that_refuses_connections_is_a_connect_error() {
-        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let base: Uri = format!("http://{}", listener.local_addr().unwrap())
-            .parse()
-            .unwrap();
+        let (listener, base) = listen().await;
         drop(listener);
         assert!(matches!(
             fetch(&pool(), &base, "/").await,
