@@ -596,7 +596,7 @@ pub fn identity_headers(
         IdentityHeaders::Castellan => vec![
             (
                 HeaderName::from_static(proxy::ASSERTION_HEADER),
-                state.assertion(identity, &app.audience, app.identity_headers)?,
+                state.assertion(identity, &app.audience, IdentityHeaders::Castellan)?,
             ),
             (
                 HeaderName::from_static(proxy::EMAIL_HEADER),
@@ -610,7 +610,7 @@ pub fn identity_headers(
         IdentityHeaders::GoogleIap => vec![
             (
                 HeaderName::from_static("x-goog-iap-jwt-assertion"),
-                state.assertion(identity, &app.audience, app.identity_headers)?,
+                state.assertion(identity, &app.audience, IdentityHeaders::GoogleIap)?,
             ),
             (
                 HeaderName::from_static("x-goog-authenticated-user-email"),

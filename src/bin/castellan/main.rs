@@ -18,6 +18,10 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use castellan::config::Config;
+use castellan::policy::snapshot::Resource;
+use castellan::policy::{Member, Role};
+use castellan::store::{Actor, Store};
+use castellan::{local, server};
 
 /// mimalloc: every request allocates and frees a few dozen small buffers (headers, strings, tasks),
 /// often on different threads; glibc's malloc spent a fifth of castellan's instructions on them.
@@ -37,10 +41,6 @@ fn return_freed_memory_at_once() {
         libmimalloc_sys::mi_option_set(MI_OPTION_PURGE_DELAY, 0)
     }
 }
-use castellan::policy::snapshot::Resource;
-use castellan::policy::{Member, Role};
-use castellan::store::{Actor, Store};
-use castellan::{local, server};
 
 #[derive(Parser)]
 #[command(
