@@ -2,7 +2,7 @@
 
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
-use super::{Actor, Backend, Result, Store, now_ms};
+use super::{Actor, Result, Store, now_ms};
 
 /// One audit record, as stored and as printed by `castellan audit --json`.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
@@ -72,20 +72,97 @@ fn from_row(r: &sqlx::any::AnyRow) -> AuditRecord {
     }
 }
 
+/// The most rows one SQLite audit statement inserts.
+const SQLITE_ROWS: usize = 256;
+const SQLITE_COLUMNS: usize = 13;
+
+/// `INSERT … SELECT * FROM (VALUES (?, …), …) WHERE column1 IS NOT NULL` for `rows` rows (a power
+/// of two). A batch fills the rest of the statement with NULL rows, which the statement skips, so
+/// nine statement texts serve every batch size: each is prepared once and cached, and padding is
+/// less than half the values bound.
+fn sqlite_insert_sql(rows: usize) -> &'static str {
+    static SQL: [std::sync::OnceLock<String>; SQLITE_ROWS.trailing_zeros() as usize + 1] =
+        [const { std::sync::OnceLock::new() }; SQLITE_ROWS.trailing_zeros() as usize + 1];
+    debug_assert!(rows.is_power_of_two() && rows <= SQLITE_ROWS);
+    SQL[rows.trailing_zeros() as usize].get_or_init(|| {
+        let row = format!("({})", vec!["?"; SQLITE_COLUMNS].join(","));
+        format!(
+            "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) \
+             SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
+            vec![row; rows].join(",")
+        )
+    })
+}
+
+/// Writes `records` through the native SQLite driver, at most [`SQLITE_ROWS`] to a statement, in
+/// one transaction when there is more than one statement.
+async fn append_sqlite(pool: &sqlx::SqlitePool, records: &[AuditRecord]) -> Result<()> {
+    use sqlx::Arguments;
+    use sqlx::sqlite::SqliteArguments;
+    /// The statement and arguments for up to [`SQLITE_ROWS`] records.
+    fn insert(chunk: &[AuditRecord]) -> (&'static str, SqliteArguments) {
+        let rows = chunk.len().next_power_of_two();
+        let text = |s: &str| -> std::sync::Arc<str> { text_without_nul(s).into() };
+        let mut args = SqliteArguments::default();
+        args.reserve(rows * SQLITE_COLUMNS, 0);
+        let add = |r: std::result::Result<(), sqlx::error::BoxDynError>| {
+            r.expect("binding text or an integer to SQLite cannot fail")
+        };
+        for r in chunk {
+            add(args.add(r.at));
+            add(args.add(text(&r.kind)));
+            add(args.add(text(&r.actor)));
+            add(args.add(text(&r.ip)));
+            add(args.add(text(&r.app)));
+            add(args.add(text(&r.action)));
+            add(args.add(text(&r.method)));
+            add(args.add(text(&r.path)));
+            add(args.add(text(&r.reason)));
+            add(args.add(text(&r.binding)));
+            add(args.add(r.status));
+            add(args.add(r.latency_us));
+            add(args.add(text(&r.reference)));
+        }
+        for _ in chunk.len() * SQLITE_COLUMNS..rows * SQLITE_COLUMNS {
+            add(args.add(None::<i64>));
+        }
+        (sqlite_insert_sql(rows), args)
+    }
+    match records.len() {
+        0 => {}
+        n if n <= SQLITE_ROWS => {
+            let (sql, args) = insert(records);
+            sqlx::query_with(sql, args).execute(pool).await?;
+        }
+        _ => {
+            let mut tx = pool.begin().await?;
+            for chunk in records.chunks(SQLITE_ROWS) {
+                let (sql, args) = insert(chunk);
+                sqlx::query_with(sql, args).execute(&mut *tx).await?;
+            }
+            tx.commit().await?;
+        }
+    }
+    Ok(())
+}
+
+/// PostgreSQL text cannot hold NUL, and C readers of SQLite text stop at one: a NUL in a claim or
+/// header becomes U+FFFD rather than sink the batch or cut the value short.
+fn text_without_nul(s: &str) -> std::borrow::Cow<'_, str> {
+    if s.contains('\0') {
+        s.replace('\0', "\u{fffd}").into()
+    } else {
+        s.into()
+    }
+}
+
 /// The most JSON one audit insert binds (PostgreSQL's jsonb holds at most 256 MiB; a spool file
 /// drained at once can hold more than that).
 const CHUNK_BYTES: usize = 4 << 20;
 
 /// `records` as JSON arrays of rows of at most [`CHUNK_BYTES`] (a larger single row goes alone).
 fn audit_json_chunks(records: &[AuditRecord]) -> Vec<String> {
-    // PostgreSQL text cannot hold NUL; one in a claim or header must not sink the batch.
-    fn text(s: &str) -> std::borrow::Cow<'_, str> {
-        if s.contains('\0') {
-            s.replace('\0', "\u{fffd}").into()
-        } else {
-            s.into()
-        }
-    }
+    let text = text_without_nul;
     let mut chunks = Vec::new();
     let mut buf: Vec<u8> = Vec::new();
     for r in records {
@@ -150,28 +227,23 @@ impl Store {
         Ok(())
     }
 
-    /// Writes a batch of decision records, all or none. Each statement binds one value: up to
-    /// [`CHUNK_BYTES`] of rows as a JSON array, which the database takes apart itself (SQLite's
-    /// `jsonb_each`, PostgreSQL's `jsonb_array_elements`). Binding each column of each row instead
-    /// cost more than the insert itself (sqlx looks each parameter up by name), and made the
-    /// audit trail the bottleneck under load.
+    /// Writes a batch of decision records, all or none.
     pub async fn append_audit(&self, records: &[AuditRecord]) -> Result<()> {
-        let chunks = audit_json_chunks(records);
-        let sql = match self.backend {
-            Backend::Sqlite => {
-                "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) \
-                 SELECT value ->> 0, value ->> 1, value ->> 2, value ->> 3, value ->> 4, value ->> 5, value ->> 6, \
-                        value ->> 7, value ->> 8, value ->> 9, value ->> 10, value ->> 11, value ->> 12 \
-                 FROM jsonb_each($1) ORDER BY key"
-            }
-            Backend::Postgres => {
-                "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) \
-                 SELECT (r ->> 0)::bigint, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, r ->> 6, \
-                        r ->> 7, r ->> 8, r ->> 9, (r ->> 10)::bigint, (r ->> 11)::bigint, r ->> 12 \
-                 FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n"
-            }
-        };
-        match chunks.as_slice() {
+        match &self.sqlite_audit {
+            Some(pool) => append_sqlite(pool, records).await,
+            None => self.append_postgres(records).await,
+        }
+    }
+
+    /// Each statement binds one value: up to [`CHUNK_BYTES`] of rows as a JSON array, which
+    /// PostgreSQL takes apart itself. Binding each column of each row instead cost more than the
+    /// insert (sqlx's `Any` layer looks each parameter up by name).
+    async fn append_postgres(&self, records: &[AuditRecord]) -> Result<()> {
+        let sql = "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) \
+                   SELECT (r ->> 0)::bigint, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, r ->> 6, \
+                          r ->> 7, r ->> 8, r ->> 9, (r ->> 10)::bigint, (r ->> 11)::bigint, r ->> 12 \
+                   FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n";
+        match audit_json_chunks(records).as_slice() {
             [] => {}
             [one] => {
                 sqlx::query(sql).bind(one).execute(&self.pool).await?;
@@ -269,18 +341,34 @@ mod tests {
     }
 
     store_test! {
-        async fn a_batch_of_any_size_is_written_whole_and_in_order(s: Store) {
-            let batch: Vec<AuditRecord> = (0..(256 + 2 * 32 + 4 + 3))
-                .map(|i| AuditRecord {
-                    at: i,
-                    kind: "decision".into(),
-                    actor: format!("u{i}@x.com"),
-                    action: "allow".into(),
+        async fn batches_of_any_size_are_written_whole_and_in_order(s: Store) {
+            // SQLite pads each statement to a power of two rows and cuts batches at 256 rows:
+            // sizes around those edges, each written as it came.
+            let sizes = [1, 2, 3, 127, 128, 129, 255, 256, 257, 600];
+            let mut i = 0;
+            for n in sizes {
+                let batch: Vec<AuditRecord> = (i..i + n)
+                    .map(|i| AuditRecord {
+                        at: i,
+                        kind: "decision".into(),
+                        actor: format!("u{i}@x.com"),
+                        action: "allow".into(),
+                        ..Default::default()
+                    })
+                    .collect();
+                s.append_audit(&batch).await.unwrap();
+                i += n;
+            }
+            let all = s
+                .audit(&AuditFilter {
+                    limit: 10_000,
                     ..Default::default()
                 })
-                .collect();
-            let all = written_back(&s, &batch).await;
-            assert!(all.iter().enumerate().all(|(i, r)| r.actor == format!("u{i}@x.com")));
+                .await
+                .unwrap();
+            assert_eq!(all.len() as i64, i);
+            assert!(all.windows(2).all(|w| w[0].id < w[1].id));
+            assert!(all.iter().enumerate().all(|(i, r)| r.actor == format!("u{i}@x.com") && r.at == i as i64));
         }
     }
 
@@ -332,8 +420,8 @@ mod tests {
 
     store_test! {
         async fn every_field_comes_back_as_it_was_written(s: Store) {
-            // The batch travels as one JSON value: text that JSON escapes, numbers at their
-            // limits and missing numbers must come back unchanged.
+            // Text that JSON escapes (PostgreSQL's batches travel as one JSON value) or that SQL
+            // quotes, numbers at their limits and missing numbers must come back unchanged.
             let odd = AuditRecord {
                 at: i64::MAX,
                 kind: "decision".into(),

@@ -3,7 +3,8 @@
 //! here, and nothing above this module sees sqlx.
 //!
 //! Both backends run the same SQL (written in the dialect both accept, `$N` placeholders) through
-//! sqlx's `Any` driver, each with its own migrations folder. Every change that can alter a decision
+//! sqlx's `Any` driver, each with its own migrations folder; the one exception is the SQLite audit
+//! writer, which has a connection of its own on sqlx's native driver (see `audit.rs`). Every change that can alter a decision
 //! bumps the store's revision in the same transaction, so running servers (in this or any other
 //! process or replica) reload: by polling, and on PostgreSQL also woken by a NOTIFY that a trigger
 //! on the revision row sends at commit.
@@ -194,6 +195,9 @@ pub const REVISION_CHANNEL: &str = "castellan_revision";
 pub struct Store {
     pool: AnyPool,
     backend: Backend,
+    /// SQLite only: the audit writer's own connection, driven by sqlx's native SQLite driver.
+    /// Through `Any`, binding a batch's values cost more than inserting them.
+    sqlite_audit: Option<sqlx::SqlitePool>,
 }
 
 impl Store {
@@ -204,17 +208,15 @@ impl Store {
             location: shown.clone(),
             source,
         };
+        const SQLITE_SETUP: &str = "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
+                                    PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;";
         let (backend, pool) = match location {
             StoreLocation::Sqlite(path) => {
                 let pool = AnyPoolOptions::new()
                     .max_connections(4)
                     .after_connect(|conn, _| {
                         Box::pin(async move {
-                            conn.execute(
-                                "PRAGMA journal_mode = WAL; PRAGMA synchronous = NORMAL; \
-                                 PRAGMA busy_timeout = 5000; PRAGMA foreign_keys = ON;",
-                            )
-                            .await?;
+                            conn.execute(SQLITE_SETUP).await?;
                             Ok(())
                         })
                     })
@@ -241,7 +243,27 @@ impl Store {
             location: shown.clone(),
             source,
         })?;
-        Ok(Store { pool, backend })
+        let sqlite_audit = match location {
+            StoreLocation::Sqlite(path) => Some(
+                sqlx::sqlite::SqlitePoolOptions::new()
+                    .max_connections(1)
+                    .after_connect(|conn, _| {
+                        Box::pin(async move {
+                            conn.execute(SQLITE_SETUP).await?;
+                            Ok(())
+                        })
+                    })
+                    .connect(&sqlite_url(path))
+                    .await
+                    .map_err(open_error)?,
+            ),
+            StoreLocation::Postgres(_) => None,
+        };
+        Ok(Store {
+            pool,
+            backend,
+            sqlite_audit,
+        })
     }
 
     pub fn backend(&self) -> Backend {
