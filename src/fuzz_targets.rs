@@ -97,7 +97,7 @@ pub fn cookie(data: &[u8]) {
         for pair in s.split(';') {
             let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim();
             assert!(
-                !crate::web::is_own_cookie(name),
+                !crate::web::is_own_cookie(name.as_bytes()),
                 "{name:?} survived in {s:?}"
             );
         }

@@ -132,9 +132,16 @@ impl CookieNames {
 }
 
 /// Whether a cookie name is one of castellan's (in either spelling): such cookies never go upstream.
-pub fn is_own_cookie(name: &str) -> bool {
-    let n = name.strip_prefix("__Host-").unwrap_or(name);
-    n.starts_with("castellan_")
+pub fn is_own_cookie(name: &[u8]) -> bool {
+    let own = |n: &[u8]| {
+        n.strip_prefix(b"__Host-")
+            .unwrap_or(n)
+            .starts_with(b"castellan_")
+    };
+    let ascii = name.trim_ascii();
+    // Bytes outside ASCII around a name: also judge it as an app that decodes it and trims
+    // Unicode spaces (U+00A0, U+0085) would see it.
+    own(ascii) || (!ascii.is_ascii() && own(String::from_utf8_lossy(ascii).trim().as_bytes()))
 }
 
 /// The value of cookie `name` from every `Cookie` header. When a name appears twice the request is
@@ -157,25 +164,26 @@ pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
     found
 }
 
-/// Removes castellan's cookies from the `Cookie` headers, keeping the app's own.
+/// Removes castellan's cookies from the `Cookie` headers, keeping the app's own byte for byte (in
+/// one header).
 pub fn strip_own_cookies(headers: &mut HeaderMap) {
-    let mut kept = String::new();
+    let mut kept: Vec<u8> = Vec::new();
     for v in headers.get_all(header::COOKIE) {
-        for pair in String::from_utf8_lossy(v.as_bytes()).split(';') {
-            let pair = pair.trim();
-            let name = pair.split_once('=').map(|(k, _)| k).unwrap_or(pair).trim();
+        for pair in v.as_bytes().split(|&b| b == b';') {
+            let pair = pair.trim_ascii();
+            let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
             if pair.is_empty() || is_own_cookie(name) {
                 continue;
             }
             if !kept.is_empty() {
-                kept.push_str("; ");
+                kept.extend_from_slice(b"; ");
             }
-            kept.push_str(pair);
+            kept.extend_from_slice(pair);
         }
     }
     headers.remove(header::COOKIE);
     if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_str(&kept)
+        && let Ok(v) = HeaderValue::from_bytes(&kept)
     {
         headers.insert(header::COOKIE, v);
     }
@@ -287,6 +295,25 @@ mod tests {
         let mut only_ours = headers(&[("cookie", "castellan_session=s")]);
         strip_own_cookies(&mut only_ours);
         assert!(only_ours.get("cookie").is_none());
+        // The app's cookies pass unchanged, bytes that are not UTF-8 included.
+        let mut raw = HeaderMap::new();
+        raw.insert(
+            "cookie",
+            HeaderValue::from_bytes(b"pref=caf\xe9; castellan_session=s; x=\xff\xfe").unwrap(),
+        );
+        strip_own_cookies(&mut raw);
+        assert_eq!(
+            raw.get("cookie").unwrap().as_bytes(),
+            b"pref=caf\xe9; x=\xff\xfe"
+        );
+        // A name padded with a Unicode space is still ours to an app that trims it.
+        let mut padded = HeaderMap::new();
+        padded.insert(
+            "cookie",
+            HeaderValue::from_bytes(b"\xc2\xa0castellan_session=s; a=1").unwrap(),
+        );
+        strip_own_cookies(&mut padded);
+        assert_eq!(padded.get("cookie").unwrap(), "a=1");
     }
 
     #[test]
