@@ -186,7 +186,7 @@ pub async fn handle(
             let headers = match &principal {
                 None => Ok(Vec::new()),
                 Some(crate::bearer::Principal::User(identity)) => {
-                    crate::request::identity_headers(state, app, identity)
+                    state.identity_headers(app, identity)
                 }
                 Some(crate::bearer::Principal::ServiceAccount(name)) => state
                     .signer()

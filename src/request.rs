@@ -366,7 +366,7 @@ async fn decide_and_answer(
             outcome.binding = grant.to_string();
             let added = match &who {
                 None => Vec::new(),
-                Some((identity, _)) => match identity_headers(state, app, identity) {
+                Some((identity, _)) => match state.identity_headers(app, identity) {
                     Ok(h) => h,
                     Err(e) => return internal_error(outcome, "signing the identity assertion", &e),
                 },
@@ -536,7 +536,7 @@ async fn protected_by_bearer(
                 Err(e) => return internal_error(outcome, "signing the identity assertion", &e),
             }
         }
-        Principal::User(identity) => match identity_headers(state, app, identity) {
+        Principal::User(identity) => match state.identity_headers(app, identity) {
             Ok(h) => h,
             Err(e) => return internal_error(outcome, "signing the identity assertion", &e),
         },
@@ -582,46 +582,6 @@ fn upstream_error(
             &reference,
         ),
     )
-}
-
-/// The identity headers for `app`'s style: castellan's own, or Google IAP's.
-pub fn identity_headers(
-    state: &State,
-    app: &crate::config::App,
-    identity: &Identity,
-) -> Result<proxy::AddedHeaders, crate::assertion::Error> {
-    use crate::google::IAP_PREFIX;
-    use http::HeaderName;
-    Ok(match app.identity_headers {
-        IdentityHeaders::Castellan => vec![
-            (
-                HeaderName::from_static(proxy::ASSERTION_HEADER),
-                state.assertion(identity, &app.audience, IdentityHeaders::Castellan)?,
-            ),
-            (
-                HeaderName::from_static(proxy::EMAIL_HEADER),
-                proxy::value(&identity.email),
-            ),
-            (
-                HeaderName::from_static(proxy::USER_HEADER),
-                proxy::value(&format!("{}:{}", identity.provider, identity.subject)),
-            ),
-        ],
-        IdentityHeaders::GoogleIap => vec![
-            (
-                HeaderName::from_static("x-goog-iap-jwt-assertion"),
-                state.assertion(identity, &app.audience, IdentityHeaders::GoogleIap)?,
-            ),
-            (
-                HeaderName::from_static("x-goog-authenticated-user-email"),
-                proxy::value(&format!("{IAP_PREFIX}{}", identity.email)),
-            ),
-            (
-                HeaderName::from_static("x-goog-authenticated-user-id"),
-                proxy::value(&format!("{IAP_PREFIX}{}", identity.subject)),
-            ),
-        ],
-    })
 }
 
 /// Google IAP's special query parameters: `gcp-iap-mode=IDENTITY` answers who the caller is,

@@ -72,9 +72,11 @@ pub struct State {
     pub reload_signal: Arc<tokio::sync::Notify>,
     /// Woken when another replica announces a change (PostgreSQL NOTIFY), to reload at once.
     pub changed: Arc<tokio::sync::Notify>,
-    /// Identity assertions recently signed, by person and app: (token, issued at). Reused for up to
-    /// [`ASSERTION_REUSE_SECS`] of their five-minute life, so signing is not paid per request.
-    assertion_cache: std::sync::Mutex<std::collections::HashMap<String, (http::HeaderValue, i64)>>,
+    /// Identity headers recently made, by person, app audience and header style: (headers, issued
+    /// at). Reused for up to [`ASSERTION_REUSE_SECS`] of their assertion's five-minute life, so
+    /// signing is not paid per request.
+    identity_cache:
+        std::sync::Mutex<std::collections::HashMap<String, (crate::proxy::AddedHeaders, i64)>>,
 }
 
 /// What a configuration reload hands from one [`State`] to the next.
@@ -281,7 +283,7 @@ impl State {
             session_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             store_health,
             changed,
-            assertion_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
+            identity_cache: std::sync::Mutex::new(std::collections::HashMap::new()),
             signer: RwLock::new(Arc::new(signer)),
             csrf_keys: RwLock::new(Arc::new(csrf_keys)),
             providers,
@@ -362,7 +364,7 @@ impl State {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
-        self.assertion_cache
+        self.identity_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clear();
@@ -562,48 +564,90 @@ impl State {
             .remove(digest);
     }
 
-    /// The identity assertion of `who` for the app whose audience is `audience`, in the app's
-    /// style (castellan's or Google IAP's), as a header value; reuses one signed in the last
-    /// [`ASSERTION_REUSE_SECS`], so signing is not paid per request in either style.
-    pub fn assertion(
+    /// The identity headers for `app`'s style (castellan's own, or Google IAP's): a signed
+    /// assertion, the email and the user id.
+    pub fn identity_headers(
         &self,
+        app: &App,
         who: &Identity,
-        audience: &str,
-        style: crate::config::IdentityHeaders,
-    ) -> Result<http::HeaderValue, crate::assertion::Error> {
+    ) -> Result<crate::proxy::AddedHeaders, crate::assertion::Error> {
         use crate::config::IdentityHeaders;
-        // Everything either style of assertion says.
-        let key = format!(
-            "{style:?}\0{}\0{}\0{}\0{}\0{audience}",
-            who.provider,
-            who.subject,
-            who.email,
-            who.hd.as_deref().unwrap_or("")
+        use crate::google::IAP_PREFIX;
+        use crate::proxy::value;
+        use http::HeaderName;
+        // Everything the headers say.
+        let hd = who.hd.as_deref().unwrap_or("");
+        let style = match app.identity_headers {
+            IdentityHeaders::Castellan => "c",
+            IdentityHeaders::GoogleIap => "g",
+        };
+        let mut key = String::with_capacity(
+            8 + who.provider.len()
+                + who.subject.len()
+                + who.email.len()
+                + hd.len()
+                + app.audience.len(),
         );
+        for part in [
+            style,
+            &who.provider,
+            &who.subject,
+            &who.email,
+            hd,
+            &app.audience,
+        ] {
+            key.push_str(part);
+            key.push('\0');
+        }
         let now = store::now();
-        if let Some((token, iat)) = self
-            .assertion_cache
+        if let Some((headers, iat)) = self
+            .identity_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&key)
             && now - iat < ASSERTION_REUSE_SECS
         {
-            return Ok(token.clone());
+            return Ok(headers.clone());
         }
-        let token = match style {
-            IdentityHeaders::Castellan => self.signer().sign(who, audience)?,
-            IdentityHeaders::GoogleIap => self.signer().sign_iap(who, audience)?,
+        let headers = match app.identity_headers {
+            IdentityHeaders::Castellan => vec![
+                (
+                    HeaderName::from_static(crate::proxy::ASSERTION_HEADER),
+                    value(&self.signer().sign(who, &app.audience)?),
+                ),
+                (
+                    HeaderName::from_static(crate::proxy::EMAIL_HEADER),
+                    value(&who.email),
+                ),
+                (
+                    HeaderName::from_static(crate::proxy::USER_HEADER),
+                    value(&format!("{}:{}", who.provider, who.subject)),
+                ),
+            ],
+            IdentityHeaders::GoogleIap => vec![
+                (
+                    HeaderName::from_static("x-goog-iap-jwt-assertion"),
+                    value(&self.signer().sign_iap(who, &app.audience)?),
+                ),
+                (
+                    HeaderName::from_static("x-goog-authenticated-user-email"),
+                    value(&format!("{IAP_PREFIX}{}", who.email)),
+                ),
+                (
+                    HeaderName::from_static("x-goog-authenticated-user-id"),
+                    value(&format!("{IAP_PREFIX}{}", who.subject)),
+                ),
+            ],
         };
-        let token = crate::proxy::value(&token);
         let mut cache = self
-            .assertion_cache
+            .identity_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner());
         if cache.len() > 100_000 {
             cache.clear();
         }
-        cache.insert(key, (token.clone(), now));
-        Ok(token)
+        cache.insert(key, (headers.clone(), now));
+        Ok(headers)
     }
 
     /// The CSRF token for forms shown to the browser identified by `browser_id`.
