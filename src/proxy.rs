@@ -130,14 +130,11 @@ impl Upstream {
                     .map(str::to_string)
             });
         let upstream = app.upstream.as_str();
-        let uri = format!("{}{target}", upstream.trim_end_matches('/'))
+        // The request line carries the origin form (an upstream URL has no path of its own: the
+        // configuration refuses one).
+        parts.uri = target
             .parse::<Uri>()
             .unwrap_or_else(|_| Uri::from_static("/"));
-        // The request line carries the origin form (path and query); the pool connects to `uri`.
-        parts.uri = uri
-            .path_and_query()
-            .map(|pq| Uri::from(pq.clone()))
-            .unwrap_or_else(|| Uri::from_static("/"));
         parts.version = Version::HTTP_11;
 
         let headers = &mut parts.headers;
@@ -155,9 +152,10 @@ impl Upstream {
                 headers.insert(header::HOST, h);
             }
             None => {
-                if let Some(a) = uri
-                    .authority()
-                    .and_then(|a| HeaderValue::from_str(a.as_str()).ok())
+                if let Some(a) = upstream
+                    .parse::<Uri>()
+                    .ok()
+                    .and_then(|u| HeaderValue::from_str(u.authority()?.as_str()).ok())
                 {
                     headers.insert(header::HOST, a);
                 }
@@ -183,7 +181,7 @@ impl Upstream {
         // Boxed: the exchange's state is large, and the request's future is copied into its box.
         let sent = Box::pin(
             self.pool
-                .send(upstream, &uri, upstream_req, client_upgrade.is_some()),
+                .send(upstream, upstream_req, client_upgrade.is_some()),
         );
         let mut resp = match tokio::time::timeout(self.timeout, sent).await {
             Err(_) => return Err(Error::Timeout(self.timeout)),
@@ -304,10 +302,16 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
     let forged: Vec<HeaderName> = headers
         .keys()
         .filter(|name| {
-            let n = name.as_str().replace('_', "-");
-            n.starts_with("x-castellan-")
-                || n.starts_with("x-goog-iap-")
-                || n.starts_with("x-goog-authenticated-")
+            // `_` counts as `-`: some servers and frameworks read one as the other.
+            let starts = |prefix: &str| {
+                name.as_str().len() >= prefix.len()
+                    && name
+                        .as_str()
+                        .bytes()
+                        .zip(prefix.bytes())
+                        .all(|(a, b)| a == b || (a == b'_' && b == b'-'))
+            };
+            starts("x-castellan-") || starts("x-goog-iap-") || starts("x-goog-authenticated-")
         })
         .cloned()
         .collect();
@@ -328,10 +332,10 @@ fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<&str>)
         if !chain.is_empty() {
             chain.push_str(", ");
         }
-        chain.push_str(&f.peer_ip.to_string());
+        chain.push_str(&crate::web::ip_text(f.peer_ip));
         chain
     } else {
-        f.peer_ip.to_string()
+        crate::web::ip_text(f.peer_ip)
     };
     let trusted_proto = f
         .peer_trusted
@@ -345,7 +349,11 @@ fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<&str>)
     headers.insert(X_FORWARDED_FOR, value(&xff));
     headers.insert(
         X_FORWARDED_PROTO,
-        trusted_proto.unwrap_or_else(|| value(f.proto)),
+        trusted_proto.unwrap_or_else(|| match f.proto {
+            "https" => HeaderValue::from_static("https"),
+            "http" => HeaderValue::from_static("http"),
+            other => value(other),
+        }),
     );
     match trusted_host.or_else(|| host.map(value)) {
         Some(h) => {

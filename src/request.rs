@@ -248,7 +248,7 @@ async fn decide_and_answer(
     outcome: &mut Outcome,
 ) -> Response<Body> {
     let client_ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
-    outcome.client_ip = client_ip.to_string();
+    outcome.client_ip = web::ip_text(client_ip);
 
     if !state.store_usable() {
         return store_unavailable(outcome);

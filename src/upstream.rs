@@ -92,21 +92,20 @@ impl Pool {
         }
     }
 
-    /// Sends `req` (its URI in origin form) to `upstream` at `uri` and waits for the response
+    /// Sends `req` (its URI in origin form) to `upstream` (`scheme://host:port`) and waits for the response
     /// head, driving the connection meanwhile. The response's body drives the connection from
     /// then on and returns it to the pool when it ends. With `upgrade`, the connection gets a task
     /// of its own and is not reused.
     pub async fn send(
         &self,
         upstream: &str,
-        uri: &Uri,
         mut req: Request<Body>,
         upgrade: bool,
     ) -> Result<Response<Driven>, Error> {
         loop {
             let (mut conn, reused) = match self.checkout(upstream).await {
                 Some(conn) => (conn, true),
-                None => (self.connect(uri).await?, false),
+                None => (self.connect(upstream).await?, false),
             };
             let sent = conn.sender.try_send_request(req);
             let result = if upgrade {
@@ -176,12 +175,13 @@ impl Pool {
         }
     }
 
-    async fn connect(&self, uri: &Uri) -> Result<Box<Conn>, Error> {
+    async fn connect(&self, upstream: &str) -> Result<Box<Conn>, Error> {
+        let uri: Uri = upstream.parse().map_err(|e| Error::Connect(Box::new(e)))?;
         let mut connector = self.connector.clone();
         poll_fn(|cx| connector.poll_ready(cx))
             .await
             .map_err(Error::Connect)?;
-        let io = connector.call(uri.clone()).await.map_err(Error::Connect)?;
+        let io = connector.call(uri).await.map_err(Error::Connect)?;
         let (sender, driver) = http1::Builder::new()
             .handshake(io)
             .await
@@ -440,7 +440,7 @@ mod tests {
     }
 
     async fn fetch(pool: &Pool, base: &Uri, path: &str) -> Result<Bytes, Error> {
-        let resp = pool.send(&base.to_string(), base, get(path), false).await?;
+        let resp = pool.send(&base.to_string(), get(path), false).await?;
         Ok(resp
             .into_body()
             .collect()
@@ -467,7 +467,7 @@ mod tests {
         let (base, accepted) = upstream().await;
         let pool = pool();
         let resp = pool
-            .send(&base.to_string(), &base, get("/1000000"), false)
+            .send(&base.to_string(), get("/1000000"), false)
             .await
             .unwrap();
         let mut body = resp.into_body();
