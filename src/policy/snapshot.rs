@@ -6,6 +6,7 @@
 
 use std::collections::HashMap;
 use std::fmt;
+use std::sync::Arc;
 
 use super::condition::Context;
 use super::{Member, Policy, Role};
@@ -57,28 +58,39 @@ pub enum Who<'a> {
     ServiceAccount(&'a str),
 }
 
-/// The binding that let a request through.
+/// The binding that let a request through, as the audit trail names it, and why it matched.
+/// Made when the policy is compiled, so an allowed request only clones it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Grant {
-    pub resource: Resource,
-    pub binding: usize,
-    pub member: String,
-    pub condition: Option<String>,
+    /// `app:demo#0 user:alice@example.com`, plus ` if "TITLE"` for a conditional binding.
+    label: Arc<str>,
+    reason: Reason,
+}
+
+impl Grant {
+    fn new(resource: &Resource, binding: usize, member: &Member, condition: Option<&str>) -> Grant {
+        let mut label = format!("{}#{binding} {member}", resource.key());
+        if let Some(title) = condition {
+            label.push_str(&format!(" if \"{title}\""));
+        }
+        let reason = match member {
+            Member::User(_) => Reason::User,
+            Member::Group(_) => Reason::Group,
+            Member::Domain(_) => Reason::Domain,
+            Member::ServiceAccount(_) => Reason::ServiceAccount,
+            Member::AllAuthenticatedUsers => Reason::AllAuthenticatedUsers,
+            Member::AllUsers => Reason::AllUsers,
+        };
+        Grant {
+            label: label.into(),
+            reason,
+        }
+    }
 }
 
 impl fmt::Display for Grant {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}#{} {}",
-            self.resource.key(),
-            self.binding,
-            self.member
-        )?;
-        if let Some(c) = &self.condition {
-            write!(f, " if \"{c}\"")?;
-        }
-        Ok(())
+        f.write_str(&self.label)
     }
 }
 
@@ -123,19 +135,7 @@ impl Reason {
 impl Decision {
     pub fn reason(&self) -> Reason {
         match self {
-            Decision::Allow(g) => match g
-                .member
-                .split_once(':')
-                .map(|(k, _)| k)
-                .unwrap_or(&g.member)
-            {
-                "user" => Reason::User,
-                "group" => Reason::Group,
-                "domain" => Reason::Domain,
-                "serviceAccount" => Reason::ServiceAccount,
-                "allUsers" => Reason::AllUsers,
-                _ => Reason::AllAuthenticatedUsers,
-            },
+            Decision::Allow(g) => g.reason,
             Decision::Deny(r) => *r,
             Decision::SignIn => Reason::UserUnauthenticated,
         }
@@ -154,15 +154,22 @@ impl Decision {
     }
 }
 
-/// Binding positions by member kind, for one role of one policy.
+/// A binding that names a member: its position in the policy and the grant it makes.
+#[derive(Debug)]
+struct Hit {
+    binding: usize,
+    grant: Grant,
+}
+
+/// Bindings by member kind, in policy order, for one role of one policy.
 #[derive(Debug, Default)]
 struct Index {
-    users: HashMap<String, Vec<usize>>,
-    domains: HashMap<String, Vec<usize>>,
-    groups: HashMap<String, Vec<usize>>,
-    service_accounts: HashMap<String, Vec<usize>>,
-    all_authenticated: Vec<usize>,
-    all_users: Vec<usize>,
+    users: HashMap<String, Vec<Hit>>,
+    domains: HashMap<String, Vec<Hit>>,
+    groups: HashMap<String, Vec<Hit>>,
+    service_accounts: HashMap<String, Vec<Hit>>,
+    all_authenticated: Vec<Hit>,
+    all_users: Vec<Hit>,
 }
 
 #[derive(Debug)]
@@ -182,16 +189,21 @@ impl Compiled {
                 Role::Accessor => &mut accessor,
                 Role::Admin => &mut admin,
             };
+            let title = b.condition.as_ref().map(|c| c.title.as_str());
             for m in &b.members {
+                let hit = Hit {
+                    binding: i,
+                    grant: Grant::new(&resource, i, m, title),
+                };
                 match m {
-                    Member::User(e) => idx.users.entry(e.clone()).or_default().push(i),
-                    Member::Domain(d) => idx.domains.entry(d.clone()).or_default().push(i),
-                    Member::Group(g) => idx.groups.entry(g.clone()).or_default().push(i),
+                    Member::User(e) => idx.users.entry(e.clone()).or_default().push(hit),
+                    Member::Domain(d) => idx.domains.entry(d.clone()).or_default().push(hit),
+                    Member::Group(g) => idx.groups.entry(g.clone()).or_default().push(hit),
                     Member::ServiceAccount(s) => {
-                        idx.service_accounts.entry(s.clone()).or_default().push(i)
+                        idx.service_accounts.entry(s.clone()).or_default().push(hit)
                     }
-                    Member::AllAuthenticatedUsers => idx.all_authenticated.push(i),
-                    Member::AllUsers => idx.all_users.push(i),
+                    Member::AllAuthenticatedUsers => idx.all_authenticated.push(hit),
+                    Member::AllUsers => idx.all_users.push(hit),
                 }
             }
         }
@@ -297,60 +309,43 @@ impl Snapshot {
     /// Checks the bindings of `c` that can name `who`, unconditional ones before conditional ones.
     fn look(&self, c: &Compiled, role: Role, who: Who<'_>, cx: &Context<'_>) -> Look {
         let idx = c.index(role);
-        let mut lists: Vec<(&[usize], String)> = Vec::with_capacity(6);
-        fn push<'i>(
-            lists: &mut Vec<(&'i [usize], String)>,
-            v: Option<&'i Vec<usize>>,
-            member: impl FnOnce() -> String,
-        ) {
-            if let Some(v) = v.filter(|v| !v.is_empty()) {
-                lists.push((v.as_slice(), member()));
-            }
+        let mut lists: Vec<&[Hit]> = Vec::with_capacity(6);
+        fn push<'i>(lists: &mut Vec<&'i [Hit]>, v: Option<&'i Vec<Hit>>) {
+            lists.extend(v.map(Vec::as_slice));
         }
         match who {
             Who::Anonymous => {}
             Who::User { email, groups } => {
-                push(&mut lists, idx.users.get(email), || format!("user:{email}"));
+                push(&mut lists, idx.users.get(email));
                 if let Some((_, domain)) = email.rsplit_once('@') {
-                    push(&mut lists, idx.domains.get(domain), || {
-                        format!("domain:{domain}")
-                    });
+                    push(&mut lists, idx.domains.get(domain));
                 }
                 if !idx.groups.is_empty() {
                     for g in self.groups_of(email).iter().chain(groups) {
-                        push(&mut lists, idx.groups.get(g), || format!("group:{g}"));
+                        push(&mut lists, idx.groups.get(g));
                     }
                 }
-                push(&mut lists, Some(&idx.all_authenticated), || {
-                    "allAuthenticatedUsers".into()
-                });
+                push(&mut lists, Some(&idx.all_authenticated));
             }
             Who::ServiceAccount(name) => {
-                push(&mut lists, idx.service_accounts.get(name), || {
-                    format!("serviceAccount:{name}")
-                });
-                push(&mut lists, Some(&idx.all_authenticated), || {
-                    "allAuthenticatedUsers".into()
-                });
+                push(&mut lists, idx.service_accounts.get(name));
+                push(&mut lists, Some(&idx.all_authenticated));
             }
         }
-        push(&mut lists, Some(&idx.all_users), || "allUsers".into());
+        push(&mut lists, Some(&idx.all_users));
 
         let mut condition_failed = false;
         for pass_conditional in [false, true] {
-            for (positions, member) in &lists {
-                for &i in *positions {
-                    let b = &c.policy.bindings[i];
-                    match (&b.condition, pass_conditional) {
-                        (None, false) => return Look::Allowed(grant(c, i, member, None)),
-                        (Some(cond), true) => {
-                            if cond.compiled.eval(cx) {
-                                return Look::Allowed(grant(c, i, member, Some(&cond.title)));
-                            }
-                            condition_failed = true;
+            for hit in lists.iter().flat_map(|l| l.iter()) {
+                match (&c.policy.bindings[hit.binding].condition, pass_conditional) {
+                    (None, false) => return Look::Allowed(hit.grant.clone()),
+                    (Some(cond), true) => {
+                        if cond.compiled.eval(cx) {
+                            return Look::Allowed(hit.grant.clone());
                         }
-                        _ => {}
+                        condition_failed = true;
                     }
+                    _ => {}
                 }
             }
         }
@@ -419,15 +414,6 @@ fn member_names(m: &Member, who: Who<'_>, groups: &[String]) -> bool {
         (Member::Group(g), Who::User { .. }) => groups.contains(g),
         (Member::ServiceAccount(s), Who::ServiceAccount(n)) => s == n,
         _ => false,
-    }
-}
-
-fn grant(c: &Compiled, binding: usize, member: &str, condition: Option<&str>) -> Grant {
-    Grant {
-        resource: c.resource.clone(),
-        binding,
-        member: member.to_string(),
-        condition: condition.map(str::to_string),
     }
 }
 
