@@ -153,7 +153,10 @@ async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<(Caller,
         };
     }
     match state.authenticate(req.headers()).await? {
-        Some((identity, _)) => Ok((Caller::User(identity), true)),
+        Some((identity, _)) => Ok((
+            Caller::User(std::sync::Arc::unwrap_or_clone(identity)),
+            true,
+        )),
         None => Err(ApiError(
             StatusCode::UNAUTHORIZED,
             "unauthenticated",

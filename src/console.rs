@@ -294,7 +294,7 @@ pub async fn handle(
     }
     let (browser, set_browser) = crate::reserved::browser_id(state, req.headers());
     let admin = Admin {
-        identity: who,
+        identity: std::sync::Arc::unwrap_or_clone(who),
         global,
         apps,
         browser,

@@ -104,7 +104,7 @@ pub async fn handle(
         None => match state.authenticate(req.headers()).await {
             Ok(who) => who.map(|(identity, digest)| {
                 session_digest = Some(digest);
-                crate::bearer::Principal::User(identity)
+                crate::bearer::Principal::User(std::sync::Arc::unwrap_or_clone(identity))
             }),
             Err(e) => return crate::request::internal_error(outcome, "reading the session", &e),
         },

@@ -27,7 +27,7 @@ use crate::web::{Body, BoxError};
 #[derive(Debug, Clone)]
 pub struct Grounds {
     pub app: String,
-    pub identity: Identity,
+    pub identity: Arc<Identity>,
     /// The digest of the session it rides on.
     pub session: String,
     pub host: String,
@@ -183,13 +183,13 @@ mod tests {
     fn grounds() -> Grounds {
         Grounds {
             app: "demo".into(),
-            identity: Identity {
+            identity: Arc::new(Identity {
                 email: "a@example.com".into(),
                 subject: "a".into(),
                 provider: "local".into(),
                 groups: vec![],
                 hd: None,
-            },
+            }),
             session: "s".into(),
             host: "h".into(),
             path: "/".into(),

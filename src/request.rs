@@ -589,7 +589,7 @@ fn upstream_error(
 async fn iap_mode(
     state: &State,
     req: &Request<Incoming>,
-    who: Option<&(Identity, String)>,
+    who: Option<&(Arc<Identity>, String)>,
     outcome: &mut Outcome,
 ) -> Option<Response<Body>> {
     use crate::google::IAP_PREFIX;

@@ -823,7 +823,7 @@ async fn sign_out_page(
 ) -> Response<Body> {
     let (browser, set_browser) = browser_id(state, req.headers());
     let email = match state.authenticate(req.headers()).await {
-        Ok(who) => who.map(|(i, _)| i.email),
+        Ok(who) => who.map(|(i, _)| i.email.clone()),
         Err(e) => return internal_error(outcome, "reading the session", &e),
     };
     with_cookie(

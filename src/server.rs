@@ -127,7 +127,7 @@ async fn load_keys(
 /// A session as the cache keeps it.
 #[derive(Clone)]
 struct CachedSession {
-    identity: Identity,
+    identity: Arc<Identity>,
     expires_at: i64,
     last_seen: i64,
     /// When the person last proved who they are (the session's sign-in).
@@ -456,7 +456,7 @@ impl State {
     pub async fn authenticate(
         &self,
         headers: &http::HeaderMap,
-    ) -> Result<Option<(Identity, String)>, store::Error> {
+    ) -> Result<Option<(Arc<Identity>, String)>, store::Error> {
         let Some(id) = web::cookie(headers, self.cookies.session) else {
             return Ok(None);
         };
@@ -473,18 +473,20 @@ impl State {
         // Record use at most once a minute (sooner for short idle timeouts): enough for the idle
         // timeout, cheap for the store.
         let every = (idle / 4).clamp(1, 60);
-        if let Some(c) = self
+        if let Some(identity) = self
             .session_cache
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .get(&digest)
-            .cloned()
-            && c.read.elapsed() < SESSION_CACHE_TTL
-            && c.expires_at > now
-            && c.last_seen > now - idle
-            && now - c.last_seen < every
+            .filter(|c| {
+                c.read.elapsed() < SESSION_CACHE_TTL
+                    && c.expires_at > now
+                    && c.last_seen > now - idle
+                    && now - c.last_seen < every
+            })
+            .map(|c| c.identity.clone())
         {
-            return Ok(Some((c.identity, digest)));
+            return Ok(Some((identity, digest)));
         }
         // While the store is known to be down, a session seen before the outage is answered from
         // the cache at once (asking the store would wait out its connection timeout).
@@ -526,10 +528,11 @@ impl State {
         if cache.len() > 100_000 {
             cache.clear();
         }
+        let identity = Arc::new(session.identity);
         cache.insert(
             digest.clone(),
             CachedSession {
-                identity: session.identity.clone(),
+                identity: identity.clone(),
                 expires_at: session.expires_at,
                 last_seen,
                 signed_in_at: session.created_at,
@@ -537,11 +540,11 @@ impl State {
             },
         );
         drop(cache);
-        Ok(Some((session.identity, digest)))
+        Ok(Some((identity, digest)))
     }
 
     /// A session in the cache that has not expired, however long ago it was read.
-    fn cached_session(&self, digest: &str, now: i64) -> Option<Identity> {
+    fn cached_session(&self, digest: &str, now: i64) -> Option<Arc<Identity>> {
         let cache = self.session_cache.lock().unwrap_or_else(|p| p.into_inner());
         let c = cache.get(digest)?;
         (c.expires_at > now).then(|| c.identity.clone())
