@@ -268,12 +268,14 @@ pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> Ip
 
 /// The request's host, lower case, without port or trailing dot: `:authority` for HTTP/2, else `Host`.
 pub fn request_host(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
-    let raw = uri.authority().map(|a| a.host().to_string()).or_else(|| {
-        let h = headers.get(header::HOST)?.to_str().ok()?;
-        let auth: http::uri::Authority = h.parse().ok()?;
-        Some(auth.host().to_string())
-    })?;
-    Some(raw.trim_end_matches('.').to_ascii_lowercase())
+    let lower = |host: &str| host.trim_end_matches('.').to_ascii_lowercase();
+    match uri.authority() {
+        Some(a) => Some(lower(a.host())),
+        None => {
+            let h = headers.get(header::HOST)?.to_str().ok()?;
+            Some(lower(h.parse::<http::uri::Authority>().ok()?.host()))
+        }
+    }
 }
 
 /// True when the request is a browser navigation (which may be redirected to sign in) rather than
