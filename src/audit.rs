@@ -10,6 +10,7 @@
 //! pressure) instead of losing records. Only a full spool or a writer stuck for two seconds drops
 //! records, counted in `castellan_audit_dropped_total`.
 
+use std::collections::HashMap;
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
@@ -87,7 +88,13 @@ pub struct Spool {
     dir: PathBuf,
     /// This process's file; others' files in `dir` are drained too, never written.
     file: PathBuf,
+    /// How many times in a row the store refused each file's records (reachable, but saying no).
+    refusals: HashMap<PathBuf, u32>,
 }
+
+/// After this many refusals in a row a spool file is set aside (renamed `*.refused`), so one
+/// batch the store will never take cannot hold every later record back.
+const REFUSALS_BEFORE_SET_ASIDE: u32 = 3;
 
 impl Spool {
     /// The spool for `store` under `dir` (a folder per store, so processes on one machine that
@@ -95,13 +102,18 @@ impl Spool {
     pub fn new(dir: &Path, store: &crate::config::StoreLocation) -> Spool {
         let dir = dir.join(&crate::crypto::digest(&store.to_string())[..16]);
         Spool {
-            file: dir.join(format!(
-                "{}-{}.jsonl",
-                std::process::id(),
-                crate::store::now_ms()
-            )),
+            file: Spool::new_file(&dir),
             dir,
+            refusals: HashMap::new(),
         }
+    }
+
+    fn new_file(dir: &Path) -> PathBuf {
+        dir.join(format!(
+            "{}-{}.jsonl",
+            std::process::id(),
+            crate::store::now_ms()
+        ))
     }
 
     /// Appends `records`, one JSON line each, under an exclusive lock.
@@ -150,8 +162,10 @@ impl Spool {
     }
 
     /// Writes every spooled record to the store, file by file (each file in one transaction,
-    /// then deleted). Returns how many were written; stops at the first store error.
-    async fn drain(&self, store: &Store) -> Result<usize, crate::store::Error> {
+    /// then deleted). Returns how many were written; stops at the first store error, except that
+    /// a file the store has refused [`REFUSALS_BEFORE_SET_ASIDE`] times in a row while reachable
+    /// is renamed `*.refused`, kept for an operator, and skipped from then on.
+    async fn drain(&mut self, store: &Store) -> Result<usize, crate::store::Error> {
         let mut written = 0;
         for path in self.files() {
             let Ok(file) = std::fs::OpenOptions::new()
@@ -178,7 +192,40 @@ impl Spool {
                     Err(_) => break,
                 }
             }
-            store.append_audit(&records).await?;
+            if let Err(e) = store.append_audit(&records).await {
+                if e.is_transient() {
+                    return Err(e);
+                }
+                // Later records go to a file of their own, so they are not set aside with these.
+                if path == self.file {
+                    self.file = Spool::new_file(&self.dir);
+                }
+                let refusals = self.refusals.entry(path.clone()).or_default();
+                *refusals += 1;
+                if *refusals < REFUSALS_BEFORE_SET_ASIDE {
+                    return Err(e);
+                }
+                self.refusals.remove(&path);
+                let aside = path.with_extension("refused");
+                match std::fs::rename(&path, &aside) {
+                    Ok(()) => tracing::error!(
+                        "the store refused the {} audit records in {} {REFUSALS_BEFORE_SET_ASIDE} times ({e}); \
+                         they are kept in {} and no longer retried, so later records can reach the store",
+                        records.len(),
+                        path.display(),
+                        aside.display()
+                    ),
+                    Err(io) => {
+                        tracing::error!(
+                            "cannot set aside the refused audit spool {}: {io}",
+                            path.display()
+                        );
+                        return Err(e);
+                    }
+                }
+                continue;
+            }
+            self.refusals.remove(&path);
             let _ = file.set_len(0);
             let _ = std::fs::remove_file(&path);
             written += records.len();
@@ -189,7 +236,7 @@ impl Spool {
 
 async fn write_loop(
     store: Store,
-    spool: Spool,
+    mut spool: Spool,
     mut rx: mpsc::Receiver<Msg>,
     dropped: Counter,
     spooled: Gauge,
@@ -267,5 +314,93 @@ async fn write_loop(
         for done in waiting.drain(..) {
             let _ = done.send(());
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::StoreLocation;
+    use crate::store::AuditFilter;
+
+    fn record(actor: &str) -> AuditRecord {
+        AuditRecord {
+            at: crate::store::now_ms(),
+            kind: "decision".into(),
+            actor: actor.into(),
+            action: "allow".into(),
+            ..Default::default()
+        }
+    }
+
+    async fn actors(store: &Store) -> Vec<String> {
+        let filter = AuditFilter {
+            limit: 100,
+            ..Default::default()
+        };
+        let all = store.audit(&filter).await.unwrap();
+        all.into_iter().map(|r| r.actor).collect()
+    }
+
+    #[tokio::test]
+    async fn a_batch_the_store_refuses_is_set_aside_and_later_records_get_through() {
+        let (dir, store) = crate::store::temp_store().await;
+        let db = dir.path().join("t.db");
+        // The store is reachable but refuses one record, as a constraint or a trigger might.
+        let side = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
+            .await
+            .unwrap();
+        sqlx::query(
+            "CREATE TRIGGER refuse_poison BEFORE INSERT ON audit WHEN NEW.actor = 'poison' \
+             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
+        )
+        .execute(&side)
+        .await
+        .unwrap();
+        let spool_dir = tempfile::tempdir().unwrap();
+        let sink = AuditSink::start(
+            store.clone(),
+            Spool::new(spool_dir.path(), &StoreLocation::Sqlite(db)),
+            Counter::default(),
+            Gauge::default(),
+        );
+        sink.record(record("poison")).await;
+        sink.flush().await;
+        sink.record(record("later")).await;
+        sink.flush().await;
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !actors(&store).await.contains(&"later".to_string()) {
+            assert!(
+                Instant::now() < deadline,
+                "the record after the refused one never reached the store"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(!actors(&store).await.contains(&"poison".to_string()));
+        // The refused record is kept, alone, for an operator.
+        let refused: Vec<String> = walk(spool_dir.path())
+            .into_iter()
+            .filter(|p| p.extension().is_some_and(|x| x == "refused"))
+            .map(|p| std::fs::read_to_string(p).unwrap())
+            .collect();
+        assert_eq!(refused.len(), 1, "{refused:?}");
+        assert!(refused[0].contains("\"poison\"") && !refused[0].contains("\"later\""));
+        // And the trail flows straight to the store again.
+        sink.record(record("after")).await;
+        sink.flush().await;
+        assert!(actors(&store).await.contains(&"after".to_string()));
+    }
+
+    fn walk(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for e in std::fs::read_dir(dir).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                out.extend(walk(&p));
+            } else {
+                out.push(p);
+            }
+        }
+        out
     }
 }

@@ -122,6 +122,11 @@ impl Error {
     pub fn is_unavailable(&self) -> bool {
         matches!(self, Error::Unavailable(_))
     }
+
+    /// True when trying again later may work: the store is unreachable or its disk is full.
+    pub fn is_transient(&self) -> bool {
+        matches!(self, Error::Unavailable(_) | Error::Full(_))
+    }
 }
 
 pub type Result<T> = std::result::Result<T, Error>;
