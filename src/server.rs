@@ -578,36 +578,14 @@ impl State {
         use crate::google::IAP_PREFIX;
         use crate::proxy::value;
         use http::HeaderName;
-        // Everything the headers say.
-        let hd = who.hd.as_deref().unwrap_or("");
-        let style = match app.identity_headers {
-            IdentityHeaders::Castellan => "c",
-            IdentityHeaders::GoogleIap => "g",
-        };
-        let mut key = String::with_capacity(
-            8 + who.provider.len()
-                + who.subject.len()
-                + who.email.len()
-                + hd.len()
-                + app.audience.len(),
-        );
-        for part in [
-            style,
-            &who.provider,
-            &who.subject,
-            &who.email,
-            hd,
-            &app.audience,
-        ] {
-            key.push_str(part);
-            key.push('\0');
-        }
+        let key = identity_cache_key(app.identity_headers, who, &app.audience);
         let now = store::now();
-        if let Some((headers, iat)) = self
-            .identity_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .get(&key)
+        if let Some(key) = &key
+            && let Some((headers, iat)) = self
+                .identity_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .get(key)
             && now - iat < ASSERTION_REUSE_SECS
         {
             return Ok(headers.clone());
@@ -642,14 +620,16 @@ impl State {
                 ),
             ],
         };
-        let mut cache = self
-            .identity_cache
-            .lock()
-            .unwrap_or_else(|p| p.into_inner());
-        if cache.len() > 100_000 {
-            cache.clear();
+        if let Some(key) = key {
+            let mut cache = self
+                .identity_cache
+                .lock()
+                .unwrap_or_else(|p| p.into_inner());
+            if cache.len() > 100_000 {
+                cache.clear();
+            }
+            cache.insert(key, (headers.clone(), now));
         }
-        cache.insert(key, (headers.clone(), now));
         Ok(headers)
     }
 
@@ -1106,8 +1086,71 @@ pub async fn serve_metrics(state: Arc<State>, listener: TcpListener) {
     }
 }
 
+/// The identity header cache's key: everything the headers say, NUL-separated. None when a part
+/// holds a NUL itself (two different identities could then share a key): such headers are made
+/// afresh every time.
+fn identity_cache_key(
+    style: crate::config::IdentityHeaders,
+    who: &Identity,
+    audience: &str,
+) -> Option<String> {
+    use crate::config::IdentityHeaders;
+    let style = match style {
+        IdentityHeaders::Castellan => "c",
+        IdentityHeaders::GoogleIap => "g",
+    };
+    let parts = [
+        style,
+        &who.provider,
+        &who.subject,
+        &who.email,
+        who.hd.as_deref().unwrap_or(""),
+        audience,
+    ];
+    let mut key = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
+    for part in parts {
+        key.push_str(part);
+        key.push('\0');
+    }
+    (key.bytes().filter(|&b| b == 0).count() == parts.len()).then_some(key)
+}
+
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn identity_cache_keys_never_mistake_one_person_for_another() {
+        use crate::config::IdentityHeaders::{Castellan, GoogleIap};
+        let who = |subject: &str, email: &str| Identity {
+            email: email.into(),
+            subject: subject.into(),
+            provider: "idp".into(),
+            groups: vec![],
+            hd: None,
+        };
+        let a = identity_cache_key(Castellan, &who("a", "a@x.com"), "aud").unwrap();
+        assert_ne!(
+            Some(a.clone()),
+            identity_cache_key(Castellan, &who("b", "a@x.com"), "aud")
+        );
+        assert_ne!(
+            Some(a.clone()),
+            identity_cache_key(GoogleIap, &who("a", "a@x.com"), "aud")
+        );
+        assert_ne!(
+            Some(a),
+            identity_cache_key(Castellan, &who("a", "a@x.com"), "other")
+        );
+        // With NUL inside a claim these two would join to the same string: neither is cached.
+        assert_eq!(
+            identity_cache_key(Castellan, &who("s\0e", "x"), "aud"),
+            None
+        );
+        assert_eq!(
+            identity_cache_key(Castellan, &who("s", "e\0x"), "aud"),
+            None
+        );
+    }
+
     use super::*;
 
     #[test]

@@ -249,19 +249,23 @@ impl Store {
             source,
         })?;
         let sqlite_audit = match location {
-            StoreLocation::Sqlite(path) => Some(
-                sqlx::sqlite::SqlitePoolOptions::new()
-                    .max_connections(1)
-                    .after_connect(|conn, _| {
-                        Box::pin(async move {
-                            conn.execute(SQLITE_SETUP).await?;
-                            Ok(())
-                        })
-                    })
-                    .connect(&sqlite_url(path))
-                    .await
-                    .map_err(open_error)?,
-            ),
+            StoreLocation::Sqlite(path) => {
+                use sqlx::sqlite::{SqliteConnectOptions, SqliteJournalMode, SqliteSynchronous};
+                // The settings of SQLITE_SETUP, typed.
+                let options = SqliteConnectOptions::new()
+                    .filename(path)
+                    .journal_mode(SqliteJournalMode::Wal)
+                    .synchronous(SqliteSynchronous::Normal)
+                    .busy_timeout(Duration::from_secs(5))
+                    .foreign_keys(true);
+                Some(
+                    sqlx::sqlite::SqlitePoolOptions::new()
+                        .max_connections(1)
+                        .connect_with(options)
+                        .await
+                        .map_err(open_error)?,
+                )
+            }
             StoreLocation::Postgres(_) => None,
         };
         Ok(Store {
