@@ -123,9 +123,23 @@ impl Error {
         matches!(self, Error::Unavailable(_))
     }
 
-    /// True when trying again later may work: the store is unreachable or its disk is full.
+    /// True when trying again later may work: the store is unreachable, its disk is full, or it
+    /// turned the statement away for its own state rather than for the data. PostgreSQL:
+    /// insufficient resources (53…, e.g. too many connections), transaction rollback (40…:
+    /// serialization failure, deadlock), lock not available (55P03), query canceled (57014).
+    /// SQLite: SQLITE_LOCKED (6).
     pub fn is_transient(&self) -> bool {
-        matches!(self, Error::Unavailable(_) | Error::Full(_))
+        match self {
+            Error::Unavailable(_) | Error::Full(_) => true,
+            Error::Query(sqlx::Error::Database(d)) => d.code().is_some_and(|c| {
+                c.starts_with("53")
+                    || c.starts_with("40")
+                    || c == "55P03"
+                    || c == "57014"
+                    || c == "6"
+            }),
+            _ => false,
+        }
     }
 }
 
@@ -533,6 +547,41 @@ mod tests {
     use super::*;
     use sqlx::sqlite::{SqliteConnectOptions, SqlitePoolOptions};
     use std::str::FromStr;
+
+    store_test! {
+        async fn refusals_for_the_data_are_told_from_passing_trouble(s: Store) {
+            let err = |sql: String| {
+                let pool = s.pool.clone();
+                async move {
+                    let q = sqlx::query(sqlx::AssertSqlSafe(sql));
+                    Error::from(q.execute(&pool).await.unwrap_err())
+                }
+            };
+            match s.backend {
+                Backend::Postgres => {
+                    for (code, transient) in [
+                        ("40001", true),
+                        ("40P01", true),
+                        ("53300", true),
+                        ("55P03", true),
+                        ("23514", false),
+                        ("22001", false),
+                    ] {
+                        let sql = format!(
+                            "DO $$ BEGIN RAISE EXCEPTION 'test' USING ERRCODE = '{code}'; END $$"
+                        );
+                        let e = err(sql).await;
+                        assert_eq!(e.is_transient(), transient, "{code}: {e}");
+                    }
+                }
+                Backend::Sqlite => {
+                    // A constraint says no to the data: retrying cannot help.
+                    let e = err("INSERT INTO audit (at) VALUES (NULL)".into()).await;
+                    assert!(!e.is_transient(), "{e}");
+                }
+            }
+        }
+    }
 
     store_test! {
         async fn key_rings_rotate_once_per_period_and_keep_three(s: Store) {
