@@ -245,6 +245,7 @@ async fn write_loop(
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     // Records a previous process left behind count as a backlog from the start.
     let mut backlog = !spool.files().is_empty();
+    let mut last_look = Instant::now();
     let mut last_drain: Option<Instant> = None;
     loop {
         let first = match tokio::time::timeout(DRAIN_EVERY, rx.recv()).await {
@@ -266,6 +267,12 @@ async fn write_loop(
             if batch.len() >= BATCH {
                 break;
             }
+        }
+        // Spool files also appear while castellan runs: one a stopped process left behind, or a
+        // set-aside `*.refused` file renamed back to `.jsonl` once its cause was fixed.
+        if !backlog && last_look.elapsed() >= DRAIN_EVERY {
+            last_look = Instant::now();
+            backlog = !spool.files().is_empty();
         }
         if backlog && last_drain.is_none_or(|t| t.elapsed() >= DRAIN_EVERY) {
             last_drain = Some(Instant::now());
@@ -389,6 +396,30 @@ mod tests {
         sink.record(record("after")).await;
         sink.flush().await;
         assert!(actors(&store).await.contains(&"after".to_string()));
+
+        // Once the cause is fixed, renaming the file back is all it takes: the running writer
+        // finds it and writes it.
+        sqlx::query("DROP TRIGGER refuse_poison")
+            .execute(&side)
+            .await
+            .unwrap();
+        let aside = walk(spool_dir.path())
+            .into_iter()
+            .find(|p| p.extension().is_some_and(|x| x == "refused"))
+            .unwrap();
+        std::fs::rename(&aside, aside.with_extension("jsonl")).unwrap();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !actors(&store).await.contains(&"poison".to_string()) {
+            assert!(
+                Instant::now() < deadline,
+                "a spool file renamed back was never written"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        assert!(
+            walk(spool_dir.path()).is_empty(),
+            "the written file is deleted"
+        );
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {
