@@ -1,6 +1,7 @@
 //! HTTPS: certificates from files (SNI, HTTP/2, HSTS, the redirect listener, reload on change,
 //! a bad file keeps the running certificate) and from ACME against Debian's Pebble, with HTTP-01
-//! and TLS-ALPN-01, including renewal of a short-lived certificate.
+//! and TLS-ALPN-01, including renewal of a short-lived certificate, and two replicas sharing the
+//! order through PostgreSQL.
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -412,6 +413,121 @@ async fn acme_http01_from_pebble_is_served_and_renewed() {
 #[tokio::test(flavor = "multi_thread")]
 async fn acme_tls_alpn01_from_pebble_is_served_and_renewed() {
     acme_round("tls-alpn-01", 15).await;
+}
+
+/// Two replicas on one PostgreSQL with ACME for the same domain: one orders while the other waits,
+/// the CA's validator reaches the one that did not order and is answered from the store, and both
+/// serve the one certificate.
+#[tokio::test(flavor = "multi_thread")]
+async fn acme_replicas_order_once_and_answer_each_others_challenges() {
+    let echo = Echo::start().await;
+    let (port, http_port) = (free_port(), free_port());
+    // Pebble validates at 127.0.0.1, where replica A listens; replica B listens on 127.0.0.2.
+    let pebble = Pebble::start(http_port, port, 3600).await;
+    let db = Database::create(&shared_postgres()).await;
+    let config = |ip: &str| {
+        format!(
+            "listen = \"{ip}:{port}\"\nstore = \"{}\"\n\
+             [tls]\nhttp_listen = \"{ip}:{http_port}\"\n\
+             acme = {{ domains = [\"app.test\"], email = \"ops@example.com\", directory = \"{}\", ca_root = \"{}\", challenge = \"http-01\" }}\n\n\
+             [[apps]]\nid = \"demo\"\nupstream = \"http://{}\"\n",
+            db.url,
+            pebble.directory,
+            pebble.api_ca.display(),
+            echo.addr
+        )
+    };
+    let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+    // The schema first, then a lease held by neither replica, so the test decides who orders.
+    std::fs::write(dir_a.path().join("castellan.toml"), config("127.0.0.1")).unwrap();
+    let out = Command::new(castellan_bin())
+        .arg("--config")
+        .arg(dir_a.path().join("castellan.toml"))
+        .args(["access", "list", "demo"])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pg = sqlx::PgPool::connect(&db.url).await.unwrap();
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_secs() as i64;
+    sqlx::query(
+        "INSERT INTO leases (name, holder, expires_at) VALUES ('acme', 'someone-else', $1)",
+    )
+    .bind(now + 300)
+    .execute(&pg)
+    .await
+    .unwrap();
+
+    let waiting = "another replica is ordering the certificate";
+    let mut a = start_castellan(dir_a.path(), &config("127.0.0.1")).await;
+    eventually(
+        "replica A waiting for the lease",
+        Duration::from_secs(30),
+        &mut a,
+        || async { c_log(&dir_a).contains(waiting) },
+    )
+    .await;
+    let mut b = start_castellan(dir_b.path(), &config("127.0.0.2")).await;
+    eventually(
+        "replica B waiting for the lease",
+        Duration::from_secs(30),
+        &mut b,
+        || async { c_log(&dir_b).contains(waiting) },
+    )
+    .await;
+    // Hand the lease to B, as if B had taken it first.
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap();
+    sqlx::query("UPDATE leases SET holder = $1 WHERE name = 'acme'")
+        .bind(format!("{}:{}", hostname.trim(), b.child.id()))
+        .execute(&pg)
+        .await
+        .unwrap();
+
+    let addr_a: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let addr_b: SocketAddr = format!("127.0.0.2:{port}").parse().unwrap();
+    let health = format!("https://app.test:{port}/.castellan/healthz");
+    for (name, addr, proc) in [("B", addr_b, &mut b), ("A", addr_a, &mut a)] {
+        eventually(
+            &format!("replica {name} serving Pebble's certificate"),
+            Duration::from_secs(60),
+            proc,
+            || async {
+                served_cert("app.test", addr, &pebble.issued_root, &health)
+                    .await
+                    .is_some()
+            },
+        )
+        .await;
+    }
+    let cert_a = served_cert("app.test", addr_a, &pebble.issued_root, &health).await;
+    let cert_b = served_cert("app.test", addr_b, &pebble.issued_root, &health).await;
+    assert_eq!(cert_a, cert_b, "the replicas serve different certificates");
+    let (log_a, log_b) = (c_log(&dir_a), c_log(&dir_b));
+    assert_eq!(
+        log_b.matches("ACME: order placed").count(),
+        1,
+        "B orders once:\n{log_b}"
+    );
+    assert!(log_b.contains("ACME: certificate issued"), "{log_b}");
+    assert!(
+        !log_a.contains("ACME: order placed"),
+        "A ordered too:\n{log_a}"
+    );
+    assert!(log_a.contains("ACME: certificate installed"), "{log_a}");
+    // B's order was validated although the validator can only reach A: A answered B's challenge
+    // from the store. Once validated, the challenges are gone from it.
+    assert_eq!(
+        pg_count(&db.url, "SELECT count(*) FROM acme_challenges").await,
+        0,
+        "challenges are cleared once validated"
+    );
+    pg.close().await;
 }
 
 /// The value of cookie `name` in a response's Set-Cookie headers.
