@@ -44,9 +44,22 @@ pub struct AuditSink {
 }
 
 impl AuditSink {
-    pub fn start(store: Store, spool: Spool, dropped: Counter, spooled: Gauge) -> AuditSink {
+    pub fn start(
+        store: Store,
+        spool: Spool,
+        dropped: Counter,
+        spooled: Gauge,
+        set_aside: Gauge,
+    ) -> AuditSink {
         let (tx, rx) = mpsc::channel(QUEUE);
-        tokio::spawn(write_loop(store, spool, rx, dropped.clone(), spooled));
+        tokio::spawn(write_loop(
+            store,
+            spool,
+            rx,
+            dropped.clone(),
+            spooled,
+            set_aside,
+        ));
         AuditSink { tx, dropped }
     }
 
@@ -140,13 +153,23 @@ impl Spool {
         f.sync_data()
     }
 
+    /// The files waiting to be written, oldest first.
     fn files(&self) -> Vec<PathBuf> {
+        self.with_extension("jsonl")
+    }
+
+    /// The files set aside after the store refused them.
+    fn set_aside(&self) -> Vec<PathBuf> {
+        self.with_extension("refused")
+    }
+
+    fn with_extension(&self, ext: &str) -> Vec<PathBuf> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Vec::new();
         };
         let mut files: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "jsonl"))
+            .filter(|p| p.extension().is_some_and(|x| x == ext))
             .collect();
         files.sort();
         files
@@ -240,11 +263,22 @@ async fn write_loop(
     mut rx: mpsc::Receiver<Msg>,
     dropped: Counter,
     spooled: Gauge,
+    set_aside: Gauge,
 ) {
     let mut batch: Vec<AuditRecord> = Vec::new();
     let mut waiting: Vec<oneshot::Sender<()>> = Vec::new();
     // Records a previous process left behind count as a backlog from the start.
     let mut backlog = !spool.files().is_empty();
+    let aside = spool.set_aside();
+    set_aside.set(aside.len() as i64);
+    if !aside.is_empty() {
+        tracing::warn!(
+            "{} audit spool file(s) in {} were set aside because the store refused them; once the \
+             cause is fixed, rename each back to .jsonl and castellan writes it",
+            aside.len(),
+            spool.dir.display()
+        );
+    }
     let mut last_look = Instant::now();
     let mut last_drain: Option<Instant> = None;
     loop {
@@ -270,9 +304,10 @@ async fn write_loop(
         }
         // Spool files also appear while castellan runs: one a stopped process left behind, or a
         // set-aside `*.refused` file renamed back to `.jsonl` once its cause was fixed.
-        if !backlog && last_look.elapsed() >= DRAIN_EVERY {
+        if last_look.elapsed() >= DRAIN_EVERY {
             last_look = Instant::now();
-            backlog = !spool.files().is_empty();
+            backlog = backlog || !spool.files().is_empty();
+            set_aside.set(spool.set_aside().len() as i64);
         }
         if backlog && last_drain.is_none_or(|t| t.elapsed() >= DRAIN_EVERY) {
             last_drain = Some(Instant::now());
@@ -365,11 +400,13 @@ mod tests {
         .await
         .unwrap();
         let spool_dir = tempfile::tempdir().unwrap();
+        let set_aside = Gauge::default();
         let sink = AuditSink::start(
             store.clone(),
             Spool::new(spool_dir.path(), &StoreLocation::Sqlite(db)),
             Counter::default(),
             Gauge::default(),
+            set_aside.clone(),
         );
         sink.record(record("poison")).await;
         sink.flush().await;
@@ -397,6 +434,13 @@ mod tests {
         sink.flush().await;
         assert!(actors(&store).await.contains(&"after".to_string()));
 
+        // The metric says so.
+        until(
+            || set_aside.get() == 1,
+            "the set-aside gauge never showed the file",
+        )
+        .await;
+
         // Once the cause is fixed, renaming the file back is all it takes: the running writer
         // finds it and writes it.
         sqlx::query("DROP TRIGGER refuse_poison")
@@ -420,6 +464,19 @@ mod tests {
             walk(spool_dir.path()).is_empty(),
             "the written file is deleted"
         );
+        until(
+            || set_aside.get() == 0,
+            "the set-aside gauge kept counting the file",
+        )
+        .await;
+    }
+
+    async fn until(done: impl Fn() -> bool, failure: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while !done() {
+            assert!(Instant::now() < deadline, "{failure}");
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     fn walk(dir: &Path) -> Vec<PathBuf> {

@@ -39,6 +39,7 @@ pub struct Metrics {
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub audit_dropped: Counter,
     pub audit_spooled: Gauge,
+    pub audit_set_aside: Gauge,
 }
 
 fn latency_histogram() -> Histogram {
@@ -87,9 +88,16 @@ impl Metrics {
             "Decision records waiting in the on-disk spool for the store to come back",
             audit_spooled.clone(),
         );
+        let audit_set_aside = Gauge::default();
+        registry.register(
+            "audit_set_aside_files",
+            "Spool files the store refused, kept for an operator (rename one back to .jsonl to retry it)",
+            audit_set_aside.clone(),
+        );
         Metrics {
             audit_dropped,
             audit_spooled,
+            audit_set_aside,
             registry,
             requests,
             latency,

@@ -171,6 +171,7 @@ impl State {
                 crate::audit::Spool::new(&config.audit_spool, &config.store),
                 metrics.audit_dropped.clone(),
                 metrics.audit_spooled.clone(),
+                metrics.audit_set_aside.clone(),
             ),
             metrics,
             live: Arc::new(Registry::default()),

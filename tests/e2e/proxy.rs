@@ -407,6 +407,8 @@ async fn metrics_count_requests_by_app_and_decision() {
         text.contains("castellan_request_duration_seconds_bucket"),
         "{text}"
     );
+    // Nothing refused, nothing set aside: the gauge an operator alerts on is there, at 0.
+    assert!(text.contains("castellan_audit_set_aside_files 0"), "{text}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
