@@ -412,14 +412,11 @@ mod tests {
         sink.flush().await;
         sink.record(record("later")).await;
         sink.flush().await;
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !actors(&store).await.contains(&"later".to_string()) {
-            assert!(
-                Instant::now() < deadline,
-                "the record after the refused one never reached the store"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until(
+            async || actors(&store).await.contains(&"later".to_string()),
+            "the record after the refused one never reached the store",
+        )
+        .await;
         assert!(!actors(&store).await.contains(&"poison".to_string()));
         // The refused record is kept, alone, for an operator.
         let refused: Vec<String> = walk(spool_dir.path())
@@ -436,7 +433,7 @@ mod tests {
 
         // The metric says so.
         until(
-            || set_aside.get() == 1,
+            async || set_aside.get() == 1,
             "the set-aside gauge never showed the file",
         )
         .await;
@@ -452,28 +449,26 @@ mod tests {
             .find(|p| p.extension().is_some_and(|x| x == "refused"))
             .unwrap();
         std::fs::rename(&aside, aside.with_extension("jsonl")).unwrap();
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !actors(&store).await.contains(&"poison".to_string()) {
-            assert!(
-                Instant::now() < deadline,
-                "a spool file renamed back was never written"
-            );
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        until(
+            async || actors(&store).await.contains(&"poison".to_string()),
+            "a spool file renamed back was never written",
+        )
+        .await;
         assert!(
             walk(spool_dir.path()).is_empty(),
             "the written file is deleted"
         );
         until(
-            || set_aside.get() == 0,
+            async || set_aside.get() == 0,
             "the set-aside gauge kept counting the file",
         )
         .await;
     }
 
-    async fn until(done: impl Fn() -> bool, failure: &str) {
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while !done() {
+    /// Waits up to 15 s for `done` (the writer retries a refused batch once a second, three times).
+    async fn until(done: impl AsyncFn() -> bool, failure: &str) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !done().await {
             assert!(Instant::now() < deadline, "{failure}");
             tokio::time::sleep(Duration::from_millis(50)).await;
         }

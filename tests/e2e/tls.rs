@@ -440,17 +440,11 @@ async fn acme_replicas_order_once_and_answer_each_others_challenges() {
     let (dir_a, dir_b) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
     // The schema first, then a lease held by neither replica, so the test decides who orders.
     std::fs::write(dir_a.path().join("castellan.toml"), config("127.0.0.1")).unwrap();
-    let out = Command::new(castellan_bin())
-        .arg("--config")
-        .arg(dir_a.path().join("castellan.toml"))
-        .args(["access", "list", "demo"])
-        .output()
-        .unwrap();
-    assert!(
-        out.status.success(),
-        "{}",
-        String::from_utf8_lossy(&out.stderr)
-    );
+    ok(&run_cli(
+        &dir_a.path().join("castellan.toml"),
+        &["access", "list", "demo"],
+        None,
+    ));
     let pg = sqlx::PgPool::connect(&db.url).await.unwrap();
     let now = std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
