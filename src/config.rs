@@ -595,7 +595,7 @@ impl Reader<'_> {
         let admins = self.admins(&mut t);
         let google_metadata_url = self
             .string(&mut t, "", "google_metadata_url")
-            .unwrap_or_else(|| crate::google::DEFAULT_METADATA_URL.to_string());
+            .unwrap_or_else(|| crate::identity::google::DEFAULT_METADATA_URL.to_string());
         let tls = self.tls(&mut t, base);
         if let (Some(tls), false) = (&tls, had_public_url) {
             // HTTPS by default: the first ACME domain, or the listen address.

@@ -29,7 +29,7 @@ fn text(data: &[u8]) -> Option<&str> {
 /// control character, and is a fixed point (normalising it again changes nothing).
 pub fn path(data: &[u8]) {
     let Some(raw) = text(data) else { return };
-    let Ok(p) = crate::path::normalize(raw) else {
+    let Ok(p) = crate::gate::path::normalize(raw) else {
         return;
     };
     assert!(p.starts_with('/'), "{raw:?} -> {p:?}");
@@ -43,7 +43,7 @@ pub fn path(data: &[u8]) {
         "{raw:?} -> {p:?}"
     );
     assert_eq!(
-        crate::path::normalize(&p).as_deref(),
+        crate::gate::path::normalize(&p).as_deref(),
         Ok(p.as_str()),
         "not idempotent for {raw:?}"
     );
@@ -54,7 +54,7 @@ pub fn path(data: &[u8]) {
 pub fn return_to(data: &[u8]) {
     let Some(raw) = text(data) else { return };
     let public = url::Url::parse("https://login.example.com/").expect("a valid URL");
-    let Some(p) = crate::return_to::validate(raw, &public) else {
+    let Some(p) = crate::web::return_to::validate(raw, &public) else {
         return;
     };
     assert!(
@@ -68,7 +68,8 @@ pub fn return_to(data: &[u8]) {
     let resolved = public.join(&p).expect("a path joins");
     assert_eq!(resolved.origin(), public.origin(), "{raw:?} -> {p:?}");
     // Allowing other served hosts never lets a stranger's host through.
-    if let Some(any) = crate::return_to::validate_any(raw, &public, |h| h == "app.example.com") {
+    if let Some(any) = crate::web::return_to::validate_any(raw, &public, |h| h == "app.example.com")
+    {
         let u = public.join(&any).expect("joins");
         assert!(
             u.origin() == public.origin() || u.host_str() == Some("app.example.com"),
@@ -108,7 +109,7 @@ pub fn cookie(data: &[u8]) {
 pub fn bearer(data: &[u8]) {
     let Some(t) = text(data) else { return };
     let _ = jsonwebtoken::decode_header(t);
-    let _ = crate::bearer::unverified_issuer(t);
+    let _ = crate::gate::bearer::unverified_issuer(t);
 }
 
 /// Conditions: compiling never panics; an error points inside the source; a compiled condition
@@ -151,19 +152,19 @@ pub fn config(data: &[u8]) {
 
 /// WebAuthn responses: CBOR and authenticator data from the network are refused, never panicked on.
 pub fn webauthn(data: &[u8]) {
-    let _ = crate::webauthn::Cbor::decode(data);
+    let _ = crate::identity::webauthn::Cbor::decode(data);
     let Some((&cut, rest)) = data.split_first() else {
         return;
     };
     let cut = usize::from(cut).min(rest.len());
     let (a, b) = rest.split_at(cut);
-    let expected = crate::webauthn::Expected {
+    let expected = crate::identity::webauthn::Expected {
         challenge: "c",
         origin: "https://login.example.com",
         rp_id: "login.example.com",
     };
-    let _ = crate::webauthn::verify_registration(&expected, a, b);
-    let _ = crate::webauthn::verify_assertion(&expected, b, 0, a, b, a);
+    let _ = crate::identity::webauthn::verify_registration(&expected, a, b);
+    let _ = crate::identity::webauthn::verify_assertion(&expected, b, 0, a, b, a);
 }
 
 #[cfg(test)]

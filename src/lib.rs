@@ -1,42 +1,36 @@
 //! castellan: a self-hosted identity-aware proxy. It signs people in (OpenID Connect or local accounts),
 //! decides every request against a per-app access list, and proxies allowed requests to the app with
 //! a signed identity assertion.
+//!
+//! The crate is built in layers; each module may use only those listed before it (the architecture
+//! test in `tests/architecture.rs` holds every `use crate::` line to this):
+//!
+//! ```text
+//! clock, net, crypto   leaves: time, IP networks, random tokens and digests
+//! policy               the pure IAM core: model, conditions, snapshot, decide/explain
+//! config               castellan.toml → typed Config; the only reader of the environment
+//! store                SQLite/PostgreSQL and the change feed; the only user of sqlx
+//! identity             who someone is: provider clients, castellan's tokens, passwords, TOTP, WebAuthn
+//! web                  HTTP plumbing: bodies, pages, cookies, the one Failure type, the one CSRF guard
+//! runtime              shared state by concern: sessions, keys, snapshot, audit writer, metrics, TLS
+//! gate                 the proxied path: credential → checks → decision → live registration → identity
+//! endpoints            castellan's own pages: sign-in, hand-off, account, tokens, forward-auth
+//! admin                console, admin API, policy operations shared with the CLI
+//! server               accept loop, routing (the only place that sees gate, endpoints and admin)
+//! ```
 
 #![forbid(unsafe_code)]
 
-pub mod account;
-pub mod acme;
 pub mod admin;
-pub mod api;
-pub mod assertion;
-pub mod audit;
-pub mod bearer;
-pub mod cli_auth;
 pub mod config;
-pub mod console;
 pub mod crypto;
-pub mod demo;
-pub mod forward_auth;
+pub mod endpoints;
 #[doc(hidden)]
 pub mod fuzz_targets;
-pub mod google;
-pub mod live;
-pub mod local;
-pub mod metrics;
-pub mod oidc;
-pub mod pages;
-pub mod passkey;
-pub mod path;
+pub mod gate;
+pub mod identity;
 pub mod policy;
-pub mod proxy;
-pub mod request;
-pub mod reserved;
-pub mod return_to;
-pub mod second_factor;
+pub mod runtime;
 pub mod server;
 pub mod store;
-pub mod tls;
-pub mod totp;
-pub mod upstream;
 pub mod web;
-pub mod webauthn;

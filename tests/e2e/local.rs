@@ -516,11 +516,14 @@ fn now_step() -> i64 {
         .duration_since(std::time::UNIX_EPOCH)
         .unwrap()
         .as_secs() as i64
-        / castellan::totp::STEP
+        / castellan::identity::totp::STEP
 }
 
 fn totp(secret: &str, step: i64) -> String {
-    format!("{:06}", castellan::totp::code(secret, step).unwrap())
+    format!(
+        "{:06}",
+        castellan::identity::totp::code(secret, step).unwrap()
+    )
 }
 
 async fn post_code(b: &mut Browser, c: &Castellan, code: &str) -> Page {

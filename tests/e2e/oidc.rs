@@ -457,7 +457,10 @@ async fn a_provider_key_rotation_is_picked_up() {
     drop(idp);
     let _rotated = Idp::start_on(idp_port, &origin, None).await;
     assert_eq!(_rotated.issuer, issuer);
-    tokio::time::sleep(castellan::oidc::JWKS_REFRESH_INTERVAL + Duration::from_millis(200)).await;
+    tokio::time::sleep(
+        castellan::identity::oidc::JWKS_REFRESH_INTERVAL + Duration::from_millis(200),
+    )
+    .await;
     let page = Browser::new()
         .sign_in_oidc(&c.url("/"), ALICE.0, ALICE.1)
         .await;

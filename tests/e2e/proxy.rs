@@ -522,7 +522,7 @@ async fn a_failing_store_fails_closed_with_a_reference() {
         String::from_utf8_lossy(&out.stderr)
     );
     // Sessions read in the last SESSION_CACHE_TTL are trusted without the store; after that, no.
-    tokio::time::sleep(castellan::server::SESSION_CACHE_TTL + Duration::from_millis(300)).await;
+    tokio::time::sleep(castellan::runtime::SESSION_CACHE_TTL + Duration::from_millis(300)).await;
     let page = b.get(&c.url("/")).await;
     assert_eq!(page.status, 500, "{}", page.body);
     assert!(page.body.contains("did not let the request through"));

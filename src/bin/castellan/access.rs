@@ -6,7 +6,7 @@ use std::process::ExitCode;
 use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
-use castellan::admin;
+use castellan::admin::ops;
 use castellan::config::Config;
 use castellan::policy::condition::{Context, parse_rfc3339};
 use castellan::policy::snapshot::{Resource, Snapshot, Who};
@@ -255,17 +255,17 @@ pub async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
                 );
             }
             let expires = expires
-                .map(|e| admin::parse_expires(&e, store::now()).map_err(anyhow::Error::msg))
+                .map(|e| ops::parse_expires(&e, store::now()).map_err(anyhow::Error::msg))
                 .transpose()?;
             let condition =
-                admin::condition(condition.as_deref(), condition_title.as_deref(), expires)
+                ops::condition(condition.as_deref(), condition_title.as_deref(), expires)
                     .map_err(anyhow::Error::msg)?;
             let store = open_store(config).await?;
             let described = condition
                 .as_ref()
                 .map(|c| format!(" if \"{}\"", c.title))
                 .unwrap_or_default();
-            let (_, added) = admin::add(
+            let (_, added) = ops::add(
                 &store,
                 &resource,
                 role,
@@ -290,7 +290,7 @@ pub async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
             let member = Member::parse(&member)?;
             let role = parse_role(&role)?;
             let store = open_store(config).await?;
-            let (_, n) = admin::remove(
+            let (_, n) = ops::remove(
                 &store,
                 &resource,
                 role,
@@ -426,7 +426,7 @@ pub async fn policy(config: &Config, cmd: PolicyCommand) -> Result<ExitCode> {
             known_app(config, &app)?;
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let (doc, skipped) = admin::import_gcloud(&text).map_err(anyhow::Error::msg)?;
+            let (doc, skipped) = ops::import_gcloud(&text).map_err(anyhow::Error::msg)?;
             let policy = Policy::from_document(&doc)?;
             if policy.is_public() && !yes {
                 bail!(
@@ -468,10 +468,10 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
         None => store::now(),
         Some(a) => parse_rfc3339(a)
             .map(Ok)
-            .unwrap_or_else(|| admin::parse_expires(a, store::now()))
+            .unwrap_or_else(|| ops::parse_expires(a, store::now()))
             .map_err(anyhow::Error::msg)?,
     };
-    let path = castellan::path::normalize(&args.path)
+    let path = castellan::gate::path::normalize(&args.path)
         .map_err(|e| anyhow::anyhow!("--path {}: {e}", args.path))?;
     let store = open_store(config).await?;
     let snapshot = Snapshot::new(store.policies().await?, store.memberships().await?);
@@ -487,7 +487,7 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
         groups: &args.groups,
     };
     let explanation = snapshot.explain(&args.app, role, who, &cx);
-    print!("{}", admin::explain_text(&explanation, &args.app, &email));
+    print!("{}", ops::explain_text(&explanation, &args.app, &email));
     Ok(if explanation.decision.allowed() {
         ExitCode::SUCCESS
     } else {

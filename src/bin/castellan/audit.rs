@@ -6,7 +6,7 @@ use std::time::Duration;
 use anyhow::Result;
 use clap::{Args, ValueEnum};
 
-use castellan::admin::parse_expires;
+use castellan::admin::ops::parse_expires;
 use castellan::config::Config;
 use castellan::store::{self, AuditFilter, AuditRecord};
 

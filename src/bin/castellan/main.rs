@@ -3,6 +3,7 @@
 
 mod access;
 mod audit;
+mod demo;
 mod groups;
 mod remote;
 mod service_accounts;
@@ -18,10 +19,11 @@ use anyhow::{Context, Result};
 use clap::{Parser, Subcommand, ValueEnum};
 
 use castellan::config::Config;
+use castellan::identity::local;
 use castellan::policy::snapshot::Resource;
 use castellan::policy::{Member, Role};
 use castellan::store::{Actor, Store};
-use castellan::{local, server};
+use castellan::{runtime, server};
 
 /// mimalloc: every request allocates and frees a few dozen small buffers (headers, strings, tasks),
 /// often on different threads; glibc's malloc spent a fifth of castellan's instructions on them.
@@ -349,7 +351,7 @@ async fn serve(config: Config, banner: Option<String>, config_file: Option<&Path
             })?),
             None => None,
         };
-    let state = server::State::new(config, store).await?;
+    let state = runtime::State::new(config, store).await?;
     let c = &state.config;
     tracing::info!(
         listen = %c.listen,
@@ -430,7 +432,7 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
         .tempdir()?;
     let whoami = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let whoami_addr = whoami.local_addr()?;
-    tokio::spawn(castellan::demo::serve_whoami(whoami));
+    tokio::spawn(demo::serve_whoami(whoami));
     let config_path = dir.path().join("castellan.toml");
     let text = format!(
         "# Written by `castellan demo`; deleted when it exits.\nlisten = \"{listen}\"\nstore = \"sqlite://castellan.db\"\n\n\
@@ -450,7 +452,7 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
     })
     .await?;
     store.add_user(email, &hash).await?;
-    castellan::admin::add(
+    castellan::admin::ops::add(
         &store,
         &Resource::App("demo".into()),
         Role::Accessor,
@@ -459,7 +461,7 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
         &Actor::cli(),
     )
     .await?;
-    castellan::admin::add(
+    castellan::admin::ops::add(
         &store,
         &Resource::Global,
         Role::Admin,

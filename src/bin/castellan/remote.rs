@@ -16,7 +16,7 @@ use url::Url;
 
 use castellan::config::{App, IdentityHeaders};
 use castellan::crypto;
-use castellan::proxy::{self, Forwarded, Upstream};
+use castellan::gate::proxy::{self, Forwarded, Upstream};
 
 #[derive(Subcommand)]
 pub enum TokenCommand {

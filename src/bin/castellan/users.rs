@@ -7,7 +7,7 @@ use anyhow::{Result, bail};
 use clap::Subcommand;
 
 use castellan::config::Config;
-use castellan::local;
+use castellan::identity::local;
 use castellan::policy::snapshot::Resource;
 use castellan::policy::{Member, Role};
 use castellan::store::Actor;
@@ -95,7 +95,7 @@ pub async fn run(config: &Config, cmd: UsersCommand) -> Result<ExitCode> {
             let store = open_store(config).await?;
             store.add_user(&email, &hash).await?;
             if admin {
-                castellan::admin::add(
+                castellan::admin::ops::add(
                     &store,
                     &Resource::Global,
                     Role::Admin,

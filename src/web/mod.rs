@@ -1,6 +1,9 @@
 //! HTTP plumbing shared by castellan's own pages and the proxy: the body type, response builders with
 //! security headers, cookies, forms, and the client's address and host.
 
+pub mod pages;
+pub mod return_to;
+
 use std::net::{IpAddr, SocketAddr};
 
 use bytes::Bytes;

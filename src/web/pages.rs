@@ -99,7 +99,7 @@ pub fn sign_in(s: &SignIn) -> String {
              Sign in with a passkey</button><p class=\"error\" role=\"alert\" data-passkey-status hidden></p>{}",
             esc(csrf),
             esc(s.return_to),
-            crate::passkey::script_tag()
+            crate::endpoints::passkey::script_tag()
         );
     }
     page("Sign in", &body)

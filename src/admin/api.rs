@@ -15,12 +15,12 @@ use hyper::body::Incoming;
 use serde::Deserialize;
 use serde_json::json;
 
-use crate::admin;
+use crate::admin::ops;
+use crate::gate::Outcome;
 use crate::policy::condition::{Context, parse_rfc3339};
 use crate::policy::snapshot::{Resource, Snapshot, Who};
 use crate::policy::{Document, Member, Policy, Role, valid_group};
-use crate::request::Outcome;
-use crate::server::State;
+use crate::runtime::State;
 use crate::store::{self, Actor, AuditFilter};
 use crate::web::{self, Body};
 
@@ -382,16 +382,16 @@ async fn route(
             let expires = body
                 .expires
                 .as_deref()
-                .map(|e| admin::parse_expires(e, store::now()))
+                .map(|e| ops::parse_expires(e, store::now()))
                 .transpose()
                 .map_err(bad)?;
             let (expr, title) = match &body.condition {
                 Some(c) => (Some(c.expression.as_str()), c.title.as_deref()),
                 None => (None, None),
             };
-            let condition = admin::condition(expr, title, expires).map_err(bad)?;
+            let condition = ops::condition(expr, title, expires).map_err(bad)?;
             let (policy, added) =
-                admin::add(&state.store, &r, role, member, condition, &actor).await?;
+                ops::add(&state.store, &r, role, member, condition, &actor).await?;
             let mut v = policy_json(&policy);
             v["changed"] = json!(added);
             ok(v)
@@ -402,7 +402,7 @@ async fn route(
             let role = Role::parse(&q("role").unwrap_or_else(accessor)).map_err(bad)?;
             let member = Member::parse(&q("member").ok_or_else(|| bad("give ?member=…"))?)
                 .map_err(|e| bad(e.to_string()))?;
-            let (policy, n) = admin::remove(
+            let (policy, n) = ops::remove(
                 &state.store,
                 &r,
                 role,
@@ -473,7 +473,8 @@ async fn route(
             require(&snapshot, &caller, app_of(&r), ip)?;
             let role = Role::parse(&body.role).map_err(bad)?;
             let email = body.email.trim().to_ascii_lowercase();
-            let path = crate::path::normalize(body.path.as_deref().unwrap_or("/")).map_err(bad)?;
+            let path =
+                crate::gate::path::normalize(body.path.as_deref().unwrap_or("/")).map_err(bad)?;
             let at = match body.at.as_deref() {
                 None => store::now(),
                 Some(a) => {
@@ -513,7 +514,7 @@ async fn route(
                 "grant": match &e.decision { crate::policy::Decision::Allow(g) => Some(g.to_string()), _ => None },
                 "groups": e.groups,
                 "bindings": bindings,
-                "explanation": admin::explain_text(&e, &body.app, &email),
+                "explanation": ops::explain_text(&e, &body.app, &email),
             }))
         }
         (&Method::GET, ["sessions"]) => {

@@ -6,9 +6,9 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::crypto;
-use crate::pages::{self, esc};
-use crate::request::{Outcome, internal_error};
-use crate::server::State;
+use crate::gate::{Outcome, internal_error};
+use crate::runtime::State;
+use crate::web::pages::{self, esc};
 use crate::web::{self, Body};
 
 pub const PATH: &str = "/.castellan/cli/authorize";
@@ -77,7 +77,7 @@ pub async fn handle(
             return web::redirect(&format!("/.castellan/sign_in?rd={}", pages::q(here)));
         };
         outcome.user = identity.email.clone();
-        let (browser, set_browser) = crate::reserved::browser_id(state, req.headers());
+        let (browser, set_browser) = crate::endpoints::browser_id(state, req.headers());
         let body = format!(
             "<h1>Sign in the command line?</h1><p>A <code>castellan login</code> on this computer asks to act as <b>{}</b> \
              on the apps you can open. Approve only if you just started it.</p>\

@@ -14,9 +14,9 @@ use instant_acme::{
 };
 
 use crate::config::{Acme, AcmeChallenge};
-use crate::server::State;
+use crate::runtime::State;
+use crate::runtime::tls::{Certs, Installed};
 use crate::store::StoredCertificate;
-use crate::tls::{Certs, Installed};
 
 /// How long one replica may hold the ordering lease (renewed while ordering).
 const LEASE_SECS: i64 = 600;

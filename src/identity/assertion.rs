@@ -155,9 +155,9 @@ impl Signer {
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         let mut claims = serde_json::json!({
-            "iss": crate::google::IAP_ISSUER,
+            "iss": crate::identity::google::IAP_ISSUER,
             "aud": audience,
-            "sub": format!("{}{}", crate::google::IAP_PREFIX, who.subject),
+            "sub": format!("{}{}", crate::identity::google::IAP_PREFIX, who.subject),
             "email": who.email,
             "iat": now,
             "exp": now + LIFETIME_SECS,

@@ -1,6 +1,12 @@
 //! castellan's own endpoints under `/.castellan/`, answered on every host and never proxied:
 //! `sign_in`, `callback`, `sign_out`, `whoami`, `jwks.json`, `healthz`.
 
+pub mod account;
+pub mod cli_auth;
+pub mod forward_auth;
+pub mod passkey;
+pub mod second_factor;
+
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -9,13 +15,13 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::crypto;
-use crate::oidc;
-use crate::pages::{self, ProviderChoice};
+use crate::gate::{Outcome, internal_error};
+use crate::identity::oidc;
 use crate::policy::Identity;
-use crate::request::{Outcome, internal_error};
-use crate::server::State;
+use crate::runtime::State;
 use crate::store::Actor;
 use crate::store::{self, Flow};
+use crate::web::pages::{self, ProviderChoice};
 use crate::web::{self, Body};
 
 /// How long a sign-in at a provider may take, from the redirect to the callback.
@@ -29,17 +35,17 @@ pub async fn handle(
     path: &str,
     outcome: &mut Outcome,
 ) -> Response<Body> {
-    if path.starts_with(crate::api::PREFIX) {
-        return crate::api::handle(state, peer, req, path, outcome).await;
+    if path.starts_with(crate::admin::api::PREFIX) {
+        return crate::admin::api::handle(state, peer, req, path, outcome).await;
     }
-    if path == crate::account::PATH || path.starts_with("/.castellan/account/") {
-        return crate::account::handle(state, peer, req, path, outcome).await;
+    if path == crate::endpoints::account::PATH || path.starts_with("/.castellan/account/") {
+        return crate::endpoints::account::handle(state, peer, req, path, outcome).await;
     }
-    if path.starts_with(crate::passkey::PREFIX) {
-        return crate::passkey::handle(state, peer, req, path, outcome).await;
+    if path.starts_with(crate::endpoints::passkey::PREFIX) {
+        return crate::endpoints::passkey::handle(state, peer, req, path, outcome).await;
     }
-    if path == crate::console::PREFIX || path.starts_with("/.castellan/admin/") {
-        return crate::console::handle(state, peer, req, path, outcome).await;
+    if path == crate::admin::console::PREFIX || path.starts_with("/.castellan/admin/") {
+        return crate::admin::console::handle(state, peer, req, path, outcome).await;
     }
     let method = req.method().clone();
     match (method, path) {
@@ -67,7 +73,9 @@ pub async fn handle(
         (Method::GET | Method::HEAD, "/.castellan/iap/public_key") => {
             public_keys(state.signer().pem_keys())
         }
-        (Method::GET | Method::HEAD, crate::passkey::SCRIPT_PATH) => crate::passkey::script(),
+        (Method::GET | Method::HEAD, crate::endpoints::passkey::SCRIPT_PATH) => {
+            crate::endpoints::passkey::script()
+        }
         (Method::GET | Method::HEAD, "/.castellan/whoami") => whoami(state, &req, outcome).await,
         (Method::GET | Method::HEAD, "/.castellan/sign_in") => {
             sign_in_page(state, &req, None, outcome).await
@@ -77,10 +85,10 @@ pub async fn handle(
         }
         (Method::GET, "/.castellan/callback") => callback(state, peer, &req, outcome).await,
         (Method::GET, "/.castellan/handoff") => handoff(state, peer, &req, outcome).await,
-        (Method::GET | Method::HEAD | Method::POST, crate::second_factor::PATH)
+        (Method::GET | Method::HEAD | Method::POST, crate::endpoints::second_factor::PATH)
             if state.config.local_accounts =>
         {
-            crate::second_factor::handle(state, peer, req, outcome).await
+            crate::endpoints::second_factor::handle(state, peer, req, outcome).await
         }
         (Method::GET | Method::HEAD, "/.castellan/signed_out") => {
             web::html(StatusCode::OK, pages::signed_out())
@@ -88,10 +96,14 @@ pub async fn handle(
         (Method::POST, "/.castellan/request_access") => {
             request_access(state, peer, req, outcome).await
         }
-        (_, "/.castellan/auth") => crate::forward_auth::handle(state, peer, req, outcome).await,
-        (_, crate::cli_auth::PATH) => crate::cli_auth::handle(state, req, outcome).await,
+        (_, "/.castellan/auth") => {
+            crate::endpoints::forward_auth::handle(state, peer, req, outcome).await
+        }
+        (_, crate::endpoints::cli_auth::PATH) => {
+            crate::endpoints::cli_auth::handle(state, req, outcome).await
+        }
         (Method::POST, "/.castellan/token") => {
-            crate::bearer::token_endpoint(state, peer, req, outcome).await
+            crate::gate::bearer::token_endpoint(state, peer, req, outcome).await
         }
         (Method::GET | Method::HEAD, "/.castellan/sign_out") => {
             sign_out_page(state, &req, outcome).await
@@ -204,7 +216,9 @@ fn with_cookie(mut resp: Response<Body>, cookie: Option<HeaderValue>) -> Respons
 /// Where to go after sign-in: a path here, or an absolute URL on another host castellan serves.
 pub(crate) fn safe_return(state: &State, raw: Option<&str>) -> String {
     raw.and_then(|r| {
-        crate::return_to::validate_any(r, &state.config.public_url, |h| state.config.serves_host(h))
+        crate::web::return_to::validate_any(r, &state.config.public_url, |h| {
+            state.config.serves_host(h)
+        })
     })
     .unwrap_or_else(|| "/".into())
 }
@@ -264,7 +278,7 @@ async fn handoff(
         u
     };
     let rd = web::param(&params, "rd")
-        .and_then(|r| crate::return_to::validate(r, &here))
+        .and_then(|r| crate::web::return_to::validate(r, &here))
         .unwrap_or_else(|| "/".into());
     let code = web::param(&params, "code").unwrap_or("");
     let id = crypto::random_token(32);
@@ -434,7 +448,7 @@ fn render_sign_in(
     });
     let mut resp = web::html(status, html);
     if state.config.local_accounts {
-        crate::passkey::allow_script(state, &mut resp);
+        crate::endpoints::passkey::allow_script(state, &mut resp);
     }
     with_cookie(resp, set_browser)
 }
@@ -754,7 +768,7 @@ async fn local_sign_in(
         Err(e) => return internal_error(outcome, "reading the account", &e),
     };
     let ok = tokio::task::spawn_blocking(move || {
-        crate::local::verify_password(stored.as_deref(), &password)
+        crate::identity::local::verify_password(stored.as_deref(), &password)
     })
     .await
     .unwrap_or(false);
@@ -780,8 +794,10 @@ async fn local_sign_in(
     };
     if has_totp || state.config.local_accounts_mfa_required {
         let browser = browser.unwrap_or("");
-        return crate::second_factor::begin(state, browser, &email, &return_to, !has_totp, outcome)
-            .await;
+        return crate::endpoints::second_factor::begin(
+            state, browser, &email, &return_to, !has_totp, outcome,
+        )
+        .await;
     }
     state.account_limiter.clear(&email);
     state.metrics.sign_in("local", "ok");

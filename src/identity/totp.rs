@@ -45,9 +45,9 @@ pub fn check(secret: &str, entered: &str, now: i64) -> Option<i64> {
 pub fn uri(issuer: &str, email: &str, secret: &str) -> String {
     format!(
         "otpauth://totp/{}:{}?secret={secret}&issuer={}&algorithm=SHA1&digits=6&period=30",
-        crate::pages::q(issuer),
-        crate::pages::q(email),
-        crate::pages::q(issuer)
+        crate::web::pages::q(issuer),
+        crate::web::pages::q(email),
+        crate::web::pages::q(issuer)
     )
 }
 

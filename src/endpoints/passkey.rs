@@ -1,5 +1,5 @@
 //! Passkeys for local accounts: registration from the account page and sign-in from the sign-in
-//! page (WebAuthn, checked by [`crate::webauthn`]). A passkey sign-in is a full sign-in: the
+//! page (WebAuthn, checked by [`crate::identity::webauthn`]). A passkey sign-in is a full sign-in: the
 //! authenticator verified the person (PIN or biometrics), so no password or code is asked for.
 //!
 //! The browser side is `/.castellan/passkey.js`, the only script castellan serves; the pages that
@@ -17,16 +17,16 @@ use hyper::body::Incoming;
 use serde_json::{Value, json};
 
 use crate::crypto;
+use crate::gate::{Outcome, internal_error};
+use crate::identity::webauthn;
 use crate::policy::Identity;
-use crate::request::{Outcome, internal_error};
-use crate::server::State;
+use crate::runtime::State;
 use crate::store::{Ceremony, Passkey};
 use crate::web::{self, Body};
-use crate::webauthn;
 
 pub const SCRIPT_PATH: &str = "/.castellan/passkey.js";
 pub const PREFIX: &str = "/.castellan/passkey/";
-const SCRIPT: &str = include_str!("../assets/passkey.js");
+const SCRIPT: &str = include_str!("../../assets/passkey.js");
 
 /// How long a ceremony may take, in seconds (also the browser's timeout).
 const CHALLENGE_SECS: i64 = 300;
@@ -418,7 +418,7 @@ async fn sign_in(
         Err(e) => return internal_error(outcome, "recording the sign-in", &e),
     }
     state.metrics.sign_in("passkey", "ok");
-    let return_to = crate::reserved::safe_return(state, body["rd"].as_str());
+    let return_to = crate::endpoints::safe_return(state, body["rd"].as_str());
     let who = Identity {
         groups: Vec::new(),
         subject: stored.email.clone(),
@@ -427,7 +427,7 @@ async fn sign_in(
         hd: None,
     };
     let resp =
-        crate::reserved::start_session(state, peer, headers, who, None, None, &return_to, outcome)
+        crate::endpoints::start_session(state, peer, headers, who, None, None, &return_to, outcome)
             .await;
     // The script follows the redirect itself: answer JSON with where to go, keeping the cookies.
     let Some(location) = resp.headers().get(header::LOCATION).cloned() else {
@@ -449,9 +449,9 @@ pub async fn account_section(
     email: &str,
     csrf: &str,
 ) -> Result<String, crate::store::Error> {
-    use crate::pages::esc;
+    use crate::web::pages::esc;
     let keys = state.store.passkeys_of(email).await?;
-    let when = crate::pages::when;
+    let when = crate::web::pages::when;
     let rows: String = keys
         .iter()
         .map(|p| {
@@ -466,7 +466,7 @@ pub async fn account_section(
                 } else {
                     String::new()
                 },
-                crate::account::PATH,
+                crate::endpoints::account::PATH,
                 esc(csrf),
                 esc(&p.id)
             )

@@ -12,13 +12,13 @@ use askama::Template;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::admin;
+use crate::admin::ops;
 use crate::crypto;
+use crate::gate::{Outcome, internal_error};
 use crate::policy::condition::{Context, format_rfc3339, parse_rfc3339};
 use crate::policy::snapshot::{Resource, Snapshot, Who};
 use crate::policy::{BindingCondition, Identity, Member, Role};
-use crate::request::{Outcome, internal_error};
-use crate::server::State;
+use crate::runtime::State;
 use crate::store::{self, Actor, AuditFilter};
 use crate::web::{self, Body};
 
@@ -222,21 +222,21 @@ fn render<T: Template>(page: &T, outcome: &mut Outcome, admin: &Admin) -> Respon
 fn forbidden(message: &str) -> Response<Body> {
     web::html(
         StatusCode::FORBIDDEN,
-        crate::pages::error("Not allowed", message, &crypto::reference_id()),
+        crate::web::pages::error("Not allowed", message, &crypto::reference_id()),
     )
 }
 
 /// A redirect after a successful form post, with a message for the next page.
 fn done(to: &str, message: &str) -> Response<Body> {
     let sep = if to.contains('?') { '&' } else { '?' };
-    let mut r = web::redirect(&format!("{to}{sep}done={}", crate::pages::q(message)));
+    let mut r = web::redirect(&format!("{to}{sep}done={}", crate::web::pages::q(message)));
     *r.status_mut() = StatusCode::SEE_OTHER;
     r
 }
 
 fn failed(to: &str, message: &str) -> Response<Body> {
     let sep = if to.contains('?') { '&' } else { '?' };
-    let mut r = web::redirect(&format!("{to}{sep}error={}", crate::pages::q(message)));
+    let mut r = web::redirect(&format!("{to}{sep}error={}", crate::web::pages::q(message)));
     *r.status_mut() = StatusCode::SEE_OTHER;
     r
 }
@@ -261,7 +261,10 @@ pub async fn handle(
                 .path_and_query()
                 .map(|p| p.as_str())
                 .unwrap_or("/");
-            return web::redirect(&format!("/.castellan/sign_in?rd={}", crate::pages::q(rd)));
+            return web::redirect(&format!(
+                "/.castellan/sign_in?rd={}",
+                crate::web::pages::q(rd)
+            ));
         }
         Err(e) => return internal_error(outcome, "reading the session", &e),
     };
@@ -292,7 +295,7 @@ pub async fn handle(
             who.email, who.email
         ));
     }
-    let (browser, set_browser) = crate::reserved::browser_id(state, req.headers());
+    let (browser, set_browser) = crate::endpoints::browser_id(state, req.headers());
     let admin = Admin {
         identity: std::sync::Arc::unwrap_or_clone(who),
         global,
@@ -569,11 +572,11 @@ async fn audit_page(
     let older = match (more, records.last()) {
         (true, Some(last)) => format!(
             "{PREFIX}/audit?user={}&app={}&decision={}&since={}&until={}&before={}",
-            crate::pages::q(&f_user),
-            crate::pages::q(&f_app),
-            crate::pages::q(&f_decision),
-            crate::pages::q(&f_since),
-            crate::pages::q(&f_until),
+            crate::web::pages::q(&f_user),
+            crate::web::pages::q(&f_app),
+            crate::web::pages::q(&f_decision),
+            crate::web::pages::q(&f_since),
+            crate::web::pages::q(&f_until),
             last.id
         ),
         _ => String::new(),
@@ -735,10 +738,10 @@ async fn post(
                 let role = Role::parse(&f("role")).map_err(|e| e.to_string())?;
                 let expires = match f("expires").as_str() {
                     "" => None,
-                    d => Some(admin::parse_expires(d, store::now())?),
+                    d => Some(ops::parse_expires(d, store::now())?),
                 };
-                let condition = admin::condition(None, None, expires)?;
-                let (_, added) = admin::add(
+                let condition = ops::condition(None, None, expires)?;
+                let (_, added) = ops::add(
                     &state.store,
                     &Resource::App(id.to_string()),
                     role,
@@ -763,7 +766,7 @@ async fn post(
                 let role = Role::parse(&f("role")).map_err(|e| e.to_string())?;
                 let title = f("title");
                 let title = (!title.is_empty()).then_some(title.as_str());
-                let (_, n) = admin::remove(
+                let (_, n) = ops::remove(
                     &state.store,
                     &Resource::App(id.to_string()),
                     role,
@@ -843,12 +846,12 @@ async fn post(
                 }
                 let expires = match f("expires").as_str() {
                     "" => None,
-                    d => Some(admin::parse_expires(d, store::now())?),
+                    d => Some(ops::parse_expires(d, store::now())?),
                 };
                 let member =
                     Member::parse(&format!("user:{}", request.email)).map_err(|e| e.to_string())?;
-                let condition = admin::condition(None, None, expires)?;
-                admin::add(
+                let condition = ops::condition(None, None, expires)?;
+                ops::add(
                     &state.store,
                     &Resource::App(request.app.clone()),
                     Role::Accessor,

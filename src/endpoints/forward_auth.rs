@@ -13,13 +13,13 @@ use std::net::SocketAddr;
 use http::{HeaderValue, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::pages;
+use crate::gate::Outcome;
 use crate::policy::Decision;
 use crate::policy::condition::Context;
 use crate::policy::snapshot::Who;
-use crate::request::Outcome;
-use crate::server::State;
+use crate::runtime::State;
 use crate::store;
+use crate::web::pages;
 use crate::web::{self, Body};
 
 fn header<'a>(req: &'a Request<Incoming>, names: &[&str]) -> Option<&'a str> {
@@ -67,7 +67,7 @@ pub async fn handle(
         .unwrap_or("GET")
         .to_ascii_uppercase();
     let (raw_path, query) = uri.split_once('?').unwrap_or((&uri, ""));
-    let Ok(path) = crate::path::normalize(raw_path) else {
+    let Ok(path) = crate::gate::path::normalize(raw_path) else {
         outcome.decision = "deny";
         outcome.reason = "ambiguous-path";
         return web::json(
@@ -94,33 +94,33 @@ pub async fn handle(
     };
 
     // Who: a bearer token meant for castellan, else the session cookie.
-    let bearer = crate::bearer::bearer(state, req.headers());
+    let bearer = crate::gate::bearer::bearer(state, req.headers());
     let mut session_digest = None;
     let principal = match &bearer {
-        Some((_, token)) => match crate::bearer::authenticate(state, token, app).await {
+        Some((_, token)) => match crate::gate::bearer::authenticate(state, token, app).await {
             Ok(p) => Some(p),
             Err(refused) => return refused.answer(outcome, app),
         },
         None => match state.authenticate(req.headers()).await {
             Ok(who) => who.map(|(identity, digest)| {
                 session_digest = Some(digest);
-                crate::bearer::Principal::User(std::sync::Arc::unwrap_or_clone(identity))
+                crate::gate::bearer::Principal::User(std::sync::Arc::unwrap_or_clone(identity))
             }),
-            Err(e) => return crate::request::internal_error(outcome, "reading the session", &e),
+            Err(e) => return crate::gate::internal_error(outcome, "reading the session", &e),
         },
     };
     let who = match &principal {
         None => Who::Anonymous,
-        Some(crate::bearer::Principal::ServiceAccount(n)) => Who::ServiceAccount(n),
-        Some(crate::bearer::Principal::User(i)) => Who::User {
+        Some(crate::gate::bearer::Principal::ServiceAccount(n)) => Who::ServiceAccount(n),
+        Some(crate::gate::bearer::Principal::User(i)) => Who::User {
             email: &i.email,
             groups: &i.groups,
         },
     };
     outcome.user = match &principal {
         None => String::new(),
-        Some(crate::bearer::Principal::ServiceAccount(n)) => format!("serviceAccount:{n}"),
-        Some(crate::bearer::Principal::User(i)) => i.email.clone(),
+        Some(crate::gate::bearer::Principal::ServiceAccount(n)) => format!("serviceAccount:{n}"),
+        Some(crate::gate::bearer::Principal::User(i)) => i.email.clone(),
     };
     let cx = Context {
         path: &path,
@@ -185,21 +185,21 @@ pub async fn handle(
             outcome.binding = grant.to_string();
             let headers = match &principal {
                 None => Ok(Vec::new()),
-                Some(crate::bearer::Principal::User(identity)) => {
+                Some(crate::gate::bearer::Principal::User(identity)) => {
                     state.identity_headers(app, identity)
                 }
-                Some(crate::bearer::Principal::ServiceAccount(name)) => state
+                Some(crate::gate::bearer::Principal::ServiceAccount(name)) => state
                     .signer()
                     .sign_service_account(name, &app.audience)
                     .map(|a| {
                         vec![
                             (
-                                http::HeaderName::from_static(crate::proxy::ASSERTION_HEADER),
-                                crate::proxy::value(&a),
+                                http::HeaderName::from_static(crate::gate::proxy::ASSERTION_HEADER),
+                                crate::gate::proxy::value(&a),
                             ),
                             (
-                                http::HeaderName::from_static(crate::proxy::USER_HEADER),
-                                crate::proxy::value(&format!("serviceAccount:{name}")),
+                                http::HeaderName::from_static(crate::gate::proxy::USER_HEADER),
+                                crate::gate::proxy::value(&format!("serviceAccount:{name}")),
                             ),
                         ]
                     }),
@@ -213,7 +213,7 @@ pub async fn handle(
                     r
                 }
                 Err(e) => {
-                    crate::request::internal_error(outcome, "signing the identity assertion", &e)
+                    crate::gate::internal_error(outcome, "signing the identity assertion", &e)
                 }
             }
         }

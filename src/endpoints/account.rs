@@ -7,10 +7,10 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::crypto;
-use crate::pages::{self, esc};
-use crate::request::{Outcome, internal_error};
-use crate::server::State;
+use crate::gate::{Outcome, internal_error};
+use crate::runtime::State;
 use crate::store::Actor;
+use crate::web::pages::{self, esc};
 use crate::web::{self, Body};
 
 pub const PATH: &str = "/.castellan/account";
@@ -59,7 +59,7 @@ pub async fn handle(
             let pending = crate::store::PendingSecondFactor {
                 email: who.email.clone(),
                 return_to: PATH.to_string(),
-                enrol_secret: crate::totp::new_secret(),
+                enrol_secret: crate::identity::totp::new_secret(),
                 created_at: crate::store::now(),
             };
             if let Err(e) = state
@@ -69,7 +69,7 @@ pub async fn handle(
             {
                 return internal_error(outcome, "starting two-step set-up", &e);
             }
-            let mut r = web::redirect(crate::second_factor::PATH);
+            let mut r = web::redirect(crate::endpoints::second_factor::PATH);
             *r.status_mut() = StatusCode::SEE_OTHER;
             return r;
         }
@@ -126,7 +126,7 @@ pub async fn handle(
         Ok(s) => s,
         Err(e) => return internal_error(outcome, "listing sessions", &e),
     };
-    let (browser, set_browser) = crate::reserved::browser_id(state, req.headers());
+    let (browser, set_browser) = crate::endpoints::browser_id(state, req.headers());
     let csrf = state.csrf_token(&browser);
     let when = pages::when;
     let rows: String = sessions
@@ -158,7 +158,7 @@ pub async fn handle(
     let passkeys = if who.provider != "local" {
         String::new()
     } else {
-        match crate::passkey::account_section(state, &who.email, &csrf).await {
+        match crate::endpoints::passkey::account_section(state, &who.email, &csrf).await {
             Ok(html) => html,
             Err(e) => return internal_error(outcome, "listing passkeys", &e),
         }
@@ -196,7 +196,7 @@ pub async fn handle(
     );
     let mut r = web::html(StatusCode::OK, pages::page("Your account", &body));
     if who.provider == "local" {
-        crate::passkey::allow_script(state, &mut r);
+        crate::endpoints::passkey::allow_script(state, &mut r);
     }
     if let Some(c) = set_browser {
         r.headers_mut().append(header::SET_COOKIE, c);

@@ -10,9 +10,9 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use crate::pages::{esc, page};
-use crate::proxy::{ASSERTION_HEADER, EMAIL_HEADER, USER_HEADER};
-use crate::web::{self, Body};
+use castellan::gate::proxy::{ASSERTION_HEADER, EMAIL_HEADER, USER_HEADER};
+use castellan::web::pages::{esc, page};
+use castellan::web::{self, Body};
 
 /// Serves the whoami app on `listener` until the process ends.
 pub async fn serve_whoami(listener: TcpListener) {

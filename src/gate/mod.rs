@@ -1,6 +1,10 @@
 //! The request path: reserved paths → app match → authenticate → decide → answer or proxy, with one
 //! log line, metrics and (for app requests) one audit record per request.
 
+pub mod bearer;
+pub mod path;
+pub mod proxy;
+
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Instant;
@@ -9,15 +13,14 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::config::IdentityHeaders;
-use crate::live::Grounds;
-use crate::metrics::{AppLabel, RequestLabels};
-use crate::pages;
 use crate::policy::condition::Context;
 use crate::policy::snapshot::Who;
 use crate::policy::{Decision, Identity};
-use crate::proxy;
-use crate::server::State;
+use crate::runtime::State;
+use crate::runtime::live::Grounds;
+use crate::runtime::metrics::{AppLabel, RequestLabels};
 use crate::store::{self, AuditRecord};
+use crate::web::pages;
 use crate::web::{self, Body};
 
 /// What the log line, metrics and audit trail say about one request.
@@ -62,7 +65,7 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
     let path = req.uri().path().to_string();
     let host = web::request_host(req.uri(), req.headers());
     let mut outcome = Outcome::new("-");
-    let resp = match crate::path::normalize(req.uri().path()) {
+    let resp = match crate::gate::path::normalize(req.uri().path()) {
         Err(why) => {
             outcome.decision = "bad-request";
             outcome.reason = "ambiguous-path";
@@ -78,7 +81,7 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
             // Boxed, as every path off the proxied request's way (pages, tokens, IAP mode): a
             // future is as large as its largest path, and the request's future is copied into
             // its box.
-            Box::pin(crate::reserved::handle(
+            Box::pin(crate::endpoints::handle(
                 &state,
                 peer,
                 req,
@@ -108,7 +111,7 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
         })
         .observe(latency.as_secs_f64());
     tracing::info!(
-        target: "castellan::request",
+        target: "castellan::gate",
         method = %method,
         host = host.as_deref().unwrap_or("-"),
         path = %path,
@@ -253,7 +256,7 @@ async fn decide_and_answer(
     if !state.store_usable() {
         return store_unavailable(outcome);
     }
-    if let Some(bearer) = crate::bearer::bearer(state, req.headers()) {
+    if let Some(bearer) = crate::gate::bearer::bearer(state, req.headers()) {
         return Box::pin(protected_by_bearer(
             state, peer, req, app, host, path, client_ip, bearer, outcome,
         ))
@@ -306,7 +309,7 @@ async fn decide_and_answer(
                     "/.castellan/sign_in?switch=1&rd={}",
                     pages::q(&return_path(&req))
                 );
-                let (browser, set_browser) = crate::reserved::browser_id(state, req.headers());
+                let (browser, set_browser) = crate::endpoints::browser_id(state, req.headers());
                 // The page still says "denied" without the request's state if the store is down.
                 let latest = Box::pin(state.store.latest_request(&app.id, email))
                     .await
@@ -377,7 +380,7 @@ async fn decide_and_answer(
                 return resp;
             }
             // What this connection was allowed on, so a later change can close it if it lives on.
-            let live = who.map(|(identity, session)| crate::live::Pending {
+            let live = who.map(|(identity, session)| crate::runtime::live::Pending {
                 registry: state.live.clone(),
                 grounds: Grounds {
                     app: app.id.clone(),
@@ -403,7 +406,7 @@ async fn forward(
     req: Request<Incoming>,
     path: &str,
     mut added: proxy::AddedHeaders,
-    live: Option<crate::live::Pending>,
+    live: Option<crate::runtime::live::Pending>,
     outcome: &mut Outcome,
 ) -> Response<Body> {
     if let Some(auth) = &app.upstream_auth {
@@ -418,7 +421,7 @@ async fn forward(
                 state
                     .metrics
                     .upstream_errors
-                    .get_or_create(&crate::metrics::UpstreamErrorLabels {
+                    .get_or_create(&crate::runtime::metrics::UpstreamErrorLabels {
                         app: app.id.clone(),
                         kind: "credential",
                     })
@@ -471,8 +474,8 @@ async fn protected_by_bearer(
     (carrier, token): (http::HeaderName, String),
     outcome: &mut Outcome,
 ) -> Response<Body> {
-    use crate::bearer::Principal;
-    let principal = match crate::bearer::authenticate(state, &token, app).await {
+    use crate::gate::bearer::Principal;
+    let principal = match crate::gate::bearer::authenticate(state, &token, app).await {
         Ok(p) => p,
         // A bad token is a 401; a store or provider that did not answer is a 503, never a 401
         // that says the token is bad, and never an open door.
@@ -558,7 +561,7 @@ fn upstream_error(
     state
         .metrics
         .upstream_errors
-        .get_or_create(&crate::metrics::UpstreamErrorLabels {
+        .get_or_create(&crate::runtime::metrics::UpstreamErrorLabels {
             app: app.id.clone(),
             kind: e.kind(),
         })
@@ -592,7 +595,7 @@ async fn iap_mode(
     who: Option<&(Arc<Identity>, String)>,
     outcome: &mut Outcome,
 ) -> Option<Response<Body>> {
-    use crate::google::IAP_PREFIX;
+    use crate::identity::google::IAP_PREFIX;
     let params = web::query_pairs(req.uri());
     let mode = web::param(&params, "gcp-iap-mode")?;
     let (identity, session) = who?;

@@ -9,11 +9,11 @@ use http::{Method, Request, Response, StatusCode, header};
 use hyper::body::Incoming;
 
 use crate::crypto;
-use crate::pages::{self, esc};
+use crate::gate::{Outcome, internal_error};
 use crate::policy::Identity;
-use crate::request::{Outcome, internal_error};
-use crate::server::State;
+use crate::runtime::State;
 use crate::store::PendingSecondFactor;
+use crate::web::pages::{self, esc};
 use crate::web::{self, Body};
 
 pub const PATH: &str = "/.castellan/sign_in/code";
@@ -34,7 +34,7 @@ pub async fn begin(
         email: email.to_string(),
         return_to: return_to.to_string(),
         enrol_secret: if enrol {
-            crate::totp::new_secret()
+            crate::identity::totp::new_secret()
         } else {
             String::new()
         },
@@ -111,12 +111,12 @@ pub async fn handle(
     let now = crate::store::now();
     let verdict: Result<Option<Vec<String>>, &str> = if !pending.enrol_secret.is_empty() {
         // Setting up: the code proves the app holds the new key.
-        match crate::totp::check(&pending.enrol_secret, &entered, now) {
+        match crate::identity::totp::check(&pending.enrol_secret, &entered, now) {
             Some(step) => {
-                let codes = crate::totp::recovery_codes();
+                let codes = crate::identity::totp::recovery_codes();
                 let digests: Vec<String> = codes
                     .iter()
-                    .map(|c| crate::totp::recovery_digest(c))
+                    .map(|c| crate::identity::totp::recovery_digest(c))
                     .collect();
                 match state
                     .store
@@ -139,7 +139,7 @@ pub async fn handle(
         if entered.contains('-') {
             match state
                 .store
-                .use_recovery_code(&email, &crate::totp::recovery_digest(&entered))
+                .use_recovery_code(&email, &crate::identity::totp::recovery_digest(&entered))
                 .await
             {
                 Ok(true) => Ok(None),
@@ -147,7 +147,7 @@ pub async fn handle(
                 Err(e) => return internal_error(outcome, "checking the recovery code", &e),
             }
         } else {
-            match crate::totp::check(&secret, &entered, now) {
+            match crate::identity::totp::check(&secret, &entered, now) {
                 Some(step) => match state.store.use_totp_step(&email, step).await {
                     Ok(true) => Ok(None),
                     Ok(false) => Err("That code was used already: wait for the next one."),
@@ -189,7 +189,7 @@ pub async fn handle(
         provider: "local".into(),
         hd: None,
     };
-    let resp = crate::reserved::start_session(
+    let resp = crate::endpoints::start_session(
         state,
         peer,
         &parts.headers,
@@ -248,7 +248,7 @@ fn form(
             .to_string()
     } else {
         let issuer = state.config.public_url.host_str().unwrap_or("castellan");
-        let uri = crate::totp::uri(
+        let uri = crate::identity::totp::uri(
             &format!("castellan {issuer}"),
             &pending.email,
             &pending.enrol_secret,

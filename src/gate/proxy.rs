@@ -12,7 +12,7 @@ use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
 use crate::config::App;
-use crate::live::{Pending, RevocableBody};
+use crate::runtime::live::{Pending, RevocableBody};
 use crate::web::{Body, BoxError};
 
 /// Names of the identity headers castellan sets. Any client-sent header that reads as one of these
@@ -61,7 +61,7 @@ impl Error {
 }
 
 pub struct Upstream {
-    pool: crate::upstream::Pool,
+    pool: crate::runtime::upstream::Pool,
     timeout: Duration,
 }
 
@@ -96,7 +96,7 @@ impl Upstream {
             .enable_http1()
             .wrap_connector(http);
         Upstream {
-            pool: crate::upstream::Pool::new(https),
+            pool: crate::runtime::upstream::Pool::new(https),
             timeout,
         }
     }
@@ -185,8 +185,8 @@ impl Upstream {
         );
         let mut resp = match tokio::time::timeout(self.timeout, sent).await {
             Err(_) => return Err(Error::Timeout(self.timeout)),
-            Ok(Err(crate::upstream::Error::Connect(e))) => return Err(Error::Connect(e)),
-            Ok(Err(crate::upstream::Error::Http(e))) => return Err(Error::Upstream(e)),
+            Ok(Err(crate::runtime::upstream::Error::Connect(e))) => return Err(Error::Connect(e)),
+            Ok(Err(crate::runtime::upstream::Error::Http(e))) => return Err(Error::Upstream(e)),
             Ok(Ok(resp)) => resp,
         };
 
@@ -230,7 +230,7 @@ impl Upstream {
         remove_hop_by_hop(&mut parts.headers);
         let short = hyper::body::Body::size_hint(&body)
             .exact()
-            .is_some_and(|n| n <= crate::live::SHORT_BODY);
+            .is_some_and(|n| n <= crate::runtime::live::SHORT_BODY);
         let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
         let body = match live {
             Some(pending) if !short => {

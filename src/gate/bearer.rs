@@ -17,11 +17,11 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::assertion::{ACCESS_TOKEN_SECS, TokenSubject};
 use crate::config::App;
+use crate::gate::Outcome;
+use crate::identity::assertion::{ACCESS_TOKEN_SECS, TokenSubject};
 use crate::policy::Identity;
-use crate::request::Outcome;
-use crate::server::State;
+use crate::runtime::State;
 use crate::web::{self, Body};
 
 /// Who a bearer token says is calling.
@@ -70,7 +70,7 @@ impl Refused {
     pub fn answer(self, outcome: &mut Outcome, app: &App) -> Response<Body> {
         match self {
             Refused::Store(e) => {
-                crate::request::internal_error(outcome, "checking a bearer token", &e)
+                crate::gate::internal_error(outcome, "checking a bearer token", &e)
             }
             Refused::Invalid(why) => {
                 outcome.decision = "deny";
@@ -157,8 +157,8 @@ pub async fn authenticate(state: &State, token: &str, app: &App) -> Result<Princ
         .await
         .map(Principal::User)
         .map_err(|e| match e {
-            crate::oidc::Error::Unavailable { .. } => Refused::Provider(e.to_string()),
-            crate::oidc::Error::Rejected { .. } => Refused::Invalid(e.to_string()),
+            crate::identity::oidc::Error::Unavailable { .. } => Refused::Provider(e.to_string()),
+            crate::identity::oidc::Error::Rejected { .. } => Refused::Invalid(e.to_string()),
         })
 }
 
@@ -264,7 +264,7 @@ pub async fn token_endpoint(
     let owner = match state.store.key_owner(&secret).await {
         Ok(o) => o,
         Err(e) => {
-            return crate::request::internal_error(outcome, "checking a service account key", &e);
+            return crate::gate::internal_error(outcome, "checking a service account key", &e);
         }
     };
     let Some((name, key_id)) = owner.filter(|(name, _)| *name == client_id) else {
@@ -297,7 +297,7 @@ pub async fn token_endpoint(
                 &serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_in": ACCESS_TOKEN_SECS }),
             )
         }
-        Err(e) => crate::request::internal_error(outcome, "signing an access token", &e),
+        Err(e) => crate::gate::internal_error(outcome, "signing an access token", &e),
     }
 }
 
@@ -312,7 +312,7 @@ fn target_app<'a>(state: &'a State, wanted: &str) -> Option<&'a App> {
         return Some(a);
     }
     let url = url::Url::parse(wanted).ok()?;
-    let path = crate::path::normalize(url.path()).ok()?;
+    let path = crate::gate::path::normalize(url.path()).ok()?;
     state.match_app(
         url.host_str().map(str::to_ascii_lowercase).as_deref(),
         &path,
@@ -345,7 +345,7 @@ async fn cli_code_grant(
     {
         Ok(t) => t,
         Err(e) => {
-            return crate::request::internal_error(outcome, "redeeming a command-line code", &e);
+            return crate::gate::internal_error(outcome, "redeeming a command-line code", &e);
         }
     };
     let Some((browser_session, challenge, created)) = taken else {
@@ -377,7 +377,7 @@ async fn cli_code_grant(
                 "the browser session that approved this has ended",
             );
         }
-        Err(e) => return crate::request::internal_error(outcome, "reading the session", &e),
+        Err(e) => return crate::gate::internal_error(outcome, "reading the session", &e),
     };
     let refresh = crate::crypto::random_token(32);
     let lifetime =
@@ -394,7 +394,7 @@ async fn cli_code_grant(
         )
         .await
     {
-        return crate::request::internal_error(outcome, "creating the command-line session", &e);
+        return crate::gate::internal_error(outcome, "creating the command-line session", &e);
     }
     outcome.user = session.identity.email.clone();
     outcome.decision = "cli-signed-in";
@@ -437,7 +437,7 @@ async fn cli_refresh_grant(
                 "this sign-in has ended or was revoked: run `castellan login` again",
             );
         }
-        Err(e) => return crate::request::internal_error(outcome, "reading the session", &e),
+        Err(e) => return crate::gate::internal_error(outcome, "reading the session", &e),
     };
     let _ = state.store.touch_session(&digest).await;
     let wanted = web::param(form, "audience").unwrap_or_default();
@@ -459,6 +459,6 @@ async fn cli_refresh_grant(
             StatusCode::OK,
             &serde_json::json!({ "access_token": token, "token_type": "Bearer", "expires_in": expires_in, "app": app.id }),
         ),
-        Err(e) => crate::request::internal_error(outcome, "signing an access token", &e),
+        Err(e) => crate::gate::internal_error(outcome, "signing an access token", &e),
     }
 }

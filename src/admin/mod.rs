@@ -1,0 +1,6 @@
+//! Administration: the console, the admin API, and the policy operations they share with the
+//! command line.
+
+pub mod api;
+pub mod console;
+pub mod ops;

@@ -1,0 +1,10 @@
+//! Who someone is, and the credentials that say so: OpenID Connect provider clients, castellan's
+//! own signed assertions and access tokens, local-account passwords, TOTP, WebAuthn verification,
+//! and Google Cloud's metadata-server ID tokens. Uses the store for keys; knows no HTTP requests.
+
+pub mod assertion;
+pub mod google;
+pub mod local;
+pub mod oidc;
+pub mod totp;
+pub mod webauthn;

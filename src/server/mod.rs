@@ -1,0 +1,422 @@
+//! The running server: the accept loop with graceful shutdown, configuration reloads, and the
+//! background work (reloading the policy snapshot, closing live connections whose access ended,
+//! sweeping). Routing lives in [`routes`]: the only place that sees the gate, castellan's own
+//! endpoints and the admin pages together.
+
+pub mod acme;
+
+use std::convert::Infallible;
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use tokio::net::{TcpListener, TcpStream};
+
+use crate::config::Config;
+use crate::gate::handle;
+use crate::runtime::{ACCESS_POLL_INTERVAL, DRAIN_TIMEOUT, State};
+use crate::store;
+use crate::web;
+/// Raises the soft limit on open files to the hard limit: every client connection and every
+/// WebSocket's upstream connection is a file descriptor, and service managers often start
+/// processes with a soft limit of 1,024 (systemd's default) under a much higher hard limit.
+/// Returns the limit now in force.
+pub fn raise_open_files_limit() -> Option<u64> {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::warn!("cannot raise the open files limit: {e}");
+        }
+    }
+    getrlimit(Resource::Nofile).current
+}
+
+/// How long a new connection may take to send enough of its first request to tell HTTP/1 from
+/// HTTP/2 (after that, hyper's header timeout applies).
+const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Waits until the client has sent enough to choose the protocol: 24 bytes of the HTTP/2
+/// preface, or anything that is not its start. False when it closes or takes longer than
+/// [`FIRST_BYTES_TIMEOUT`].
+async fn first_bytes(stream: &TcpStream) -> bool {
+    const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+    let deadline = tokio::time::Instant::now() + FIRST_BYTES_TIMEOUT;
+    let mut buf = [0u8; 24];
+    loop {
+        let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
+            Ok(Ok(n)) => n,
+            _ => return false,
+        };
+        if n == 0 {
+            return false;
+        }
+        if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
+            return true;
+        }
+        // Part of the preface so far: peek again shortly (peek does not wait for more bytes).
+        if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(20)))
+            .await
+            .is_err()
+        {
+            return false;
+        }
+    }
+}
+
+/// Serves until `shutdown`, then drains in-flight requests for up to [`DRAIN_TIMEOUT`]. With
+/// `config_file`, the configuration is reloaded when it changes and on SIGHUP.
+pub async fn run(
+    state: Arc<State>,
+    listener: TcpListener,
+    shutdown: impl std::future::Future<Output = ()>,
+    config_file: Option<std::path::PathBuf>,
+) -> std::io::Result<()> {
+    let current = Current::new(state.clone());
+    spawn_background(current.clone());
+    #[cfg(unix)]
+    {
+        let reload = state.reload_signal.clone();
+        let mut hup = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::hangup())?;
+        tokio::spawn(async move {
+            while hup.recv().await.is_some() {
+                tracing::info!("SIGHUP: reloading the configuration and certificates");
+                reload.notify_waiters();
+            }
+        });
+    }
+    if let Some(path) = config_file {
+        tokio::spawn(watch_config(current.clone(), path));
+    }
+    let tls = start_tls(&state).await?;
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .header_read_timeout(Duration::from_secs(10))
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256)
+        .keep_alive_interval(Duration::from_secs(30));
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(x) => x,
+                    Err(e) => {
+                        // Out of file descriptors and the like: back off instead of spinning.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let _ = stream.set_nodelay(true);
+                let current = current.clone();
+                let service = hyper::service::service_fn(move |req| {
+                    // Each request is served with the configuration of the moment it arrives.
+                    let state = current.get();
+                    let hsts = state.config.tls.as_ref().filter(|t| !t.hsts.is_zero()).map(|t| {
+                        http::HeaderValue::from_str(&format!("max-age={}", t.hsts.as_secs()))
+                            .expect("a number is a valid header value")
+                    });
+                    async move {
+                        // Boxed: the request's future is large, and unboxed it would be part of
+                        // every connection's task, in use or idle.
+                        let mut resp = Box::pin(handle(state, peer, req)).await;
+                        if let Some(v) = hsts {
+                            resp.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert(v);
+                        }
+                        Ok::<_, Infallible>(resp)
+                    }
+                });
+                let builder = builder.clone();
+                let watcher = graceful.watcher();
+                let tls = tls.clone();
+                tokio::spawn(async move {
+                    let ended = match tls {
+                        None => {
+                            // hyper-util reads the first bytes to tell HTTP/1 from HTTP/2 with no
+                            // timer of its own: a client that connects and sends nothing (or half
+                            // the HTTP/2 preface) would hold its socket for ever.
+                            if !first_bytes(&stream).await {
+                                return;
+                            }
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                        Some(acceptor) => {
+                            let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                                Ok(Ok(s)) => s,
+                                Ok(Err(e)) => {
+                                    tracing::debug!(%peer, "TLS handshake failed: {e}");
+                                    return;
+                                }
+                                Err(_) => return,
+                            };
+                            // An ACME validator only checks the challenge certificate.
+                            if stream.get_ref().1.alpn_protocol() == Some(crate::runtime::tls::ACME_TLS_ALPN) {
+                                return;
+                            }
+                            // ALPN has chosen the protocol (HTTP/2 over TLS needs it, RFC 9113
+                            // §3.2): no guessing from the first bytes, which has no timer.
+                            let mut builder = builder;
+                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                                builder = builder.http2_only();
+                            } else {
+                                builder = builder.http1_only();
+                            }
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            watcher.watch(conn.into_owned()).await
+                        }
+                    };
+                    if let Err(e) = ended {
+                        tracing::debug!(%peer, "connection ended: {e}");
+                    }
+                });
+            }
+            () = &mut shutdown => break,
+        }
+    }
+    drop(listener);
+    tracing::info!("shutting down: finishing in-flight requests (up to {DRAIN_TIMEOUT:?})");
+    tokio::select! {
+        () = graceful.shutdown() => tracing::info!("all connections closed"),
+        () = tokio::time::sleep(DRAIN_TIMEOUT) => tracing::warn!("drain timeout reached; closing remaining connections"),
+    }
+    state.audit.flush().await;
+    Ok(())
+}
+
+/// How long a client gets to finish the TLS handshake.
+const TLS_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// With `[tls]`: the acceptor, the certificate file watcher or the ACME manager, SIGHUP, and
+/// the plain-HTTP listener.
+async fn start_tls(state: &Arc<State>) -> std::io::Result<Option<tokio_rustls::TlsAcceptor>> {
+    let (Some(tls), Some(certs)) = (&state.config.tls, &state.certs) else {
+        return Ok(None);
+    };
+    match &tls.certificates {
+        crate::config::Certificates::Files { cert, key } => {
+            tokio::spawn(crate::runtime::tls::watch_files(
+                certs.clone(),
+                cert.clone(),
+                key.clone(),
+                state.reload_signal.clone(),
+            ));
+        }
+        crate::config::Certificates::Acme(acme) => {
+            tokio::spawn(crate::server::acme::run(
+                state.clone(),
+                acme.clone(),
+                certs.clone(),
+            ));
+        }
+    }
+    if let Some(addr) = tls.http_listen {
+        let listener = TcpListener::bind(addr).await.map_err(|e| {
+            std::io::Error::new(
+                e.kind(),
+                format!("cannot listen on {addr} (tls.http_listen): {e}"),
+            )
+        })?;
+        tracing::info!("redirecting http://{addr} to HTTPS");
+        tokio::spawn(crate::server::acme::serve_http(state.clone(), listener));
+    }
+    Ok(Some(tokio_rustls::TlsAcceptor::from(
+        crate::runtime::tls::server_config(certs.clone()),
+    )))
+}
+
+/// The state requests are served with; a configuration reload swaps it. Requests in flight keep
+/// the state they started with, so nothing is cut off by a reload.
+pub struct Current(RwLock<Arc<State>>);
+
+impl Current {
+    pub fn new(state: Arc<State>) -> Arc<Current> {
+        Arc::new(Current(RwLock::new(state)))
+    }
+
+    pub fn get(&self) -> Arc<State> {
+        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    fn set(&self, state: Arc<State>) {
+        *self.0.write().unwrap_or_else(|p| p.into_inner()) = state;
+    }
+}
+
+/// Re-reads the configuration file when it changes (checked every two seconds, which also sees
+/// files replaced through bind mounts and Kubernetes ConfigMap updates) or on SIGHUP: a valid file
+/// becomes the running configuration at once; an invalid one is refused, every problem logged,
+/// and the running configuration stays.
+async fn watch_config(current: Arc<Current>, path: std::path::PathBuf) {
+    let signal = current.get().reload_signal.clone();
+    let mut seen = std::fs::read(&path).ok();
+    loop {
+        let signalled = tokio::select! {
+            _ = tokio::time::sleep(Duration::from_secs(2)) => false,
+            _ = signal.notified() => true,
+        };
+        let now = std::fs::read(&path).ok();
+        if !signalled && now == seen {
+            continue;
+        }
+        seen = now;
+        match Config::load(&path) {
+            Err(errors) => tracing::error!(
+                "configuration reload refused, the running configuration stays:\n{errors}"
+            ),
+            Ok(config) => match current.get().reconfigure(config).await {
+                Ok(state) => {
+                    current.set(state);
+                    tracing::info!("configuration reloaded from {}", path.display());
+                }
+                Err(e) => tracing::error!(
+                    "configuration reload failed, the running configuration stays: {e}"
+                ),
+            },
+        }
+    }
+}
+
+fn spawn_background(current: Arc<Current>) {
+    let c = current.clone();
+    tokio::spawn(async move {
+        let mut failing = false;
+        let mut ticks: u32 = 0;
+        let changed = c.get().changed.clone();
+        loop {
+            tokio::select! {
+                _ = tokio::time::sleep(ACCESS_POLL_INTERVAL) => {}
+                _ = changed.notified() => {}
+            }
+            let s = c.get();
+            ticks = ticks.wrapping_add(1);
+            match s.reload().await {
+                Ok(changed) => {
+                    if failing {
+                        tracing::info!("the store answers again");
+                        failing = false;
+                    }
+                    if changed {
+                        tracing::info!("policies reloaded");
+                        s.recheck_live(true).await;
+                    } else if ticks.is_multiple_of(5) {
+                        // Conditions can stop granting access by the clock alone (expiry).
+                        s.recheck_live(false).await;
+                    }
+                }
+                Err(e) if !failing => {
+                    tracing::error!(
+                        "cannot reload policies: {e}. Decisions continue from the last ones for {} s (store_outage_grace), then fail closed",
+                        s.config.store_outage_grace.as_secs()
+                    );
+                    failing = true;
+                }
+                Err(_) => {}
+            }
+        }
+    });
+    if let crate::config::StoreLocation::Postgres(url) = &current.get().config.store {
+        tokio::spawn(listen_for_changes(current.clone(), url.to_string()));
+    }
+    let keys = current.clone();
+    tokio::spawn(async move {
+        // Every replica re-reads the key rings each minute, so all know a new key long before
+        // anyone signs with it (an hour after it is made).
+        loop {
+            tokio::time::sleep(Duration::from_secs(60)).await;
+            if let Err(e) = keys.get().refresh_keys().await {
+                tracing::warn!(
+                    "refreshing the signing keys failed (keeping the current ones): {e}"
+                );
+            }
+        }
+    });
+    tokio::spawn(async move {
+        loop {
+            let state = current.get();
+            if let Err(e) = state.store.sweep(crate::endpoints::FLOW_LIFETIME).await {
+                tracing::warn!("cleaning expired sessions failed: {e}");
+            }
+            let cutoff = store::now_ms() - state.config.audit_retention.as_millis() as i64;
+            match state.store.prune_audit(cutoff).await {
+                Ok(0) => {}
+                Ok(n) => {
+                    tracing::info!("removed {n} audit records older than the retention period")
+                }
+                Err(e) => tracing::warn!("pruning the audit trail failed: {e}"),
+            }
+            tokio::time::sleep(Duration::from_secs(600)).await;
+        }
+    });
+}
+
+/// Wakes the reload loop whenever any replica commits a change (the revision trigger's NOTIFY).
+/// Notifications sent while the connection is down are lost, so every (re)connection forces a
+/// full reload; the revision poll stays as the backstop.
+async fn listen_for_changes(current: Arc<Current>, url: String) {
+    use sqlx::postgres::PgListener;
+    loop {
+        let mut listener = match PgListener::connect(&url).await {
+            Ok(l) => l,
+            Err(_) => {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+                continue;
+            }
+        };
+        if listener.listen(store::REVISION_CHANNEL).await.is_err() {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            continue;
+        }
+        current.get().invalidate();
+        // `try_recv` answers `Ok(None)` when the connection was lost.
+        while let Ok(Some(_)) = listener.try_recv().await {
+            current.get().changed.notify_one();
+        }
+        tracing::warn!("lost the store's change notifications; reconnecting");
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// Serves Prometheus metrics at `/metrics` on `listener`.
+pub async fn serve_metrics(state: Arc<State>, listener: TcpListener) {
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let state = state.clone();
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: Request<Incoming>| {
+                let state = state.clone();
+                async move {
+                    let resp = if req.uri().path() == "/metrics" {
+                        let mut r = Response::new(web::full(state.metrics.render()));
+                        r.headers_mut().insert(
+                            http::header::CONTENT_TYPE,
+                            http::HeaderValue::from_static(
+                                "text/plain; version=0.0.4; charset=utf-8",
+                            ),
+                        );
+                        r
+                    } else {
+                        web::text(StatusCode::NOT_FOUND, "metrics are at /metrics\n")
+                    };
+                    Ok::<_, Infallible>(resp)
+                }
+            });
+            let _ = hyper::server::conn::http1::Builder::new()
+                .serve_connection(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
