@@ -5,11 +5,13 @@
 
 use std::collections::{BTreeMap, HashSet};
 use std::fmt;
-use std::net::{IpAddr, SocketAddr};
+use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use toml::Value;
+
+use crate::net::IpNet;
 use url::Url;
 
 /// The validated configuration. Everything the server sees has been checked.
@@ -88,6 +90,9 @@ pub enum AcmeChallenge {
     /// Answered in the TLS handshake on `listen` (port 443 in production).
     TlsAlpn01,
 }
+
+/// Where Google's metadata server is when nothing says otherwise.
+pub const DEFAULT_METADATA_URL: &str = "http://metadata.google.internal";
 
 /// Let's Encrypt's production directory.
 pub const LETS_ENCRYPT: &str = "https://acme-v02.api.letsencrypt.org/directory";
@@ -245,47 +250,6 @@ pub struct UpstreamAuth {
     pub audience: String,
     /// The header that carries it: `authorization` or `x-serverless-authorization`.
     pub header: http::HeaderName,
-}
-
-/// An IP network in CIDR form (`10.0.0.0/8`, `::1/128`, or a bare address).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct IpNet {
-    addr: IpAddr,
-    prefix: u8,
-}
-
-impl IpNet {
-    pub fn parse(text: &str) -> Option<IpNet> {
-        let (addr, prefix) = match text.split_once('/') {
-            Some((a, p)) => (a.parse::<IpAddr>().ok()?, Some(p.parse::<u8>().ok()?)),
-            None => (text.parse::<IpAddr>().ok()?, None),
-        };
-        let max = if addr.is_ipv4() { 32 } else { 128 };
-        let prefix = prefix.unwrap_or(max);
-        (prefix <= max).then_some(IpNet { addr, prefix })
-    }
-
-    pub fn contains(&self, ip: IpAddr) -> bool {
-        let ip = match ip {
-            IpAddr::V6(v6) => v6.to_ipv4_mapped().map(IpAddr::V4).unwrap_or(ip),
-            v4 => v4,
-        };
-        match (self.addr, ip) {
-            (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX
-                    .checked_shl(32 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u32::from(net) & mask == u32::from(ip) & mask
-            }
-            (IpAddr::V6(net), IpAddr::V6(ip)) => {
-                let mask = u128::MAX
-                    .checked_shl(128 - u32::from(self.prefix))
-                    .unwrap_or(0);
-                u128::from(net) & mask == u128::from(ip) & mask
-            }
-            _ => false,
-        }
-    }
 }
 
 /// Everything wrong with a configuration file, in file order.
@@ -454,6 +418,53 @@ impl Config {
     }
 }
 
+/// Whether the configuration comes from [`CONFIG_TOML_VAR`] rather than a file (which is then not
+/// watched for changes).
+pub fn from_environment() -> bool {
+    ProcessEnv
+        .var(CONFIG_TOML_VAR)
+        .is_some_and(|t| !t.trim().is_empty())
+}
+
+/// The operating-system user running this process, for the audit trail of command-line changes:
+/// `$USER`, `$LOGNAME`, or the name /etc/passwd gives its uid (containers often set no `$USER`).
+pub fn invoking_user() -> String {
+    ProcessEnv
+        .var("USER")
+        .or_else(|| ProcessEnv.var("LOGNAME"))
+        .filter(|u| !u.is_empty())
+        .or_else(os_user)
+        .unwrap_or_else(|| "unknown".into())
+}
+
+fn os_user() -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        let uid = std::fs::metadata("/proc/self").ok()?.uid();
+        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+        passwd
+            .lines()
+            .find_map(|l| {
+                let f: Vec<&str> = l.split(':').collect();
+                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
+            })
+            .or(Some(format!("uid {uid}")))
+    }
+    #[cfg(not(unix))]
+    None
+}
+
+/// Where `castellan login` keeps the command line's credentials: `$XDG_CONFIG_HOME/castellan`, else
+/// `$HOME/.config/castellan`.
+pub fn cli_credentials_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CONFIG_HOME")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
+        .map(|base| base.join("castellan"))
+}
+
 /// The variable that can hold the whole configuration instead of a file.
 pub const CONFIG_TOML_VAR: &str = "CASTELLAN_CONFIG_TOML";
 
@@ -593,9 +604,17 @@ impl Reader<'_> {
             }
         });
         let admins = self.admins(&mut t);
-        let google_metadata_url = self
-            .string(&mut t, "", "google_metadata_url")
-            .unwrap_or_else(|| crate::identity::google::DEFAULT_METADATA_URL.to_string());
+        // Google's convention: GCE_METADATA_HOST (host[:port]) points every client library at
+        // another metadata server, and wins over the file.
+        let google_metadata_url = match self.env.var("GCE_METADATA_HOST").filter(|h| !h.is_empty())
+        {
+            Some(host) => format!("http://{host}"),
+            None => self
+                .string(&mut t, "", "google_metadata_url")
+                .unwrap_or_else(|| DEFAULT_METADATA_URL.to_string()),
+        }
+        .trim_end_matches('/')
+        .to_string();
         let tls = self.tls(&mut t, base);
         if let (Some(tls), false) = (&tls, had_public_url) {
             // HTTPS by default: the first ACME domain, or the listen address.
@@ -1612,26 +1631,6 @@ id = "b"
             parse("local_accounts = false\n[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n")
                 .unwrap_err();
         assert_eq!(err[0].key, "local_accounts");
-    }
-
-    #[test]
-    fn ip_networks() {
-        let n = IpNet::parse("10.0.0.0/8").unwrap();
-        assert!(n.contains("10.1.2.3".parse().unwrap()));
-        assert!(!n.contains("11.0.0.1".parse().unwrap()));
-        assert!(n.contains("::ffff:10.0.0.1".parse().unwrap()));
-        assert!(
-            IpNet::parse("::1")
-                .unwrap()
-                .contains("::1".parse().unwrap())
-        );
-        assert!(
-            IpNet::parse("0.0.0.0/0")
-                .unwrap()
-                .contains("8.8.8.8".parse().unwrap())
-        );
-        assert!(IpNet::parse("10.0.0.0/33").is_none());
-        assert!(IpNet::parse("nonsense").is_none());
     }
 
     #[test]

@@ -22,6 +22,7 @@
 #![forbid(unsafe_code)]
 
 pub mod admin;
+pub mod clock;
 pub mod config;
 pub mod crypto;
 pub mod endpoints;
@@ -29,6 +30,7 @@ pub mod endpoints;
 pub mod fuzz_targets;
 pub mod gate;
 pub mod identity;
+pub mod net;
 pub mod policy;
 pub mod runtime;
 pub mod server;

@@ -16,8 +16,9 @@ use serde::Deserialize;
 use serde_json::json;
 
 use crate::admin::ops;
+use crate::clock::parse_rfc3339;
 use crate::gate::Outcome;
-use crate::policy::condition::{Context, parse_rfc3339};
+use crate::policy::condition::Context;
 use crate::policy::snapshot::{Resource, Snapshot, Who};
 use crate::policy::{Document, Member, Policy, Role, valid_group};
 use crate::runtime::State;
@@ -175,7 +176,7 @@ fn require(
         path: "/",
         host: "",
         method: "GET",
-        time: store::now(),
+        time: crate::clock::now(),
         ip: Some(ip),
     };
     if snapshot.has_role(app, Role::Admin, caller.who(), &cx) {
@@ -382,7 +383,7 @@ async fn route(
             let expires = body
                 .expires
                 .as_deref()
-                .map(|e| ops::parse_expires(e, store::now()))
+                .map(|e| ops::parse_expires(e, crate::clock::now()))
                 .transpose()
                 .map_err(bad)?;
             let (expr, title) = match &body.condition {
@@ -476,7 +477,7 @@ async fn route(
             let path =
                 crate::gate::path::normalize(body.path.as_deref().unwrap_or("/")).map_err(bad)?;
             let at = match body.at.as_deref() {
-                None => store::now(),
+                None => crate::clock::now(),
                 Some(a) => {
                     parse_rfc3339(a).ok_or_else(|| bad("`at` must be an RFC 3339 timestamp"))?
                 }

@@ -13,9 +13,10 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use crate::admin::ops;
+use crate::clock::{format_rfc3339, parse_rfc3339};
 use crate::crypto;
 use crate::gate::{Outcome, internal_error};
-use crate::policy::condition::{Context, format_rfc3339, parse_rfc3339};
+use crate::policy::condition::Context;
 use crate::policy::snapshot::{Resource, Snapshot, Who};
 use crate::policy::{BindingCondition, Identity, Member, Role};
 use crate::runtime::State;
@@ -203,7 +204,7 @@ fn cx_now() -> Context<'static> {
         path: "/",
         host: "",
         method: "GET",
-        time: store::now(),
+        time: crate::clock::now(),
         ip: None,
     }
 }
@@ -738,7 +739,7 @@ async fn post(
                 let role = Role::parse(&f("role")).map_err(|e| e.to_string())?;
                 let expires = match f("expires").as_str() {
                     "" => None,
-                    d => Some(ops::parse_expires(d, store::now())?),
+                    d => Some(ops::parse_expires(d, crate::clock::now())?),
                 };
                 let condition = ops::condition(None, None, expires)?;
                 let (_, added) = ops::add(
@@ -846,7 +847,7 @@ async fn post(
                 }
                 let expires = match f("expires").as_str() {
                     "" => None,
-                    d => Some(ops::parse_expires(d, store::now())?),
+                    d => Some(ops::parse_expires(d, crate::clock::now())?),
                 };
                 let member =
                     Member::parse(&format!("user:{}", request.email)).map_err(|e| e.to_string())?;

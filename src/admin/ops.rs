@@ -3,7 +3,8 @@
 
 use std::fmt::Write;
 
-use crate::policy::condition::{self, format_rfc3339, parse_rfc3339};
+use crate::clock::{format_rfc3339, parse_rfc3339};
+use crate::policy::condition;
 use crate::policy::snapshot::{Decision, Explanation, Resource};
 use crate::policy::{BindingCondition, Document, DocumentBinding, Member, Policy, Role};
 use crate::store::{self, Actor, Store};

@@ -60,7 +60,7 @@ pub async fn handle(
                 email: who.email.clone(),
                 return_to: PATH.to_string(),
                 enrol_secret: crate::identity::totp::new_secret(),
-                created_at: crate::store::now(),
+                created_at: crate::clock::now(),
             };
             if let Err(e) = state
                 .store

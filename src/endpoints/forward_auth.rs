@@ -18,7 +18,6 @@ use crate::policy::Decision;
 use crate::policy::condition::Context;
 use crate::policy::snapshot::Who;
 use crate::runtime::State;
-use crate::store;
 use crate::web::pages;
 use crate::web::{self, Body};
 
@@ -126,7 +125,7 @@ pub async fn handle(
         path: &path,
         host: host.as_deref().unwrap_or(""),
         method: &method,
-        time: store::now(),
+        time: crate::clock::now(),
         ip: Some(client_ip),
     };
     let decision = state.snapshot().decide(&app.id, who, &cx);
@@ -137,7 +136,7 @@ pub async fn handle(
         session_digest.as_deref().is_some_and(|d| {
             state
                 .signed_in_at(d)
-                .is_none_or(|t| store::now() - t > max.as_secs() as i64)
+                .is_none_or(|t| crate::clock::now() - t > max.as_secs() as i64)
         })
     });
     let sign_in = format!(

@@ -20,7 +20,7 @@ use crate::identity::oidc;
 use crate::policy::Identity;
 use crate::runtime::State;
 use crate::store::Actor;
-use crate::store::{self, Flow};
+use crate::store::Flow;
 use crate::web::pages::{self, ProviderChoice};
 use crate::web::{self, Body};
 
@@ -311,7 +311,7 @@ async fn handoff(
             outcome.user = session.identity.email.clone();
             outcome.decision = "signed-in";
             let mut resp = web::redirect(&rd);
-            let lifetime = (session.expires_at - store::now()).max(0) as u64;
+            let lifetime = (session.expires_at - crate::clock::now()).max(0) as u64;
             resp.headers_mut().append(
                 header::SET_COOKIE,
                 state
@@ -469,7 +469,7 @@ async fn start_flow(
         nonce: crypto::random_token(32),
         pkce_verifier: crypto::random_token(48),
         return_to: return_to.to_string(),
-        created_at: store::now(),
+        created_at: crate::clock::now(),
         max_age: max_age.unwrap_or(0),
     };
     let prompt = switching.then_some("select_account");
@@ -559,7 +559,7 @@ async fn callback(
             outcome,
         );
     }
-    if store::now() - flow.created_at > FLOW_LIFETIME.as_secs() as i64 {
+    if crate::clock::now() - flow.created_at > FLOW_LIFETIME.as_secs() as i64 {
         return bad_sign_in(
             "This sign-in link has expired",
             "The sign-in took too long. Start again.",
@@ -610,7 +610,7 @@ async fn callback(
     if flow.max_age > 0 {
         let fresh = signed_in
             .auth_time
-            .is_some_and(|t| store::now() - t <= flow.max_age + 30);
+            .is_some_and(|t| crate::clock::now() - t <= flow.max_age + 30);
         if !fresh {
             state.metrics.sign_in(&client.config.id, "rejected");
             return bad_sign_in(

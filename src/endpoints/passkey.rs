@@ -288,7 +288,7 @@ async fn register(
         } else {
             name
         },
-        created_at: crate::store::now(),
+        created_at: crate::clock::now(),
         last_used_at: 0,
     };
     if state

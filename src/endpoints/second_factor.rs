@@ -38,7 +38,7 @@ pub async fn begin(
         } else {
             String::new()
         },
-        created_at: crate::store::now(),
+        created_at: crate::clock::now(),
     };
     if let Err(e) = state
         .store
@@ -108,7 +108,7 @@ pub async fn handle(
         );
     }
     let entered = web::param(&posted, "code").unwrap_or("").trim().to_string();
-    let now = crate::store::now();
+    let now = crate::clock::now();
     let verdict: Result<Option<Vec<String>>, &str> = if !pending.enrol_secret.is_empty() {
         // Setting up: the code proves the app holds the new key.
         match crate::identity::totp::check(&pending.enrol_secret, &entered, now) {

@@ -355,7 +355,7 @@ async fn cli_code_grant(
             "unknown or already used code",
         );
     };
-    if crate::store::now() - created > CLI_CODE_SECS
+    if crate::clock::now() - created > CLI_CODE_SECS
         || !crate::crypto::equal(&crate::crypto::pkce_challenge(verifier), &challenge)
     {
         return token_error(
@@ -381,7 +381,7 @@ async fn cli_code_grant(
     };
     let refresh = crate::crypto::random_token(32);
     let lifetime =
-        std::time::Duration::from_secs((session.expires_at - crate::store::now()).max(60) as u64);
+        std::time::Duration::from_secs((session.expires_at - crate::clock::now()).max(60) as u64);
     if let Err(e) = state
         .store
         .create_session(
@@ -404,7 +404,7 @@ async fn cli_code_grant(
             "refresh_token": refresh,
             "token_type": "Bearer",
             "email": session.identity.email,
-            "expires_at": crate::store::now() + lifetime.as_secs() as i64,
+            "expires_at": crate::clock::now() + lifetime.as_secs() as i64,
         }),
     )
 }

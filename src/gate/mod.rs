@@ -129,7 +129,7 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
         state
             .audit
             .record(AuditRecord {
-                at: store::now_ms(),
+                at: crate::clock::now_ms(),
                 kind: "decision".into(),
                 actor: if outcome.user.is_empty() {
                     "anonymous".into()
@@ -251,7 +251,7 @@ async fn decide_and_answer(
     outcome: &mut Outcome,
 ) -> Response<Body> {
     let client_ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
-    outcome.client_ip = web::ip_text(client_ip);
+    outcome.client_ip = crate::net::ip_text(client_ip);
 
     if !state.store_usable() {
         return store_unavailable(outcome);
@@ -272,7 +272,7 @@ async fn decide_and_answer(
         if let Some(max) = app.reauth_max_age
             && state
                 .signed_in_at(digest)
-                .is_none_or(|t| store::now() - t > max.as_secs() as i64)
+                .is_none_or(|t| crate::clock::now() - t > max.as_secs() as i64)
         {
             outcome.decision = "sign-in";
             outcome.reason = "reauthentication";
@@ -285,7 +285,7 @@ async fn decide_and_answer(
         path,
         host: host.unwrap_or(""),
         method: &method,
-        time: store::now(),
+        time: crate::clock::now(),
         ip: Some(client_ip),
     };
     let caller = match &who {
@@ -486,7 +486,7 @@ async fn protected_by_bearer(
         path,
         host: host.unwrap_or(""),
         method: &method,
-        time: store::now(),
+        time: crate::clock::now(),
         ip: Some(client_ip),
     };
     let who = match &principal {

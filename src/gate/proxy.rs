@@ -332,10 +332,10 @@ fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<&str>)
         if !chain.is_empty() {
             chain.push_str(", ");
         }
-        chain.push_str(&crate::web::ip_text(f.peer_ip));
+        chain.push_str(&crate::net::ip_text(f.peer_ip));
         chain
     } else {
-        crate::web::ip_text(f.peer_ip)
+        crate::net::ip_text(f.peer_ip)
     };
     let trusted_proto = f
         .peer_trusted

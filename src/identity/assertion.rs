@@ -151,7 +151,7 @@ impl Signer {
     /// An assertion in Google IAP's shape (`x-goog-iap-jwt-assertion`): issuer
     /// `https://cloud.google.com/iap`, `sub` prefixed `accounts.google.com:`.
     pub fn sign_iap(&self, who: &Identity, audience: &str) -> Result<String, Error> {
-        let now = store::now();
+        let now = crate::clock::now();
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         let mut claims = serde_json::json!({
@@ -177,7 +177,7 @@ impl Signer {
         key_id: &str,
         audience: &str,
     ) -> Result<String, Error> {
-        let now = store::now();
+        let now = crate::clock::now();
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         header.typ = Some("at+jwt".into());
@@ -202,7 +202,7 @@ impl Signer {
         audience: &str,
         not_after: i64,
     ) -> Result<(String, i64), Error> {
-        let now = store::now();
+        let now = crate::clock::now();
         let exp = (now + ACCESS_TOKEN_SECS).min(not_after);
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -268,7 +268,7 @@ impl Signer {
 
     /// The assertion for a service account (no email).
     pub fn sign_service_account(&self, name: &str, audience: &str) -> Result<String, Error> {
-        let now = store::now();
+        let now = crate::clock::now();
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         let claims = serde_json::json!({
@@ -293,7 +293,7 @@ impl Signer {
 
     /// A fresh assertion of `who` for the app whose audience is `audience`.
     pub fn sign(&self, who: &Identity, audience: &str) -> Result<String, Error> {
-        let now = store::now();
+        let now = crate::clock::now();
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
         let claims = Claims {
@@ -341,7 +341,7 @@ mod tests {
         let (_d, store) = crate::store::temp_store().await;
         let day = std::time::Duration::from_secs(86_400);
         let issuer = "https://apps.example.com";
-        let t0 = store::now();
+        let t0 = crate::clock::now();
         let first = Signer::load(&store, issuer, day, t0).await.unwrap();
         let token = first
             .sign_access_token("etl", "key1", "castellan:demo")
@@ -384,7 +384,7 @@ mod tests {
         .await
         .unwrap();
         let month = std::time::Duration::from_secs(30 * 86400);
-        let now = store::now();
+        let now = crate::clock::now();
         let signer = Signer::load(&store, "https://apps.example.com", month, now)
             .await
             .unwrap();

@@ -13,8 +13,6 @@ use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use tokio::sync::Mutex;
 
-/// Where the metadata server is when nothing says otherwise.
-pub const DEFAULT_METADATA_URL: &str = "http://metadata.google.internal";
 /// Renew a cached token this long before it expires.
 const RENEW_BEFORE_SECS: i64 = 300;
 
@@ -42,13 +40,9 @@ pub struct Metadata {
 }
 
 impl Metadata {
-    /// `base` is `http://host[:port]`; `GCE_METADATA_HOST` (host[:port], Google's convention) wins.
+    /// `base` is `http://host[:port]` (the configuration's `google_metadata_url`).
     pub fn new(base: &str) -> Metadata {
-        let base = std::env::var("GCE_METADATA_HOST")
-            .ok()
-            .filter(|h| !h.is_empty())
-            .map(|h| format!("http://{h}"))
-            .unwrap_or_else(|| base.trim_end_matches('/').to_string());
+        let base = base.to_string();
         Metadata {
             http: reqwest::Client::builder()
                 .timeout(Duration::from_secs(5))
@@ -62,7 +56,7 @@ impl Metadata {
 
     /// An ID token for `audience`, from the cache while it has more than five minutes left.
     pub async fn id_token(&self, audience: &str) -> Result<String, TokenError> {
-        let now = crate::store::now();
+        let now = crate::clock::now();
         if let Some((token, exp)) = self.cache.lock().await.get(audience)
             && *exp - RENEW_BEFORE_SECS > now
         {

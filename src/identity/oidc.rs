@@ -16,7 +16,6 @@ use url::Url;
 
 use crate::config;
 use crate::policy::Identity;
-use crate::store;
 
 /// How often a token with an unknown `kid` may trigger a JWKS download: short enough that a
 /// provider's key rotation is picked up at once, long enough that forged `kid`s cannot make
@@ -521,7 +520,7 @@ impl Client {
             .claims;
         match claims.iat {
             None => Err(self.rejected("the token has no iat")),
-            Some(iat) if iat > store::now() + LEEWAY_SECS => {
+            Some(iat) if iat > crate::clock::now() + LEEWAY_SECS => {
                 Err(self.rejected("the token was issued in the future"))
             }
             Some(_) => Ok(claims),
@@ -550,7 +549,7 @@ impl Client {
         let claims = jsonwebtoken::decode::<IdClaims>(token, &key, &v)
             .map_err(|e| self.rejected(format!("the ID token failed validation: {e}")))?
             .claims;
-        let now = store::now();
+        let now = crate::clock::now();
         match claims.iat {
             None => return Err(self.rejected("the ID token has no iat")),
             Some(iat) if iat > now + LEEWAY_SECS => {

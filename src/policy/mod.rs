@@ -443,7 +443,7 @@ impl BindingCondition {
 
     /// A condition that ends access at `until` (Unix seconds): what `--expires` means.
     pub fn expiring(until: i64) -> BindingCondition {
-        let ts = condition::format_rfc3339(until);
+        let ts = crate::clock::format_rfc3339(until);
         BindingCondition::new(
             &format!("expires {ts}"),
             "",

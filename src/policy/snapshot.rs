@@ -258,6 +258,27 @@ impl Snapshot {
         s
     }
 
+    /// Like [`Snapshot::new`], with `admins` (the configuration's `admins`, never stored) holding
+    /// roles/admin on the global policy. The server and `castellan check` both build their
+    /// snapshots here, so they agree about who is an administrator.
+    pub fn with_admins(
+        mut policies: Vec<(Resource, Policy)>,
+        memberships: Vec<(String, String)>,
+        admins: &[Member],
+    ) -> Snapshot {
+        if !admins.is_empty() {
+            if !policies.iter().any(|(r, _)| *r == Resource::Global) {
+                policies.push((Resource::Global, Policy::default()));
+            }
+            if let Some((_, global)) = policies.iter_mut().find(|(r, _)| *r == Resource::Global) {
+                for m in admins {
+                    global.add(Role::Admin, m.clone(), None);
+                }
+            }
+        }
+        Snapshot::new(policies, memberships)
+    }
+
     pub fn policy(&self, resource: &Resource) -> Option<&Policy> {
         match resource {
             Resource::Global => self.global.as_ref().map(|c| &c.policy),
@@ -572,6 +593,19 @@ mod tests {
             &cx("/")
         ));
         assert!(!s.has_role(None, Role::Admin, user("root@example.com", &none), &cx("/")));
+    }
+
+    #[test]
+    fn configured_admins_join_the_global_policy() {
+        let admin = Member::parse("user:root@example.com").unwrap();
+        let s = Snapshot::with_admins(vec![], vec![], &[admin]);
+        let root = user("root@example.com", &[]);
+        assert!(s.has_role(None, Role::Admin, root, &cx("/")));
+        assert!(s.has_role(Some("any"), Role::Admin, root, &cx("/")));
+        assert!(
+            !s.decide("any", root, &cx("/")).allowed(),
+            "admin does not open apps"
+        );
     }
 
     #[test]

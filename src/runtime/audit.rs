@@ -125,7 +125,7 @@ impl Spool {
         dir.join(format!(
             "{}-{}.jsonl",
             std::process::id(),
-            crate::store::now_ms()
+            crate::clock::now_ms()
         ))
     }
 
@@ -367,7 +367,7 @@ mod tests {
 
     fn record(actor: &str) -> AuditRecord {
         AuditRecord {
-            at: crate::store::now_ms(),
+            at: crate::clock::now_ms(),
             kind: "decision".into(),
             actor: actor.into(),
             action: "allow".into(),
@@ -389,16 +389,12 @@ mod tests {
         let (dir, store) = crate::store::temp_store().await;
         let db = dir.path().join("t.db");
         // The store is reachable but refuses one record, as a constraint or a trigger might.
-        let side = sqlx::SqlitePool::connect(&format!("sqlite://{}", db.display()))
-            .await
-            .unwrap();
-        sqlx::query(
-            "CREATE TRIGGER refuse_poison BEFORE INSERT ON audit WHEN NEW.actor = 'poison' \
-             BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
-        )
-        .execute(&side)
-        .await
-        .unwrap();
+        store
+            .run_sql_for_test(
+                "CREATE TRIGGER refuse_poison BEFORE INSERT ON audit WHEN NEW.actor = 'poison' \
+                 BEGIN SELECT RAISE(ABORT, 'refused for the test'); END",
+            )
+            .await;
         let spool_dir = tempfile::tempdir().unwrap();
         let set_aside = Gauge::default();
         let sink = AuditSink::start(
@@ -440,10 +436,7 @@ mod tests {
 
         // Once the cause is fixed, renaming the file back is all it takes: the running writer
         // finds it and writes it.
-        sqlx::query("DROP TRIGGER refuse_poison")
-            .execute(&side)
-            .await
-            .unwrap();
+        store.run_sql_for_test("DROP TRIGGER refuse_poison").await;
         let aside = walk(spool_dir.path())
             .into_iter()
             .find(|p| p.extension().is_some_and(|x| x == "refused"))

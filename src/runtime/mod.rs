@@ -104,7 +104,7 @@ async fn load_keys(
     config: &Config,
     store: &Store,
 ) -> Result<(Signer, CsrfKeys), crate::identity::assertion::Error> {
-    let now = store::now();
+    let now = crate::clock::now();
     let signer = Signer::load(store, &config.public_origin(), config.key_rotation, now).await?;
     let rotate_after = config.key_rotation.saturating_sub(Duration::from_secs(
         crate::identity::assertion::PUBLISH_AHEAD_SECS as u64,
@@ -184,7 +184,7 @@ impl State {
             changed: Arc::new(tokio::sync::Notify::new()),
             store_health: Arc::new(StoreHealth {
                 up: std::sync::atomic::AtomicBool::new(true),
-                last_ok_ms: AtomicI64::new(store::now_ms()),
+                last_ok_ms: AtomicI64::new(crate::clock::now_ms()),
             }),
             store,
         };
@@ -315,14 +315,14 @@ impl State {
     /// every protected request is refused until the store is back.
     pub fn store_usable(&self) -> bool {
         self.store_health.up.load(Ordering::Acquire)
-            || store::now_ms() - self.store_health.last_ok_ms.load(Ordering::Acquire)
+            || crate::clock::now_ms() - self.store_health.last_ok_ms.load(Ordering::Acquire)
                 <= self.config.store_outage_grace.as_millis() as i64
     }
 
     /// Seconds since the store last answered a reload, when the last one failed.
     pub fn store_down_for(&self) -> Option<i64> {
         (!self.store_health.up.load(Ordering::Acquire)).then(|| {
-            (store::now_ms() - self.store_health.last_ok_ms.load(Ordering::Acquire)) / 1000
+            (crate::clock::now_ms() - self.store_health.last_ok_ms.load(Ordering::Acquire)) / 1000
         })
     }
 
@@ -339,7 +339,7 @@ impl State {
             Ok(_) => {
                 self.store_health
                     .last_ok_ms
-                    .store(store::now_ms(), Ordering::Release);
+                    .store(crate::clock::now_ms(), Ordering::Release);
                 self.store_health.up.store(true, Ordering::Release);
             }
             Err(_) => self.store_health.up.store(false, Ordering::Release),
@@ -353,20 +353,11 @@ impl State {
         if self.revision.load(Ordering::Acquire) == revision {
             return Ok(false);
         }
-        let mut policies = self.store.policies().await?;
-        if !self.config.admins.is_empty() {
-            // Administrators by configuration join the global policy's roles/admin (never stored).
-            use crate::policy::{Policy, Role, snapshot::Resource};
-            if !policies.iter().any(|(r, _)| *r == Resource::Global) {
-                policies.push((Resource::Global, Policy::default()));
-            }
-            if let Some((_, global)) = policies.iter_mut().find(|(r, _)| *r == Resource::Global) {
-                for m in &self.config.admins {
-                    global.add(Role::Admin, m.clone(), None);
-                }
-            }
-        }
-        let snapshot = Snapshot::new(policies, self.store.memberships().await?);
+        let snapshot = Snapshot::with_admins(
+            self.store.policies().await?,
+            self.store.memberships().await?,
+            &self.config.admins,
+        );
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
         self.session_cache
             .lock()
@@ -409,7 +400,7 @@ impl State {
             None
         };
         let snapshot = self.snapshot();
-        let now = store::now();
+        let now = crate::clock::now();
         let ended: Vec<u64> = entries
             .iter()
             .filter(|(_, g)| {
@@ -476,7 +467,7 @@ impl State {
             return Ok(None);
         }
         let digest = crate::crypto::digest(id);
-        let now = store::now();
+        let now = crate::clock::now();
         let idle = self.config.session_idle_timeout.as_secs() as i64;
         // Record use at most once a minute (sooner for short idle timeouts): enough for the idle
         // timeout, cheap for the store.
@@ -587,7 +578,7 @@ impl State {
         use crate::identity::google::IAP_PREFIX;
         use http::HeaderName;
         let key = identity_cache_key(app.identity_headers, who, &app.audience);
-        let now = store::now();
+        let now = crate::clock::now();
         if let Some(key) = &key
             && let Some((headers, iat)) = self
                 .identity_cache

@@ -76,7 +76,7 @@ impl Installed {
 
     /// When it expires, as RFC 3339.
     pub fn expires(&self) -> String {
-        crate::policy::condition::format_rfc3339(self.not_after)
+        crate::clock::format_rfc3339(self.not_after)
     }
 }
 

@@ -38,7 +38,7 @@ pub async fn run(state: Arc<State>, acme: Acme, certs: Arc<Certs>) {
     let mut installed_at: Option<i64> = None;
     let mut backoff = Duration::from_secs(10);
     loop {
-        let now = crate::store::now();
+        let now = crate::clock::now();
         let stored = match state.store.acme_certificate(&key).await {
             Ok(c) => c,
             Err(e) => {
@@ -90,7 +90,7 @@ pub async fn run(state: Arc<State>, acme: Acme, certs: Arc<Certs>) {
             .await
             .ok()
             .flatten()
-            .is_some_and(|c| renew_at(c.not_before, c.not_after) > crate::store::now());
+            .is_some_and(|c| renew_at(c.not_before, c.not_after) > crate::clock::now());
         let result = if fresh {
             Ok(())
         } else {

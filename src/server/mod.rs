@@ -326,9 +326,18 @@ fn spawn_background(current: Arc<Current>) {
             }
         }
     });
-    if let crate::config::StoreLocation::Postgres(url) = &current.get().config.store {
-        tokio::spawn(listen_for_changes(current.clone(), url.to_string()));
-    }
+    // Wakes the reload loop whenever any replica commits a change. Notifications sent while the
+    // feed is disconnected are lost, so every (re)connection forces a full reload; the revision
+    // poll above stays as the backstop.
+    let feed = current.clone();
+    let location = current.get().config.store.clone();
+    tokio::spawn(async move {
+        store::changes::follow(&location, |change| match change {
+            store::changes::Change::Connected => feed.get().invalidate(),
+            store::changes::Change::Committed => feed.get().changed.notify_one(),
+        })
+        .await
+    });
     let keys = current.clone();
     tokio::spawn(async move {
         // Every replica re-reads the key rings each minute, so all know a new key long before
@@ -348,7 +357,7 @@ fn spawn_background(current: Arc<Current>) {
             if let Err(e) = state.store.sweep(crate::endpoints::FLOW_LIFETIME).await {
                 tracing::warn!("cleaning expired sessions failed: {e}");
             }
-            let cutoff = store::now_ms() - state.config.audit_retention.as_millis() as i64;
+            let cutoff = crate::clock::now_ms() - state.config.audit_retention.as_millis() as i64;
             match state.store.prune_audit(cutoff).await {
                 Ok(0) => {}
                 Ok(n) => {
@@ -359,33 +368,6 @@ fn spawn_background(current: Arc<Current>) {
             tokio::time::sleep(Duration::from_secs(600)).await;
         }
     });
-}
-
-/// Wakes the reload loop whenever any replica commits a change (the revision trigger's NOTIFY).
-/// Notifications sent while the connection is down are lost, so every (re)connection forces a
-/// full reload; the revision poll stays as the backstop.
-async fn listen_for_changes(current: Arc<Current>, url: String) {
-    use sqlx::postgres::PgListener;
-    loop {
-        let mut listener = match PgListener::connect(&url).await {
-            Ok(l) => l,
-            Err(_) => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        if listener.listen(store::REVISION_CHANNEL).await.is_err() {
-            tokio::time::sleep(Duration::from_secs(1)).await;
-            continue;
-        }
-        current.get().invalidate();
-        // `try_recv` answers `Ok(None)` when the connection was lost.
-        while let Ok(Some(_)) = listener.try_recv().await {
-            current.get().changed.notify_one();
-        }
-        tracing::warn!("lost the store's change notifications; reconnecting");
-        tokio::time::sleep(Duration::from_millis(200)).await;
-    }
 }
 
 /// Serves Prometheus metrics at `/metrics` on `listener`.

@@ -11,6 +11,7 @@
 
 mod acme;
 mod audit;
+pub mod changes;
 mod copy;
 mod groups;
 mod passkeys;
@@ -22,7 +23,9 @@ mod sessions;
 mod users;
 
 use std::path::Path;
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
+
+use crate::clock::{now, now_ms};
 
 use sqlx::any::{AnyPoolOptions, install_default_drivers};
 use sqlx::{Any, AnyPool, Executor, Row, Transaction};
@@ -145,19 +148,6 @@ impl Error {
 
 pub type Result<T> = std::result::Result<T, Error>;
 
-/// Seconds since the Unix epoch.
-pub fn now() -> i64 {
-    now_ms() / 1000
-}
-
-/// Milliseconds since the Unix epoch.
-pub fn now_ms() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as i64)
-        .unwrap_or(0)
-}
-
 /// Who made a change, for the audit trail: `cli:USER`, or the email of an admin using the API.
 #[derive(Debug, Clone)]
 pub struct Actor {
@@ -168,36 +158,11 @@ pub struct Actor {
 impl Actor {
     /// The operating-system user running the command line.
     pub fn cli() -> Actor {
-        let user = std::env::var("USER")
-            .or_else(|_| std::env::var("LOGNAME"))
-            .ok()
-            .filter(|u| !u.is_empty())
-            .or_else(os_user)
-            .unwrap_or_else(|| "unknown".into());
         Actor {
-            name: format!("cli:{user}"),
+            name: format!("cli:{}", crate::config::invoking_user()),
             ip: String::new(),
         }
     }
-}
-
-/// The name of the user this process runs as, from /etc/passwd (containers often set no $USER).
-fn os_user() -> Option<String> {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::MetadataExt;
-        let uid = std::fs::metadata("/proc/self").ok()?.uid();
-        let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
-        passwd
-            .lines()
-            .find_map(|l| {
-                let f: Vec<&str> = l.split(':').collect();
-                (f.len() > 2 && f[2] == uid.to_string()).then(|| f[0].to_string())
-            })
-            .or(Some(format!("uid {uid}")))
-    }
-    #[cfg(not(unix))]
-    None
 }
 
 /// Which database a [`Store`] talks to.
@@ -423,6 +388,18 @@ fn sqlite_url(path: &Path) -> String {
         }
     }
     url + "?mode=rwc"
+}
+
+#[cfg(test)]
+impl Store {
+    /// Runs raw SQL against this store, for tests that stage what castellan itself never does
+    /// (a trigger that refuses rows, say).
+    pub(crate) async fn run_sql_for_test(&self, sql: &str) {
+        sqlx::raw_sql(sqlx::AssertSqlSafe(sql.to_string()))
+            .execute(&self.pool)
+            .await
+            .unwrap();
+    }
 }
 
 #[cfg(test)]

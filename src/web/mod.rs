@@ -12,7 +12,7 @@ use http::{Response, StatusCode};
 use http_body_util::combinators::UnsyncBoxBody;
 use http_body_util::{BodyExt, Full, Limited};
 
-use crate::config::IpNet;
+use crate::net::IpNet;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
@@ -223,30 +223,6 @@ pub fn query_pairs(uri: &http::Uri) -> Vec<(String, String)> {
 
 /// The client's address: the socket peer, or, when the peer is a trusted proxy, the right-most
 /// address in `X-Forwarded-For` that is not itself a trusted proxy.
-/// `ip` in its usual spelling. IPv4 is written digit by digit: this runs twice on every request,
-/// and `Display` (which supports padding) costs ten times as much.
-pub fn ip_text(ip: IpAddr) -> String {
-    match ip {
-        IpAddr::V4(v4) => {
-            let mut s = String::with_capacity(15);
-            for (i, o) in v4.octets().into_iter().enumerate() {
-                if i > 0 {
-                    s.push('.');
-                }
-                if o >= 100 {
-                    s.push(char::from(b'0' + o / 100));
-                }
-                if o >= 10 {
-                    s.push(char::from(b'0' + o / 10 % 10));
-                }
-                s.push(char::from(b'0' + o % 10));
-            }
-            s
-        }
-        IpAddr::V6(_) => ip.to_string(),
-    }
-}
-
 pub fn client_ip(peer: SocketAddr, headers: &HeaderMap, trusted: &[IpNet]) -> IpAddr {
     let is_trusted = |ip: IpAddr| trusted.iter().any(|n| n.contains(ip));
     let mut ip = peer.ip();
@@ -298,19 +274,6 @@ pub fn is_navigation(headers: &HeaderMap) -> bool {
 
 #[cfg(test)]
 mod tests {
-    #[test]
-    fn ip_text_spells_addresses_as_display_does() {
-        use std::net::Ipv4Addr;
-        for a in [0u8, 1, 9, 10, 99, 100, 199, 200, 255] {
-            for b in [0u8, 7, 42, 250] {
-                let ip = IpAddr::V4(Ipv4Addr::new(a, b, 255 - a, b / 3));
-                assert_eq!(super::ip_text(ip), ip.to_string());
-            }
-        }
-        let v6: IpAddr = "2001:db8::1".parse().unwrap();
-        assert_eq!(super::ip_text(v6), "2001:db8::1");
-    }
-
     use super::*;
 
     fn headers(pairs: &[(&str, &str)]) -> HeaderMap {

@@ -22,7 +22,7 @@ pub fn esc(s: &str) -> String {
 
 /// A Unix time as people read it on castellan's pages: `2026-11-29 01:02:03 UTC`.
 pub fn when(secs: i64) -> String {
-    crate::policy::condition::format_rfc3339(secs)
+    crate::clock::format_rfc3339(secs)
         .replace('T', " ")
         .replace('Z', " UTC")
 }

@@ -65,7 +65,7 @@ async fn metadata_stand_in() -> MetadataStandIn {
                             };
                             a.lock().unwrap().push(aud.clone());
                             let n = i.fetch_add(1, Ordering::SeqCst);
-                            let now = castellan::store::now();
+                            let now = castellan::clock::now();
                             let claims = serde_json::json!({"aud": aud, "iss": "https://accounts.google.com", "sub": "1234",
                             "email": "castellan@project.iam.gserviceaccount.com", "iat": now, "exp": now + 3600, "n": n});
                             let token = format!(

@@ -7,11 +7,12 @@ use anyhow::{Context as _, Result, bail};
 use clap::{Args, Subcommand, ValueEnum};
 
 use castellan::admin::ops;
+use castellan::clock::parse_rfc3339;
 use castellan::config::Config;
-use castellan::policy::condition::{Context, parse_rfc3339};
+use castellan::policy::condition::Context;
 use castellan::policy::snapshot::{Resource, Snapshot, Who};
 use castellan::policy::{Document, Member, Policy, Role};
-use castellan::store::{self, Actor};
+use castellan::store::Actor;
 
 use crate::open_store;
 
@@ -255,7 +256,9 @@ pub async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
                 );
             }
             let expires = expires
-                .map(|e| ops::parse_expires(&e, store::now()).map_err(anyhow::Error::msg))
+                .map(|e| {
+                    ops::parse_expires(&e, castellan::clock::now()).map_err(anyhow::Error::msg)
+                })
                 .transpose()?;
             let condition =
                 ops::condition(condition.as_deref(), condition_title.as_deref(), expires)
@@ -465,16 +468,20 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
     let email = crate::users::normalize_email(&args.email)?;
     let role = parse_role(&args.role)?;
     let at = match &args.at {
-        None => store::now(),
+        None => castellan::clock::now(),
         Some(a) => parse_rfc3339(a)
             .map(Ok)
-            .unwrap_or_else(|| ops::parse_expires(a, store::now()))
+            .unwrap_or_else(|| ops::parse_expires(a, castellan::clock::now()))
             .map_err(anyhow::Error::msg)?,
     };
     let path = castellan::gate::path::normalize(&args.path)
         .map_err(|e| anyhow::anyhow!("--path {}: {e}", args.path))?;
     let store = open_store(config).await?;
-    let snapshot = Snapshot::new(store.policies().await?, store.memberships().await?);
+    let snapshot = Snapshot::with_admins(
+        store.policies().await?,
+        store.memberships().await?,
+        &config.admins,
+    );
     let cx = Context {
         path: &path,
         host: &args.host,

@@ -8,7 +8,7 @@ use clap::{Args, ValueEnum};
 
 use castellan::admin::ops::parse_expires;
 use castellan::config::Config;
-use castellan::store::{self, AuditFilter, AuditRecord};
+use castellan::store::{AuditFilter, AuditRecord};
 
 use crate::open_store;
 
@@ -57,7 +57,7 @@ enum Kind {
 
 /// A point in time given as a duration back from now, a date or a timestamp; Unix milliseconds.
 fn point(s: &str) -> Result<i64> {
-    let now = store::now();
+    let now = castellan::clock::now();
     if let Some(d) = castellan::config::parse_duration(s) {
         return Ok((now - d.as_secs() as i64) * 1000);
     }
@@ -116,7 +116,7 @@ pub async fn run(config: &Config, args: AuditArgs) -> Result<ExitCode> {
 }
 
 fn line(r: &AuditRecord) -> String {
-    let when = castellan::policy::condition::format_rfc3339(r.at / 1000);
+    let when = castellan::clock::format_rfc3339(r.at / 1000);
     if r.kind == "decision" {
         format!(
             "{when}  {:<8} {:<28} {:<10} {} {}  {}{}{}",

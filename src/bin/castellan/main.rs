@@ -270,8 +270,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         }
         Command::Serve => {
             // The file is watched for changes unless the configuration came from the environment.
-            let from_env = std::env::var(castellan::config::CONFIG_TOML_VAR)
-                .is_ok_and(|t| !t.trim().is_empty());
+            let from_env = castellan::config::from_environment();
             serve(config, None, (!from_env).then_some(cli.config.as_path())).await?;
             Ok(ExitCode::SUCCESS)
         }
@@ -488,25 +487,11 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// `2026-11-28 18:04:05 UTC` from unix seconds (civil-from-days, no time zone database needed).
+/// `2026-11-28 18:04:05 UTC` from unix seconds.
 pub(crate) fn format_time(secs: i64) -> String {
-    let days = secs.div_euclid(86400);
-    let rem = secs.rem_euclid(86400);
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let d = doy - (153 * mp + 2) / 5 + 1;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    let y = yoe + era * 400 + i64::from(m <= 2);
-    format!(
-        "{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02} UTC",
-        rem / 3600,
-        rem % 3600 / 60,
-        rem % 60
-    )
+    castellan::clock::format_rfc3339(secs)
+        .replace('T', " ")
+        .replace('Z', " UTC")
 }
 
 #[cfg(test)]

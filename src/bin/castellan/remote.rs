@@ -42,15 +42,10 @@ struct Credential {
 }
 
 fn credentials_path() -> Result<PathBuf> {
-    let base = std::env::var_os("XDG_CONFIG_HOME")
-        .map(PathBuf::from)
-        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".config")))
-        .ok_or_else(|| {
-            anyhow!(
-                "neither XDG_CONFIG_HOME nor HOME is set: cannot find where to keep credentials"
-            )
-        })?;
-    Ok(base.join("castellan").join("credentials.json"))
+    let dir = castellan::config::cli_credentials_dir().ok_or_else(|| {
+        anyhow!("neither XDG_CONFIG_HOME nor HOME is set: cannot find where to keep credentials")
+    })?;
+    Ok(dir.join("credentials.json"))
 }
 
 fn load() -> Result<Credentials> {
