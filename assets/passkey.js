@@ -1,5 +1,6 @@
-// castellan passkeys: the browser's half of WebAuthn sign-in and registration. Buttons carry
-// data-passkey="sign-in" or "register" and data-csrf; the status line is [data-passkey-status].
+// castellan passkeys: the browser's half of WebAuthn sign-in, confirmation ("confirm it's you"
+// before a change to the account) and registration. Buttons carry data-passkey="sign-in",
+// "confirm" or "register" and data-csrf; the status line is [data-passkey-status].
 'use strict';
 (() => {
   const b64u = (buf) => btoa(String.fromCharCode(...new Uint8Array(buf)))
@@ -15,6 +16,7 @@
       body: JSON.stringify(body),
     });
     const v = await r.json().catch(() => ({}));
+    if (v.error === 'confirmation_required') location.assign('/.castellan/account/confirm');
     if (!r.ok) throw new Error(v.message || `castellan answered ${r.status}`);
     return v;
   }
@@ -28,6 +30,21 @@
     const r = cred.response;
     const v = await post('/.castellan/passkey/sign_in', button.dataset.csrf, {
       id: cred.id, rd: button.dataset.rd || '/',
+      clientDataJSON: b64u(r.clientDataJSON), authenticatorData: b64u(r.authenticatorData),
+      signature: b64u(r.signature),
+    });
+    location.assign(v.location);
+  }
+
+  async function confirm(button) {
+    const o = await post('/.castellan/passkey/confirm/options', button.dataset.csrf, {});
+    const cred = await navigator.credentials.get({ publicKey: {
+      challenge: bytes(o.challenge), rpId: o.rpId, timeout: o.timeout, userVerification: 'required',
+      allowCredentials: o.allow.map((id) => ({ type: 'public-key', id: bytes(id) })),
+    } });
+    const r = cred.response;
+    const v = await post('/.castellan/passkey/confirm', button.dataset.csrf, {
+      id: cred.id,
       clientDataJSON: b64u(r.clientDataJSON), authenticatorData: b64u(r.authenticatorData),
       signature: b64u(r.signature),
     });
@@ -60,7 +77,8 @@
       e.preventDefault();
       button.disabled = true;
       try {
-        await (button.dataset.passkey === 'register' ? register(button) : signIn(button));
+        const ceremony = { register, confirm, 'sign-in': signIn }[button.dataset.passkey];
+        await ceremony(button);
       } catch (err) {
         say(err.name === 'NotAllowedError' ? 'The passkey request was cancelled or timed out.' : err.message);
       } finally {

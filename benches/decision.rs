@@ -57,7 +57,8 @@ fn bench(c: &mut Criterion) {
                 "demo",
                 Who::User {
                     email: &email,
-                    groups: &groups
+                    groups: &groups,
+                    domain: Some("example.com"),
                 },
                 &cx
             )
@@ -73,6 +74,7 @@ fn bench(c: &mut Criterion) {
                         black_box(Who::User {
                             email: &email,
                             groups: &groups,
+                            domain: Some("example.com"),
                         }),
                         black_box(&cx),
                     )
@@ -82,6 +84,7 @@ fn bench(c: &mut Criterion) {
         let stranger = Who::User {
             email: "nobody@example.com",
             groups: &groups,
+            domain: Some("example.com"),
         };
         assert!(!s.decide("demo", stranger, &cx).allowed());
         g.bench_with_input(BenchmarkId::new("denied-no-binding", n), &n, |b, _| {

@@ -50,6 +50,30 @@ pub struct Config {
     pub apps: Vec<App>,
     /// HTTPS on `listen`, with certificates from files or ACME.
     pub tls: Option<Tls>,
+    /// The ingress that asks `/.castellan/auth` (forward-auth), if any: it decides which headers
+    /// describe the original request.
+    pub forward_auth: Option<ForwardAuth>,
+}
+
+/// The ingress in front of castellan that uses forward-auth.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ForwardAuth {
+    /// nginx `auth_request`: `X-Original-Method`, `X-Original-URI`, `X-Forwarded-Host`, `-Proto`.
+    Nginx,
+    /// Traefik `forwardAuth`: `X-Forwarded-Method`, `-Uri`, `-Host`, `-Proto`.
+    Traefik,
+    /// Caddy `forward_auth`: `X-Forwarded-Method`, `-Uri`, `-Host`, `-Proto`.
+    Caddy,
+}
+
+impl ForwardAuth {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ForwardAuth::Nginx => "nginx",
+            ForwardAuth::Traefik => "traefik",
+            ForwardAuth::Caddy => "caddy",
+        }
+    }
 }
 
 /// `[tls]`: where certificates come from, and the plain-HTTP listener beside HTTPS.
@@ -489,6 +513,7 @@ pub const ENV_KEYS: &[&str] = &[
     "audit_retention",
     "access_request_webhook",
     "google_metadata_url",
+    "forward_auth",
 ];
 
 struct Reader<'a> {
@@ -639,12 +664,36 @@ impl Reader<'_> {
                 "with [tls] castellan serves HTTPS: public_url must start with https://, e.g. \"https://apps.example.com\"",
             );
         }
+        let had_providers = t.contains_key("providers");
         let providers = self.providers(&mut t);
+        let forward_auth = match self.string(&mut t, "", "forward_auth").as_deref() {
+            None => None,
+            Some("nginx") => Some(ForwardAuth::Nginx),
+            Some("traefik") => Some(ForwardAuth::Traefik),
+            Some("caddy") => Some(ForwardAuth::Caddy),
+            Some(other) => {
+                self.problem(
+                    "forward_auth",
+                    format!("`{other}` is not an ingress castellan answers: write \"nginx\", \"traefik\" or \"caddy\" (the one in front of castellan; it decides which headers say what the original request was)"),
+                );
+                None
+            }
+        };
         let had_apps = t.contains_key("apps");
         let reauth_default = self.duration(&mut t, "", "reauth_max_age");
         let apps = self.apps(&mut t, reauth_default);
 
-        if !local_accounts && providers.is_empty() {
+        if let Some(own) = public_url.as_ref().and_then(|u| u.host_str()) {
+            for (i, app) in apps.iter().enumerate() {
+                if app.host.as_deref() == Some(own) {
+                    self.problem(
+                        format!("apps[{i}].host"),
+                        format!("`{own}` is castellan's own host (public_url), where its sign-in, account and console pages live: an app there could read and drive them. Give the app a host of its own (a DNS name pointing at castellan, or \"127.0.0.1\" on this machine), or give castellan one with public_url"),
+                    );
+                }
+            }
+        }
+        if !local_accounts && providers.is_empty() && !had_providers {
             self.problem(
                 "local_accounts",
                 "local accounts are off and no [[providers]] are configured, so nobody could sign in. \
@@ -679,6 +728,7 @@ impl Reader<'_> {
             providers,
             apps,
             tls,
+            forward_auth,
         })
     }
 
@@ -793,17 +843,9 @@ impl Reader<'_> {
             if t.contains_key("public_url") {
                 return None;
             }
-            let host = if listen.ip().is_unspecified() {
-                "127.0.0.1".to_string()
-            } else {
-                listen.ip().to_string()
-            };
-            let host = if listen.is_ipv6() && !listen.ip().is_unspecified() {
-                format!("[{host}]")
-            } else {
-                host
-            };
-            return Url::parse(&format!("http://{host}:{}", listen.port())).ok();
+            // castellan's own pages need a host no app shares: `localhost` on this machine,
+            // while apps are reached at 127.0.0.1 (or their own names).
+            return Url::parse(&format!("http://localhost:{}", listen.port())).ok();
         };
         let fix =
             "write the URL browsers use to reach castellan, e.g. \"https://apps.example.com\"";
@@ -1221,6 +1263,12 @@ impl Reader<'_> {
             let upstream = self
                 .required(&mut a, &prefix, "upstream", "\"http://127.0.0.1:8501\"")
                 .and_then(|s| self.upstream(&prefix, &s));
+            if !a.contains_key("host") {
+                self.problem(
+                    format!("{prefix}host"),
+                    "every app is served on a host of its own, never on castellan's (public_url's host), so that its pages cannot read or drive castellan's: add host = \"127.0.0.1\" to reach it on this machine, or a DNS name that points at castellan, e.g. host = \"dashboard.example.com\"",
+                );
+            }
             let host = self.string(&mut a, &prefix, "host").and_then(|h| {
                 let lower = h.to_ascii_lowercase();
                 // `*.apps.example.com` serves every name one label below apps.example.com.
@@ -1493,9 +1541,9 @@ mod tests {
 
     #[test]
     fn minimal_config_gets_documented_defaults() {
-        let c = parse("[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:8501\"\n").unwrap();
+        let c = parse("[[apps]]\nid = \"demo\"\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n").unwrap();
         assert_eq!(c.listen, "127.0.0.1:8080".parse().unwrap());
-        assert_eq!(c.public_url.as_str(), "http://127.0.0.1:8080/");
+        assert_eq!(c.public_url.as_str(), "http://localhost:8080/");
         assert_eq!(
             c.store,
             StoreLocation::Sqlite("/etc/castellan/castellan.db".into())
@@ -1505,7 +1553,7 @@ mod tests {
         assert_eq!(c.apps[0].path_prefix, "/");
         assert_eq!(
             c.redirect_uri(),
-            "http://127.0.0.1:8080/.castellan/callback"
+            "http://localhost:8080/.castellan/callback"
         );
         assert_eq!(c.session_lifetime, Duration::from_secs(86400));
     }
@@ -1513,7 +1561,7 @@ mod tests {
     #[test]
     fn env_expansion_and_unset_variable() {
         let ok = parse(
-            "[[providers]]\nid=\"corp\"\nissuer=\"http://127.0.0.1:9000\"\nclient_id=\"c\"\nclient_secret=\"${SECRET}\"\n[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n",
+            "[[providers]]\nid=\"corp\"\nissuer=\"http://127.0.0.1:9000\"\nclient_id=\"c\"\nclient_secret=\"${SECRET}\"\n[[apps]]\nid=\"a\"\nhost = \"app.example.com\"\nupstream=\"http://127.0.0.1:1\"\n",
         )
         .unwrap();
         assert_eq!(ok.providers[0].client_secret, "s3cret");
@@ -1522,7 +1570,7 @@ mod tests {
             "Debug must redact the secret"
         );
         let err = parse(
-            "[[providers]]\nid=\"corp\"\nissuer=\"http://127.0.0.1:9000\"\nclient_id=\"c\"\nclient_secret=\"${NOPE}\"\n[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n",
+            "[[providers]]\nid=\"corp\"\nissuer=\"http://127.0.0.1:9000\"\nclient_id=\"c\"\nclient_secret=\"${NOPE}\"\n[[apps]]\nid=\"a\"\nhost = \"app.example.com\"\nupstream=\"http://127.0.0.1:1\"\n",
         )
         .unwrap_err();
         assert_eq!(err.len(), 1);
@@ -1571,7 +1619,7 @@ id = "b"
     #[test]
     fn duplicate_ids_audiences_and_routes_are_rejected() {
         let err = parse(
-            "[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:2\"\naudience=\"castellan:a\"\n",
+            "[[apps]]\nid=\"a\"\nhost = \"app.example.com\"\nupstream=\"http://127.0.0.1:1\"\n[[apps]]\nid=\"a\"\nhost = \"app.example.com\"\nupstream=\"http://127.0.0.1:2\"\naudience=\"castellan:a\"\n",
         )
         .unwrap_err();
         let text: Vec<String> = err
@@ -1596,7 +1644,7 @@ id = "b"
             ("SECRET", "s3cret"),
             (
                 "CASTELLAN_CONFIG_TOML",
-                "[[providers]]\nid=\"g\"\nissuer=\"https://accounts.google.com\"\nclient_id=\"c\"\nclient_secret=\"${SECRET}\"\n[[apps]]\nid=\"a\"\nupstream=\"https://a-xyz-uc.a.run.app\"\nupstream_auth=\"google-id-token\"\n",
+                "[[providers]]\nid=\"g\"\nissuer=\"https://accounts.google.com\"\nclient_id=\"c\"\nclient_secret=\"${SECRET}\"\n[[apps]]\nid=\"a\"\nhost = \"app.example.com\"\nupstream=\"https://a-xyz-uc.a.run.app\"\nupstream_auth=\"google-id-token\"\n",
             ),
         ]);
         let c = Config::load_with(Path::new("/nonexistent/castellan.toml"), &env).unwrap();
@@ -1617,7 +1665,7 @@ id = "b"
             ("CASTELLAN_LOCAL_ACCOUNTS", "yes"),
             (
                 "CASTELLAN_CONFIG_TOML",
-                "[[apps]]\nid=\"a\"\nupstream=\"http://x:1\"\n",
+                "[[apps]]\nid=\"a\"\nhost = \"app.example.com\"\nupstream=\"http://x:1\"\n",
             ),
         ]);
         let e = Config::load_with(Path::new("/x"), &bad).unwrap_err();
@@ -1626,9 +1674,46 @@ id = "b"
     }
 
     #[test]
+    fn apps_have_hosts_of_their_own() {
+        let err = parse("[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n").unwrap_err();
+        assert_eq!(err[0].key, "apps[0].host");
+        assert!(
+            err[0].message.contains("host = \"127.0.0.1\""),
+            "{}",
+            err[0].message
+        );
+        let err = parse(
+            "public_url = \"https://auth.example.com\"\n[[apps]]\nid=\"a\"\nhost=\"auth.example.com\"\nupstream=\"http://127.0.0.1:1\"\n",
+        )
+        .unwrap_err();
+        assert_eq!(err[0].key, "apps[0].host");
+        assert!(
+            err[0].message.contains("castellan's own host"),
+            "{}",
+            err[0].message
+        );
+    }
+
+    #[test]
+    fn forward_auth_names_one_ingress() {
+        let ok = |v: &str| {
+            parse(&format!(
+                "forward_auth = \"{v}\"\n[[apps]]\nid=\"a\"\nhost=\"a.example.com\"\nupstream=\"http://127.0.0.1:1\"\n"
+            ))
+        };
+        assert_eq!(ok("nginx").unwrap().forward_auth, Some(ForwardAuth::Nginx));
+        assert_eq!(ok("caddy").unwrap().forward_auth, Some(ForwardAuth::Caddy));
+        assert_eq!(
+            ok("traefik").unwrap().forward_auth,
+            Some(ForwardAuth::Traefik)
+        );
+        assert_eq!(ok("haproxy").unwrap_err()[0].key, "forward_auth");
+    }
+
+    #[test]
     fn no_way_to_sign_in_is_an_error() {
         let err =
-            parse("local_accounts = false\n[[apps]]\nid=\"a\"\nupstream=\"http://127.0.0.1:1\"\n")
+            parse("local_accounts = false\n[[apps]]\nid=\"a\"\nhost = \"app.example.com\"\nupstream=\"http://127.0.0.1:1\"\n")
                 .unwrap_err();
         assert_eq!(err[0].key, "local_accounts");
     }

@@ -88,17 +88,17 @@ pub fn cookie(data: &[u8]) {
         }
     }
     for name in ["castellan_session", "__Host-castellan_session"] {
-        if let Some(v) = crate::web::cookie(&headers, name) {
+        if let Some(v) = crate::web::cookies::cookie(&headers, name) {
             assert!(!v.contains(';'), "{v:?}");
         }
     }
-    crate::web::strip_own_cookies(&mut headers);
+    crate::web::cookies::strip_own_cookies(&mut headers);
     for v in headers.get_all(header::COOKIE) {
         let s = String::from_utf8_lossy(v.as_bytes());
         for pair in s.split(';') {
             let name = pair.split_once('=').map_or(pair, |(k, _)| k).trim();
             assert!(
-                !crate::web::is_own_cookie(name.as_bytes()),
+                !crate::web::cookies::is_own_cookie(name.as_bytes()),
                 "{name:?} survived in {s:?}"
             );
         }
@@ -109,7 +109,7 @@ pub fn cookie(data: &[u8]) {
 pub fn bearer(data: &[u8]) {
     let Some(t) = text(data) else { return };
     let _ = jsonwebtoken::decode_header(t);
-    let _ = crate::gate::bearer::unverified_issuer(t);
+    let _ = crate::gate::credential::unverified_issuer(t);
 }
 
 /// Conditions: compiling never panics; an error points inside the source; a compiled condition

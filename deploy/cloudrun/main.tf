@@ -14,7 +14,8 @@ variable "region" {
 }
 variable "app_image" { type = string }         # the private app
 variable "castellan_image" { type = string }   # built from this repository's Dockerfile
-variable "public_url" { type = string }        # e.g. https://apps.example.com
+variable "public_url" { type = string }        # castellan's own address, e.g. https://auth.example.com
+variable "app_host" { type = string }          # where people open the dashboard, e.g. dashboard.example.com
 variable "google_client_id" { type = string }
 variable "admin_email" { type = string }     # your first administrator
 variable "google_client_secret" {
@@ -82,6 +83,7 @@ locals {
 
     [[apps]]
     id = "dashboard"
+    host = "${var.app_host}"
     upstream = "${google_cloud_run_v2_service.app.uri}"
     upstream_auth = "google-id-token"
   TOML

@@ -6,8 +6,6 @@
 //! from a browser session must be JSON (`Content-Type: application/json`) from castellan's own origin,
 //! which a cross-site form or script cannot send without a CORS preflight castellan never grants.
 
-use std::net::SocketAddr;
-
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::{BodyExt, Limited};
@@ -17,83 +15,25 @@ use serde_json::json;
 
 use crate::admin::ops;
 use crate::clock::parse_rfc3339;
-use crate::gate::Outcome;
 use crate::policy::condition::Context;
-use crate::policy::snapshot::{Resource, Snapshot, Who};
-use crate::policy::{Document, Member, Policy, Role, valid_group};
+use crate::policy::snapshot::{Resource, Snapshot};
+use crate::policy::{Document, Member, Policy, Principal, Role, valid_group};
 use crate::runtime::State;
-use crate::store::{self, Actor, AuditFilter};
-use crate::web::{self, Body};
+use crate::store::{Actor, AuditFilter};
+use crate::web::ctx::{Ctx, Why};
+use crate::web::failure::{Answer, Failure};
+use crate::web::guard::{self, Proof};
+use crate::web::{self};
 
 pub const PREFIX: &str = "/.castellan/api/v1/";
 const OPENAPI: &str = include_str!("openapi.json");
 
-/// An API failure: status, stable code, message for people.
-struct ApiError(StatusCode, &'static str, String);
-
-type ApiResult = Result<Response<Body>, ApiError>;
-
-fn bad(msg: impl Into<String>) -> ApiError {
-    ApiError(StatusCode::BAD_REQUEST, "invalid_argument", msg.into())
+fn bad(msg: impl Into<String>) -> Failure {
+    Failure::bad_request("invalid_argument", Why::None, msg)
 }
 
-impl From<store::Error> for ApiError {
-    fn from(e: store::Error) -> ApiError {
-        match e {
-            store::Error::StaleEtag { .. } => {
-                ApiError(StatusCode::CONFLICT, "stale_etag", e.to_string())
-            }
-            store::Error::Exists(_) | store::Error::UserExists(_) => {
-                ApiError(StatusCode::CONFLICT, "already_exists", e.to_string())
-            }
-            store::Error::NotFound(_) => {
-                ApiError(StatusCode::NOT_FOUND, "not_found", e.to_string())
-            }
-            other => {
-                let reference = crate::crypto::reference_id();
-                tracing::error!(reference, "API store error: {other}");
-                ApiError(
-                    StatusCode::INTERNAL_SERVER_ERROR,
-                    "internal",
-                    format!("the store failed; reference {reference}"),
-                )
-            }
-        }
-    }
-}
-
-/// The authenticated caller.
-enum Caller {
-    User(crate::policy::Identity),
-    ServiceAccount(String),
-}
-
-impl Caller {
-    fn who(&self) -> Who<'_> {
-        match self {
-            Caller::User(i) => Who::User {
-                email: &i.email,
-                groups: &i.groups,
-            },
-            Caller::ServiceAccount(n) => Who::ServiceAccount(n),
-        }
-    }
-
-    fn name(&self) -> String {
-        match self {
-            Caller::User(i) => i.email.clone(),
-            Caller::ServiceAccount(n) => format!("serviceAccount:{n}"),
-        }
-    }
-}
-
-pub async fn handle(
-    state: &State,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    path: &str,
-    outcome: &mut Outcome,
-) -> Response<Body> {
+pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>, path: &str) -> Answer {
+    ctx.navigation = false;
     let rest = path.strip_prefix(PREFIX).unwrap_or("");
     if rest == "openapi.json" && req.method() == Method::GET {
         let mut r = Response::new(web::full(OPENAPI));
@@ -101,36 +41,22 @@ pub async fn handle(
             http::header::CONTENT_TYPE,
             http::HeaderValue::from_static("application/json"),
         );
-        return r;
+        return Ok(r);
     }
     let write = req.method() != Method::GET;
-    match route(state, peer, req, rest, outcome).await {
-        Ok(r) => {
-            // Read-your-writes: this process applies its own change now, not at the next poll.
-            if write && state.reload().await.unwrap_or(false) {
-                state.recheck_live(true).await;
-            }
-            r
-        }
-        Err(ApiError(status, code, message)) => {
-            outcome.decision = if status == StatusCode::FORBIDDEN {
-                "deny"
-            } else {
-                outcome.decision
-            };
-            let mut r = web::json(status, &json!({ "error": code, "message": message }));
-            if status == StatusCode::UNAUTHORIZED {
-                r.headers_mut().insert(
-                    http::header::WWW_AUTHENTICATE,
-                    http::HeaderValue::from_static("Bearer realm=\"castellan\""),
-                );
-            }
-            r
-        }
+    let r = route(state, ctx, req, rest).await?;
+    if write {
+        // Read-your-writes: this process applies its own change now, not at the next poll.
+        state.apply_own_change().await;
     }
+    Ok(r)
 }
 
-async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<(Caller, bool), ApiError> {
+/// The caller, and whether it came with a browser session (whose writes the CSRF guard checks).
+async fn authenticate(
+    state: &State,
+    req: &Request<Incoming>,
+) -> Result<(Principal, bool), Failure> {
     if let Some(auth) = req.headers().get(http::header::AUTHORIZATION) {
         let key = auth
             .to_str()
@@ -138,40 +64,28 @@ async fn authenticate(state: &State, req: &Request<Incoming>) -> Result<(Caller,
             .and_then(|a| a.strip_prefix("Bearer "))
             .map(str::trim)
             .ok_or_else(|| {
-                ApiError(
-                    StatusCode::UNAUTHORIZED,
-                    "unauthenticated",
-                    "use Authorization: Bearer KEY with a service account key".into(),
-                )
+                Failure::unauthenticated("use Authorization: Bearer KEY with a service account key")
             })?;
         return match state.store.service_account_for_key(key).await? {
-            Some(name) => Ok((Caller::ServiceAccount(name), false)),
-            None => Err(ApiError(
-                StatusCode::UNAUTHORIZED,
-                "unauthenticated",
-                "unknown or revoked key".into(),
-            )),
+            Some(name) => Ok((Principal::ServiceAccount(name.into()), false)),
+            None => Err(Failure::unauthenticated("unknown or revoked key")),
         };
     }
-    match state.authenticate(req.headers()).await? {
-        Some((identity, _)) => Ok((
-            Caller::User(std::sync::Arc::unwrap_or_clone(identity)),
-            true,
-        )),
-        None => Err(ApiError(
-            StatusCode::UNAUTHORIZED,
-            "unauthenticated",
-            "sign in, or send Authorization: Bearer KEY with a service account key".into(),
+    match state.session(req.headers()).await? {
+        Some(s) => Ok((Principal::Person(s.identity), true)),
+        None => Err(Failure::unauthenticated(
+            "sign in, or send Authorization: Bearer KEY with a service account key",
         )),
     }
 }
 
-fn require(
+/// Whether `caller` holds roles/admin on `app` (directly or globally) or, with None, globally.
+fn is_admin(
     snapshot: &Snapshot,
-    caller: &Caller,
+    caller: &Principal,
     app: Option<&str>,
     ip: std::net::IpAddr,
-) -> Result<(), ApiError> {
+) -> bool {
     let cx = Context {
         path: "/",
         host: "",
@@ -179,21 +93,29 @@ fn require(
         time: crate::clock::now(),
         ip: Some(ip),
     };
-    if snapshot.has_role(app, Role::Admin, caller.who(), &cx) {
-        Ok(())
-    } else {
-        let on = app
-            .map(|a| format!("app {a} or globally"))
-            .unwrap_or_else(|| "the global policy".into());
-        Err(ApiError(
-            StatusCode::FORBIDDEN,
-            "permission_denied",
-            format!("{} needs roles/admin on {on}", caller.name()),
-        ))
-    }
+    snapshot.has_role(app, Role::Admin, caller.who(), &cx)
 }
 
-async fn json_body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, ApiError> {
+fn require(
+    snapshot: &Snapshot,
+    caller: &Principal,
+    app: Option<&str>,
+    ip: std::net::IpAddr,
+) -> Result<(), Failure> {
+    if is_admin(snapshot, caller, app, ip) {
+        return Ok(());
+    }
+    let on = app
+        .map(|a| format!("app {a} or globally"))
+        .unwrap_or_else(|| "the global policy".into());
+    Err(Failure::forbidden(
+        "permission_denied",
+        Why::None,
+        format!("{} needs roles/admin on {on}", caller.name()),
+    ))
+}
+
+async fn json_body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Result<T, Failure> {
     let bytes: Bytes = Limited::new(req.into_body(), 1024 * 1024)
         .collect()
         .await
@@ -203,11 +125,11 @@ async fn json_body<T: for<'de> Deserialize<'de>>(req: Request<Incoming>) -> Resu
         .map_err(|e| bad(format!("the body is not the expected JSON: {e}")))
 }
 
-fn ok(value: serde_json::Value) -> ApiResult {
+fn ok(value: serde_json::Value) -> Answer {
     Ok(web::json(StatusCode::OK, &value))
 }
 
-fn resource(state: &State, name: &str) -> Result<Resource, ApiError> {
+fn resource(state: &State, name: &str) -> Result<Resource, Failure> {
     if name == "global" {
         return Ok(Resource::Global);
     }
@@ -215,13 +137,7 @@ fn resource(state: &State, name: &str) -> Result<Resource, ApiError> {
         .config
         .app(name)
         .map(|a| Resource::App(a.id.clone()))
-        .ok_or_else(|| {
-            ApiError(
-                StatusCode::NOT_FOUND,
-                "not_found",
-                format!("there is no app `{name}`"),
-            )
-        })
+        .ok_or_else(|| Failure::not_found(format!("there is no app `{name}`")))
 }
 
 fn app_of(r: &Resource) -> Option<&str> {
@@ -297,38 +213,23 @@ struct MemberBody {
     email: String,
 }
 
-async fn route(
-    state: &State,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    rest: &str,
-    outcome: &mut Outcome,
-) -> ApiResult {
+async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str) -> Answer {
     let (caller, browser) = authenticate(state, &req).await?;
-    outcome.user = caller.name();
+    ctx.set_user(&caller.name());
     let method = req.method().clone();
     if browser && method != Method::GET {
-        let json_ct = req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .and_then(|v| v.to_str().ok())
-            .is_some_and(|v| v.starts_with("application/json"));
-        let origin_ok = req
-            .headers()
-            .get(http::header::ORIGIN)
-            .is_none_or(|o| o.as_bytes() == state.config.public_origin().as_bytes());
-        if !(json_ct || method == Method::DELETE) || !origin_ok {
-            return Err(ApiError(
-                StatusCode::FORBIDDEN,
-                "csrf",
-                "writes with a browser session must send Content-Type: application/json from castellan's own origin".into(),
-            ));
-        }
+        guard::check(
+            req.headers(),
+            &state.config.public_origin(),
+            None,
+            &state.csrf_keys(),
+            Proof::Preflighted(&method),
+        )?;
     }
-    let ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
+    let ip = ctx.client_ip;
     let actor = Actor {
         name: caller.name(),
-        ip: ip.to_string(),
+        ip: crate::net::ip_text(ip),
     };
     if method != Method::GET {
         // Decide on the latest policies, including changes made a moment ago elsewhere.
@@ -413,11 +314,9 @@ async fn route(
             )
             .await?;
             if n == 0 {
-                return Err(ApiError(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    format!("{member} has no {role} binding here"),
-                ));
+                return Err(Failure::not_found(format!(
+                    "{member} has no {role} binding here"
+                )));
             }
             ok(policy_json(&policy))
         }
@@ -490,11 +389,15 @@ async fn route(
                 time: at,
                 ip: body.ip,
             };
-            let who = Who::User {
+            let who = crate::policy::Who::User {
                 email: &email,
                 groups: &body.groups,
+                domain: crate::policy::email_domain(&email),
             };
-            let e = snapshot.explain(&body.app, role, who, &cx);
+            let mut e = snapshot.explain(&body.app, role, who, &cx);
+            if !is_admin(&snapshot, &caller, None, ip) {
+                e = e.for_app_admin();
+            }
             let bindings: Vec<_> = e
                 .bindings
                 .iter()
@@ -515,6 +418,7 @@ async fn route(
                 "grant": match &e.decision { crate::policy::Decision::Allow(g) => Some(g.to_string()), _ => None },
                 "groups": e.groups,
                 "bindings": bindings,
+                "hidden_bindings": e.hidden,
                 "explanation": ops::explain_text(&e, &body.app, &email),
             }))
         }
@@ -527,11 +431,7 @@ async fn route(
             require(&snapshot, &caller, None, ip)?;
             let n = state.store.revoke_sessions(Some(id), None, &actor).await?;
             if n == 0 {
-                return Err(ApiError(
-                    StatusCode::NOT_FOUND,
-                    "not_found",
-                    "no session with that id".into(),
-                ));
+                return Err(Failure::not_found("no session with that id"));
             }
             ok(json!({ "ended": n }))
         }
@@ -550,7 +450,7 @@ async fn route(
                 resource(state, a)?;
             }
             require(&snapshot, &caller, app.as_deref(), ip)?;
-            let ms = |name: &str| -> Result<Option<i64>, ApiError> {
+            let ms = |name: &str| -> Result<Option<i64>, Failure> {
                 q(name)
                     .map(|v| {
                         parse_rfc3339(&v)
@@ -571,10 +471,8 @@ async fn route(
             };
             ok(json!({ "records": state.store.audit(&filter).await? }))
         }
-        _ => Err(ApiError(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            format!("no API endpoint {method} {PREFIX}{rest}; see {PREFIX}openapi.json"),
-        )),
+        _ => Err(Failure::not_found(format!(
+            "no API endpoint {method} {PREFIX}{rest}; see {PREFIX}openapi.json"
+        ))),
     }
 }

@@ -6,195 +6,35 @@
 //! castellan's own origin (`Origin`, or `Sec-Fetch-Site: same-origin`). Global admins see
 //! everything; an app's admins see that app, its requests and its audit records.
 
-use std::net::SocketAddr;
-
 use askama::Template;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 
-use crate::admin::ops;
-use crate::clock::{format_rfc3339, parse_rfc3339};
-use crate::crypto;
-use crate::gate::{Outcome, internal_error};
+use crate::clock::parse_rfc3339;
 use crate::policy::condition::Context;
-use crate::policy::snapshot::{Resource, Snapshot, Who};
-use crate::policy::{BindingCondition, Identity, Member, Role};
+use crate::policy::snapshot::{Resource, Snapshot};
+use crate::policy::{Identity, Role};
 use crate::runtime::State;
-use crate::store::{self, Actor, AuditFilter};
+use crate::store::{self, AuditFilter};
+use crate::web::ctx::{Ctx, Why};
+use crate::web::failure::{Answer, Failure};
 use crate::web::{self, Body};
 
 pub const PREFIX: &str = "/.castellan/admin";
 
-/// What every page's header needs.
-struct Base {
-    title: String,
-    section: &'static str,
-    user: String,
-    global: bool,
-    pending: usize,
-    flash: String,
-    flash_error: bool,
-}
+use super::views::*;
 
-#[derive(Template)]
-#[template(path = "admin/apps.html")]
-struct AppsPage {
-    base: Base,
-    apps: Vec<AppRow>,
-}
-
-struct AppRow {
-    id: String,
-    upstream: String,
-    healthy: bool,
-    health_detail: String,
-    principals: usize,
-    last_access: String,
-    public: bool,
-}
-
-#[derive(Template)]
-#[template(path = "admin/app.html")]
-struct AppPage {
-    base: Base,
-    app: String,
-    public: bool,
-    rows: Vec<PrincipalRow>,
-    csrf: String,
-}
-
-struct PrincipalRow {
-    member: String,
-    role: String,
-    condition: String,
-    title: String,
-}
-
-#[derive(Template)]
-#[template(path = "admin/confirm.html")]
-struct ConfirmPage {
-    base: Base,
-    heading: String,
-    question: String,
-    action: String,
-    fields: Vec<(String, String)>,
-    confirm: String,
-    back: String,
-    csrf: String,
-}
-
-#[derive(Template)]
-#[template(path = "admin/groups.html")]
-struct GroupsPage {
-    base: Base,
-    groups: Vec<crate::store::Group>,
-    csrf: String,
-}
-
-#[derive(Template)]
-#[template(path = "admin/requests.html")]
-struct RequestsPage {
-    base: Base,
-    requests: Vec<RequestRow>,
-    csrf: String,
-}
-
-struct RequestRow {
-    id: i64,
-    email: String,
-    app: String,
-    reason: String,
-    when: String,
-}
-
-#[derive(Template)]
-#[template(path = "admin/audit.html")]
-struct AuditPage {
-    base: Base,
-    rows: Vec<AuditRow>,
-    f_user: String,
-    f_app: String,
-    f_decision: String,
-    f_since: String,
-    f_until: String,
-    older: String,
-}
-
-struct AuditRow {
-    when: String,
-    actor: String,
-    action: String,
-    denied: bool,
-    app: String,
-    detail: String,
-}
-
-#[derive(Template)]
-#[template(path = "admin/sessions.html")]
-struct SessionsPage {
-    base: Base,
-    sessions: Vec<SessionRow>,
-    csrf: String,
-}
-
-struct SessionRow {
-    id: String,
-    email: String,
-    provider: String,
-    ip: String,
-    agent: String,
-    since: String,
-    seen: String,
-}
-
-#[derive(Template)]
-#[template(path = "admin/settings.html")]
-struct SettingsPage {
-    base: Base,
-    settings: Vec<(String, String)>,
-}
-
-fn when(secs: i64) -> String {
-    format_rfc3339(secs)
-        .replace('T', " ")
-        .trim_end_matches('Z')
-        .to_string()
-}
-
-/// The condition as people say it: "until 2027-01-01 00:00", "only /reports", or its title.
-pub fn condition_words(c: &BindingCondition) -> String {
-    let mut parts = Vec::new();
-    let expr = &c.expression;
-    if let Some(rest) = expr.split("request.path.startsWith(\"").nth(1)
-        && let Some(prefix) = rest.split('"').next()
-    {
-        parts.push(format!("only {prefix}"));
-    }
-    if let Some(t) = c.compiled.expiry() {
-        parts.push(format!("until {}", when(t)));
-    }
-    if parts.is_empty() {
-        if c.title.is_empty() {
-            expr.clone()
-        } else {
-            format!("{} ({expr})", c.title)
-        }
-    } else {
-        parts.join(", ")
-    }
-}
-
-struct Admin {
-    identity: Identity,
-    global: bool,
+pub(super) struct Admin {
+    pub(super) identity: Identity,
+    pub(super) global: bool,
     /// The apps this admin manages (all of them for a global admin).
-    apps: Vec<String>,
-    browser: String,
-    set_browser: Option<http::HeaderValue>,
+    pub(super) apps: Vec<String>,
+    pub(super) browser: String,
+    pub(super) set_browser: Option<http::HeaderValue>,
 }
 
 impl Admin {
-    fn may(&self, app: &str) -> bool {
+    pub(super) fn may(&self, app: &str) -> bool {
         self.global || self.apps.iter().any(|a| a == app)
     }
 }
@@ -209,78 +49,68 @@ fn cx_now() -> Context<'static> {
     }
 }
 
-fn render<T: Template>(page: &T, outcome: &mut Outcome, admin: &Admin) -> Response<Body> {
-    let mut resp = match page.render() {
-        Ok(html) => web::html(StatusCode::OK, html),
-        Err(e) => internal_error(outcome, "rendering a console page", &e),
-    };
+fn render<T: Template>(page: &T, admin: &Admin) -> Answer {
+    let html = page
+        .render()
+        .map_err(|e| Failure::internal("rendering a console page", &e))?;
+    let mut resp = web::html(StatusCode::OK, html);
     if let Some(c) = admin.set_browser.clone() {
         resp.headers_mut().append(http::header::SET_COOKIE, c);
     }
-    resp
+    Ok(resp)
 }
 
-fn forbidden(message: &str) -> Response<Body> {
-    web::html(
-        StatusCode::FORBIDDEN,
-        crate::web::pages::error("Not allowed", message, &crypto::reference_id()),
-    )
+pub(super) fn forbidden(message: &str) -> Failure {
+    Failure::forbidden("permission_denied", Why::None, message)
 }
 
 /// A redirect after a successful form post, with a message for the next page.
-fn done(to: &str, message: &str) -> Response<Body> {
+pub(super) fn done(to: &str, message: &str) -> Response<Body> {
     let sep = if to.contains('?') { '&' } else { '?' };
     let mut r = web::redirect(&format!("{to}{sep}done={}", crate::web::pages::q(message)));
     *r.status_mut() = StatusCode::SEE_OTHER;
     r
 }
 
-fn failed(to: &str, message: &str) -> Response<Body> {
+pub(super) fn failed(to: &str, message: &str) -> Response<Body> {
     let sep = if to.contains('?') { '&' } else { '?' };
     let mut r = web::redirect(&format!("{to}{sep}error={}", crate::web::pages::q(message)));
     *r.status_mut() = StatusCode::SEE_OTHER;
     r
 }
 
-pub async fn handle(
-    state: &State,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    path: &str,
-    outcome: &mut Outcome,
-) -> Response<Body> {
+pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>, path: &str) -> Answer {
     let rest = path
         .strip_prefix(PREFIX)
         .unwrap_or("")
         .trim_start_matches('/')
         .to_string();
-    let who = match state.authenticate(req.headers()).await {
-        Ok(Some((who, _))) => who,
-        Ok(None) => {
-            let rd = req
-                .uri()
-                .path_and_query()
-                .map(|p| p.as_str())
-                .unwrap_or("/");
-            return web::redirect(&format!(
-                "/.castellan/sign_in?rd={}",
-                crate::web::pages::q(rd)
-            ));
-        }
-        Err(e) => return internal_error(outcome, "reading the session", &e),
+    let session = state
+        .session(req.headers())
+        .await
+        .map_err(|e| Failure::internal("reading the session", &e))?;
+    let Some(session) = session else {
+        let rd = req
+            .uri()
+            .path_and_query()
+            .map(|p| p.as_str())
+            .unwrap_or("/");
+        return Ok(web::redirect(&format!(
+            "/.castellan/sign_in?rd={}",
+            crate::web::pages::q(rd)
+        )));
     };
-    outcome.user = who.email.clone();
+    let who = session.identity;
+    ctx.set_user(&who.email);
     if req.method() != Method::GET {
         // Decide on the latest policies, including changes made a moment ago elsewhere.
-        if let Err(e) = state.reload().await {
-            return internal_error(outcome, "reloading policies", &e);
-        }
+        state
+            .reload()
+            .await
+            .map_err(|e| Failure::internal("reloading policies", &e))?;
     }
     let snapshot = state.snapshot();
-    let as_who = Who::User {
-        email: &who.email,
-        groups: &who.groups,
-    };
+    let as_who = who.who();
     let global = snapshot.has_role(None, Role::Admin, as_who, &cx_now());
     let apps: Vec<String> = state
         .config
@@ -290,11 +120,10 @@ pub async fn handle(
         .map(|a| a.id.clone())
         .collect();
     if !global && apps.is_empty() {
-        outcome.decision = "deny";
-        return forbidden(&format!(
+        return Err(forbidden(&format!(
             "{} is not an administrator. An administrator can grant roles/admin with `castellan access add --global user:{} --role roles/admin`.",
             who.email, who.email
-        ));
+        )));
     }
     let (browser, set_browser) = crate::endpoints::browser_id(state, req.headers());
     let admin = Admin {
@@ -310,10 +139,14 @@ pub async fn handle(
         .unwrap_or("")
         .to_string();
     let flash_error = web::param(&params, "error").is_some();
-    let pending = match state.store.pending_requests().await {
-        Ok(r) => r.iter().filter(|r| admin.may(&r.app)).count(),
-        Err(e) => return internal_error(outcome, "reading access requests", &e),
-    };
+    let pending = state
+        .store
+        .pending_requests()
+        .await
+        .map_err(|e| Failure::internal("reading access requests", &e))?
+        .iter()
+        .filter(|r| admin.may(&r.app))
+        .count();
     let base = |title: &str, section: &'static str| Base {
         title: title.to_string(),
         section,
@@ -325,130 +158,146 @@ pub async fn handle(
     };
 
     if req.method() == Method::POST {
-        let ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies).to_string();
-        return post(state, req, &rest, &admin, &ip, outcome).await;
+        let ip = crate::net::ip_text(ctx.client_ip);
+        return super::actions::post(state, req, &rest, &admin, &ip).await;
     }
     if req.method() != Method::GET {
-        return web::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        return Err(Failure::method_not_allowed("GET, POST"));
     }
     let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let result: Result<Response<Body>, store::Error> = async {
-        Ok(match segments.as_slice() {
-            [] => {
-                let page = AppsPage {
-                    apps: app_rows(state, &snapshot, &admin).await?,
-                    base: base("Apps", "apps"),
-                };
-                render(&page, outcome, &admin)
-            }
-            ["apps", id] if admin.may(id) => {
-                let policy = state.store.policy(&Resource::App(id.to_string())).await?;
-                let rows = policy
-                    .bindings
-                    .iter()
-                    .flat_map(|b| {
-                        b.members.iter().map(move |m| PrincipalRow {
-                            member: m.to_string(),
-                            role: b.role.to_string(),
-                            condition: b.condition.as_ref().map(condition_words).unwrap_or_default(),
-                            title: b.condition.as_ref().map(|c| c.title.clone()).unwrap_or_default(),
-                        })
+    match segments.as_slice() {
+        [] => {
+            let page = AppsPage {
+                apps: app_rows(state, &snapshot, &admin).await?,
+                base: base("Apps", "apps"),
+            };
+            render(&page, &admin)
+        }
+        ["apps", id] if admin.may(id) => {
+            let policy = state.store.policy(&Resource::App(id.to_string())).await?;
+            let rows = policy
+                .bindings
+                .iter()
+                .flat_map(|b| {
+                    b.members.iter().map(move |m| PrincipalRow {
+                        member: m.to_string(),
+                        role: b.role.to_string(),
+                        condition: b
+                            .condition
+                            .as_ref()
+                            .map(condition_words)
+                            .unwrap_or_default(),
+                        title: b
+                            .condition
+                            .as_ref()
+                            .map(|c| c.title.clone())
+                            .unwrap_or_default(),
                     })
-                    .collect();
-                let page = AppPage {
-                    base: base(id, "apps"),
-                    app: id.to_string(),
-                    public: policy.is_public(),
-                    rows,
-                    csrf: state.csrf_token(&admin.browser),
-                };
-                render(&page, outcome, &admin)
-            }
-            ["apps", id, "remove"] if admin.may(id) => {
-                let member = web::param(&params, "member").unwrap_or("").to_string();
-                let role = web::param(&params, "role").unwrap_or("roles/accessor").to_string();
-                let title = web::param(&params, "title").unwrap_or("").to_string();
-                let page = ConfirmPage {
-                    base: base("Remove principal", "apps"),
-                    heading: format!("Remove {member}?"),
-                    question: format!(
-                        "{member} will lose {role} on {id}{} at once; their open connections to the app close within a second.",
-                        if title.is_empty() { String::new() } else { format!(" (the binding \"{title}\")") }
-                    ),
-                    action: format!("{PREFIX}/apps/{id}/remove"),
-                    fields: vec![("member".into(), member.clone()), ("role".into(), role), ("title".into(), title)],
-                    confirm: format!("Remove {member}"),
-                    back: format!("{PREFIX}/apps/{id}"),
-                    csrf: state.csrf_token(&admin.browser),
-                };
-                render(&page, outcome, &admin)
-            }
-            ["groups"] if admin.global => {
-                let page = GroupsPage {
-                    base: base("Groups", "groups"),
-                    groups: state.store.groups().await?,
-                    csrf: state.csrf_token(&admin.browser),
-                };
-                render(&page, outcome, &admin)
-            }
-            ["requests"] => {
-                let requests = state
-                    .store
-                    .pending_requests()
-                    .await?
-                    .into_iter()
-                    .filter(|r| admin.may(&r.app))
-                    .map(|r| RequestRow {
-                        id: r.id,
-                        email: r.email,
-                        app: r.app,
-                        reason: r.reason,
-                        when: when(r.updated_at),
-                    })
-                    .collect();
-                let page = RequestsPage {
-                    base: base("Access requests", "requests"),
-                    requests,
-                    csrf: state.csrf_token(&admin.browser),
-                };
-                render(&page, outcome, &admin)
-            }
-            ["audit"] => audit_page(state, &params, &admin, base("Audit", "audit"), outcome).await?,
-            ["sessions"] if admin.global => {
-                let sessions = state
-                    .store
-                    .list_sessions(None)
-                    .await?
-                    .into_iter()
-                    .map(|s| SessionRow {
-                        id: s.id,
-                        email: s.email,
-                        provider: s.provider,
-                        ip: s.client_ip,
-                        agent: s.user_agent.chars().take(80).collect(),
-                        since: when(s.created_at),
-                        seen: when(s.last_seen),
-                    })
-                    .collect();
-                let page = SessionsPage {
-                    base: base("Sessions", "sessions"),
-                    sessions,
-                    csrf: state.csrf_token(&admin.browser),
-                };
-                render(&page, outcome, &admin)
-            }
-            ["settings"] if admin.global => {
-                let page = SettingsPage {
-                    base: base("Settings", "settings"),
-                    settings: settings(state),
-                };
-                render(&page, outcome, &admin)
-            }
-            _ => forbidden("There is no such console page, or it is not yours to see."),
-        })
+                })
+                .collect();
+            let page = AppPage {
+                base: base(id, "apps"),
+                app: id.to_string(),
+                public: policy.is_public(),
+                rows,
+                csrf: state.csrf_token(&admin.browser),
+            };
+            render(&page, &admin)
+        }
+        ["apps", id, "remove"] if admin.may(id) => {
+            let member = web::param(&params, "member").unwrap_or("").to_string();
+            let role = web::param(&params, "role")
+                .unwrap_or("roles/accessor")
+                .to_string();
+            let title = web::param(&params, "title").unwrap_or("").to_string();
+            let page = ConfirmPage {
+                base: base("Remove principal", "apps"),
+                heading: format!("Remove {member}?"),
+                question: format!(
+                    "{member} will lose {role} on {id}{} at once; their open connections to the app close within a second.",
+                    if title.is_empty() {
+                        String::new()
+                    } else {
+                        format!(" (the binding \"{title}\")")
+                    }
+                ),
+                action: format!("{PREFIX}/apps/{id}/remove"),
+                fields: vec![
+                    ("member".into(), member.clone()),
+                    ("role".into(), role),
+                    ("title".into(), title),
+                ],
+                confirm: format!("Remove {member}"),
+                back: format!("{PREFIX}/apps/{id}"),
+                csrf: state.csrf_token(&admin.browser),
+            };
+            render(&page, &admin)
+        }
+        ["groups"] if admin.global => {
+            let page = GroupsPage {
+                base: base("Groups", "groups"),
+                groups: state.store.groups().await?,
+                csrf: state.csrf_token(&admin.browser),
+            };
+            render(&page, &admin)
+        }
+        ["requests"] => {
+            let requests = state
+                .store
+                .pending_requests()
+                .await?
+                .into_iter()
+                .filter(|r| admin.may(&r.app))
+                .map(|r| RequestRow {
+                    id: r.id,
+                    email: r.email,
+                    app: r.app,
+                    reason: r.reason,
+                    when: when(r.updated_at),
+                })
+                .collect();
+            let page = RequestsPage {
+                base: base("Access requests", "requests"),
+                requests,
+                csrf: state.csrf_token(&admin.browser),
+            };
+            render(&page, &admin)
+        }
+        ["audit"] => audit_page(state, &params, &admin, base("Audit", "audit")).await,
+        ["sessions"] if admin.global => {
+            let sessions = state
+                .store
+                .list_sessions(None)
+                .await?
+                .into_iter()
+                .map(|s| SessionRow {
+                    id: s.id,
+                    email: s.email,
+                    provider: s.provider,
+                    ip: s.client_ip,
+                    agent: s.user_agent.chars().take(80).collect(),
+                    since: when(s.created_at),
+                    seen: when(s.last_seen),
+                })
+                .collect();
+            let page = SessionsPage {
+                base: base("Sessions", "sessions"),
+                sessions,
+                csrf: state.csrf_token(&admin.browser),
+            };
+            render(&page, &admin)
+        }
+        ["settings"] if admin.global => {
+            let page = SettingsPage {
+                base: base("Settings", "settings"),
+                settings: settings(state),
+            };
+            render(&page, &admin)
+        }
+        _ => Err(forbidden(
+            "There is no such console page, or it is not yours to see.",
+        )),
     }
-    .await;
-    result.unwrap_or_else(|e| internal_error(outcome, "reading the store for the console", &e))
 }
 
 async fn app_rows(
@@ -462,7 +311,7 @@ async fn app_rows(
         .iter()
         .filter(|a| admin.may(&a.id))
         .map(|a| {
-            let http = state.webhook_client.clone();
+            let http = state.http.clone();
             let url = a.upstream.clone();
             tokio::spawn(async move {
                 match http
@@ -521,13 +370,12 @@ async fn audit_page(
     params: &[(String, String)],
     admin: &Admin,
     base: Base,
-    outcome: &mut Outcome,
-) -> Result<Response<Body>, store::Error> {
+) -> Answer {
     let p = |n: &str| web::param(params, n).unwrap_or("").trim().to_string();
     let (f_user, f_app, f_decision, f_since, f_until) =
         (p("user"), p("app"), p("decision"), p("since"), p("until"));
     if !admin.global && (f_app.is_empty() || !admin.may(&f_app)) && admin.apps.len() != 1 {
-        return Ok(forbidden(
+        return Err(forbidden(
             "Choose one of your apps in the App filter: only global admins see every app's records.",
         ));
     }
@@ -539,7 +387,7 @@ async fn audit_page(
     if let Some(a) = &app
         && !admin.may(a)
     {
-        return Ok(forbidden("That app's audit trail is not yours to see."));
+        return Err(forbidden("That app's audit trail is not yours to see."));
     }
     let day = |d: &str, end: bool| -> Option<i64> {
         parse_rfc3339(&format!("{d}T00:00:00Z")).map(|t| (t + if end { 86_399 } else { 0 }) * 1000)
@@ -622,7 +470,7 @@ async fn audit_page(
         f_until,
         older,
     };
-    Ok(render(&page, outcome, admin))
+    render(&page, admin)
 }
 
 fn settings(state: &State) -> Vec<(String, String)> {
@@ -685,225 +533,4 @@ fn settings(state: &State) -> Vec<(String, String)> {
         ));
     }
     s
-}
-
-/// Same-origin check for unsafe requests: `Sec-Fetch-Site` when the browser sends it, else `Origin`.
-fn same_origin(state: &State, headers: &http::HeaderMap) -> bool {
-    if let Some(site) = headers.get("sec-fetch-site") {
-        return site.as_bytes() == b"same-origin";
-    }
-    match headers.get(http::header::ORIGIN) {
-        Some(o) => o.as_bytes() == state.config.public_origin().as_bytes(),
-        None => true,
-    }
-}
-
-async fn post(
-    state: &State,
-    req: Request<Incoming>,
-    rest: &str,
-    admin: &Admin,
-    ip: &str,
-    outcome: &mut Outcome,
-) -> Response<Body> {
-    let (parts, body) = req.into_parts();
-    let form = web::read_form(body).await.unwrap_or_default();
-    let token_ok = web::cookie(&parts.headers, state.cookies.browser)
-        .is_some_and(|b| state.csrf_valid(b, web::param(&form, "csrf").unwrap_or("")));
-    if !token_ok || !same_origin(state, &parts.headers) {
-        outcome.decision = "deny";
-        outcome.reason = "csrf";
-        return forbidden(
-            "This form has expired or did not come from this console. Go back, reload the page and try again.",
-        );
-    }
-    let f = |n: &str| web::param(&form, n).unwrap_or("").trim().to_string();
-    let actor = Actor {
-        name: admin.identity.email.clone(),
-        ip: ip.to_string(),
-    };
-    let segments: Vec<&str> = rest.split('/').filter(|s| !s.is_empty()).collect();
-    let result: Result<Response<Body>, String> = async {
-        match segments.as_slice() {
-            ["apps", id, "add"] if admin.may(id) => {
-                let back = format!("{PREFIX}/apps/{id}");
-                let member = match f("kind").as_str() {
-                    "group" => format!("group:{}", f("value")),
-                    "domain" => format!("domain:{}", f("value").trim_start_matches('@')),
-                    _ => format!("user:{}", f("value")),
-                };
-                let member = match Member::parse(&member) {
-                    Ok(m) => m,
-                    Err(e) => return Ok(failed(&back, &e.to_string())),
-                };
-                let role = Role::parse(&f("role")).map_err(|e| e.to_string())?;
-                let expires = match f("expires").as_str() {
-                    "" => None,
-                    d => Some(ops::parse_expires(d, crate::clock::now())?),
-                };
-                let condition = ops::condition(None, None, expires)?;
-                let (_, added) = ops::add(
-                    &state.store,
-                    &Resource::App(id.to_string()),
-                    role,
-                    member.clone(),
-                    condition,
-                    &actor,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                Ok(done(
-                    &back,
-                    &if added {
-                        format!("Added {member} ({role}).")
-                    } else {
-                        format!("{member} already had {role}.")
-                    },
-                ))
-            }
-            ["apps", id, "remove"] if admin.may(id) => {
-                let back = format!("{PREFIX}/apps/{id}");
-                let member = Member::parse(&f("member")).map_err(|e| e.to_string())?;
-                let role = Role::parse(&f("role")).map_err(|e| e.to_string())?;
-                let title = f("title");
-                let title = (!title.is_empty()).then_some(title.as_str());
-                let (_, n) = ops::remove(
-                    &state.store,
-                    &Resource::App(id.to_string()),
-                    role,
-                    &member,
-                    title,
-                    &actor,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                Ok(done(
-                    &back,
-                    &format!("Removed {member} from {n} binding(s)."),
-                ))
-            }
-            ["groups", "create"] if admin.global => {
-                let name = f("name");
-                if !crate::policy::valid_group(&name) {
-                    return Ok(failed(
-                        &format!("{PREFIX}/groups"),
-                        &format!("`{name}` is not a group name"),
-                    ));
-                }
-                state
-                    .store
-                    .create_group(&name, &f("description"), &actor)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(done(
-                    &format!("{PREFIX}/groups"),
-                    &format!("Created group {name}."),
-                ))
-            }
-            ["groups", op @ ("add-member" | "remove-member")] if admin.global => {
-                let email = f("email").to_ascii_lowercase();
-                if !crate::policy::is_email(&email) {
-                    return Ok(failed(
-                        &format!("{PREFIX}/groups"),
-                        &format!("`{email}` is not an email address"),
-                    ));
-                }
-                let add = *op == "add-member";
-                state
-                    .store
-                    .set_group_member(&f("group"), &email, add, &actor)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(done(
-                    &format!("{PREFIX}/groups"),
-                    &if add {
-                        format!("Added {email} to {}.", f("group"))
-                    } else {
-                        format!("Removed {email} from {}.", f("group"))
-                    },
-                ))
-            }
-            ["requests", id, verdict @ ("approve" | "deny")] => {
-                let back = format!("{PREFIX}/requests");
-                let id: i64 = id.parse().map_err(|_| "bad request id".to_string())?;
-                let request = state
-                    .store
-                    .access_request(id)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                if !admin.may(&request.app) {
-                    return Ok(forbidden("That request is for an app you do not manage."));
-                }
-                if *verdict == "deny" {
-                    state
-                        .store
-                        .decide_request(id, false, None, &actor)
-                        .await
-                        .map_err(|e| e.to_string())?;
-                    return Ok(done(
-                        &back,
-                        &format!("Denied {} access to {}.", request.email, request.app),
-                    ));
-                }
-                let expires = match f("expires").as_str() {
-                    "" => None,
-                    d => Some(ops::parse_expires(d, crate::clock::now())?),
-                };
-                let member =
-                    Member::parse(&format!("user:{}", request.email)).map_err(|e| e.to_string())?;
-                let condition = ops::condition(None, None, expires)?;
-                ops::add(
-                    &state.store,
-                    &Resource::App(request.app.clone()),
-                    Role::Accessor,
-                    member,
-                    condition,
-                    &actor,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
-                state
-                    .store
-                    .decide_request(id, true, expires, &actor)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(done(
-                    &back,
-                    &format!(
-                        "Approved: {} can open {}{}.",
-                        request.email,
-                        request.app,
-                        expires
-                            .map(|t| format!(" until {}", when(t)))
-                            .unwrap_or_default()
-                    ),
-                ))
-            }
-            ["sessions", "revoke"] if admin.global => {
-                let n = state
-                    .store
-                    .revoke_sessions(Some(&f("id")), None, &actor)
-                    .await
-                    .map_err(|e| e.to_string())?;
-                Ok(done(
-                    &format!("{PREFIX}/sessions"),
-                    &format!("Ended {n} session(s)."),
-                ))
-            }
-            _ => Ok(forbidden(
-                "There is no such console action, or it is not yours to take.",
-            )),
-        }
-    }
-    .await;
-    match result {
-        Ok(r) => {
-            // Apply this process's own change now, not at the next poll.
-            if state.reload().await.unwrap_or(false) {
-                state.recheck_live(true).await;
-            }
-            r
-        }
-        Err(message) => failed(&format!("{PREFIX}/"), &message),
-    }
 }

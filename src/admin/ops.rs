@@ -4,8 +4,9 @@
 use std::fmt::Write;
 
 use crate::clock::{format_rfc3339, parse_rfc3339};
+use crate::policy::Explanation;
 use crate::policy::condition;
-use crate::policy::snapshot::{Decision, Explanation, Resource};
+use crate::policy::snapshot::{Decision, Resource};
 use crate::policy::{BindingCondition, Document, DocumentBinding, Member, Policy, Role};
 use crate::store::{self, Actor, Store};
 
@@ -205,6 +206,13 @@ pub fn explain_text(e: &Explanation, app: &str, who: &str) -> String {
             ),
         };
         let _ = writeln!(out, "  - {place} binding #{}: {names}{cond}", b.index);
+    }
+    if e.hidden > 0 {
+        let _ = writeln!(
+            out,
+            "  ({} binding(s) of the global policy are not shown: only global admins see them.)",
+            e.hidden
+        );
     }
     out
 }

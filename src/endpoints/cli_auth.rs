@@ -1,15 +1,20 @@
-//! Signing the command line in (`castellan login`): the browser approves, a one-time code goes to
-//! the CLI's loopback listener (RFC 8252 §7.3), and the CLI redeems it with its PKCE verifier at
-//! `/.castellan/token` for a refresh token of its own (a session, listed and revocable like any).
+//! Signing the command line in (`castellan login`), on castellan's own host: the browser approves,
+//! a one-time code goes to the CLI's loopback listener (RFC 8252 §7.3), and the CLI redeems it
+//! with its PKCE verifier at `/.castellan/token` for a refresh token of its own (a session, listed
+//! and revocable like any). With `max_age` (an app's `reauth_max_age`), a browser session signed
+//! in longer ago than that signs in again first, so the command line's session is as fresh.
 
-use http::{Method, Request, Response, StatusCode};
+use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
 
+use super::{browser_id, with_cookie};
 use crate::crypto;
-use crate::gate::{Outcome, internal_error};
 use crate::runtime::State;
+use crate::web::ctx::{Ctx, Outcome, Why};
+use crate::web::failure::{Answer, Failure};
+use crate::web::guard::{self, Proof};
 use crate::web::pages::{self, esc};
-use crate::web::{self, Body};
+use crate::web::{self};
 
 pub const PATH: &str = "/.castellan/cli/authorize";
 
@@ -17,6 +22,7 @@ struct Params {
     port: u16,
     state: String,
     challenge: String,
+    max_age: Option<i64>,
 }
 
 fn params(pairs: &[(String, String)]) -> Option<Params> {
@@ -36,113 +42,106 @@ fn params(pairs: &[(String, String)]) -> Option<Params> {
     let challenge = web::param(pairs, "code_challenge")
         .filter(|s| s.len() == 43 && token_like(s, 43))?
         .to_string();
+    let max_age = match web::param(pairs, "max_age") {
+        None | Some("") => None,
+        Some(m) => Some(m.parse::<i64>().ok().filter(|m| *m >= 0)?),
+    };
     Some(Params {
         port,
         state,
         challenge,
+        max_age,
     })
 }
 
-fn bad() -> Response<Body> {
-    web::html(
-        StatusCode::BAD_REQUEST,
-        pages::error(
-            "Not a castellan login link",
-            "Start again with `castellan login URL` on your computer.",
-            &crypto::reference_id(),
-        ),
+fn not_a_login_link() -> Failure {
+    Failure::bad_request(
+        "bad_request",
+        Why::None,
+        "This is not a castellan login link. Start again with `castellan login URL` on your computer.",
     )
+    .titled("Not a castellan login link")
 }
 
-pub async fn handle(
-    state: &State,
-    req: Request<Incoming>,
-    outcome: &mut Outcome,
-) -> Response<Body> {
-    let who = match state.authenticate(req.headers()).await {
-        Ok(w) => w,
-        Err(e) => return internal_error(outcome, "reading the session", &e),
-    };
+pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Answer {
+    let session = state
+        .session(req.headers())
+        .await
+        .map_err(|e| Failure::internal("reading the session", &e))?;
     if req.method() == Method::GET {
         let pairs = web::query_pairs(req.uri());
-        let Some(p) = params(&pairs) else {
-            return bad();
+        let p = params(&pairs).ok_or_else(not_a_login_link)?;
+        let here = req
+            .uri()
+            .path_and_query()
+            .map(|x| x.as_str())
+            .unwrap_or(PATH);
+        let fresh_enough = |signed_in_at: i64| {
+            p.max_age
+                .is_none_or(|m| crate::clock::now() - signed_in_at <= m)
         };
-        let Some((identity, _)) = who else {
-            let here = req
-                .uri()
-                .path_and_query()
-                .map(|x| x.as_str())
-                .unwrap_or(PATH);
-            return web::redirect(&format!("/.castellan/sign_in?rd={}", pages::q(here)));
+        let Some(session) = session.filter(|s| fresh_enough(s.signed_in_at)) else {
+            let max_age = p
+                .max_age
+                .map(|m| format!("&max_age={m}"))
+                .unwrap_or_default();
+            return Ok(web::redirect(&format!(
+                "/.castellan/sign_in?rd={}{max_age}",
+                pages::q(here)
+            )));
         };
-        outcome.user = identity.email.clone();
-        let (browser, set_browser) = crate::endpoints::browser_id(state, req.headers());
+        ctx.set_user(&session.identity.email);
+        let (browser, set_browser) = browser_id(state, req.headers());
         let body = format!(
             "<h1>Sign in the command line?</h1><p>A <code>castellan login</code> on this computer asks to act as <b>{}</b> \
              on the apps you can open. Approve only if you just started it.</p>\
              <form method=\"post\" action=\"{PATH}\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
              <input type=\"hidden\" name=\"port\" value=\"{}\"><input type=\"hidden\" name=\"state\" value=\"{}\">\
              <input type=\"hidden\" name=\"code_challenge\" value=\"{}\"><button type=\"submit\">Approve</button></form>",
-            esc(&identity.email),
+            esc(&session.identity.email),
             esc(&state.csrf_token(&browser)),
             p.port,
             esc(&p.state),
             esc(&p.challenge)
         );
-        let mut r = web::html(
-            StatusCode::OK,
-            pages::page("Sign in the command line", &body),
-        );
-        if let Some(c) = set_browser {
-            r.headers_mut().append(http::header::SET_COOKIE, c);
-        }
-        return r;
+        return Ok(with_cookie(
+            web::html(
+                StatusCode::OK,
+                pages::page("Sign in the command line", &body),
+            ),
+            set_browser,
+        ));
     }
     if req.method() != Method::POST {
-        return web::text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+        return Err(Failure::method_not_allowed("GET, POST"));
     }
     let (parts, body) = req.into_parts();
     let form = web::read_form(body).await.unwrap_or_default();
-    let csrf_ok = web::cookie(&parts.headers, state.cookies.browser)
-        .is_some_and(|b| state.csrf_valid(b, web::param(&form, "csrf").unwrap_or("")));
-    let same_origin = parts
-        .headers
-        .get(http::header::ORIGIN)
-        .is_none_or(|o| o.as_bytes() == state.config.public_origin().as_bytes());
-    if !csrf_ok || !same_origin {
-        return web::html(
-            StatusCode::FORBIDDEN,
-            pages::error(
-                "Not approved",
-                "This form has expired or did not come from this site.",
-                &crypto::reference_id(),
-            ),
-        );
-    }
-    let Some(p) = params(&form) else { return bad() };
-    let Some(session_digest) =
-        web::cookie(&parts.headers, state.cookies.session).map(crypto::digest)
-    else {
-        return web::redirect("/.castellan/sign_in");
+    guard::check(
+        &parts.headers,
+        &state.config.public_origin(),
+        web::cookies::cookie(&parts.headers, state.cookies.browser),
+        &state.csrf_keys(),
+        Proof::Token(web::param(&form, "csrf").unwrap_or("")),
+    )
+    .map_err(|f| f.titled("Not approved"))?;
+    let p = params(&form).ok_or_else(not_a_login_link)?;
+    let Some(session) = session else {
+        return Ok(web::redirect("/.castellan/sign_in"));
     };
-    if who.is_none() {
-        return web::redirect("/.castellan/sign_in");
-    }
+    ctx.set_user(&session.identity.email);
     let code = crypto::random_token(32);
-    if let Err(e) = state
+    state
         .store
-        .put_cli_code(&crypto::digest(&code), &session_digest, &p.challenge)
+        .put_cli_code(&crypto::digest(&code), &session.digest, &p.challenge)
         .await
-    {
-        return internal_error(outcome, "saving the command-line code", &e);
-    }
-    outcome.decision = "cli-approved";
+        .map_err(|e| Failure::internal("saving the command-line code", &e))?;
+    ctx.mark(Outcome::CliApproved, Why::None);
     // Only ever to this machine's loopback interface, as RFC 8252 §7.3 prescribes.
-    web::redirect(&format!(
+    Ok(web::redirect(&format!(
         "http://127.0.0.1:{}/callback?code={}&state={}",
         p.port,
         pages::q(&code),
         pages::q(&p.state)
-    ))
+    )))
 }

@@ -1,220 +1,147 @@
-//! Forward-auth: `/.castellan/auth` answers an existing ingress (nginx `auth_request`, Traefik
-//! `forwardAuth`, Caddy `forward_auth`) whether a request may pass, without proxying it.
+//! Forward-auth: `/.castellan/auth` answers an ingress in front of an app (nginx `auth_request`,
+//! Traefik `forwardAuth`, Caddy `forward_auth`) whether a request may pass, without proxying it.
+//! It is a front door of the gate like the proxy: this file only reads what the ingress says
+//! about the original request, and the gate decides.
 //!
-//! The original request is read from the ingress's headers: host from `X-Forwarded-Host` (else
-//! `Host`), URI from `X-Original-URI` (nginx) or `X-Forwarded-Uri` (Traefik, Caddy), method from
-//! `X-Original-Method` or `X-Forwarded-Method`. Those headers are believed only from a peer in
-//! `trusted_proxies`: anyone else gets 403. Answers: 200 with the identity headers to copy upstream;
-//! 401 when nobody is signed in (with `?redirect=1`, a browser navigation gets a 302 to sign-in
-//! instead, for ingresses that pass the answer through); 403 when the caller has no access.
+//! The original method, URI, host and scheme are read from exactly one set of headers, the one
+//! the configured ingress (`forward_auth`) sets and overwrites, never from another set as a
+//! fallback: an ingress passes the client's own headers on to castellan, so a header the ingress
+//! does not set could be the client's. A missing header is an error, never a default.
+//!
+//! | `forward_auth` | method | URI | host | scheme |
+//! | --- | --- | --- | --- | --- |
+//! | `"nginx"` | `X-Original-Method` | `X-Original-URI` | `X-Forwarded-Host` | `X-Forwarded-Proto` |
+//! | `"traefik"`, `"caddy"` | `X-Forwarded-Method` | `X-Forwarded-Uri` | `X-Forwarded-Host` | `X-Forwarded-Proto` |
+//!
+//! Those headers are believed only from a peer in `trusted_proxies`. Answers: 200 with the identity
+//! headers to copy upstream; 401 when nobody is signed in (with `?redirect=1`, a browser
+//! navigation gets a 302 to sign in instead, for ingresses that pass the answer on); 403 when
+//! the caller has no access.
 
-use std::net::SocketAddr;
-
-use http::{HeaderValue, Request, Response, StatusCode};
+use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
-use crate::gate::Outcome;
-use crate::policy::Decision;
-use crate::policy::condition::Context;
-use crate::policy::snapshot::Who;
+use crate::config::ForwardAuth;
+use crate::gate::{Admitted, Ask};
 use crate::runtime::State;
-use crate::web::pages;
-use crate::web::{self, Body};
+use crate::web::ctx::{Ctx, Why};
+use crate::web::failure::{Answer, Failure};
+use crate::web::{self};
 
-fn header<'a>(req: &'a Request<Incoming>, names: &[&str]) -> Option<&'a str> {
-    names
-        .iter()
-        .find_map(|n| req.headers().get(*n).and_then(|v| v.to_str().ok()))
-        .map(str::trim)
-        .filter(|v| !v.is_empty())
+/// The headers an ingress kind sets for the original request: method, URI, host, scheme.
+fn header_set(kind: ForwardAuth) -> [&'static str; 4] {
+    match kind {
+        ForwardAuth::Nginx => [
+            "x-original-method",
+            "x-original-uri",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+        ],
+        ForwardAuth::Traefik | ForwardAuth::Caddy => [
+            "x-forwarded-method",
+            "x-forwarded-uri",
+            "x-forwarded-host",
+            "x-forwarded-proto",
+        ],
+    }
 }
 
-pub async fn handle(
-    state: &State,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    outcome: &mut Outcome,
-) -> Response<Body> {
+pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Answer {
+    let Some(kind) = state.config.forward_auth else {
+        return Err(Failure::not_found(
+            "forward-auth is off: set forward_auth = \"nginx\", \"caddy\" or \"traefik\" (the ingress in front of castellan) in castellan.toml",
+        ));
+    };
     if !state
         .config
         .trusted_proxies
         .iter()
-        .any(|n| n.contains(peer.ip()))
+        .any(|n| n.contains(ctx.peer.ip()))
     {
-        outcome.decision = "deny";
-        outcome.reason = "untrusted-ingress";
-        return web::json(
-            StatusCode::FORBIDDEN,
-            &serde_json::json!({
-                "error": "untrusted_ingress",
-                "message": format!("{} is not in trusted_proxies: forward-auth answers only the ingress in front of castellan", peer.ip()),
-            }),
-        );
+        return Err(Failure::forbidden(
+            "untrusted_ingress",
+            Why::UntrustedIngress,
+            format!(
+                "{} is not in trusted_proxies: forward-auth answers only the ingress in front of castellan",
+                ctx.peer.ip()
+            ),
+        ));
     }
-    let host = header(&req, &["x-forwarded-host"])
-        .map(|h| h.split(',').next().unwrap_or(h).trim().to_string())
-        .or_else(|| web::request_host(req.uri(), req.headers()))
-        .map(|h| {
-            let auth: Option<http::uri::Authority> = h.parse().ok();
-            auth.map(|a| a.host().trim_end_matches('.').to_ascii_lowercase())
-                .unwrap_or(h)
-        });
-    let uri = header(&req, &["x-original-uri", "x-forwarded-uri"])
-        .unwrap_or("/")
-        .to_string();
-    let method = header(&req, &["x-original-method", "x-forwarded-method"])
-        .unwrap_or("GET")
-        .to_ascii_uppercase();
-    let (raw_path, query) = uri.split_once('?').unwrap_or((&uri, ""));
-    let Ok(path) = crate::gate::path::normalize(raw_path) else {
-        outcome.decision = "deny";
-        outcome.reason = "ambiguous-path";
-        return web::json(
-            StatusCode::FORBIDDEN,
-            &serde_json::json!({ "error": "ambiguous_path" }),
-        );
-    };
-    let Some(app) = state.match_app(host.as_deref(), &path) else {
-        outcome.decision = "deny";
-        outcome.reason = "no-app";
-        return web::json(
-            StatusCode::FORBIDDEN,
-            &serde_json::json!({ "error": "no_app", "message": "no app is configured for this host and path" }),
-        );
-    };
-    outcome.app = app.id.clone();
-    outcome.audited = true;
-    let client_ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
-    outcome.client_ip = client_ip.to_string();
-    let return_to = if query.is_empty() {
-        path.clone()
-    } else {
-        format!("{path}?{query}")
-    };
-
-    // Who: a bearer token meant for castellan, else the session cookie.
-    let bearer = crate::gate::bearer::bearer(state, req.headers());
-    let mut session_digest = None;
-    let principal = match &bearer {
-        Some((_, token)) => match crate::gate::bearer::authenticate(state, token, app).await {
-            Ok(p) => Some(p),
-            Err(refused) => return refused.answer(outcome, app),
-        },
-        None => match state.authenticate(req.headers()).await {
-            Ok(who) => who.map(|(identity, digest)| {
-                session_digest = Some(digest);
-                crate::gate::bearer::Principal::User(std::sync::Arc::unwrap_or_clone(identity))
-            }),
-            Err(e) => return crate::gate::internal_error(outcome, "reading the session", &e),
-        },
-    };
-    let who = match &principal {
-        None => Who::Anonymous,
-        Some(crate::gate::bearer::Principal::ServiceAccount(n)) => Who::ServiceAccount(n),
-        Some(crate::gate::bearer::Principal::User(i)) => Who::User {
-            email: &i.email,
-            groups: &i.groups,
-        },
-    };
-    outcome.user = match &principal {
-        None => String::new(),
-        Some(crate::gate::bearer::Principal::ServiceAccount(n)) => format!("serviceAccount:{n}"),
-        Some(crate::gate::bearer::Principal::User(i)) => i.email.clone(),
-    };
-    let cx = Context {
-        path: &path,
-        host: host.as_deref().unwrap_or(""),
-        method: &method,
-        time: crate::clock::now(),
-        ip: Some(client_ip),
-    };
-    let decision = state.snapshot().decide(&app.id, who, &cx);
-    outcome.decision = decision.label();
-    outcome.reason = decision.reason().as_str();
-    // The app wants a recent sign-in (reauth_max_age) and this session's is older.
-    let reauth = app.reauth_max_age.filter(|max| {
-        session_digest.as_deref().is_some_and(|d| {
-            state
-                .signed_in_at(d)
-                .is_none_or(|t| crate::clock::now() - t > max.as_secs() as i64)
-        })
-    });
-    let sign_in = format!(
-        "{}/.castellan/sign_in?rd={}{}",
-        state.config.public_origin(),
-        pages::q(&return_to),
-        reauth
-            .map(|m| format!("&max_age={}", m.as_secs()))
-            .unwrap_or_default()
-    );
-    let decision = if reauth.is_some() {
-        outcome.decision = "sign-in";
-        outcome.reason = "reauthentication";
-        Decision::SignIn
-    } else {
-        decision
-    };
-    match decision {
-        Decision::SignIn => {
-            let params = web::query_pairs(req.uri());
-            let navigation = web::is_navigation(req.headers());
-            if web::param(&params, "redirect") == Some("1") && navigation {
-                return web::redirect(&sign_in);
+    let names = header_set(kind);
+    let mut values = Vec::with_capacity(4);
+    for name in names {
+        // One value, from the ingress: a list would be the client's value with the ingress's
+        // appended (a misconfigured ingress), and is refused like a missing one.
+        let all: Vec<&str> = req
+            .headers()
+            .get_all(name)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .collect();
+        match all.as_slice() {
+            [one]
+                if !one.trim().is_empty() && (name != "x-forwarded-host" || !one.contains(',')) =>
+            {
+                values.push(one.trim().to_string())
             }
-            let mut r = web::json(
-                StatusCode::UNAUTHORIZED,
-                &serde_json::json!({
-                    "error": if reauth.is_some() { "reauthentication_required" } else { "unauthenticated" },
-                    "sign_in_url": sign_in,
-                }),
-            );
-            if let Ok(v) = HeaderValue::from_str(&sign_in) {
-                r.headers_mut().insert("x-castellan-sign-in", v);
+            _ => {
+                return Err(Failure::bad_request(
+                    "ingress_headers",
+                    Why::IngressHeaders,
+                    format!(
+                        "the ingress must send exactly one {name} header with forward_auth = \"{}\": check its configuration against deploy/forward-auth/",
+                        kind.as_str()
+                    ),
+                ));
             }
-            r
         }
-        Decision::Deny(r) => {
-            let reference = outcome.reference();
-            web::json(
-                StatusCode::FORBIDDEN,
-                &serde_json::json!({ "error": "access_denied", "reason": r.as_str(), "reference": reference }),
+    }
+    let [method, uri, host, scheme] = [&values[0], &values[1], &values[2], &values[3]];
+    let method = method.to_ascii_uppercase();
+    let host_only = host
+        .parse::<http::uri::Authority>()
+        .map(|a| a.host().trim_end_matches('.').to_ascii_lowercase())
+        .map_err(|_| {
+            Failure::bad_request(
+                "ingress_headers",
+                Why::IngressHeaders,
+                "the ingress's X-Forwarded-Host is not a host",
             )
-        }
-        Decision::Allow(grant) => {
-            outcome.binding = grant.to_string();
-            let headers = match &principal {
-                None => Ok(Vec::new()),
-                Some(crate::gate::bearer::Principal::User(identity)) => {
-                    state.identity_headers(app, identity)
-                }
-                Some(crate::gate::bearer::Principal::ServiceAccount(name)) => state
-                    .signer()
-                    .sign_service_account(name, &app.audience)
-                    .map(|a| {
-                        vec![
-                            (
-                                http::HeaderName::from_static(crate::gate::proxy::ASSERTION_HEADER),
-                                crate::gate::proxy::value(&a),
-                            ),
-                            (
-                                http::HeaderName::from_static(crate::gate::proxy::USER_HEADER),
-                                crate::gate::proxy::value(&format!("serviceAccount:{name}")),
-                            ),
-                        ]
-                    }),
-            };
-            match headers {
-                Ok(list) => {
-                    let mut r = web::text(StatusCode::OK, "ok\n");
-                    for (name, value) in list {
-                        r.headers_mut().insert(name, value);
-                    }
-                    r
-                }
-                Err(e) => {
-                    crate::gate::internal_error(outcome, "signing the identity assertion", &e)
-                }
-            }
-        }
+        })?;
+    let (raw_path, query) = match uri.split_once('?') {
+        Some((p, q)) => (p, Some(q)),
+        None => (uri.as_str(), None),
+    };
+    let path = crate::gate::path::normalize(raw_path)
+        .map_err(|why| Failure::forbidden("ambiguous_path", Why::AmbiguousPath, why))?;
+    let app = state.match_app(&host_only, &path).ok_or_else(|| {
+        Failure::forbidden(
+            "no_app",
+            Why::NoApp,
+            "no app is configured for this host and path",
+        )
+    })?;
+    // The ingress passes this answer on only with redirect=1; otherwise it expects 401.
+    let params = web::query_pairs(req.uri());
+    ctx.navigation = ctx.navigation && web::param(&params, "redirect") == Some("1");
+    let origin = format!(
+        "{}://{}",
+        scheme.to_ascii_lowercase(),
+        host.to_ascii_lowercase()
+    );
+    let ask = Ask {
+        app,
+        method: &method,
+        origin: &origin,
+        host: &host_only,
+        path: &path,
+        query,
+        headers: req.headers(),
+    };
+    let Admitted { headers, .. } = crate::gate::admit(state, ctx, &ask).await?;
+    let mut r = web::text(StatusCode::OK, "ok\n");
+    for (name, value) in headers {
+        r.headers_mut().insert(name, value);
     }
+    Ok(r)
 }

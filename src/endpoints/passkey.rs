@@ -1,73 +1,39 @@
-//! Passkeys for local accounts: registration from the account page and sign-in from the sign-in
-//! page (WebAuthn, checked by [`crate::identity::webauthn`]). A passkey sign-in is a full sign-in: the
-//! authenticator verified the person (PIN or biometrics), so no password or code is asked for.
+//! Passkeys for local accounts (WebAuthn, checked by [`crate::identity::webauthn`]): sign-in from
+//! the sign-in page, a fresh proof before a change to the account (the account page's "confirm
+//! it's you"), and registration from the account page, which itself needs a fresh proof: a
+//! stolen session cookie alone cannot add a passkey. A passkey sign-in is a full sign-in: the
+//! authenticator verified the person (PIN or biometrics).
 //!
-//! The browser side is `/.castellan/passkey.js`, the only script castellan serves; the pages that
-//! load it allow exactly that file in their CSP. Every ceremony is bound to the browser cookie,
-//! its challenge lasts five minutes and is used once; the JSON endpoints check the CSRF token
-//! (header `x-castellan-csrf`) and the `Origin`.
-
-use std::net::SocketAddr;
+//! The browser side is `/.castellan/passkey.js`, the only script castellan serves. Every ceremony
+//! is bound to the browser cookie, its challenge lasts five minutes and is used once; the JSON
+//! endpoints go through the one CSRF guard (the token in `x-castellan-csrf`).
 
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
-use http::{HeaderValue, Request, Response, StatusCode, header};
+use http::{Request, Response, StatusCode, header};
 use http_body_util::{BodyExt, Limited};
 use hyper::body::Incoming;
 use serde_json::{Value, json};
 
+use super::account;
+use super::sign_in::{NewSession, start_session};
 use crate::crypto;
-use crate::gate::{Outcome, internal_error};
 use crate::identity::webauthn;
 use crate::policy::Identity;
 use crate::runtime::State;
-use crate::store::{Ceremony, Passkey};
+use crate::runtime::sessions::SessionRef;
+use crate::store::{Actor, Ceremony, Passkey};
+use crate::web::ctx::{Ctx, Outcome, Why};
+use crate::web::failure::{Answer, Failure};
+use crate::web::guard::{self, Proof};
 use crate::web::{self, Body};
 
-pub const SCRIPT_PATH: &str = "/.castellan/passkey.js";
 pub const PREFIX: &str = "/.castellan/passkey/";
-const SCRIPT: &str = include_str!("../../assets/passkey.js");
 
 /// How long a ceremony may take, in seconds (also the browser's timeout).
 const CHALLENGE_SECS: i64 = 300;
 
-/// `/.castellan/passkey.js`.
-pub fn script() -> Response<Body> {
-    let mut r = Response::new(web::full(SCRIPT));
-    r.headers_mut().insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("text/javascript; charset=utf-8"),
-    );
-    r.headers_mut()
-        .insert(header::CACHE_CONTROL, HeaderValue::from_static("no-cache"));
-    r.headers_mut().insert(
-        header::X_CONTENT_TYPE_OPTIONS,
-        HeaderValue::from_static("nosniff"),
-    );
-    r
-}
-
-/// The markup that loads the script on a page; the page must be served with [`allow_script`].
-pub fn script_tag() -> String {
-    format!("<script src=\"{SCRIPT_PATH}\" defer></script>")
-}
-
-/// Lets the page run castellan's passkey script (that file only) and call castellan's JSON
-/// endpoints; everything else stays as strict as every castellan page.
-pub fn allow_script(state: &State, resp: &mut Response<Body>) {
-    let csp = format!(
-        "default-src 'none'; script-src {}{SCRIPT_PATH}; connect-src 'self'; style-src 'unsafe-inline'; \
-         form-action 'self' https: http:; frame-ancestors 'none'; base-uri 'none'",
-        state.config.public_origin()
-    );
-    if let Ok(v) = HeaderValue::from_str(&csp) {
-        resp.headers_mut()
-            .insert(header::CONTENT_SECURITY_POLICY, v);
-    }
-}
-
-/// The relying party id: the public host (a passkey works on it and its subdomains' pages that
-/// ask for it; castellan only asks on the public host).
+/// The relying party id: the public host (castellan only asks on the public host).
 fn rp_id(state: &State) -> String {
     state.config.public_url.host_str().unwrap_or("").to_string()
 }
@@ -79,126 +45,115 @@ fn user_handle(email: &str) -> String {
     URL_SAFE_NO_PAD.encode(&d.as_ref()[..16])
 }
 
-fn error(status: StatusCode, code: &str, message: &str) -> Response<Body> {
-    web::json(status, &json!({ "error": code, "message": message }))
-}
-
 /// The JSON endpoints under `/.castellan/passkey/`.
-pub async fn handle(
-    state: &State,
-    peer: SocketAddr,
-    req: Request<Incoming>,
-    path: &str,
-    outcome: &mut Outcome,
-) -> Response<Body> {
+pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>, path: &str) -> Answer {
+    ctx.navigation = false;
     if !state.config.local_accounts {
-        return error(
-            StatusCode::NOT_FOUND,
-            "not_found",
+        return Err(Failure::not_found(
             "local accounts are off, so there are no passkeys",
-        );
+        ));
     }
     if req.method() != http::Method::POST {
-        return error(
-            StatusCode::METHOD_NOT_ALLOWED,
-            "method_not_allowed",
-            "use POST",
-        );
+        return Err(Failure::method_not_allowed("POST"));
     }
     let (parts, body) = req.into_parts();
     let headers = parts.headers;
-    let browser = web::cookie(&headers, state.cookies.browser).unwrap_or("");
+    let browser = web::cookies::cookie(&headers, state.cookies.browser).unwrap_or("");
     let csrf = headers
         .get("x-castellan-csrf")
         .and_then(|v| v.to_str().ok())
         .unwrap_or("");
-    let same_origin = headers
-        .get(header::ORIGIN)
-        .is_some_and(|o| o.as_bytes() == state.config.public_origin().as_bytes());
-    if browser.is_empty() || !state.csrf_valid(browser, csrf) || !same_origin {
-        outcome.decision = "deny";
-        outcome.reason = "csrf";
-        return error(
-            StatusCode::FORBIDDEN,
-            "csrf",
-            "this page has expired or did not come from this site: reload it and try again",
-        );
-    }
+    guard::check(
+        &headers,
+        &state.config.public_origin(),
+        Some(browser).filter(|b| !b.is_empty()),
+        &state.csrf_keys(),
+        Proof::Token(csrf),
+    )
+    .map_err(|f| f.marked(Outcome::Deny, Why::Csrf))?;
     let body: Value = match Limited::new(body, 64 * 1024).collect().await {
         Ok(b) => serde_json::from_slice::<Value>(&b.to_bytes()).unwrap_or(Value::Null),
         Err(_) => Value::Null,
     };
     if !body.is_object() {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(Failure::bad_request(
             "bad_request",
+            Why::None,
             "the request body must be a JSON object (at most 64 KiB)",
-        );
+        ));
     }
     let browser_digest = crypto::digest(browser);
     match path.strip_prefix(PREFIX).unwrap_or("") {
         "sign_in/options" => {
             let challenge = crypto::random_token(32);
-            if let Err(e) = state
+            state
                 .store
                 .put_passkey_challenge(&browser_digest, Ceremony::SignIn, "", &challenge)
                 .await
-            {
-                return internal_error(outcome, "starting a passkey sign-in", &e);
-            }
-            web::json(
+                .map_err(|e| Failure::internal("starting a passkey sign-in", &e))?;
+            Ok(web::json(
                 StatusCode::OK,
                 &json!({ "challenge": challenge, "rpId": rp_id(state), "timeout": CHALLENGE_SECS * 1000 }),
-            )
+            ))
         }
-        "sign_in" => sign_in(state, peer, &headers, &browser_digest, &body, outcome).await,
-        "register/options" | "register" => {
-            let who = match state.authenticate(&headers).await {
-                Ok(Some((who, _))) if who.provider == "local" => who,
-                Ok(_) => {
-                    return error(
-                        StatusCode::UNAUTHORIZED,
-                        "unauthenticated",
-                        "sign in with a castellan account first",
-                    );
-                }
-                Err(e) => return internal_error(outcome, "reading the session", &e),
-            };
-            outcome.user = who.email.clone();
+        "sign_in" => sign_in(state, ctx, &headers, &browser_digest, &body).await,
+        "confirm/options" | "confirm" => {
+            let session = local_session(state, ctx, &headers).await?;
             if path.ends_with("/options") {
-                register_options(state, &who, &browser_digest, outcome).await
+                confirm_options(state, &session, &browser_digest).await
             } else {
-                register(state, &who, &browser_digest, &body, outcome).await
+                confirm(state, ctx, &session, &headers, &browser_digest, &body).await
             }
         }
-        _ => error(
-            StatusCode::NOT_FOUND,
-            "not_found",
-            "there is no such passkey endpoint",
-        ),
+        "register/options" | "register" => {
+            let session = local_session(state, ctx, &headers).await?;
+            account::require_fresh_proof(&session, &headers, state)?;
+            if path.ends_with("/options") {
+                register_options(state, &session.identity, &browser_digest).await
+            } else {
+                register(state, ctx, &session.identity, &browser_digest, &body).await
+            }
+        }
+        _ => Err(Failure::not_found("there is no such passkey endpoint")),
     }
 }
 
-async fn register_options(
+/// The signed-in local account's session, or a 401.
+async fn local_session(
     state: &State,
-    who: &Identity,
-    browser_digest: &str,
-    outcome: &mut Outcome,
-) -> Response<Body> {
-    let existing = match state.store.passkeys_of(&who.email).await {
-        Ok(p) => p,
-        Err(e) => return internal_error(outcome, "reading passkeys", &e),
-    };
+    ctx: &mut Ctx,
+    headers: &http::HeaderMap,
+) -> Result<SessionRef, Failure> {
+    let session = state
+        .session(headers)
+        .await
+        .map_err(|e| Failure::internal("reading the session", &e))?
+        .filter(|s| s.identity.provider == "local")
+        .ok_or_else(|| {
+            Failure::unauthorized(
+                "unauthenticated",
+                Why::None,
+                "sign in with a castellan account first",
+            )
+        })?;
+    ctx.set_user(&session.identity.email);
+    Ok(session)
+}
+
+async fn register_options(state: &State, who: &Identity, browser_digest: &str) -> Answer {
+    let existing = state
+        .store
+        .passkeys_of(&who.email)
+        .await
+        .map_err(|e| Failure::internal("reading passkeys", &e))?;
     let challenge = crypto::random_token(32);
-    if let Err(e) = state
+    state
         .store
         .put_passkey_challenge(browser_digest, Ceremony::Register, &who.email, &challenge)
         .await
-    {
-        return internal_error(outcome, "starting passkey registration", &e);
-    }
+        .map_err(|e| Failure::internal("starting passkey registration", &e))?;
     let site = state.config.public_url.host_str().unwrap_or("castellan");
-    web::json(
+    Ok(web::json(
         StatusCode::OK,
         &json!({
             "challenge": challenge,
@@ -208,7 +163,7 @@ async fn register_options(
             "exclude": existing.iter().map(|p| &p.id).collect::<Vec<_>>(),
             "timeout": CHALLENGE_SECS * 1000,
         }),
-    )
+    ))
 }
 
 fn field(body: &Value, name: &str) -> Option<Vec<u8>> {
@@ -219,35 +174,34 @@ fn field(body: &Value, name: &str) -> Option<Vec<u8>> {
 
 async fn register(
     state: &State,
+    ctx: &mut Ctx,
     who: &Identity,
     browser_digest: &str,
     body: &Value,
-    outcome: &mut Outcome,
-) -> Response<Body> {
-    let challenge = match state
+) -> Answer {
+    let challenge = state
         .store
         .take_passkey_challenge(browser_digest, Ceremony::Register, CHALLENGE_SECS)
         .await
-    {
-        Ok(Some((email, challenge))) if email == who.email => challenge,
-        Ok(_) => {
-            return error(
-                StatusCode::BAD_REQUEST,
+        .map_err(|e| Failure::internal("reading the registration", &e))?
+        .filter(|(email, _)| *email == who.email)
+        .map(|(_, c)| c)
+        .ok_or_else(|| {
+            Failure::bad_request(
                 "expired",
+                Why::Passkey,
                 "this registration has expired or was already used: try again",
-            );
-        }
-        Err(e) => return internal_error(outcome, "reading the registration", &e),
-    };
+            )
+        })?;
     let (Some(client_data), Some(attestation)) = (
         field(body, "clientDataJSON"),
         field(body, "attestationObject"),
     ) else {
-        return error(
-            StatusCode::BAD_REQUEST,
+        return Err(Failure::bad_request(
             "bad_request",
+            Why::Passkey,
             "clientDataJSON and attestationObject (base64url) are required",
-        );
+        ));
     };
     let origin = state.config.public_origin();
     let rp = rp_id(state);
@@ -256,19 +210,15 @@ async fn register(
         origin: &origin,
         rp_id: &rp,
     };
-    let registered = match webauthn::verify_registration(&expected, &client_data, &attestation) {
-        Ok(r) => r,
-        Err(why) => {
-            outcome.decision = "passkey-refused";
-            outcome.reason = "invalid";
+    let registered =
+        webauthn::verify_registration(&expected, &client_data, &attestation).map_err(|why| {
             tracing::warn!(user = %who.email, "passkey registration refused: {why}");
-            return error(
-                StatusCode::BAD_REQUEST,
+            Failure::bad_request(
                 "invalid",
-                &format!("the passkey was not accepted: {why}"),
-            );
-        }
-    };
+                Why::Passkey,
+                format!("the passkey was not accepted: {why}"),
+            )
+        })?;
     let name: String = body["name"]
         .as_str()
         .unwrap_or("")
@@ -299,89 +249,66 @@ async fn register(
         .flatten()
         .is_some()
     {
-        return error(
-            StatusCode::CONFLICT,
+        return Err(Failure::conflict(
             "exists",
             "this passkey is registered already",
-        );
+        ));
     }
-    if let Err(e) = state.store.add_passkey(&passkey).await {
-        return internal_error(outcome, "saving the passkey", &e);
-    }
+    let actor = Actor {
+        name: who.email.clone(),
+        ip: crate::net::ip_text(ctx.client_ip),
+    };
+    state
+        .store
+        .add_passkey(&passkey, &actor)
+        .await
+        .map_err(|e| Failure::internal("saving the passkey", &e))?;
     tracing::info!(user = %who.email, name = %passkey.name, "passkey registered");
-    outcome.decision = "passkey-registered";
-    web::json(
+    ctx.mark(Outcome::AccountChanged, Why::PasskeyAdded);
+    Ok(web::json(
         StatusCode::OK,
         &json!({ "id": passkey.id, "name": passkey.name }),
-    )
+    ))
 }
 
-async fn sign_in(
+/// Checks an assertion against the browser's challenge for `ceremony`. `Ok(Err(why))` when the
+/// passkey was not accepted.
+async fn verify(
     state: &State,
-    peer: SocketAddr,
-    headers: &http::HeaderMap,
     browser_digest: &str,
+    ceremony: Ceremony,
     body: &Value,
-    outcome: &mut Outcome,
-) -> Response<Body> {
-    let ip = web::client_ip(peer, headers, &state.config.trusted_proxies).to_string();
-    if let Some(wait) = state.ip_limiter.blocked(&ip) {
-        outcome.decision = "sign-in-failed";
-        outcome.reason = "rate-limited";
-        return error(
-            StatusCode::TOO_MANY_REQUESTS,
-            "rate_limited",
-            &format!(
-                "too many attempts: try again in {} s",
-                wait.as_secs().max(1)
-            ),
-        );
-    }
-    let challenge = match state
+) -> Result<Result<Passkey, String>, Failure> {
+    let challenge = state
         .store
-        .take_passkey_challenge(browser_digest, Ceremony::SignIn, CHALLENGE_SECS)
+        .take_passkey_challenge(browser_digest, ceremony, CHALLENGE_SECS)
         .await
-    {
-        Ok(Some((_, challenge))) => challenge,
-        Ok(None) => {
-            return error(
-                StatusCode::BAD_REQUEST,
+        .map_err(|e| Failure::internal("reading the passkey challenge", &e))?
+        .map(|(_, c)| c)
+        .ok_or_else(|| {
+            Failure::bad_request(
                 "expired",
-                "this sign-in has expired or was already used: try again",
-            );
-        }
-        Err(e) => return internal_error(outcome, "reading the sign-in", &e),
-    };
+                Why::Passkey,
+                "this passkey request has expired or was already used: try again",
+            )
+        })?;
     let id = body["id"].as_str().unwrap_or("");
-    let stored = match state.store.passkey(id).await {
-        Ok(p) => p,
-        Err(e) => return internal_error(outcome, "reading the passkey", &e),
+    let Some(stored) = state
+        .store
+        .passkey(id)
+        .await
+        .map_err(|e| Failure::internal("reading the passkey", &e))?
+    else {
+        return Ok(Err(
+            "castellan does not know this passkey (it may have been removed)".into(),
+        ));
     };
-    let refuse = |outcome: &mut Outcome, why: &str| {
-        state.ip_limiter.fail(&ip);
-        state.metrics.sign_in("passkey", "refused");
-        outcome.decision = "sign-in-failed";
-        outcome.reason = "passkey";
-        tracing::warn!("passkey sign-in refused: {why}");
-        error(
-            StatusCode::UNAUTHORIZED,
-            "invalid",
-            &format!("the passkey was not accepted: {why}"),
-        )
-    };
-    let Some(stored) = stored else {
-        return refuse(
-            outcome,
-            "castellan does not know this passkey (it may have been removed)",
-        );
-    };
-    outcome.user = stored.email.clone();
     let (Some(client_data), Some(auth_data), Some(signature)) = (
         field(body, "clientDataJSON"),
         field(body, "authenticatorData"),
         field(body, "signature"),
     ) else {
-        return refuse(outcome, "the response is incomplete");
+        return Ok(Err("the response is incomplete".into()));
     };
     let origin = state.config.public_origin();
     let rp = rp_id(state);
@@ -399,37 +326,137 @@ async fn sign_in(
         &signature,
     ) {
         Ok(c) => c,
-        Err(why) => return refuse(outcome, &why),
+        Err(why) => return Ok(Err(why)),
     };
     // The account must still exist (a removed account's passkeys are removed with it, but a
     // sign-in racing the removal must not win).
     match state.store.password_hash(&stored.email).await {
         Ok(Some(_)) => {}
-        Ok(None) => return refuse(outcome, "the account no longer exists"),
-        Err(e) => return internal_error(outcome, "reading the account", &e),
+        Ok(None) => return Ok(Err("the account no longer exists".into())),
+        Err(e) => return Err(Failure::internal("reading the account", &e)),
     }
-    match state
+    let fresh = state
         .store
         .use_passkey(&stored.id, stored.sign_count, count)
         .await
-    {
-        Ok(true) => {}
-        Ok(false) => return refuse(outcome, "the passkey was used at the same moment elsewhere"),
-        Err(e) => return internal_error(outcome, "recording the sign-in", &e),
+        .map_err(|e| Failure::internal("recording the passkey's use", &e))?;
+    if !fresh {
+        return Ok(Err(
+            "the passkey was used at the same moment elsewhere".into()
+        ));
     }
-    state.metrics.sign_in("passkey", "ok");
-    let return_to = crate::endpoints::safe_return(state, body["rd"].as_str());
-    let who = Identity {
-        groups: Vec::new(),
-        subject: stored.email.clone(),
-        email: stored.email,
-        provider: "local".into(),
-        hd: None,
+    Ok(Ok(stored))
+}
+
+async fn sign_in(
+    state: &State,
+    ctx: &mut Ctx,
+    headers: &http::HeaderMap,
+    browser_digest: &str,
+    body: &Value,
+) -> Answer {
+    let ip = crate::net::ip_text(ctx.client_ip);
+    if let Some(wait) = state.ip_limiter.blocked(&ip) {
+        let secs = wait.as_secs().max(1);
+        return Err(Failure::too_many(
+            secs,
+            format!("too many attempts: try again in {secs} s"),
+        ));
+    }
+    let stored = match verify(state, browser_digest, Ceremony::SignIn, body).await? {
+        Ok(p) => p,
+        Err(why) => {
+            state.ip_limiter.fail(&ip);
+            state.metrics.sign_in("passkey", "refused");
+            tracing::warn!("passkey sign-in refused: {why}");
+            return Err(Failure::unauthorized(
+                "invalid",
+                Why::Passkey,
+                format!("the passkey was not accepted: {why}"),
+            ));
+        }
     };
-    let resp =
-        crate::endpoints::start_session(state, peer, headers, who, None, None, &return_to, outcome)
-            .await;
-    // The script follows the redirect itself: answer JSON with where to go, keeping the cookies.
+    state.metrics.sign_in("passkey", "ok");
+    let return_to = super::safe_return(state, body["rd"].as_str());
+    let resp = start_session(
+        state,
+        ctx,
+        headers,
+        NewSession {
+            identity: Identity::local(&stored.email),
+            auth_time: None,
+            id_token: None,
+        },
+        &return_to,
+    )
+    .await?;
+    Ok(follow_yourself(resp))
+}
+
+async fn confirm_options(state: &State, session: &SessionRef, browser_digest: &str) -> Answer {
+    let mine = state
+        .store
+        .passkeys_of(&session.identity.email)
+        .await
+        .map_err(|e| Failure::internal("reading passkeys", &e))?;
+    let challenge = crypto::random_token(32);
+    state
+        .store
+        .put_passkey_challenge(
+            browser_digest,
+            Ceremony::Confirm,
+            &session.identity.email,
+            &challenge,
+        )
+        .await
+        .map_err(|e| Failure::internal("starting a passkey confirmation", &e))?;
+    Ok(web::json(
+        StatusCode::OK,
+        &json!({
+            "challenge": challenge,
+            "rpId": rp_id(state),
+            "timeout": CHALLENGE_SECS * 1000,
+            "allow": mine.iter().map(|p| &p.id).collect::<Vec<_>>(),
+        }),
+    ))
+}
+
+/// A fresh proof with one of the account's own passkeys.
+async fn confirm(
+    state: &State,
+    ctx: &mut Ctx,
+    session: &SessionRef,
+    headers: &http::HeaderMap,
+    browser_digest: &str,
+    body: &Value,
+) -> Answer {
+    let stored = match verify(state, browser_digest, Ceremony::Confirm, body).await? {
+        Ok(p) if p.email == session.identity.email => p,
+        Ok(_) => {
+            return Err(Failure::unauthorized(
+                "invalid",
+                Why::Passkey,
+                "that passkey belongs to another account",
+            ));
+        }
+        Err(why) => {
+            return Err(Failure::unauthorized(
+                "invalid",
+                Why::Passkey,
+                format!("the passkey was not accepted: {why}"),
+            ));
+        }
+    };
+    account::proved(state, ctx, session, headers).await?;
+    tracing::info!(user = %stored.email, passkey = %stored.name, "confirmed with a passkey");
+    Ok(web::json(
+        StatusCode::OK,
+        &json!({ "location": account::PATH }),
+    ))
+}
+
+/// The script follows the redirect itself: answer JSON with where to go, keeping the cookies.
+fn follow_yourself(resp: Response<Body>) -> Response<Body> {
     let Some(location) = resp.headers().get(header::LOCATION).cloned() else {
         return resp;
     };
@@ -441,50 +468,4 @@ async fn sign_in(
         out.headers_mut().append(header::SET_COOKIE, c.clone());
     }
     out
-}
-
-/// Passkey list rows and the "add a passkey" control for the account page.
-pub async fn account_section(
-    state: &State,
-    email: &str,
-    csrf: &str,
-) -> Result<String, crate::store::Error> {
-    use crate::web::pages::esc;
-    let keys = state.store.passkeys_of(email).await?;
-    let when = crate::web::pages::when;
-    let rows: String = keys
-        .iter()
-        .map(|p| {
-            format!(
-                "<li><b>{}</b> <span class=\"muted\">added {}{}</span>\
-                 <form method=\"post\" action=\"{}/passkey_remove\"><input type=\"hidden\" name=\"csrf\" value=\"{}\">\
-                 <input type=\"hidden\" name=\"id\" value=\"{}\"><button type=\"submit\" class=\"secondary\">Remove</button></form></li>",
-                esc(&p.name),
-                esc(&when(p.created_at)),
-                if p.last_used_at > 0 {
-                    format!(", last used {}", esc(&when(p.last_used_at)))
-                } else {
-                    String::new()
-                },
-                crate::endpoints::account::PATH,
-                esc(csrf),
-                esc(&p.id)
-            )
-        })
-        .collect();
-    let list = if keys.is_empty() {
-        "<p>None yet. A passkey signs you in with your device's screen lock instead of a password.</p>"
-            .to_string()
-    } else {
-        format!("<ul class=\"passkeys\">{rows}</ul>")
-    };
-    Ok(format!(
-        "<h2 style=\"font-size:1.05rem\">Passkeys</h2>{list}\
-         <label for=\"passkey_name\">Name for a new passkey</label>\
-         <input id=\"passkey_name\" type=\"text\" name=\"passkey_name\" maxlength=\"60\" placeholder=\"e.g. work laptop\">\
-         <button type=\"button\" data-passkey=\"register\" data-csrf=\"{}\" hidden>Add a passkey</button>\
-         <p class=\"error\" role=\"alert\" data-passkey-status hidden></p>{}",
-        esc(csrf),
-        script_tag()
-    ))
 }

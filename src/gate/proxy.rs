@@ -8,19 +8,12 @@ use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
-use hyper_util::client::legacy::connect::HttpConnector;
 use hyper_util::rt::TokioIo;
 
 use crate::config::App;
 use crate::runtime::live::{Pending, RevocableBody};
-use crate::web::{Body, BoxError};
-
-/// Names of the identity headers castellan sets. Any client-sent header that reads as one of these
-/// (or as Google IAP's `x-goog-iap-*` / `x-goog-authenticated-*`), in any case and with `_` for `-`
-/// (as CGI, WSGI and PHP see them), is removed.
-pub const ASSERTION_HEADER: &str = "x-castellan-jwt-assertion";
-pub const EMAIL_HEADER: &str = "x-castellan-email";
-pub const USER_HEADER: &str = "x-castellan-user";
+use crate::runtime::upstream::Pool;
+use crate::web::{Body, BoxError, HeaderList};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
 const HOP_BY_HOP: [HeaderName; 9] = [
@@ -60,11 +53,6 @@ impl Error {
     }
 }
 
-pub struct Upstream {
-    pool: crate::runtime::upstream::Pool,
-    timeout: Duration,
-}
-
 /// What the upstream learns about the request's origin.
 pub struct Forwarded<'a> {
     pub peer_ip: IpAddr,
@@ -73,173 +61,169 @@ pub struct Forwarded<'a> {
     pub proto: &'a str,
 }
 
-/// Headers castellan adds for one request (identity, upstream credential), after every client-sent
-/// look-alike has been removed.
-pub type AddedHeaders = Vec<(HeaderName, HeaderValue)>;
+/// Where and how a request goes on to its app.
+pub struct Outbound<'a> {
+    pub app: &'a App,
+    /// The normalised path and query castellan decided on.
+    pub target: &'a str,
+    pub forwarded: Forwarded<'a>,
+    /// Headers castellan adds (identity, upstream credential), after every client-sent look-alike
+    /// was removed.
+    pub added: HeaderList,
+    /// What to register if the answer outlives the request.
+    pub live: Option<Pending>,
+}
 
-impl Upstream {
-    pub fn new(connect_timeout: Duration, timeout: Duration) -> Upstream {
-        let mut http = HttpConnector::new();
-        http.enforce_http(false);
-        http.set_connect_timeout(Some(connect_timeout));
-        http.set_nodelay(true);
-        let https = hyper_rustls::HttpsConnectorBuilder::new()
-            .with_native_roots()
-            .unwrap_or_else(|_| {
-                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
-                    rustls::ClientConfig::builder()
-                        .with_root_certificates(rustls::RootCertStore::empty())
-                        .with_no_client_auth(),
-                )
-            })
-            .https_or_http()
-            .enable_http1()
-            .wrap_connector(http);
-        Upstream {
-            pool: crate::runtime::upstream::Pool::new(https),
-            timeout,
-        }
-    }
+/// Sends `req` to `app` as `target` (the normalised path and query castellan decided on) and
+/// returns the app's response, with upgrades spliced through. `live` (None only for public apps
+/// and anonymous callers) is registered when the response outlives the request (a WebSocket, a
+/// stream, a long body): revoking it then ends the stream or the WebSocket. An app's response
+/// never sets or clears castellan's own cookies.
+pub async fn forward(
+    pool: &Pool,
+    timeout: Duration,
+    mut req: Request<Incoming>,
+    out: Outbound<'_>,
+) -> Result<Response<Body>, Error> {
+    let Outbound {
+        app,
+        target,
+        forwarded,
+        added,
+        live,
+    } = out;
+    let upgrade = wants_upgrade(req.headers(), req.version());
+    let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
+    let (mut parts, body) = req.into_parts();
 
-    /// Sends `req` to `app` as `target` (the normalised path and query castellan decided on) and
-    /// returns the app's response, with upgrades spliced through. `live` (None only for public
-    /// apps and anonymous callers) is registered when the response outlives the request (a
-    /// WebSocket, a stream, a long body): revoking it then ends the stream or the WebSocket.
-    pub async fn forward(
-        &self,
-        app: &App,
-        mut req: Request<Incoming>,
-        target: &str,
-        forwarded: &Forwarded<'_>,
-        added: AddedHeaders,
-        live: Option<Pending>,
-    ) -> Result<Response<Body>, Error> {
-        let upgrade = wants_upgrade(req.headers(), req.version());
-        let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
-        let (mut parts, body) = req.into_parts();
-
-        let host = parts
-            .uri
-            .authority()
-            .map(|a| a.as_str().to_string())
-            .or_else(|| {
-                parts
-                    .headers
-                    .get(header::HOST)
-                    .and_then(|h| h.to_str().ok())
-                    .map(str::to_string)
-            });
-        let upstream = app.upstream.as_str();
-        // The request line carries the origin form (an upstream URL has no path of its own: the
-        // configuration refuses one).
-        parts.uri = target
-            .parse::<Uri>()
-            .unwrap_or_else(|_| Uri::from_static("/"));
-        parts.version = Version::HTTP_11;
-
-        let headers = &mut parts.headers;
-        remove_hop_by_hop(headers);
-        strip_identity_headers(headers);
-        crate::web::strip_own_cookies(headers);
-        if let Some(protocol) = &upgrade {
-            headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            headers.insert(header::UPGRADE, protocol.clone());
-        }
-        // The original Host goes through: apps such as Streamlit compare Origin with Host. A
-        // request without one (HTTP/1.0) names the upstream.
-        match host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
-            Some(h) => {
-                headers.insert(header::HOST, h);
-            }
-            None => {
-                if let Some(a) = upstream
-                    .parse::<Uri>()
-                    .ok()
-                    .and_then(|u| HeaderValue::from_str(u.authority()?.as_str()).ok())
-                {
-                    headers.insert(header::HOST, a);
-                }
-            }
-        }
-        set_forwarded(headers, forwarded, host.as_deref());
-        for (name, v) in added {
-            headers.insert(name, v);
-        }
-
-        // Trailers can carry headers too: identity look-alikes are dropped there as well.
-        let body = body
-            .map_frame(|frame| match frame.into_trailers() {
-                Ok(mut trailers) => {
-                    strip_identity_headers(&mut trailers);
-                    hyper::body::Frame::trailers(trailers)
-                }
-                Err(frame) => frame,
-            })
-            .map_err(|e| Box::new(e) as BoxError)
-            .boxed_unsync();
-        let upstream_req = Request::from_parts(parts, body);
-        // Boxed: the exchange's state is large, and the request's future is copied into its box.
-        let sent = Box::pin(
-            self.pool
-                .send(upstream, upstream_req, client_upgrade.is_some()),
-        );
-        let mut resp = match tokio::time::timeout(self.timeout, sent).await {
-            Err(_) => return Err(Error::Timeout(self.timeout)),
-            Ok(Err(crate::runtime::upstream::Error::Connect(e))) => return Err(Error::Connect(e)),
-            Ok(Err(crate::runtime::upstream::Error::Http(e))) => return Err(Error::Upstream(e)),
-            Ok(Ok(resp)) => resp,
-        };
-
-        if resp.status() == StatusCode::SWITCHING_PROTOCOLS
-            && let Some(client_upgrade) = client_upgrade
-        {
-            let upstream_upgrade = hyper::upgrade::on(&mut resp);
-            let live = live.map(Pending::register);
-            tokio::spawn(async move {
-                match tokio::try_join!(client_upgrade, upstream_upgrade) {
-                    Ok((client, upstream)) => {
-                        let mut client = TokioIo::new(client);
-                        let mut upstream = TokioIo::new(upstream);
-                        match live {
-                            Some((_guard, revoked)) => {
-                                tokio::select! {
-                                    _ = splice(&mut client, &mut upstream) => {}
-                                    () = revoked => tracing::info!("closed a WebSocket: access was revoked"),
-                                }
-                            }
-                            None => {
-                                let _ = splice(&mut client, &mut upstream).await;
-                            }
-                        }
-                    }
-                    Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
-                }
-            });
-            let (mut parts, _) = resp.into_parts();
-            let protocol = parts.headers.get(header::UPGRADE).cloned();
-            remove_hop_by_hop(&mut parts.headers);
+    let host = parts
+        .uri
+        .authority()
+        .map(|a| a.as_str().to_string())
+        .or_else(|| {
             parts
                 .headers
-                .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
-            if let Some(p) = protocol {
-                parts.headers.insert(header::UPGRADE, p);
-            }
-            return Ok(Response::from_parts(parts, crate::web::empty()));
+                .get(header::HOST)
+                .and_then(|h| h.to_str().ok())
+                .map(str::to_string)
+        });
+    let upstream = app.upstream.as_str();
+    // The request line carries the origin form (an upstream URL has no path of its own: the
+    // configuration refuses one).
+    parts.uri = target
+        .parse::<Uri>()
+        .unwrap_or_else(|_| Uri::from_static("/"));
+    parts.version = Version::HTTP_11;
+
+    let headers = &mut parts.headers;
+    remove_hop_by_hop(headers);
+    strip_identity_headers(headers);
+    crate::web::cookies::strip_own_cookies(headers);
+    if let Some(protocol) = &upgrade {
+        headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        headers.insert(header::UPGRADE, protocol.clone());
+    }
+    // The original Host goes through: apps such as Streamlit compare Origin with Host. A
+    // request without one (HTTP/1.0) names the upstream.
+    match host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+        Some(h) => {
+            headers.insert(header::HOST, h);
         }
-        let (mut parts, body) = resp.into_parts();
-        remove_hop_by_hop(&mut parts.headers);
-        let short = hyper::body::Body::size_hint(&body)
-            .exact()
-            .is_some_and(|n| n <= crate::runtime::live::SHORT_BODY);
-        let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
-        let body = match live {
-            Some(pending) if !short => {
-                let (guard, revoked) = pending.register();
-                RevocableBody::new(body, guard, revoked).boxed_unsync()
+        None => {
+            if let Some(a) = upstream
+                .parse::<Uri>()
+                .ok()
+                .and_then(|u| HeaderValue::from_str(u.authority()?.as_str()).ok())
+            {
+                headers.insert(header::HOST, a);
             }
-            _ => body,
-        };
-        Ok(Response::from_parts(parts, body))
+        }
+    }
+    set_forwarded(headers, &forwarded, host.as_deref());
+    for (name, v) in added {
+        headers.insert(name, v);
+    }
+
+    // Trailers can carry headers too: identity look-alikes are dropped there as well.
+    let body = body
+        .map_frame(|frame| match frame.into_trailers() {
+            Ok(mut trailers) => {
+                strip_identity_headers(&mut trailers);
+                hyper::body::Frame::trailers(trailers)
+            }
+            Err(frame) => frame,
+        })
+        .map_err(|e| Box::new(e) as BoxError)
+        .boxed_unsync();
+    let upstream_req = Request::from_parts(parts, body);
+    // Boxed: the exchange's state is large, and the request's future is copied into its box.
+    let sent = Box::pin(pool.send(upstream, upstream_req, client_upgrade.is_some()));
+    let mut resp = match tokio::time::timeout(timeout, sent).await {
+        Err(_) => return Err(Error::Timeout(timeout)),
+        Ok(Err(crate::runtime::upstream::Error::Connect(e))) => return Err(Error::Connect(e)),
+        Ok(Err(crate::runtime::upstream::Error::Http(e))) => return Err(Error::Upstream(e)),
+        Ok(Ok(resp)) => resp,
+    };
+
+    if resp.status() == StatusCode::SWITCHING_PROTOCOLS
+        && let Some(client_upgrade) = client_upgrade
+    {
+        let upstream_upgrade = hyper::upgrade::on(&mut resp);
+        let live = live.map(Pending::register);
+        tokio::spawn(async move {
+            match tokio::try_join!(client_upgrade, upstream_upgrade) {
+                Ok((client, upstream)) => {
+                    let mut client = TokioIo::new(client);
+                    let mut upstream = TokioIo::new(upstream);
+                    match live {
+                        Some((_guard, revoked)) => {
+                            tokio::select! {
+                                _ = splice(&mut client, &mut upstream) => {}
+                                () = revoked => tracing::info!("closed a WebSocket: access was revoked"),
+                            }
+                        }
+                        None => {
+                            let _ = splice(&mut client, &mut upstream).await;
+                        }
+                    }
+                }
+                Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
+            }
+        });
+        let (mut parts, _) = resp.into_parts();
+        let protocol = parts.headers.get(header::UPGRADE).cloned();
+        remove_hop_by_hop(&mut parts.headers);
+        own_cookies_stay_ours(app, &mut parts.headers);
+        parts
+            .headers
+            .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(p) = protocol {
+            parts.headers.insert(header::UPGRADE, p);
+        }
+        return Ok(Response::from_parts(parts, crate::web::empty()));
+    }
+    let (mut parts, body) = resp.into_parts();
+    remove_hop_by_hop(&mut parts.headers);
+    own_cookies_stay_ours(app, &mut parts.headers);
+    let short = hyper::body::Body::size_hint(&body)
+        .exact()
+        .is_some_and(|n| n <= crate::runtime::live::SHORT_BODY);
+    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    let body = match live {
+        Some(pending) if !short => {
+            let (guard, revoked) = pending.register();
+            RevocableBody::new(body, guard, revoked).boxed_unsync()
+        }
+        _ => body,
+    };
+    Ok(Response::from_parts(parts, body))
+}
+
+/// Removes what in an app's response would set or clear castellan's cookies.
+fn own_cookies_stay_ours(app: &App, headers: &mut HeaderMap) {
+    let n = crate::web::cookies::strip_own_set_cookies(headers);
+    if n > 0 {
+        tracing::warn!(app = %app.id, "removed {n} attempt(s) of the app to set or clear castellan's cookies");
     }
 }
 
@@ -253,10 +237,6 @@ where
     B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
 {
     tokio::io::copy_bidirectional_with_sizes(client, upstream, 2048, 4096).await
-}
-
-pub fn value(s: &str) -> HeaderValue {
-    HeaderValue::from_str(s).unwrap_or_else(|_| HeaderValue::from_static(""))
 }
 
 /// The protocol the client asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`).
@@ -346,16 +326,16 @@ fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<&str>)
         .then(|| headers.get(X_FORWARDED_HOST).cloned())
         .flatten();
     headers.remove(header::FORWARDED);
-    headers.insert(X_FORWARDED_FOR, value(&xff));
+    headers.insert(X_FORWARDED_FOR, super::identity::value(&xff));
     headers.insert(
         X_FORWARDED_PROTO,
         trusted_proto.unwrap_or_else(|| match f.proto {
             "https" => HeaderValue::from_static("https"),
             "http" => HeaderValue::from_static("http"),
-            other => value(other),
+            other => super::identity::value(other),
         }),
     );
-    match trusted_host.or_else(|| host.map(value)) {
+    match trusted_host.or_else(|| host.map(super::identity::value)) {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST, h);
         }

@@ -194,13 +194,15 @@ impl Signer {
     }
 
     /// An access token for a person signed in on the command line: tied to the CLI's session
-    /// (`sid`, the session's digest), so revoking that session ends it.
+    /// (`sid`, the session's digest), so revoking that session ends it, and carrying when the
+    /// person signed in (`auth_time`), as re-authentication rules need.
     pub fn sign_user_access_token(
         &self,
         who: &Identity,
         session_digest: &str,
         audience: &str,
         not_after: i64,
+        auth_time: i64,
     ) -> Result<(String, i64), Error> {
         let now = crate::clock::now();
         let exp = (now + ACCESS_TOKEN_SECS).min(not_after);
@@ -213,6 +215,7 @@ impl Signer {
             "sub": who.subject,
             "email": who.email,
             "sid": session_digest,
+            "auth_time": auth_time,
             "iat": now,
             "exp": exp,
         });
@@ -398,6 +401,7 @@ mod tests {
             provider: "corp".into(),
             groups: vec![],
             hd: None,
+            domain: None,
         };
         let token = signer.sign(&who, "castellan:demo").unwrap();
         let set: JwkSet = serde_json::from_str(signer.jwks()).unwrap();

@@ -20,6 +20,9 @@ use crate::policy::Identity;
 /// How often a token with an unknown `kid` may trigger a JWKS download: short enough that a
 /// provider's key rotation is picked up at once, long enough that forged `kid`s cannot make
 /// castellan hammer the provider.
+/// Google's issuer: its accounts carry the Workspace domain in `hd`.
+pub const GOOGLE_ISSUER: &str = "https://accounts.google.com";
+
 pub const JWKS_REFRESH_INTERVAL: Duration = Duration::from_secs(5);
 /// How long discovery results are reused before being fetched again.
 const DISCOVERY_TTL: Duration = Duration::from_secs(5);
@@ -393,13 +396,7 @@ impl Client {
             return Err(self.rejected(format!("`{email}` is not an email address")));
         }
         Ok(SignedIn {
-            identity: Identity {
-                email: email.to_ascii_lowercase(),
-                subject: claims.sub,
-                provider: self.config.id.clone(),
-                groups,
-                hd: claims.hd.filter(|h| !h.is_empty() && h.len() <= 253),
-            },
+            identity: self.identity(email.to_ascii_lowercase(), claims.sub, groups, claims.hd),
             auth_time: claims.auth_time,
             id_token,
         })
@@ -458,8 +455,9 @@ impl Client {
     }
 
     /// Accepts an ID token a program presents as a bearer token: signed by this provider, for an
-    /// audience on `programmatic_audiences`, unexpired, with a (verified) email.
-    pub async fn verify_programmatic(&self, token: &str) -> Result<Identity, Error> {
+    /// audience on `programmatic_audiences`, unexpired, with a (verified) email. Returns the person
+    /// and when they authenticated (`auth_time`, else the token's `iat`).
+    pub async fn verify_programmatic(&self, token: &str) -> Result<(Identity, Option<i64>), Error> {
         if self.config.programmatic_audiences.is_empty() {
             return Err(self.rejected("this provider accepts no programmatic audiences"));
         }
@@ -485,13 +483,40 @@ impl Client {
         if !crate::policy::is_email(&email) {
             return Err(self.rejected(format!("`{email}` is not an email address")));
         }
-        Ok(Identity {
+        let auth_time = claims.auth_time.or(claims.iat);
+        Ok((
+            self.identity(email, claims.sub, groups, claims.hd),
+            auth_time,
+        ))
+    }
+
+    /// The person an ID token names. `domain:` members match Google accounts on their Workspace
+    /// domain (`hd`) only, as Google IAP does (a consumer account, which has none, matches no
+    /// `domain:` member whatever its email); other providers' people on `hd` when the provider
+    /// asserts one, else on their email's domain.
+    fn identity(
+        &self,
+        email: String,
+        subject: String,
+        groups: Vec<String>,
+        hd: Option<String>,
+    ) -> Identity {
+        let hd = hd.filter(|h| !h.is_empty() && h.len() <= 253 && !h.contains('@'));
+        let domain = match &hd {
+            Some(hd) => hd.to_ascii_lowercase(),
+            None if self.config.issuer == GOOGLE_ISSUER => String::new(),
+            None => crate::policy::email_domain(&email)
+                .unwrap_or("")
+                .to_string(),
+        };
+        Identity {
             email,
-            subject: claims.sub,
+            subject,
             provider: self.config.id.clone(),
             groups,
-            hd: claims.hd.filter(|h| !h.is_empty() && h.len() <= 253),
-        })
+            hd,
+            domain: Some(domain),
+        }
     }
 
     /// Checks signature (allowed asymmetric algorithms only), `iss`, `aud` (one of `audiences`),

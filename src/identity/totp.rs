@@ -43,11 +43,12 @@ pub fn check(secret: &str, entered: &str, now: i64) -> Option<i64> {
 
 /// The `otpauth://` URI authenticator apps import (as a link or a QR code).
 pub fn uri(issuer: &str, email: &str, secret: &str) -> String {
+    let q = |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
     format!(
         "otpauth://totp/{}:{}?secret={secret}&issuer={}&algorithm=SHA1&digits=6&period=30",
-        crate::web::pages::q(issuer),
-        crate::web::pages::q(email),
-        crate::web::pages::q(issuer)
+        q(issuer),
+        q(email),
+        q(issuer)
     )
 }
 

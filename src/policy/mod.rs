@@ -4,6 +4,7 @@
 //! and decides requests; [`condition`] is the expression language. No I/O anywhere here.
 
 pub mod condition;
+pub mod explain;
 pub mod snapshot;
 
 use std::fmt;
@@ -11,7 +12,8 @@ use std::fmt;
 use serde::{Deserialize, Serialize};
 
 pub use condition::Condition;
-pub use snapshot::{Decision, Explanation, Reason, Snapshot};
+pub use explain::{ExplainedBinding, Explanation};
+pub use snapshot::{Decision, Reason, Snapshot, Who};
 
 /// Who is asking, after signing in.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -28,6 +30,77 @@ pub struct Identity {
     /// The Google Workspace domain (`hd` claim) when the provider asserts one.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hd: Option<String>,
+    /// The domain `domain:` members match, decided at sign-in: for Google the Workspace domain
+    /// (`hd`; a consumer account has none, as in Google IAP), for other providers `hd` when they
+    /// assert it, else the email's domain. None when stored by an older castellan: the email's
+    /// domain then.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub domain: Option<String>,
+}
+
+impl Identity {
+    /// A local account: its subject is its email, its domain the email's.
+    pub fn local(email: &str) -> Identity {
+        Identity {
+            email: email.to_string(),
+            subject: email.to_string(),
+            provider: "local".into(),
+            groups: Vec::new(),
+            hd: None,
+            domain: email_domain(email).map(str::to_string),
+        }
+    }
+
+    /// The domain `domain:` members match (see [`Identity::domain`]); empty means none.
+    pub fn policy_domain(&self) -> Option<&str> {
+        match self.domain.as_deref() {
+            Some("") => None,
+            Some(d) => Some(d),
+            None => email_domain(&self.email),
+        }
+    }
+
+    /// How decisions see this person.
+    pub fn who(&self) -> Who<'_> {
+        Who::User {
+            email: &self.email,
+            groups: &self.groups,
+            domain: self.policy_domain(),
+        }
+    }
+}
+
+/// The part of an email address after the last `@`.
+pub fn email_domain(email: &str) -> Option<&str> {
+    email.rsplit_once('@').map(|(_, d)| d)
+}
+
+/// Who a request is from, once a credential has been accepted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Principal {
+    /// A person, signed in with a browser, the command line or a provider's ID token.
+    Person(std::sync::Arc<Identity>),
+    /// A programmatic caller with a castellan service account.
+    ServiceAccount(std::sync::Arc<str>),
+}
+
+impl Principal {
+    /// How decisions see this principal.
+    pub fn who(&self) -> Who<'_> {
+        match self {
+            Principal::Person(i) => i.who(),
+            Principal::ServiceAccount(name) => Who::ServiceAccount(name),
+        }
+    }
+
+    /// The principal as logs, audit records and messages name it: an email, or
+    /// `serviceAccount:NAME`.
+    pub fn name(&self) -> String {
+        match self {
+            Principal::Person(i) => i.email.clone(),
+            Principal::ServiceAccount(n) => format!("serviceAccount:{n}"),
+        }
+    }
 }
 
 /// A principal in a binding, spelled as in Cloud IAM.

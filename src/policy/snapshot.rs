@@ -50,10 +50,12 @@ impl fmt::Display for Resource {
 #[derive(Debug, Clone, Copy)]
 pub enum Who<'a> {
     Anonymous,
-    /// A person: lower-case email and the groups their provider asserted.
+    /// A person: lower-case email, the groups their provider asserted, and the domain `domain:`
+    /// members match (see [`super::Identity::policy_domain`]).
     User {
         email: &'a str,
         groups: &'a [String],
+        domain: Option<&'a str>,
     },
     ServiceAccount(&'a str),
 }
@@ -85,6 +87,25 @@ impl Grant {
             label: label.into(),
             reason,
         }
+    }
+}
+
+impl Grant {
+    /// A grant named only as a binding of the global policy (what an app's admin may see).
+    pub(super) fn of_global_policy(reason: Reason) -> Grant {
+        Grant {
+            label: Arc::from("a binding of the global policy"),
+            reason,
+        }
+    }
+
+    /// `app:demo#0 user:alice@example.com` (see [`Grant`]): shared, not copied, per request.
+    pub fn label(&self) -> &Arc<str> {
+        &self.label
+    }
+
+    pub fn reason(&self) -> Reason {
+        self.reason
     }
 }
 
@@ -173,9 +194,9 @@ struct Index {
 }
 
 #[derive(Debug)]
-struct Compiled {
-    resource: Resource,
-    policy: Policy,
+pub(super) struct Compiled {
+    pub(super) resource: Resource,
+    pub(super) policy: Policy,
     accessor: Index,
     admin: Index,
 }
@@ -291,7 +312,7 @@ impl Snapshot {
         self.groups_of.get(email).map(Vec::as_slice).unwrap_or(&[])
     }
 
-    fn policies<'s>(&'s self, app: &str) -> impl Iterator<Item = &'s Compiled> {
+    pub(super) fn policies<'s>(&'s self, app: &str) -> impl Iterator<Item = &'s Compiled> {
         self.apps.get(app).into_iter().chain(self.global.as_ref())
     }
 
@@ -311,7 +332,13 @@ impl Snapshot {
         }
     }
 
-    fn decide_role(&self, app: &str, role: Role, who: Who<'_>, cx: &Context<'_>) -> Decision {
+    pub(super) fn decide_role(
+        &self,
+        app: &str,
+        role: Role,
+        who: Who<'_>,
+        cx: &Context<'_>,
+    ) -> Decision {
         let mut condition_failed = false;
         for c in self.policies(app) {
             match self.look(c, role, who, cx) {
@@ -336,9 +363,13 @@ impl Snapshot {
         }
         match who {
             Who::Anonymous => {}
-            Who::User { email, groups } => {
+            Who::User {
+                email,
+                groups,
+                domain,
+            } => {
                 push(&mut lists, idx.users.get(email));
-                if let Some((_, domain)) = email.rsplit_once('@') {
+                if let Some(domain) = domain {
                     push(&mut lists, idx.domains.get(domain));
                 }
                 if !idx.groups.is_empty() {
@@ -376,86 +407,6 @@ impl Snapshot {
             Look::Nothing
         }
     }
-
-    /// Every binding of `app`'s and the global policy for `role`, and what it said about `who`:
-    /// the policy troubleshooter.
-    pub fn explain(&self, app: &str, role: Role, who: Who<'_>, cx: &Context<'_>) -> Explanation {
-        let mut lines = Vec::new();
-        let groups: Vec<String> = match who {
-            Who::User { email, groups } => self
-                .groups_of(email)
-                .iter()
-                .chain(groups)
-                .cloned()
-                .collect(),
-            _ => Vec::new(),
-        };
-        for c in self.policies(app) {
-            for (i, b) in c
-                .policy
-                .bindings
-                .iter()
-                .enumerate()
-                .filter(|(_, b)| b.role == role)
-            {
-                let matched: Vec<String> = b
-                    .members
-                    .iter()
-                    .filter(|m| member_names(m, who, &groups))
-                    .map(Member::to_string)
-                    .collect();
-                lines.push(ExplainedBinding {
-                    resource: c.resource.clone(),
-                    index: i,
-                    members: b.members.iter().map(Member::to_string).collect(),
-                    matched,
-                    condition: b
-                        .condition
-                        .as_ref()
-                        .map(|c| (c.title.clone(), c.expression.clone(), c.compiled.eval(cx))),
-                });
-            }
-        }
-        Explanation {
-            decision: self.decide_role(app, role, who, cx),
-            bindings: lines,
-            groups,
-        }
-    }
-}
-
-fn member_names(m: &Member, who: Who<'_>, groups: &[String]) -> bool {
-    match (m, who) {
-        (Member::AllUsers, _) => true,
-        (Member::AllAuthenticatedUsers, Who::User { .. } | Who::ServiceAccount(_)) => true,
-        (Member::User(e), Who::User { email, .. }) => e == email,
-        (Member::Domain(d), Who::User { email, .. }) => {
-            email.rsplit_once('@').is_some_and(|(_, x)| x == d)
-        }
-        (Member::Group(g), Who::User { .. }) => groups.contains(g),
-        (Member::ServiceAccount(s), Who::ServiceAccount(n)) => s == n,
-        _ => false,
-    }
-}
-
-/// The troubleshooter's answer.
-#[derive(Debug)]
-pub struct Explanation {
-    pub decision: Decision,
-    pub bindings: Vec<ExplainedBinding>,
-    /// The groups the caller was considered a member of.
-    pub groups: Vec<String>,
-}
-
-#[derive(Debug)]
-pub struct ExplainedBinding {
-    pub resource: Resource,
-    pub index: usize,
-    pub members: Vec<String>,
-    /// The members of this binding that name the caller.
-    pub matched: Vec<String>,
-    /// (title, expression, result) when the binding has a condition.
-    pub condition: Option<(String, String, bool)>,
 }
 
 #[cfg(test)]
@@ -478,7 +429,11 @@ mod tests {
     }
 
     fn user<'a>(email: &'a str, groups: &'a [String]) -> Who<'a> {
-        Who::User { email, groups }
+        Who::User {
+            email,
+            groups,
+            domain: crate::policy::email_domain(email),
+        }
     }
 
     #[test]
@@ -630,26 +585,5 @@ mod tests {
             panic!()
         };
         assert_eq!(g.to_string(), "app:demo#0 user:alice@example.com if \"r\"");
-    }
-
-    #[test]
-    fn explanations_say_which_bindings_named_the_caller() {
-        let p = policy(
-            r#"{"bindings":[{"role":"roles/accessor","members":["user:alice@example.com","domain:example.com"],
-                "condition":{"title":"reports","expression":"request.path.startsWith(\"/reports\")"}}]}"#,
-        );
-        let s = Snapshot::new(vec![(Resource::App("demo".into()), p)], vec![]);
-        let e = s.explain(
-            "demo",
-            Role::Accessor,
-            user("alice@example.com", &[]),
-            &cx("/admin"),
-        );
-        assert_eq!(e.decision, Decision::Deny(Reason::ConditionNotMet));
-        assert_eq!(
-            e.bindings[0].matched,
-            vec!["user:alice@example.com", "domain:example.com"]
-        );
-        assert!(!e.bindings[0].condition.as_ref().unwrap().2);
     }
 }

@@ -1,4 +1,5 @@
-//! Connections that outlive their decision: WebSockets and streaming responses.
+//! Connections that outlive their decision: WebSockets, streaming responses and tunnels, whatever
+//! the credential they were opened with.
 //!
 //! Each is registered with what it was decided on. A response whose length is known and at most
 //! [`SHORT_BODY`] is not: it is the answer to a request already decided, on its way out in the time
@@ -20,20 +21,32 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame};
 use tokio::sync::watch;
 
-use crate::policy::Identity;
+use crate::policy::Principal;
 use crate::web::{Body, BoxError};
 
 /// What a live connection was allowed on.
 #[derive(Debug, Clone)]
 pub struct Grounds {
     pub app: String,
-    pub identity: Arc<Identity>,
-    /// The digest of the session it rides on.
-    pub session: String,
+    pub principal: Principal,
+    /// What ends the credential it was opened with.
+    pub revocation: Revocation,
     pub host: String,
     pub path: String,
     pub method: String,
     pub ip: Option<IpAddr>,
+}
+
+/// What, besides a change of policy, ends a live connection's right to stay open.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub enum Revocation {
+    /// The session (by digest) it rides on: a browser's, or the command line's whose access token
+    /// opened it. Sign-out and revocation end it.
+    Session(String),
+    /// The service account key (by id) its access token was minted with.
+    Key(String),
+    /// Nothing but the policy (a provider's ID token, an anonymous caller of a public app).
+    Never,
 }
 
 struct Entry {
@@ -183,14 +196,8 @@ mod tests {
     fn grounds() -> Grounds {
         Grounds {
             app: "demo".into(),
-            identity: Arc::new(Identity {
-                email: "a@example.com".into(),
-                subject: "a".into(),
-                provider: "local".into(),
-                groups: vec![],
-                hd: None,
-            }),
-            session: "s".into(),
+            principal: Principal::Person(Arc::new(crate::policy::Identity::local("a@example.com"))),
+            revocation: Revocation::Session("s".into()),
             host: "h".into(),
             path: "/".into(),
             method: "GET".into(),

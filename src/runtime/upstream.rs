@@ -85,6 +85,27 @@ impl Conn {
 }
 
 impl Pool {
+    /// The pool for the apps: plain HTTP, or HTTPS verified against the system's roots.
+    pub fn for_apps(connect_timeout: Duration) -> Pool {
+        let mut http = HttpConnector::new();
+        http.enforce_http(false);
+        http.set_connect_timeout(Some(connect_timeout));
+        http.set_nodelay(true);
+        let https = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_native_roots()
+            .unwrap_or_else(|_| {
+                hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(
+                    rustls::ClientConfig::builder()
+                        .with_root_certificates(rustls::RootCertStore::empty())
+                        .with_no_client_auth(),
+                )
+            })
+            .https_or_http()
+            .enable_http1()
+            .wrap_connector(http);
+        Pool::new(https)
+    }
+
     pub fn new(connector: HttpsConnector<HttpConnector>) -> Pool {
         Pool {
             connector,

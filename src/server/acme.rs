@@ -349,10 +349,10 @@ async fn http_answer(
                 );
                 r
             }
-            Ok(None) => crate::web::text(StatusCode::NOT_FOUND, "no such challenge\n"),
+            Ok(None) => crate::web::failure::Failure::not_found("no such challenge").plain(),
             Err(e) => {
                 tracing::error!("ACME: answering an HTTP-01 challenge: {e}");
-                crate::web::text(StatusCode::SERVICE_UNAVAILABLE, "store unavailable\n")
+                crate::web::failure::Failure::store_unavailable().plain()
             }
         };
     }

@@ -4,19 +4,19 @@
 //! endpoints and the admin pages together.
 
 pub mod acme;
+pub mod routes;
 
 use std::convert::Infallible;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
-use http::{Request, Response, StatusCode};
+use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
-use crate::gate::handle;
 use crate::runtime::{ACCESS_POLL_INTERVAL, DRAIN_TIMEOUT, State};
 use crate::store;
 use crate::web;
@@ -130,7 +130,7 @@ pub async fn run(
                     async move {
                         // Boxed: the request's future is large, and unboxed it would be part of
                         // every connection's task, in use or idle.
-                        let mut resp = Box::pin(handle(state, peer, req)).await;
+                        let mut resp = Box::pin(routes::handle(state, peer, req)).await;
                         if let Some(v) = hsts {
                             resp.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert(v);
                         }
@@ -391,7 +391,7 @@ pub async fn serve_metrics(state: Arc<State>, listener: TcpListener) {
                         );
                         r
                     } else {
-                        web::text(StatusCode::NOT_FOUND, "metrics are at /metrics\n")
+                        crate::web::failure::Failure::not_found("metrics are at /metrics").plain()
                     };
                     Ok::<_, Infallible>(resp)
                 }

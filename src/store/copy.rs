@@ -58,6 +58,9 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("parent", Text),
             ("id_token", Text),
             ("hd", Text),
+            ("domain", OptText),
+            ("proved_at", Int),
+            ("proved_by", Text),
         ],
     ),
     (
@@ -286,6 +289,7 @@ mod tests {
             provider: "local".into(),
             groups: vec!["eng".into()],
             hd: None,
+            domain: None,
         };
         sqlite
             .create_session(

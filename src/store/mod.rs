@@ -40,7 +40,7 @@ pub use passkeys::{Ceremony, Passkey};
 pub use requests::AccessRequest;
 pub use second_factor::PendingSecondFactor;
 pub use service_accounts::{ServiceAccount, ServiceAccountKey};
-pub use sessions::{Flow, Session, SessionInfo};
+pub use sessions::{Flow, Redemption, Session, SessionInfo};
 
 #[derive(Debug, thiserror::Error)]
 pub enum Error {

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Result, Store, now};
+use super::{Actor, Result, Store, now};
 
 /// A registered passkey.
 #[derive(Debug, Clone)]
@@ -24,6 +24,8 @@ pub struct Passkey {
 pub enum Ceremony {
     Register,
     SignIn,
+    /// A fresh proof by a signed-in person before a change to their account.
+    Confirm,
 }
 
 impl Ceremony {
@@ -31,6 +33,7 @@ impl Ceremony {
         match self {
             Ceremony::Register => "register",
             Ceremony::SignIn => "sign_in",
+            Ceremony::Confirm => "confirm",
         }
     }
 }
@@ -52,7 +55,9 @@ fn from_row(r: &sqlx::any::AnyRow) -> Passkey {
 }
 
 impl Store {
-    pub async fn add_passkey(&self, p: &Passkey) -> Result<()> {
+    /// Registers a passkey, recorded in the audit trail.
+    pub async fn add_passkey(&self, p: &Passkey, actor: &Actor) -> Result<()> {
+        let mut tx = self.write().await?;
         sqlx::query(
             "INSERT INTO passkeys (id, email, user_handle, public_key, sign_count, name, created_at) \
              VALUES ($1, $2, $3, $4, $5, $6, $7)",
@@ -64,8 +69,18 @@ impl Store {
         .bind(i64::from(p.sign_count))
         .bind(&p.name)
         .bind(p.created_at)
-        .execute(&self.pool)
+        .execute(&mut *tx)
         .await?;
+        Store::record_change(
+            &mut tx,
+            actor,
+            "passkey.add",
+            &format!("account {}", p.email),
+            None,
+            Some(&serde_json::json!({ "passkey": p.name, "id": p.id })),
+        )
+        .await?;
+        tx.commit().await?;
         Ok(())
     }
 
@@ -104,14 +119,35 @@ impl Store {
         Ok(r.rows_affected() == 1)
     }
 
-    /// Removes one of `email`'s passkeys; false when it has no such passkey.
-    pub async fn remove_passkey(&self, email: &str, id: &str) -> Result<bool> {
-        let r = sqlx::query("DELETE FROM passkeys WHERE email = $1 AND id = $2")
+    /// Removes one of `email`'s passkeys (every one, with `id` None); returns how many went.
+    /// Recorded in the audit trail.
+    pub async fn remove_passkeys(
+        &self,
+        email: &str,
+        id: Option<&str>,
+        actor: &Actor,
+    ) -> Result<u64> {
+        let mut tx = self.write().await?;
+        let r = sqlx::query("DELETE FROM passkeys WHERE email = $1 AND ($2 IS NULL OR id = $3)")
             .bind(email)
             .bind(id)
-            .execute(&self.pool)
+            .bind(id)
+            .execute(&mut *tx)
             .await?;
-        Ok(r.rows_affected() == 1)
+        let n = r.rows_affected();
+        if n > 0 {
+            Store::record_change(
+                &mut tx,
+                actor,
+                "passkey.remove",
+                &format!("account {email}"),
+                None,
+                Some(&serde_json::json!({ "id": id, "removed": n })),
+            )
+            .await?;
+        }
+        tx.commit().await?;
+        Ok(n)
     }
 
     /// Issues `challenge` to the browser for a ceremony, replacing any earlier one.
@@ -176,15 +212,16 @@ mod tests {
                 created_at: 1,
                 last_used_at: 0,
             };
-            s.add_passkey(&p).await.unwrap();
-            assert!(s.add_passkey(&p).await.is_err(), "a credential id is registered once");
+            let who = Actor::cli();
+            s.add_passkey(&p, &who).await.unwrap();
+            assert!(s.add_passkey(&p, &who).await.is_err(), "a credential id is registered once");
             let got = s.passkey("cred").await.unwrap().unwrap();
             assert_eq!((got.public_key, got.sign_count), (vec![0xa5, 0, 255], 3));
             assert!(s.use_passkey("cred", 3, 4).await.unwrap());
             assert!(!s.use_passkey("cred", 3, 5).await.unwrap(), "the count moved meanwhile");
             assert_eq!(s.passkeys_of("a@example.com").await.unwrap().len(), 1);
-            assert!(!s.remove_passkey("b@example.com", "cred").await.unwrap(), "not theirs");
-            assert!(s.remove_passkey("a@example.com", "cred").await.unwrap());
+            assert_eq!(s.remove_passkeys("b@example.com", Some("cred"), &who).await.unwrap(), 0, "not theirs");
+            assert_eq!(s.remove_passkeys("a@example.com", Some("cred"), &who).await.unwrap(), 1);
             assert!(s.passkey("cred").await.unwrap().is_none());
 
             s.put_passkey_challenge("b1", Ceremony::SignIn, "", "ch").await.unwrap();

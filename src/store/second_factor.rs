@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Result, Store, now};
+use super::{Actor, Result, Store, now};
 
 /// A sign-in that passed the password and waits for a code (or for TOTP to be set up).
 #[derive(Debug, Clone)]
@@ -25,13 +25,15 @@ impl Store {
         Ok(s.filter(|s| !s.is_empty()))
     }
 
-    /// Turns TOTP on with `secret` (first used at `step`), replacing the recovery codes.
+    /// Turns TOTP on with `secret` (first used at `step`), replacing the recovery codes; recorded
+    /// in the audit trail.
     pub async fn enable_totp(
         &self,
         email: &str,
         secret: &str,
         step: i64,
         recovery: &[String],
+        actor: &Actor,
     ) -> Result<()> {
         let mut tx = self.write().await?;
         sqlx::query("UPDATE users SET totp_secret = $1, totp_last_step = $2 WHERE email = $3")
@@ -51,6 +53,71 @@ impl Store {
                 .execute(&mut *tx)
                 .await?;
         }
+        Store::record_change(
+            &mut tx,
+            actor,
+            "totp.enable",
+            &format!("account {email}"),
+            None,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Turns TOTP off and drops the recovery codes; recorded in the audit trail.
+    pub async fn disable_totp(&self, email: &str, actor: &Actor) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE users SET totp_secret = '', totp_last_step = 0 WHERE email = $1")
+            .bind(email)
+            .execute(&mut *tx)
+            .await?;
+        sqlx::query("DELETE FROM recovery_codes WHERE email = $1")
+            .bind(email)
+            .execute(&mut *tx)
+            .await?;
+        Store::record_change(
+            &mut tx,
+            actor,
+            "totp.disable",
+            &format!("account {email}"),
+            None,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// Replaces the account's recovery codes (their digests); recorded in the audit trail.
+    pub async fn replace_recovery_codes(
+        &self,
+        email: &str,
+        recovery: &[String],
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("DELETE FROM recovery_codes WHERE email = $1")
+            .bind(email)
+            .execute(&mut *tx)
+            .await?;
+        for d in recovery {
+            sqlx::query("INSERT INTO recovery_codes (email, digest) VALUES ($1, $2)")
+                .bind(email)
+                .bind(d)
+                .execute(&mut *tx)
+                .await?;
+        }
+        Store::record_change(
+            &mut tx,
+            actor,
+            "recovery-codes.regenerate",
+            &format!("account {email}"),
+            None,
+            None,
+        )
+        .await?;
         tx.commit().await?;
         Ok(())
     }
@@ -135,13 +202,19 @@ mod tests {
         async fn a_code_step_and_a_recovery_code_work_once(s: Store) {
             s.add_user("a@example.com", "hash").await.unwrap();
             assert_eq!(s.totp_secret("a@example.com").await.unwrap(), None);
-            s.enable_totp("a@example.com", "SECRET", 100, &["r1".into(), "r2".into()]).await.unwrap();
+            let who = crate::store::Actor::cli();
+            s.enable_totp("a@example.com", "SECRET", 100, &["r1".into(), "r2".into()], &who).await.unwrap();
             assert_eq!(s.totp_secret("a@example.com").await.unwrap().as_deref(), Some("SECRET"));
             assert!(!s.use_totp_step("a@example.com", 100).await.unwrap(), "the enrolment code is used");
             assert!(s.use_totp_step("a@example.com", 101).await.unwrap());
             assert!(!s.use_totp_step("a@example.com", 101).await.unwrap(), "replayed");
             assert!(s.use_recovery_code("a@example.com", "r1").await.unwrap());
             assert!(!s.use_recovery_code("a@example.com", "r1").await.unwrap());
+            s.replace_recovery_codes("a@example.com", &["r3".into()], &who).await.unwrap();
+            assert!(!s.use_recovery_code("a@example.com", "r2").await.unwrap(), "replaced");
+            assert!(s.use_recovery_code("a@example.com", "r3").await.unwrap());
+            s.disable_totp("a@example.com", &who).await.unwrap();
+            assert_eq!(s.totp_secret("a@example.com").await.unwrap(), None);
         }
     }
 }

@@ -12,10 +12,30 @@ use crate::policy::Identity;
 #[derive(Debug, Clone)]
 pub struct Session {
     pub identity: Identity,
+    /// When the person signed in (the provider's `auth_time` when it says).
     pub created_at: i64,
     pub last_seen: i64,
     pub expires_at: i64,
+    /// When the person last proved who they are again in this session (0: never), for changes
+    /// to their account, and the digest of the browser cookie of the browser they did it in.
+    pub proved_at: i64,
+    pub proved_by: String,
 }
+
+/// A hand-off code as the host that redeems it presents it.
+#[derive(Debug, Clone, Copy)]
+pub struct Redemption<'a> {
+    pub code_digest: &'a str,
+    /// The host redeeming it: the one it was made for.
+    pub host: &'a str,
+    /// The digest of the hand-off cookie of the browser redeeming it.
+    pub browser_digest: &'a str,
+    /// How long a code may wait.
+    pub max_age: Duration,
+}
+
+/// How deep a family of hand-offs can go before castellan stops following parents.
+const MAX_FAMILY_DEPTH: usize = 16;
 
 /// A session as listed to administrators: the id is a prefix of the stored digest, never the
 /// cookie value.
@@ -60,8 +80,8 @@ impl Store {
         let now = now();
         let mut tx = self.write().await?;
         sqlx::query(
-            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, hd) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11)",
+            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, hd, domain) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
         )
         .bind(id_digest)
         .bind(&who.email)
@@ -74,6 +94,7 @@ impl Store {
         .bind(user_agent)
         .bind(serde_json::to_string(&who.groups).expect("a list of strings serialises"))
         .bind(who.hd.as_deref().unwrap_or(""))
+        .bind(who.domain.as_deref())
         .execute(&mut *tx)
         .await?;
         let actor = Actor {
@@ -97,7 +118,7 @@ impl Store {
     pub async fn session(&self, id_digest: &str, idle: Duration) -> Result<Option<Session>> {
         let now = now();
         let row = sqlx::query(
-            "SELECT email, subject, provider, created_at, last_seen, expires_at, groups, hd FROM sessions \
+            "SELECT email, subject, provider, created_at, last_seen, expires_at, groups, hd, domain, proved_at, proved_by FROM sessions \
              WHERE id_digest = $1 AND expires_at > $2 AND last_seen > $3",
         )
         .bind(id_digest)
@@ -112,19 +133,100 @@ impl Store {
                 provider: r.get(2),
                 groups: serde_json::from_str(r.get::<&str, _>(6)).unwrap_or_default(),
                 hd: Some(r.get::<String, _>(7)).filter(|h| !h.is_empty()),
+                domain: r.get(8),
             },
             created_at: r.get(3),
             last_seen: r.get(4),
             expires_at: r.get(5),
+            proved_at: r.get(9),
+            proved_by: r.get(10),
         }))
     }
 
-    pub async fn touch_session(&self, id_digest: &str) -> Result<()> {
-        sqlx::query("UPDATE sessions SET last_seen = $1 WHERE id_digest = $2")
+    /// Records that the person of session `id_digest` just proved who they are again, in the
+    /// browser whose browser-cookie digest is `browser_digest`.
+    pub async fn prove_session(
+        &self,
+        id_digest: &str,
+        browser_digest: &str,
+        actor: &Actor,
+    ) -> Result<()> {
+        let mut tx = self.write().await?;
+        sqlx::query("UPDATE sessions SET proved_at = $1, proved_by = $2 WHERE id_digest = $3")
             .bind(now())
+            .bind(browser_digest)
             .bind(id_digest)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        Store::record_change(
+            &mut tx,
+            actor,
+            "session.confirm",
+            &format!(
+                "session {}",
+                &id_digest[..PUBLIC_ID_LEN.min(id_digest.len())]
+            ),
+            None,
+            None,
+        )
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// The session a hand-off made this one from, and so on up: the family's root.
+    async fn family_root(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        id_digest: &str,
+    ) -> Result<String> {
+        let mut root = id_digest.to_string();
+        for _ in 0..MAX_FAMILY_DEPTH {
+            let parent: Option<String> =
+                sqlx::query_scalar("SELECT parent FROM sessions WHERE id_digest = $1")
+                    .bind(&root)
+                    .fetch_optional(&mut **tx)
+                    .await?;
+            match parent {
+                Some(p) if !p.is_empty() => root = p,
+                _ => break,
+            }
+        }
+        Ok(root)
+    }
+
+    /// Deletes the sessions `ids` and every session handed off from them, at any depth.
+    async fn delete_with_descendants(
+        tx: &mut sqlx::Transaction<'_, sqlx::Any>,
+        ids: &[String],
+    ) -> Result<u64> {
+        let mut n = 0;
+        for id in ids {
+            n += sqlx::query(
+                "WITH RECURSIVE family(id) AS ( \
+                   SELECT CAST($1 AS TEXT) \
+                   UNION SELECT s.id_digest FROM sessions s JOIN family f ON s.parent = f.id \
+                 ) DELETE FROM sessions WHERE id_digest IN (SELECT id FROM family)",
+            )
+            .bind(id)
+            .execute(&mut **tx)
+            .await?
+            .rows_affected();
+        }
+        Ok(n)
+    }
+
+    /// Records that the session was used now, and so was the session it was handed off from
+    /// (a sign-in is in use while any of its hosts is).
+    pub async fn touch_session(&self, id_digest: &str) -> Result<()> {
+        sqlx::query(
+            "UPDATE sessions SET last_seen = $1 WHERE id_digest = $2 \
+             OR id_digest = (SELECT parent FROM sessions WHERE id_digest = $3)",
+        )
+        .bind(now())
+        .bind(id_digest)
+        .bind(id_digest)
+        .execute(&self.pool)
+        .await?;
         Ok(())
     }
 
@@ -143,27 +245,14 @@ impl Store {
         Ok(live)
     }
 
-    /// Ends the session whose cookie digest is `id_digest` (sign-out).
-    /// Ends a session together with its family: the public host's session it was handed off
-    /// from, and every session handed off from that one (signing out on any host signs out on all).
+    /// Ends a session together with its whole family (sign-out): the sessions it was handed off
+    /// from, up to the root, and every session handed off from those, at any depth. Signing out
+    /// on any host signs out on all.
     pub async fn delete_session(&self, id_digest: &str, actor: &Actor) -> Result<bool> {
         let mut tx = self.write().await?;
-        let parent: Option<String> =
-            sqlx::query_scalar("SELECT parent FROM sessions WHERE id_digest = $1")
-                .bind(id_digest)
-                .fetch_optional(&mut *tx)
-                .await?;
-        let root = parent
-            .filter(|p| !p.is_empty())
-            .unwrap_or_else(|| id_digest.to_string());
-        let r = sqlx::query(
-            "DELETE FROM sessions WHERE id_digest = $1 OR id_digest = $2 OR parent = $2",
-        )
-        .bind(id_digest)
-        .bind(&root)
-        .execute(&mut *tx)
-        .await?;
-        if r.rows_affected() > 0 {
+        let root = Store::family_root(&mut tx, id_digest).await?;
+        let n = Store::delete_with_descendants(&mut tx, &[root, id_digest.to_string()]).await?;
+        if n > 0 {
             Store::record_change(
                 &mut tx,
                 actor,
@@ -173,19 +262,22 @@ impl Store {
                     &id_digest[..PUBLIC_ID_LEN.min(id_digest.len())]
                 ),
                 None,
-                None,
+                Some(&serde_json::json!({ "ended": n })),
             )
             .await?;
             Store::bump(&mut tx).await?;
         }
         tx.commit().await?;
-        Ok(r.rows_affected() > 0)
+        Ok(n > 0)
     }
 
+    /// The sessions people signed in with (of `email`, or everyone's): a browser's, or a command
+    /// line's. The sessions handed from one of them to app hosts are part of it (they end with
+    /// it) and are not listed on their own.
     pub async fn list_sessions(&self, email: Option<&str>) -> Result<Vec<SessionInfo>> {
         let rows = sqlx::query(
             "SELECT id_digest, email, provider, created_at, last_seen, expires_at, client_ip, user_agent FROM sessions \
-             WHERE expires_at > $1 AND ($2 IS NULL OR email = $3) ORDER BY last_seen DESC",
+             WHERE expires_at > $1 AND ($2 IS NULL OR email = $3) AND parent = '' ORDER BY last_seen DESC",
         )
         .bind(now())
         .bind(email)
@@ -208,8 +300,8 @@ impl Store {
     }
 
     /// Revokes the sessions whose public id is `id` (a prefix of at least 8 characters; with
-    /// `email`, only if it is that person's) or, without `id`, all of `email`'s sessions; returns
-    /// how many ended.
+    /// `email`, only if it is that person's) or, without `id`, all of `email`'s sessions, each
+    /// with every session handed off from it; returns how many of those named ended.
     pub async fn revoke_sessions(
         &self,
         id: Option<&str>,
@@ -225,27 +317,33 @@ impl Store {
                         .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_') =>
             {
                 // With an email too, only that person's session (a person revoking their own).
-                sqlx::query(
-                    "DELETE FROM sessions WHERE substr(id_digest, 1, CAST($1 AS INTEGER)) = $2 AND expires_at > $3 AND ($4 IS NULL OR email = $5)",
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT id_digest FROM sessions WHERE substr(id_digest, 1, CAST($1 AS INTEGER)) = $2 AND expires_at > $3 AND ($4 IS NULL OR email = $5)",
                 )
                 .bind(id.len() as i64)
                 .bind(id)
                 .bind(now())
                 .bind(email)
                 .bind(email)
-                .execute(&mut *tx)
-                .await?
+                .fetch_all(&mut *tx)
+                .await?;
+                Store::delete_with_descendants(&mut tx, &ids).await?;
+                ids.len() as u64
             }
             (None, Some(email)) => {
-                sqlx::query("DELETE FROM sessions WHERE email = $1 AND expires_at > $2")
-                    .bind(email)
-                    .bind(now())
-                    .execute(&mut *tx)
-                    .await?
+                let ids: Vec<String> = sqlx::query_scalar(
+                    "SELECT id_digest FROM sessions WHERE email = $1 AND expires_at > $2 AND parent = ''",
+                )
+                .bind(email)
+                .bind(now())
+                .fetch_all(&mut *tx)
+                .await?;
+                Store::delete_with_descendants(&mut tx, &ids).await?;
+                ids.len() as u64
             }
             _ => return Ok(0),
         };
-        let n = r.rows_affected();
+        let n = r;
         if n > 0 {
             let target = match (id, email) {
                 (Some(id), _) => format!("session {id}"),
@@ -325,60 +423,73 @@ impl Store {
         Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
-    /// A one-time code that hands the public host's session `session_digest` to `host`.
+    /// A one-time code that hands the public host's session `session_digest` to `host`, for the
+    /// browser whose hand-off cookie on that host has the digest `browser_digest`.
     pub async fn put_handoff_code(
         &self,
         code_digest: &str,
         session_digest: &str,
         host: &str,
+        browser_digest: &str,
     ) -> Result<()> {
         sqlx::query(
-            "INSERT INTO handoff_codes (code_digest, session_digest, host, created_at) VALUES ($1, $2, $3, $4)",
+            "INSERT INTO handoff_codes (code_digest, session_digest, host, created_at, browser_digest) VALUES ($1, $2, $3, $4, $5)",
         )
         .bind(code_digest)
         .bind(session_digest)
         .bind(host)
         .bind(now())
+        .bind(browser_digest)
         .execute(&self.pool)
         .await?;
         Ok(())
     }
 
-    /// Redeems a handoff code for `host` (once, within `max_age`): makes a session for that host
-    /// with the parent's identity and expiry, linked to the parent. Returns whether it did.
+    /// Redeems a handoff code (once, within its `max_age`, on its host, in the browser it was
+    /// made for): makes a session `new_digest` for that host with the parent's identity and
+    /// expiry, linked to the parent. Returns it, or None when the code does not hold.
     pub async fn redeem_handoff_code(
         &self,
-        code_digest: &str,
-        host: &str,
-        max_age: Duration,
+        r: &Redemption<'_>,
         new_digest: &str,
         client_ip: &str,
         user_agent: &str,
     ) -> Result<Option<Session>> {
+        let Redemption {
+            code_digest,
+            host,
+            browser_digest,
+            max_age,
+        } = *r;
         let mut tx = self.write().await?;
         let row = sqlx::query(
-            "DELETE FROM handoff_codes WHERE code_digest = $1 RETURNING session_digest, host, created_at",
+            "DELETE FROM handoff_codes WHERE code_digest = $1 RETURNING session_digest, host, created_at, browser_digest",
         )
         .bind(code_digest)
         .fetch_optional(&mut *tx)
         .await?;
         let now = now();
-        let Some((parent, bound_host, created_at)) = row.map(|r| {
+        let Some((parent, bound_host, created_at, bound_browser)) = row.map(|r| {
             (
                 r.get::<String, _>(0),
                 r.get::<String, _>(1),
                 r.get::<i64, _>(2),
+                r.get::<String, _>(3),
             )
         }) else {
             return Ok(None);
         };
-        if bound_host != host || now - created_at > max_age.as_secs() as i64 {
+        if bound_host != host
+            || now - created_at > max_age.as_secs() as i64
+            || bound_browser.is_empty()
+            || !crate::crypto::equal(&bound_browser, browser_digest)
+        {
             tx.commit().await?;
             return Ok(None);
         }
         let made = sqlx::query(
-            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent, id_token, hd) \
-             SELECT $1, email, subject, provider, created_at, $2, expires_at, $3, $4, groups, id_digest, id_token, hd FROM sessions \
+            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent, id_token, hd, domain) \
+             SELECT $1, email, subject, provider, created_at, $2, expires_at, $3, $4, groups, id_digest, id_token, hd, domain FROM sessions \
              WHERE id_digest = $5 AND expires_at > $6",
         )
         .bind(new_digest)
@@ -456,6 +567,7 @@ mod tests {
             provider: "local".into(),
             groups: vec!["eng".into()],
             hd: None,
+            domain: None,
         }
     }
 

@@ -2,7 +2,7 @@
 
 use sqlx::Row;
 
-use super::{Error, Result, Store, now};
+use super::{Actor, Error, Result, Store, now};
 
 impl Store {
     pub async fn add_user(&self, email: &str, password_hash: &str) -> Result<()> {
@@ -20,12 +20,32 @@ impl Store {
         Ok(())
     }
 
-    pub async fn set_password(&self, email: &str, password_hash: &str) -> Result<bool> {
+    /// Changes a local account's password; false when there is no such account. Recorded in the
+    /// audit trail.
+    pub async fn set_password(
+        &self,
+        email: &str,
+        password_hash: &str,
+        actor: &Actor,
+    ) -> Result<bool> {
+        let mut tx = self.write().await?;
         let r = sqlx::query("UPDATE users SET password_hash = $1 WHERE email = $2")
             .bind(password_hash)
             .bind(email)
-            .execute(&self.pool)
+            .execute(&mut *tx)
             .await?;
+        if r.rows_affected() > 0 {
+            Store::record_change(
+                &mut tx,
+                actor,
+                "password.change",
+                &format!("account {email}"),
+                None,
+                None,
+            )
+            .await?;
+        }
+        tx.commit().await?;
         Ok(r.rows_affected() > 0)
     }
 

@@ -1,6 +1,10 @@
 //! HTTP plumbing shared by castellan's own pages and the proxy: the body type, response builders with
 //! security headers, cookies, forms, and the client's address and host.
 
+pub mod cookies;
+pub mod ctx;
+pub mod failure;
+pub mod guard;
 pub mod pages;
 pub mod return_to;
 
@@ -15,6 +19,8 @@ use http_body_util::{BodyExt, Full, Limited};
 use crate::net::IpNet;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// Headers castellan adds to a request or answer (identity headers, an upstream credential).
+pub type HeaderList = Vec<(http::HeaderName, HeaderValue)>;
 pub type Body = UnsyncBoxBody<Bytes, BoxError>;
 
 pub fn full(bytes: impl Into<Bytes>) -> Body {
@@ -90,106 +96,6 @@ pub fn redirect(location: &str) -> Response<Body> {
     }
     own_headers(&mut resp);
     resp
-}
-
-// ---- cookies ---------------------------------------------------------------------------------------
-
-/// The names of castellan's cookies. With an https `public_url` they carry the `__Host-` prefix, which
-/// browsers only accept with `Secure`, `Path=/` and no `Domain`, so no sibling host can plant them.
-#[derive(Debug, Clone)]
-pub struct CookieNames {
-    pub session: &'static str,
-    pub browser: &'static str,
-    pub secure: bool,
-}
-
-impl CookieNames {
-    pub fn new(secure: bool) -> CookieNames {
-        if secure {
-            CookieNames {
-                session: "__Host-castellan_session",
-                browser: "__Host-castellan_browser",
-                secure,
-            }
-        } else {
-            CookieNames {
-                session: "castellan_session",
-                browser: "castellan_browser",
-                secure,
-            }
-        }
-    }
-
-    /// A `Set-Cookie` value; `max_age` None makes a cookie that ends with the browser session,
-    /// `Some(0)` deletes it.
-    pub fn set(&self, name: &str, value: &str, max_age: Option<u64>) -> HeaderValue {
-        let mut s = format!("{name}={value}; Path=/; HttpOnly; SameSite=Lax");
-        if self.secure {
-            s.push_str("; Secure");
-        }
-        if let Some(age) = max_age {
-            s.push_str(&format!("; Max-Age={age}"));
-        }
-        HeaderValue::from_str(&s).expect("cookie values are base64url tokens")
-    }
-}
-
-/// Whether a cookie name is one of castellan's (in either spelling): such cookies never go upstream.
-pub fn is_own_cookie(name: &[u8]) -> bool {
-    let own = |n: &[u8]| {
-        n.strip_prefix(b"__Host-")
-            .unwrap_or(n)
-            .starts_with(b"castellan_")
-    };
-    let ascii = name.trim_ascii();
-    // Bytes outside ASCII around a name: also judge it as an app that decodes it and trims
-    // Unicode spaces (U+00A0, U+0085) would see it.
-    own(ascii) || (!ascii.is_ascii() && own(String::from_utf8_lossy(ascii).trim().as_bytes()))
-}
-
-/// The value of cookie `name` from every `Cookie` header. When a name appears twice the request is
-/// ambiguous (a planted cookie): castellan then uses none of them.
-pub fn cookie<'a>(headers: &'a HeaderMap, name: &str) -> Option<&'a str> {
-    let mut found = None;
-    for v in headers.get_all(header::COOKIE) {
-        let Ok(s) = v.to_str() else { continue };
-        for pair in s.split(';') {
-            if let Some((k, v)) = pair.trim().split_once('=')
-                && k.trim() == name
-            {
-                if found.is_some() {
-                    return None;
-                }
-                found = Some(v.trim());
-            }
-        }
-    }
-    found
-}
-
-/// Removes castellan's cookies from the `Cookie` headers, keeping the app's own byte for byte (in
-/// one header).
-pub fn strip_own_cookies(headers: &mut HeaderMap) {
-    let mut kept: Vec<u8> = Vec::new();
-    for v in headers.get_all(header::COOKIE) {
-        for pair in v.as_bytes().split(|&b| b == b';') {
-            let pair = pair.trim_ascii();
-            let name = pair.split(|&b| b == b'=').next().unwrap_or(pair);
-            if pair.is_empty() || is_own_cookie(name) {
-                continue;
-            }
-            if !kept.is_empty() {
-                kept.extend_from_slice(b"; ");
-            }
-            kept.extend_from_slice(pair);
-        }
-    }
-    headers.remove(header::COOKIE);
-    if !kept.is_empty()
-        && let Ok(v) = HeaderValue::from_bytes(&kept)
-    {
-        headers.insert(header::COOKIE, v);
-    }
 }
 
 // ---- requests -------------------------------------------------------------------------------------
@@ -285,46 +191,6 @@ mod tests {
             );
         }
         h
-    }
-
-    #[test]
-    fn cookies_are_found_and_stripped() {
-        let mut h = headers(&[
-            ("cookie", "a=1; castellan_session=s; b=2"),
-            ("cookie", "__Host-castellan_browser=x"),
-        ]);
-        assert_eq!(cookie(&h, "castellan_session"), Some("s"));
-        strip_own_cookies(&mut h);
-        assert_eq!(h.get_all("cookie").iter().count(), 1);
-        assert_eq!(h.get("cookie").unwrap(), "a=1; b=2");
-        let mut only_ours = headers(&[("cookie", "castellan_session=s")]);
-        strip_own_cookies(&mut only_ours);
-        assert!(only_ours.get("cookie").is_none());
-        // The app's cookies pass unchanged, bytes that are not UTF-8 included.
-        let mut raw = HeaderMap::new();
-        raw.insert(
-            "cookie",
-            HeaderValue::from_bytes(b"pref=caf\xe9; castellan_session=s; x=\xff\xfe").unwrap(),
-        );
-        strip_own_cookies(&mut raw);
-        assert_eq!(
-            raw.get("cookie").unwrap().as_bytes(),
-            b"pref=caf\xe9; x=\xff\xfe"
-        );
-        // A name padded with a Unicode space is still ours to an app that trims it.
-        let mut padded = HeaderMap::new();
-        padded.insert(
-            "cookie",
-            HeaderValue::from_bytes(b"\xc2\xa0castellan_session=s; a=1").unwrap(),
-        );
-        strip_own_cookies(&mut padded);
-        assert_eq!(padded.get("cookie").unwrap(), "a=1");
-    }
-
-    #[test]
-    fn a_duplicated_cookie_is_ambiguous() {
-        let h = headers(&[("cookie", "castellan_session=a; castellan_session=b")]);
-        assert_eq!(cookie(&h, "castellan_session"), None);
     }
 
     #[test]

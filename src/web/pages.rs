@@ -4,6 +4,16 @@
 
 use std::fmt::Write;
 
+/// Where castellan's one script is served, and the script: the passkey ceremonies on the sign-in
+/// and account pages. Pages that load it allow exactly that file in their CSP.
+pub const PASSKEY_SCRIPT_PATH: &str = "/.castellan/passkey.js";
+pub const PASSKEY_SCRIPT: &str = include_str!("../../assets/passkey.js");
+
+/// The markup that loads the passkey script on a page.
+pub fn passkey_script_tag() -> String {
+    format!("<script src=\"{PASSKEY_SCRIPT_PATH}\" defer></script>")
+}
+
 /// Escapes text for HTML element content and double-quoted attributes.
 pub fn esc(s: &str) -> String {
     let mut out = String::with_capacity(s.len());
@@ -99,7 +109,7 @@ pub fn sign_in(s: &SignIn) -> String {
              Sign in with a passkey</button><p class=\"error\" role=\"alert\" data-passkey-status hidden></p>{}",
             esc(csrf),
             esc(s.return_to),
-            crate::endpoints::passkey::script_tag()
+            passkey_script_tag()
         );
     }
     page("Sign in", &body)
@@ -109,11 +119,10 @@ pub struct Denied<'a> {
     pub email: &'a str,
     pub app: &'a str,
     pub reference: &'a str,
+    /// Sign in as someone else (on castellan's own pages), then back here.
     pub switch_href: String,
-    /// The CSRF token for the request-access form.
-    pub csrf: &'a str,
-    /// Where the person was going, to come back to after asking.
-    pub return_to: &'a str,
+    /// Ask for access (on castellan's own pages), then back here.
+    pub request_href: String,
     /// The person's latest access request for this app: (status, when, decided by).
     pub request: Option<(&'a str, String, &'a str)>,
 }
@@ -132,32 +141,42 @@ pub fn denied(d: &Denied) -> String {
         _ => String::new(),
     };
     let pending = matches!(d.request, Some(("pending", _, _)));
-    let form = format!(
-        "<form method=\"post\" action=\"/.castellan/request_access\">\
-         <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"app\" value=\"{}\">\
-         <input type=\"hidden\" name=\"rd\" value=\"{}\">\
-         <label for=\"reason\">Reason (optional)</label><input id=\"reason\" type=\"text\" name=\"reason\" maxlength=\"500\">\
-         <button type=\"submit\">{}</button></form>",
-        esc(d.csrf),
-        esc(d.app),
-        esc(d.return_to),
-        if pending {
-            "Update my request"
-        } else {
-            "Request access"
-        }
-    );
     page(
         "Access denied",
         &format!(
             "<h1>You don't have access</h1><p>You are signed in as <b>{}</b>, which has no access to <b>{}</b>.</p>\
-             {status}{form}\
+             {status}<a class=\"button\" href=\"{}\">{}</a>\
              <a class=\"button secondary\" href=\"{}\">Sign in with another account</a>\
              <p class=\"muted\">Reference: <code>{}</code></p>",
             esc(d.email),
             esc(d.app),
+            esc(&d.request_href),
+            if pending {
+                "Update my request"
+            } else {
+                "Request access"
+            },
             esc(&d.switch_href),
             esc(d.reference)
+        ),
+    )
+}
+
+/// The form that sends an access request, on castellan's own host.
+pub fn request_access(app: &str, csrf: &str, return_to: &str) -> String {
+    page(
+        "Request access",
+        &format!(
+            "<h1>Request access to {}</h1><p>The app's administrators are told at once; you get in as soon as one approves.</p>\
+             <form method=\"post\" action=\"/.castellan/request_access\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"app\" value=\"{}\">\
+             <input type=\"hidden\" name=\"rd\" value=\"{}\">\
+             <label for=\"reason\">Reason (optional)</label><input id=\"reason\" type=\"text\" name=\"reason\" maxlength=\"500\">\
+             <button type=\"submit\">Send the request</button></form>",
+            esc(app),
+            esc(csrf),
+            esc(app),
+            esc(return_to)
         ),
     )
 }
@@ -223,8 +242,7 @@ mod tests {
             app: "a\"b",
             reference: "r",
             switch_href: "/x?a=1&b=2".into(),
-            csrf: "t",
-            return_to: "/",
+            request_href: "/r".into(),
             request: Some(("denied", "2026-11-28".into(), "<b>admin</b>")),
         });
         assert!(html.contains("&lt;b&gt;admin"));

@@ -18,7 +18,7 @@ async fn setup() -> (Echo, Castellan, String) {
     let echo = Echo::start().await;
     let mut s = Setup::new(echo.addr);
     let extra = format!(
-        "\n[[apps]]\nid = \"admin\"\nupstream = \"http://{}\"\npath_prefix = \"/admin\"\n",
+        "\n[[apps]]\nid = \"admin\"\nhost = \"127.0.0.1\"\nupstream = \"http://{}\"\npath_prefix = \"/admin\"\n",
         echo.addr
     );
     s.extra = Box::leak(extra.into_boxed_str());
@@ -445,13 +445,13 @@ async fn tampered_sessions_and_forged_tokens_get_nothing() {
         fresh, "fixedfixedfixedfixedfixedfixedfixedfixedfix",
         "sign-in must not keep a planted id"
     );
-    let form = b.get(&c.url("/.castellan/sign_out")).await;
+    let form = b.get(&c.console("/.castellan/sign_out")).await;
     let csrf = form.input("csrf").unwrap();
     // Sign-out without the CSRF token (a cross-site form) does nothing.
     let forged = b
         .request(
             "POST",
-            &c.url("/.castellan/sign_out"),
+            &c.console("/.castellan/sign_out"),
             &[("origin", "https://evil.example")],
             Some(&[("csrf", &csrf)]),
         )
@@ -470,7 +470,7 @@ async fn tampered_sessions_and_forged_tokens_get_nothing() {
     );
     b.request(
         "POST",
-        &c.url("/.castellan/sign_out"),
+        &c.console("/.castellan/sign_out"),
         &[],
         Some(&[("csrf", &csrf)]),
     )

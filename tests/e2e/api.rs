@@ -26,7 +26,7 @@ async fn call(method: &str, url: &str, key: Option<&str>, body: Option<Value>) -
 async fn service_account_keys_manage_policies_groups_sessions_and_audit() {
     let echo = Echo::start().await;
     let c = Castellan::start(Setup::new(echo.addr)).await;
-    let api = |p: &str| c.url(&format!("/.castellan/api/v1/{p}"));
+    let api = |p: &str| c.console(&format!("/.castellan/api/v1/{p}"));
     let created = ok(&c.cli(&["service-accounts", "create", "ops-bot"]));
     let key = created
         .lines()
@@ -243,10 +243,10 @@ async fn browser_sessions_need_the_role_json_and_our_origin() {
     );
     let cookie = format!(
         "castellan_session={}",
-        b.cookie(&c.origin, "castellan_session").unwrap()
+        b.cookie(&c.console, "castellan_session").unwrap()
     );
     let http = reqwest::Client::new();
-    let api = |p: &str| c.url(&format!("/.castellan/api/v1/{p}"));
+    let api = |p: &str| c.console(&format!("/.castellan/api/v1/{p}"));
 
     // An app admin reads that app's policy, but not the global one, groups or sessions.
     assert_eq!(
@@ -312,7 +312,7 @@ async fn browser_sessions_need_the_role_json_and_our_origin() {
         .post(api("policies/demo/bindings"))
         .header("cookie", &cookie)
         .header("content-type", "application/json")
-        .header("origin", &c.origin)
+        .header("origin", &c.console)
         .body(body)
         .send()
         .await
@@ -333,7 +333,13 @@ async fn the_openapi_document_matches_the_routes() {
         .unwrap()
         .to_string();
     c.grant_role("--global", "serviceAccount:doc-bot", "roles/admin");
-    let (s, doc) = call("GET", &c.url("/.castellan/api/v1/openapi.json"), None, None).await;
+    let (s, doc) = call(
+        "GET",
+        &c.console("/.castellan/api/v1/openapi.json"),
+        None,
+        None,
+    )
+    .await;
     assert_eq!(s, 200);
     assert_eq!(doc["openapi"], "3.1.0");
     let mut seen = 0;
@@ -348,7 +354,7 @@ async fn the_openapi_document_matches_the_routes() {
                 .replace("{id}", "AAAAAAAAAAAA");
             let (_, v) = call(
                 &method.to_uppercase(),
-                &c.url(&format!("/.castellan/api/v1{concrete}")),
+                &c.console(&format!("/.castellan/api/v1{concrete}")),
                 Some(&key),
                 None,
             )
@@ -361,7 +367,13 @@ async fn the_openapi_document_matches_the_routes() {
         }
     }
     assert!(seen >= 15, "{seen} operations documented");
-    let (s, v) = call("GET", &c.url("/.castellan/api/v1/nope"), Some(&key), None).await;
+    let (s, v) = call(
+        "GET",
+        &c.console("/.castellan/api/v1/nope"),
+        Some(&key),
+        None,
+    )
+    .await;
     assert_eq!(s, 404);
     assert!(v["message"].as_str().unwrap().contains("no API endpoint"));
 }

@@ -188,19 +188,17 @@ async fn a_passkey_is_registered_then_signs_in_in_chromium() {
         "the npm package playwright-core",
     );
     let echo = Echo::start().await;
-    // WebAuthn needs a domain as the relying party id (not an IP address): `localhost`.
-    let (port, _) = Castellan::reserve();
-    let top = format!("public_url = \"http://localhost:{port}\"\n");
-    let mut setup = Setup::new(echo.addr);
-    setup.top = &top;
-    let c = Castellan::start_on_with_public_url(port, setup).await;
+    // WebAuthn needs a domain as the relying party id (not an IP address): castellan's own
+    // pages are on `localhost`, the app on 127.0.0.1.
+    let c = Castellan::start(Setup::new(echo.addr)).await;
     c.add_user("pat@example.com", "a long enough password");
     c.grant("demo", "user:pat@example.com");
-    let app = format!("http://localhost:{port}/reports");
+    let app = c.url("/reports");
     let v = run_browser_script(
         "passkey.mjs",
         vec![
             app.clone(),
+            c.console.clone(),
             "pat@example.com".into(),
             "a long enough password".into(),
         ],
@@ -222,6 +220,13 @@ async fn a_passkey_is_registered_then_signs_in_in_chromium() {
     assert!(
         v["text"].as_str().unwrap().contains("pat@example.com"),
         "the app saw the identity: {v}"
+    );
+    assert!(
+        v["confirmedWithPasskey"]
+            .as_str()
+            .unwrap()
+            .contains("Confirmed: you can change how you sign in"),
+        "a passkey is a fresh proof too: {v}"
     );
     assert!(
         v["removedError"]

@@ -29,6 +29,7 @@ client_secret = "${CASTELLAN_TEST_UNSET_VARIABLE}"
 
 [[apps]]
 id = "demo"
+host = "127.0.0.1"
 upstream = "127.0.0.1:8501"
 "#,
     );
@@ -49,7 +50,7 @@ upstream = "127.0.0.1:8501"
 #[test]
 fn check_config_accepts_a_good_file_and_names_the_callback() {
     let (_d, path) = write_config(
-        "public_url = \"https://apps.example.com\"\n[[providers]]\nid = \"google\"\nissuer = \"https://accounts.google.com\"\nclient_id = \"x\"\nclient_secret = \"y\"\n[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:8501\"\n",
+        "public_url = \"https://apps.example.com\"\n[[providers]]\nid = \"google\"\nissuer = \"https://accounts.google.com\"\nclient_id = \"x\"\nclient_secret = \"y\"\n[[apps]]\nid = \"demo\"\nhost = \"dashboard.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n",
     );
     let out = run_cli(&path, &["check-config"], None);
     assert!(
@@ -75,7 +76,7 @@ fn a_missing_config_file_says_how_to_fix_it() {
 #[test]
 fn a_store_that_cannot_open_is_a_clear_error() {
     let (_d, path) = write_config(
-        "store = \"sqlite:///nonexistent-dir/for/sure/castellan.db\"\n[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:1\"\n",
+        "store = \"sqlite:///nonexistent-dir/for/sure/castellan.db\"\n[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"http://127.0.0.1:1\"\n",
     );
     let out = run_cli(&path, &["serve"], None);
     assert_eq!(out.status.code(), Some(1));
@@ -89,7 +90,9 @@ fn a_store_that_cannot_open_is_a_clear_error() {
 
 #[test]
 fn access_and_users_reject_bad_input_with_the_expected_form() {
-    let (_d, path) = write_config("[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:1\"\n");
+    let (_d, path) = write_config(
+        "[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"http://127.0.0.1:1\"\n",
+    );
     let cases: &[(&[&str], Option<&str>, &str)] = &[
         (
             &["access", "add", "demo", "alice@example.com"],
@@ -237,25 +240,34 @@ async fn demo_serves_its_sign_in_page_and_the_printed_password_works() {
     }
     let origin = url.unwrap().trim_end_matches('/').to_string();
     assert_eq!(origin, format!("http://127.0.0.1:{port}"));
+    let own = format!("http://localhost:{port}");
     let mut b = Browser::new();
     let page = b.follow(&format!("{origin}/")).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("<h1>Sign in</h1>"), "{}", page.body);
+    assert!(
+        page.url.starts_with(&own),
+        "castellan's own pages: {}",
+        page.url
+    );
     let csrf = page.input("csrf").unwrap();
+    let rd = page.input("rd").unwrap();
     let signed = b
         .request(
             "POST",
-            &format!("{origin}/.castellan/sign_in"),
+            &format!("{own}/.castellan/sign_in"),
             &[],
             Some(&[
                 ("csrf", &csrf),
-                ("rd", "/"),
+                ("rd", &rd),
                 ("email", "admin@example.com"),
                 ("password", password.as_deref().unwrap()),
             ]),
         )
         .await;
     assert_eq!(signed.status, 302, "{}", signed.body);
+    let signed = b.finish_handoff(signed).await;
+    assert_eq!(signed.location(), Some("/"), "{}", signed.body);
     let whoami = b.get(&format!("{origin}/")).await;
     assert_eq!(whoami.status, 200);
     assert!(
@@ -263,7 +275,7 @@ async fn demo_serves_its_sign_in_page_and_the_printed_password_works() {
         "the built-in whoami app: {}",
         whoami.body
     );
-    let console = b.get(&format!("{origin}/.castellan/admin/")).await;
+    let console = b.get(&format!("{own}/.castellan/admin/")).await;
     assert_eq!(console.status, 200, "the demo admin is an administrator");
     assert!(
         console.body.contains("<h1>Apps</h1>") && console.body.contains(">demo<"),

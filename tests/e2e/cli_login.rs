@@ -68,13 +68,20 @@ async fn login_token_print_and_proxy_act_as_the_signed_in_person() {
             .status,
         302
     );
-    let page = b.get(&link).await;
+    // The link names the app's host; the approval page is on castellan's own.
+    let page = b.follow(&link).await;
     assert_eq!(page.status, 200, "{}", page.body);
+    assert!(
+        page.url
+            .starts_with(&c.console("/.castellan/cli/authorize")),
+        "{}",
+        page.url
+    );
     assert!(page.body.contains("zoe@example.com") && page.body.contains("Approve"));
     let approve = b
         .request(
             "POST",
-            &c.url("/.castellan/cli/authorize"),
+            &c.console("/.castellan/cli/authorize"),
             &[],
             Some(&[
                 ("csrf", &page.input("csrf").unwrap()),

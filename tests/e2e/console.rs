@@ -61,7 +61,7 @@ async fn admins_share_apps_and_approve_access_requests_in_a_real_browser() {
     let (port, origin) = Castellan::reserve();
     let idp = Idp::start(&origin, None).await;
     let extra = format!(
-        "[[apps]]\nid = \"reports\"\nupstream = \"http://{}\"\npath_prefix = \"/reports\"\n",
+        "[[apps]]\nid = \"reports\"\nhost = \"127.0.0.1\"\nupstream = \"http://{}\"\npath_prefix = \"/reports\"\n",
         reports.addr
     );
     let top = format!("access_request_webhook = \"http://{hook}/slack\"");
@@ -81,6 +81,7 @@ async fn admins_share_apps_and_approve_access_requests_in_a_real_browser() {
     let v = run_browser_script(
         "console.mjs",
         vec![
+            c.origin.clone(),
             origin.clone(),
             "root@example.com".into(),
             "the admin's long password".into(),
@@ -181,7 +182,7 @@ async fn admins_share_apps_and_approve_access_requests_in_a_real_browser() {
         let r = admin
             .request(
                 "POST",
-                &c.url("/.castellan/admin/apps/demo/add"),
+                &c.console("/.castellan/admin/apps/demo/add"),
                 &[],
                 Some(&[
                     ("csrf", csrf),
@@ -193,12 +194,12 @@ async fn admins_share_apps_and_approve_access_requests_in_a_real_browser() {
             .await;
         assert_eq!(r.status, 403, "{}", r.body);
     }
-    let page = admin.get(&c.url("/.castellan/admin/apps/demo")).await;
+    let page = admin.get(&c.console("/.castellan/admin/apps/demo")).await;
     let csrf = page.input("csrf").unwrap();
     let cross = admin
         .request(
             "POST",
-            &c.url("/.castellan/admin/apps/demo/add"),
+            &c.console("/.castellan/admin/apps/demo/add"),
             &[("sec-fetch-site", "cross-site")],
             Some(&[
                 ("csrf", &csrf),
@@ -220,7 +221,7 @@ async fn admins_share_apps_and_approve_access_requests_in_a_real_browser() {
     let mut pat = Browser::new();
     pat.sign_in_local(&c, "pat@example.com", "a long enough password", "/")
         .await;
-    let refused = pat.get(&c.url("/.castellan/admin/")).await;
+    let refused = pat.get(&c.console("/.castellan/admin/")).await;
     assert_eq!(refused.status, 403);
     assert!(
         refused.body.contains("is not an administrator"),
@@ -244,11 +245,19 @@ async fn repeated_requests_merge_and_a_denial_is_shown_on_the_next_visit() {
     for reason in ["first ask", "second ask"] {
         let page = lee.get(&c.url("/dash")).await;
         assert_eq!(page.status, 403);
-        let csrf = page.input("csrf").unwrap();
+        // The denied page links to the request form on castellan's own pages.
+        let form = lee
+            .get(&c.console(&format!(
+                "/.castellan/request_access?app=demo&rd={}",
+                urlencode(&c.url("/dash"))
+            )))
+            .await;
+        assert_eq!(form.status, 200, "{}", form.body);
+        let csrf = form.input("csrf").unwrap();
         let sent = lee
             .request(
                 "POST",
-                &c.url("/.castellan/request_access"),
+                &c.console("/.castellan/request_access"),
                 &[],
                 Some(&[
                     ("csrf", &csrf),
@@ -271,17 +280,17 @@ async fn repeated_requests_merge_and_a_denial_is_shown_on_the_next_visit() {
     let forged = lee
         .request(
             "POST",
-            &c.url("/.castellan/request_access"),
+            &c.console("/.castellan/request_access"),
             &[],
             Some(&[("app", "demo"), ("reason", "x")]),
         )
         .await;
-    assert_eq!(forged.status, 400);
+    assert_eq!(forged.status, 403);
 
     let mut root = Browser::new();
     root.sign_in_local(&c, "root@example.com", "the admin's long password", "/")
         .await;
-    let requests = root.get(&c.url("/.castellan/admin/requests")).await;
+    let requests = root.get(&c.console("/.castellan/admin/requests")).await;
     assert_eq!(
         requests.body.matches("Approve lee@example.com").count(),
         1,
@@ -301,7 +310,7 @@ async fn repeated_requests_merge_and_a_denial_is_shown_on_the_next_visit() {
     let denied = root
         .request(
             "POST",
-            &c.url(&format!("/.castellan/admin/requests/{id}/deny")),
+            &c.console(&format!("/.castellan/admin/requests/{id}/deny")),
             &[],
             Some(&[("csrf", &csrf)]),
         )

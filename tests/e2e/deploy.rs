@@ -134,7 +134,7 @@ async fn configured_from_the_environment_with_a_working_health_check() {
     let echo = Echo::start().await;
     let port = free_port();
     let toml = format!(
-        "[[apps]]\nid = \"demo\"\nupstream = \"http://{}\"\n",
+        "[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"http://{}\"\n",
         echo.addr
     );
     let dir = tempfile::tempdir().unwrap();
@@ -143,7 +143,7 @@ async fn configured_from_the_environment_with_a_working_health_check() {
         .current_dir(dir.path())
         .env("CASTELLAN_CONFIG_TOML", &toml)
         .env("PORT", port.to_string())
-        .env("CASTELLAN_PUBLIC_URL", format!("http://127.0.0.1:{port}"));
+        .env("CASTELLAN_PUBLIC_URL", format!("http://localhost:{port}"));
     let mut proc = Proc::spawn("castellan (env)", &mut cmd, dir.path().join("log"));
     wait_for(
         &format!("http://127.0.0.1:{port}/.castellan/healthz"),

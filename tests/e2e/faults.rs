@@ -298,7 +298,7 @@ async fn a_dead_or_slow_upstream_leaks_no_connections() {
     let echo = Echo::start().await;
     let dead = free_port();
     let extra = format!(
-        "[[apps]]\nid = \"dead\"\nupstream = \"http://127.0.0.1:{dead}\"\npath_prefix = \"/dead\"\n"
+        "[[apps]]\nid = \"dead\"\nhost = \"127.0.0.1\"\nupstream = \"http://127.0.0.1:{dead}\"\npath_prefix = \"/dead\"\n"
     );
     let mut setup = Setup::new(echo.addr);
     setup.extra = &extra;

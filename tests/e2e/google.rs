@@ -108,7 +108,7 @@ async fn private_upstreams_get_a_cached_google_id_token() {
     let dead_md = free_port();
     let extra = format!(
         "upstream_auth = \"google-id-token\"\n\n\
-         [[apps]]\nid = \"keeps-auth\"\nupstream = \"http://{echo}\"\npath_prefix = \"/keeps\"\nupstream_auth = \"google-id-token\"\n\
+         [[apps]]\nid = \"keeps-auth\"\nhost = \"127.0.0.1\"\nupstream = \"http://{echo}\"\npath_prefix = \"/keeps\"\nupstream_auth = \"google-id-token\"\n\
          upstream_auth_audience = \"https://keeps-abc-uc.a.run.app\"\nupstream_auth_header = \"x-serverless-authorization\"\n",
         echo = echo.addr
     );

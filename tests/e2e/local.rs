@@ -21,16 +21,25 @@ async fn sign_in_wrong_password_and_attempt_limit() {
     let first = b.follow(&c.url("/app?page=2")).await;
     assert_eq!(first.status, 200);
     assert!(first.body.contains("name=\"password\"") && !first.body.contains("?provider="));
-    assert_eq!(first.input("rd").as_deref(), Some("/app?page=2"));
+    assert!(
+        first.url.starts_with(&c.console("/.castellan/sign_in")),
+        "{}",
+        first.url
+    );
+    // Back through the app host's hand-off, bound to this browser.
+    let rd = first.input("rd").unwrap();
+    assert!(
+        rd.starts_with(&c.url("/.castellan/handoff?hb=")) && rd.ends_with("&rd=%2Fapp%3Fpage%3D2"),
+        "{rd}"
+    );
 
     let wrong = b
         .sign_in_local(&c, "carol@example.com", "not the password", "/app")
         .await;
     assert_eq!(wrong.status, 401);
     assert!(wrong.body.contains("Wrong email or password."));
-    assert_eq!(
-        wrong.input("rd").as_deref(),
-        Some("/app"),
+    assert!(
+        wrong.input("rd").unwrap().ends_with("&rd=%2Fapp"),
         "the return URL survives a failed attempt"
     );
     let unknown = b
@@ -122,9 +131,9 @@ async fn sign_in_wrong_password_and_attempt_limit() {
 async fn the_form_needs_its_csrf_token_and_our_origin() {
     let (_echo, c) = start().await;
     let mut b = Browser::new();
-    let form = b.get(&c.url("/.castellan/sign_in")).await;
+    let form = b.get(&c.console("/.castellan/sign_in")).await;
     let csrf = form.input("csrf").unwrap();
-    let url = c.url("/.castellan/sign_in");
+    let url = c.console("/.castellan/sign_in");
     assert_eq!(post(&url, &mut b, String::new(), None).await.status, 403);
     assert_eq!(post(&url, &mut b, "forged".into(), None).await.status, 403);
     assert_eq!(
@@ -141,8 +150,15 @@ async fn the_form_needs_its_csrf_token_and_our_origin() {
     // A token from another browser does not work here.
     let mut other = Browser::new();
     assert_eq!(post(&url, &mut other, csrf.clone(), None).await.status, 403);
+    // Not even from an app's own origin: only castellan's own pages post here.
     assert_eq!(
-        post(&url, &mut b, csrf, Some(c.origin.clone()))
+        post(&url, &mut b, csrf.clone(), Some(c.origin.clone()))
+            .await
+            .status,
+        403
+    );
+    assert_eq!(
+        post(&url, &mut b, csrf, Some(c.console.clone()))
             .await
             .status,
         302
@@ -218,7 +234,7 @@ async fn sign_out_ends_the_session_server_side() {
     let session = b.cookie(&c.origin, "castellan_session").unwrap().clone();
 
     // GET only shows a confirmation (a link or image cannot sign anyone out); POST needs the token.
-    let page = b.get(&c.url("/.castellan/sign_out")).await;
+    let page = b.get(&c.console("/.castellan/sign_out")).await;
     assert!(page.body.contains("carol@example.com"));
     assert_eq!(
         b.request("GET", &c.url("/"), &[("accept", "application/json")], None)
@@ -229,17 +245,17 @@ async fn sign_out_ends_the_session_server_side() {
     let forged = b
         .request(
             "POST",
-            &c.url("/.castellan/sign_out"),
+            &c.console("/.castellan/sign_out"),
             &[],
             Some(&[("csrf", "nope")]),
         )
         .await;
-    assert_eq!(forged.status, 400);
+    assert_eq!(forged.status, 403);
     let csrf = page.input("csrf").unwrap();
     let out = b
         .request(
             "POST",
-            &c.url("/.castellan/sign_out"),
+            &c.console("/.castellan/sign_out"),
             &[],
             Some(&[("csrf", &csrf)]),
         )
@@ -247,7 +263,7 @@ async fn sign_out_ends_the_session_server_side() {
     assert_eq!(out.status, 200);
     assert!(out.body.contains("You are signed out"));
     assert!(
-        b.cookie(&c.origin, "castellan_session").is_none(),
+        b.cookie(&c.console, "castellan_session").is_none(),
         "the cookie is cleared"
     );
 
@@ -294,14 +310,14 @@ async fn tampered_and_ambiguous_session_cookies_are_anonymous() {
 async fn https_public_url_gets_host_prefixed_secure_cookies() {
     let echo = Echo::start().await;
     let (port, _) = Castellan::reserve();
-    let top = format!("public_url = \"https://127.0.0.1:{port}\"");
+    let top = format!("public_url = \"https://localhost:{port}\"");
     let mut setup = Setup::new(echo.addr);
     setup.top = &top;
     // The test config sets public_url first; a second key would be a duplicate, so replace it.
     let c = Castellan::start_on_with_public_url(port, setup).await;
     c.add_user("frank@example.com", PASSWORD);
     let mut b = Browser::new();
-    let form = b.get(&c.url("/.castellan/sign_in")).await;
+    let form = b.get(&c.console("/.castellan/sign_in")).await;
     let browser_cookie = form.headers["set-cookie"].to_str().unwrap().to_string();
     assert!(
         browser_cookie.starts_with("__Host-castellan_browser="),
@@ -313,11 +329,12 @@ async fn https_public_url_gets_host_prefixed_secure_cookies() {
             && !browser_cookie.contains("Domain")
     );
     let csrf = form.input("csrf").unwrap();
+    let https = format!("https://localhost:{port}");
     let ok = b
         .request(
             "POST",
-            &c.url("/.castellan/sign_in"),
-            &[],
+            &c.console("/.castellan/sign_in"),
+            &[("origin", https.as_str())],
             Some(&[
                 ("csrf", &csrf),
                 ("rd", "/"),
@@ -351,7 +368,7 @@ async fn only_browser_navigations_are_redirected_to_sign_in() {
     assert_eq!(nav.status, 302);
     assert_eq!(
         nav.location(),
-        Some("/.castellan/sign_in?rd=%2Fpage%3Fx%3D1")
+        Some(c.url("/.castellan/sign_in?rd=%2Fpage%3Fx%3D1").as_str())
     );
     for headers in [
         vec![("accept", "application/json")],
@@ -404,7 +421,7 @@ async fn the_account_page_lists_and_ends_the_persons_own_sessions() {
         .await;
     let api = [("accept", "application/json")];
 
-    let page = mine.get(&c.url("/.castellan/account")).await;
+    let page = mine.get(&c.console("/.castellan/account")).await;
     assert_eq!(page.status, 200);
     assert_eq!(
         page.body.matches("Revoke</button>").count(),
@@ -440,7 +457,7 @@ async fn the_account_page_lists_and_ends_the_persons_own_sessions() {
     let forged = mine
         .request(
             "POST",
-            &c.url("/.castellan/account/revoke"),
+            &c.console("/.castellan/account/revoke"),
             &[],
             Some(&[("id", victim.as_str())]),
         )
@@ -449,7 +466,7 @@ async fn the_account_page_lists_and_ends_the_persons_own_sessions() {
     let done = mine
         .request(
             "POST",
-            &c.url("/.castellan/account/revoke"),
+            &c.console("/.castellan/account/revoke"),
             &[],
             Some(&[("csrf", &csrf), ("id", &victim)]),
         )
@@ -470,7 +487,7 @@ async fn the_account_page_lists_and_ends_the_persons_own_sessions() {
     let their_id = theirs[0]["id"].as_str().unwrap();
     mine.request(
         "POST",
-        &c.url("/.castellan/account/revoke"),
+        &c.console("/.castellan/account/revoke"),
         &[],
         Some(&[("csrf", &csrf), ("id", their_id)]),
     )
@@ -487,7 +504,7 @@ async fn the_account_page_lists_and_ends_the_persons_own_sessions() {
     let out = mine
         .request(
             "POST",
-            &c.url("/.castellan/account/sign_out_everywhere"),
+            &c.console("/.castellan/account/sign_out_everywhere"),
             &[],
             Some(&[("csrf", &csrf)]),
         )
@@ -526,13 +543,33 @@ fn totp(secret: &str, step: i64) -> String {
     )
 }
 
+/// Confirms it's her on the account page: the password, and a code with two-step verification on.
+async fn confirm(b: &mut Browser, c: &Castellan, password: &str, code: Option<&str>) {
+    let page = b.get(&c.console("/.castellan/account/confirm")).await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let csrf = page.input("csrf").unwrap();
+    let done = b
+        .request(
+            "POST",
+            &c.console("/.castellan/account/confirm"),
+            &[],
+            Some(&[
+                ("csrf", &csrf),
+                ("password", password),
+                ("code", code.unwrap_or("")),
+            ]),
+        )
+        .await;
+    assert_eq!(done.status, 303, "{}", done.body);
+}
+
 async fn post_code(b: &mut Browser, c: &Castellan, code: &str) -> Page {
-    let form = b.get(&c.url("/.castellan/sign_in/code")).await;
+    let form = b.get(&c.console("/.castellan/sign_in/code")).await;
     assert_eq!(form.status, 200, "{}", form.body);
     let csrf = form.input("csrf").unwrap();
     b.request(
         "POST",
-        &c.url("/.castellan/sign_in/code"),
+        &c.console("/.castellan/sign_in/code"),
         &[],
         Some(&[("csrf", &csrf), ("code", code)]),
     )
@@ -553,28 +590,54 @@ async fn totp_is_set_up_from_the_account_page_then_asked_for_and_never_accepted_
     );
 
     // Set up from the account page: a key, a code to prove it, recovery codes once.
-    let account = b.get(&c.url("/.castellan/account")).await;
+    let account = b.get(&c.console("/.castellan/account")).await;
     assert!(account.body.contains("Set up two-step verification"));
     let csrf = account.input("csrf").unwrap();
+    // A change to how she signs in needs a fresh proof first (here: her password).
     let r = b
         .request(
             "POST",
-            &c.url("/.castellan/account/two_step"),
+            &c.console("/.castellan/account/two_step"),
             &[],
             Some(&[("csrf", &csrf)]),
         )
         .await;
-    assert_eq!(r.location(), Some("/.castellan/sign_in/code"));
-    let setup = b.get(&c.url("/.castellan/sign_in/code")).await;
+    assert_eq!(r.location(), Some("/.castellan/account/confirm"));
+    confirm(&mut b, &c, PW, None).await;
+    let r = b
+        .request(
+            "POST",
+            &c.console("/.castellan/account/two_step"),
+            &[],
+            Some(&[("csrf", &csrf)]),
+        )
+        .await;
+    assert_eq!(r.location(), Some("/.castellan/account/two_step"));
+    let setup = b.get(&c.console("/.castellan/account/two_step")).await;
     let secret = {
         let at = setup.body.find("data-secret=\"").unwrap() + 13;
         setup.body[at..at + setup.body[at..].find('"').unwrap()].to_string()
     };
     assert!(setup.body.contains("otpauth://totp/"));
-    let wrong = post_code(&mut b, &c, "000000").await;
+    let csrf2 = setup.input("csrf").unwrap();
+    let wrong = b
+        .request(
+            "POST",
+            &c.console("/.castellan/account/two_step/verify"),
+            &[],
+            Some(&[("csrf", &csrf2), ("code", "000000")]),
+        )
+        .await;
     assert_eq!(wrong.status, 401, "{}", wrong.body);
     let step = now_step();
-    let done = post_code(&mut b, &c, &totp(&secret, step)).await;
+    let done = b
+        .request(
+            "POST",
+            &c.console("/.castellan/account/two_step/verify"),
+            &[],
+            Some(&[("csrf", &csrf2), ("code", &totp(&secret, step))]),
+        )
+        .await;
     assert_eq!(done.status, 200, "{}", done.body);
     let recovery: Vec<String> = done
         .body
@@ -600,6 +663,8 @@ async fn totp_is_set_up_from_the_account_page_then_asked_for_and_never_accepted_
     assert_eq!(replay.status, 401);
     assert!(replay.body.contains("used already"), "{}", replay.body);
     let ok = post_code(&mut b2, &c, &totp(&secret, step + 1)).await;
+    assert_eq!(ok.status, 302, "{}", ok.body);
+    let ok = b2.finish_handoff(ok).await;
     assert_eq!(ok.status, 302, "{}", ok.body);
     assert_eq!(
         b2.request("GET", &c.url("/"), &[("accept", "application/json")], None)
@@ -634,7 +699,7 @@ async fn with_mfa_required_the_first_sign_in_sets_up_a_second_factor() {
     let r = b.sign_in_local(&c, "bob@example.com", PW, "/").await;
     assert_eq!(r.location(), Some("/.castellan/sign_in/code"));
     assert!(b.cookie(&c.origin, "castellan_session").is_none());
-    let page = b.get(&c.url("/.castellan/sign_in/code")).await;
+    let page = b.get(&c.console("/.castellan/sign_in/code")).await;
     assert!(
         page.body.contains("Set up two-step verification"),
         "{}",
@@ -646,15 +711,15 @@ async fn with_mfa_required_the_first_sign_in_sets_up_a_second_factor() {
 async fn passkey_endpoints_refuse_forgeries_and_pages_allow_only_castellans_script() {
     let (_echo, c) = start().await;
     let mut b = Browser::new();
-    let page = b.get(&c.url("/.castellan/sign_in")).await;
+    let page = b.get(&c.console("/.castellan/sign_in")).await;
     let csp = page.headers["content-security-policy"].to_str().unwrap();
     assert!(
-        csp.contains(&format!("script-src {}/.castellan/passkey.js;", c.origin)),
+        csp.contains(&format!("script-src {}/.castellan/passkey.js;", c.console)),
         "the sign-in page may run that one script: {csp}"
     );
     assert!(page.body.contains("data-passkey=\"sign-in\""));
     let csrf = page.input("csrf").unwrap();
-    let js = b.get(&c.url("/.castellan/passkey.js")).await;
+    let js = b.get(&c.console("/.castellan/passkey.js")).await;
     assert_eq!(js.status, 200);
     assert!(
         js.headers["content-type"]
@@ -674,12 +739,12 @@ async fn passkey_endpoints_refuse_forgeries_and_pages_allow_only_castellans_scri
 
     let cookie = format!(
         "castellan_browser={}",
-        b.cookie(&c.origin, "castellan_browser").unwrap()
+        b.cookie(&c.console, "castellan_browser").unwrap()
     );
     let client = reqwest::Client::new();
     let post = |path: &str, csrf: &str, origin: Option<&str>, body: serde_json::Value| {
         let mut r = client
-            .post(c.url(path))
+            .post(c.console(path))
             .header("cookie", &cookie)
             .header("x-castellan-csrf", csrf)
             .json(&body);
@@ -689,7 +754,7 @@ async fn passkey_endpoints_refuse_forgeries_and_pages_allow_only_castellans_scri
         r.send()
     };
     let options = "/.castellan/passkey/sign_in/options";
-    let o = Some(c.origin.as_str());
+    let o = Some(c.console.as_str());
     let empty = serde_json::json!({});
     assert_eq!(
         post(options, "", o, empty.clone()).await.unwrap().status(),
@@ -714,7 +779,7 @@ async fn passkey_endpoints_refuse_forgeries_and_pages_allow_only_castellans_scri
     let r = post(options, &csrf, o, empty.clone()).await.unwrap();
     assert_eq!(r.status(), 200);
     let v: serde_json::Value = r.json().await.unwrap();
-    assert_eq!(v["rpId"], "127.0.0.1");
+    assert_eq!(v["rpId"], "localhost");
     assert_eq!(v["challenge"].as_str().unwrap().len(), 43);
 
     // A response for a credential castellan never registered signs nobody in.
@@ -749,7 +814,7 @@ async fn r_has_no_session(c: &Castellan, cookie: &str) -> bool {
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-        .get(c.url("/.castellan/whoami"))
+        .get(c.console("/.castellan/whoami"))
         .header("cookie", cookie)
         .send()
         .await

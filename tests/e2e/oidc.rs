@@ -30,7 +30,16 @@ async fn sign_in_reaches_the_app_with_a_verifiable_assertion_and_no_forged_heade
     // Straight to the provider (one way to sign in), and back to the page first asked for.
     let first = b.get(&c.url("/reports/q?x=1")).await;
     assert_eq!(first.status, 302);
-    let sign_in = b.get(&c.url(first.location().unwrap())).await;
+    // The app host's sign-in binds the hand-off to this browser, then goes to castellan's own.
+    let bounce = b.get(first.location().unwrap()).await;
+    assert_eq!(bounce.status, 302);
+    assert!(
+        bounce
+            .location()
+            .unwrap()
+            .starts_with(&c.console("/.castellan/sign_in?rd="))
+    );
+    let sign_in = b.get(bounce.location().unwrap()).await;
     assert_eq!(
         sign_in.status, 302,
         "with one provider and no local accounts, sign_in goes straight to it"
@@ -40,7 +49,7 @@ async fn sign_in_reaches_the_app_with_a_verifiable_assertion_and_no_forged_heade
     assert_eq!(q["code_challenge_method"], "S256");
     assert_eq!(q["response_type"], "code");
     assert!(q["state"].len() >= 43 && q["nonce"].len() >= 43);
-    assert_eq!(q["redirect_uri"], c.url("/.castellan/callback"));
+    assert_eq!(q["redirect_uri"], c.console("/.castellan/callback"));
 
     let page = b
         .sign_in_oidc(&c.url("/reports/q?x=1"), ALICE.0, ALICE.1)
@@ -121,7 +130,7 @@ async fn sign_in_reaches_the_app_with_a_verifiable_assertion_and_no_forged_heade
     let out = Command::new("node")
         .arg(support_dir().join("verify-jwt.mjs"))
         .arg(c.url("/.castellan/jwks.json"))
-        .arg(&c.origin)
+        .arg(&c.console)
         .arg("castellan:demo")
         .arg(token)
         .output()
@@ -146,7 +155,7 @@ async fn sign_in_reaches_the_app_with_a_verifiable_assertion_and_no_forged_heade
     let wrong_aud = Command::new("node")
         .arg(support_dir().join("verify-jwt.mjs"))
         .arg(c.url("/.castellan/jwks.json"))
-        .arg(&c.origin)
+        .arg(&c.console)
         .arg("castellan:other")
         .arg(token)
         .output()
@@ -170,7 +179,7 @@ async fn sign_in_reaches_the_app_with_a_verifiable_assertion_and_no_forged_heade
 async fn state_is_single_use_and_bound_to_the_browser() {
     let (_echo, _idp, c) = start(None, false).await;
     c.grant("demo", "allAuthenticatedUsers");
-    let callback = c.url("/.castellan/callback");
+    let callback = c.console("/.castellan/callback");
 
     // A callback carried to another browser (login CSRF / stolen link) is refused, and burns the state.
     let mut victim = Browser::new();
@@ -198,7 +207,7 @@ async fn state_is_single_use_and_bound_to_the_browser() {
         .await;
     let ok = b.get(&stopped.url).await;
     assert_eq!(ok.status, 302, "{}", ok.body);
-    assert!(b.cookie(&c.origin, "castellan_session").is_some());
+    assert!(b.cookie(&c.console, "castellan_session").is_some());
     let replay = b.get(&stopped.url).await;
     assert_eq!(replay.status, 400, "replayed state: {}", replay.body);
 
@@ -337,11 +346,13 @@ async fn return_to_stays_on_castellan_through_the_provider() {
                 &login,
                 ALICE.0,
                 ALICE.1,
-                Some(&c.url("/.castellan/callback")),
+                Some(&c.console("/.castellan/callback")),
             )
             .await;
         let back = b.get(&cb.url).await;
         assert_eq!(back.status, 302, "{rd}: {}", back.body);
+        // Through the hand-off to the app's host, and there to the page asked for.
+        let back = b.finish_handoff(back).await;
         assert_eq!(back.location(), Some(want), "{rd}");
     }
 }
@@ -350,7 +361,7 @@ async fn return_to_stays_on_castellan_through_the_provider() {
 async fn chooser_offers_provider_and_local_accounts() {
     let (_echo, _idp, c) = start(None, true).await;
     let mut b = Browser::new();
-    let page = b.get(&c.url("/.castellan/sign_in?rd=%2Fx")).await;
+    let page = b.get(&c.console("/.castellan/sign_in?rd=%2Fx")).await;
     assert_eq!(page.status, 200);
     assert!(page.body.contains("Sign in with Corp SSO"), "{}", page.body);
     assert!(
@@ -366,7 +377,7 @@ async fn chooser_offers_provider_and_local_accounts() {
     // "Sign in with another account" asks the provider to let the person pick an account.
     let switch = b
         .follow_until(
-            &c.url("/.castellan/sign_in?provider=corp&rd=%2F&switch=1"),
+            &c.console("/.castellan/sign_in?provider=corp&rd=%2F&switch=1"),
             &[],
             Some(&_idp.issuer),
         )
@@ -409,7 +420,7 @@ async fn several_providers_at_once_and_an_unreachable_one() {
         "local accounts are off"
     );
     let login = b
-        .follow(&c.url("/.castellan/sign_in?provider=partner&rd=%2F"))
+        .follow(&c.console("/.castellan/sign_in?provider=partner&rd=%2F"))
         .await;
     assert!(login.url.starts_with(&partner.issuer), "{}", login.url);
     let page = b.submit_idp_login(&login, BOB.0, BOB.1, None).await;
@@ -417,14 +428,14 @@ async fn several_providers_at_once_and_an_unreachable_one() {
     let who = b
         .request(
             "GET",
-            &c.url("/.castellan/whoami"),
+            &c.console("/.castellan/whoami"),
             &[("accept", "application/json")],
             None,
         )
         .await;
     assert_eq!(who.json()["provider"], "partner");
 
-    let down = b.get(&c.url("/.castellan/sign_in?provider=gone")).await;
+    let down = b.get(&c.console("/.castellan/sign_in?provider=gone")).await;
     assert_eq!(down.status, 502);
     assert!(down.body.contains("could not reach gone"), "{}", down.body);
     assert!(
@@ -480,7 +491,7 @@ async fn an_app_with_reauth_max_age_asks_for_a_fresh_sign_in_and_checks_auth_tim
     setup.idp = Some(&idp);
     setup.local_accounts = false;
     setup.extra = "reauth_max_age = \"3s\"\n";
-    setup.top = "trusted_proxies = [\"127.0.0.1/32\"]\n";
+    setup.top = "trusted_proxies = [\"127.0.0.1/32\"]\nforward_auth = \"nginx\"\n";
     let c = Castellan::start_on(port, setup).await;
     c.grant("demo", "user:alice@example.com");
     let api = [("accept", "application/json")];
@@ -497,10 +508,14 @@ async fn an_app_with_reauth_max_age_asks_for_a_fresh_sign_in_and_checks_auth_tim
     );
     let ingress = |cookie: String| {
         let url = c.url("/.castellan/auth");
+        let host = format!("127.0.0.1:{}", c.port);
         async move {
             let r = reqwest::Client::new()
                 .get(url)
                 .header("x-original-uri", "/inbox")
+                .header("x-original-method", "GET")
+                .header("x-forwarded-host", host)
+                .header("x-forwarded-proto", "http")
                 .header("cookie", cookie)
                 .send()
                 .await
@@ -524,8 +539,8 @@ async fn an_app_with_reauth_max_age_asks_for_a_fresh_sign_in_and_checks_auth_tim
     let r = b.get(&c.url("/inbox")).await;
     let to_sign_in = r.location().unwrap().to_string();
     assert!(to_sign_in.contains("max_age=3"), "{to_sign_in}");
-    let r = b.get(&c.url(&to_sign_in)).await;
-    let auth = url::Url::parse(r.location().unwrap()).unwrap();
+    let r = b.follow_until(&to_sign_in, &[], Some(&idp.issuer)).await;
+    let auth = url::Url::parse(&r.url).unwrap();
     let q: std::collections::HashMap<_, _> = auth.query_pairs().into_owned().collect();
     assert_eq!(q["max_age"], "3");
     assert_eq!(q["prompt"], "login");
@@ -556,8 +571,9 @@ async fn signing_out_ends_the_providers_session_too() {
     let page = b.sign_in_oidc(&c.url("/"), ALICE.0, ALICE.1).await;
     assert_eq!(page.status, 200, "{}", page.body);
 
-    // Control: with castellan's session gone but the provider's alive, sign-in needs no password.
+    // Control: with castellan's sessions gone but the provider's alive, sign-in needs no password.
     b.set_cookie(&c.origin, "castellan_session", "gone");
+    b.set_cookie(&c.console, "castellan_session", "gone");
     let page = b.follow(&c.url("/again")).await;
     assert_eq!(
         page.status, 200,
@@ -568,12 +584,12 @@ async fn signing_out_ends_the_providers_session_too() {
 
     // Sign out: castellan's session ends, and the browser continues to the provider's end-session
     // endpoint with the ID token as a hint and castellan's signed-out page to come back to.
-    let form = b.get(&c.url("/.castellan/sign_out")).await;
+    let form = b.get(&c.console("/.castellan/sign_out")).await;
     let csrf = form.input("csrf").unwrap();
     let r = b
         .request(
             "POST",
-            &c.url("/.castellan/sign_out"),
+            &c.console("/.castellan/sign_out"),
             &[],
             Some(&[("csrf", &csrf)]),
         )
@@ -584,7 +600,7 @@ async fn signing_out_ends_the_providers_session_too() {
     assert!(q["id_token_hint"].split('.').count() == 3, "{q:?}");
     assert_eq!(
         q["post_logout_redirect_uri"],
-        c.url("/.castellan/signed_out")
+        c.console("/.castellan/signed_out")
     );
     // The provider asks to confirm; confirming ends its session and returns to castellan.
     let confirm = b.get(end.as_str()).await;
@@ -615,7 +631,7 @@ async fn signing_out_ends_the_providers_session_too() {
     }
     assert_eq!(r.status, 200);
     assert!(
-        r.url.starts_with(&c.url("/.castellan/signed_out")),
+        r.url.starts_with(&c.console("/.castellan/signed_out")),
         "{}",
         r.url
     );

@@ -32,7 +32,7 @@ async fn token(c: &Castellan, name: &str, key: &str, audience: &str) -> (u16, se
 async fn service_accounts_call_apps_with_client_credentials() {
     let echo = Echo::start().await;
     let extra = format!(
-        "[[apps]]\nid = \"reports\"\nupstream = \"http://{}\"\npath_prefix = \"/reports\"\n",
+        "[[apps]]\nid = \"reports\"\nhost = \"127.0.0.1\"\nupstream = \"http://{}\"\npath_prefix = \"/reports\"\n",
         echo.addr
     );
     let mut setup = Setup::new(echo.addr);
@@ -361,7 +361,7 @@ async fn a_provider_token_that_cannot_be_checked_is_a_503_not_a_401() {
     );
     let mut setup = Setup::new(echo.addr);
     setup.extra = &extra;
-    setup.top = "trusted_proxies = [\"127.0.0.1\"]";
+    setup.top = "trusted_proxies = [\"127.0.0.1\"]\nforward_auth = \"traefik\"";
     let c = Castellan::start(setup).await;
     c.grant("demo", "user:alice@example.com");
 
@@ -399,10 +399,13 @@ async fn a_provider_token_that_cannot_be_checked_is_a_503_not_a_401() {
     );
     assert!(body["reference"].as_str().is_some_and(|r| !r.is_empty()));
 
-    // The same through forward auth (`/.castellan/auth`, as nginx's auth_request calls it).
+    // The same through forward auth (`/.castellan/auth`, as Traefik's forwardAuth calls it).
     let r = reqwest::Client::new()
         .get(c.url("/.castellan/auth"))
         .header("x-forwarded-uri", "/api")
+        .header("x-forwarded-method", "GET")
+        .header("x-forwarded-host", format!("127.0.0.1:{}", c.port))
+        .header("x-forwarded-proto", "http")
         .bearer_auth(&token)
         .send()
         .await

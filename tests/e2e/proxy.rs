@@ -33,7 +33,7 @@ async fn upstream_failures_answer_502_and_504_with_a_reference() {
     let echo = Echo::start().await;
     let dead = free_port();
     let extra = format!(
-        "[[apps]]\nid = \"dead\"\nupstream = \"http://127.0.0.1:{dead}\"\npath_prefix = \"/dead\"\n"
+        "[[apps]]\nid = \"dead\"\nhost = \"127.0.0.1\"\nupstream = \"http://127.0.0.1:{dead}\"\npath_prefix = \"/dead\"\n"
     );
     let mut setup = Setup::new(echo.addr);
     setup.extra = &extra;
@@ -231,7 +231,7 @@ async fn routing_hop_by_hop_and_reserved_paths() {
     let echo = Echo::start().await;
     let echo2 = Echo::start().await;
     let extra = format!(
-        "[[apps]]\nid = \"reports\"\nupstream = \"http://{}\"\npath_prefix = \"/reports\"\n",
+        "[[apps]]\nid = \"reports\"\nhost = \"127.0.0.1\"\nupstream = \"http://{}\"\npath_prefix = \"/reports\"\n",
         echo2.addr
     );
     let mut setup = Setup::new(echo.addr);

@@ -56,7 +56,7 @@ async fn a_changed_file_applies_under_load_and_an_invalid_one_changes_nothing() 
     tokio::time::sleep(Duration::from_millis(300)).await;
     let original = std::fs::read_to_string(&c.config_path).unwrap();
     let with_reports = format!(
-        "{original}\n[[apps]]\nid = \"reports\"\nupstream = \"http://{}\"\npath_prefix = \"/reports\"\n",
+        "{original}\n[[apps]]\nid = \"reports\"\nhost = \"127.0.0.1\"\nupstream = \"http://{}\"\npath_prefix = \"/reports\"\n",
         echo.addr
     );
     std::fs::write(&c.config_path, &with_reports).unwrap();

@@ -294,12 +294,12 @@ async fn a_long_outage_fails_closed_with_clear_errors_and_recovers_by_itself() {
     );
     // A new sign-in cannot work and says so.
     let mut eve = Browser::new();
-    let form = eve.get(&c.url("/.castellan/sign_in?rd=/")).await;
+    let form = eve.get(&c.console("/.castellan/sign_in?rd=/")).await;
     let csrf = form.input("csrf").unwrap_or_default();
     let r = eve
         .request(
             "POST",
-            &c.url("/.castellan/sign_in"),
+            &c.console("/.castellan/sign_in"),
             &[],
             Some(&[
                 ("csrf", &csrf),

@@ -77,6 +77,14 @@ impl Drop for Proc {
         let _ = self.child.wait();
         if std::thread::panicking() {
             let log = self.log_text();
+            // Panics and errors anywhere in the log first: the tail may be all routine lines.
+            for line in log
+                .lines()
+                .filter(|l| l.contains("panicked") || l.contains("\"ERROR\""))
+                .take(20)
+            {
+                eprintln!("{}: {line}", self.name);
+            }
             let tail: String = log
                 .chars()
                 .rev()
@@ -545,11 +553,16 @@ pub async fn pg_count(db_url: &str, sql: &str) -> i64 {
 // ---- castellan ------------------------------------------------------------------------------------
 
 pub struct Castellan {
+    /// First, so it is dropped (and its log printed when a test fails) before its folder goes.
+    pub proc: Proc,
+    /// Where the demo app is: `http://127.0.0.1:PORT` (its `host` is 127.0.0.1).
     pub origin: String,
+    /// castellan's own pages (sign-in, account, console, API): `http://localhost:PORT`, an origin
+    /// no app shares.
+    pub console: String,
     pub port: u16,
     _dir: tempfile::TempDir,
     pub config_path: PathBuf,
-    pub proc: Proc,
 }
 
 /// What to put in the test configuration.
@@ -587,10 +600,11 @@ pub fn castellan_bin() -> &'static str {
 }
 
 impl Castellan {
-    /// Picks the port first, so an IdP can be told the redirect URI before castellan starts.
+    /// Picks the port first, so an IdP can be told the redirect URI before castellan starts;
+    /// returns castellan's own origin (where the callback is).
     pub fn reserve() -> (u16, String) {
         let port = free_port();
-        (port, format!("http://127.0.0.1:{port}"))
+        (port, format!("http://localhost:{port}"))
     }
 
     pub async fn start(setup: Setup<'_>) -> Castellan {
@@ -599,7 +613,7 @@ impl Castellan {
     }
 
     pub async fn start_on(port: u16, setup: Setup<'_>) -> Castellan {
-        let public = format!("public_url = \"http://127.0.0.1:{port}\"\n");
+        let public = format!("public_url = \"http://localhost:{port}\"\n");
         Castellan::launch(port, setup, &public).await
     }
 
@@ -610,6 +624,7 @@ impl Castellan {
 
     async fn launch(port: u16, setup: Setup<'_>, public: &str) -> Castellan {
         let origin = format!("http://127.0.0.1:{port}");
+        let console = format!("http://localhost:{port}");
         let dir = tempfile::tempdir().unwrap();
         let mut toml = format!(
             "listen = \"127.0.0.1:{port}\"\n{public}store = \"{}\"\nlocal_accounts = {}\n{}\n",
@@ -624,7 +639,7 @@ impl Castellan {
             ));
         }
         toml.push_str(&format!(
-            "[[apps]]\nid = \"demo\"\nupstream = \"{}\"\n{}\n",
+            "[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"{}\"\n{}\n",
             setup.upstream, setup.extra
         ));
         let config_path = dir.path().join("castellan.toml");
@@ -646,6 +661,7 @@ impl Castellan {
         .await;
         Castellan {
             origin,
+            console,
             port,
             _dir: dir,
             config_path,
@@ -653,8 +669,14 @@ impl Castellan {
         }
     }
 
+    /// A URL on the demo app's host.
     pub fn url(&self, path: &str) -> String {
         format!("{}{path}", self.origin)
+    }
+
+    /// A URL on castellan's own host (sign-in, account, console, API).
+    pub fn console(&self, path: &str) -> String {
+        format!("{}{path}", self.console)
     }
 
     /// Runs the castellan CLI against this instance's configuration, as a separate process.
@@ -875,9 +897,17 @@ impl Browser {
             req = req.header("cookie", c);
         }
         let mut has_accept = false;
+        let mut has_origin = false;
         for (k, v) in headers {
             has_accept |= k.eq_ignore_ascii_case("accept");
+            has_origin |= k.eq_ignore_ascii_case("origin");
             req = req.header(*k, *v);
+        }
+        // As a browser does: a form post or script write names the page's origin (a same-origin
+        // one unless the test says otherwise).
+        if !has_origin && !matches!(method, "GET" | "HEAD") {
+            let u = url::Url::parse(url).unwrap();
+            req = req.header("origin", u.origin().ascii_serialization());
         }
         if !has_accept {
             req = req.header("accept", "text/html,application/xhtml+xml,*/*;q=0.8");
@@ -993,7 +1023,11 @@ impl Browser {
         self.submit_idp_login(&login, email, password, None).await
     }
 
-    /// Signs in with a local account through castellan's form; returns castellan's answer to the POST.
+    /// Signs in with a local account as a browser that opened `rd` on the app's host does: the
+    /// app host's sign-in (which binds the hand-off to this browser), castellan's form on its own
+    /// host, the POST, and, when that succeeds, the hand-off back to the app's host. Returns the
+    /// last answer: the hand-off's redirect to `rd` when signed in, else castellan's answer to
+    /// the POST (a 401, a 429, the way to the code step).
     pub async fn sign_in_local(
         &mut self,
         castellan: &Castellan,
@@ -1001,26 +1035,83 @@ impl Browser {
         password: &str,
         rd: &str,
     ) -> Page {
+        self.sign_in_through(&castellan.origin, &castellan.console, email, password, rd)
+            .await
+    }
+
+    /// [`Browser::sign_in_local`] for an app at `front` (an ingress, say) and castellan's own
+    /// pages at `own`; returns the `Cookie` header for the app's host.
+    pub async fn sign_in_local_via(
+        &mut self,
+        front: &str,
+        own: &str,
+        email: &str,
+        password: &str,
+    ) -> String {
+        let done = self.sign_in_through(front, own, email, password, "/").await;
+        assert_eq!(done.status, 302, "{}", done.body);
+        format!(
+            "castellan_session={}",
+            self.cookie(front, "castellan_session")
+                .expect("the hand-off set the app host's session cookie")
+        )
+    }
+
+    async fn sign_in_through(
+        &mut self,
+        front: &str,
+        own: &str,
+        email: &str,
+        password: &str,
+        rd: &str,
+    ) -> Page {
+        let handoff = format!("{front}/.castellan/handoff?code=");
         let form = self
-            .get(&castellan.url(&format!("/.castellan/sign_in?rd={}", urlencode(rd))))
+            .follow_until(
+                &format!("{front}/.castellan/sign_in?rd={}", urlencode(rd)),
+                &[],
+                Some(&handoff),
+            )
             .await;
+        if form.url.starts_with(&handoff) {
+            // Still signed in on castellan's own host: it hands the session over at once.
+            return self.get(&form.url).await;
+        }
         assert_eq!(form.status, 200, "sign-in page: {}", form.body);
         let csrf = form
             .input("csrf")
             .expect("the sign-in form has a CSRF token");
         let rd_field = form.input("rd").unwrap_or_default();
-        self.request(
-            "POST",
-            &castellan.url("/.castellan/sign_in"),
-            &[],
-            Some(&[
-                ("csrf", &csrf),
-                ("rd", &rd_field),
-                ("email", email),
-                ("password", password),
-            ]),
-        )
-        .await
+        let posted = self
+            .request(
+                "POST",
+                &format!("{own}/.castellan/sign_in"),
+                &[],
+                Some(&[
+                    ("csrf", &csrf),
+                    ("rd", &rd_field),
+                    ("email", email),
+                    ("password", password),
+                ]),
+            )
+            .await;
+        self.finish_handoff(posted).await
+    }
+
+    /// When `page` sends the browser to an app host's hand-off, follows it (the hand-off sets
+    /// that host's session cookie) and returns the hand-off's answer; else returns `page`.
+    pub async fn finish_handoff(&mut self, page: Page) -> Page {
+        match page.location() {
+            Some(loc) if loc.contains("/.castellan/handoff?") => {
+                let next = url::Url::parse(&page.url)
+                    .unwrap()
+                    .join(loc)
+                    .unwrap()
+                    .to_string();
+                self.get(&next).await
+            }
+            _ => page,
+        }
     }
 }
 

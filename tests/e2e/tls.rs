@@ -109,7 +109,7 @@ async fn certificate_files_serve_https_with_sni_h2_hsts_redirects_and_reloads() 
         &format!(
             "listen = \"127.0.0.1:{port}\"\npublic_url = \"https://apps.test:{port}\"\nstore = \"sqlite://castellan.db\"\n\
              [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nhttp_listen = \"127.0.0.1:{http_port}\"\n\n\
-             [[apps]]\nid = \"demo\"\nupstream = \"http://{}\"\n",
+             [[apps]]\nid = \"demo\"\nhost = \"dash.apps.test\"\nupstream = \"http://{}\"\n",
             echo.addr
         ),
     )
@@ -348,7 +348,7 @@ async fn acme_round(challenge: &str, validity_secs: u64) {
         &format!(
             "listen = \"127.0.0.1:{port}\"\nstore = \"sqlite://castellan.db\"\n\
              [tls]\n{http_listen}acme = {{ domains = [\"app.test\"], email = \"ops@example.com\", directory = \"{}\", ca_root = \"{}\", challenge = \"{challenge}\" }}\n\n\
-             [[apps]]\nid = \"demo\"\nupstream = \"http://{}\"\n",
+             [[apps]]\nid = \"demo\"\nhost = \"demo.app.test\"\nupstream = \"http://{}\"\n",
             pebble.directory,
             pebble.api_ca.display(),
             echo.addr
@@ -430,7 +430,7 @@ async fn acme_replicas_order_once_and_answer_each_others_challenges() {
             "listen = \"{ip}:{port}\"\nstore = \"{}\"\n\
              [tls]\nhttp_listen = \"{ip}:{http_port}\"\n\
              acme = {{ domains = [\"app.test\"], email = \"ops@example.com\", directory = \"{}\", ca_root = \"{}\", challenge = \"http-01\" }}\n\n\
-             [[apps]]\nid = \"demo\"\nupstream = \"http://{}\"\n",
+             [[apps]]\nid = \"demo\"\nhost = \"demo.app.test\"\nupstream = \"http://{}\"\n",
             db.url,
             pebble.directory,
             pebble.api_ca.display(),
@@ -548,7 +548,7 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
         &format!(
             "listen = \"127.0.0.1:{port}\"\npublic_url = \"https://apps.test:{port}\"\nstore = \"sqlite://castellan.db\"\n\
              [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\n\n\
-             [[apps]]\nid = \"portal\"\nupstream = \"http://{0}\"\n\n\
+             [[apps]]\nid = \"portal\"\nhost = \"portal.apps.test\"\nupstream = \"http://{0}\"\n\n\
              [[apps]]\nid = \"sales\"\nhost = \"*.apps.test\"\nupstream = \"http://{0}\"\n",
             echo.addr
         ),
@@ -595,7 +595,8 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let html = "text/html";
 
-    // 1. The app on its own host sends the browser to sign in on the public host.
+    // 1. The app on its own host sends the browser to its host's sign-in, which remembers this
+    //    browser in a hand-off cookie there and goes on to the public host.
     let r = http
         .get(format!("{sales}/report?q=1"))
         .header("accept", html)
@@ -603,6 +604,14 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
         .await
         .unwrap();
     assert_eq!(r.status().as_u16() / 100, 3);
+    let start = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        start.starts_with(&format!("{sales}/.castellan/sign_in?rd=")),
+        "{start}"
+    );
+    let r = http.get(&start).send().await.unwrap();
+    assert_eq!(r.status().as_u16() / 100, 3);
+    let bound = set_cookie(&r, "__Host-castellan_handoff").expect("the hand-off cookie");
     let to_sign_in = r.headers()["location"].to_str().unwrap().to_string();
     assert!(
         to_sign_in.starts_with(&format!("{public}/.castellan/sign_in?rd=")),
@@ -616,7 +625,11 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
         form_input(&body, "csrf").unwrap(),
         form_input(&body, "rd").unwrap(),
     );
-    assert_eq!(rd, format!("{sales}/report?q=1"));
+    assert!(
+        rd.starts_with(&format!("{sales}/.castellan/handoff?hb="))
+            && rd.ends_with("&rd=%2Freport%3Fq%3D1"),
+        "{rd}"
+    );
     let r = http
         .post(format!("{public}/.castellan/sign_in"))
         .header("cookie", format!("__Host-castellan_browser={browser}"))
@@ -634,13 +647,35 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
     let main_session =
         set_cookie(&r, "__Host-castellan_session").expect("a session on the public host");
     let handoff = r.headers()["location"].to_str().unwrap().to_string();
-    // 3. On to the app's host with a one-time code: never the session id.
+    // 3. On to the app's host with a one-time code: never the session id. It works only in the
+    //    browser whose hand-off cookie it was made for: in another one (an attacker's link
+    //    opened by a victim) it signs nobody in, and is spent.
     assert!(
         handoff.starts_with(&format!("{sales}/.castellan/handoff?code=")),
         "{handoff}"
     );
     assert!(!handoff.contains(&main_session));
-    let r = http.get(&handoff).send().await.unwrap();
+    let elsewhere = http.get(&handoff).send().await.unwrap();
+    assert_eq!(elsewhere.status(), 400);
+    assert!(set_cookie(&elsewhere, "__Host-castellan_session").is_none());
+    // 4. Already signed in on the public host: the host is handed over at once, with a new code.
+    let r = http
+        .get(&to_sign_in)
+        .header("cookie", format!("__Host-castellan_session={main_session}"))
+        .send()
+        .await
+        .unwrap();
+    let handoff = r.headers()["location"].to_str().unwrap().to_string();
+    assert!(
+        handoff.starts_with(&format!("{sales}/.castellan/handoff?code=")),
+        "{handoff}"
+    );
+    let r = http
+        .get(&handoff)
+        .header("cookie", format!("__Host-castellan_handoff={bound}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status().as_u16() / 100, 3);
     assert_eq!(r.headers()["location"], "/report?q=1");
     let sales_session =
@@ -659,11 +694,14 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
         .await
         .unwrap();
     assert_eq!(r.status(), 200);
-    // 4. A code works once.
-    let again = http.get(&handoff).send().await.unwrap();
+    // 5. A code works once, and a code made for one host is refused on another.
+    let again = http
+        .get(&handoff)
+        .header("cookie", format!("__Host-castellan_handoff={bound}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(again.status(), 400);
-    // 5. Already signed in on the public host: the next host is handed over at once, and a code
-    //    made for one host is refused on another.
     let r = http
         .get(&to_sign_in)
         .header("cookie", format!("__Host-castellan_session={main_session}"))
@@ -671,14 +709,23 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
         .await
         .unwrap();
     let next = r.headers()["location"].to_str().unwrap().to_string();
-    assert!(
-        next.starts_with(&format!("{sales}/.castellan/handoff?code=")),
-        "{next}"
-    );
     let stolen = next.replace("sales.apps.test", "other.apps.test");
-    assert_eq!(http.get(&stolen).send().await.unwrap().status(), 400);
     assert_eq!(
-        http.get(&next).send().await.unwrap().status(),
+        http.get(&stolen)
+            .header("cookie", format!("__Host-castellan_handoff={bound}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        400
+    );
+    assert_eq!(
+        http.get(&next)
+            .header("cookie", format!("__Host-castellan_handoff={bound}"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
         400,
         "a refused code is spent"
     );

@@ -1,10 +1,11 @@
 // Drives the admin console and the access-request flow in headless Chromium (Debian's), with two
 // browser contexts: an admin (local account) and alice (signed in through the real test IdP).
-// Usage: node console.mjs ORIGIN ADMIN_EMAIL ADMIN_PASSWORD SCREENSHOT_DIR
+// Usage: node console.mjs APP_ORIGIN CONSOLE_ORIGIN ADMIN_EMAIL ADMIN_PASSWORD SCREENSHOT_DIR
+// (the apps' host, and castellan's own, where its sign-in, console and request pages are).
 // Prints one JSON object with what each step saw; exits 1 with the reason on failure.
 import { chromium } from 'playwright-core';
 
-const [origin, adminEmail, adminPassword, shots] = process.argv.slice(2);
+const [app, origin, adminEmail, adminPassword, shots] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -33,19 +34,20 @@ try {
 
   // Alice, in another browser, signs in through the IdP and opens demo.
   const alice = await (await browser.newContext({ viewport: { width: 1000, height: 700 } })).newPage();
-  await alice.goto(`${origin}/hello`);
+  await alice.goto(`${app}/hello`);
   await alice.click('text=Sign in with Corp SSO');
   await alice.fill('input[name=login]', 'alice@example.com');
   await alice.fill('input[name=password]', 'alice-password');
   await alice.click('button[type=submit]');
-  await alice.waitForURL(`${origin}/hello`);
+  await alice.waitForURL(`${app}/hello`);
   out.aliceDemo = await text(alice);
 
-  // Denied on reports: she asks for access.
-  await alice.goto(`${origin}/reports/q3`);
+  // Denied on reports: she asks for access (on castellan's own pages).
+  await alice.goto(`${app}/reports/q3`);
   out.denied = await text(alice);
-  await alice.fill('input[name=reason]', 'Q3 numbers for the board');
   await shot(alice, 'access-denied');
+  await alice.click('text=Request access');
+  await alice.fill('input[name=reason]', 'Q3 numbers for the board');
   await alice.click('form[action="/.castellan/request_access"] button[type=submit]');
   out.requested = await text(alice);
 
@@ -57,7 +59,7 @@ try {
   out.approved = await text(admin);
 
   // Alice reloads and gets in.
-  await alice.goto(`${origin}/reports/q3`);
+  await alice.goto(`${app}/reports/q3`);
   out.aliceReports = await text(alice);
 
   await admin.goto(`${origin}/.castellan/admin/audit`);

@@ -1,12 +1,13 @@
 // Passkeys in headless Chromium (Debian's) with a virtual WebAuthn authenticator (Chrome DevTools
-// Protocol): sign in with the password, register a passkey on the account page, sign out, sign in
-// with the passkey, then remove it and see a passkey sign-in refused.
-// Usage: node passkey.mjs APP_URL EMAIL PASSWORD
-// Prints JSON: { listed, credentials, signCount, url, text, removedError }.
+// Protocol): sign in with the password, confirm it's you, register a passkey on the account page,
+// sign out, sign in with the passkey, confirm with the passkey, remove it, and see a passkey
+// sign-in refused.
+// Usage: node passkey.mjs APP_URL CONSOLE_ORIGIN EMAIL PASSWORD
+// (the app's page, and castellan's own origin where sign-in and the account page are).
+// Prints JSON: { listed, credentials, signCount, url, text, confirmedWithPasskey, removedError }.
 import { chromium } from 'playwright-core';
 
-const [url, email, password] = process.argv.slice(2);
-const origin = new URL(url).origin;
+const [url, origin, email, password] = process.argv.slice(2);
 const browser = await chromium.launch({
   executablePath: process.env.CHROMIUM || '/usr/bin/chromium',
   args: ['--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
@@ -14,6 +15,10 @@ const browser = await chromium.launch({
 });
 const page = await browser.newPage();
 const out = {};
+const signOut = async () => {
+  await page.goto(`${origin}/.castellan/sign_out`);
+  await page.click('button[type=submit]');
+};
 try {
   const cdp = await page.context().newCDPSession(page);
   await cdp.send('WebAuthn.enable');
@@ -25,17 +30,19 @@ try {
   await page.goto(url);
   await page.fill('input[name=email]', email);
   await page.fill('input[name=password]', password);
-  await page.click('button[type=submit]');
+  await page.click('form[action="/.castellan/sign_in"] button[type=submit]');
   await page.waitForURL(url);
 
-  await page.goto(`${origin}/.castellan/account`);
+  // Adding a passkey needs a fresh proof: the password, on the confirmation page.
+  await page.goto(`${origin}/.castellan/account/confirm`);
+  await page.fill('input[name=password]', password);
+  await page.click('form[action="/.castellan/account/confirm"] button[type=submit]');
+  await page.waitForURL(`${origin}/.castellan/account?confirmed=1`);
   await page.fill('input[name=passkey_name]', 'test laptop');
   await Promise.all([page.waitForEvent('load'), page.click('[data-passkey=register]')]);
   out.listed = await page.locator('ul.passkeys').innerText();
 
-  await page.goto(`${origin}/.castellan/sign_out`);
-  await page.click('button[type=submit]');
-
+  await signOut();
   await page.goto(url);
   await Promise.all([page.waitForURL(url), page.click('[data-passkey=sign-in]')]);
   const creds = (await cdp.send('WebAuthn.getCredentials', { authenticatorId })).credentials;
@@ -44,11 +51,15 @@ try {
   out.url = page.url();
   out.text = await page.evaluate(() => document.body.innerText);
 
-  // Removed on the account page: the same passkey no longer signs in.
-  await page.goto(`${origin}/.castellan/account`);
+  // Removing it needs a fresh proof too: this time the passkey itself.
+  await page.goto(`${origin}/.castellan/account/confirm`);
+  await Promise.all([
+    page.waitForURL(`${origin}/.castellan/account`),
+    page.click('[data-passkey=confirm]'),
+  ]);
+  out.confirmedWithPasskey = await page.evaluate(() => document.body.innerText);
   await Promise.all([page.waitForEvent('load'), page.click('ul.passkeys button[type=submit]')]);
-  await page.goto(`${origin}/.castellan/sign_out`);
-  await page.click('button[type=submit]');
+  await signOut();
   await page.goto(url);
   await page.click('[data-passkey=sign-in]');
   const status = page.locator('[data-passkey-status]');

@@ -489,9 +489,12 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
         time: at,
         ip: args.ip,
     };
+    // Domains as the email says: people signed in with Google match `domain:` by their
+    // Workspace domain (hd), which the command line cannot know.
     let who = Who::User {
         email: &email,
         groups: &args.groups,
+        domain: castellan::policy::email_domain(&email),
     };
     let explanation = snapshot.explain(&args.app, role, who, &cx);
     print!("{}", ops::explain_text(&explanation, &args.app, &email));

@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 
-use castellan::gate::proxy::{ASSERTION_HEADER, EMAIL_HEADER, USER_HEADER};
+use castellan::gate::identity::{ASSERTION_HEADER, EMAIL_HEADER, USER_HEADER};
 use castellan::web::pages::{esc, page};
 use castellan::web::{self, Body};
 

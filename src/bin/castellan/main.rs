@@ -433,9 +433,17 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
     let whoami_addr = whoami.local_addr()?;
     tokio::spawn(demo::serve_whoami(whoami));
     let config_path = dir.path().join("castellan.toml");
+    // castellan's own pages on `localhost`, the app on the listen address: two origins, so the
+    // app's pages can never read castellan's.
+    let app_host = match listen.ip() {
+        ip if ip.is_unspecified() => "127.0.0.1".to_string(),
+        ip => ip.to_string(),
+    };
     let text = format!(
-        "# Written by `castellan demo`; deleted when it exits.\nlisten = \"{listen}\"\nstore = \"sqlite://castellan.db\"\n\n\
-         [[apps]]\nid = \"demo\"\nupstream = \"http://{whoami_addr}\"\n"
+        "# Written by `castellan demo`; deleted when it exits.\nlisten = \"{listen}\"\n\
+         public_url = \"http://localhost:{port}\"\nstore = \"sqlite://castellan.db\"\n\n\
+         [[apps]]\nid = \"demo\"\nhost = \"{app_host}\"\nupstream = \"http://{whoami_addr}\"\n",
+        port = listen.port()
     );
     std::fs::write(&config_path, text)?;
     let config = match load_config(&config_path) {
@@ -470,15 +478,21 @@ async fn demo(listen: SocketAddr) -> Result<ExitCode> {
     )
     .await?;
     drop(store);
-    let url = config.public_origin();
+    let console = config.public_origin();
+    let app_url = format!("http://{app_host}:{}", listen.port());
+    // The commands as they run from here: `castellan` may not be on the PATH (cargo run).
+    let me = std::env::current_exe()
+        .map(|p| p.display().to_string())
+        .unwrap_or_else(|_| "castellan".into());
     let banner = format!(
-        "\ncastellan demo is running.\n\n  Open      {url}/\n  Email     {email}\n  Password  {password}   (shown only now)\n\n\
+        "\ncastellan demo is running.\n\n  Open      {app_url}/\n  Email     {email}\n  Password  {password}   (shown only now)\n\n\
          The app behind it is a built-in \"whoami\" page that shows the identity castellan sends it.\n\
-         The admin console (share the app, approve access requests, read the audit trail): {url}/.castellan/admin/\n\
+         castellan's own pages (sign-in, your account, the admin console) are at {console}/, an address the app never shares.\n\
+         The admin console (share the app, approve access requests, read the audit trail): {console}/.castellan/admin/\n\
          In another terminal, share it or take it away (effective in under a second):\n\
-         \x20 castellan access add demo user:alice@example.com --config {cfg}\n\
-         \x20 castellan users add alice@example.com --config {cfg}\n\
-         \x20 castellan access list demo --config {cfg}\n\n\
+         \x20 {me} users add alice@example.com --config {cfg}\n\
+         \x20 {me} access add demo user:alice@example.com --config {cfg}\n\
+         \x20 {me} access list demo --config {cfg}\n\n\
          Ctrl-C stops the demo and deletes its temporary store.\n",
         cfg = config_path.display()
     );

@@ -16,7 +16,9 @@ use url::Url;
 
 use castellan::config::{App, IdentityHeaders};
 use castellan::crypto;
-use castellan::gate::proxy::{self, Forwarded, Upstream};
+use castellan::gate::identity::value;
+use castellan::gate::proxy::{self, Forwarded, Outbound};
+use castellan::runtime::upstream::Pool;
 
 #[derive(Subcommand)]
 pub enum TokenCommand {
@@ -103,16 +105,21 @@ fn http() -> reqwest::Client {
         .expect("the HTTP client builds")
 }
 
-async fn token_call(origin: &str, form: &[(&str, &str)]) -> Result<serde_json::Value> {
+/// The token endpoint's answer: the JSON body, success or not.
+async fn token_answer(origin: &str, form: &[(&str, &str)]) -> Result<(bool, serde_json::Value)> {
     let resp = http()
         .post(format!("{origin}/.castellan/token"))
         .form(form)
         .send()
         .await
         .with_context(|| format!("cannot reach {origin}"))?;
-    let status = resp.status();
-    let v: serde_json::Value = resp.json().await.unwrap_or_default();
-    if !status.is_success() {
+    let ok = resp.status().is_success();
+    Ok((ok, resp.json().await.unwrap_or_default()))
+}
+
+async fn token_call(origin: &str, form: &[(&str, &str)]) -> Result<serde_json::Value> {
+    let (ok, v) = token_answer(origin, form).await?;
+    if !ok {
         bail!(
             "{origin} refused: {} {}",
             v["error"].as_str().unwrap_or("error"),
@@ -122,15 +129,58 @@ async fn token_call(origin: &str, form: &[(&str, &str)]) -> Result<serde_json::V
     Ok(v)
 }
 
+/// `castellan login URL`: a browser sign-in returned to this computer. When the app at `URL`
+/// needs a more recent sign-in than the browser's (its `reauth_max_age`), the browser is asked to
+/// sign in again, so the command line's session is as fresh as the app wants.
 pub async fn login(url: &str, no_browser: bool) -> Result<ExitCode> {
     let (_, origin) = origin_of(url)?;
+    let mut max_age = None;
+    loop {
+        let cred = browser_sign_in(url, &origin, no_browser, max_age).await?;
+        let mut creds = load()?;
+        creds.by_origin.insert(origin.clone(), cred.clone());
+        let path = save(&creds)?;
+        // Does the app take this sign-in? An app that wants a fresher one says how fresh.
+        let (ok, v) = token_answer(
+            &origin,
+            &[
+                ("grant_type", "refresh_token"),
+                ("refresh_token", &cred.refresh_token),
+                ("audience", url),
+            ],
+        )
+        .await?;
+        if !ok && v["reauthentication_required"] == true && max_age.is_none() {
+            let m = v["max_age"].as_i64().unwrap_or(0);
+            println!(
+                "This app needs a sign-in within the last {m} s: sign in again in the browser."
+            );
+            max_age = Some(m);
+            continue;
+        }
+        println!(
+            "Signed in to {origin} as {} (saved in {}).",
+            cred.email,
+            path.display()
+        );
+        return Ok(ExitCode::SUCCESS);
+    }
+}
+
+async fn browser_sign_in(
+    url: &str,
+    origin: &str,
+    no_browser: bool,
+    max_age: Option<i64>,
+) -> Result<Credential> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let verifier = crypto::random_token(48);
     let state = crypto::random_token(16);
     let link = format!(
-        "{origin}/.castellan/cli/authorize?port={port}&state={state}&code_challenge={}",
-        crypto::pkce_challenge(&verifier)
+        "{origin}/.castellan/cli/authorize?port={port}&state={state}&code_challenge={}{}",
+        crypto::pkce_challenge(&verifier),
+        max_age.map(|m| format!("&max_age={m}")).unwrap_or_default()
     );
     println!("Open this link to sign in, then approve:\n\n  {link}\n");
     if !no_browser {
@@ -192,7 +242,7 @@ pub async fn login(url: &str, no_browser: bool) -> Result<ExitCode> {
         anyhow!("no sign-in arrived within 5 minutes; run `castellan login {url}` again")
     })?;
     let v = token_call(
-        &origin,
+        origin,
         &[
             ("grant_type", "authorization_code"),
             ("code", &code),
@@ -200,23 +250,14 @@ pub async fn login(url: &str, no_browser: bool) -> Result<ExitCode> {
         ],
     )
     .await?;
-    let cred = Credential {
+    Ok(Credential {
         refresh_token: v["refresh_token"]
             .as_str()
             .ok_or_else(|| anyhow!("{origin} sent no refresh token"))?
             .to_string(),
         email: v["email"].as_str().unwrap_or("").to_string(),
         expires_at: v["expires_at"].as_i64().unwrap_or(0),
-    };
-    let mut creds = load()?;
-    creds.by_origin.insert(origin.clone(), cred.clone());
-    let path = save(&creds)?;
-    println!(
-        "Signed in to {origin} as {} (saved in {}).",
-        cred.email,
-        path.display()
-    );
-    Ok(ExitCode::SUCCESS)
+    })
 }
 
 /// An access token for the app at `url`, from the saved credential.
@@ -287,7 +328,7 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
     let app = Arc::new(App {
         id: "remote".into(),
         upstream: Url::parse(&origin)?,
-        host: None,
+        host: remote.host_str().map(str::to_string),
         path_prefix: "/".into(),
         audience: String::new(),
         identity_headers: IdentityHeaders::Castellan,
@@ -295,10 +336,7 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
         cors_origins: Vec::new(),
         reauth_max_age: None,
     });
-    let upstream = Arc::new(Upstream::new(
-        Duration::from_secs(10),
-        Duration::from_secs(120),
-    ));
+    let upstream = Arc::new(Pool::for_apps(Duration::from_secs(10)));
     let authority = remote.host_str().map(|h| match remote.port() {
         Some(p) => format!("{h}:{p}"),
         None => h.to_string(),
@@ -345,15 +383,21 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
                                 // Proxy-Authorization, so the app keeps its own Authorization header.
                                 let added = vec![(
                                     http::header::PROXY_AUTHORIZATION,
-                                    proxy::value(&format!("Bearer {token}")),
+                                    value(&format!("Bearer {token}")),
                                 )];
                                 let forwarded = Forwarded {
                                     peer_ip: peer.ip(),
                                     peer_trusted: false,
                                     proto: "http",
                                 };
-                                match upstream
-                                    .forward(&app, req, &target, &forwarded, added, None)
+                                let out = Outbound {
+                                    app: &app,
+                                    target: &target,
+                                    forwarded,
+                                    added,
+                                    live: None,
+                                };
+                                match proxy::forward(&upstream, Duration::from_secs(120), req, out)
                                     .await
                                 {
                                     Ok(r) => r,

@@ -126,7 +126,7 @@ pub async fn run(config: &Config, cmd: UsersCommand) -> Result<ExitCode> {
             }
             let password = read_new_password(&email, password_stdin)?;
             let hash = tokio::task::spawn_blocking(move || local::hash_password(&password)).await?;
-            store.set_password(&email, &hash).await?;
+            store.set_password(&email, &hash, &Actor::cli()).await?;
             println!("changed the password of {email}");
         }
         UsersCommand::Remove { email } => {

@@ -1,0 +1,607 @@
+//! Signing in, on castellan's own host: the chooser, local accounts (password, then the second
+//! step), OpenID Connect (the redirect and the callback), and making the session. A sign-in that
+//! began on an app's host comes back there through a hand-off bound to that browser
+//! ([`bounce`], [`continue_to`], [`super::handoff`]).
+
+use http::header::{self, HeaderValue};
+use http::{Request, StatusCode};
+use hyper::body::Incoming;
+
+use super::{FLOW_LIFETIME, browser_id, safe_return, with_cookie};
+use crate::crypto;
+use crate::identity::oidc;
+use crate::policy::Identity;
+use crate::runtime::State;
+use crate::store::{Actor, Flow};
+use crate::web::ctx::{Ctx, Outcome, Why};
+use crate::web::failure::{Answer, Failure};
+use crate::web::guard::{self, Proof};
+use crate::web::pages::{self, ProviderChoice};
+use crate::web::{self};
+
+/// How long the hand-off cookie waits on an app's host for its sign-in to come back.
+const HANDOFF_COOKIE_SECS: u64 = 600;
+
+/// `GET /.castellan/sign_in` on castellan's own host: the chooser, or straight to the only
+/// provider; with `provider=ID`, off to that provider.
+pub async fn page(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> Answer {
+    let params = web::query_pairs(req.uri());
+    let return_to = safe_return(state, web::param(&params, "rd"));
+    let switching = web::param(&params, "switch") == Some("1");
+    // An app asks for a fresh sign-in (its reauth_max_age): OIDC max_age, checked on return.
+    let max_age = web::param(&params, "max_age")
+        .and_then(|m| m.parse::<i64>().ok())
+        .filter(|m| *m >= 0);
+    let (browser, set_browser) = browser_id(state, req.headers());
+    // Already signed in here and on the way to another host castellan serves: hand over at once.
+    if !return_to.starts_with('/') && !switching && max_age.is_none() {
+        let session = state
+            .session(req.headers())
+            .await
+            .map_err(|e| Failure::internal("reading the session", &e))?;
+        if let Some(s) = session {
+            return continue_to(state, ctx, &s.digest, &return_to).await;
+        }
+    }
+    if let Some(id) = web::param(&params, "provider") {
+        let client = state.provider(id).ok_or_else(|| {
+            Failure::not_found(format!(
+                "castellan has no sign-in provider called \"{id}\"."
+            ))
+        })?;
+        let resp = start_flow(state, client, &browser, &return_to, switching, max_age).await?;
+        return Ok(with_cookie(resp, set_browser));
+    }
+    // Exactly one way to sign in, and the person is not asking to switch accounts: go straight there.
+    if !state.config.local_accounts && state.providers.len() == 1 && !switching {
+        let resp = start_flow(
+            state,
+            &state.providers[0],
+            &browser,
+            &return_to,
+            false,
+            max_age,
+        )
+        .await?;
+        return Ok(with_cookie(resp, set_browser));
+    }
+    let html = render(state, &browser, &return_to, switching, max_age, None);
+    Ok(with_cookie(
+        allow_passkeys(state, web::html(StatusCode::OK, html)),
+        set_browser,
+    ))
+}
+
+/// `GET /.castellan/sign_in` on an app's host: remembers this browser in a hand-off cookie on
+/// this host and sends it to castellan's own sign-in page, which hands the session back to this
+/// browser only (a hand-off code minted for another browser is refused: no login CSRF).
+pub async fn bounce(state: &State, ctx: &mut Ctx, req: &Request<Incoming>, host: &str) -> Answer {
+    if !state.config.serves_host(host) {
+        return Err(Failure::not_found(format!(
+            "castellan serves no app on {host}, so it does not sign people in for it. Open {} instead, or give the app host = \"{host}\".",
+            state.config.public_origin()
+        )));
+    }
+    let params = web::query_pairs(req.uri());
+    let origin =
+        crate::gate::request_origin(state.config.public_url.scheme(), req.uri(), req.headers());
+    let here = url::Url::parse(&origin).map_err(|_| {
+        Failure::bad_request("bad_host", Why::None, "the request's Host is not valid")
+    })?;
+    let rd = web::param(&params, "rd")
+        .and_then(|r| crate::web::return_to::validate(r, &here))
+        .unwrap_or_else(|| "/".into());
+    let nonce = crypto::random_token(32);
+    let mut back = format!(
+        "{origin}/.castellan/handoff?hb={}&rd={}",
+        crypto::digest(&nonce),
+        pages::q(&rd)
+    );
+    let mut sign_in = String::new();
+    for key in ["max_age", "switch"] {
+        if let Some(v) = web::param(&params, key).filter(|v| v.bytes().all(|b| b.is_ascii_digit()))
+        {
+            sign_in.push_str(&format!("&{key}={v}"));
+        }
+    }
+    back = format!(
+        "{}/.castellan/sign_in?rd={}{sign_in}",
+        state.config.public_origin(),
+        pages::q(&back)
+    );
+    ctx.mark(Outcome::SignIn, Why::None);
+    let mut resp = web::redirect(&back);
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        state
+            .cookies
+            .set(state.cookies.handoff, &nonce, Some(HANDOFF_COOKIE_SECS)),
+    );
+    Ok(resp)
+}
+
+/// Lets a sign-in or account page run castellan's passkey script (that file only) and call
+/// castellan's JSON endpoints; everything else stays as strict as every castellan page.
+pub fn allow_passkeys(
+    state: &State,
+    mut resp: http::Response<web::Body>,
+) -> http::Response<web::Body> {
+    if !state.config.local_accounts {
+        return resp;
+    }
+    let csp = format!(
+        "default-src 'none'; script-src {}{}; connect-src 'self'; style-src 'unsafe-inline'; \
+         form-action 'self' https: http:; frame-ancestors 'none'; base-uri 'none'",
+        state.config.public_origin(),
+        pages::PASSKEY_SCRIPT_PATH
+    );
+    if let Ok(v) = HeaderValue::from_str(&csp) {
+        resp.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp
+}
+
+/// The chooser (providers, then the local-account form), with an optional error.
+pub fn render(
+    state: &State,
+    browser: &str,
+    return_to: &str,
+    switching: bool,
+    max_age: Option<i64>,
+    message: Option<&str>,
+) -> String {
+    let providers = state
+        .providers
+        .iter()
+        .map(|p| ProviderChoice {
+            display_name: &p.config.display_name,
+            href: format!(
+                "/.castellan/sign_in?provider={}&rd={}{}{}",
+                pages::q(&p.config.id),
+                pages::q(return_to),
+                if switching { "&switch=1" } else { "" },
+                max_age.map(|m| format!("&max_age={m}")).unwrap_or_default()
+            ),
+        })
+        .collect();
+    pages::sign_in(&pages::SignIn {
+        providers,
+        local: state
+            .config
+            .local_accounts
+            .then(|| (state.csrf_token(browser), "")),
+        return_to,
+        error: message,
+    })
+}
+
+/// The sign-in page again with `message`, as the answer of a failed attempt.
+fn again(
+    state: &State,
+    headers: &http::HeaderMap,
+    return_to: &str,
+    failure: Failure,
+    message: &str,
+) -> Failure {
+    let (browser, set_browser) = browser_id(state, headers);
+    let failure = failure.with_page(render(
+        state,
+        &browser,
+        return_to,
+        false,
+        None,
+        Some(message),
+    ));
+    match set_browser {
+        Some(c) => failure.with_cookie(c),
+        None => failure,
+    }
+}
+
+async fn start_flow(
+    state: &State,
+    client: &oidc::Client,
+    browser: &str,
+    return_to: &str,
+    switching: bool,
+    max_age: Option<i64>,
+) -> Answer {
+    let st = crypto::random_token(32);
+    let flow = Flow {
+        browser_digest: crypto::digest(browser),
+        provider: client.config.id.clone(),
+        nonce: crypto::random_token(32),
+        pkce_verifier: crypto::random_token(48),
+        return_to: return_to.to_string(),
+        created_at: crate::clock::now(),
+        max_age: max_age.unwrap_or(0),
+    };
+    let prompt = switching.then_some("select_account");
+    let url = client
+        .authorization_url(&st, &flow.nonce, &flow.pkce_verifier, prompt, max_age)
+        .await
+        .map_err(|e| provider_unavailable(state, &client.config.display_name, &e))?;
+    state
+        .store
+        .put_flow(&crypto::digest(&st), &flow)
+        .await
+        .map_err(|e| Failure::internal("saving the sign-in state", &e))?;
+    Ok(web::redirect(url.as_str()))
+}
+
+fn provider_unavailable(state: &State, name: &str, err: &oidc::Error) -> Failure {
+    tracing::error!("{err}");
+    state.metrics.sign_in(name, "provider-unavailable");
+    Failure::sign_in_unavailable(format!(
+        "castellan could not reach {name} to sign you in. Try again in a moment."
+    ))
+}
+
+/// `GET /.castellan/callback`: the provider's answer to a sign-in started here.
+pub async fn callback(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> Answer {
+    let params = web::query_pairs(req.uri());
+    let st = web::param(&params, "state").ok_or_else(|| {
+        Failure::sign_in_failed(
+            "Sign-in failed",
+            "The provider's answer has no state: start the sign-in from castellan.",
+        )
+    })?;
+    let flow = state
+        .store
+        .take_flow(&crypto::digest(st))
+        .await
+        .map_err(|e| Failure::internal("reading the sign-in state", &e))?
+        .ok_or_else(|| {
+            Failure::sign_in_failed(
+                "This sign-in link has expired",
+                "It was already used, or it is not from this castellan. Start the sign-in again.",
+            )
+        })?;
+    let browser_matches = web::cookies::cookie(req.headers(), state.cookies.browser)
+        .is_some_and(|b| crypto::equal(&crypto::digest(b), &flow.browser_digest));
+    if !browser_matches {
+        return Err(Failure::sign_in_failed(
+            "Sign-in failed",
+            format!(
+                "This sign-in was started in another browser (or its cookies were cleared), or at another address than {}. Start again here.",
+                state.config.public_origin()
+            ),
+        ));
+    }
+    if crate::clock::now() - flow.created_at > FLOW_LIFETIME.as_secs() as i64 {
+        return Err(Failure::sign_in_failed(
+            "This sign-in link has expired",
+            "The sign-in took too long. Start again.",
+        ));
+    }
+    let client = state.provider(&flow.provider).ok_or_else(|| {
+        Failure::sign_in_failed(
+            "Sign-in failed",
+            "The provider of this sign-in is no longer configured.",
+        )
+    })?;
+    if let Some(err) = web::param(&params, "error") {
+        state.metrics.sign_in(&client.config.id, "refused");
+        let detail = web::param(&params, "error_description").unwrap_or("");
+        return Err(Failure::sign_in_failed(
+            "Sign-in was not completed",
+            format!("{} answered: {err} {detail}", client.config.display_name),
+        ));
+    }
+    if let Err(e) = client.check_response_issuer(web::param(&params, "iss")) {
+        state.metrics.sign_in(&client.config.id, "rejected");
+        return Err(Failure::sign_in_failed("Sign-in failed", e.to_string()));
+    }
+    let code = web::param(&params, "code").ok_or_else(|| {
+        Failure::sign_in_failed("Sign-in failed", "The provider's answer has no code.")
+    })?;
+    let signed_in = match client
+        .exchange(code, &flow.pkce_verifier, &flow.nonce)
+        .await
+    {
+        Ok(who) => who,
+        Err(e @ oidc::Error::Unavailable { .. }) => {
+            return Err(provider_unavailable(state, &client.config.display_name, &e));
+        }
+        Err(e) => {
+            state.metrics.sign_in(&client.config.id, "rejected");
+            return Err(Failure::sign_in_failed("Sign-in failed", e.to_string()));
+        }
+    };
+    // A re-authentication must be one: the provider says when it authenticated the person.
+    if flow.max_age > 0 {
+        let fresh = signed_in
+            .auth_time
+            .is_some_and(|t| crate::clock::now() - t <= flow.max_age + 30);
+        if !fresh {
+            state.metrics.sign_in(&client.config.id, "rejected");
+            return Err(Failure::sign_in_failed(
+                "Sign-in failed",
+                format!(
+                    "This app asks you to sign in again, but {} did not confirm a fresh sign-in (its ID token's auth_time is missing or too old). Try again; if it keeps happening, the provider may not support max_age.",
+                    client.config.display_name
+                ),
+            ));
+        }
+    }
+    state.metrics.sign_in(&client.config.id, "ok");
+    start_session(
+        state,
+        ctx,
+        req.headers(),
+        NewSession {
+            identity: signed_in.identity,
+            auth_time: signed_in.auth_time,
+            id_token: Some(signed_in.id_token),
+        },
+        &flow.return_to,
+    )
+    .await
+}
+
+/// Who just signed in, and how.
+pub struct NewSession {
+    pub identity: Identity,
+    /// When the provider authenticated them, if it says (else: now).
+    pub auth_time: Option<i64>,
+    /// The provider's ID token, for its logout.
+    pub id_token: Option<String>,
+}
+
+/// Creates a new session (never reusing an id the browser brought: no fixation) and sends the
+/// browser on to `return_to`.
+pub async fn start_session(
+    state: &State,
+    ctx: &mut Ctx,
+    headers: &http::HeaderMap,
+    new: NewSession,
+    return_to: &str,
+) -> Answer {
+    let ip = crate::net::ip_text(ctx.client_ip);
+    if let Some(old) = web::cookies::cookie(headers, state.cookies.session) {
+        let actor = Actor {
+            name: new.identity.email.clone(),
+            ip: ip.clone(),
+        };
+        state.forget_session(&crypto::digest(old));
+        let _ = state
+            .store
+            .delete_session(&crypto::digest(old), &actor)
+            .await;
+    }
+    let id = crypto::random_token(32);
+    let agent = headers
+        .get(header::USER_AGENT)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("")
+        .chars()
+        .take(256)
+        .collect::<String>();
+    let lifetime = state.config.session_lifetime;
+    state
+        .store
+        .create_session(
+            &crypto::digest(&id),
+            &new.identity,
+            lifetime,
+            &ip,
+            &agent,
+            new.auth_time,
+        )
+        .await
+        .map_err(|e| Failure::internal("creating the session", &e))?;
+    if let Some(t) = &new.id_token {
+        state
+            .store
+            .set_session_id_token(&crypto::digest(&id), t)
+            .await
+            .map_err(|e| Failure::internal("creating the session", &e))?;
+    }
+    tracing::info!(user = %crate::web::ctx::log_safe(&new.identity.email), provider = %new.identity.provider, "signed in");
+    ctx.set_user(&new.identity.email);
+    ctx.mark(Outcome::SignedIn, Why::None);
+    let mut resp = continue_to(state, ctx, &crypto::digest(&id), return_to).await?;
+    resp.headers_mut().append(
+        header::SET_COOKIE,
+        state
+            .cookies
+            .set(state.cookies.session, &id, Some(lifetime.as_secs())),
+    );
+    if new.identity.provider == "local" {
+        resp.headers_mut()
+            .append(header::SET_COOKIE, state.device_cookie(&new.identity.email));
+    }
+    Ok(resp)
+}
+
+/// Sends a signed-in browser on to `return_to`. A path stays here. An absolute URL is another
+/// host castellan serves, whose cookies this host cannot set: when it is that host's hand-off
+/// (`/.castellan/handoff?hb=…&rd=…`, made by [`bounce`]), the browser goes there with a one-time
+/// code (never a session id) bound to that host and to the browser `hb` names; any other URL on
+/// that host first goes through its sign-in, which makes such a binding.
+pub async fn continue_to(
+    state: &State,
+    ctx: &mut Ctx,
+    session_digest: &str,
+    return_to: &str,
+) -> Answer {
+    if return_to.starts_with('/') {
+        return Ok(web::redirect(return_to));
+    }
+    let Some((target, host)) = url::Url::parse(return_to)
+        .ok()
+        .and_then(|t| Some((t.clone(), t.host_str()?.to_string())))
+    else {
+        return Ok(web::redirect("/"));
+    };
+    let origin = target.origin().ascii_serialization();
+    let params: Vec<(String, String)> = target.query_pairs().into_owned().collect();
+    let binding = (target.path() == "/.castellan/handoff")
+        .then(|| web::param(&params, "hb"))
+        .flatten();
+    let Some(browser_digest) = binding else {
+        let path = &return_to[origin.len()..];
+        return Ok(web::redirect(&format!(
+            "{origin}/.castellan/sign_in?rd={}",
+            pages::q(if path.is_empty() { "/" } else { path })
+        )));
+    };
+    let rd = web::param(&params, "rd").unwrap_or("/");
+    let code = crypto::random_token(32);
+    state
+        .store
+        .put_handoff_code(
+            &crypto::digest(&code),
+            session_digest,
+            &host,
+            browser_digest,
+        )
+        .await
+        .map_err(|e| Failure::internal("handing the session to another host", &e))?;
+    let _ = ctx;
+    Ok(web::redirect(&format!(
+        "{origin}/.castellan/handoff?code={}&rd={}",
+        pages::q(&code),
+        pages::q(rd)
+    )))
+}
+
+/// `POST /.castellan/sign_in`: a local account's email and password.
+pub async fn local(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Answer {
+    let (parts, body) = req.into_parts();
+    let headers = parts.headers;
+    let form = web::read_form(body)
+        .await
+        .ok_or_else(|| Failure::sign_in_failed("Sign-in failed", "The form could not be read."))?;
+    let browser = web::cookies::cookie(&headers, state.cookies.browser);
+    let return_to = safe_return(state, web::param(&form, "rd"));
+    if let Err(f) = guard::check(
+        &headers,
+        &state.config.public_origin(),
+        browser,
+        &state.csrf_keys(),
+        Proof::Token(web::param(&form, "csrf").unwrap_or("")),
+    ) {
+        return Err(again(
+            state,
+            &headers,
+            &return_to,
+            f.marked(Outcome::SignInFailed, Why::Csrf),
+            "This form has expired or did not come from this site. Please sign in again.",
+        ));
+    }
+    let email = web::param(&form, "email")
+        .unwrap_or("")
+        .trim()
+        .to_ascii_lowercase();
+    let password = web::param(&form, "password").unwrap_or("").to_string();
+    let ip = crate::net::ip_text(ctx.client_ip);
+    ctx.set_user(&email);
+    let limits = Limits::for_attempt(state, &headers, &email, &ip);
+    if let Some(wait) = limits.blocked(state) {
+        state.metrics.sign_in("local", "rate-limited");
+        let secs = wait.as_secs().max(1);
+        let message = format!("Too many attempts. Try again in {secs} s.");
+        return Err(again(
+            state,
+            &headers,
+            &return_to,
+            Failure::too_many(secs, message.clone()),
+            &message,
+        ));
+    }
+    let stored = state
+        .store
+        .password_hash(&email)
+        .await
+        .map_err(|e| Failure::internal("reading the account", &e))?;
+    let ok = tokio::task::spawn_blocking(move || {
+        crate::identity::local::verify_password(stored.as_deref(), &password)
+    })
+    .await
+    .unwrap_or(false);
+    if !ok {
+        limits.fail(state);
+        state.metrics.sign_in("local", "wrong-password");
+        let message = "Wrong email or password.";
+        return Err(again(
+            state,
+            &headers,
+            &return_to,
+            Failure::unauthorized("wrong_password", Why::WrongPassword, message),
+            message,
+        ));
+    }
+    // A second factor: asked for when the account has TOTP, set up when the configuration
+    // requires one and it has none.
+    let has_totp = state
+        .store
+        .totp_secret(&email)
+        .await
+        .map_err(|e| Failure::internal("reading the account", &e))?
+        .is_some();
+    if has_totp || state.config.local_accounts_mfa_required {
+        let browser = browser.unwrap_or("");
+        return super::second_factor::begin(state, ctx, browser, &email, &return_to, !has_totp)
+            .await;
+    }
+    limits.clear(state);
+    state.metrics.sign_in("local", "ok");
+    start_session(
+        state,
+        ctx,
+        &headers,
+        NewSession {
+            identity: Identity::local(&email),
+            auth_time: None,
+            id_token: None,
+        },
+        &return_to,
+    )
+    .await
+}
+
+/// What a password or code attempt counts against. From a browser that signed in to the account
+/// before (a valid device cookie), failures count against that device only, so nobody elsewhere
+/// can lock the owner out; from anywhere else, against the account and the client address
+/// (OWASP's "device cookie" pattern).
+pub struct Limits {
+    account_key: String,
+    ip: Option<String>,
+}
+
+impl Limits {
+    pub fn for_attempt(state: &State, headers: &http::HeaderMap, email: &str, ip: &str) -> Limits {
+        match state.trusted_device(headers, email) {
+            Some(device) => Limits {
+                account_key: format!("device:{device}"),
+                ip: None,
+            },
+            None => Limits {
+                account_key: email.to_string(),
+                ip: Some(ip.to_string()),
+            },
+        }
+    }
+
+    /// How long until another attempt may be made, if it may not now.
+    pub fn blocked(&self, state: &State) -> Option<std::time::Duration> {
+        let ip = self
+            .ip
+            .as_deref()
+            .and_then(|ip| state.ip_limiter.blocked(ip));
+        ip.max(state.account_limiter.blocked(&self.account_key))
+    }
+
+    pub fn fail(&self, state: &State) {
+        if let Some(ip) = &self.ip {
+            state.ip_limiter.fail(ip);
+        }
+        state.account_limiter.fail(&self.account_key);
+    }
+
+    pub fn clear(&self, state: &State) {
+        state.account_limiter.clear(&self.account_key);
+    }
+}

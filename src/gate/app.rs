@@ -1,0 +1,219 @@
+//! The proxy's front door: a request for an app, through the gate, to the app. CORS preflights
+//! from an app's allowed origins are answered here; every other request (OPTIONS included) is
+//! decided by [`super::admit`].
+
+use http::header::{self, HeaderValue};
+use http::{Request, Response, StatusCode};
+use hyper::body::Incoming;
+
+use super::identity::value;
+use super::{Admitted, Ask, proxy};
+use crate::config::App;
+use crate::policy::Principal;
+use crate::runtime::State;
+use crate::runtime::metrics::UpstreamErrorLabels;
+use crate::web::ctx::{Ctx, Outcome, Why};
+use crate::web::failure::Failure;
+use crate::web::{self, Body};
+
+/// Answers a request for `app` (on `host`, for the normalised `path`); never fails: a refusal is
+/// answered by [`Failure::respond`], with CORS headers for an allowed origin.
+pub async fn serve(
+    state: &State,
+    ctx: &mut Ctx,
+    req: Request<Incoming>,
+    app: &App,
+    host: &str,
+    path: &str,
+) -> Response<Body> {
+    let cors_origin = req
+        .headers()
+        .get(header::ORIGIN)
+        .and_then(|o| o.to_str().ok())
+        .filter(|o| app.cors_origins.iter().any(|a| a == o))
+        .map(str::to_string);
+    if let Some(origin) = &cors_origin
+        && req.method() == http::Method::OPTIONS
+        && req
+            .headers()
+            .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
+    {
+        // A preflight from an allowed origin carries no credentials: castellan answers it.
+        ctx.app = app.id.as_str().into();
+        ctx.audited = true;
+        ctx.mark(Outcome::CorsPreflight, Why::None);
+        return preflight(&req, origin);
+    }
+    let mut resp = match forward(state, ctx, req, app, host, path).await {
+        Ok(r) => r,
+        Err(f) => f.respond(ctx),
+    };
+    if let Some(origin) = cors_origin {
+        let h = resp.headers_mut();
+        if !h.contains_key(header::ACCESS_CONTROL_ALLOW_ORIGIN) {
+            h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value(&origin));
+            h.insert(
+                header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+                HeaderValue::from_static("true"),
+            );
+        }
+        h.append(header::VARY, HeaderValue::from_static("Origin"));
+    }
+    resp
+}
+
+async fn forward(
+    state: &State,
+    ctx: &mut Ctx,
+    mut req: Request<Incoming>,
+    app: &App,
+    host: &str,
+    path: &str,
+) -> Result<Response<Body>, Failure> {
+    let origin = super::request_origin(state.config.public_url.scheme(), req.uri(), req.headers());
+    let method = req.method().as_str().to_string();
+    let ask = Ask {
+        app,
+        method: &method,
+        origin: &origin,
+        host,
+        path,
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let Admitted {
+        credential,
+        principal,
+        headers: mut added,
+        live,
+    } = super::admit(state, ctx, &ask).await?;
+    if app.identity_headers == crate::config::IdentityHeaders::GoogleIap
+        && let Some(Principal::Person(_)) = &principal
+        && let Some(resp) = Box::pin(iap_mode(state, ctx, &req, &credential)).await
+    {
+        return resp;
+    }
+    // The token was for castellan: it does not travel on to the app.
+    if credential.carrier() == Some(&header::AUTHORIZATION) {
+        req.headers_mut().remove(header::AUTHORIZATION);
+    }
+    if let Some(auth) = &app.upstream_auth {
+        match Box::pin(state.metadata.id_token(&auth.audience)).await {
+            Ok(token) => added.push((auth.header.clone(), value(&format!("Bearer {token}")))),
+            Err(e) => {
+                tracing::error!(app = %app.id, "{e}");
+                count_upstream_error(state, app, "credential");
+                return Err(Failure::upstream(&app.id, false));
+            }
+        }
+    }
+    let target = match req.uri().query() {
+        Some(q) => format!("{path}?{q}"),
+        None => path.to_string(),
+    };
+    let out = proxy::Outbound {
+        app,
+        target: &target,
+        forwarded: proxy::Forwarded {
+            peer_ip: ctx.peer.ip(),
+            peer_trusted: state
+                .config
+                .trusted_proxies
+                .iter()
+                .any(|n| n.contains(ctx.peer.ip())),
+            proto: state.config.public_url.scheme(),
+        },
+        added,
+        live,
+    };
+    proxy::forward(&state.upstream, state.config.upstream_timeout, req, out)
+        .await
+        .map_err(|e| {
+            count_upstream_error(state, app, e.kind());
+            tracing::warn!(app = %app.id, upstream = %app.upstream, "upstream error: {e}");
+            Failure::upstream(&app.id, matches!(e, proxy::Error::Timeout(_)))
+        })
+}
+
+fn count_upstream_error(state: &State, app: &App, kind: &'static str) {
+    state
+        .metrics
+        .upstream_errors
+        .get_or_create(&UpstreamErrorLabels {
+            app: app.id.clone(),
+            kind,
+        })
+        .inc();
+}
+
+/// The answer to a CORS preflight from an allowed origin.
+fn preflight(req: &Request<Incoming>, origin: &str) -> Response<Body> {
+    let mut r = Response::new(web::empty());
+    *r.status_mut() = StatusCode::NO_CONTENT;
+    let h = r.headers_mut();
+    h.insert(header::ACCESS_CONTROL_ALLOW_ORIGIN, value(origin));
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_CREDENTIALS,
+        HeaderValue::from_static("true"),
+    );
+    h.insert(
+        header::ACCESS_CONTROL_ALLOW_METHODS,
+        HeaderValue::from_static("GET, HEAD, POST, PUT, PATCH, DELETE, OPTIONS"),
+    );
+    if let Some(asked) = req.headers().get(header::ACCESS_CONTROL_REQUEST_HEADERS) {
+        h.insert(header::ACCESS_CONTROL_ALLOW_HEADERS, asked.clone());
+    }
+    h.insert(
+        header::ACCESS_CONTROL_MAX_AGE,
+        HeaderValue::from_static("600"),
+    );
+    h.insert(header::VARY, HeaderValue::from_static("Origin"));
+    r
+}
+
+/// Google IAP's special query parameters: `gcp-iap-mode=IDENTITY` answers who the caller is,
+/// `gcp-iap-mode=CLEAR_LOGIN_COOKIE` signs them out. None for any other request.
+async fn iap_mode(
+    state: &State,
+    ctx: &mut Ctx,
+    req: &Request<Incoming>,
+    credential: &super::credential::Credential,
+) -> Option<Result<Response<Body>, Failure>> {
+    use crate::identity::google::IAP_PREFIX;
+    let params = web::query_pairs(req.uri());
+    let mode = web::param(&params, "gcp-iap-mode")?;
+    let Some(Principal::Person(identity)) = credential.principal() else {
+        return None;
+    };
+    match mode {
+        "IDENTITY" => Some(Ok(web::json(
+            StatusCode::OK,
+            &serde_json::json!({
+                "email": format!("{IAP_PREFIX}{}", identity.email),
+                "sub": format!("{IAP_PREFIX}{}", identity.subject),
+            }),
+        ))),
+        "CLEAR_LOGIN_COOKIE" => {
+            let super::credential::Credential::Session(session) = credential else {
+                return None;
+            };
+            let actor = crate::store::Actor {
+                name: identity.email.clone(),
+                ip: crate::net::ip_text(ctx.client_ip),
+            };
+            state.forget_session(&session.digest);
+            if let Err(e) = state.store.delete_session(&session.digest, &actor).await {
+                return Some(Err(Failure::internal("ending the session", &e)));
+            }
+            state.apply_own_change().await;
+            ctx.mark(Outcome::SignedOut, Why::None);
+            let mut resp = web::redirect(req.uri().path());
+            resp.headers_mut().append(
+                header::SET_COOKIE,
+                state.cookies.set(state.cookies.session, "", Some(0)),
+            );
+            Some(Ok(resp))
+        }
+        _ => None,
+    }
+}

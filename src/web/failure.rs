@@ -1,0 +1,627 @@
+//! The one way a request fails: every refusal and error in castellan is a [`Failure`], and this
+//! file alone turns one into a response. Browsers navigating get an HTML page (or a redirect to
+//! sign in); scripts, APIs and WebSockets get JSON in one shape:
+//!
+//! ```json
+//! {"error": "access_denied", "message": "…", "reference": "…", …}
+//! ```
+//!
+//! with extra fields where a caller can act on them (`sign_in_url`, `reason`). Failures of the
+//! OAuth endpoints also carry `error_description` (RFC 6749 §5.2, RFC 6750 §3), the same text as
+//! `message`. `WWW-Authenticate` is set here and nowhere else.
+
+use http::header::{self, HeaderValue};
+use http::{Response, StatusCode};
+use serde_json::{Map, Value, json};
+
+use super::ctx::{Ctx, Outcome, Why};
+use super::{Body, pages};
+use crate::policy::Reason;
+
+/// Why a request was not answered as asked. Built by its constructors, answered by
+/// [`Failure::respond`]. Boxed: it is the rare path, and the common one should not carry its size.
+#[derive(Debug)]
+pub struct Failure(Box<Parts>);
+
+#[derive(Debug)]
+struct Parts {
+    status: StatusCode,
+    code: &'static str,
+    title: &'static str,
+    message: String,
+    outcome: Outcome,
+    why: Why,
+    extra: Map<String, Value>,
+    challenge: Option<Challenge>,
+    retry_after: Option<u64>,
+    /// Where a browser navigation goes instead of seeing a page (sign-in).
+    redirect: Option<String>,
+    /// A page of its own for browsers (the denied page, a form shown again with its error).
+    page: Option<String>,
+    cookies: Vec<HeaderValue>,
+    oauth: bool,
+    allow: Option<&'static str>,
+}
+
+/// What `WWW-Authenticate` says.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Challenge {
+    /// `Bearer realm="castellan"`: credentials are needed.
+    Bearer,
+    /// RFC 6750 §3: `Bearer realm="castellan", error="…", error_description="…"`.
+    BearerError(&'static str),
+    /// RFC 6749 §5.2: the token endpoint's client authentication.
+    Basic,
+}
+
+impl Failure {
+    fn new(
+        status: StatusCode,
+        code: &'static str,
+        title: &'static str,
+        message: impl Into<String>,
+        outcome: Outcome,
+        why: Why,
+    ) -> Failure {
+        Failure(Box::new(Parts {
+            status,
+            code,
+            title,
+            message: message.into(),
+            outcome,
+            why,
+            extra: Map::new(),
+            challenge: None,
+            retry_after: None,
+            redirect: None,
+            page: None,
+            cookies: Vec::new(),
+            oauth: false,
+            allow: None,
+        }))
+    }
+
+    /// Nobody is signed in (or not recently enough, with `max_age`): browsers go to `sign_in_url`,
+    /// everything else gets 401 with that URL.
+    pub fn sign_in(sign_in_url: String, max_age: Option<u64>) -> Failure {
+        let (code, message, why) = match max_age {
+            Some(_) => (
+                "reauthentication_required",
+                "this app needs a recent sign-in: sign in again",
+                Why::Reauthentication,
+            ),
+            None => (
+                "unauthenticated",
+                "sign in first",
+                Why::Policy(Reason::UserUnauthenticated),
+            ),
+        };
+        let mut f = Failure::new(
+            StatusCode::UNAUTHORIZED,
+            code,
+            "Sign in",
+            message,
+            Outcome::SignIn,
+            why,
+        )
+        .with("sign_in_url", json!(sign_in_url));
+        if let Some(m) = max_age {
+            f = f.with("max_age", json!(m));
+        }
+        f.0.challenge = Some(Challenge::Bearer);
+        f.0.redirect = Some(sign_in_url);
+        f
+    }
+
+    /// Signed in, but the policy does not let `who` into `app`.
+    pub fn denied(who: &str, app: &str, reason: Reason) -> Failure {
+        Failure::new(
+            StatusCode::FORBIDDEN,
+            "access_denied",
+            "Access denied",
+            format!("{who} has no access to app {app}"),
+            Outcome::Deny,
+            Why::Policy(reason),
+        )
+        .with("reason", json!(reason.as_str()))
+    }
+
+    /// A bearer token was accepted but does not let its holder into `app` (RFC 6750 §3.1).
+    pub fn insufficient_scope(who: &str, app: &str, reason: Reason) -> Failure {
+        let mut f = Failure::new(
+            StatusCode::FORBIDDEN,
+            "insufficient_scope",
+            "Access denied",
+            format!("{who} has no access to app {app}"),
+            Outcome::Deny,
+            Why::Policy(reason),
+        )
+        .with("reason", json!(reason.as_str()));
+        f.0.challenge = Some(Challenge::BearerError("insufficient_scope"));
+        f.0.oauth = true;
+        f
+    }
+
+    /// No credentials for an API that needs them (the admin API): 401 with a Bearer challenge,
+    /// never a redirect.
+    pub fn unauthenticated(message: impl Into<String>) -> Failure {
+        let mut f = Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "unauthenticated",
+            "Not signed in",
+            message,
+            Outcome::Deny,
+            Why::None,
+        );
+        f.0.challenge = Some(Challenge::Bearer);
+        f
+    }
+
+    /// A bearer token castellan does not accept (RFC 6750 §3.1): never a redirect.
+    pub fn invalid_token(why: impl Into<String>) -> Failure {
+        let mut f = Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "invalid_token",
+            "Not signed in",
+            why,
+            Outcome::Deny,
+            Why::InvalidToken,
+        );
+        f.0.challenge = Some(Challenge::BearerError("invalid_token"));
+        f.0.oauth = true;
+        f
+    }
+
+    /// An error of the OAuth token endpoint (RFC 6749 §5.2); `invalid_client` asks for HTTP Basic.
+    pub fn oauth(code: &'static str, description: impl Into<String>) -> Failure {
+        let status = if code == "invalid_client" {
+            StatusCode::UNAUTHORIZED
+        } else {
+            StatusCode::BAD_REQUEST
+        };
+        let mut f = Failure::new(
+            status,
+            code,
+            "Token request refused",
+            description,
+            Outcome::Deny,
+            Why::InvalidToken,
+        );
+        if code == "invalid_client" {
+            f.0.challenge = Some(Challenge::Basic);
+        }
+        f.0.oauth = true;
+        f
+    }
+
+    /// A state-changing request that did not come from castellan's own page (CSRF and
+    /// same-origin, see [`super::guard`]).
+    pub fn csrf(message: impl Into<String>) -> Failure {
+        Failure::new(
+            StatusCode::FORBIDDEN,
+            "csrf",
+            "Not done",
+            message,
+            Outcome::Deny,
+            Why::Csrf,
+        )
+    }
+
+    /// Refused for a reason other than the policy (not an administrator, an ingress not in
+    /// `trusted_proxies`, a cross-site WebSocket).
+    pub fn forbidden(code: &'static str, why: Why, message: impl Into<String>) -> Failure {
+        Failure::new(
+            StatusCode::FORBIDDEN,
+            code,
+            "Not allowed",
+            message,
+            Outcome::Deny,
+            why,
+        )
+    }
+
+    /// The request itself is wrong.
+    pub fn bad_request(code: &'static str, why: Why, message: impl Into<String>) -> Failure {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            code,
+            "Bad request",
+            message,
+            Outcome::BadRequest,
+            why,
+        )
+    }
+
+    /// A sign-in step that cannot go on (an expired link, a provider's refusal).
+    pub fn sign_in_failed(title: &'static str, message: impl Into<String>) -> Failure {
+        Failure::new(
+            StatusCode::BAD_REQUEST,
+            "sign_in_failed",
+            title,
+            message,
+            Outcome::SignInFailed,
+            Why::None,
+        )
+    }
+
+    /// A credential that did not check out (a wrong password or code).
+    pub fn unauthorized(code: &'static str, why: Why, message: impl Into<String>) -> Failure {
+        Failure::new(
+            StatusCode::UNAUTHORIZED,
+            code,
+            "Not signed in",
+            message,
+            Outcome::SignInFailed,
+            why,
+        )
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Failure {
+        Failure::new(
+            StatusCode::NOT_FOUND,
+            "not_found",
+            "Not found",
+            message,
+            Outcome::None,
+            Why::NotFound,
+        )
+    }
+
+    /// A write that lost a race or names something that exists (the admin API).
+    pub fn conflict(code: &'static str, message: impl Into<String>) -> Failure {
+        Failure::new(
+            StatusCode::CONFLICT,
+            code,
+            "Conflict",
+            message,
+            Outcome::Deny,
+            Why::None,
+        )
+    }
+
+    pub fn method_not_allowed(allow: &'static str) -> Failure {
+        let mut f = Failure::new(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "method_not_allowed",
+            "Method not allowed",
+            format!("use {allow}"),
+            Outcome::BadRequest,
+            Why::None,
+        );
+        f.0.allow = Some(allow);
+        f
+    }
+
+    /// Too many attempts: try again in `seconds`.
+    pub fn too_many(seconds: u64, message: impl Into<String>) -> Failure {
+        let mut f = Failure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_attempts",
+            "Too many attempts",
+            message,
+            Outcome::SignInFailed,
+            Why::RateLimited,
+        );
+        f.0.retry_after = Some(seconds.max(1));
+        f
+    }
+
+    /// The store cannot be reached and the answer needs it: refused, with a page that says so.
+    pub fn store_unavailable() -> Failure {
+        let mut f = Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "store_unavailable",
+            "Temporarily unavailable",
+            "castellan cannot reach its database right now, so it cannot check your access or sign you in. \
+             Nothing was let through. Try again in a minute; if this lasts, tell the people who run this site.",
+            Outcome::Error,
+            Why::StoreUnavailable,
+        );
+        f.0.retry_after = Some(10);
+        f
+    }
+
+    /// A provider castellan must ask (for its keys, to sign someone in) could not be reached.
+    pub fn provider_unavailable(message: impl Into<String>) -> Failure {
+        let mut f = Failure::new(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "temporarily_unavailable",
+            "Sign-in is unavailable",
+            message,
+            Outcome::Error,
+            Why::ProviderUnavailable,
+        );
+        f.0.retry_after = Some(10);
+        f.0.oauth = true;
+        f
+    }
+
+    /// A sign-in needs its provider, which could not be reached: a 502 page that says so.
+    pub fn sign_in_unavailable(message: impl Into<String>) -> Failure {
+        let mut f = Failure::new(
+            StatusCode::BAD_GATEWAY,
+            "provider_unavailable",
+            "Sign-in is unavailable",
+            message,
+            Outcome::Error,
+            Why::ProviderUnavailable,
+        );
+        f.0.retry_after = Some(10);
+        f
+    }
+
+    /// The app did not answer (in time, with `timeout`).
+    pub fn upstream(app: &str, timeout: bool) -> Failure {
+        let (status, code, title) = if timeout {
+            (
+                StatusCode::GATEWAY_TIMEOUT,
+                "upstream_timeout",
+                "The app took too long to answer",
+            )
+        } else {
+            (
+                StatusCode::BAD_GATEWAY,
+                "upstream_unreachable",
+                "The app is not reachable",
+            )
+        };
+        Failure::new(
+            status,
+            code,
+            title,
+            format!(
+                "castellan could not get an answer from {app}. Try again in a moment; if it persists, the app's operators can find this reference in castellan's log."
+            ),
+            Outcome::Error,
+            Why::UpstreamUnreachable,
+        )
+    }
+
+    /// Something went wrong inside castellan while `doing`: logged with the reference, and
+    /// nothing let through. A store that cannot be reached is a 503, anything else a 500.
+    pub fn internal(doing: &str, err: &(dyn std::error::Error + 'static)) -> Failure {
+        if err
+            .downcast_ref::<crate::store::Error>()
+            .is_some_and(crate::store::Error::is_unavailable)
+        {
+            tracing::error!("{doing}: {err}");
+            return Failure::store_unavailable();
+        }
+        tracing::error!("internal error while {doing}: {err}");
+        Failure::new(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "internal",
+            "Something went wrong",
+            "castellan could not complete this, so it did not let the request through. Try again in a moment.",
+            Outcome::Error,
+            Why::InternalError,
+        )
+    }
+
+    /// An extra JSON field for callers that can act on it.
+    pub fn with(mut self, key: &str, value: Value) -> Failure {
+        self.0.extra.insert(key.to_string(), value);
+        self
+    }
+
+    /// The page browsers see instead of the plain error page.
+    pub fn with_page(mut self, html: String) -> Failure {
+        self.0.page = Some(html);
+        self
+    }
+
+    /// The heading of the plain error page.
+    pub fn titled(mut self, title: &'static str) -> Failure {
+        self.0.title = title;
+        self
+    }
+
+    /// A cookie set with the answer.
+    pub fn with_cookie(mut self, cookie: HeaderValue) -> Failure {
+        self.0.cookies.push(cookie);
+        self
+    }
+
+    /// What the log line and the audit record say, when it is not the constructor's.
+    pub fn marked(mut self, outcome: Outcome, why: Why) -> Failure {
+        self.0.outcome = outcome;
+        self.0.why = why;
+        self
+    }
+
+    /// Where a browser goes instead of seeing a page.
+    pub fn redirecting(mut self, location: String) -> Failure {
+        self.0.redirect = Some(location);
+        self
+    }
+
+    pub fn status(&self) -> StatusCode {
+        self.0.status
+    }
+
+    pub fn code(&self) -> &'static str {
+        self.0.code
+    }
+
+    pub fn message(&self) -> &str {
+        &self.0.message
+    }
+
+    /// The response, recorded in `ctx` (outcome, reason, reference).
+    pub fn respond(self, ctx: &mut Ctx) -> Response<Body> {
+        ctx.mark(self.0.outcome, self.0.why);
+        let reference = ctx.reference();
+        if matches!(self.0.why, Why::InternalError | Why::UpstreamUnreachable) {
+            tracing::warn!(reference, app = %ctx.app, "{}: {}", self.0.code, self.0.message);
+        }
+        self.render(ctx.navigation, &reference)
+    }
+
+    /// The response outside a request castellan logs (the metrics listener, the ACME challenge
+    /// listener): JSON, with a reference of its own.
+    pub fn plain(self) -> Response<Body> {
+        self.render(false, &crate::crypto::reference_id())
+    }
+
+    fn render(self, navigation: bool, reference: &str) -> Response<Body> {
+        let reference = reference.to_string();
+        let mut resp = match (navigation, self.0.redirect, self.0.page) {
+            (true, Some(location), _) => super::redirect(&location),
+            (true, None, Some(page)) => super::html(self.0.status, page),
+            (true, None, None) => super::html(
+                self.0.status,
+                pages::error(self.0.title, &self.0.message, &reference),
+            ),
+            (false, ..) => {
+                let mut body = Map::new();
+                body.insert("error".into(), json!(self.0.code));
+                body.insert("message".into(), json!(self.0.message));
+                if self.0.oauth {
+                    body.insert("error_description".into(), json!(self.0.message));
+                }
+                body.insert("reference".into(), json!(reference));
+                body.extend(self.0.extra);
+                super::json(self.0.status, &Value::Object(body))
+            }
+        };
+        let h = resp.headers_mut();
+        match self.0.challenge {
+            None => {}
+            Some(Challenge::Bearer) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"castellan\""),
+                );
+            }
+            Some(Challenge::BearerError(error)) => {
+                let challenge = format!(
+                    "Bearer realm=\"castellan\", error=\"{error}\", error_description=\"{}\"",
+                    self.0.message.replace(['"', '\\'], "'")
+                );
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
+            Some(Challenge::Basic) => {
+                h.insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Basic realm=\"castellan\""),
+                );
+            }
+        }
+        if let Some(s) = self.0.retry_after {
+            h.insert(header::RETRY_AFTER, HeaderValue::from(s));
+        }
+        if let Some(allow) = self.0.allow {
+            h.insert(header::ALLOW, HeaderValue::from_static(allow));
+        }
+        for c in self.0.cookies {
+            h.append(header::SET_COOKIE, c);
+        }
+        resp
+    }
+}
+
+/// The store's refusals as callers see them: a lost race or a duplicate is a 409, something
+/// missing a 404, and anything else an internal error (a 503 when the store cannot be reached).
+impl From<crate::store::Error> for Failure {
+    fn from(e: crate::store::Error) -> Failure {
+        use crate::store::Error;
+        match e {
+            Error::StaleEtag { .. } => Failure::conflict("stale_etag", e.to_string()),
+            Error::Exists(_) | Error::UserExists(_) => {
+                Failure::conflict("already_exists", e.to_string())
+            }
+            Error::NotFound(_) => Failure::not_found(e.to_string()),
+            other => Failure::internal("using the store", &other),
+        }
+    }
+}
+
+/// What handlers return: castellan's answer, or why there is none.
+pub type Answer = Result<Response<Body>, Failure>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn ctx(navigation: bool) -> Ctx {
+        Ctx::new(
+            "127.0.0.1:1".parse().unwrap(),
+            "127.0.0.1".parse().unwrap(),
+            navigation,
+        )
+    }
+
+    async fn body(resp: Response<Body>) -> String {
+        use http_body_util::BodyExt;
+        String::from_utf8(
+            resp.into_body()
+                .collect()
+                .await
+                .unwrap()
+                .to_bytes()
+                .to_vec(),
+        )
+        .unwrap()
+    }
+
+    #[tokio::test]
+    async fn one_json_shape_and_one_page_per_failure() {
+        let mut c = ctx(false);
+        let r =
+            Failure::denied("bob@example.com", "demo", Reason::NoMatchingBinding).respond(&mut c);
+        assert_eq!(r.status(), 403);
+        let v: Value = serde_json::from_str(&body(r).await).unwrap();
+        assert_eq!(v["error"], "access_denied");
+        assert_eq!(v["reason"], "no-matching-binding");
+        assert_eq!(v["reference"].as_str(), c.reference.as_deref());
+        assert_eq!(c.outcome, Outcome::Deny);
+
+        let mut c = ctx(true);
+        let r =
+            Failure::denied("bob@example.com", "demo", Reason::NoMatchingBinding).respond(&mut c);
+        assert!(body(r).await.contains("<h1>Access denied</h1>"));
+    }
+
+    #[tokio::test]
+    async fn sign_in_redirects_browsers_and_tells_scripts() {
+        let f = || Failure::sign_in("/.castellan/sign_in?rd=%2F".into(), None);
+        let r = f().respond(&mut ctx(true));
+        assert_eq!(r.status(), 302);
+        assert_eq!(r.headers()["location"], "/.castellan/sign_in?rd=%2F");
+        let r = f().respond(&mut ctx(false));
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"castellan\""
+        );
+        let v: Value = serde_json::from_str(&body(r).await).unwrap();
+        assert_eq!(v["error"], "unauthenticated");
+        assert_eq!(v["sign_in_url"], "/.castellan/sign_in?rd=%2F");
+    }
+
+    #[tokio::test]
+    async fn oauth_failures_speak_rfc_6750() {
+        let r = Failure::invalid_token("the token \"x\" expired").respond(&mut ctx(false));
+        assert_eq!(r.status(), 401);
+        assert_eq!(
+            r.headers()["www-authenticate"],
+            "Bearer realm=\"castellan\", error=\"invalid_token\", error_description=\"the token 'x' expired\""
+        );
+        let v: Value = serde_json::from_str(&body(r).await).unwrap();
+        assert_eq!(v["error_description"], v["message"]);
+        let r = Failure::oauth("invalid_client", "unknown client").respond(&mut ctx(false));
+        assert_eq!(r.status(), 401);
+        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"castellan\"");
+    }
+
+    #[tokio::test]
+    async fn retry_after_and_allow_are_set() {
+        let r = Failure::store_unavailable().respond(&mut ctx(true));
+        assert_eq!(r.status(), 503);
+        assert_eq!(r.headers()["retry-after"], "10");
+        let r = Failure::method_not_allowed("GET, POST").respond(&mut ctx(false));
+        assert_eq!(r.headers()["allow"], "GET, POST");
+    }
+}
