@@ -450,6 +450,11 @@ pub fn from_environment() -> bool {
         .is_some_and(|t| !t.trim().is_empty())
 }
 
+/// Whether `NO_COLOR` asks for output without colours (<https://no-color.org>: set and not empty).
+pub fn no_color() -> bool {
+    ProcessEnv.var("NO_COLOR").is_some_and(|v| !v.is_empty())
+}
+
 /// The operating-system user running this process, for the audit trail of command-line changes:
 /// `$USER`, `$LOGNAME`, or the name /etc/passwd gives its uid (containers often set no `$USER`).
 pub fn invoking_user() -> String {
