@@ -268,14 +268,12 @@ fn only_the_config_reads_the_environment() {
             continue;
         }
         for (n, line) in code_lines(&path) {
-            for banned in ["env::var", "env::vars", "var_os("] {
-                if line.contains(banned) {
-                    broken.push(format!(
-                        "{}:{n}: only config.rs reads the environment: {}",
-                        rel(&path),
-                        line.trim()
-                    ));
-                }
+            if ["env::var", "var_os("].iter().any(|b| line.contains(b)) {
+                broken.push(format!(
+                    "{}:{n}: only config.rs reads the environment: {}",
+                    rel(&path),
+                    line.trim()
+                ));
             }
         }
     }
@@ -353,13 +351,50 @@ fn every_folder_says_what_it_holds() {
         if path.is_dir() && path.file_name().is_some_and(|n| n != "bin") {
             let m = path.join("mod.rs");
             let text = std::fs::read_to_string(&m).unwrap_or_default();
-            if !text.starts_with("//!") {
+            let doc: String = text
+                .lines()
+                .take_while(|l| l.starts_with("//!"))
+                .collect::<Vec<_>>()
+                .join("\n");
+            if doc.is_empty() || !doc.contains("May use:") {
                 missing.push(rel(&m));
             }
         }
     }
     assert!(
         missing.is_empty(),
-        "these mod.rs files do not open with a `//!` paragraph: {missing:?}"
+        "these mod.rs files do not open with a `//!` paragraph saying what lives there and what it \
+         may use (\"May use: …\"): {missing:?}"
     );
+}
+
+#[test]
+fn one_decision_and_one_guard() {
+    // Requests are decided in the gate only (and live connections re-decided where they are
+    // re-checked): a front door that called the policy itself could skip the gate's checks.
+    const DECIDERS: &[&str] = &["src/gate/mod.rs", "src/runtime/reload.rs"];
+    // Whether a write came from castellan's own page is judged by the guard only.
+    const GUARD: &str = "src/web/guard.rs";
+    let mut broken = Vec::new();
+    for (module, path) in library() {
+        if module == "policy" || OUTSIDE.contains(&module.as_str()) {
+            continue;
+        }
+        let file = rel(&path);
+        for (n, line) in code_lines(&path) {
+            if line.contains(".decide(") && !DECIDERS.contains(&file.as_str()) {
+                broken.push(format!(
+                    "{file}:{n}: only the gate decides requests (gate::admit): {}",
+                    line.trim()
+                ));
+            }
+            if line.to_ascii_lowercase().contains("sec-fetch-site") && file != GUARD {
+                broken.push(format!(
+                    "{file}:{n}: only web::guard::check judges where a write came from: {}",
+                    line.trim()
+                ));
+            }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
 }

@@ -12,6 +12,8 @@
 //!
 //! The gate never sees castellan's own endpoints or the admin pages: only `server` routes between
 //! them.
+//!
+//! May use: runtime, web, identity, store, policy, config and the leaves.
 
 pub mod app;
 pub mod credential;
@@ -239,3 +241,6 @@ pub fn request_origin(scheme: &str, uri: &http::Uri, headers: &HeaderMap) -> Str
         .unwrap_or_default();
     format!("{scheme}://{}", authority.to_ascii_lowercase())
 }
+
+#[cfg(test)]
+mod tests;

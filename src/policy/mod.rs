@@ -2,6 +2,8 @@
 //!
 //! This module holds the data model and its validation; [`snapshot`] compiles policies into an index
 //! and decides requests; [`condition`] is the expression language. No I/O anywhere here.
+//!
+//! May use: only the leaves `clock` and `net`: no async, no HTTP, no store.
 
 pub mod condition;
 pub mod explain;

@@ -3,6 +3,8 @@
 //! cache ([`keys`]), the audit writer, metrics, live connections, TLS certificates and the
 //! upstream connection pool. Knows no request handling: the gate, castellan's endpoints and the
 //! admin pages use it.
+//!
+//! May use: web, identity, store, policy, config and the leaves.
 
 pub mod audit;
 pub mod keys;

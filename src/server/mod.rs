@@ -2,6 +2,8 @@
 //! background work (reloading the policy snapshot, closing live connections whose access ended,
 //! sweeping). Routing lives in [`routes`]: the only place that sees the gate, castellan's own
 //! endpoints and the admin pages together.
+//!
+//! May use: everything below it; nothing uses it but the command line.
 
 pub mod acme;
 pub mod routes;

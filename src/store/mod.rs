@@ -8,6 +8,8 @@
 //! bumps the store's revision in the same transaction, so running servers (in this or any other
 //! process or replica) reload: by polling, and on PostgreSQL also woken by a NOTIFY that a trigger
 //! on the revision row sends at commit.
+//!
+//! May use: config, policy and the leaves; never HTTP.
 
 mod acme;
 mod audit;

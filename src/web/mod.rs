@@ -1,5 +1,8 @@
 //! HTTP plumbing shared by castellan's own pages and the proxy: the body type, response builders with
 //! security headers, cookies, forms, and the client's address and host.
+//!
+//! May use: identity, store, policy, config and the leaves (it knows requests and responses, not
+//! what castellan decides with them).
 
 pub mod cookies;
 pub mod ctx;
