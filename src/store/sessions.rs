@@ -635,4 +635,64 @@ mod tests {
             assert!(s.live_sessions(&[d1, d2], idle).await.unwrap().is_empty());
         }
     }
+
+    /// Hands `parent` to another host as a browser would: a code bound to that browser, redeemed.
+    async fn hand_off(s: &Store, parent: &str, child: &str) {
+        let code = crate::crypto::digest(&format!("code for {child}"));
+        s.put_handoff_code(&code, parent, "app.example.com", "browser")
+            .await
+            .unwrap();
+        let r = Redemption {
+            code_digest: &code,
+            host: "app.example.com",
+            browser_digest: "browser",
+            max_age: Duration::from_secs(60),
+        };
+        assert!(
+            s.redeem_handoff_code(&r, child, "127.0.0.1", "t")
+                .await
+                .unwrap()
+                .is_some()
+        );
+    }
+
+    store_test! {
+        async fn a_session_family_ends_whole_at_any_depth(s: Store) {
+            let idle = Duration::from_secs(60);
+            let family = |tag: &str| {
+                ["root", "child", "grandchild"].map(|g| crate::crypto::digest(&format!("{tag} {g}")))
+            };
+            let live = |s: &Store, ids: &[String; 3]| {
+                let s = s.clone();
+                let ids = ids.to_vec();
+                async move { s.live_sessions(&ids, idle).await.unwrap().len() }
+            };
+            // Signing out on the grandchild's host ends the root and the child too.
+            let [root, child, grandchild] = family("a");
+            s.create_session(&root, &who(), idle, "127.0.0.1", "t", None).await.unwrap();
+            hand_off(&s, &root, &child).await;
+            hand_off(&s, &child, &grandchild).await;
+            assert_eq!(live(&s, &[root.clone(), child.clone(), grandchild.clone()]).await, 3);
+            assert_eq!(s.list_sessions(None).await.unwrap().len(), 1, "only roots are listed");
+            assert!(s.delete_session(&grandchild, &Actor::cli()).await.unwrap());
+            assert_eq!(live(&s, &[root, child, grandchild]).await, 0);
+
+            // Signing out on castellan's host ends the grandchild.
+            let [root, child, grandchild] = family("b");
+            s.create_session(&root, &who(), idle, "127.0.0.1", "t", None).await.unwrap();
+            hand_off(&s, &root, &child).await;
+            hand_off(&s, &child, &grandchild).await;
+            assert!(s.delete_session(&root, &Actor::cli()).await.unwrap());
+            assert_eq!(live(&s, &[root, child, grandchild]).await, 0);
+
+            // Revoking the root by the id `sessions list` shows ends its descendants.
+            let [root, child, grandchild] = family("c");
+            s.create_session(&root, &who(), idle, "127.0.0.1", "t", None).await.unwrap();
+            hand_off(&s, &root, &child).await;
+            hand_off(&s, &child, &grandchild).await;
+            let id = s.list_sessions(None).await.unwrap()[0].id.clone();
+            assert_eq!(s.revoke_sessions(Some(&id), None, &Actor::cli()).await.unwrap(), 1);
+            assert_eq!(live(&s, &[root, child, grandchild]).await, 0);
+        }
+    }
 }

@@ -1,0 +1,409 @@
+//! The gate's decisions, credential kind by outcome, on a real [`State`] (a SQLite store in a
+//! temporary folder, real keys) without a server: what [`admit`] lets through, what it refuses
+//! and with which answer, and what it registers for connections that outlive their request.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::sync::Arc;
+
+use http::{HeaderMap, HeaderValue, StatusCode};
+use http_body_util::BodyExt;
+use serde_json::Value;
+
+use super::{Ask, admit};
+use crate::policy::snapshot::Resource;
+use crate::policy::{Identity, Member, Principal, Role};
+use crate::runtime::State;
+use crate::runtime::live::Revocation;
+use crate::store::Actor;
+use crate::web::ctx::{Ctx, Outcome};
+use crate::web::failure::Failure;
+
+const ORIGIN: &str = "http://127.0.0.1:8080";
+
+struct World {
+    state: Arc<State>,
+    _dir: tempfile::TempDir,
+}
+
+/// castellan with apps `demo` (shared with ann and the service account `bot`), `vault` (ann,
+/// with `reauth_max_age = "60s"`) and `open` (public).
+async fn world() -> World {
+    let (dir, store) = crate::store::temp_store().await;
+    let toml = r#"
+        listen = "127.0.0.1:8080"
+        [[apps]]
+        id = "demo"
+        host = "127.0.0.1"
+        upstream = "http://127.0.0.1:9"
+        [[apps]]
+        id = "vault"
+        host = "127.0.0.1"
+        path_prefix = "/vault"
+        upstream = "http://127.0.0.1:9"
+        reauth_max_age = "60s"
+        [[apps]]
+        id = "open"
+        host = "127.0.0.1"
+        path_prefix = "/open"
+        upstream = "http://127.0.0.1:9"
+    "#;
+    let config = crate::config::Config::parse(toml, dir.path(), &NoEnv).unwrap();
+    let state = State::new(config, store).await.unwrap();
+    let grant = |app: &str, member: &str| {
+        let state = state.clone();
+        let (app, member) = (app.to_string(), member.to_string());
+        async move {
+            state
+                .store
+                .update_policy(
+                    &Resource::App(app),
+                    &Actor::cli(),
+                    "policy.add-binding",
+                    |p| {
+                        let added = p.add(Role::Accessor, Member::parse(&member).unwrap(), None);
+                        (added, ())
+                    },
+                )
+                .await
+                .unwrap();
+        }
+    };
+    grant("demo", "user:ann@example.com").await;
+    grant("demo", "serviceAccount:bot").await;
+    grant("vault", "user:ann@example.com").await;
+    grant("open", "allUsers").await;
+    state.apply_own_change().await;
+    World { state, _dir: dir }
+}
+
+struct NoEnv;
+impl crate::config::Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
+impl World {
+    /// A browser session for `email` that signed in `age` seconds ago; returns its cookie header.
+    async fn session(&self, email: &str, age: i64) -> (String, String) {
+        let id = crate::crypto::random_token(32);
+        let digest = crate::crypto::digest(&id);
+        self.state
+            .store
+            .create_session(
+                &digest,
+                &Identity::local(email),
+                std::time::Duration::from_secs(3600),
+                "127.0.0.1",
+                "test",
+                Some(crate::clock::now() - age),
+            )
+            .await
+            .unwrap();
+        (format!("{}={id}", self.state.cookies.session), digest)
+    }
+
+    /// A command-line access token for `app`, riding on the session `digest`.
+    fn cli_token(&self, email: &str, digest: &str, app: &str) -> String {
+        let audience = &self.state.config.app(app).unwrap().audience;
+        self.state
+            .signer()
+            .sign_user_access_token(
+                &Identity::local(email),
+                digest,
+                audience,
+                crate::clock::now() + 3600,
+                crate::clock::now(),
+            )
+            .unwrap()
+            .0
+    }
+
+    /// A service account `name` with a key; returns a token for `app` and the key's id.
+    async fn service_token(&self, name: &str, app: &str) -> (String, String) {
+        let key = self
+            .state
+            .store
+            .create_service_account(name, "", &Actor::cli())
+            .await
+            .unwrap();
+        let id = key.split('_').nth(1).unwrap().to_string();
+        let audience = &self.state.config.app(app).unwrap().audience;
+        let token = self
+            .state
+            .signer()
+            .sign_access_token(name, &id, audience)
+            .unwrap();
+        (token, id)
+    }
+
+    /// Asks the gate about `method path` (routed as the server would) with `headers`.
+    async fn ask(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Seen, Seen> {
+        let mut map = HeaderMap::new();
+        for (k, v) in headers {
+            map.append(
+                http::HeaderName::from_bytes(k.as_bytes()).unwrap(),
+                HeaderValue::from_str(v).unwrap(),
+            );
+        }
+        let app = self.state.match_app("127.0.0.1", path).unwrap();
+        let ask = Ask {
+            app,
+            method,
+            origin: ORIGIN,
+            host: "127.0.0.1",
+            path,
+            query: None,
+            headers: &map,
+        };
+        let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
+        let mut ctx = Ctx::new(SocketAddr::new(ip, 40000), ip, false);
+        match admit(&self.state, &mut ctx, &ask).await {
+            Ok(a) => Ok(Seen {
+                status: StatusCode::OK,
+                body: Value::Null,
+                principal: a.principal.as_ref().map(Principal::name),
+                revocation: a.live.map(|p| p.grounds.revocation),
+                identity_headers: a.headers.len(),
+                outcome: ctx.outcome,
+            }),
+            Err(f) => Err(Seen::refused(f, &mut ctx).await),
+        }
+    }
+}
+
+/// What the gate answered.
+#[derive(Debug)]
+struct Seen {
+    status: StatusCode,
+    body: Value,
+    principal: Option<String>,
+    revocation: Option<Revocation>,
+    identity_headers: usize,
+    outcome: Outcome,
+}
+
+impl Seen {
+    async fn refused(f: Failure, ctx: &mut Ctx) -> Seen {
+        let resp = f.respond(ctx);
+        let status = resp.status();
+        let bytes = resp.into_body().collect().await.unwrap().to_bytes();
+        Seen {
+            status,
+            body: serde_json::from_slice(&bytes).unwrap_or(Value::Null),
+            principal: None,
+            revocation: None,
+            identity_headers: 0,
+            outcome: ctx.outcome,
+        }
+    }
+
+    fn error(&self) -> &str {
+        self.body["error"].as_str().unwrap_or("")
+    }
+}
+
+#[tokio::test]
+async fn nobody_is_asked_to_sign_in_except_on_a_public_app() {
+    let w = world().await;
+    let r = w.ask("GET", "/", &[]).await.unwrap_err();
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::UNAUTHORIZED, "unauthenticated")
+    );
+    assert_eq!(r.outcome, Outcome::SignIn);
+    assert_eq!(
+        r.body["sign_in_url"],
+        format!("{ORIGIN}/.castellan/sign_in?rd=%2F"),
+        "signing in starts on the app's host"
+    );
+    let open = w.ask("GET", "/open/x", &[]).await.unwrap();
+    assert_eq!(open.principal, None);
+    assert_eq!(open.revocation, None, "nothing to revoke for nobody");
+    assert_eq!(open.identity_headers, 0);
+}
+
+#[tokio::test]
+async fn a_session_cookie_is_decided_and_registered_by_its_session() {
+    let w = world().await;
+    let (cookie, digest) = w.session("ann@example.com", 0).await;
+    let ok = w.ask("GET", "/", &[("cookie", &cookie)]).await.unwrap();
+    assert_eq!(ok.principal.as_deref(), Some("ann@example.com"));
+    assert_eq!(ok.revocation, Some(Revocation::Session(digest)));
+    assert!(ok.identity_headers >= 3, "{ok:?}");
+    assert_eq!(ok.outcome, Outcome::Allow);
+
+    let (bob, _) = w.session("bob@example.com", 0).await;
+    let denied = w.ask("GET", "/", &[("cookie", &bob)]).await.unwrap_err();
+    assert_eq!(
+        (denied.status, denied.error()),
+        (StatusCode::FORBIDDEN, "access_denied")
+    );
+
+    // A tampered cookie is nobody.
+    let forged = format!("{}=not-a-session", w.state.cookies.session);
+    let r = w.ask("GET", "/", &[("cookie", &forged)]).await.unwrap_err();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+#[tokio::test]
+async fn reauthentication_applies_to_cookies_and_tokens_alike() {
+    let w = world().await;
+    let (fresh, fresh_digest) = w.session("ann@example.com", 0).await;
+    let (old, old_digest) = w.session("ann@example.com", 600).await;
+    assert!(
+        w.ask("GET", "/vault/x", &[("cookie", &fresh)])
+            .await
+            .is_ok()
+    );
+    let r = w
+        .ask("GET", "/vault/x", &[("cookie", &old)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::UNAUTHORIZED, "reauthentication_required")
+    );
+    assert_eq!(r.body["max_age"], 60);
+    // The same for a command-line token from each sign-in: its session says when it was.
+    let token = w.cli_token("ann@example.com", &fresh_digest, "vault");
+    let auth = format!("Bearer {token}");
+    assert!(
+        w.ask("GET", "/vault/x", &[("authorization", &auth)])
+            .await
+            .is_ok()
+    );
+    let token = w.cli_token("ann@example.com", &old_digest, "vault");
+    let auth = format!("Bearer {token}");
+    let r = w
+        .ask("GET", "/vault/x", &[("authorization", &auth)])
+        .await
+        .unwrap_err();
+    assert_eq!(r.error(), "reauthentication_required");
+    // An app without the rule takes the old sign-in.
+    assert!(w.ask("GET", "/", &[("cookie", &old)]).await.is_ok());
+}
+
+#[tokio::test]
+async fn a_command_line_token_is_registered_by_its_session_and_ends_with_it() {
+    let w = world().await;
+    let (_, digest) = w.session("ann@example.com", 0).await;
+    let token = w.cli_token("ann@example.com", &digest, "demo");
+    for carrier in ["authorization", "proxy-authorization"] {
+        let bearer = format!("Bearer {token}");
+        let ok = w.ask("GET", "/", &[(carrier, &bearer)]).await.unwrap();
+        assert_eq!(ok.principal.as_deref(), Some("ann@example.com"));
+        assert_eq!(ok.revocation, Some(Revocation::Session(digest.clone())));
+    }
+    // A token is decided on its own: a good cookie beside a bad token does not help.
+    let (cookie, _) = w.session("ann@example.com", 0).await;
+    let r = w
+        .ask(
+            "GET",
+            "/",
+            &[
+                ("cookie", &cookie),
+                ("proxy-authorization", "Bearer nonsense"),
+            ],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::UNAUTHORIZED, "invalid_token")
+    );
+    // For another app's audience: refused.
+    let vault = w.cli_token("ann@example.com", &digest, "vault");
+    let r = w
+        .ask(
+            "GET",
+            "/",
+            &[("proxy-authorization", &format!("Bearer {vault}"))],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    // Its session ends: so does the token.
+    w.state
+        .store
+        .revoke_sessions(Some(&digest[..16]), None, &Actor::cli())
+        .await
+        .unwrap();
+    w.state.forget_session(&digest);
+    let r = w
+        .ask("GET", "/", &[("authorization", &format!("Bearer {token}"))])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::UNAUTHORIZED, "invalid_token")
+    );
+}
+
+#[tokio::test]
+async fn a_service_account_token_is_registered_by_its_key_and_ends_with_it() {
+    let w = world().await;
+    let (token, key) = w.service_token("bot", "demo").await;
+    let bearer = format!("Bearer {token}");
+    let ok = w
+        .ask("GET", "/", &[("authorization", &bearer)])
+        .await
+        .unwrap();
+    assert_eq!(ok.principal.as_deref(), Some("serviceAccount:bot"));
+    assert_eq!(ok.revocation, Some(Revocation::Key(key.clone())));
+    // No re-authentication for a service account: it never signed in.
+    let (vault, _) = w.service_token("other-bot", "vault").await;
+    let r = w
+        .ask(
+            "GET",
+            "/vault/x",
+            &[("authorization", &format!("Bearer {vault}"))],
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::FORBIDDEN, "insufficient_scope"),
+        "not shared with it: a 403 for a script, never a sign-in"
+    );
+    w.state
+        .store
+        .revoke_key("bot", &key, &Actor::cli())
+        .await
+        .unwrap();
+    let r = w
+        .ask("GET", "/", &[("authorization", &bearer)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::UNAUTHORIZED, "invalid_token")
+    );
+}
+
+#[tokio::test]
+async fn a_websocket_from_another_origin_is_refused_whatever_the_credential() {
+    let w = world().await;
+    let (cookie, digest) = w.session("ann@example.com", 0).await;
+    let token = format!("Bearer {}", w.cli_token("ann@example.com", &digest, "demo"));
+    let upgrade = [("upgrade", "websocket"), ("connection", "upgrade")];
+    for credential in [
+        ("cookie", cookie.as_str()),
+        ("authorization", token.as_str()),
+    ] {
+        let theirs = [
+            upgrade[0],
+            upgrade[1],
+            credential,
+            ("origin", "https://evil.example"),
+        ];
+        let r = w.ask("GET", "/ws", &theirs).await.unwrap_err();
+        assert_eq!(
+            (r.status, r.error()),
+            (StatusCode::FORBIDDEN, "cross_origin_websocket"),
+            "{credential:?}"
+        );
+        let ours = [upgrade[0], upgrade[1], credential, ("origin", ORIGIN)];
+        assert!(w.ask("GET", "/ws", &ours).await.is_ok(), "{credential:?}");
+    }
+}
