@@ -214,9 +214,12 @@ async fn login_token_print_and_proxy_act_as_the_signed_in_person() {
     s.read_exact(&mut back).await.unwrap();
     assert_eq!(&back, b"hello");
 
-    // The CLI's sign-in is a session: revoking it ends token printing, with the fix in the message.
+    // The CLI's sign-in is a session: revoking it closes the WebSocket open through `castellan
+    // proxy` within a second, and ends token printing, with the fix in the message.
     let revoked = c.cli(&["sessions", "revoke", "--user", "zoe@example.com"]);
     assert!(revoked.status.success());
+    let took = closed_within(&mut s, Duration::from_millis(1500)).await;
+    eprintln!("the revoke closed the WebSocket through castellan proxy after {took:?}");
     let out = Command::new(castellan_bin())
         .args(["token", "print", &c.url("/")])
         .env("XDG_CONFIG_HOME", home.path())

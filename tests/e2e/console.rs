@@ -1,49 +1,6 @@
 //! The admin console and access requests, end to end in headless Chromium with the real IdP.
 
-use std::sync::{Arc, Mutex};
-
 use crate::support::*;
-
-/// A webhook receiver: records the JSON bodies POSTed to it.
-async fn webhook() -> (
-    std::net::SocketAddr,
-    Arc<Mutex<Vec<serde_json::Value>>>,
-    tokio::task::JoinHandle<()>,
-) {
-    use http_body_util::BodyExt;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    let seen = Arc::new(Mutex::new(Vec::new()));
-    let s = seen.clone();
-    let task = tokio::spawn(async move {
-        loop {
-            let Ok((stream, _)) = listener.accept().await else {
-                continue;
-            };
-            let s = s.clone();
-            tokio::spawn(async move {
-                let service = hyper::service::service_fn(
-                    move |req: hyper::Request<hyper::body::Incoming>| {
-                        let s = s.clone();
-                        async move {
-                            let body = req.into_body().collect().await.unwrap().to_bytes();
-                            s.lock().unwrap().push(
-                                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
-                            );
-                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
-                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
-                            ))
-                        }
-                    },
-                );
-                let _ = hyper::server::conn::http1::Builder::new()
-                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
-                    .await;
-            });
-        }
-    });
-    (addr, seen, task)
-}
 
 #[tokio::test(flavor = "multi_thread")]
 async fn admins_share_apps_and_approve_access_requests_in_a_real_browser() {

@@ -132,7 +132,7 @@ async fn exercise(front: &str, own: &str) {
 
     // Someone signed in without access is refused by the ingress.
     let mut v = Browser::new();
-    let vic = v.sign_in_local_via(front, own, "vic@example.com", PW).await;
+    let vic = v.sign_in_local_via(front, "vic@example.com", PW).await;
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()

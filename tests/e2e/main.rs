@@ -18,5 +18,6 @@ mod programmatic;
 mod proxy;
 mod reload;
 mod replicas;
+mod review;
 mod support;
 mod tls;

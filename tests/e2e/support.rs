@@ -243,7 +243,7 @@ impl Idp {
 
 /// An upstream app that answers with JSON describing the request it received.
 /// `/slow` waits 3 s; `/stream` sends `chunk-1`, waits 1.5 s, sends `chunk-2`; `/long` does the
-/// same with a Content-Length and 2 MiB after the wait.
+/// same with a Content-Length and 2 MiB after the wait; `/hostile` is a hostile app's page.
 pub struct Echo {
     pub addr: SocketAddr,
     task: tokio::task::JoinHandle<()>,
@@ -282,6 +282,30 @@ async fn echo(req: hyper::Request<Incoming>) -> Result<hyper::Response<EchoBody>
         if let Some(v) = saw {
             resp.headers_mut().insert("x-upstream-saw-email", v);
         }
+        return Ok(resp);
+    }
+    if path == "/hostile" {
+        // A hostile app's page (tests/support/hostile.html): its answer tries to set castellan's
+        // session cookie (to the value `?cookie=` names, in several spellings) and to clear the
+        // browser's cookies; its script tries to drive castellan.
+        let html = std::fs::read_to_string(support_dir().join("hostile.html")).unwrap();
+        let value = url::form_urlencoded::parse(req.uri().query().unwrap_or("").as_bytes())
+            .find(|(k, _)| k == "cookie")
+            .map(|(_, v)| v.into_owned())
+            .unwrap_or_default();
+        let mut resp = hyper::Response::new(BodyExt::boxed(Full::new(Bytes::from(html))));
+        let h = resp.headers_mut();
+        h.insert("content-type", "text/html".parse().unwrap());
+        for cookie in [
+            format!("castellan_session={value}; Path=/"),
+            format!("Castellan_Session={value}; Path=/"),
+            format!("castellan_session={value}; Path=/; Domain=localhost"),
+            format!("__Host-castellan_session={value}; Path=/; Secure"),
+            "castellan_browser=chosen-by-the-app; Path=/".to_string(),
+        ] {
+            h.append("set-cookie", cookie.parse().unwrap());
+        }
+        h.insert("clear-site-data", "\"cookies\"".parse().unwrap());
         return Ok(resp);
     }
     if path == "/stream" {
@@ -375,6 +399,49 @@ impl Echo {
         });
         Echo { addr, task }
     }
+}
+
+// ---- a webhook receiver -------------------------------------------------------------------------
+
+/// A webhook receiver: records the JSON bodies POSTed to it.
+pub async fn webhook() -> (
+    std::net::SocketAddr,
+    std::sync::Arc<std::sync::Mutex<Vec<serde_json::Value>>>,
+    tokio::task::JoinHandle<()>,
+) {
+    use http_body_util::BodyExt;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    let seen = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+    let s = seen.clone();
+    let task = tokio::spawn(async move {
+        loop {
+            let Ok((stream, _)) = listener.accept().await else {
+                continue;
+            };
+            let s = s.clone();
+            tokio::spawn(async move {
+                let service = hyper::service::service_fn(
+                    move |req: hyper::Request<hyper::body::Incoming>| {
+                        let s = s.clone();
+                        async move {
+                            let body = req.into_body().collect().await.unwrap().to_bytes();
+                            s.lock().unwrap().push(
+                                serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null),
+                            );
+                            Ok::<_, std::convert::Infallible>(hyper::Response::new(
+                                http_body_util::Full::new(bytes::Bytes::from_static(b"ok")),
+                            ))
+                        }
+                    },
+                );
+                let _ = hyper::server::conn::http1::Builder::new()
+                    .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+                    .await;
+            });
+        }
+    });
+    (addr, seen, task)
 }
 
 // ---- PostgreSQL ---------------------------------------------------------------------------------
@@ -595,8 +662,14 @@ impl<'a> Setup<'a> {
     }
 }
 
+/// The castellan binary under test: this build's, or `CASTELLAN_TEST_BIN` (another build's, e.g.
+/// an older commit's, to see a regression test fail on the code before its fix).
 pub fn castellan_bin() -> &'static str {
-    env!("CARGO_BIN_EXE_castellan")
+    static BIN: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    BIN.get_or_init(|| {
+        std::env::var("CASTELLAN_TEST_BIN")
+            .unwrap_or_else(|_| env!("CARGO_BIN_EXE_castellan").to_string())
+    })
 }
 
 impl Castellan {
@@ -645,8 +718,10 @@ impl Castellan {
         let config_path = dir.path().join("castellan.toml");
         std::fs::write(&config_path, toml).unwrap();
         let mut cmd = Command::new(castellan_bin());
-        cmd.args(["--log-format", "json"])
-            .args(setup.args)
+        if !setup.args.contains(&"--log-format") {
+            cmd.args(["--log-format", "json"]);
+        }
+        cmd.args(setup.args)
             .arg("serve")
             .arg("--config")
             .arg(&config_path)
@@ -809,12 +884,20 @@ impl Default for Browser {
 
 impl Browser {
     pub fn new() -> Browser {
+        Browser::resolving(&[], 0)
+    }
+
+    /// A browser that finds `hosts` (e.g. `wiki.localhost`) on 127.0.0.1:`port`, as Chromium
+    /// finds every `*.localhost` on loopback.
+    pub fn resolving(hosts: &[&str], port: u16) -> Browser {
+        let mut builder = reqwest::Client::builder()
+            .redirect(reqwest::redirect::Policy::none())
+            .timeout(Duration::from_secs(30));
+        for host in hosts {
+            builder = builder.resolve(host, SocketAddr::from(([127, 0, 0, 1], port)));
+        }
         Browser {
-            client: reqwest::Client::builder()
-                .redirect(reqwest::redirect::Policy::none())
-                .timeout(Duration::from_secs(30))
-                .build()
-                .unwrap(),
+            client: builder.build().unwrap(),
             jar: HashMap::new(),
         }
     }
@@ -1035,20 +1118,14 @@ impl Browser {
         password: &str,
         rd: &str,
     ) -> Page {
-        self.sign_in_through(&castellan.origin, &castellan.console, email, password, rd)
+        self.sign_in_through(&castellan.origin, email, password, rd)
             .await
     }
 
-    /// [`Browser::sign_in_local`] for an app at `front` (an ingress, say) and castellan's own
-    /// pages at `own`; returns the `Cookie` header for the app's host.
-    pub async fn sign_in_local_via(
-        &mut self,
-        front: &str,
-        own: &str,
-        email: &str,
-        password: &str,
-    ) -> String {
-        let done = self.sign_in_through(front, own, email, password, "/").await;
+    /// [`Browser::sign_in_local`] for an app at `front` (behind an ingress, say); returns the
+    /// `Cookie` header for the app's host.
+    pub async fn sign_in_local_via(&mut self, front: &str, email: &str, password: &str) -> String {
+        let done = self.sign_in_through(front, email, password, "/").await;
         assert_eq!(done.status, 302, "{}", done.body);
         format!(
             "castellan_session={}",
@@ -1060,7 +1137,6 @@ impl Browser {
     async fn sign_in_through(
         &mut self,
         front: &str,
-        own: &str,
         email: &str,
         password: &str,
         rd: &str,
@@ -1082,10 +1158,16 @@ impl Browser {
             .input("csrf")
             .expect("the sign-in form has a CSRF token");
         let rd_field = form.input("rd").unwrap_or_default();
+        // Posted where the form is (castellan's own host), as a browser does.
+        let action = url::Url::parse(&form.url)
+            .unwrap()
+            .join("/.castellan/sign_in")
+            .unwrap()
+            .to_string();
         let posted = self
             .request(
                 "POST",
-                &format!("{own}/.castellan/sign_in"),
+                &action,
                 &[],
                 Some(&[
                     ("csrf", &csrf),
@@ -1117,12 +1199,18 @@ impl Browser {
 
 /// Opens a WebSocket to the echo upstream's `/ws` through castellan and checks it echoes.
 pub async fn upgrade(c: &Castellan, cookie: &str) -> tokio::net::TcpStream {
+    upgrade_with(c, &format!("Cookie: {cookie}")).await
+}
+
+/// [`upgrade`] with any credential: `header` is one request header line, e.g.
+/// `Authorization: Bearer …`.
+pub async fn upgrade_with(c: &Castellan, header: &str) -> tokio::net::TcpStream {
     let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
         .await
         .unwrap();
     let req = format!(
         "GET /ws HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nConnection: Upgrade\r\nUpgrade: websocket\r\nSec-WebSocket-Version: 13\r\n\
-         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nCookie: {cookie}\r\n\r\n",
+         Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n{header}\r\n\r\n",
         c.port
     );
     tokio::io::AsyncWriteExt::write_all(&mut s, req.as_bytes())
