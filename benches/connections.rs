@@ -139,51 +139,67 @@ fn cli(config: &std::path::Path, args: &[&str], stdin: &str) {
     assert!(child.wait().unwrap().success(), "castellan {args:?} failed");
 }
 
-/// Signs in through castellan's form; returns the `Cookie` header value.
+/// The `name=value` of the cookie `name` a response sets.
+fn set_cookie(resp: &reqwest::Response, name: &str) -> String {
+    resp.headers()
+        .get_all("set-cookie")
+        .iter()
+        .filter_map(|v| v.to_str().ok()?.split(';').next())
+        .find(|v| v.starts_with(&format!("{name}=")))
+        .unwrap_or_else(|| panic!("no {name} cookie"))
+        .to_string()
+}
+
+/// Signs in as a browser does: the app host's sign-in start (which binds the hand-off to this
+/// browser), castellan's form on its own host (`localhost`), the POST, and the hand-off back to
+/// the app's host (`origin`). Returns the app host's `Cookie` header value.
 async fn sign_in(origin: &str) -> String {
     let http = reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap();
-    let page = http
-        .get(format!("{origin}/.castellan/sign_in"))
+    let start = http
+        .get(format!("{origin}/.castellan/sign_in?rd=%2F"))
         .send()
         .await
         .unwrap();
-    let browser = page
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .find_map(|v| v.to_str().ok()?.split(';').next().map(str::to_string))
-        .expect("a browser cookie");
+    let handoff = set_cookie(&start, "castellan_handoff");
+    let form_url = start.headers()["location"].to_str().unwrap().to_string();
+    let page = http.get(&form_url).send().await.unwrap();
+    let browser = set_cookie(&page, "castellan_browser");
     let body = page.text().await.unwrap();
-    let csrf = body
-        .split("name=\"csrf\" value=\"")
-        .nth(1)
-        .and_then(|s| s.split('"').next())
-        .expect("a CSRF token")
-        .to_string();
-    let resp = http
-        .post(format!("{origin}/.castellan/sign_in"))
+    let field = |name: &str| {
+        body.split(&format!("name=\"{name}\" value=\""))
+            .nth(1)
+            .and_then(|s| s.split('"').next())
+            .unwrap_or_else(|| panic!("no {name} field"))
+            .replace("&amp;", "&")
+    };
+    let own = url::Url::parse(&form_url)
+        .unwrap()
+        .origin()
+        .ascii_serialization();
+    let posted = http
+        .post(format!("{own}/.castellan/sign_in"))
         .header("cookie", &browser)
+        .header("origin", &own)
         .form(&[
-            ("csrf", csrf.as_str()),
+            ("csrf", field("csrf").as_str()),
+            ("rd", field("rd").as_str()),
             ("email", "soak@example.com"),
             ("password", "a long enough password"),
         ])
         .send()
         .await
         .unwrap();
-    let session = resp
-        .headers()
-        .get_all("set-cookie")
-        .iter()
-        .filter_map(|v| v.to_str().ok())
-        .find(|v| v.starts_with("castellan_session="))
-        .and_then(|v| v.split(';').next())
-        .expect("signed in")
-        .to_string();
-    format!("{browser}; {session}")
+    let back = posted.headers()["location"].to_str().unwrap().to_string();
+    let done = http
+        .get(&back)
+        .header("cookie", &handoff)
+        .send()
+        .await
+        .unwrap();
+    set_cookie(&done, "castellan_session")
 }
 
 #[derive(Default)]
@@ -276,7 +292,7 @@ async fn run(mode: &str, conns: u64, secs: u64, interval: Duration) {
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\npublic_url = \"http://127.0.0.1:{port}\"\nstore = \"sqlite://castellan.db\"\n\n[[apps]]\nid = \"demo\"\nupstream = \"http://{up_addr}\"\n"
+            "listen = \"127.0.0.1:{port}\"\nstore = \"sqlite://castellan.db\"\n\n[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"http://{up_addr}\"\n"
         ),
     )
     .unwrap();

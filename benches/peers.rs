@@ -612,17 +612,17 @@ fn castellan_config(
 ) -> PathBuf {
     let metrics = port_for_metrics(port);
     let mut toml = format!(
-        "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\npublic_url = \"http://127.0.0.1:{port}\"\nstore = \"sqlite://{name}.db\"\nlocal_accounts = false\n\n\
+        "listen = \"127.0.0.1:{port}\"\nmetrics_listen = \"127.0.0.1:{metrics}\"\npublic_url = \"http://localhost:{port}\"\nstore = \"sqlite://{name}.db\"\nlocal_accounts = false\n\n\
          [[providers]]\nid = \"idp\"\ndisplay_name = \"IdP\"\nissuer = \"{issuer}\"\nclient_id = \"castellan\"\nclient_secret = \"castellan-secret\"\n"
     );
     for i in 1..apps {
         toml.push_str(&format!(
-            "\n[[apps]]\nid = \"app{i}\"\npath_prefix = \"/app{i}\"\nupstream = \"http://127.0.0.1:{upstream}\"\n"
+            "\n[[apps]]\nid = \"app{i}\"\nhost = \"127.0.0.1\"\npath_prefix = \"/app{i}\"\nupstream = \"http://127.0.0.1:{upstream}\"\n"
         ));
     }
     toml.push_str(extra);
     toml.push_str(&format!(
-        "\n[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:{upstream}\"\n"
+        "\n[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"http://127.0.0.1:{upstream}\"\n"
     ));
     let path = dir.join(format!("{name}.toml"));
     std::fs::write(&path, toml).unwrap();
@@ -729,13 +729,13 @@ async fn main() {
             )
             .env(
                 "CASTELLAN_REDIRECT_URI",
-                format!("http://127.0.0.1:{c_port}/.castellan/callback"),
+                format!("http://localhost:{c_port}/.castellan/callback"),
             )
             .env(
                 "IDP_EXTRA_CLIENTS_JSON",
                 serde_json::json!([{
                     "client_id": "castellan-many", "client_secret": "castellan-secret",
-                    "redirect_uris": [format!("http://127.0.0.1:{many_port}/.castellan/callback")],
+                    "redirect_uris": [format!("http://localhost:{many_port}/.castellan/callback")],
                     "response_types": ["code"], "grant_types": ["authorization_code"],
                     "token_endpoint_auth_method": "client_secret_basic",
                 }])
@@ -768,7 +768,7 @@ async fn main() {
         &issuer,
         1,
         &format!(
-            "\n[[apps]]\nid = \"sink\"\npath_prefix = \"/sink\"\nupstream = \"http://{sink_addr}\"\n"
+            "\n[[apps]]\nid = \"sink\"\nhost = \"127.0.0.1\"\npath_prefix = \"/sink\"\nupstream = \"http://{sink_addr}\"\n"
         ),
     );
     castellan_cli(

@@ -64,7 +64,7 @@ async fn start(dir: &Path, name: &str, db: &str) -> (Replica, std::path::PathBuf
     std::fs::write(
         &config,
         format!(
-            "listen = \"127.0.0.1:{port}\"\nstore = \"{db}\"\n\n[[apps]]\nid = \"demo\"\nupstream = \"http://127.0.0.1:{closed}\"\n"
+            "listen = \"127.0.0.1:{port}\"\nstore = \"{db}\"\n\n[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"http://127.0.0.1:{closed}\"\n"
         ),
     )
     .unwrap();
@@ -172,7 +172,11 @@ async fn main() {
         .as_str()
         .expect("an access token")
         .to_string();
-    let bindings = format!("{}/.castellan/api/v1/policies/demo/bindings", a.origin);
+    // The admin API is on castellan's own host (public_url's: localhost), the app on 127.0.0.1.
+    let bindings = format!(
+        "{}/.castellan/api/v1/policies/demo/bindings",
+        a.origin.replace("127.0.0.1", "localhost")
+    );
     let change = |add: bool| {
         let req = if add {
             http.post(&bindings)

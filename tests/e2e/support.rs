@@ -921,6 +921,12 @@ impl Browser {
             .insert(name.into(), value.into());
     }
 
+    pub fn remove_cookie(&mut self, url: &str, name: &str) {
+        if let Some(jar) = self.jar.get_mut(&Browser::host_of(url)) {
+            jar.remove(name);
+        }
+    }
+
     fn cookie_header(&self, url: &str) -> Option<String> {
         let cookies = self.jar.get(&Browser::host_of(url))?;
         (!cookies.is_empty()).then(|| {
