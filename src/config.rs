@@ -226,8 +226,9 @@ pub struct App {
     pub id: String,
     /// `scheme://host:port` of the app; the request path is forwarded unchanged.
     pub upstream: Url,
-    /// Match on the `Host` header (lower case, no port); `None` matches any host.
-    pub host: Option<String>,
+    /// Match on the `Host` header (lower case, no port); `*.example.com` matches every name one
+    /// label below example.com. Never castellan's own host (public_url's).
+    pub host: String,
     /// Match on the request path; the longest matching prefix wins.
     pub path_prefix: String,
     /// The `aud` of the identity assertion sent to this app.
@@ -247,14 +248,11 @@ impl App {
     /// Whether this app's `host` is `host`, or a `*.` wildcard one label above it. False for apps
     /// without a host (they serve any host).
     pub fn serves_host(&self, host: &str) -> bool {
-        match self.host.as_deref() {
-            Some(h) if h == host => true,
-            Some(h) => h.strip_prefix("*.").is_some_and(|base| {
+        self.host == host
+            || self.host.strip_prefix("*.").is_some_and(|base| {
                 host.split_once('.')
                     .is_some_and(|(label, rest)| !label.is_empty() && rest == base)
-            }),
-            None => false,
-        }
+            })
     }
 }
 
@@ -690,7 +688,7 @@ impl Reader<'_> {
 
         if let Some(own) = public_url.as_ref().and_then(|u| u.host_str()) {
             for (i, app) in apps.iter().enumerate() {
-                if app.host.as_deref() == Some(own) {
+                if app.host == own {
                     self.problem(
                         format!("apps[{i}].host"),
                         format!("`{own}` is castellan's own host (public_url), where its sign-in, account and console pages live: an app there could read and drive them. Give the app a host of its own (a DNS name pointing at castellan, or \"127.0.0.1\" on this machine), or give castellan one with public_url"),
@@ -1403,13 +1401,16 @@ impl Reader<'_> {
                     format!("audience `{audience}` is used by another app: each app needs its own, so an assertion for one app is never accepted by another"),
                 );
             }
-            if let Some(other) = routes.insert((host.clone(), path_prefix.clone()), id.clone()) {
+            if let Some(host) = &host
+                && let Some(other) = routes.insert((host.clone(), path_prefix.clone()), id.clone())
+            {
                 self.problem(
                     format!("{prefix}path_prefix"),
-                    format!("app `{other}` already serves host {} with path_prefix \"{path_prefix}\": give one of them another host or path_prefix", host.as_deref().unwrap_or("(any)")),
+                    format!("app `{other}` already serves host {host} with path_prefix \"{path_prefix}\": give one of them another host or path_prefix"),
                 );
             }
-            if let Some(upstream) = upstream {
+            // Without an upstream or a host the app is not served (the problem is reported).
+            if let (Some(upstream), Some(host)) = (upstream, host) {
                 out.push(App {
                     id,
                     upstream,

@@ -526,7 +526,7 @@ fn settings(state: &State) -> Vec<(String, String)> {
             format!(
                 "{} · host {} · path {} · audience {}",
                 a.upstream.as_str().trim_end_matches('/'),
-                a.host.as_deref().unwrap_or("any"),
+                &a.host,
                 a.path_prefix,
                 a.audience
             ),

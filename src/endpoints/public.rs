@@ -151,8 +151,7 @@ fn app_hosts(state: &State) -> String {
         .config
         .apps
         .iter()
-        .filter_map(|a| a.host.as_deref())
-        .map(|h| format!("{scheme}://{h}{port}/"))
+        .map(|a| format!("{scheme}://{}{port}/", a.host))
         .collect();
     hosts.dedup();
     hosts.join(", ")

@@ -255,17 +255,20 @@ impl State {
         self.config.public_url.host_str() == Some(host)
     }
 
-    /// The app that serves `host` and `path`: an exact `host` beats a wildcard one, which beats
-    /// none; then the longest prefix. castellan's own host serves no app.
+    /// The app that serves `host` and `path`: an exact `host` beats a wildcard one; then the
+    /// longest prefix. castellan's own host serves no app, even one a wildcard names.
     pub fn match_app(&self, host: &str, path: &str) -> Option<&App> {
         if self.is_console_host(host) {
             return None;
         }
-        let rank = |a: &App| match &a.host {
-            None => Some(0),
-            Some(h) if h == host => Some(2),
-            Some(_) if a.serves_host(host) => Some(1),
-            _ => None,
+        let rank = |a: &App| {
+            if a.host == host {
+                Some(1)
+            } else if a.serves_host(host) {
+                Some(0)
+            } else {
+                None
+            }
         };
         self.config
             .apps

@@ -368,7 +368,7 @@ async fn http_answer(
         });
     let ours = asked.filter(|h| {
         public.host_str() == Some(h.as_str())
-            || state.config.apps.iter().any(|a| a.host.as_deref() == Some(h.as_str()))
+            || state.config.apps.iter().any(|a| a.host == *h)
             || matches!(&state.config.tls, Some(t) if matches!(&t.certificates, crate::config::Certificates::Acme(a) if a.domains.contains(h)))
     });
     let host = ours.unwrap_or_else(|| public.host_str().unwrap_or("localhost").to_string());

@@ -328,7 +328,7 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
     let app = Arc::new(App {
         id: "remote".into(),
         upstream: Url::parse(&origin)?,
-        host: remote.host_str().map(str::to_string),
+        host: remote.host_str().unwrap_or_default().to_string(),
         path_prefix: "/".into(),
         audience: String::new(),
         identity_headers: IdentityHeaders::Castellan,
