@@ -74,8 +74,13 @@ fn library() -> Vec<(String, PathBuf)> {
         .collect()
 }
 
-/// The file's lines with `#[cfg(test)]` items blanked out, numbered from 1.
+/// The file's lines with `#[cfg(test)]` items blanked out, numbered from 1. A `tests.rs`
+/// file is a unit-test module (its parent declares it `#[cfg(test)] mod tests;`, which
+/// `unit_test_files_are_compiled_only_for_tests` checks), so none of it is shipped code.
 fn code_lines(path: &Path) -> Vec<(usize, String)> {
+    if path.file_name().is_some_and(|n| n == "tests.rs") {
+        return Vec::new();
+    }
     let text = std::fs::read_to_string(path).unwrap();
     let mut out = Vec::new();
     let mut skipping = false;
@@ -394,6 +399,29 @@ fn one_decision_and_one_guard() {
                     line.trim()
                 ));
             }
+        }
+    }
+    assert!(broken.is_empty(), "{}", broken.join("\n"));
+}
+
+#[test]
+fn unit_test_files_are_compiled_only_for_tests() {
+    // The walls skip `tests.rs` files, so each must really be test-only code.
+    let mut files = Vec::new();
+    rust_files(&src(), &mut files);
+    let mut broken = Vec::new();
+    for path in files.iter().filter(|p| p.file_name().is_some_and(|n| n == "tests.rs")) {
+        let parent = path.parent().unwrap();
+        let declared = ["mod.rs", "lib.rs"]
+            .iter()
+            .map(|f| parent.join(f))
+            .filter_map(|f| std::fs::read_to_string(f).ok())
+            .any(|text| text.contains("#[cfg(test)]\nmod tests;"));
+        if !declared {
+            broken.push(format!(
+                "{}: declare it as `#[cfg(test)]\nmod tests;` in its folder's mod.rs",
+                rel(path)
+            ));
         }
     }
     assert!(broken.is_empty(), "{}", broken.join("\n"));
