@@ -410,7 +410,10 @@ fn unit_test_files_are_compiled_only_for_tests() {
     let mut files = Vec::new();
     rust_files(&src(), &mut files);
     let mut broken = Vec::new();
-    for path in files.iter().filter(|p| p.file_name().is_some_and(|n| n == "tests.rs")) {
+    for path in files
+        .iter()
+        .filter(|p| p.file_name().is_some_and(|n| n == "tests.rs"))
+    {
         let parent = path.parent().unwrap();
         let declared = ["mod.rs", "lib.rs"]
             .iter()

@@ -3,7 +3,8 @@
 //! Most of them live only on castellan's own host (`public_url`'s), an origin no app shares, so an
 //! app's script can neither read nor drive them: sign-in ([`sign_in`], [`second_factor`],
 //! [`passkey`]), sign-out, the account page ([`account`]), access requests, and the command
-//! line's approval ([`cli_auth`]). On an app's host castellan answers only what belongs there: the
+//! line's approval ([`cli_auth`]), and the providers' back-channel logout
+//! ([`backchannel_logout`]). On an app's host castellan answers only what belongs there: the
 //! start of a sign-in (which binds it to the browser) and the hand-off that ends it
 //! ([`handoff`]), forward-auth ([`forward_auth`]), the token endpoint ([`token`]) and the public
 //! endpoints ([`public`]). Which path goes where is decided in `server::routes`.
@@ -12,6 +13,7 @@
 
 pub mod access_request;
 pub mod account;
+pub mod backchannel_logout;
 pub mod cli_auth;
 pub mod forward_auth;
 pub mod handoff;

@@ -385,7 +385,7 @@ async fn sign_in(
         NewSession {
             identity: Identity::local(&stored.email),
             auth_time: None,
-            id_token: None,
+            provider_session: None,
         },
         &return_to,
     )

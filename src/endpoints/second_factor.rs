@@ -153,7 +153,7 @@ pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Ans
         NewSession {
             identity: Identity::local(&email),
             auth_time: None,
-            id_token: None,
+            provider_session: None,
         },
         &pending.return_to,
     )

@@ -333,7 +333,10 @@ pub async fn callback(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> 
         NewSession {
             identity: signed_in.identity,
             auth_time: signed_in.auth_time,
-            id_token: Some(signed_in.id_token),
+            provider_session: Some(ProviderSession {
+                id_token: signed_in.id_token,
+                sid: signed_in.sid.unwrap_or_default(),
+            }),
         },
         &flow.return_to,
     )
@@ -345,8 +348,16 @@ pub struct NewSession {
     pub identity: Identity,
     /// When the provider authenticated them, if it says (else: now).
     pub auth_time: Option<i64>,
-    /// The provider's ID token, for its logout.
-    pub id_token: Option<String>,
+    /// The OpenID Connect provider's side of the sign-in (None for local accounts).
+    pub provider_session: Option<ProviderSession>,
+}
+
+/// What an OpenID Connect sign-in keeps of the provider's session: its ID token (sent back as
+/// `id_token_hint` at sign-out) and its session id (`sid`, '' when it sends none), which the
+/// provider's back-channel logout names.
+pub struct ProviderSession {
+    pub id_token: String,
+    pub sid: String,
 }
 
 /// Creates a new session (never reusing an id the browser brought: no fixation) and sends the
@@ -391,10 +402,10 @@ pub async fn start_session(
         )
         .await
         .map_err(|e| Failure::internal("creating the session", &e))?;
-    if let Some(t) = &new.id_token {
+    if let Some(p) = &new.provider_session {
         state
             .store
-            .set_session_id_token(&crypto::digest(&id), t)
+            .set_provider_session(&crypto::digest(&id), &p.id_token, &p.sid)
             .await
             .map_err(|e| Failure::internal("creating the session", &e))?;
     }
@@ -555,7 +566,7 @@ pub async fn local(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Answ
         NewSession {
             identity: Identity::local(&email),
             auth_time: None,
-            id_token: None,
+            provider_session: None,
         },
         &return_to,
     )

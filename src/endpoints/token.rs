@@ -177,6 +177,12 @@ async fn cli_code(state: &State, ctx: &mut Ctx, form: &[(String, String)]) -> An
         )
         .await
         .map_err(|e| Failure::internal("creating the command-line session", &e))?;
+    // The provider's back-channel logout of the browser's sign-in ends this one too.
+    state
+        .store
+        .inherit_provider_session(&crate::crypto::digest(&refresh), &browser_session)
+        .await
+        .map_err(|e| Failure::internal("creating the command-line session", &e))?;
     ctx.set_user(&session.identity.email);
     ctx.mark(Outcome::CliSignedIn, Why::None);
     Ok(web::json(

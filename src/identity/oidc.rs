@@ -17,6 +17,8 @@ use url::Url;
 use crate::config;
 use crate::policy::Identity;
 
+pub mod logout;
+
 /// How often a token with an unknown `kid` may trigger a JWKS download: short enough that a
 /// provider's key rotation is picked up at once, long enough that forged `kid`s cannot make
 /// castellan hammer the provider.
@@ -97,6 +99,8 @@ pub struct SignedIn {
     pub auth_time: Option<i64>,
     /// The raw ID token, kept for `id_token_hint` at sign-out.
     pub id_token: String,
+    /// The provider's session id (`sid`), which its back-channel logout names.
+    pub sid: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +125,7 @@ struct IdClaims {
     nonce: Option<String>,
     email: Option<String>,
     email_verified: Option<serde_json::Value>,
+    sid: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -399,6 +404,7 @@ impl Client {
             identity: self.identity(email.to_ascii_lowercase(), claims.sub, groups, claims.hd),
             auth_time: claims.auth_time,
             id_token,
+            sid: claims.sid.filter(|s| !s.is_empty() && s.len() <= 256),
         })
     }
 

@@ -31,12 +31,33 @@ pub struct UpstreamErrorLabels {
     pub kind: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct EndedLabels {
+    pub by: &'static str,
+}
+
+/// What ended sign-ins from outside castellan (the `by` label of `castellan_sign_ins_ended`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EndedBy {
+    /// The provider's OpenID Connect back-channel logout.
+    BackChannelLogout,
+}
+
+impl EndedBy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            EndedBy::BackChannelLogout => "back-channel-logout",
+        }
+    }
+}
+
 pub struct Metrics {
     registry: Registry,
     pub requests: Family<RequestLabels, Counter>,
     pub latency: Family<AppLabel, Histogram, fn() -> Histogram>,
     pub sign_ins: Family<SignInLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
+    pub sign_ins_ended: Family<EndedLabels, Counter>,
     pub audit_dropped: Counter,
     pub audit_spooled: Gauge,
     pub audit_set_aside: Gauge,
@@ -76,6 +97,12 @@ impl Metrics {
             "Failed upstream requests by app and kind (connect, timeout, protocol)",
             upstream_errors.clone(),
         );
+        let sign_ins_ended = Family::<EndedLabels, Counter>::default();
+        registry.register(
+            "sign_ins_ended",
+            "Sign-ins ended from outside castellan (with the sessions handed off from them), by what ended them",
+            sign_ins_ended.clone(),
+        );
         let audit_dropped = Counter::default();
         registry.register(
             "audit_dropped",
@@ -103,6 +130,7 @@ impl Metrics {
             latency,
             sign_ins,
             upstream_errors,
+            sign_ins_ended,
         }
     }
 
@@ -112,6 +140,12 @@ impl Metrics {
         prometheus_client::encoding::text::encode(&mut out, &self.registry)
             .expect("writing to a String cannot fail");
         out
+    }
+
+    pub fn sign_ins_ended(&self, by: EndedBy, n: u64) {
+        self.sign_ins_ended
+            .get_or_create(&EndedLabels { by: by.as_str() })
+            .inc_by(n);
     }
 
     pub fn sign_in(&self, provider: &str, result: &'static str) {

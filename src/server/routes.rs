@@ -6,8 +6,8 @@
 //! - a path under `/.castellan/` is castellan's own, on every host, never proxied (decided on the
 //!   normalised path, so `/%2ecastellan/…` is castellan's too). On castellan's own host
 //!   (`public_url`'s) every page is there; on an app's host only those that belong there (sign-in
-//!   start, hand-off, forward-auth, tokens, public keys, health, whoami), and a browser asking
-//!   for another is sent to castellan's own host;
+//!   start, hand-off, forward-auth, tokens, back-channel logout, public keys, health, whoami),
+//!   and a browser asking for another is sent to castellan's own host;
 //! - anything else on castellan's own host is its home page, never an app;
 //! - anything else on an app's host goes through the gate to the app.
 
@@ -20,8 +20,8 @@ use hyper::body::Incoming;
 
 use crate::admin::{api, console};
 use crate::endpoints::{
-    access_request, account, cli_auth, forward_auth, handoff, passkey, public, second_factor,
-    sign_in, sign_out, token,
+    access_request, account, backchannel_logout, cli_auth, forward_auth, handoff, passkey, public,
+    second_factor, sign_in, sign_out, token,
 };
 use crate::runtime::State;
 use crate::runtime::metrics::{AppLabel, RequestLabels};
@@ -153,6 +153,11 @@ async fn own(
         "/.castellan/token" if method == Method::POST => {
             return token::handle(state, ctx, req).await;
         }
+        // From the provider, server to server: whatever name it reaches castellan by.
+        backchannel_logout::PATH if method == Method::POST => {
+            return backchannel_logout::post(state, ctx, req).await;
+        }
+        backchannel_logout::PATH => return Err(Failure::method_not_allowed("POST")),
         _ => {}
     }
     if !state.is_console_host(host) {

@@ -195,7 +195,7 @@ impl Store {
     }
 
     /// Deletes the sessions `ids` and every session handed off from them, at any depth.
-    async fn delete_with_descendants(
+    pub(super) async fn delete_with_descendants(
         tx: &mut sqlx::Transaction<'_, sqlx::Any>,
         ids: &[String],
     ) -> Result<u64> {
@@ -380,7 +380,11 @@ impl Store {
             .bind(now - flow_lifetime.as_secs() as i64)
             .execute(&self.pool)
             .await?;
-        Ok(a.rows_affected() + b.rows_affected() + c.rows_affected())
+        let d = sqlx::query("DELETE FROM used_tokens WHERE expires_at <= $1")
+            .bind(now)
+            .execute(&self.pool)
+            .await?;
+        Ok(a.rows_affected() + b.rows_affected() + c.rows_affected() + d.rows_affected())
     }
 
     /// Records a one-time code for the command line, tied to the browser session that approved it.
@@ -398,29 +402,6 @@ impl Store {
             .execute(&self.pool)
             .await?;
         Ok(())
-    }
-
-    /// Removes and returns (session digest, challenge, created) for a code: single use.
-    /// Keeps the provider's ID token with an OpenID Connect session, for sign-out.
-    pub async fn set_session_id_token(&self, id_digest: &str, id_token: &str) -> Result<()> {
-        sqlx::query("UPDATE sessions SET id_token = $1 WHERE id_digest = $2")
-            .bind(id_token)
-            .bind(id_digest)
-            .execute(&self.pool)
-            .await?;
-        Ok(())
-    }
-
-    /// The provider and ID token of a session (for RP-initiated logout).
-    pub async fn session_provider_token(
-        &self,
-        id_digest: &str,
-    ) -> Result<Option<(String, String)>> {
-        let row = sqlx::query("SELECT provider, id_token FROM sessions WHERE id_digest = $1")
-            .bind(id_digest)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| (r.get(0), r.get(1))))
     }
 
     /// A one-time code that hands the public host's session `session_digest` to `host`, for the

@@ -34,6 +34,8 @@ pub enum Outcome {
     TokenIssued,
     CliSignedIn,
     CliApproved,
+    /// The provider said a person's sign-in there ended (back-channel logout).
+    ProviderLoggedOut,
 }
 
 impl Outcome {
@@ -57,6 +59,7 @@ impl Outcome {
             Outcome::TokenIssued => "token-issued",
             Outcome::CliSignedIn => "cli-signed-in",
             Outcome::CliApproved => "cli-approved",
+            Outcome::ProviderLoggedOut => "provider-logged-out",
         }
     }
 }

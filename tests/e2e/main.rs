@@ -11,6 +11,7 @@ mod deploy;
 mod faults;
 mod forward_auth;
 mod google;
+mod lifecycle;
 mod local;
 mod oidc;
 mod policy;

@@ -260,60 +260,6 @@ async fn a_handoff_link_from_another_browser_signs_nobody_in() {
     assert_ne!(replay.status, 302, "{}", replay.body);
 }
 
-/// A command-line sign-in of `b`'s person by hand, as `castellan login` does it: the approval
-/// page, the code for the loopback port, the code for a refresh token.
-async fn cli_refresh_token(b: &mut Browser, c: &Castellan) -> String {
-    let verifier = castellan::crypto::random_token(32);
-    let challenge = castellan::crypto::pkce_challenge(&verifier);
-    let page = b
-        .get(&c.console(&format!(
-            "/.castellan/cli/authorize?port=45678&state=st&code_challenge={challenge}"
-        )))
-        .await;
-    assert_eq!(page.status, 200, "{}", page.body);
-    let approve = b
-        .request(
-            "POST",
-            &c.console("/.castellan/cli/authorize"),
-            &[],
-            Some(&[
-                ("csrf", &page.input("csrf").unwrap()),
-                ("port", "45678"),
-                ("state", "st"),
-                ("code_challenge", &challenge),
-            ]),
-        )
-        .await;
-    let callback = url::Url::parse(approve.location().unwrap()).unwrap();
-    let code = callback
-        .query_pairs()
-        .find(|(k, _)| k == "code")
-        .unwrap()
-        .1
-        .to_string();
-    let (status, v) = token_grant(
-        c,
-        &[
-            ("grant_type", "authorization_code"),
-            ("code", &code),
-            ("code_verifier", &verifier),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-    v["refresh_token"].as_str().unwrap().to_string()
-}
-
-async fn token_grant(c: &Castellan, form: &[(&str, &str)]) -> (u16, Value) {
-    let r = reqwest::Client::new()
-        .post(c.url("/.castellan/token"))
-        .form(form)
-        .send()
-        .await
-        .unwrap();
-    (r.status().as_u16(), r.json().await.unwrap())
-}
-
 /// An access token for `audience` from a new command-line sign-in of `b`'s person.
 async fn cli_access_token(b: &mut Browser, c: &Castellan, audience: &str) -> String {
     let refresh = cli_refresh_token(b, c).await;

@@ -595,7 +595,7 @@ impl Drop for Database {
     }
 }
 
-fn rand_suffix() -> String {
+pub fn rand_suffix() -> String {
     use std::hash::{BuildHasher, Hasher};
     let mut h = std::collections::hash_map::RandomState::new().build_hasher();
     h.write_u128(
@@ -1278,4 +1278,58 @@ pub async fn run_browser_script(script: &str, args: Vec<String>) -> serde_json::
     );
     serde_json::from_str(stdout.lines().last().unwrap_or("{}"))
         .unwrap_or_else(|e| panic!("{script} printed no JSON ({e}): {stdout}"))
+}
+
+/// A command-line sign-in of `b`'s person by hand, as `castellan login` does it: the approval
+/// page, the code for the loopback port, the code for a refresh token.
+pub async fn cli_refresh_token(b: &mut Browser, c: &Castellan) -> String {
+    let verifier = castellan::crypto::random_token(32);
+    let challenge = castellan::crypto::pkce_challenge(&verifier);
+    let page = b
+        .get(&c.console(&format!(
+            "/.castellan/cli/authorize?port=45678&state=st&code_challenge={challenge}"
+        )))
+        .await;
+    assert_eq!(page.status, 200, "{}", page.body);
+    let approve = b
+        .request(
+            "POST",
+            &c.console("/.castellan/cli/authorize"),
+            &[],
+            Some(&[
+                ("csrf", &page.input("csrf").unwrap()),
+                ("port", "45678"),
+                ("state", "st"),
+                ("code_challenge", &challenge),
+            ]),
+        )
+        .await;
+    let callback = url::Url::parse(approve.location().unwrap()).unwrap();
+    let code = callback
+        .query_pairs()
+        .find(|(k, _)| k == "code")
+        .unwrap()
+        .1
+        .to_string();
+    let (status, v) = token_grant(
+        c,
+        &[
+            ("grant_type", "authorization_code"),
+            ("code", &code),
+            ("code_verifier", &verifier),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    v["refresh_token"].as_str().unwrap().to_string()
+}
+
+pub async fn token_grant(c: &Castellan, form: &[(&str, &str)]) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .post(c.url("/.castellan/token"))
+        .form(form)
+        .send()
+        .await
+        .unwrap();
+    (r.status().as_u16(), r.json().await.unwrap())
 }

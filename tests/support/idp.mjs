@@ -118,6 +118,9 @@ const clients = [
     client_secret: env.CASTELLAN_CLIENT_SECRET || 'castellan-secret',
     redirect_uris: [env.CASTELLAN_REDIRECT_URI || 'http://127.0.0.1:8080/.castellan/callback'],
     post_logout_redirect_uris: ['/', '/.castellan/signed_out'].map((p) => new URL(p, env.CASTELLAN_REDIRECT_URI || 'http://127.0.0.1:8080/').href),
+    // OpenID Connect Back-Channel Logout: where the provider posts logout tokens, with `sid`.
+    backchannel_logout_uri: new URL('/.castellan/backchannel_logout', env.CASTELLAN_REDIRECT_URI || 'http://127.0.0.1:8080/').href,
+    backchannel_logout_session_required: true,
     response_types: ['code'],
     grant_types: ['authorization_code', 'refresh_token'],
     token_endpoint_auth_method: env.CASTELLAN_TOKEN_AUTH || 'client_secret_basic',
@@ -143,10 +146,14 @@ const configuration = {
   features: {
     devInteractions: { enabled: false }, // we serve /interaction/:uid ourselves below
     rpInitiatedLogout: { enabled: true },
+    backchannelLogout: { enabled: true },
     introspection: { enabled: true },
     revocation: { enabled: true },
   },
   interactions: { url: (_ctx, interaction) => `/interaction/${interaction.uid}` },
+  // oidc-provider refuses to fetch special-use addresses (its SSRF guard), loopback included;
+  // castellan's back-channel logout endpoint is on loopback here, so this test provider drops it.
+  fetch: (url, options) => { delete options.dispatcher; return fetch(url, options); },
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
   ttl: {
     AccessToken: 3600, AuthorizationCode: 600, IdToken: 3600, Interaction: 3600,
@@ -165,9 +172,10 @@ const configuration = {
 };
 
 const provider = new Provider(ISSUER, configuration);
-for (const ev of ['server_error', 'authorization.error', 'grant.error', 'userinfo.error', 'end_session.error', 'introspection.error', 'revocation.error']) {
-  provider.on(ev, (_ctx, err) => console.error(`idp: ${ev}: ${err.message}${err.error_description ? ` (${err.error_description})` : ''}`));
+for (const ev of ['server_error', 'authorization.error', 'grant.error', 'userinfo.error', 'end_session.error', 'introspection.error', 'revocation.error', 'backchannel.error']) {
+  provider.on(ev, (_ctx, err) => console.error(`idp: ${ev}: ${err.message}${err.cause ? ` (cause: ${err.cause.code || err.cause.message})` : ''}${err.error_description ? ` (${err.error_description})` : ''}`));
 }
+provider.on('backchannel.success', (_ctx, client, accountId, sid) => console.log(`idp: back-channel logout of ${accountId} (sid ${sid}) sent to ${client.clientId}`));
 
 // ---- our login / consent pages ---------------------------------------------------
 const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&lt;', '>': '&gt;', '"': '&quot;', "'": '&#39;' }[c]));
