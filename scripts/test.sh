@@ -21,10 +21,10 @@ cargo test --locked --bench decision
 cargo test --locked --bench propagation
 cargo test --locked --bench connections
 cargo test --locked --bench peers
-# Each fuzz target for a few seconds, so they keep building and the seeds keep passing
-# (long runs: scripts/fuzz.sh 600).
+# Each fuzz target for a few seconds, so they keep building and the seeds keep passing; built
+# without optimisation, which halves the build (long runs: scripts/fuzz.sh 600).
 stage "fuzzing smoke"
-scripts/fuzz.sh "${FUZZ_SECONDS:-10}"
+scripts/fuzz.sh --dev "${FUZZ_SECONDS:-10}"
 stage "unit and end-to-end tests"
 # The e2e tests mostly wait on processes and sockets; four at a time suits two cores.
 cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
