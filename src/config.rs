@@ -47,6 +47,9 @@ pub struct Config {
     /// administrator where no command line can reach the store (Cloud Run).
     pub admins: Vec<crate::policy::Member>,
     pub providers: Vec<Provider>,
+    /// Where `group:` memberships come from besides castellan's own groups and the providers'
+    /// claims: directories asked about each signed-in person.
+    pub directories: Vec<Directory>,
     pub apps: Vec<App>,
     /// HTTPS on `listen`, with certificates from files or ACME.
     pub tls: Option<Tls>,
@@ -189,6 +192,30 @@ impl fmt::Display for StoreLocation {
         }
     }
 }
+
+/// A directory castellan asks which groups a person is in (transitively), on sign-in and every
+/// `refresh`; its answers count for `grace` when it cannot be reached.
+#[derive(Debug, Clone)]
+pub struct Directory {
+    pub id: String,
+    pub kind: DirectoryKind,
+    pub refresh: Duration,
+    pub grace: Duration,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DirectoryKind {
+    /// Google Workspace / Cloud Identity groups, through the Cloud Identity Groups API.
+    Google {
+        /// A service account's JSON key file; None: the metadata server's service account.
+        credentials: Option<PathBuf>,
+        /// The API's base URL (a Private Service Connect endpoint, or a test double).
+        endpoint: String,
+    },
+}
+
+/// Google's Cloud Identity API.
+pub const CLOUD_IDENTITY_URL: &str = "https://cloudidentity.googleapis.com";
 
 /// One OpenID Connect provider.
 #[derive(Clone)]
@@ -526,7 +553,8 @@ struct Reader<'a> {
 
 /// Top-level keys the environment cannot override (lists and tables); with [`ENV_KEYS`], every
 /// top-level key.
-const TABLE_KEYS: &[&str] = &["admins", "providers", "apps", "tls"];
+const TABLE_KEYS: &[&str] = &["admins", "providers", "directories", "apps", "tls"];
+const DIRECTORY_KEYS: &[&str] = &["id", "kind", "credentials", "endpoint", "refresh", "grace"];
 const TLS_KEYS: &[&str] = &["cert", "key", "acme", "http_listen", "hsts"];
 const ACME_KEYS: &[&str] = &["domains", "email", "directory", "ca_root", "challenge"];
 const PROVIDER_KEYS: &[&str] = &[
@@ -669,6 +697,7 @@ impl Reader<'_> {
         }
         let had_providers = t.contains_key("providers");
         let providers = self.providers(&mut t);
+        let directories = self.directories(&mut t, base);
         let forward_auth = match self.string(&mut t, "", "forward_auth").as_deref() {
             None => None,
             Some("nginx") => Some(ForwardAuth::Nginx),
@@ -729,6 +758,7 @@ impl Reader<'_> {
             google_metadata_url,
             admins,
             providers,
+            directories,
             apps,
             tls,
             forward_auth,
@@ -1089,6 +1119,61 @@ impl Reader<'_> {
                     require_verified_email,
                     groups_claim,
                     programmatic_audiences,
+                });
+            }
+        }
+        out
+    }
+
+    fn directories(&mut self, t: &mut toml::Table, base: &Path) -> Vec<Directory> {
+        let mut seen = HashSet::new();
+        let mut out = Vec::new();
+        for (prefix, mut d) in self.tables(t, "directories") {
+            self.unknown_keys(&d, &prefix, DIRECTORY_KEYS);
+            let id = self.required(&mut d, &prefix, "id", "\"google\"");
+            if let Some(id) = &id
+                && (!valid_id(id) || !seen.insert(id.clone()))
+            {
+                self.problem(
+                    format!("{prefix}id"),
+                    format!("`{id}` is not a usable directory id: use lower-case letters, digits and '-', each id once"),
+                );
+            }
+            let kind = match self
+                .required(&mut d, &prefix, "kind", "\"google\"")
+                .as_deref()
+            {
+                None => None,
+                Some("google") => Some(DirectoryKind::Google {
+                    credentials: self
+                        .string(&mut d, &prefix, "credentials")
+                        .map(|p| base.join(p)),
+                    endpoint: self
+                        .string(&mut d, &prefix, "endpoint")
+                        .unwrap_or_else(|| CLOUD_IDENTITY_URL.to_string())
+                        .trim_end_matches('/')
+                        .to_string(),
+                }),
+                Some(other) => {
+                    self.problem(
+                        format!("{prefix}kind"),
+                        format!("`{other}` is not a directory castellan can ask: write \"google\" (Google Workspace / Cloud Identity groups)"),
+                    );
+                    None
+                }
+            };
+            let refresh = self
+                .duration(&mut d, &prefix, "refresh")
+                .unwrap_or(Duration::from_secs(300));
+            let grace = self
+                .duration(&mut d, &prefix, "grace")
+                .unwrap_or(Duration::from_secs(3600));
+            if let (Some(id), Some(kind)) = (id, kind) {
+                out.push(Directory {
+                    id,
+                    kind,
+                    refresh,
+                    grace,
                 });
             }
         }
@@ -1562,6 +1647,37 @@ mod tests {
             "http://localhost:8080/.castellan/callback"
         );
         assert_eq!(c.session_lifetime, Duration::from_secs(86400));
+    }
+
+    #[test]
+    fn directories_get_documented_defaults_and_clear_errors() {
+        let apps = "[[apps]]\nid = \"demo\"\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n";
+        let c = parse(&format!(
+            "[[directories]]\nid = \"google\"\nkind = \"google\"\ncredentials = \"sa.json\"\n{apps}"
+        ))
+        .unwrap();
+        let d = &c.directories[0];
+        assert_eq!(
+            (d.refresh, d.grace),
+            (Duration::from_secs(300), Duration::from_secs(3600))
+        );
+        assert_eq!(
+            d.kind,
+            DirectoryKind::Google {
+                credentials: Some("/etc/castellan/sa.json".into()),
+                endpoint: CLOUD_IDENTITY_URL.into(),
+            }
+        );
+        let problems = parse(&format!(
+            "[[directories]]\nid = \"ms\"\nkind = \"entra\"\nrefersh = \"1m\"\n{apps}"
+        ))
+        .unwrap_err();
+        let text = format!("{problems:?}");
+        assert!(
+            text.contains("is not a directory castellan can ask"),
+            "{text}"
+        );
+        assert!(text.contains("did you mean `refresh`"), "{text}");
     }
 
     #[test]

@@ -381,6 +381,8 @@ pub async fn start_session(
             .delete_session(&crypto::digest(old), &actor)
             .await;
     }
+    // The directories are asked now, so the first request already sees today's groups.
+    state.refresh_directory_groups(&new.identity.email).await;
     let id = crypto::random_token(32);
     let agent = headers
         .get(header::USER_AGENT)

@@ -107,6 +107,47 @@ impl Metadata {
     }
 }
 
+impl Metadata {
+    /// An OAuth access token for `scope` of the instance's service account, and how many seconds
+    /// it lives (`GET …/service-accounts/default/token?scopes=SCOPE`, answered as
+    /// `{"access_token", "expires_in", "token_type"}`).
+    pub async fn access_token(&self, scope: &str) -> Result<(String, i64), String> {
+        let err = |detail: String| {
+            format!(
+                "cannot get an access token for {scope} from the metadata server at {}: {detail}. \
+                 Without a credentials file castellan must run on Google Cloud with a service account; \
+                 elsewhere give the directory a service account key file (credentials)",
+                self.base
+            )
+        };
+        let mut url = url::Url::parse(&format!(
+            "{}/computeMetadata/v1/instance/service-accounts/default/token",
+            self.base
+        ))
+        .map_err(|e| err(format!("the metadata URL is not valid ({e})")))?;
+        url.query_pairs_mut().append_pair("scopes", scope);
+        let resp = self
+            .http
+            .get(url.as_str())
+            .header("Metadata-Flavor", "Google")
+            .send()
+            .await
+            .map_err(|e| err(format!("the request failed ({e})")))?;
+        let status = resp.status();
+        let body: serde_json::Value = resp
+            .json()
+            .await
+            .map_err(|e| err(format!("the answer was not JSON ({e})")))?;
+        match (status.is_success(), body["access_token"].as_str()) {
+            (true, Some(token)) => Ok((
+                token.to_string(),
+                body["expires_in"].as_i64().unwrap_or(300),
+            )),
+            _ => Err(err(format!("it answered {status}: {body}"))),
+        }
+    }
+}
+
 /// The `exp` of a JWT, read without verifying (the token comes from the metadata server).
 fn expiry(jwt: &str) -> Option<i64> {
     let mut parts = jwt.split('.');

@@ -5,6 +5,7 @@
 //! May use: store, config, policy and the leaves.
 
 pub mod assertion;
+pub mod directory;
 pub mod google;
 pub mod local;
 pub mod oidc;

@@ -7,6 +7,7 @@
 //! May use: web, identity, store, policy, config and the leaves.
 
 pub mod audit;
+mod directories;
 pub mod keys;
 pub mod live;
 pub mod metrics;
@@ -22,7 +23,7 @@ use std::time::Duration;
 use crate::config::{App, Config};
 use crate::identity::assertion::Signer;
 use crate::identity::local::Limiter;
-use crate::identity::{google, oidc};
+use crate::identity::{directory, google, oidc};
 use crate::policy::snapshot::Snapshot;
 use crate::store::Store;
 use crate::web::cookies::CookieNames;
@@ -46,6 +47,8 @@ pub enum Error {
     Keys(#[from] crate::identity::assertion::Error),
     #[error("cannot load the TLS certificate: {0}")]
     Tls(String),
+    #[error("{0}")]
+    Directory(String),
 }
 
 /// Everything a request needs, shared by all connections. A configuration reload makes a new
@@ -54,6 +57,8 @@ pub struct State {
     pub config: Config,
     pub store: Store,
     pub providers: Vec<oidc::Client>,
+    /// Where `group:` memberships come from besides castellan's groups and providers' claims.
+    pub directories: Vec<directory::Directory>,
     pub metrics: Arc<Metrics>,
     /// Connections to the apps.
     pub upstream: upstream::Pool,
@@ -66,8 +71,8 @@ pub struct State {
     pub live: Arc<Registry>,
     /// For providers, access-request notifications and upstream health probes.
     pub http: reqwest::Client,
-    /// ID tokens for private upstreams.
-    pub metadata: google::Metadata,
+    /// ID tokens for private upstreams, access tokens for directories.
+    pub metadata: Arc<google::Metadata>,
     /// The certificates served with `[tls]`.
     pub certs: Option<Arc<tls::Certs>>,
     /// Notified on SIGHUP: re-read certificate files.
@@ -215,7 +220,15 @@ impl State {
             .iter()
             .map(|p| oidc::Client::new(p.clone(), config.redirect_uri(), http.clone()))
             .collect();
+        let metadata = Arc::new(google::Metadata::new(&config.google_metadata_url));
+        let directories = config
+            .directories
+            .iter()
+            .map(|d| directory::Directory::new(d.clone(), http.clone(), metadata.clone()))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(|e| Error::Directory(e.to_string()))?;
         let state = Arc::new(State {
+            directories,
             certs,
             reload_signal,
             cookies: CookieNames::new(config.secure_cookies()),
@@ -223,7 +236,7 @@ impl State {
             account_limiter,
             ip_limiter,
             audit,
-            metadata: google::Metadata::new(&config.google_metadata_url),
+            metadata,
             http,
             metrics,
             live,

@@ -31,7 +31,7 @@ pub async fn run(state: Arc<State>, acme: Acme, certs: Arc<Certs>) {
     let mut domains = acme.domains.clone();
     domains.sort();
     let key = domains.join(",");
-    let holder = format!("{}:{}", hostname(), std::process::id());
+    let holder = lease_holder();
     if acme.challenge == AcmeChallenge::TlsAlpn01 {
         tokio::spawn(follow_alpn_challenges(state.clone(), certs.clone()));
     }
@@ -296,10 +296,12 @@ async fn follow_alpn_challenges(state: Arc<State>, certs: Arc<Certs>) {
     }
 }
 
-fn hostname() -> String {
-    std::fs::read_to_string("/proc/sys/kernel/hostname")
+/// This process, as the store's leases name their holder: host name and process id.
+pub fn lease_holder() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
         .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "castellan".into())
+        .unwrap_or_else(|_| "castellan".into());
+    format!("{host}:{}", std::process::id())
 }
 
 /// The plain-HTTP listener beside HTTPS: ACME HTTP-01 answers, and a permanent redirect to HTTPS

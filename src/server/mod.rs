@@ -353,6 +353,29 @@ fn spawn_background(current: Arc<Current>) {
             }
         }
     });
+    let directories = current.clone();
+    tokio::spawn(async move {
+        // One replica at a time asks the directories (the lease outlives two rounds, so another
+        // takes over if this one stops); the others see the answers through the revision.
+        let holder = crate::server::acme::lease_holder();
+        loop {
+            let every = directories
+                .get()
+                .directory_refresh()
+                .unwrap_or(Duration::from_secs(60));
+            tokio::time::sleep(every).await;
+            let state = directories.get();
+            if state.directories.is_empty() {
+                continue;
+            }
+            let lease = (every.as_secs() as i64 * 2).max(10);
+            match state.store.take_lease("directories", &holder, lease).await {
+                Ok(true) => state.refresh_directories().await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot take the directory refresh lease: {e}"),
+            }
+        }
+    });
     tokio::spawn(async move {
         loop {
             let state = current.get();

@@ -157,12 +157,19 @@ impl Store {
     }
 
     /// Every (group, email) membership.
+    /// Every (group, email) membership decisions count: castellan's own groups and what the
+    /// directories last said (within their grace: older answers are removed). The server and
+    /// `castellan check` both build their snapshots from this, so they agree.
     pub async fn memberships(&self) -> Result<Vec<(String, String)>> {
         let rows =
             sqlx::query("SELECT group_name, email FROM group_members ORDER BY group_name, email")
                 .fetch_all(&self.pool)
                 .await?;
-        Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        let mut all: Vec<(String, String)> = rows.iter().map(|r| (r.get(0), r.get(1))).collect();
+        for d in self.directory_groups(None).await? {
+            all.extend(d.groups.into_iter().map(|g| (g, d.email.clone())));
+        }
+        Ok(all)
     }
 }
 

@@ -8,6 +8,7 @@ mod cli;
 mod cli_login;
 mod console;
 mod deploy;
+mod directory;
 mod faults;
 mod forward_auth;
 mod google;

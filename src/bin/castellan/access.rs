@@ -498,6 +498,19 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
     };
     let explanation = snapshot.explain(&args.app, role, who, &cx);
     print!("{}", ops::explain_text(&explanation, &args.app, &email));
+    for d in store.directory_groups(Some(&email)).await? {
+        let groups = if d.groups.is_empty() {
+            "no groups".to_string()
+        } else {
+            d.groups.join(", ")
+        };
+        println!(
+            "{email}'s groups from directory {}: {groups} (as it answered at {}, {} s ago)",
+            d.directory,
+            castellan::web::pages::when(d.fetched_at),
+            castellan::clock::now() - d.fetched_at
+        );
+    }
     Ok(if explanation.decision.allowed() {
         ExitCode::SUCCESS
     } else {
