@@ -941,12 +941,17 @@ impl Reader<'_> {
         let mut out = Vec::new();
         for (i, item) in items.into_iter().enumerate() {
             let text = item.as_str().map(str::to_string).unwrap_or_default();
-            let text = if crate::policy::is_email(&text.to_ascii_lowercase()) {
-                format!("user:{text}")
-            } else {
-                text
-            };
-            match crate::policy::Member::parse(&text) {
+            // A member as policies write it, or a bare email. (A bare email is tried second:
+            // `user:alice@example.com` is itself a valid email address, with `user:alice` as
+            // its local part.)
+            let parsed = crate::policy::Member::parse(&text).or_else(|e| {
+                if crate::policy::is_email(&text.to_ascii_lowercase()) {
+                    crate::policy::Member::parse(&format!("user:{text}"))
+                } else {
+                    Err(e)
+                }
+            });
+            match parsed {
                 Ok(m)
                     if !matches!(
                         m,
@@ -1678,6 +1683,20 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("did you mean `refresh`"), "{text}");
+    }
+
+    #[test]
+    fn admins_are_members_or_bare_emails() {
+        let apps = "[[apps]]\nid = \"demo\"\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n";
+        let c = parse(&format!(
+            "admins = [\"user:Alice@example.com\", \"bob@example.com\", \"group:ops\"]\n{apps}"
+        ))
+        .unwrap();
+        let shown: Vec<String> = c.admins.iter().map(|m| m.to_string()).collect();
+        assert_eq!(
+            shown,
+            ["user:alice@example.com", "user:bob@example.com", "group:ops"]
+        );
     }
 
     #[test]
