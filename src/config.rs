@@ -212,7 +212,36 @@ pub enum DirectoryKind {
         /// The API's base URL (a Private Service Connect endpoint, or a test double).
         endpoint: String,
     },
+    /// Microsoft Entra ID groups, through Microsoft Graph.
+    Microsoft(MicrosoftDirectory),
 }
+
+/// An Entra ID tenant's Graph, asked with an app registration's client credentials.
+#[derive(Clone, PartialEq, Eq)]
+pub struct MicrosoftDirectory {
+    pub tenant: String,
+    pub client_id: String,
+    pub client_secret: String,
+    /// Microsoft Graph's base URL (a national cloud's, or a test double).
+    pub endpoint: String,
+    /// Where tokens come from: `{authority}/{tenant}/oauth2/v2.0/token`.
+    pub authority: String,
+}
+
+impl fmt::Debug for MicrosoftDirectory {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("MicrosoftDirectory")
+            .field("tenant", &self.tenant)
+            .field("client_id", &self.client_id)
+            .field("client_secret", &"<redacted>")
+            .field("endpoint", &self.endpoint)
+            .finish()
+    }
+}
+
+/// Microsoft Graph and the Entra ID token endpoints.
+pub const GRAPH_URL: &str = "https://graph.microsoft.com";
+pub const ENTRA_AUTHORITY: &str = "https://login.microsoftonline.com";
 
 /// Google's Cloud Identity API.
 pub const CLOUD_IDENTITY_URL: &str = "https://cloudidentity.googleapis.com";
@@ -554,7 +583,18 @@ struct Reader<'a> {
 /// Top-level keys the environment cannot override (lists and tables); with [`ENV_KEYS`], every
 /// top-level key.
 const TABLE_KEYS: &[&str] = &["admins", "providers", "directories", "apps", "tls"];
-const DIRECTORY_KEYS: &[&str] = &["id", "kind", "credentials", "endpoint", "refresh", "grace"];
+const DIRECTORY_KEYS: &[&str] = &[
+    "id",
+    "kind",
+    "credentials",
+    "endpoint",
+    "refresh",
+    "grace",
+    "tenant",
+    "client_id",
+    "client_secret",
+    "authority",
+];
 const TLS_KEYS: &[&str] = &["cert", "key", "acme", "http_listen", "hsts"];
 const ACME_KEYS: &[&str] = &["domains", "email", "directory", "ca_root", "challenge"];
 const PROVIDER_KEYS: &[&str] = &[
@@ -1159,10 +1199,46 @@ impl Reader<'_> {
                         .trim_end_matches('/')
                         .to_string(),
                 }),
+                Some("microsoft") => {
+                    let tenant =
+                        self.required(&mut d, &prefix, "tenant", "\"contoso.onmicrosoft.com\"");
+                    let client_id = self.required(
+                        &mut d,
+                        &prefix,
+                        "client_id",
+                        "\"00000000-0000-0000-0000-000000000000\"",
+                    );
+                    let client_secret = self.required(
+                        &mut d,
+                        &prefix,
+                        "client_secret",
+                        "\"${GRAPH_CLIENT_SECRET}\"",
+                    );
+                    let mut url = |key: &str, default: &str| {
+                        self.string(&mut d, &prefix, key)
+                            .unwrap_or_else(|| default.to_string())
+                            .trim_end_matches('/')
+                            .to_string()
+                    };
+                    let endpoint = url("endpoint", GRAPH_URL);
+                    let authority = url("authority", ENTRA_AUTHORITY);
+                    match (tenant, client_id, client_secret) {
+                        (Some(tenant), Some(client_id), Some(client_secret)) => {
+                            Some(DirectoryKind::Microsoft(MicrosoftDirectory {
+                                tenant,
+                                client_id,
+                                client_secret,
+                                endpoint,
+                                authority,
+                            }))
+                        }
+                        _ => None,
+                    }
+                }
                 Some(other) => {
                     self.problem(
                         format!("{prefix}kind"),
-                        format!("`{other}` is not a directory castellan can ask: write \"google\" (Google Workspace / Cloud Identity groups)"),
+                        format!("`{other}` is not a directory castellan can ask: write \"google\" (Google Workspace / Cloud Identity groups) or \"microsoft\" (Entra ID groups, through Microsoft Graph)"),
                     );
                     None
                 }
@@ -1655,6 +1731,24 @@ mod tests {
     }
 
     #[test]
+    fn admins_are_members_or_bare_emails() {
+        let apps = "[[apps]]\nid = \"demo\"\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n";
+        let c = parse(&format!(
+            "admins = [\"user:Alice@example.com\", \"bob@example.com\", \"group:ops\"]\n{apps}"
+        ))
+        .unwrap();
+        let shown: Vec<String> = c.admins.iter().map(|m| m.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "user:alice@example.com",
+                "user:bob@example.com",
+                "group:ops"
+            ]
+        );
+    }
+
+    #[test]
     fn directories_get_documented_defaults_and_clear_errors() {
         let apps = "[[apps]]\nid = \"demo\"\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n";
         let c = parse(&format!(
@@ -1683,20 +1777,6 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("did you mean `refresh`"), "{text}");
-    }
-
-    #[test]
-    fn admins_are_members_or_bare_emails() {
-        let apps = "[[apps]]\nid = \"demo\"\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n";
-        let c = parse(&format!(
-            "admins = [\"user:Alice@example.com\", \"bob@example.com\", \"group:ops\"]\n{apps}"
-        ))
-        .unwrap();
-        let shown: Vec<String> = c.admins.iter().map(|m| m.to_string()).collect();
-        assert_eq!(
-            shown,
-            ["user:alice@example.com", "user:bob@example.com", "group:ops"]
-        );
     }
 
     #[test]

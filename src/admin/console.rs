@@ -234,9 +234,31 @@ pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>, path: 
             render(&page, &admin)
         }
         ["groups"] if admin.global => {
+            let now = crate::clock::now();
+            let directory = state
+                .store
+                .directory_groups(None)
+                .await?
+                .into_iter()
+                .map(|d| DirectoryRow {
+                    groups: if d.groups.is_empty() {
+                        "no groups".into()
+                    } else {
+                        d.groups.join(", ")
+                    },
+                    answered: format!(
+                        "{} ({} s ago)",
+                        crate::web::pages::when(d.fetched_at),
+                        now - d.fetched_at
+                    ),
+                    email: d.email,
+                    directory: d.directory,
+                })
+                .collect();
             let page = GroupsPage {
                 base: base("Groups", "groups"),
                 groups: state.store.groups().await?,
+                directory,
                 csrf: state.csrf_token(&admin.browser),
             };
             render(&page, &admin)

@@ -69,7 +69,16 @@ pub(super) struct ConfirmPage {
 pub(super) struct GroupsPage {
     pub(super) base: Base,
     pub(super) groups: Vec<crate::store::Group>,
+    /// What the directories last said about each signed-in person.
+    pub(super) directory: Vec<DirectoryRow>,
     pub(super) csrf: String,
+}
+
+pub(super) struct DirectoryRow {
+    pub(super) email: String,
+    pub(super) directory: String,
+    pub(super) groups: String,
+    pub(super) answered: String,
 }
 
 #[derive(Template)]

@@ -325,6 +325,18 @@ pub async fn callback(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> 
             ));
         }
     }
+    if signed_in.groups_overage
+        && !state
+            .directories
+            .iter()
+            .any(|d| matches!(d.config.kind, crate::config::DirectoryKind::Microsoft(_)))
+    {
+        tracing::warn!(
+            provider = %client.config.id,
+            user = %crate::web::ctx::log_safe(&signed_in.identity.email),
+            "the ID token leaves the person's groups out (too many to carry: Entra ID's overage), so their group: memberships are unknown; add a [[directories]] kind = \"microsoft\" to ask Microsoft Graph for them"
+        );
+    }
     state.metrics.sign_in(&client.config.id, "ok");
     start_session(
         state,

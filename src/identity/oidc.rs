@@ -101,6 +101,9 @@ pub struct SignedIn {
     pub id_token: String,
     /// The provider's session id (`sid`), which its back-channel logout names.
     pub sid: Option<String>,
+    /// The ID token left the groups out because there are too many (Microsoft Entra ID's
+    /// "overage": `_claim_names` names `groups`); only a directory can tell them.
+    pub groups_overage: bool,
 }
 
 #[derive(Deserialize)]
@@ -405,6 +408,10 @@ impl Client {
             auth_time: claims.auth_time,
             id_token,
             sid: claims.sid.filter(|s| !s.is_empty() && s.len() <= 256),
+            groups_overage: claims
+                .extra
+                .get("_claim_names")
+                .is_some_and(|n| n.get("groups").is_some()),
         })
     }
 

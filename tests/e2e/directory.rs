@@ -60,9 +60,9 @@ impl Drop for Double {
     }
 }
 
-type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
+pub type Body = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
-fn answer(status: u16, body: Value) -> hyper::Response<Body> {
+pub fn answer(status: u16, body: Value) -> hyper::Response<Body> {
     let mut r = hyper::Response::new(Full::new(Bytes::from(body.to_string())).boxed());
     *r.status_mut() = hyper::StatusCode::from_u16(status).unwrap();
     r.headers_mut()
@@ -344,7 +344,7 @@ async fn world(grace: &str, setup_directory: impl FnOnce(&Double)) -> World {
     let (port, origin) = Castellan::reserve();
     let idp = Idp::start(&origin, None).await;
     let top = format!(
-        "[[directories]]\nid = \"google\"\nkind = \"google\"\ncredentials = \"{}\"\nendpoint = \"http://{}\"\nrefresh = \"1s\"\ngrace = \"{grace}\"\n",
+        "admins = [\"user:alice@example.com\"]\n[[directories]]\nid = \"google\"\nkind = \"google\"\ncredentials = \"{}\"\nendpoint = \"http://{}\"\nrefresh = \"1s\"\ngrace = \"{grace}\"\n",
         key_file.display(),
         double.addr
     );
@@ -436,6 +436,19 @@ async fn an_imported_iap_policy_works_for_google_groups_and_follows_the_director
     assert!(
         out.contains("groups from directory google: all@example.com, cafe@example.com, data-team@example.com, eng@example.com"),
         "{out}"
+    );
+
+    // So does the console's Groups page.
+    let mut admin = Browser::new();
+    let page = admin
+        .sign_in_oidc(&w.c.console("/.castellan/admin/groups"), ALICE.0, ALICE.1)
+        .await;
+    assert!(page.body.contains("From directories"), "{}", page.body);
+    assert!(
+        page.body
+            .contains("all@example.com, cafe@example.com, data-team@example.com, eng@example.com"),
+        "{}",
+        page.body
     );
 
     // alice leaves eng: at the next refresh (1 s) she is out, and her open WebSocket closes.

@@ -9,6 +9,7 @@ mod cli_login;
 mod console;
 mod deploy;
 mod directory;
+mod entra;
 mod faults;
 mod forward_auth;
 mod google;

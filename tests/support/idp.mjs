@@ -14,6 +14,9 @@
 //   IDP_USERS                  "email:password,..."      (alice@example.com:alice-password,bob@example.com:bob-password)
 //   IDP_AUTO_CONSENT=1         skip the consent page (grant is created automatically)
 //   IDP_GROUPS                 "email=group|group;email=group" - a `groups` claim (profile scope)
+//   IDP_GROUPS_OVERAGE         "email,email" - for these people the ID token says their groups are too
+//                              many to carry, as Microsoft Entra ID does past 200: `_claim_names` and
+//                              `_claim_sources` pointing at Graph instead of `groups`
 //   IDP_HD                     "email=domain;email=domain" - Google's `hd` claim (email scope)
 //   IDP_CONFORM_ID_TOKEN_CLAIMS=1  oidc-provider's default: in the code flow the
 //                              ID token then carries only sub/acr/...; email must be
@@ -62,6 +65,8 @@ for (const entry of (env.IDP_GROUPS || '').split(';').filter(Boolean)) {
   GROUPS.set(email.trim(), (groups || '').split('|').map((g) => g.trim()).filter(Boolean));
 }
 
+const OVERAGE = new Set((env.IDP_GROUPS_OVERAGE || '').split(',').map((e) => e.trim()).filter(Boolean));
+
 const HD = new Map();
 for (const entry of (env.IDP_HD || '').split(';').filter(Boolean)) {
   const [email, domain] = entry.split('=');
@@ -80,7 +85,10 @@ async function findAccount(_ctx, id) {
         email_verified: true,
         name: u.name,
         preferred_username: u.preferred_username,
-        groups: GROUPS.get(id) || [],
+        ...(OVERAGE.has(id) ? {
+          _claim_names: { groups: 'src1' },
+          _claim_sources: { src1: { endpoint: `https://graph.microsoft.com/v1.0/users/${id}/getMemberObjects` } },
+        } : { groups: GROUPS.get(id) || [] }),
         ...(HD.has(id) ? { hd: HD.get(id) } : {}),
       };
     },
@@ -138,7 +146,7 @@ const configuration = {
   claims: {
     openid: ['sub'],
     email: ['email', 'email_verified', 'hd'],
-    profile: ['name', 'preferred_username', 'groups'],
+    profile: ['name', 'preferred_username', 'groups', '_claim_names', '_claim_sources'],
   },
   scopes: ['openid', 'offline_access', 'email', 'profile'],
   conformIdTokenClaims: env.IDP_CONFORM_ID_TOKEN_CLAIMS === '1',
@@ -165,7 +173,7 @@ const configuration = {
     if (!autoConsent) return undefined;
     const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
     grant.addOIDCScope('openid email profile offline_access');
-    grant.addOIDCClaims(['email', 'email_verified', 'hd', 'name', 'preferred_username', 'groups']);
+    grant.addOIDCClaims(['email', 'email_verified', 'hd', 'name', 'preferred_username', 'groups', '_claim_names', '_claim_sources']);
     await grant.save();
     return grant;
   },
