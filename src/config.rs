@@ -50,6 +50,8 @@ pub struct Config {
     /// Where `group:` memberships come from besides castellan's own groups and the providers'
     /// claims: directories asked about each signed-in person.
     pub directories: Vec<Directory>,
+    /// The bearer token SCIM clients present at `/.castellan/scim/v2/` (None: SCIM is off).
+    pub scim_token: Option<Secret>,
     pub apps: Vec<App>,
     /// HTTPS on `listen`, with certificates from files or ACME.
     pub tls: Option<Tls>,
@@ -242,6 +244,16 @@ impl fmt::Debug for MicrosoftDirectory {
 /// Microsoft Graph and the Entra ID token endpoints.
 pub const GRAPH_URL: &str = "https://graph.microsoft.com";
 pub const ENTRA_AUTHORITY: &str = "https://login.microsoftonline.com";
+
+/// A secret from the configuration: compared, never shown (`Debug` prints `<redacted>`).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
 
 /// Google's Cloud Identity API.
 pub const CLOUD_IDENTITY_URL: &str = "https://cloudidentity.googleapis.com";
@@ -573,6 +585,7 @@ pub const ENV_KEYS: &[&str] = &[
     "access_request_webhook",
     "google_metadata_url",
     "forward_auth",
+    "scim_token",
 ];
 
 struct Reader<'a> {
@@ -738,6 +751,17 @@ impl Reader<'_> {
         let had_providers = t.contains_key("providers");
         let providers = self.providers(&mut t);
         let directories = self.directories(&mut t, base);
+        let scim_token = self.string(&mut t, "", "scim_token").and_then(|token| {
+            if token.len() < 32 {
+                self.problem(
+                    "scim_token",
+                    "a SCIM token needs at least 32 characters: make one with `openssl rand -base64 32` and give the same to the identity provider",
+                );
+                None
+            } else {
+                Some(Secret(token))
+            }
+        });
         let forward_auth = match self.string(&mut t, "", "forward_auth").as_deref() {
             None => None,
             Some("nginx") => Some(ForwardAuth::Nginx),
@@ -799,6 +823,7 @@ impl Reader<'_> {
             admins,
             providers,
             directories,
+            scim_token,
             apps,
             tls,
             forward_auth,

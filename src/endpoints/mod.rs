@@ -3,8 +3,8 @@
 //! Most of them live only on castellan's own host (`public_url`'s), an origin no app shares, so an
 //! app's script can neither read nor drive them: sign-in ([`sign_in`], [`second_factor`],
 //! [`passkey`]), sign-out, the account page ([`account`]), access requests, and the command
-//! line's approval ([`cli_auth`]), and the providers' back-channel logout
-//! ([`backchannel_logout`]). On an app's host castellan answers only what belongs there: the
+//! line's approval ([`cli_auth`]), the providers' back-channel logout
+//! ([`backchannel_logout`]) and SCIM provisioning ([`scim`]). On an app's host castellan answers only what belongs there: the
 //! start of a sign-in (which binds it to the browser) and the hand-off that ends it
 //! ([`handoff`]), forward-auth ([`forward_auth`]), the token endpoint ([`token`]) and the public
 //! endpoints ([`public`]). Which path goes where is decided in `server::routes`.
@@ -19,6 +19,7 @@ pub mod forward_auth;
 pub mod handoff;
 pub mod passkey;
 pub mod public;
+pub mod scim;
 pub mod second_factor;
 pub mod sign_in;
 pub mod sign_out;

@@ -381,6 +381,21 @@ pub async fn start_session(
     new: NewSession,
     return_to: &str,
 ) -> Answer {
+    // Deactivated over SCIM: no new session, whatever the provider says.
+    if state
+        .store
+        .scim_inactive(&new.identity.email)
+        .await
+        .map_err(|e| Failure::internal("checking the person's provisioning", &e))?
+    {
+        return Err(Failure::sign_in_failed(
+            "Sign-in refused",
+            format!(
+                "{} is deactivated in your organisation's directory. Ask your administrator to reactivate the account.",
+                new.identity.email
+            ),
+        ));
+    }
     let ip = crate::net::ip_text(ctx.client_ip);
     if let Some(old) = web::cookies::cookie(headers, state.cookies.session) {
         let actor = Actor {

@@ -188,6 +188,20 @@ async fn token_credential(
             Failure::invalid_token(format!("tokens from {issuer} are not accepted here"))
         })?;
     match provider.verify_programmatic(token).await {
+        // A provider's token says nothing of SCIM: a person provisioned as inactive is refused
+        // here as at sign-in.
+        Ok((identity, _))
+            if state
+                .store
+                .scim_inactive(&identity.email)
+                .await
+                .map_err(|e| Failure::internal("checking the person's provisioning", &e))? =>
+        {
+            Err(Failure::invalid_token(format!(
+                "{} is deactivated in the organisation's directory (SCIM)",
+                identity.email
+            )))
+        }
         Ok((identity, auth_time)) => Ok(Credential::Token {
             principal: Principal::Person(Arc::new(identity)),
             auth_time,

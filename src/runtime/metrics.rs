@@ -41,12 +41,15 @@ pub struct EndedLabels {
 pub enum EndedBy {
     /// The provider's OpenID Connect back-channel logout.
     BackChannelLogout,
+    /// A SCIM client deactivated or deleted the person (counted per person).
+    Scim,
 }
 
 impl EndedBy {
     pub fn as_str(self) -> &'static str {
         match self {
             EndedBy::BackChannelLogout => "back-channel-logout",
+            EndedBy::Scim => "scim",
         }
     }
 }

@@ -6,7 +6,7 @@
 //! - a path under `/.castellan/` is castellan's own, on every host, never proxied (decided on the
 //!   normalised path, so `/%2ecastellan/…` is castellan's too). On castellan's own host
 //!   (`public_url`'s) every page is there; on an app's host only those that belong there (sign-in
-//!   start, hand-off, forward-auth, tokens, back-channel logout, public keys, health, whoami),
+//!   start, hand-off, forward-auth, tokens, back-channel logout, SCIM, public keys, health, whoami),
 //!   and a browser asking for another is sent to castellan's own host;
 //! - anything else on castellan's own host is its home page, never an app;
 //! - anything else on an app's host goes through the gate to the app.
@@ -21,7 +21,7 @@ use hyper::body::Incoming;
 use crate::admin::{api, console};
 use crate::endpoints::{
     access_request, account, backchannel_logout, cli_auth, forward_auth, handoff, passkey, public,
-    second_factor, sign_in, sign_out, token,
+    scim, second_factor, sign_in, sign_out, token,
 };
 use crate::runtime::State;
 use crate::runtime::metrics::{AppLabel, RequestLabels};
@@ -158,6 +158,9 @@ async fn own(
             return backchannel_logout::post(state, ctx, req).await;
         }
         backchannel_logout::PATH => return Err(Failure::method_not_allowed("POST")),
+        _ if path == scim::PREFIX || path.starts_with("/.castellan/scim/v2/") => {
+            return Box::pin(scim::handle(state, ctx, req, path)).await;
+        }
         _ => {}
     }
     if !state.is_console_host(host) {

@@ -157,8 +157,8 @@ impl Store {
     }
 
     /// Every (group, email) membership.
-    /// Every (group, email) membership decisions count: castellan's own groups and what the
-    /// directories last said (within their grace: older answers are removed). The server and
+    /// Every (group, email) membership decisions count: castellan's own groups, the groups a
+    /// provider provisions over SCIM (active people only), and what the directories last said (within their grace: older answers are removed). The server and
     /// `castellan check` both build their snapshots from this, so they agree.
     pub async fn memberships(&self) -> Result<Vec<(String, String)>> {
         let rows =
@@ -169,6 +169,7 @@ impl Store {
         for d in self.directory_groups(None).await? {
             all.extend(d.groups.into_iter().map(|g| (g, d.email.clone())));
         }
+        all.extend(self.scim_memberships().await?);
         Ok(all)
     }
 }

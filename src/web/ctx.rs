@@ -36,6 +36,8 @@ pub enum Outcome {
     CliApproved,
     /// The provider said a person's sign-in there ended (back-channel logout).
     ProviderLoggedOut,
+    /// A SCIM client created, changed or removed a person or group.
+    Provisioned,
 }
 
 impl Outcome {
@@ -60,6 +62,7 @@ impl Outcome {
             Outcome::CliSignedIn => "cli-signed-in",
             Outcome::CliApproved => "cli-approved",
             Outcome::ProviderLoggedOut => "provider-logged-out",
+            Outcome::Provisioned => "provisioned",
         }
     }
 }

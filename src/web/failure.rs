@@ -40,6 +40,8 @@ struct Parts {
     page: Option<String>,
     cookies: Vec<HeaderValue>,
     oauth: bool,
+    /// Answered in SCIM's error shape (RFC 7644 §3.12), with this `scimType` if any.
+    scim: Option<Option<&'static str>>,
     allow: Option<&'static str>,
 }
 
@@ -77,6 +79,7 @@ impl Failure {
             page: None,
             cookies: Vec::new(),
             oauth: false,
+            scim: None,
             allow: None,
         }))
     }
@@ -447,6 +450,26 @@ impl Failure {
         &self.0.message
     }
 
+    /// A request body larger than castellan takes (413).
+    pub fn too_large(message: impl Into<String>) -> Failure {
+        Failure::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "too_large",
+            "Request too large",
+            message,
+            Outcome::BadRequest,
+            Why::None,
+        )
+    }
+
+    /// The same failure in SCIM's error shape (RFC 7644 §3.12):
+    /// `{"schemas": [Error], "status": "409", "scimType": "uniqueness", "detail": "…"}`, always
+    /// JSON (`application/scim+json`): SCIM clients are programs.
+    pub fn scim(mut self, scim_type: Option<&'static str>) -> Failure {
+        self.0.scim = Some(scim_type);
+        self
+    }
+
     /// The response, recorded in `ctx` (outcome, reason, reference).
     pub fn respond(self, ctx: &mut Ctx) -> Response<Body> {
         ctx.mark(self.0.outcome, self.0.why);
@@ -465,6 +488,28 @@ impl Failure {
 
     fn render(self, navigation: bool, reference: &str) -> Response<Body> {
         let reference = reference.to_string();
+        if let Some(scim_type) = self.0.scim {
+            let mut body = json!({
+                "schemas": ["urn:ietf:params:scim:api:messages:2.0:Error"],
+                "status": self.0.status.as_u16().to_string(),
+                "detail": self.0.message,
+            });
+            if let Some(t) = scim_type {
+                body["scimType"] = json!(t);
+            }
+            let mut resp = super::json(self.0.status, &body);
+            resp.headers_mut().insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/scim+json"),
+            );
+            if self.0.challenge.is_some() {
+                resp.headers_mut().insert(
+                    header::WWW_AUTHENTICATE,
+                    HeaderValue::from_static("Bearer realm=\"castellan\""),
+                );
+            }
+            return resp;
+        }
         let mut resp = match (navigation, self.0.redirect, self.0.page) {
             (true, Some(location), _) => super::redirect(&location),
             (true, None, Some(page)) => super::html(self.0.status, page),

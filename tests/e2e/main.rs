@@ -22,5 +22,6 @@ mod proxy;
 mod reload;
 mod replicas;
 mod review;
+mod scim;
 mod support;
 mod tls;

@@ -330,3 +330,72 @@ async fn a_long_outage_fails_closed_with_clear_errors_and_recovers_by_itself() {
     );
     drop(c);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scim_deactivation_through_one_replica_closes_a_websocket_on_the_other() {
+    let echo = Echo::start().await;
+    let db = Database::create(&shared_postgres()).await;
+    let token = "scim-replica-token-0123456789abcdefghijkl";
+    let top = format!("scim_token = \"{token}\"");
+    let start = || {
+        let mut setup = Setup::new(echo.addr);
+        setup.store = Some(db.url.clone());
+        setup.top = &top;
+        Castellan::start(setup)
+    };
+    let a = start().await;
+    let b = start().await;
+    a.add_user("carol@example.com", "carol's long password");
+    a.grant("demo", "group:engineering");
+    let scim = |method: &str, path: &str, body: serde_json::Value| {
+        reqwest::Client::new()
+            .request(
+                method.parse().unwrap(),
+                a.console(&format!("/.castellan/scim/v2{path}")),
+            )
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let user: serde_json::Value = scim(
+        "POST",
+        "/Users",
+        serde_json::json!({"userName": "carol@example.com"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = user["id"].as_str().unwrap().to_string();
+    let r = scim(
+        "POST",
+        "/Groups",
+        serde_json::json!({"displayName": "engineering", "members": [{"value": id}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 201);
+
+    let mut carol = signed_in(&b, "carol@example.com", "carol's long password").await;
+    until_status(&mut carol, &b, 200).await;
+    let cookie = format!(
+        "castellan_session={}",
+        carol.cookie(&b.origin, "castellan_session").unwrap()
+    );
+    let mut ws = upgrade(&b, &cookie).await;
+    let r = scim(
+        "PATCH",
+        &format!("/Users/{id}"),
+        serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let closed = closed_within(&mut ws, Duration::from_secs(1)).await;
+    eprintln!("a SCIM deactivation on A closed the WebSocket on B after {closed:?}");
+    assert_eq!(
+        carol.request("GET", &b.url("/"), &API, None).await.status,
+        401
+    );
+}
