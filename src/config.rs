@@ -273,6 +273,9 @@ pub struct Provider {
     pub groups_claim: Option<String>,
     /// Audiences of this provider's ID tokens that programs may present as bearer tokens.
     pub programmatic_audiences: Vec<String>,
+    /// How often a session's grant is refreshed at the provider (when it granted a refresh
+    /// token: `offline_access` in `scopes`); a refusal ends the session.
+    pub revalidate: Duration,
 }
 
 impl fmt::Debug for Provider {
@@ -620,6 +623,7 @@ const PROVIDER_KEYS: &[&str] = &[
     "require_verified_email",
     "groups_claim",
     "programmatic_audiences",
+    "revalidate",
 ];
 const APP_KEYS: &[&str] = &[
     "id",
@@ -1156,6 +1160,9 @@ impl Reader<'_> {
                 .boolean(&mut p, &prefix, "require_verified_email")
                 .unwrap_or(true);
             let groups_claim = self.string(&mut p, &prefix, "groups_claim");
+            let revalidate = self
+                .duration(&mut p, &prefix, "revalidate")
+                .unwrap_or(Duration::from_secs(300));
             let programmatic_audiences = match p.remove("programmatic_audiences") {
                 None => Vec::new(),
                 Some(Value::Array(items))
@@ -1189,6 +1196,7 @@ impl Reader<'_> {
                     require_verified_email,
                     groups_claim,
                     programmatic_audiences,
+                    revalidate,
                 });
             }
         }

@@ -11,8 +11,12 @@ pub fn random_token(bytes: usize) -> String {
 
 pub fn random_bytes(n: usize) -> Vec<u8> {
     let mut buf = vec![0u8; n];
-    rand::fill(&mut buf).expect("the system random number generator failed");
+    fill_random(&mut buf);
     buf
+}
+
+pub fn fill_random(buf: &mut [u8]) {
+    rand::fill(buf).expect("the system random number generator failed");
 }
 
 /// A short id that ties a page shown to a user to the log line about it.
@@ -35,6 +39,14 @@ pub fn pkce_challenge(verifier: &str) -> String {
 pub fn mac(key: &[u8], message: &str) -> String {
     let key = hmac::Key::new(hmac::HMAC_SHA256, key);
     URL_SAFE_NO_PAD.encode(hmac::sign(&key, message.as_bytes()))
+}
+
+/// HMAC-SHA256 of `message` under `key`: 32 bytes, e.g. a key derived for one purpose.
+pub fn mac_bytes(key: &[u8], message: &[u8]) -> [u8; 32] {
+    let key = hmac::Key::new(hmac::HMAC_SHA256, key);
+    let mut out = [0u8; 32];
+    out.copy_from_slice(hmac::sign(&key, message).as_ref());
+    out
 }
 
 pub fn equal(a: &str, b: &str) -> bool {

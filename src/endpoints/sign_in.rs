@@ -348,6 +348,7 @@ pub async fn callback(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> 
             provider_session: Some(ProviderSession {
                 id_token: signed_in.id_token,
                 sid: signed_in.sid.unwrap_or_default(),
+                refresh_token: signed_in.refresh_token.map(|t| client.seal(&t)),
             }),
         },
         &flow.return_to,
@@ -370,6 +371,8 @@ pub struct NewSession {
 pub struct ProviderSession {
     pub id_token: String,
     pub sid: String,
+    /// The provider's refresh token, sealed, when it granted offline access (revalidation).
+    pub refresh_token: Option<String>,
 }
 
 /// Creates a new session (never reusing an id the browser brought: no fixation) and sends the
@@ -437,6 +440,13 @@ pub async fn start_session(
             .set_provider_session(&crypto::digest(&id), &p.id_token, &p.sid)
             .await
             .map_err(|e| Failure::internal("creating the session", &e))?;
+        if let Some(sealed) = &p.refresh_token {
+            state
+                .store
+                .set_refresh_token(&crypto::digest(&id), sealed)
+                .await
+                .map_err(|e| Failure::internal("creating the session", &e))?;
+        }
     }
     tracing::info!(user = %crate::web::ctx::log_safe(&new.identity.email), provider = %new.identity.provider, "signed in");
     ctx.set_user(&new.identity.email);

@@ -9,7 +9,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use jsonwebtoken::jwk::JwkSet;
-use jsonwebtoken::{Algorithm, DecodingKey, Validation};
+use jsonwebtoken::{Algorithm, Validation};
 use serde::Deserialize;
 use tokio::sync::Mutex;
 use url::Url;
@@ -17,7 +17,9 @@ use url::Url;
 use crate::config;
 use crate::policy::Identity;
 
+mod keys;
 pub mod logout;
+pub mod refresh;
 
 /// How often a token with an unknown `kid` may trigger a JWKS download: short enough that a
 /// provider's key rotation is picked up at once, long enough that forged `kid`s cannot make
@@ -104,12 +106,15 @@ pub struct SignedIn {
     /// The ID token left the groups out because there are too many (Microsoft Entra ID's
     /// "overage": `_claim_names` names `groups`); only a directory can tell them.
     pub groups_overage: bool,
+    /// The provider's refresh token, when it granted offline access (for revalidation).
+    pub refresh_token: Option<String>,
 }
 
 #[derive(Deserialize)]
 struct TokenResponse {
     id_token: Option<String>,
     access_token: Option<String>,
+    refresh_token: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -250,12 +255,30 @@ impl Client {
     ) -> Result<Url, Error> {
         let m = self.metadata().await?;
         let mut url = m.authorization_endpoint.clone();
+        // Offline access (for revalidation, see `refresh`): OIDC Core §11 asks for prompt=consent
+        // with it; Google takes access_type=offline instead of the scope.
+        let offline = self.offline_access();
+        let google = self.config.issuer == GOOGLE_ISSUER;
+        let scopes: Vec<&str> = self
+            .config
+            .scopes
+            .iter()
+            .map(String::as_str)
+            .filter(|s| !(google && *s == "offline_access"))
+            .collect();
+        let mut prompts: Vec<&str> = prompt.into_iter().collect();
+        if max_age.is_some() && prompt.is_none() {
+            prompts.push("login");
+        }
+        if offline {
+            prompts.push("consent");
+        }
         {
             let mut q = url.query_pairs_mut();
             q.append_pair("response_type", "code")
                 .append_pair("client_id", &self.config.client_id)
                 .append_pair("redirect_uri", &self.redirect_uri)
-                .append_pair("scope", &self.config.scopes.join(" "))
+                .append_pair("scope", &scopes.join(" "))
                 .append_pair("state", state)
                 .append_pair("nonce", nonce)
                 .append_pair(
@@ -263,19 +286,24 @@ impl Client {
                     &crate::crypto::pkce_challenge(pkce_verifier),
                 )
                 .append_pair("code_challenge_method", "S256");
-            if let Some(p) = prompt {
-                q.append_pair("prompt", p);
+            if !prompts.is_empty() {
+                q.append_pair("prompt", &prompts.join(" "));
             }
             // A fresh authentication: the provider must ask again (prompt=login) and report
             // auth_time, which the callback checks against max_age.
             if let Some(age) = max_age {
                 q.append_pair("max_age", &age.to_string());
-                if prompt.is_none() {
-                    q.append_pair("prompt", "login");
-                }
+            }
+            if offline && google {
+                q.append_pair("access_type", "offline");
             }
         }
         Ok(url)
+    }
+
+    /// Whether sign-ins ask for a refresh token (`offline_access` in `scopes`).
+    pub fn offline_access(&self) -> bool {
+        self.config.scopes.iter().any(|s| s == "offline_access")
     }
 
     /// Where to send a browser that signs out, so the provider's session ends too (OpenID Connect
@@ -313,38 +341,17 @@ impl Client {
         nonce: &str,
     ) -> Result<SignedIn, Error> {
         let m = self.metadata().await?;
-        let mut form = vec![
-            ("grant_type", "authorization_code"),
-            ("code", code),
-            ("redirect_uri", self.redirect_uri.as_str()),
-            ("code_verifier", pkce_verifier),
-        ];
-        let mut req = self
-            .http
-            .post(&m.token_endpoint)
-            .header("accept", "application/json");
-        if m.secret_in_body {
-            form.push(("client_id", &self.config.client_id));
-            form.push(("client_secret", &self.config.client_secret));
-        } else {
-            // RFC 6749 §2.3.1: both parts are form-encoded before the Basic encoding.
-            let enc =
-                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
-            req = req.basic_auth(
-                enc(&self.config.client_id),
-                Some(enc(&self.config.client_secret)),
-            );
-        }
-        let resp = req
-            .form(&form)
-            .send()
-            .await
-            .map_err(|e| self.unavailable(format!("token request failed: {e}")))?;
-        let status = resp.status();
-        let body = resp
-            .bytes()
-            .await
-            .map_err(|e| self.unavailable(format!("token response unreadable: {e}")))?;
+        let (status, body) = self
+            .token_request(
+                &m,
+                vec![
+                    ("grant_type", "authorization_code"),
+                    ("code", code),
+                    ("redirect_uri", self.redirect_uri.as_str()),
+                    ("code_verifier", pkce_verifier),
+                ],
+            )
+            .await?;
         if !status.is_success() {
             let detail = serde_json::from_slice::<serde_json::Value>(&body)
                 .ok()
@@ -412,7 +419,44 @@ impl Client {
                 .extra
                 .get("_claim_names")
                 .is_some_and(|n| n.get("groups").is_some()),
+            refresh_token: tokens.refresh_token,
         })
+    }
+
+    /// POSTs `form` to the token endpoint with the client's credentials (HTTP Basic, or in the
+    /// body when the provider only takes `client_secret_post`).
+    async fn token_request(
+        &self,
+        m: &Metadata,
+        mut form: Vec<(&str, &str)>,
+    ) -> Result<(reqwest::StatusCode, bytes::Bytes), Error> {
+        let mut req = self
+            .http
+            .post(&m.token_endpoint)
+            .header("accept", "application/json");
+        if m.secret_in_body {
+            form.push(("client_id", &self.config.client_id));
+            form.push(("client_secret", &self.config.client_secret));
+        } else {
+            // RFC 6749 §2.3.1: both parts are form-encoded before the Basic encoding.
+            let enc =
+                |s: &str| url::form_urlencoded::byte_serialize(s.as_bytes()).collect::<String>();
+            req = req.basic_auth(
+                enc(&self.config.client_id),
+                Some(enc(&self.config.client_secret)),
+            );
+        }
+        let resp = req
+            .form(&form)
+            .send()
+            .await
+            .map_err(|e| self.unavailable(format!("token request failed: {e}")))?;
+        let status = resp.status();
+        let body = resp
+            .bytes()
+            .await
+            .map_err(|e| self.unavailable(format!("token response unreadable: {e}")))?;
+        Ok((status, body))
     }
 
     /// The groups named by the configured `groups_claim` (a list of strings, or one string); names
@@ -617,72 +661,5 @@ impl Client {
             }
         }
         Ok(claims)
-    }
-
-    /// The provider's key for `kid`, refreshing the JWKS once (rate-limited) when it is unknown.
-    async fn key_for(&self, kid: Option<&str>, alg: Algorithm) -> Result<DecodingKey, Error> {
-        let m = self.metadata().await?;
-        let mut keys = self.keys.lock().await;
-        if keys.fetched.is_none() {
-            keys.set = self.get_json(&m.jwks_uri).await?;
-            keys.fetched = Some(Instant::now());
-        }
-        if find_key(&keys.set, kid, alg).is_none()
-            && keys
-                .fetched
-                .is_some_and(|t| t.elapsed() >= JWKS_REFRESH_INTERVAL)
-        {
-            keys.set = self.get_json(&m.jwks_uri).await?;
-            keys.fetched = Some(Instant::now());
-        }
-        if let Some(key) = find_key(&keys.set, kid, alg) {
-            return DecodingKey::from_jwk(key).map_err(|e| {
-                self.rejected(format!("the provider's key {kid:?} is unusable: {e}"))
-            });
-        }
-        Err(self.rejected(format!(
-            "the ID token is signed by a key the provider does not publish (kid {})",
-            kid.unwrap_or("(none)")
-        )))
-    }
-}
-
-fn find_key<'a>(
-    set: &'a JwkSet,
-    kid: Option<&str>,
-    alg: Algorithm,
-) -> Option<&'a jsonwebtoken::jwk::Jwk> {
-    use jsonwebtoken::jwk::AlgorithmParameters as P;
-    let fits = |k: &&jsonwebtoken::jwk::Jwk| {
-        matches!(
-            (&k.algorithm, alg),
-            (
-                P::RSA(_),
-                Algorithm::RS256
-                    | Algorithm::RS384
-                    | Algorithm::RS512
-                    | Algorithm::PS256
-                    | Algorithm::PS384
-                    | Algorithm::PS512
-            ) | (P::EllipticCurve(_), Algorithm::ES256 | Algorithm::ES384)
-                | (P::OctetKeyPair(_), Algorithm::EdDSA)
-        )
-    };
-    match kid {
-        Some(kid) => set
-            .keys
-            .iter()
-            .filter(fits)
-            .find(|k| k.common.key_id.as_deref() == Some(kid)),
-        None => {
-            let mut candidates = set.keys.iter().filter(fits);
-            let first = candidates.next();
-            // Without a kid, only an unambiguous key will do.
-            if candidates.next().is_some() {
-                None
-            } else {
-                first
-            }
-        }
     }
 }

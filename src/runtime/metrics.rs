@@ -43,6 +43,8 @@ pub enum EndedBy {
     BackChannelLogout,
     /// A SCIM client deactivated or deleted the person (counted per person).
     Scim,
+    /// The provider refused to refresh the sign-in's grant.
+    Revalidation,
 }
 
 impl EndedBy {
@@ -50,6 +52,7 @@ impl EndedBy {
         match self {
             EndedBy::BackChannelLogout => "back-channel-logout",
             EndedBy::Scim => "scim",
+            EndedBy::Revalidation => "revalidation",
         }
     }
 }

@@ -12,6 +12,7 @@ pub mod keys;
 pub mod live;
 pub mod metrics;
 pub mod reload;
+mod revalidation;
 pub mod sessions;
 pub mod tls;
 pub mod upstream;

@@ -376,6 +376,28 @@ fn spawn_background(current: Arc<Current>) {
             }
         }
     });
+    let revalidation = current.clone();
+    tokio::spawn(async move {
+        // Refreshes the grants of sign-ins at their providers, one replica at a time.
+        let holder = crate::server::acme::lease_holder();
+        loop {
+            let every = revalidation
+                .get()
+                .revalidation_interval()
+                .unwrap_or(Duration::from_secs(60))
+                .clamp(Duration::from_secs(1), Duration::from_secs(60));
+            tokio::time::sleep(every).await;
+            let state = revalidation.get();
+            if state.revalidation_interval().is_none() {
+                continue;
+            }
+            match state.store.take_lease("revalidation", &holder, 120).await {
+                Ok(true) => state.revalidate_sessions().await,
+                Ok(false) => {}
+                Err(e) => tracing::warn!("cannot take the revalidation lease: {e}"),
+            }
+        }
+    });
     tokio::spawn(async move {
         loop {
             let state = current.get();

@@ -43,7 +43,7 @@ pub use copy::Copied;
 pub use directory::DirectoryGroups;
 pub use groups::Group;
 pub use passkeys::{Ceremony, Passkey};
-pub use provider_sessions::ProviderLogout;
+pub use provider_sessions::{DueRevalidation, ProviderLogout};
 pub use requests::AccessRequest;
 pub use scim::{ScimFilter, ScimGroup, ScimPage, ScimUser};
 pub use second_factor::PendingSecondFactor;

@@ -109,11 +109,16 @@ async fn signed_in(w: &World) -> (Browser, String) {
 }
 
 async fn app_status(cookie: &str, w: &World) -> u16 {
+    status_of(&w.c, cookie).await
+}
+
+/// The status of `GET /` on the app's host with the session `cookie`, redirects not followed.
+async fn status_of(c: &Castellan, cookie: &str) -> u16 {
     reqwest::Client::builder()
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .unwrap()
-        .get(w.c.url("/"))
+        .get(c.url("/"))
         .header("cookie", format!("castellan_session={cookie}"))
         .send()
         .await
@@ -296,5 +301,61 @@ async fn only_a_genuine_unused_logout_token_ends_anything() {
         (status, &body["ended"]),
         (200, &serde_json::json!(0)),
         "{body}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn revalidation_follows_the_providers_groups_and_ends_a_disabled_account() {
+    let echo = Echo::start().await;
+    let (port, origin) = Castellan::reserve();
+    let idp = Idp::start_with(
+        &origin,
+        &[
+            ("IDP_TEST_CONTROL", "1"),
+            ("IDP_GROUPS", "alice@example.com=staff"),
+        ],
+    )
+    .await;
+    let mut setup = Setup::new(echo.addr);
+    setup.idp = Some(&idp);
+    setup.local_accounts = false;
+    setup.provider_extra = "scopes = [\"openid\", \"email\", \"profile\", \"offline_access\"]\ngroups_claim = \"groups\"\nrevalidate = \"1s\"";
+    let c = Castellan::start_on(port, setup).await;
+    c.grant("demo", "group:eng");
+    let control = |what: &str, query: &str| {
+        reqwest::Client::new()
+            .post(format!("{}/_test/{what}?{query}", idp.issuer))
+            .send()
+    };
+    let mut b = Browser::new();
+    let page = b.sign_in_oidc(&c.url("/"), ALICE.0, ALICE.1).await;
+    assert_eq!(page.status, 403, "alice is not in eng yet");
+    let cookie = b.cookie(&c.origin, "castellan_session").unwrap().clone();
+    // The provider puts alice in eng: the next refresh (1 s) brings the new groups claim.
+    control("groups", "email=alice%40example.com&groups=staff|eng")
+        .await
+        .unwrap();
+    let t = Instant::now();
+    while status_of(&c, &cookie).await != 200 {
+        assert!(
+            t.elapsed() < Duration::from_secs(5),
+            "the new groups never arrived"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let mut ws = upgrade(&c, &format!("castellan_session={cookie}")).await;
+
+    // Disabled at the provider: the next refresh is refused and the session ends everywhere.
+    control("disable", "email=alice%40example.com")
+        .await
+        .unwrap();
+    closed_within(&mut ws, Duration::from_secs(4)).await;
+    assert_eq!(status_of(&c, &cookie).await, 401);
+    let audit = ok(&c.cli(&["audit", "--json", "--limit", "200"]));
+    assert!(
+        audit
+            .lines()
+            .any(|l| l.contains("session.end") && l.contains("revalidation")),
+        "{audit}"
     );
 }

@@ -12,7 +12,10 @@
 //   IDP_HOST / IDP_PORT        listen address            (127.0.0.1 / 9000)
 //   IDP_ISSUER                 issuer URL                (http://IDP_HOST:IDP_PORT)
 //   IDP_USERS                  "email:password,..."      (alice@example.com:alice-password,bob@example.com:bob-password)
-//   IDP_AUTO_CONSENT=1         skip the consent page (grant is created automatically)
+//   IDP_AUTO_CONSENT=1         skip the consent page (grant is created automatically, also when the
+//                              client asks for it with prompt=consent, as an admin-consented app)
+//   IDP_TEST_CONTROL=1         POST /_test/disable?email=E (the account can no longer sign in or
+//                              refresh: as disabled at the provider) and /_test/groups?email=E&groups=a|b
 //   IDP_GROUPS                 "email=group|group;email=group" - a `groups` claim (profile scope)
 //   IDP_GROUPS_OVERAGE         "email,email" - for these people the ID token says their groups are too
 //                              many to carry, as Microsoft Entra ID does past 200: `_claim_names` and
@@ -73,9 +76,11 @@ for (const entry of (env.IDP_HD || '').split(';').filter(Boolean)) {
   HD.set(email.trim(), (domain || '').trim());
 }
 
+const DISABLED = new Set();
+
 async function findAccount(_ctx, id) {
   const u = USERS.get(id);
-  if (!u) return undefined;
+  if (!u || DISABLED.has(id)) return undefined;
   return {
     accountId: id,
     async claims(_use, _scope) {
@@ -233,6 +238,15 @@ async function interaction(req, res, uid, action) {
   if (action === 'abort') {
     return provider.interactionFinished(req, res, { error: 'access_denied', error_description: 'End-User aborted interaction' }, { mergeWithLastSubmission: false });
   }
+  if (req.method === 'GET' && prompt.name === 'consent' && autoConsent) {
+    // Consent granted ahead (an administrator's), as loadExistingGrant does without prompt=consent.
+    const grant = details.grantId ? await provider.Grant.find(details.grantId)
+      : new provider.Grant({ accountId: details.session.accountId, clientId: params.client_id });
+    const d = prompt.details;
+    if (d.missingOIDCScope) grant.addOIDCScope(d.missingOIDCScope.join(' '));
+    if (d.missingOIDCClaims) grant.addOIDCClaims(d.missingOIDCClaims);
+    return provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
+  }
   if (req.method === 'GET') {
     if (prompt.name === 'login') return send(res, 200, loginForm(uid, params.login_hint));
     if (prompt.name === 'consent') return send(res, 200, consentForm(uid, params.client_id, prompt.details));
@@ -305,7 +319,19 @@ if (TAMPER) {
 }
 
 const providerHandler = provider.callback();
+function testControl(req, res) {
+  const url = new URL(req.url, ISSUER);
+  const email = url.searchParams.get('email') || '';
+  if (url.pathname === '/_test/disable') DISABLED.add(email);
+  else if (url.pathname === '/_test/groups') GROUPS.set(email, (url.searchParams.get('groups') || '').split('|').filter(Boolean));
+  else { res.writeHead(404); return res.end(); }
+  console.log(`idp: test control ${url.pathname} ${email}`);
+  res.writeHead(204);
+  res.end();
+}
+
 const server = http.createServer((req, res) => {
+  if (env.IDP_TEST_CONTROL === '1' && req.method === 'POST' && req.url.startsWith('/_test/')) return testControl(req, res);
   const m = /^\/interaction\/([A-Za-z0-9_-]+)(\/abort)?\/?(?:\?.*)?$/.exec(req.url);
   if (!m) return providerHandler(req, res);
   interaction(req, res, m[1], m[2] ? 'abort' : null).catch((err) => {
