@@ -255,9 +255,34 @@ pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>, path: 
                     directory: d.directory,
                 })
                 .collect();
+            let (_, provisioned) = state
+                .store
+                .scim_groups(
+                    store::ScimFilter::All,
+                    store::ScimPage {
+                        start: 1,
+                        count: 1000,
+                    },
+                )
+                .await?;
+            let mut scim = Vec::new();
+            for g in provisioned {
+                let mut members = Vec::new();
+                for id in &g.members {
+                    if let Some(u) = state.store.scim_user(id).await? {
+                        members.push(if u.active {
+                            u.email
+                        } else {
+                            format!("{} (inactive)", u.email)
+                        });
+                    }
+                }
+                scim.push((g.display_name, members.join(", ")));
+            }
             let page = GroupsPage {
                 base: base("Groups", "groups"),
                 groups: state.store.groups().await?,
+                scim,
                 directory,
                 csrf: state.csrf_token(&admin.browser),
             };

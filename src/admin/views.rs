@@ -69,6 +69,8 @@ pub(super) struct ConfirmPage {
 pub(super) struct GroupsPage {
     pub(super) base: Base,
     pub(super) groups: Vec<crate::store::Group>,
+    /// Groups an identity provider provisions over SCIM: (name, members).
+    pub(super) scim: Vec<(String, String)>,
     /// What the directories last said about each signed-in person.
     pub(super) directory: Vec<DirectoryRow>,
     pub(super) csrf: String,

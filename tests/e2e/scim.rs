@@ -27,7 +27,7 @@ async fn world() -> World {
     let echo = Echo::start().await;
     let (port, origin) = Castellan::reserve();
     let idp = Idp::start(&origin, None).await;
-    let top = format!("scim_token = \"{TOKEN}\"");
+    let top = format!("scim_token = \"{TOKEN}\"\nadmins = [\"bob@example.com\"]");
     let mut setup = Setup::new(echo.addr);
     setup.idp = Some(&idp);
     setup.local_accounts = false;
@@ -239,6 +239,21 @@ async fn okta_provisions_deactivates_and_pushes_groups() {
     .await;
     assert_eq!((s, &v["members"]), (200, &json!([])), "{v}");
     assert!(until(&w, &cookie, 403).await < Duration::from_secs(1));
+
+    // The console shows the provisioned group and who is in it.
+    let mut admin = Browser::new();
+    let page = admin
+        .sign_in_oidc(
+            &w.c.console("/.castellan/admin/groups"),
+            "bob@example.com",
+            "bob-password",
+        )
+        .await;
+    assert!(
+        page.body.contains("Provisioned (SCIM)") && page.body.contains("engineering"),
+        "{}",
+        page.body
+    );
 
     let audit = ok(&w.c.cli(&["audit", "--json", "--limit", "200"]));
     for action in [
