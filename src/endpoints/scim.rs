@@ -300,25 +300,36 @@ fn get<'a>(obj: &'a Map<String, Value>, name: &str) -> Option<&'a Value> {
         .map(|(_, v)| v)
 }
 
-fn user_from(id: String, body: Value, created: i64, now: i64) -> Result<ScimUser, Failure> {
+/// The client's attributes of a resource (without what castellan sets: `id`, `meta`,
+/// `schemas`), and the required name attribute `key`, trimmed.
+fn attributes(body: Value, kind: &str, key: &str) -> Result<(Map<String, Value>, String), Failure> {
     let Value::Object(mut obj) = body else {
-        return Err(bad("invalidSyntax", "a User must be a JSON object"));
+        return Err(bad(
+            "invalidSyntax",
+            format!("a {kind} must be a JSON object"),
+        ));
     };
     obj.retain(|k, _| {
         !["id", "meta", "schemas"]
             .iter()
             .any(|x| k.eq_ignore_ascii_case(x))
     });
-    let user_name = get(&obj, "userName")
+    let name = get(&obj, key)
         .and_then(Value::as_str)
-        .map(|s| s.trim().to_ascii_lowercase())
+        .map(|s| s.trim().to_string())
         .filter(|s| !s.is_empty() && s.len() <= 256)
         .ok_or_else(|| {
             bad(
                 "invalidValue",
-                "userName is required (a string of at most 256 characters)",
+                format!("{key} is required (a string of at most 256 characters)"),
             )
         })?;
+    Ok((obj, name))
+}
+
+fn user_from(id: String, body: Value, created: i64, now: i64) -> Result<ScimUser, Failure> {
+    let (mut obj, user_name) = attributes(body, "User", "userName")?;
+    let user_name = user_name.to_ascii_lowercase();
     let active = boolean(get(&obj, "active"))?.unwrap_or(true);
     let external_id = get(&obj, "externalId")
         .and_then(Value::as_str)
@@ -350,24 +361,7 @@ fn user_from(id: String, body: Value, created: i64, now: i64) -> Result<ScimUser
 }
 
 fn group_from(id: String, body: Value, created: i64, now: i64) -> Result<ScimGroup, Failure> {
-    let Value::Object(mut obj) = body else {
-        return Err(bad("invalidSyntax", "a Group must be a JSON object"));
-    };
-    obj.retain(|k, _| {
-        !["id", "meta", "schemas"]
-            .iter()
-            .any(|x| k.eq_ignore_ascii_case(x))
-    });
-    let display_name = get(&obj, "displayName")
-        .and_then(Value::as_str)
-        .map(|s| s.trim().to_string())
-        .filter(|s| !s.is_empty() && s.len() <= 256)
-        .ok_or_else(|| {
-            bad(
-                "invalidValue",
-                "displayName is required (a string of at most 256 characters)",
-            )
-        })?;
+    let (mut obj, display_name) = attributes(body, "Group", "displayName")?;
     let external_id = get(&obj, "externalId")
         .and_then(Value::as_str)
         .map(str::to_string);

@@ -8,7 +8,10 @@
 pub mod google;
 pub mod microsoft;
 
+use std::future::Future;
 use std::sync::Arc;
+
+use tokio::sync::Mutex;
 
 use super::google::Metadata;
 use crate::config::{self, DirectoryKind};
@@ -73,5 +76,34 @@ impl Directory {
             Source::Google(g) => g.groups_of(email).await,
             Source::Microsoft(m) => m.groups_of(email).await,
         }
+    }
+}
+
+/// An access token reused until five minutes before it expires, fetched once at a time.
+#[derive(Default)]
+struct CachedToken(Mutex<Option<(String, i64)>>);
+
+impl CachedToken {
+    /// The cached token, or a new one from `fetch` (the token and how many seconds it lives).
+    async fn get<F, Fut>(&self, fetch: F) -> Result<String, Error>
+    where
+        F: FnOnce() -> Fut,
+        Fut: Future<Output = Result<(String, i64), Error>>,
+    {
+        let now = crate::clock::now();
+        let mut cached = self.0.lock().await;
+        if let Some((token, exp)) = cached.as_ref()
+            && exp - 300 > now
+        {
+            return Ok(token.clone());
+        }
+        let (token, lifetime) = fetch().await?;
+        *cached = Some((token.clone(), now + lifetime));
+        Ok(token)
+    }
+
+    /// Forgets the token (the API said it is no longer good).
+    async fn forget(&self) {
+        *self.0.lock().await = None;
     }
 }

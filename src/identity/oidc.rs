@@ -576,20 +576,27 @@ impl Client {
         }
     }
 
-    /// Checks signature (allowed asymmetric algorithms only), `iss`, `aud` (one of `audiences`),
-    /// `exp`, `nbf` and the presence of `iat`.
-    async fn decode(&self, token: &str, audiences: &[String]) -> Result<IdClaims, Error> {
+    /// The token's header, if it parses and names an allowed (asymmetric) algorithm; `what`
+    /// names the token in the error.
+    fn checked_header(&self, token: &str, what: &str) -> Result<jsonwebtoken::Header, Error> {
         let header = jsonwebtoken::decode_header(token).map_err(|e| {
             self.rejected(format!(
-                "the token is malformed or uses a forbidden algorithm: {e}"
+                "{what} is malformed or uses a forbidden algorithm: {e}"
             ))
         })?;
         if !ALLOWED_ALGS.contains(&header.alg) {
             return Err(self.rejected(format!(
-                "the token is signed with {:?}, which is not accepted",
+                "{what} is signed with {:?}, which is not accepted",
                 header.alg
             )));
         }
+        Ok(header)
+    }
+
+    /// Checks signature (allowed asymmetric algorithms only), `iss`, `aud` (one of `audiences`),
+    /// `exp`, `nbf` and the presence of `iat`.
+    async fn decode(&self, token: &str, audiences: &[String]) -> Result<IdClaims, Error> {
+        let header = self.checked_header(token, "the token")?;
         let key = self.key_for(header.kid.as_deref(), header.alg).await?;
         let mut v = Validation::new(header.alg);
         v.set_issuer(&[&self.config.issuer]);
@@ -610,17 +617,7 @@ impl Client {
     }
 
     async fn verify_id_token(&self, token: &str, nonce: &str) -> Result<IdClaims, Error> {
-        let header = jsonwebtoken::decode_header(token).map_err(|e| {
-            self.rejected(format!(
-                "the ID token is malformed or uses a forbidden algorithm: {e}"
-            ))
-        })?;
-        if !ALLOWED_ALGS.contains(&header.alg) {
-            return Err(self.rejected(format!(
-                "the ID token is signed with {:?}, which is not accepted",
-                header.alg
-            )));
-        }
+        let header = self.checked_header(token, "the ID token")?;
         let key = self.key_for(header.kid.as_deref(), header.alg).await?;
         let mut v = Validation::new(header.alg);
         v.set_issuer(&[&self.config.issuer]);

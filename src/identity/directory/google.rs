@@ -25,11 +25,9 @@ use std::collections::{BTreeSet, VecDeque};
 use std::path::Path;
 use std::sync::Arc;
 
-use serde::Deserialize;
-use tokio::sync::Mutex;
-
-use super::Error;
+use super::{CachedToken, Error};
 use crate::identity::google::Metadata;
+use serde::Deserialize;
 
 /// The scope that reads groups.
 pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-identity.groups.readonly";
@@ -37,7 +35,6 @@ pub const SCOPE: &str = "https://www.googleapis.com/auth/cloud-identity.groups.r
 const LABEL: &str = "cloudidentity.googleapis.com/groups.discussion_forum";
 /// More groups than this for one person is a directory castellan will not mirror whole.
 const MAX_GROUPS: usize = 2000;
-const RENEW_BEFORE_SECS: i64 = 300;
 
 pub struct Google {
     /// The directory's id, for errors.
@@ -45,7 +42,7 @@ pub struct Google {
     http: reqwest::Client,
     endpoint: String,
     auth: Auth,
-    token: Mutex<Option<(String, i64)>>,
+    token: CachedToken,
 }
 
 enum Auth {
@@ -113,7 +110,7 @@ impl Google {
             endpoint: endpoint.to_string(),
             http,
             auth,
-            token: Mutex::new(None),
+            token: CachedToken::default(),
         })
     }
 
@@ -229,7 +226,7 @@ impl Google {
         }
         if status.as_u16() == 401 {
             // The token was revoked or expired early: the next attempt gets a new one.
-            *self.token.lock().await = None;
+            self.token.forget().await;
         }
         if !status.is_success() {
             return Err(self.error(format!(
@@ -243,22 +240,14 @@ impl Google {
     }
 
     async fn access_token(&self) -> Result<String, Error> {
-        let now = crate::clock::now();
-        let mut cached = self.token.lock().await;
-        if let Some((token, exp)) = cached.as_ref()
-            && exp - RENEW_BEFORE_SECS > now
-        {
-            return Ok(token.clone());
-        }
-        let (token, lifetime) = match &self.auth {
-            Auth::Metadata(m) => m
-                .access_token(SCOPE)
-                .await
-                .map_err(|e| self.error(e.to_string()))?,
-            Auth::KeyFile(key) => self.exchange(key, now).await?,
-        };
-        *cached = Some((token.clone(), now + lifetime));
-        Ok(token)
+        self.token
+            .get(|| async {
+                match &self.auth {
+                    Auth::Metadata(m) => m.access_token(SCOPE).await.map_err(|e| self.error(e)),
+                    Auth::KeyFile(key) => self.exchange(key, crate::clock::now()).await,
+                }
+            })
+            .await
     }
 
     /// RFC 7523: a JWT signed with the service account's key, for an access token.

@@ -17,20 +17,17 @@
 
 use std::collections::BTreeSet;
 
-use serde::Deserialize;
-use tokio::sync::Mutex;
-
-use super::Error;
+use super::{CachedToken, Error};
 use crate::config::MicrosoftDirectory;
+use serde::Deserialize;
 
 const MAX_GROUPS: usize = 5000;
-const RENEW_BEFORE_SECS: i64 = 300;
 
 pub struct Microsoft {
     id: String,
     config: MicrosoftDirectory,
     http: reqwest::Client,
-    token: Mutex<Option<(String, i64)>>,
+    token: CachedToken,
 }
 
 #[derive(Deserialize)]
@@ -65,7 +62,7 @@ impl Microsoft {
             id: id.to_string(),
             config,
             http,
-            token: Mutex::new(None),
+            token: CachedToken::default(),
         }
     }
 
@@ -155,7 +152,7 @@ impl Microsoft {
             return Ok(Answer::NotFound);
         }
         if status.as_u16() == 401 {
-            *self.token.lock().await = None;
+            self.token.forget().await;
         }
         if !status.is_success() {
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
@@ -172,13 +169,10 @@ impl Microsoft {
 
     /// OAuth 2.0 client credentials at the tenant's token endpoint.
     async fn access_token(&self) -> Result<String, Error> {
-        let now = crate::clock::now();
-        let mut cached = self.token.lock().await;
-        if let Some((token, exp)) = cached.as_ref()
-            && exp - RENEW_BEFORE_SECS > now
-        {
-            return Ok(token.clone());
-        }
+        self.token.get(|| self.client_credentials()).await
+    }
+
+    async fn client_credentials(&self) -> Result<(String, i64), Error> {
         let token_url = format!(
             "{}/{}/oauth2/v2.0/token",
             self.config.authority, self.config.tenant
@@ -211,8 +205,6 @@ impl Microsoft {
         }
         let t: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| self.error(format!("the token answer is not what Entra sends ({e})")))?;
-        let token = t.access_token;
-        *cached = Some((token.clone(), now + t.expires_in.unwrap_or(3600)));
-        Ok(token)
+        Ok((t.access_token, t.expires_in.unwrap_or(3600)))
     }
 }
