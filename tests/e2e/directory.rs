@@ -376,37 +376,10 @@ async fn world(grace: &str, setup_directory: impl FnOnce(&Double)) -> World {
     }
 }
 
-async fn status(w: &World, cookie: &str) -> u16 {
-    reqwest::Client::new()
-        .get(w.c.url("/"))
-        .header("cookie", format!("castellan_session={cookie}"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 async fn sign_in(w: &World, who: (&str, &str)) -> String {
     let mut b = Browser::new();
     b.sign_in_oidc(&w.c.url("/"), who.0, who.1).await;
     b.cookie(&w.c.origin, "castellan_session").unwrap().clone()
-}
-
-/// Polls until the request's status is `want`; returns how long that took.
-async fn until(w: &World, cookie: &str, want: u16, limit: Duration) -> Duration {
-    let t = Instant::now();
-    loop {
-        let got = status(w, cookie).await;
-        if got == want {
-            return t.elapsed();
-        }
-        assert!(
-            t.elapsed() < limit,
-            "still {got} (not {want}) after {limit:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -425,11 +398,11 @@ async fn an_imported_iap_policy_works_for_google_groups_and_follows_the_director
     let alice = sign_in(&w, ALICE).await;
     let bob = sign_in(&w, BOB).await;
     assert_eq!(
-        status(&w, &alice).await,
+        status_with_session(&w.c, &alice).await,
         200,
         "a member of data-team through eng"
     );
-    assert_eq!(status(&w, &bob).await, 403);
+    assert_eq!(status_with_session(&w.c, &bob).await, 403);
     // `castellan check` agrees and says where the membership came from.
     let out = ok(&w.c.cli(&["check", "demo", ALICE.0]));
     assert!(out.contains("ALLOWED") || out.contains("allowed"), "{out}");
@@ -454,7 +427,7 @@ async fn an_imported_iap_policy_works_for_google_groups_and_follows_the_director
     // alice leaves eng: at the next refresh (1 s) she is out, and her open WebSocket closes.
     let mut ws = upgrade(&w.c, &format!("castellan_session={alice}")).await;
     w.double.set("alice@example.com", &["all@example.com"]);
-    let took = until(&w, &alice, 403, Duration::from_secs(5)).await;
+    let took = until_status_with_session(&w.c, &alice, 403, Duration::from_secs(5)).await;
     closed_within(&mut ws, Duration::from_secs(1)).await;
     eprintln!("a group change reached decisions in {took:?}");
     // bob joins data-team directly: in at the next refresh.
@@ -462,7 +435,7 @@ async fn an_imported_iap_policy_works_for_google_groups_and_follows_the_director
         "bob@example.com",
         &["sales@example.com", "data-team@example.com"],
     );
-    until(&w, &bob, 200, Duration::from_secs(5)).await;
+    until_status_with_session(&w.c, &bob, 200, Duration::from_secs(5)).await;
     let d = w.double.dir.lock().unwrap();
     assert!(
         d.token_requests <= 2,
@@ -485,16 +458,16 @@ async fn an_unreachable_directory_is_trusted_for_its_grace_then_group_bindings_f
     let alice = sign_in(&w, ALICE).await;
     ok(&w.c.cli(&["access", "add", "demo", "user:bob@example.com"]));
     let bob = sign_in(&w, BOB).await;
-    assert_eq!(status(&w, &alice).await, 200);
+    assert_eq!(status_with_session(&w.c, &alice).await, 200);
     w.double.dir.lock().unwrap().down = true;
     let down = Instant::now();
     tokio::time::sleep(Duration::from_secs(2)).await;
     assert_eq!(
-        status(&w, &alice).await,
+        status_with_session(&w.c, &alice).await,
         200,
         "within the grace the last answer counts"
     );
-    until(&w, &alice, 403, Duration::from_secs(8)).await;
+    until_status_with_session(&w.c, &alice, 403, Duration::from_secs(8)).await;
     // The last answer came at most one refresh (1 s) before the directory went down.
     let after = down.elapsed();
     assert!(
@@ -502,7 +475,7 @@ async fn an_unreachable_directory_is_trusted_for_its_grace_then_group_bindings_f
         "dropped {after:?} after the outage, inside the 4 s grace"
     );
     assert_eq!(
-        status(&w, &bob).await,
+        status_with_session(&w.c, &bob).await,
         200,
         "bindings that need no directory are untouched"
     );
@@ -510,7 +483,7 @@ async fn an_unreachable_directory_is_trusted_for_its_grace_then_group_bindings_f
     assert!(out.contains("directory.expired"), "{out}");
     // Back up: the next refresh brings alice's groups back.
     w.double.dir.lock().unwrap().down = false;
-    until(&w, &alice, 200, Duration::from_secs(5)).await;
+    until_status_with_session(&w.c, &alice, 200, Duration::from_secs(5)).await;
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -527,7 +500,7 @@ async fn nested_groups_are_followed_where_the_transitive_search_is_refused() {
     .await;
     let alice = sign_in(&w, ALICE).await;
     assert_eq!(
-        status(&w, &alice).await,
+        status_with_session(&w.c, &alice).await,
         200,
         "data-team through eng and platform (and a cycle)"
     );

@@ -17,7 +17,7 @@ use std::collections::HashMap;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use http_body_util::BodyExt;
 use hyper::body::Incoming;
@@ -208,25 +208,6 @@ impl Double {
     }
 }
 
-async fn status(c: &Castellan, cookie: &str) -> u16 {
-    reqwest::Client::new()
-        .get(c.url("/"))
-        .header("cookie", format!("castellan_session={cookie}"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn until(c: &Castellan, cookie: &str, want: u16) {
-    let t = Instant::now();
-    while status(c, cookie).await != want {
-        assert!(t.elapsed() < Duration::from_secs(5), "not {want} after 5 s");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn entra_groups_come_from_graph_when_the_id_token_cannot_carry_them() {
     let graph = Double::start().await;
@@ -279,16 +260,20 @@ async fn entra_groups_come_from_graph_when_the_id_token_cannot_carry_them() {
     let bob = sign_in("bob@example.com", "bob-password").await;
     let carol = sign_in("carol@example.com", "carol-password").await;
     assert_eq!(
-        status(&c, &alice).await,
+        status_with_session(&c, &alice).await,
         200,
         "alice's groups came from Graph (overage)"
     );
     assert_eq!(
-        status(&c, &bob).await,
+        status_with_session(&c, &bob).await,
         200,
         "bob's came in his ID token, as before"
     );
-    assert_eq!(status(&c, &carol).await, 200, "carol was found by mail");
+    assert_eq!(
+        status_with_session(&c, &carol).await,
+        200,
+        "carol was found by mail"
+    );
     let out = ok(&c.cli(&["check", "demo", "alice@example.com"]));
     assert!(
         out.contains(&format!("groups from directory entra: {ENG}, {DATA_TEAM}"))
@@ -309,9 +294,9 @@ async fn entra_groups_come_from_graph_when_the_id_token_cannot_carry_them() {
         .unwrap()
         .users
         .remove("carol.c@contoso.onmicrosoft.com");
-    until(&c, &alice, 403).await;
-    until(&c, &carol, 403).await;
-    assert_eq!(status(&c, &bob).await, 200);
+    until_status_with_session(&c, &alice, 403, Duration::from_secs(5)).await;
+    until_status_with_session(&c, &carol, 403, Duration::from_secs(5)).await;
+    assert_eq!(status_with_session(&c, &bob).await, 200);
     assert!(
         graph.graph.lock().unwrap().token_requests <= 2,
         "tokens are reused"

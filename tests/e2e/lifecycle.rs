@@ -108,25 +108,6 @@ async fn signed_in(w: &World) -> (Browser, String) {
     (b, cookie)
 }
 
-async fn app_status(cookie: &str, w: &World) -> u16 {
-    status_of(&w.c, cookie).await
-}
-
-/// The status of `GET /` on the app's host with the session `cookie`, redirects not followed.
-async fn status_of(c: &Castellan, cookie: &str) -> u16 {
-    reqwest::Client::builder()
-        .redirect(reqwest::redirect::Policy::none())
-        .build()
-        .unwrap()
-        .get(c.url("/"))
-        .header("cookie", format!("castellan_session={cookie}"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
 #[tokio::test(flavor = "multi_thread")]
 async fn signing_out_at_the_provider_ends_castellans_session_and_its_websocket() {
     let w = world().await;
@@ -158,7 +139,11 @@ async fn signing_out_at_the_provider_ends_castellans_session_and_its_websocket()
         took < Duration::from_secs(1),
         "the WebSocket closed {took:?} after the logout"
     );
-    assert_eq!(app_status(&cookie, &w).await, 401, "the session is gone");
+    assert_eq!(
+        status_with_session(&w.c, &cookie).await,
+        401,
+        "the session is gone"
+    );
     // The command line's login made from it ended with it.
     let (status, body) = token_grant(
         &w.c,
@@ -172,7 +157,7 @@ async fn signing_out_at_the_provider_ends_castellans_session_and_its_websocket()
     );
     // The provider named that sign-in (`sid`): the other computer's stays.
     assert_eq!(
-        app_status(&other_cookie, &w).await,
+        status_with_session(&w.c, &other_cookie).await,
         200,
         "another sign-in was ended too"
     );
@@ -271,7 +256,7 @@ async fn only_a_genuine_unused_logout_token_ends_anything() {
         assert_eq!(status, 400, "a logout token {what} was not refused: {body}");
         assert_eq!(body["error"], "invalid_request", "{what}: {body}");
         assert_eq!(
-            app_status(&cookie, &w).await,
+            status_with_session(&w.c, &cookie).await,
             200,
             "a token {what} ended the session"
         );
@@ -285,7 +270,7 @@ async fn only_a_genuine_unused_logout_token_ends_anything() {
         (200, &serde_json::json!(1)),
         "{body}"
     );
-    assert_eq!(app_status(&cookie, &w).await, 401);
+    assert_eq!(status_with_session(&w.c, &cookie).await, 401);
     let (status, body) = post_logout(&w, &token).await;
     assert_eq!(status, 400, "a replayed logout token was accepted: {body}");
     assert!(
@@ -336,7 +321,7 @@ async fn revalidation_follows_the_providers_groups_and_ends_a_disabled_account()
         .await
         .unwrap();
     let t = Instant::now();
-    while status_of(&c, &cookie).await != 200 {
+    while status_with_session(&c, &cookie).await != 200 {
         assert!(
             t.elapsed() < Duration::from_secs(5),
             "the new groups never arrived"
@@ -350,7 +335,7 @@ async fn revalidation_follows_the_providers_groups_and_ends_a_disabled_account()
         .await
         .unwrap();
     closed_within(&mut ws, Duration::from_secs(4)).await;
-    assert_eq!(status_of(&c, &cookie).await, 401);
+    assert_eq!(status_with_session(&c, &cookie).await, 401);
     let audit = ok(&c.cli(&["audit", "--json", "--limit", "200"]));
     assert!(
         audit

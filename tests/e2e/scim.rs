@@ -90,26 +90,6 @@ fn is_error(got: &(u16, Value), status: u16, scim_type: Option<&str>) {
     assert!(v["detail"].as_str().is_some_and(|d| !d.is_empty()), "{v}");
 }
 
-async fn app_status(w: &World, cookie: &str) -> u16 {
-    reqwest::Client::new()
-        .get(w.c.url("/"))
-        .header("cookie", format!("castellan_session={cookie}"))
-        .send()
-        .await
-        .unwrap()
-        .status()
-        .as_u16()
-}
-
-async fn until(w: &World, cookie: &str, want: u16) -> Duration {
-    let t = Instant::now();
-    while app_status(w, cookie).await != want {
-        assert!(t.elapsed() < Duration::from_secs(3), "not {want} after 3 s");
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    t.elapsed()
-}
-
 async fn sign_in(w: &World, email: &str, password: &str) -> (u16, Option<String>, String) {
     let mut b = Browser::new();
     let page = b.sign_in_oidc(&w.c.url("/"), email, password).await;
@@ -200,7 +180,7 @@ async fn okta_provisions_deactivates_and_pushes_groups() {
     updated["name"]["givenName"] = json!("Alicia");
     let (s, v) = scim(&w, "PUT", &format!("/Users/{id}"), Some(updated)).await;
     assert_eq!((s, &v["name"]["givenName"]), (200, &json!("Alicia")), "{v}");
-    assert_eq!(app_status(&w, &cookie).await, 200);
+    assert_eq!(status_with_session(&w.c, &cookie).await, 200);
 
     // Deactivation: the session and its WebSocket end within a second, and sign-in is refused.
     let t = Instant::now();
@@ -214,7 +194,7 @@ async fn okta_provisions_deactivates_and_pushes_groups() {
     assert_eq!((s, &v["active"]), (200, &json!(false)), "{v}");
     closed_within(&mut ws, Duration::from_secs(1)).await;
     assert!(t.elapsed() < Duration::from_secs(1), "{:?}", t.elapsed());
-    assert_eq!(app_status(&w, &cookie).await, 401);
+    assert_eq!(status_with_session(&w.c, &cookie).await, 401);
     let (_, again, body) = sign_in(&w, "alice@example.com", "alice-password").await;
     assert!(again.is_none() && body.contains("deactivated"), "{body}");
 
@@ -238,7 +218,10 @@ async fn okta_provisions_deactivates_and_pushes_groups() {
     )
     .await;
     assert_eq!((s, &v["members"]), (200, &json!([])), "{v}");
-    assert!(until(&w, &cookie, 403).await < Duration::from_secs(1));
+    assert!(
+        until_status_with_session(&w.c, &cookie, 403, Duration::from_secs(3)).await
+            < Duration::from_secs(1)
+    );
 
     // The console shows the provisioned group and who is in it.
     let mut admin = Browser::new();
@@ -343,7 +326,7 @@ async fn entra_provisions_with_its_own_dialect_and_deletes() {
     )
     .await;
     assert_eq!((s, &v["name"]["givenName"]), (200, &json!("Bobby")), "{v}");
-    assert_eq!(app_status(&w, &cookie).await, 200);
+    assert_eq!(status_with_session(&w.c, &cookie).await, 200);
     // Entra deactivates with a string boolean.
     let (s, v) = scim(
         &w,
@@ -353,7 +336,10 @@ async fn entra_provisions_with_its_own_dialect_and_deletes() {
     )
     .await;
     assert_eq!((s, &v["active"]), (200, &json!(false)), "{v}");
-    assert!(until(&w, &cookie, 401).await < Duration::from_secs(1));
+    assert!(
+        until_status_with_session(&w.c, &cookie, 401, Duration::from_secs(3)).await
+            < Duration::from_secs(1)
+    );
     // Deleted: gone, and 404 in SCIM's shape after.
     let (s, _) = scim(&w, "DELETE", &format!("/Users/{id}"), None).await;
     assert_eq!(s, 204);

@@ -1333,3 +1333,41 @@ pub async fn token_grant(c: &Castellan, form: &[(&str, &str)]) -> (u16, serde_js
         .unwrap();
     (r.status().as_u16(), r.json().await.unwrap())
 }
+
+/// The status of `GET /` on the demo app's host with the session `cookie` (a script's request:
+/// no redirects followed).
+pub async fn status_with_session(c: &Castellan, cookie: &str) -> u16 {
+    reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap()
+        .get(c.url("/"))
+        .header("cookie", format!("castellan_session={cookie}"))
+        .send()
+        .await
+        .unwrap()
+        .status()
+        .as_u16()
+}
+
+/// Polls [`status_with_session`] until it is `want`; returns how long that took, and fails the
+/// test after `limit`.
+pub async fn until_status_with_session(
+    c: &Castellan,
+    cookie: &str,
+    want: u16,
+    limit: Duration,
+) -> Duration {
+    let t = Instant::now();
+    loop {
+        let got = status_with_session(c, cookie).await;
+        if got == want {
+            return t.elapsed();
+        }
+        assert!(
+            t.elapsed() < limit,
+            "still {got} (not {want}) after {limit:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
