@@ -458,7 +458,7 @@ impl Config {
                         continue;
                     }
                 },
-                "trusted_proxies" => Value::Array(
+                "trusted_proxies" | "admins" => Value::Array(
                     v.split(',')
                         .map(str::trim)
                         .filter(|s| !s.is_empty())
@@ -589,6 +589,7 @@ pub const ENV_KEYS: &[&str] = &[
     "google_metadata_url",
     "forward_auth",
     "scim_token",
+    "admins",
 ];
 
 struct Reader<'a> {
@@ -598,7 +599,7 @@ struct Reader<'a> {
 
 /// Top-level keys the environment cannot override (lists and tables); with [`ENV_KEYS`], every
 /// top-level key.
-const TABLE_KEYS: &[&str] = &["admins", "providers", "directories", "apps", "tls"];
+const TABLE_KEYS: &[&str] = &["providers", "directories", "apps", "tls"];
 const DIRECTORY_KEYS: &[&str] = &[
     "id",
     "kind",
@@ -1761,6 +1762,101 @@ mod tests {
             "http://localhost:8080/.castellan/callback"
         );
         assert_eq!(c.session_lifetime, Duration::from_secs(86400));
+    }
+
+    /// The README's configuration reference: a table row for every key the reader takes, and
+    /// a complete example that parses and names every key (so the reference cannot drift).
+    #[test]
+    fn the_readme_documents_every_key_and_its_complete_example_parses() {
+        let readme = include_str!("../README.md");
+        let reference = readme
+            .split("\n## Configuration reference")
+            .nth(1)
+            .and_then(|r| r.split("\n## ").next())
+            .unwrap();
+        let example = reference
+            .split("```toml\n")
+            .last()
+            .and_then(|e| e.split("```").next())
+            .unwrap();
+        let sections: Vec<(&str, Vec<&str>)> = vec![
+            ("", ENV_KEYS.to_vec()),
+            ("[tls]", TLS_KEYS.to_vec()),
+            ("[[providers]]", PROVIDER_KEYS.to_vec()),
+            ("[[directories]]", DIRECTORY_KEYS.to_vec()),
+            ("[[apps]]", APP_KEYS.to_vec()),
+        ];
+        let parsed: toml::Table = example.parse().unwrap();
+        let mut missing = Vec::new();
+        for (name, keys) in &sections {
+            // The table of a section: from its heading ("`[tls]`: …", at a line's start) to the
+            // next heading.
+            let start = if name.is_empty() {
+                0
+            } else {
+                reference.find(&format!("\n`{name}`:")).unwrap()
+            };
+            let table = reference[start..]
+                .split("\n\n`[")
+                .next()
+                .unwrap_or("")
+                .lines()
+                .filter(|l| l.starts_with("| `"))
+                .map(|l| l.split(" | ").next().unwrap())
+                .collect::<Vec<_>>()
+                .join(" ");
+            // The keys the example gives in that section (every table of an array of tables).
+            let given: Vec<String> = match name.trim_matches(['[', ']']) {
+                "" => parsed.keys().cloned().collect(),
+                section => match parsed.get(section) {
+                    Some(toml::Value::Table(t)) => t.keys().cloned().collect(),
+                    Some(toml::Value::Array(items)) => items
+                        .iter()
+                        .filter_map(|i| i.as_table())
+                        .flat_map(|t| t.keys().cloned())
+                        .collect(),
+                    _ => Vec::new(),
+                },
+            };
+            for key in keys {
+                if !table.contains(&format!("`{key}`")) {
+                    missing.push(format!("{name} {key}: no row in the table"));
+                }
+                // `acme` replaces `cert` and `key`: its keys are in its row, not the example.
+                if *key != "acme" && !given.iter().any(|g| g == key) {
+                    missing.push(format!("{name} {key}: not in the complete example"));
+                }
+            }
+        }
+        for key in ACME_KEYS {
+            if !reference.contains(&format!("{key} =")) {
+                missing.push(format!("[tls] acme {key}: not in the acme row"));
+            }
+        }
+        assert!(
+            missing.is_empty(),
+            "README configuration reference: {missing:#?}"
+        );
+        let env = MapEnv(vec![
+            ("SCIM_TOKEN", "0123456789abcdef0123456789abcdef"),
+            ("CORP_CLIENT_SECRET", "s"),
+            ("GRAPH_CLIENT_SECRET", "s"),
+        ]);
+        if let Err(problems) = Config::parse(example, Path::new("/etc/castellan"), &env) {
+            panic!("the README's complete example does not parse: {problems:#?}");
+        }
+    }
+
+    #[test]
+    fn every_top_level_key_of_the_first_table_can_come_from_the_environment() {
+        let c = Config::parse(
+            "[[apps]]\nid = \"demo\"\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n",
+            Path::new("/etc/castellan"),
+            &MapEnv(vec![("CASTELLAN_ADMINS", "root@example.com, group:ops")]),
+        )
+        .unwrap();
+        let shown: Vec<String> = c.admins.iter().map(|m| m.to_string()).collect();
+        assert_eq!(shown, ["user:root@example.com", "group:ops"]);
     }
 
     #[test]
