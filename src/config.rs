@@ -384,6 +384,12 @@ impl std::error::Error for Errors {}
 /// Where configuration values come from besides the file: `${VAR}` expansion reads this.
 pub trait Env {
     fn var(&self, name: &str) -> Option<String>;
+
+    /// Whether the command reading the configuration uses no secrets but the store's, so an
+    /// unset `${VAR}` elsewhere is no problem (see [`Config::load_for_store`]).
+    fn secrets_unused(&self) -> bool {
+        false
+    }
 }
 
 /// The process environment.
@@ -399,6 +405,15 @@ impl Config {
     /// Reads and validates the file at `path`.
     pub fn load(path: &Path) -> Result<Config, Errors> {
         Config::load_with(path, &ProcessEnv)
+    }
+
+    /// Reads the file for a command that only opens the store (`access`, `policy`, `users`, …):
+    /// an unset `${VAR}` anywhere but in `store` is not a problem, as such commands use no
+    /// provider, directory or SCIM secret (such values stay as written, `${VAR}`; the server
+    /// and `check-config` still require them).
+    pub fn load_for_store(path: &Path) -> Result<Config, Errors> {
+        let env = StoreOnly(&ProcessEnv);
+        Config::load_with(path, &env)
     }
 
     /// Reads the configuration: the whole TOML from `CASTELLAN_CONFIG_TOML` when that is set (for
@@ -597,6 +612,19 @@ struct Reader<'a> {
     env: &'a dyn Env,
 }
 
+/// The environment as a store-only command sees it (see [`Config::load_for_store`]).
+struct StoreOnly<'a>(&'a dyn Env);
+
+impl Env for StoreOnly<'_> {
+    fn var(&self, name: &str) -> Option<String> {
+        self.0.var(name)
+    }
+
+    fn secrets_unused(&self) -> bool {
+        true
+    }
+}
+
 /// Top-level keys the environment cannot override (lists and tables); with [`ENV_KEYS`], every
 /// top-level key.
 const TABLE_KEYS: &[&str] = &["providers", "directories", "apps", "tls"];
@@ -757,7 +785,7 @@ impl Reader<'_> {
         let providers = self.providers(&mut t);
         let directories = self.directories(&mut t, base);
         let scim_token = self.string(&mut t, "", "scim_token").and_then(|token| {
-            if token.len() < 32 {
+            if token.len() < 32 && !self.env.secrets_unused() {
                 self.problem(
                     "scim_token",
                     "a SCIM token needs at least 32 characters: make one with `openssl rand -base64 32` and give the same to the identity provider",
@@ -882,6 +910,10 @@ impl Reader<'_> {
                 let name = &after[..end];
                 match self.env.var(name) {
                     Some(v) if !name.is_empty() => out.push_str(&v),
+                    // A secret this command never uses: left as written.
+                    None if !name.is_empty() && path != "store" && self.env.secrets_unused() => {
+                        out.push_str(&format!("${{{name}}}"));
+                    }
                     _ => {
                         self.problem(
                             path,
@@ -1857,6 +1889,28 @@ mod tests {
         .unwrap();
         let shown: Vec<String> = c.admins.iter().map(|m| m.to_string()).collect();
         assert_eq!(shown, ["user:root@example.com", "group:ops"]);
+    }
+
+    #[test]
+    fn store_only_commands_need_no_secret_they_do_not_use() {
+        let text = "local_accounts = false\nstore = \"postgres://c:${PGPASS}@db/c\"\n[[providers]]\nid = \"g\"\nissuer = \"https://accounts.google.com\"\nclient_id = \"x\"\nclient_secret = \"${GOOGLE_CLIENT_SECRET}\"\n[[apps]]\nid = \"demo\"\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n";
+        let env = MapEnv(vec![("PGPASS", "pw")]);
+        // The server needs the secret: one problem, naming it, and not a wrong second one.
+        let problems = Config::parse(text, Path::new("/etc"), &env).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("GOOGLE_CLIENT_SECRET"),
+            "{problems:?}"
+        );
+        // A store-only command does not; the store's own variables it still needs.
+        let c = Config::parse(text, Path::new("/etc"), &StoreOnly(&env)).unwrap();
+        assert_eq!(c.providers[0].client_secret, "${GOOGLE_CLIENT_SECRET}");
+        let problems =
+            Config::parse(text, Path::new("/etc"), &StoreOnly(&MapEnv(vec![]))).unwrap_err();
+        assert!(
+            problems.iter().all(|p| p.message.contains("PGPASS")),
+            "{problems:?}"
+        );
     }
 
     #[test]

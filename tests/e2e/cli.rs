@@ -66,6 +66,35 @@ fn check_config_accepts_a_good_file_and_names_the_callback() {
 }
 
 #[test]
+fn store_commands_run_beside_the_server_without_its_secrets() {
+    // As the README's guide has it: Google's secret exported only in the terminal running serve.
+    let (_d, path) = write_config(
+        "local_accounts = false\n[[providers]]\nid = \"google\"\nissuer = \"https://accounts.google.com\"\nclient_id = \"x\"\nclient_secret = \"${GOOGLE_CLIENT_SECRET}\"\n[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"http://127.0.0.1:8501\"\n",
+    );
+    let out = run_cli(
+        &path,
+        &["access", "add", "demo", "user:alice@example.com"],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let listed = ok(&run_cli(&path, &["access", "list", "demo"], None));
+    assert!(listed.contains("user:alice@example.com"), "{listed}");
+    // check-config (and serve) still need it, and say only that.
+    let out = run_cli(&path, &["check-config"], None);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("GOOGLE_CLIENT_SECRET is not set"), "{err}");
+    assert!(
+        !err.contains("no [[providers]] are configured"),
+        "a wrong second error: {err}"
+    );
+}
+
+#[test]
 fn a_missing_config_file_says_how_to_fix_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_cli(&dir.path().join("nope.toml"), &["serve"], None);

@@ -243,9 +243,20 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Store(cmd) => return store_cmd::run(cmd).await,
         _ => {}
     }
-    let config = match load_config(&cli.config) {
+    // The server and check-config need every secret; commands that only open the store (and
+    // the health check) do not, so a second terminal beside `serve` needs no provider secret.
+    let strict = matches!(cli.command, Command::Serve | Command::CheckConfig);
+    let loaded = if strict {
+        Config::load(&cli.config)
+    } else {
+        Config::load_for_store(&cli.config)
+    };
+    let config = match loaded {
         Ok(c) => c,
-        Err(code) => return Ok(code),
+        Err(errors) => {
+            eprint!("{errors}");
+            return Ok(ExitCode::from(CONFIG_INVALID));
+        }
     };
     match cli.command {
         Command::Demo { .. }
