@@ -909,6 +909,17 @@ impl Reader<'_> {
                 };
                 let name = &after[..end];
                 match self.env.var(name) {
+                    Some(v)
+                        if v.is_empty()
+                            && !name.is_empty()
+                            && !(path != "store" && self.env.secrets_unused()) =>
+                    {
+                        self.problem(
+                            path,
+                            format!("environment variable {name} is set but empty: give it the value (the file only refers to it)"),
+                        );
+                        ok = false;
+                    }
                     Some(v) if !name.is_empty() => out.push_str(&v),
                     // A secret this command never uses: left as written.
                     None if !name.is_empty() && path != "store" && self.env.secrets_unused() => {
@@ -1889,6 +1900,18 @@ mod tests {
         .unwrap();
         let shown: Vec<String> = c.admins.iter().map(|m| m.to_string()).collect();
         assert_eq!(shown, ["user:root@example.com", "group:ops"]);
+    }
+
+    #[test]
+    fn an_empty_variable_is_named_as_the_problem() {
+        let text = "[[providers]]\nid = \"g\"\nissuer = \"https://accounts.google.com\"\nclient_id = \"x\"\nclient_secret = \"${SECRET}\"\n[[apps]]\nid = \"demo\"\nhost = \"app.example.com\"\nupstream = \"http://127.0.0.1:8501\"\n";
+        let problems =
+            Config::parse(text, Path::new("/etc"), &MapEnv(vec![("SECRET", "")])).unwrap_err();
+        assert_eq!(problems.len(), 1, "{problems:?}");
+        assert!(
+            problems[0].message.contains("SECRET is set but empty"),
+            "{problems:?}"
+        );
     }
 
     #[test]

@@ -126,16 +126,16 @@ pub enum Member {
 #[error("`{input}` is not a member: {expected}")]
 pub struct MemberError {
     input: String,
-    expected: &'static str,
+    expected: std::borrow::Cow<'static, str>,
 }
 
 const MEMBER_FORMS: &str = "write user:EMAIL, group:NAME, domain:DOMAIN, serviceAccount:NAME, allAuthenticatedUsers or allUsers";
 
 impl Member {
     pub fn parse(input: &str) -> Result<Member, MemberError> {
-        let err = |expected| MemberError {
+        let err = |expected: &'static str| MemberError {
             input: input.to_string(),
-            expected,
+            expected: expected.into(),
         };
         let s = input.trim();
         match s {
@@ -144,6 +144,14 @@ impl Member {
             _ => {}
         }
         let Some((kind, value)) = s.split_once(':') else {
+            let lower = s.to_ascii_lowercase();
+            if is_email(&lower) {
+                return Err(MemberError {
+                    input: input.to_string(),
+                    expected: format!("a person is written user:EMAIL: did you mean user:{lower}?")
+                        .into(),
+                });
+            }
             return Err(err(MEMBER_FORMS));
         };
         match kind {
@@ -161,9 +169,17 @@ impl Member {
                 let v = value.to_ascii_lowercase();
                 if is_domain(&v) {
                     Ok(Member::Domain(v))
+                } else if v.contains('@') {
+                    Err(err(
+                        "after domain: comes a domain name without '@', e.g. domain:example.com (for one person write user:EMAIL)",
+                    ))
+                } else if !v.contains('.') {
+                    Err(err(
+                        "after domain: comes a whole domain name with its dot, e.g. domain:example.com",
+                    ))
                 } else {
                     Err(err(
-                        "after domain: comes a domain name without '@', e.g. domain:example.com",
+                        "after domain: comes a domain name (letters, digits, '-' and dots), e.g. domain:example.com",
                     ))
                 }
             }
@@ -607,6 +623,21 @@ mod tests {
         assert!(errs[0].starts_with("bindings[0].role"));
         assert!(errs[1].starts_with("bindings[0].members[0]"));
         assert!(errs[3].contains("column 9"), "{errs:#?}");
+    }
+
+    #[test]
+    fn member_errors_say_what_to_write() {
+        let says = |input: &str, text: &str| {
+            let e = Member::parse(input).unwrap_err().to_string();
+            assert!(e.contains(text), "{input}: {e}");
+        };
+        says("Alice@Example.com", "did you mean user:alice@example.com?");
+        says("domain:example", "with its dot");
+        says(
+            "domain:alice@example.com",
+            "for one person write user:EMAIL",
+        );
+        says("team:eng", "write user:EMAIL, group:NAME");
     }
 
     #[test]

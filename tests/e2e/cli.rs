@@ -95,6 +95,28 @@ fn store_commands_run_beside_the_server_without_its_secrets() {
 }
 
 #[test]
+fn a_group_nobody_can_be_in_is_pointed_out() {
+    let (_d, path) = write_config(
+        "[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"http://127.0.0.1:1\"\n",
+    );
+    let out = run_cli(&path, &["access", "add", "demo", "group:enginering"], None);
+    assert!(out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("no group named enginering") && err.contains("nobody is in it yet"),
+        "{err}"
+    );
+    ok(&run_cli(&path, &["groups", "create", "engineering"], None));
+    let out = run_cli(&path, &["access", "add", "demo", "group:engineering"], None);
+    assert!(out.status.success());
+    assert!(
+        out.stderr.is_empty(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+#[test]
 fn a_missing_config_file_says_how_to_fix_it() {
     let dir = tempfile::tempdir().unwrap();
     let out = run_cli(&dir.path().join("nope.toml"), &["serve"], None);
@@ -126,7 +148,12 @@ fn access_and_users_reject_bad_input_with_the_expected_form() {
         (
             &["access", "add", "demo", "alice@example.com"],
             None,
-            "write user:EMAIL",
+            "did you mean user:alice@example.com?",
+        ),
+        (
+            &["access", "add", "demo", "domain:example"],
+            None,
+            "a whole domain name with its dot",
         ),
         (
             &["access", "add", "demo", "user:alice"],

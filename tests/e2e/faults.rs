@@ -346,3 +346,20 @@ async fn a_dead_or_slow_upstream_leaks_no_connections() {
     );
     assert_eq!(b.get(&c.url("/after")).await.status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn an_unreachable_upstream_is_named_at_start_up() {
+    // Nothing listens on this port.
+    let nowhere: std::net::SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let c = Castellan::start(Setup::new(nowhere)).await;
+    let want = format!("app demo cannot be reached at http://{nowhere}/");
+    let t = std::time::Instant::now();
+    while !c.proc.log_text().contains(&want) {
+        assert!(
+            t.elapsed() < std::time::Duration::from_secs(5),
+            "no start-up warning naming the app and its address:\n{}",
+            c.proc.log_text()
+        );
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+}

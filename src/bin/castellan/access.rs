@@ -221,6 +221,49 @@ fn resource_of(config: &Config, app: Option<&String>, target: &Target) -> Result
     }
 }
 
+/// A `group:` member names a group castellan does not hold (its own or a SCIM-provisioned
+/// one): it matches only through a provider's groups claim or a directory. Says so, and whether
+/// any are configured, so a typo does not pass for a grant.
+async fn warn_unknown_group(
+    config: &Config,
+    store: &castellan::store::Store,
+    name: &str,
+) -> Result<()> {
+    let own = store.groups().await?.iter().any(|g| g.name == name);
+    let (provisioned, _) = store
+        .scim_groups(
+            castellan::store::ScimFilter::DisplayName(name),
+            castellan::store::ScimPage { start: 1, count: 1 },
+        )
+        .await?;
+    if own || provisioned > 0 {
+        return Ok(());
+    }
+    let claims: Vec<&str> = config
+        .providers
+        .iter()
+        .filter(|p| p.groups_claim.is_some())
+        .map(|p| p.id.as_str())
+        .collect();
+    let directories: Vec<&str> = config.directories.iter().map(|d| d.id.as_str()).collect();
+    let sources = match (claims.is_empty(), directories.is_empty()) {
+        (true, true) => "no provider sends groups (groups_claim) and no [[directories]] are configured, so nobody is in it yet".to_string(),
+        _ => format!(
+            "it matches people whose groups come from {}",
+            claims
+                .iter()
+                .map(|c| format!("provider {c}'s groups claim"))
+                .chain(directories.iter().map(|d| format!("directory {d}")))
+                .collect::<Vec<_>>()
+                .join(" or ")
+        ),
+    };
+    eprintln!(
+        "note: castellan has no group named {name} (`castellan groups list`) and no identity provider provisioned one; {sources}. Create it with `castellan groups create {name}` if it is meant to be castellan's."
+    );
+    Ok(())
+}
+
 pub fn known_app(config: &Config, app: &str) -> Result<()> {
     if config.app(app).is_none() {
         let ids: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
@@ -281,6 +324,9 @@ pub async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
                 println!("{member} now has {role} on {resource}{described}");
             } else {
                 println!("{member} already had {role} on {resource}{described}; nothing changed");
+            }
+            if let Member::Group(name) = &member {
+                warn_unknown_group(config, &store, name).await?;
             }
         }
         AccessCommand::Remove {
