@@ -368,6 +368,13 @@ impl Client {
                     "token endpoint answered {status}: {}",
                     detail.trim()
                 ))
+            } else if detail.trim_start().starts_with("invalid_client") {
+                // Not the person's fault, and not theirs to fix: say who must do what.
+                self.rejected(format!(
+                    "the provider does not accept castellan's client credentials ({}). An administrator should check client_id and client_secret of provider {} against the app registered at the provider",
+                    detail.trim(),
+                    self.config.id
+                ))
             } else {
                 self.rejected(format!(
                     "token endpoint refused the code ({status}): {}",

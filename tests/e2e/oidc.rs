@@ -645,3 +645,33 @@ async fn signing_out_ends_the_providers_session_too() {
         page.body
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_wrong_client_secret_tells_the_operator_what_to_check() {
+    let echo = Echo::start().await;
+    let (port, origin) = Castellan::reserve();
+    // The provider knows castellan by another secret than the one configured.
+    let idp = Idp::start_with(&origin, &[("CASTELLAN_CLIENT_SECRET", "the-real-secret")]).await;
+    let mut setup = Setup::new(echo.addr);
+    setup.idp = Some(&idp);
+    setup.local_accounts = false;
+    let c = Castellan::start_on(port, setup).await;
+    c.grant("demo", "user:alice@example.com");
+    let mut b = Browser::new();
+    let page = b.sign_in_oidc(&c.url("/"), ALICE.0, ALICE.1).await;
+    assert!(page.status >= 400, "{} {}", page.status, page.body);
+    assert!(
+        page.body
+            .contains("does not accept castellan&#39;s client credentials")
+            || page
+                .body
+                .contains("does not accept castellan's client credentials"),
+        "{}",
+        page.body
+    );
+    assert!(
+        page.body.contains("client_secret of provider corp"),
+        "{}",
+        page.body
+    );
+}
