@@ -117,9 +117,15 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, host: &str)
     }
     match state.match_app(host, &normal) {
         Some(app) => Ok(crate::gate::app::serve(state, ctx, req, app, host, &normal).await),
-        None => Err(Failure::not_found(
-            "castellan has no app configured for this address. Check the link, or the [[apps]] host and path_prefix in the configuration.",
-        )
+        // A host no app is on (the listen address opened instead of public_url, say): a browser
+        // goes to castellan's own pages, which list the apps; a script is told where they are.
+        None if ctx.navigation && !state.config.apps.iter().any(|a| a.serves_host(host)) => {
+            Ok(web::redirect(&format!("{}/", state.config.public_origin())))
+        }
+        None => Err(Failure::not_found(format!(
+            "castellan has no app at this address. Check the link, or the [[apps]] host and path_prefix in the configuration; castellan's own pages are at {}/",
+            state.config.public_origin()
+        ))
         .titled("No app here")),
     }
 }

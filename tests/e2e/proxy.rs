@@ -573,3 +573,41 @@ async fn idle_and_absolute_session_limits_end_sessions() {
         "idle past session_idle_timeout"
     );
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_host_no_app_is_on_sends_browsers_to_castellans_own_pages() {
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .unwrap();
+    // The listen address opened by another name than public_url's or an app's.
+    let url = format!("http://127.0.0.1:{}/dashboard", c.port);
+    let r = client
+        .get(&url)
+        .header("host", format!("elsewhere.test:{}", c.port))
+        .header("accept", "text/html")
+        .header("sec-fetch-mode", "navigate")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 302);
+    assert_eq!(
+        r.headers()["location"].to_str().unwrap(),
+        c.console("/"),
+        "to castellan's own pages"
+    );
+    let r = client
+        .get(&url)
+        .header("host", format!("elsewhere.test:{}", c.port))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 404);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["message"].as_str().unwrap().contains(&c.console("/")),
+        "{body}"
+    );
+}
