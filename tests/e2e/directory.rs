@@ -5,6 +5,9 @@
 //!
 //! Google's endpoints cannot be reached here, so a double on loopback stands in for them,
 //! following the documented wire formats:
+//! - the metadata server's `GET /computeMetadata/v1/instance/service-accounts/default/token?scopes=…`
+//!   with `Metadata-Flavor: Google` (cloud.google.com/compute/docs/access/authenticate-workloads),
+//!   answering `{"access_token", "expires_in", "token_type"}`;
 //! - the token endpoint of a service account key file (`token_uri`): an RS256 JWT bearer grant
 //!   (RFC 7523; developers.google.com/identity/protocols/oauth2/service-account, "Preparing to
 //!   make an authorized API call"), checked against the key's public half, answering
@@ -44,6 +47,9 @@ struct Directory {
     no_transitive_search: bool,
     /// Answer everything with 503.
     down: bool,
+    /// castellan is given no key file: it takes its token from the metadata server (this
+    /// double, at Google's documented `…/service-accounts/default/token?scopes=…`).
+    from_metadata: bool,
     token_requests: usize,
     searches: usize,
 }
@@ -97,8 +103,22 @@ async fn serve(
         .get("authorization")
         .and_then(|v| v.to_str().ok())
         .map(str::to_string);
+    let flavor = req.headers().get("metadata-flavor").cloned();
     let body = req.into_body().collect().await.unwrap().to_bytes();
     let mut d = dir.lock().unwrap();
+    if path == "/computeMetadata/v1/instance/service-accounts/default/token" {
+        if flavor.as_ref().map(|v| v.as_bytes()) != Some(b"Google") {
+            return Ok(answer(403, json!("Missing Metadata-Flavor:Google header.")));
+        }
+        if query.get("scopes").map(String::as_str) != Some(SCOPE) {
+            return Ok(answer(400, json!("scopes do not match")));
+        }
+        d.token_requests += 1;
+        return Ok(answer(
+            200,
+            json!({"access_token": "ya29.test-token", "expires_in": 3599, "token_type": "Bearer"}),
+        ));
+    }
     if d.down {
         return Ok(google_error(
             503,
@@ -343,9 +363,18 @@ async fn world(grace: &str, setup_directory: impl FnOnce(&Double)) -> World {
     let echo = Echo::start().await;
     let (port, origin) = Castellan::reserve();
     let idp = Idp::start(&origin, None).await;
+    let credentials = if double.dir.lock().unwrap().from_metadata {
+        format!("google_metadata_url = \"http://{}\"\n", double.addr)
+    } else {
+        String::new()
+    };
     let top = format!(
-        "admins = [\"user:alice@example.com\"]\n[[directories]]\nid = \"google\"\nkind = \"google\"\ncredentials = \"{}\"\nendpoint = \"http://{}\"\nrefresh = \"1s\"\ngrace = \"{grace}\"\n",
-        key_file.display(),
+        "admins = [\"user:alice@example.com\"]\n{credentials}[[directories]]\nid = \"google\"\nkind = \"google\"\n{}endpoint = \"http://{}\"\nrefresh = \"1s\"\ngrace = \"{grace}\"\n",
+        if credentials.is_empty() {
+            format!("credentials = \"{}\"\n", key_file.display())
+        } else {
+            String::new()
+        },
         double.addr
     );
     let mut setup = Setup::new(echo.addr);
@@ -488,8 +517,10 @@ async fn an_unreachable_directory_is_trusted_for_its_grace_then_group_bindings_f
 
 #[tokio::test(flavor = "multi_thread")]
 async fn nested_groups_are_followed_where_the_transitive_search_is_refused() {
+    // On Google Cloud, with the metadata server's service account instead of a key file.
     let w = world("1h", |d| {
         d.dir.lock().unwrap().no_transitive_search = true;
+        d.dir.lock().unwrap().from_metadata = true;
         d.set("alice@example.com", &["eng@example.com"]);
         d.set("eng@example.com", &["platform@example.com"]);
         d.set(
@@ -503,5 +534,10 @@ async fn nested_groups_are_followed_where_the_transitive_search_is_refused() {
         status_with_session(&w.c, &alice).await,
         200,
         "data-team through eng and platform (and a cycle)"
+    );
+    assert_eq!(
+        w.double.dir.lock().unwrap().token_requests,
+        1,
+        "one token from the metadata server, reused"
     );
 }
