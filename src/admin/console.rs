@@ -267,16 +267,16 @@ pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>, path: 
                 .await?;
             let mut scim = Vec::new();
             for g in provisioned {
-                let mut members = Vec::new();
-                for id in &g.members {
-                    if let Some(u) = state.store.scim_user(id).await? {
-                        members.push(if u.active {
-                            u.email
-                        } else {
-                            format!("{} (inactive)", u.email)
-                        });
-                    }
-                }
+                let members: Vec<String> = state
+                    .store
+                    .scim_group_members(&g.id)
+                    .await?
+                    .into_iter()
+                    .map(|(_, _, email, active)| match active {
+                        true => email,
+                        false => format!("{email} (inactive)"),
+                    })
+                    .collect();
                 scim.push((g.display_name, members.join(", ")));
             }
             let page = GroupsPage {

@@ -419,12 +419,15 @@ fn user_json(base: &str, u: &ScimUser) -> Value {
 }
 
 async fn group_json(state: &State, base: &str, g: &ScimGroup) -> Result<Value, Failure> {
-    let mut members = Vec::new();
-    for id in &g.members {
-        let display = state.store.scim_user(id).await?.map(|u| u.user_name);
-        members
-            .push(json!({"value": id, "display": display, "$ref": format!("{base}/Users/{id}")}));
-    }
+    let members: Vec<Value> = state
+        .store
+        .scim_group_members(&g.id)
+        .await?
+        .into_iter()
+        .map(|(id, user_name, _, _)| {
+            json!({"value": id, "display": user_name, "$ref": format!("{base}/Users/{id}")})
+        })
+        .collect();
     let mut v = g.resource.clone();
     v["schemas"] = json!([GROUP]);
     v["id"] = json!(g.id);

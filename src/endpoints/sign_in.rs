@@ -385,12 +385,7 @@ pub async fn start_session(
     return_to: &str,
 ) -> Answer {
     // Deactivated over SCIM: no new session, whatever the provider says.
-    if state
-        .store
-        .scim_inactive(&new.identity.email)
-        .await
-        .map_err(|e| Failure::internal("checking the person's provisioning", &e))?
-    {
+    if state.deactivated(&new.identity.email) {
         return Err(Failure::sign_in_failed(
             "Sign-in refused",
             format!(

@@ -190,13 +190,7 @@ async fn token_credential(
     match provider.verify_programmatic(token).await {
         // A provider's token says nothing of SCIM: a person provisioned as inactive is refused
         // here as at sign-in.
-        Ok((identity, _))
-            if state
-                .store
-                .scim_inactive(&identity.email)
-                .await
-                .map_err(|e| Failure::internal("checking the person's provisioning", &e))? =>
-        {
+        Ok((identity, _)) if state.deactivated(&identity.email) => {
             Err(Failure::invalid_token(format!(
                 "{} is deactivated in the organisation's directory (SCIM)",
                 identity.email

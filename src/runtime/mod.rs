@@ -87,6 +87,9 @@ pub struct State {
     /// Identity headers recently made; see [`keys`].
     identity_cache: keys::IdentityCache,
     snapshot: RwLock<Arc<Snapshot>>,
+    /// People provisioned over SCIM as inactive, read with the snapshot (so a request never
+    /// asks the store).
+    deactivated: RwLock<Arc<std::collections::HashSet<String>>>,
     /// The store revision the snapshot was built from (-1: none yet).
     revision: AtomicI64,
     /// Serialises reloads, so a slow one can never replace a newer snapshot with an older one.
@@ -242,6 +245,7 @@ impl State {
             metrics,
             live,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
+            deactivated: RwLock::new(Arc::default()),
             revision: AtomicI64::new(-1),
             reload_lock: tokio::sync::Mutex::new(()),
             session_cache: sessions::Cache::default(),

@@ -74,6 +74,15 @@ impl State {
         result
     }
 
+    /// Whether `email` was provisioned over SCIM and made inactive: refused at sign-in and as
+    /// a bearer, whatever the provider says.
+    pub fn deactivated(&self, email: &str) -> bool {
+        self.deactivated
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(email)
+    }
+
     /// Applies a change this process just made at once (not at the next poll), closing the live
     /// connections it ended.
     pub async fn apply_own_change(&self) {
@@ -93,7 +102,9 @@ impl State {
             self.store.memberships().await?,
             &self.config.admins,
         );
+        let deactivated = self.store.scim_inactive().await?.into_iter().collect();
         *self.snapshot.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(snapshot);
+        *self.deactivated.write().unwrap_or_else(|p| p.into_inner()) = Arc::new(deactivated);
         self.session_cache.clear();
         self.identity_cache.clear();
         self.revision.store(revision, Ordering::Release);

@@ -257,14 +257,13 @@ impl Store {
         Ok((total, rows.iter().map(user_from).collect()))
     }
 
-    /// Whether `email` belongs to a provisioned person who is inactive (refused at sign-in).
-    pub async fn scim_inactive(&self, email: &str) -> Result<bool> {
-        let n: i64 =
-            sqlx::query_scalar("SELECT COUNT(*) FROM scim_users WHERE email = $1 AND active = 0")
-                .bind(email)
-                .fetch_one(&self.pool)
-                .await?;
-        Ok(n > 0)
+    /// The emails of provisioned people who are inactive (refused at sign-in and as bearers).
+    pub async fn scim_inactive(&self) -> Result<Vec<String>> {
+        Ok(
+            sqlx::query_scalar("SELECT DISTINCT email FROM scim_users WHERE active = 0")
+                .fetch_all(&self.pool)
+                .await?,
+        )
     }
 
     /// Creates (`create`) or replaces a group with its members (ids of provisioned users; an
@@ -464,6 +463,24 @@ impl Store {
         Ok((total, groups))
     }
 
+    /// The members of a group, in one query: (user id, userName, email, active).
+    pub async fn scim_group_members(
+        &self,
+        group_id: &str,
+    ) -> Result<Vec<(String, String, String, bool)>> {
+        let rows = sqlx::query(
+            "SELECT u.id, u.user_name, u.email, u.active FROM scim_members m \
+             JOIN scim_users u ON u.id = m.user_id WHERE m.group_id = $1 ORDER BY u.user_name",
+        )
+        .bind(group_id)
+        .fetch_all(&self.pool)
+        .await?;
+        Ok(rows
+            .iter()
+            .map(|r| (r.get(0), r.get(1), r.get(2), r.get::<i64, _>(3) != 0))
+            .collect())
+    }
+
     /// (group display name, email) of every active provisioned person in a provisioned group.
     pub(super) async fn scim_memberships(&self) -> Result<Vec<(String, String)>> {
         let rows = sqlx::query(
@@ -544,14 +561,14 @@ mod tests {
             let r0 = s.revision().await.unwrap();
             assert_eq!(s.scim_put_user(&user("u1", "a@x", false), false).await.unwrap(), 1);
             assert!(s.revision().await.unwrap() > r0);
-            assert!(s.scim_inactive("a@x").await.unwrap());
+            assert_eq!(s.scim_inactive().await.unwrap(), ["a@x"]);
             assert!(s.session(&crate::crypto::digest("d1"), Duration::from_secs(600)).await.unwrap().is_none());
             assert!(!s.memberships().await.unwrap().iter().any(|(_, e)| e == "a@x"));
             let (total, page) = s.scim_users(ScimFilter::UserName("A@X"), ScimPage { start: 1, count: 10 }).await.unwrap();
             assert_eq!((total, page.len()), (1, 1));
             assert_eq!(s.scim_delete_user("u1").await.unwrap(), Some(0));
             assert_eq!(s.scim_delete_user("u1").await.unwrap(), None);
-            assert!(!s.scim_inactive("a@x").await.unwrap());
+            assert!(s.scim_inactive().await.unwrap().is_empty());
         }
     }
 }
