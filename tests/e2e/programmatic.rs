@@ -207,6 +207,9 @@ async fn provider_id_tokens_with_an_allowed_audience_are_accepted() {
     let mut setup = Setup::new(echo.addr);
     setup.idp = Some(&idp);
     setup.provider_extra = "programmatic_audiences = [\"script\"]";
+    let scim_token = "programmatic-scim-token-0123456789abcdefgh";
+    let top = format!("scim_token = \"{scim_token}\"");
+    setup.top = &top;
     let c = Castellan::start_on(port, setup).await;
     c.grant("demo", "user:alice@example.com");
 
@@ -283,6 +286,50 @@ async fn provider_id_tokens_with_an_allowed_audience_are_accepted() {
         "an audience not on programmatic_audiences is refused"
     );
     assert!(r.text().await.unwrap().contains("InvalidAudience"));
+
+    // Deactivated over SCIM, alice's still-valid ID token no longer gets in.
+    let scim = |method: &str, path: &str, body: serde_json::Value| {
+        reqwest::Client::new()
+            .request(
+                method.parse().unwrap(),
+                c.console(&format!("/.castellan/scim/v2{path}")),
+            )
+            .bearer_auth(scim_token)
+            .json(&body)
+            .send()
+    };
+    let user: serde_json::Value = scim(
+        "POST",
+        "/Users",
+        serde_json::json!({"userName": "alice@example.com"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let bearer = |t: String| {
+        reqwest::Client::new()
+            .get(c.url("/api"))
+            .bearer_auth(t)
+            .send()
+    };
+    assert_eq!(
+        bearer(allowed.clone()).await.unwrap().status(),
+        200,
+        "provisioned and active"
+    );
+    let r = scim(
+        "PATCH",
+        &format!("/Users/{}", user["id"].as_str().unwrap()),
+        serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = bearer(allowed).await.unwrap();
+    assert_eq!(r.status(), 401);
+    assert!(r.text().await.unwrap().contains("deactivated"));
 }
 
 #[tokio::test(flavor = "multi_thread")]
