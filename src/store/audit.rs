@@ -74,7 +74,7 @@ fn from_row(r: &sqlx::any::AnyRow) -> AuditRecord {
 
 /// The most rows one SQLite audit statement inserts.
 const SQLITE_ROWS: usize = 256;
-const SQLITE_COLUMNS: usize = 13;
+const SQLITE_COLUMNS: usize = 14;
 
 /// `INSERT … SELECT * FROM (VALUES (?, …), …) WHERE column1 IS NOT NULL` for `rows` rows (a power
 /// of two). A batch fills the rest of the statement with NULL rows, which the statement skips, so
@@ -87,7 +87,7 @@ fn sqlite_insert_sql(rows: usize) -> &'static str {
     SQL[rows.trailing_zeros() as usize].get_or_init(|| {
         let row = format!("({})", vec!["?"; SQLITE_COLUMNS].join(","));
         format!(
-            "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) \
+            "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference, after) \
              SELECT * FROM (VALUES {}) WHERE column1 IS NOT NULL",
             vec![row; rows].join(",")
         )
@@ -122,6 +122,7 @@ async fn append_sqlite(pool: &sqlx::SqlitePool, records: &[AuditRecord]) -> Resu
             add(args.add(r.status));
             add(args.add(r.latency_us));
             add(args.add(text(&r.reference)));
+            add(args.add(r.after.as_ref().map(|v| v.to_string())));
         }
         for _ in chunk.len() * SQLITE_COLUMNS..rows * SQLITE_COLUMNS {
             add(args.add(None::<i64>));
@@ -182,6 +183,7 @@ fn audit_json_chunks(records: &[AuditRecord]) -> Vec<String> {
             r.status,
             r.latency_us,
             text(&r.reference),
+            r.after.as_ref().map(|v| v.to_string()),
         );
         serde_json::to_writer(&mut buf, &row).expect("an audit row serialises");
         if buf.len() > CHUNK_BYTES && start > 0 {
@@ -239,9 +241,9 @@ impl Store {
     /// PostgreSQL takes apart itself. Binding each column of each row instead cost more than the
     /// insert (sqlx's `Any` layer looks each parameter up by name).
     async fn append_postgres(&self, records: &[AuditRecord]) -> Result<()> {
-        let sql = "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference) \
+        let sql = "INSERT INTO audit (at, kind, actor, ip, app, action, method, path, reason, binding, status, latency_us, reference, after) \
                    SELECT (r ->> 0)::bigint, r ->> 1, r ->> 2, r ->> 3, r ->> 4, r ->> 5, r ->> 6, \
-                          r ->> 7, r ->> 8, r ->> 9, (r ->> 10)::bigint, (r ->> 11)::bigint, r ->> 12 \
+                          r ->> 7, r ->> 8, r ->> 9, (r ->> 10)::bigint, (r ->> 11)::bigint, r ->> 12, r ->> 13 \
                    FROM jsonb_array_elements($1::jsonb) WITH ORDINALITY AS t(r, n) ORDER BY n";
         match audit_json_chunks(records).as_slice() {
             [] => {}
