@@ -55,6 +55,7 @@ fn bench(c: &mut Criterion) {
         assert!(
             s.decide(
                 "demo",
+                Role::Accessor,
                 Who::User {
                     email: &email,
                     groups: &groups,
@@ -71,6 +72,7 @@ fn bench(c: &mut Criterion) {
                 b.iter(|| {
                     s.decide(
                         "demo",
+                        Role::Accessor,
                         black_box(Who::User {
                             email: &email,
                             groups: &groups,
@@ -86,9 +88,9 @@ fn bench(c: &mut Criterion) {
             groups: &groups,
             domain: Some("example.com"),
         };
-        assert!(!s.decide("demo", stranger, &cx).allowed());
+        assert!(!s.decide("demo", Role::Accessor, stranger, &cx).allowed());
         g.bench_with_input(BenchmarkId::new("denied-no-binding", n), &n, |b, _| {
-            b.iter(|| s.decide("demo", black_box(stranger), black_box(&cx)))
+            b.iter(|| s.decide("demo", Role::Accessor, black_box(stranger), black_box(&cx)))
         });
     }
     g.finish();

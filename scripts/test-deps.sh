@@ -33,6 +33,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [ -f /usr/lib/apache2/modules/mod_auth_openidc.so ] || missing+=(libapache2-mod-auth-openidc)
 [ -x /usr/bin/wrk ] || missing+=(wrk)
 [ -x /usr/bin/h2load ] || missing+=(nghttp2-client)
+# The tunnel tests: a real OpenSSH server (started by the test on loopback with its own host key).
+[ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || fail "missing Debian packages: run 'sudo apt-get install ${missing[*]}'"
   step "installing Debian's ${missing[*]} (apt-get)"

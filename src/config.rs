@@ -36,6 +36,11 @@ pub struct Config {
     pub session_idle_timeout: Duration,
     pub upstream_connect_timeout: Duration,
     pub upstream_timeout: Duration,
+    /// How many tunnels one person (or service account) may hold open at once, per replica.
+    pub max_tunnels_per_person: usize,
+    /// How often castellan pings an idle tunnel, under the idle timeout of every load balancer
+    /// on the way; a client silent for three intervals is dropped.
+    pub tunnel_keepalive: Duration,
     pub metrics_listen: Option<SocketAddr>,
     /// How long audit records are kept.
     pub audit_retention: Duration,
@@ -315,7 +320,40 @@ pub struct App {
     pub reauth_max_age: Option<Duration>,
 }
 
+/// What an app is, by its upstream's scheme.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AppKind {
+    /// `http://` or `https://`: castellan proxies requests (and WebSockets) to it.
+    Web,
+    /// `tcp://HOST:PORT`: castellan opens a TCP connection per tunnel (`castellan tunnel`).
+    Tcp,
+}
+
 impl App {
+    pub fn kind(&self) -> AppKind {
+        if self.upstream.scheme() == "tcp" {
+            AppKind::Tcp
+        } else {
+            AppKind::Web
+        }
+    }
+
+    /// The role a caller needs to use the app: roles/accessor for a web app,
+    /// roles/tunnelAccessor for a TCP app (web access never implies a shell).
+    pub fn role(&self) -> crate::policy::Role {
+        match self.kind() {
+            AppKind::Web => crate::policy::Role::Accessor,
+            AppKind::Tcp => crate::policy::Role::TunnelAccessor,
+        }
+    }
+
+    /// The upstream's `host:port` (a TCP app's).
+    pub fn upstream_authority(&self) -> String {
+        let host = self.upstream.host_str().unwrap_or_default();
+        let port = self.upstream.port_or_known_default().unwrap_or(0);
+        format!("{host}:{port}")
+    }
+
     /// Whether this app's `host` is `host`, or a `*.` wildcard one label above it. False for apps
     /// without a host (they serve any host).
     pub fn serves_host(&self, host: &str) -> bool {
@@ -598,6 +636,8 @@ pub const ENV_KEYS: &[&str] = &[
     "session_idle_timeout",
     "upstream_connect_timeout",
     "upstream_timeout",
+    "max_tunnels_per_person",
+    "tunnel_keepalive",
     "metrics_listen",
     "audit_retention",
     "access_request_webhook",
@@ -729,6 +769,12 @@ impl Reader<'_> {
         let upstream_timeout = self
             .duration(&mut t, "", "upstream_timeout")
             .unwrap_or(Duration::from_secs(60));
+        let max_tunnels_per_person = self
+            .count(&mut t, "", "max_tunnels_per_person")
+            .unwrap_or(32);
+        let tunnel_keepalive = self
+            .duration(&mut t, "", "tunnel_keepalive")
+            .unwrap_or(Duration::from_secs(20));
         let metrics_listen = self.socket_addr(&mut t, "", "metrics_listen");
         let audit_retention = self
             .duration(&mut t, "", "audit_retention")
@@ -849,6 +895,8 @@ impl Reader<'_> {
             session_idle_timeout,
             upstream_connect_timeout,
             upstream_timeout,
+            max_tunnels_per_person,
+            tunnel_keepalive,
             metrics_listen,
             audit_retention,
             access_request_webhook,
@@ -950,6 +998,26 @@ impl Reader<'_> {
                 self.problem(
                     format!("{prefix}{key}"),
                     format!("expected true or false, found {}", other.type_str()),
+                );
+                None
+            }
+        }
+    }
+
+    /// A positive whole number (a string of digits too: the environment's overrides are strings).
+    fn count(&mut self, t: &mut toml::Table, prefix: &str, key: &str) -> Option<usize> {
+        let v = t.remove(key)?;
+        let n = match &v {
+            Value::Integer(i) => usize::try_from(*i).ok(),
+            Value::String(s) => s.trim().parse::<usize>().ok(),
+            _ => None,
+        };
+        match n {
+            Some(n) if n > 0 => Some(n),
+            _ => {
+                self.problem(
+                    format!("{prefix}{key}"),
+                    format!("`{v}` is not a positive whole number: write e.g. {key} = 32"),
                 );
                 None
             }
@@ -1509,6 +1577,22 @@ impl Reader<'_> {
             let upstream = self
                 .required(&mut a, &prefix, "upstream", "\"http://127.0.0.1:8501\"")
                 .and_then(|s| self.upstream(&prefix, &s));
+            if upstream.as_ref().is_some_and(|u| u.scheme() == "tcp") {
+                for key in [
+                    "identity_headers",
+                    "upstream_auth",
+                    "upstream_auth_audience",
+                    "upstream_auth_header",
+                    "cors_origins",
+                ] {
+                    if a.contains_key(key) {
+                        self.problem(
+                            format!("{prefix}{key}"),
+                            format!("{key} does not apply to a TCP app: castellan passes its bytes through unchanged, with no HTTP headers to add; remove it"),
+                        );
+                    }
+                }
+            }
             if !a.contains_key("host") {
                 self.problem(
                     format!("{prefix}host"),
@@ -1674,6 +1758,22 @@ impl Reader<'_> {
 
     fn upstream(&mut self, prefix: &str, s: &str) -> Option<Url> {
         match Url::parse(s) {
+            Ok(u) if u.scheme() == "tcp" => {
+                if u.host_str().is_some_and(|h| !h.is_empty())
+                    && u.port().is_some()
+                    && matches!(u.path(), "" | "/")
+                    && u.query().is_none()
+                    && u.username().is_empty()
+                {
+                    Some(u)
+                } else {
+                    self.problem(
+                        format!("{prefix}upstream"),
+                        format!("`{s}` is not a TCP upstream: write tcp://HOST:PORT, e.g. \"tcp://10.0.0.5:22\" (SSH) or \"tcp://127.0.0.1:5432\" (PostgreSQL)"),
+                    );
+                    None
+                }
+            }
             Ok(u)
                 if matches!(u.scheme(), "http" | "https")
                     && u.host_str().is_some()
@@ -1686,7 +1786,7 @@ impl Reader<'_> {
             _ => {
                 self.problem(
                     format!("{prefix}upstream"),
-                    format!("`{s}` is not an upstream URL: write scheme, host and port only, e.g. \"http://127.0.0.1:8501\" (the request path is forwarded as it is)"),
+                    format!("`{s}` is not an upstream URL: write scheme, host and port only, e.g. \"http://127.0.0.1:8501\" (the request path is forwarded as it is), or tcp://HOST:PORT for a TCP app (SSH, a database)"),
                 );
                 None
             }
@@ -2143,6 +2243,28 @@ id = "b"
             parse("local_accounts = false\n[[apps]]\nid=\"a\"\nhost = \"app.example.com\"\nupstream=\"http://127.0.0.1:1\"\n")
                 .unwrap_err();
         assert_eq!(err[0].key, "local_accounts");
+    }
+
+    #[test]
+    fn a_tcp_app_needs_host_and_port_and_takes_no_http_keys() {
+        let app = |extra: &str| {
+            parse(&format!(
+                "[[apps]]\nid=\"ssh\"\nhost = \"ssh.example.com\"\n{extra}\n"
+            ))
+        };
+        let c = app("upstream = \"tcp://10.0.0.5:22\"").unwrap();
+        assert_eq!(c.apps[0].kind(), AppKind::Tcp);
+        assert_eq!(c.apps[0].role(), crate::policy::Role::TunnelAccessor);
+        assert_eq!(c.apps[0].upstream_authority(), "10.0.0.5:22");
+        for bad in ["tcp://10.0.0.5", "tcp://10.0.0.5:22/x", "tcp://:22"] {
+            let err = app(&format!("upstream = \"{bad}\"")).unwrap_err();
+            assert!(err[0].message.contains("tcp://HOST:PORT"), "{bad}: {err:?}");
+        }
+        let err =
+            app("upstream = \"tcp://10.0.0.5:22\"\nidentity_headers = \"google-iap\"").unwrap_err();
+        assert_eq!(err[0].key, "apps[0].identity_headers");
+        let web = app("upstream = \"http://127.0.0.1:1\"").unwrap();
+        assert_eq!(web.apps[0].role(), crate::policy::Role::Accessor);
     }
 
     #[test]

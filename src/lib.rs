@@ -6,7 +6,8 @@
 //! test in `tests/architecture.rs` holds every `use crate::` line to this):
 //!
 //! ```text
-//! clock, net, crypto   leaves: time, IP networks, random tokens and digests
+//! clock, net, crypto,  leaves: time, IP networks, random tokens and digests, the tunnel wire
+//! tunnel               protocol (a TCP stream in a WebSocket)
 //! policy               the pure IAM core: model, conditions, snapshot, decide/explain
 //! config               castellan.toml → typed Config; the only reader of the environment
 //! store                SQLite/PostgreSQL and the change feed; the only user of sqlx
@@ -35,4 +36,5 @@ pub mod policy;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod tunnel;
 pub mod web;

@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 /// castellan's layers, lowest first. A module may use the modules of lower layers only (and
 /// itself); `policy` may use only `clock` and `net`.
 const LAYERS: &[&[&str]] = &[
-    &["clock", "net", "crypto"],
+    &["clock", "net", "crypto", "tunnel"],
     &["policy"],
     &["config"],
     &["store"],

@@ -167,16 +167,11 @@ pub(super) async fn post(
                 let member =
                     Member::parse(&format!("user:{}", request.email)).map_err(|e| e.to_string())?;
                 let condition = ops::condition(None, None, expires)?;
-                ops::add(
-                    &state.store,
-                    &Resource::App(request.app.clone()),
-                    Role::Accessor,
-                    member,
-                    condition,
-                    &actor,
-                )
-                .await
-                .map_err(|e| e.to_string())?;
+                let resource = Resource::App(request.app.clone());
+                let role = ops::role_for(&state.config.apps, &resource, None)?;
+                ops::add(&state.store, &resource, role, member, condition, &actor)
+                    .await
+                    .map_err(|e| e.to_string())?;
                 state
                     .store
                     .decide_request(id, true, expires, &actor)

@@ -154,8 +154,9 @@ fn policy_json(p: &Policy) -> serde_json::Value {
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct BindingBody {
-    #[serde(default = "accessor")]
-    role: String,
+    /// Default: the role the app needs (roles/accessor, roles/tunnelAccessor for a TCP app).
+    #[serde(default)]
+    role: Option<String>,
     member: String,
     #[serde(default)]
     condition: Option<ConditionBody>,
@@ -171,10 +172,6 @@ struct ConditionBody {
     #[serde(default)]
     title: Option<String>,
     expression: String,
-}
-
-fn accessor() -> String {
-    "roles/accessor".into()
 }
 
 #[derive(Deserialize)]
@@ -194,8 +191,8 @@ struct CheckBody {
     ip: Option<std::net::IpAddr>,
     #[serde(default)]
     at: Option<String>,
-    #[serde(default = "accessor")]
-    role: String,
+    #[serde(default)]
+    role: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -274,9 +271,9 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
             let r = resource(state, name)?;
             require(&snapshot, &caller, app_of(&r), ip)?;
             let body: BindingBody = json_body(req).await?;
-            let role = Role::parse(&body.role).map_err(bad)?;
+            let role = ops::role_for(&state.config.apps, &r, body.role.as_deref()).map_err(bad)?;
             let member = Member::parse(&body.member).map_err(|e| bad(e.to_string()))?;
-            if member.is_public() && role == Role::Accessor && !body.confirm_public {
+            if member.is_public() && role != Role::Admin && !body.confirm_public {
                 return Err(bad(
                     "allUsers makes the app public: set \"confirm_public\": true",
                 ));
@@ -301,7 +298,10 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
         (&Method::DELETE, ["policies", name, "bindings"]) => {
             let r = resource(state, name)?;
             require(&snapshot, &caller, app_of(&r), ip)?;
-            let role = Role::parse(&q("role").unwrap_or_else(accessor)).map_err(bad)?;
+            let role = match q("role") {
+                Some(given) => Role::parse(&given).map_err(bad)?,
+                None => ops::role_for(&state.config.apps, &r, None).map_err(bad)?,
+            };
             let member = Member::parse(&q("member").ok_or_else(|| bad("give ?member=…"))?)
                 .map_err(|e| bad(e.to_string()))?;
             let (policy, n) = ops::remove(
@@ -371,7 +371,7 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
             let body: CheckBody = json_body(req).await?;
             let r = resource(state, &body.app)?;
             require(&snapshot, &caller, app_of(&r), ip)?;
-            let role = Role::parse(&body.role).map_err(bad)?;
+            let role = ops::role_for(&state.config.apps, &r, body.role.as_deref()).map_err(bad)?;
             let email = body.email.trim().to_ascii_lowercase();
             let path =
                 crate::gate::path::normalize(body.path.as_deref().unwrap_or("/")).map_err(bad)?;

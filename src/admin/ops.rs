@@ -4,6 +4,7 @@
 use std::fmt::Write;
 
 use crate::clock::{format_rfc3339, parse_rfc3339};
+use crate::config::{App, AppKind};
 use crate::policy::Explanation;
 use crate::policy::condition;
 use crate::policy::snapshot::{Decision, Resource};
@@ -12,6 +13,33 @@ use crate::store::{self, Actor, Store};
 
 /// Reads `--expires`: a duration from now (`90m`, `12h`, `7d`), a date (`2027-01-01`, midnight UTC)
 /// or an RFC 3339 timestamp. Returns Unix seconds.
+/// The role given, or the one `resource` needs to be used (an app's [`App::role`]; roles/accessor
+/// globally). An access role that does not fit the app (roles/accessor on a TCP app, which would
+/// grant nothing) is refused with the right one.
+pub fn role_for(apps: &[App], resource: &Resource, given: Option<&str>) -> Result<Role, String> {
+    let app = match resource {
+        Resource::App(id) => apps.iter().find(|a| &a.id == id),
+        Resource::Global => None,
+    };
+    let Some(given) = given else {
+        return Ok(app.map_or(Role::Accessor, App::role));
+    };
+    let role = Role::parse(given)?;
+    match app {
+        Some(app) if role != Role::Admin && role != app.role() => Err(format!(
+            "{} is a {} app: it needs {}, and {role} on it would grant nothing; leave the role out or give {}",
+            app.id,
+            match app.kind() {
+                AppKind::Tcp => "TCP",
+                AppKind::Web => "web",
+            },
+            app.role(),
+            app.role()
+        )),
+        _ => Ok(role),
+    }
+}
+
 pub fn parse_expires(s: &str, now: i64) -> Result<i64, String> {
     let s = s.trim();
     if let Some(d) = crate::config::parse_duration(s) {

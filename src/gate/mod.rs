@@ -8,7 +8,8 @@
 //! [`admit`] is that chain, written once. The proxy ([`app`]), forward-auth
 //! (`endpoints::forward_auth`) and any later front door build an [`Ask`] and call it; none of them
 //! decides anything itself, so a new credential kind or front door cannot skip a step. The rest of
-//! this folder is the proxied path: forwarding ([`proxy`]) and path normalisation ([`path`]).
+//! this folder is the proxied path: forwarding ([`proxy`]), tunnels to TCP apps ([`tunnel`]) and path
+//! normalisation ([`path`]).
 //!
 //! The gate never sees castellan's own endpoints or the admin pages: only `server` routes between
 //! them.
@@ -20,6 +21,7 @@ pub mod credential;
 pub mod identity;
 pub mod path;
 pub mod proxy;
+pub mod tunnel;
 
 use http::HeaderMap;
 use http::header;
@@ -107,7 +109,9 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         ip: Some(ctx.client_ip),
     };
     let who = principal.as_ref().map_or(Who::Anonymous, Principal::who);
-    let decision = state.snapshot().decide(&ask.app.id, who, &cx);
+    let decision = state
+        .snapshot()
+        .decide(&ask.app.id, ask.app.role(), who, &cx);
     let grant = match decision {
         Decision::Allow(grant) => grant,
         Decision::SignIn => return Err(sign_in(ask, None)),
@@ -136,6 +140,7 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         registry: state.live.clone(),
         grounds: Grounds {
             app: ask.app.id.clone(),
+            role: ask.app.role(),
             principal: p.clone(),
             revocation: credential.revocation(),
             host: ask.host.to_string(),

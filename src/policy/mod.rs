@@ -277,10 +277,13 @@ fn is_domain(s: &str) -> bool {
 /// What a binding grants.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Role {
-    /// Open the app.
+    /// Open the app (a web app: its pages and WebSockets).
     Accessor,
     /// Manage the app's policy and see its audit trail (on the global policy: everything).
     Admin,
+    /// Open tunnels to a TCP app (SSH, a database). Separate from [`Role::Accessor`], so that
+    /// sharing a web app never hands out a shell.
+    TunnelAccessor,
 }
 
 impl Role {
@@ -288,8 +291,9 @@ impl Role {
         match s {
             "roles/accessor" | "roles/iap.httpsResourceAccessor" => Ok(Role::Accessor),
             "roles/admin" | "roles/iap.admin" => Ok(Role::Admin),
+            "roles/tunnelAccessor" | "roles/iap.tunnelResourceAccessor" => Ok(Role::TunnelAccessor),
             _ => Err(format!(
-                "`{s}` is not a role: use roles/accessor (alias roles/iap.httpsResourceAccessor) or roles/admin (alias roles/iap.admin)"
+                "`{s}` is not a role: use roles/accessor (alias roles/iap.httpsResourceAccessor), roles/tunnelAccessor (alias roles/iap.tunnelResourceAccessor, for TCP apps) or roles/admin (alias roles/iap.admin)"
             )),
         }
     }
@@ -298,6 +302,7 @@ impl Role {
         match self {
             Role::Accessor => "roles/accessor",
             Role::Admin => "roles/admin",
+            Role::TunnelAccessor => "roles/tunnelAccessor",
         }
     }
 }

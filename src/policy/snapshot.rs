@@ -197,19 +197,15 @@ struct Index {
 pub(super) struct Compiled {
     pub(super) resource: Resource,
     pub(super) policy: Policy,
-    accessor: Index,
-    admin: Index,
+    /// One index per role, at `role as usize`.
+    indexes: [Index; 3],
 }
 
 impl Compiled {
     fn new(resource: Resource, policy: Policy) -> Compiled {
-        let mut accessor = Index::default();
-        let mut admin = Index::default();
+        let mut indexes: [Index; 3] = Default::default();
         for (i, b) in policy.bindings.iter().enumerate() {
-            let idx = match b.role {
-                Role::Accessor => &mut accessor,
-                Role::Admin => &mut admin,
-            };
+            let idx = &mut indexes[b.role as usize];
             let title = b.condition.as_ref().map(|c| c.title.as_str());
             for m in &b.members {
                 let hit = Hit {
@@ -231,16 +227,12 @@ impl Compiled {
         Compiled {
             resource,
             policy,
-            accessor,
-            admin,
+            indexes,
         }
     }
 
     fn index(&self, role: Role) -> &Index {
-        match role {
-            Role::Accessor => &self.accessor,
-            Role::Admin => &self.admin,
-        }
+        &self.indexes[role as usize]
     }
 }
 
@@ -316,9 +308,10 @@ impl Snapshot {
         self.apps.get(app).into_iter().chain(self.global.as_ref())
     }
 
-    /// May `who` open `app` with this request?
-    pub fn decide(&self, app: &str, who: Who<'_>, cx: &Context<'_>) -> Decision {
-        self.decide_role(app, Role::Accessor, who, cx)
+    /// May `who` open `app` with this request? `role` is what the app asks of its callers
+    /// ([`crate::config::App::role`]: a web app roles/accessor, a TCP app roles/tunnelAccessor).
+    pub fn decide(&self, app: &str, role: Role, who: Who<'_>, cx: &Context<'_>) -> Decision {
+        self.decide_role(app, role, who, cx)
     }
 
     /// Does `who` hold `role` on `app` (directly or through the global policy)? `app` None: global only.
@@ -518,7 +511,7 @@ mod tests {
             ),
         ];
         for (who, path, label, reason) in cases {
-            let d = s.decide("demo", who, &cx(path));
+            let d = s.decide("demo", Role::Accessor, who, &cx(path));
             assert_eq!(
                 (d.label(), d.reason().as_str()),
                 (label, reason),
@@ -527,12 +520,22 @@ mod tests {
         }
         // The global policy applies to apps that have no policy of their own.
         assert!(
-            s.decide("other", user("ops@example.com", &none), &cx("/"))
-                .allowed()
+            s.decide(
+                "other",
+                Role::Accessor,
+                user("ops@example.com", &none),
+                &cx("/")
+            )
+            .allowed()
         );
         assert!(
-            !s.decide("other", user("alice@example.com", &none), &cx("/"))
-                .allowed()
+            !s.decide(
+                "other",
+                Role::Accessor,
+                user("alice@example.com", &none),
+                &cx("/")
+            )
+            .allowed()
         );
         // Roles are separate: admin does not open the app, accessor does not manage it.
         assert!(s.has_role(
@@ -558,7 +561,7 @@ mod tests {
         assert!(s.has_role(None, Role::Admin, root, &cx("/")));
         assert!(s.has_role(Some("any"), Role::Admin, root, &cx("/")));
         assert!(
-            !s.decide("any", root, &cx("/")).allowed(),
+            !s.decide("any", Role::Accessor, root, &cx("/")).allowed(),
             "admin does not open apps"
         );
     }
@@ -568,7 +571,7 @@ mod tests {
         let mut p = Policy::default();
         p.add(Role::Accessor, Member::AllUsers, None);
         let s = Snapshot::new(vec![(Resource::App("pub".into()), p)], vec![]);
-        let d = s.decide("pub", Who::Anonymous, &cx("/"));
+        let d = s.decide("pub", Role::Accessor, Who::Anonymous, &cx("/"));
         assert_eq!(d.reason(), Reason::AllUsers);
     }
 
@@ -581,7 +584,12 @@ mod tests {
             Some(BindingCondition::new("r", "", "request.path.startsWith(\"/r\")").unwrap()),
         );
         let s = Snapshot::new(vec![(Resource::App("demo".into()), p)], vec![]);
-        let Decision::Allow(g) = s.decide("demo", user("alice@example.com", &[]), &cx("/r")) else {
+        let Decision::Allow(g) = s.decide(
+            "demo",
+            Role::Accessor,
+            user("alice@example.com", &[]),
+            &cx("/r"),
+        ) else {
             panic!()
         };
         assert_eq!(g.to_string(), "app:demo#0 user:alice@example.com if \"r\"");

@@ -21,13 +21,15 @@ use bytes::Bytes;
 use hyper::body::{Body as HttpBody, Frame};
 use tokio::sync::watch;
 
-use crate::policy::Principal;
+use crate::policy::{Principal, Role};
 use crate::web::{Body, BoxError};
 
 /// What a live connection was allowed on.
 #[derive(Debug, Clone)]
 pub struct Grounds {
     pub app: String,
+    /// The role it was allowed with (roles/tunnelAccessor for a tunnel).
+    pub role: Role,
     pub principal: Principal,
     /// What ends the credential it was opened with.
     pub revocation: Revocation,
@@ -123,6 +125,11 @@ impl Registry {
         self.lock().len()
     }
 
+    /// How many live connections `which` says yes to.
+    pub fn count(&self, which: impl Fn(&Grounds) -> bool) -> usize {
+        self.lock().values().filter(|e| which(&e.grounds)).count()
+    }
+
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
@@ -196,6 +203,7 @@ mod tests {
     fn grounds() -> Grounds {
         Grounds {
             app: "demo".into(),
+            role: Role::Accessor,
             principal: Principal::Person(Arc::new(crate::policy::Identity::local("a@example.com"))),
             revocation: Revocation::Session("s".into()),
             host: "h".into(),

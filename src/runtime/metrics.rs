@@ -32,6 +32,13 @@ pub struct UpstreamErrorLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct TunnelBytesLabels {
+    pub app: String,
+    /// `up` (from the person to the app) or `down`.
+    pub direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndedLabels {
     pub by: &'static str,
 }
@@ -64,6 +71,8 @@ pub struct Metrics {
     pub sign_ins: Family<SignInLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub sign_ins_ended: Family<EndedLabels, Counter>,
+    pub tunnels_open: Family<AppLabel, Gauge>,
+    pub tunnel_bytes: Family<TunnelBytesLabels, Counter>,
     pub audit_dropped: Counter,
     pub audit_spooled: Gauge,
     pub audit_set_aside: Gauge,
@@ -109,6 +118,18 @@ impl Metrics {
             "Sign-ins ended from outside castellan (with the sessions handed off from them), by what ended them",
             sign_ins_ended.clone(),
         );
+        let tunnels_open = Family::<AppLabel, Gauge>::default();
+        registry.register(
+            "tunnels_open",
+            "Tunnels open to TCP apps, by app",
+            tunnels_open.clone(),
+        );
+        let tunnel_bytes = Family::<TunnelBytesLabels, Counter>::default();
+        registry.register(
+            "tunnel_bytes",
+            "Bytes carried by tunnels, by app and direction (up: to the app, down: from it)",
+            tunnel_bytes.clone(),
+        );
         let audit_dropped = Counter::default();
         registry.register(
             "audit_dropped",
@@ -137,6 +158,8 @@ impl Metrics {
             sign_ins,
             upstream_errors,
             sign_ins_ended,
+            tunnels_open,
+            tunnel_bytes,
         }
     }
 

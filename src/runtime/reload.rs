@@ -172,7 +172,9 @@ impl State {
                     time: now,
                     ip: g.ip,
                 };
-                let allowed = snapshot.decide(&g.app, g.principal.who(), &cx).allowed();
+                let allowed = snapshot
+                    .decide(&g.app, g.role, g.principal.who(), &cx)
+                    .allowed();
                 let stands = standing
                     .as_ref()
                     .is_none_or(|s| s.get(&g.revocation).copied().unwrap_or(false));

@@ -19,6 +19,7 @@ use http::{Method, Request, Response};
 use hyper::body::Incoming;
 
 use crate::admin::{api, console};
+use crate::config::AppKind;
 use crate::endpoints::{
     access_request, account, backchannel_logout, cli_auth, forward_auth, handoff, passkey, public,
     scim, second_factor, sign_in, sign_out, token,
@@ -116,7 +117,12 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, host: &str)
         return Box::pin(public::home(state, ctx, &req)).await;
     }
     match state.match_app(host, &normal) {
-        Some(app) => Ok(crate::gate::app::serve(state, ctx, req, app, host, &normal).await),
+        Some(app) => Ok(match app.kind() {
+            AppKind::Web => crate::gate::app::serve(state, ctx, req, app, host, &normal).await,
+            AppKind::Tcp => {
+                Box::pin(crate::gate::tunnel::serve(state, ctx, req, app, host, &normal)).await
+            }
+        }),
         // A host no app is on (the listen address opened instead of public_url, say): a browser
         // goes to castellan's own pages, which list the apps; a script is told where they are.
         None if ctx.navigation && !state.config.apps.iter().any(|a| a.serves_host(host)) => {

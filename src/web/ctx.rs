@@ -99,6 +99,10 @@ pub enum Why {
     PasswordChanged,
     UpstreamUnreachable,
     ConsoleOrigin,
+    /// A TCP app asked for with something other than a tunnel.
+    TunnelOnly,
+    /// The person already holds as many tunnels as `max_tunnels_per_person` allows.
+    TunnelLimit,
 }
 
 impl Why {
@@ -132,6 +136,8 @@ impl Why {
             Why::PasswordChanged => "password-changed",
             Why::UpstreamUnreachable => "upstream-unreachable",
             Why::ConsoleOrigin => "console-origin",
+            Why::TunnelOnly => "tunnel-only",
+            Why::TunnelLimit => "tunnel-limit",
         }
     }
 }

@@ -380,6 +380,38 @@ impl Failure {
         )
     }
 
+    /// A TCP app reached with a plain request (a browser, curl): it only carries tunnels. 426, with
+    /// the command that opens one.
+    pub fn tunnel_only(app: &str, url: &str) -> Failure {
+        Failure::new(
+            StatusCode::UPGRADE_REQUIRED,
+            "tunnel_only",
+            "This app is reached with a tunnel",
+            format!(
+                "{app} is a TCP service (SSH, a database), not a web page. Open a tunnel to it from your computer: \
+                 `castellan login {url}` once, then `castellan tunnel {url} --local-port 2222` \
+                 and connect to 127.0.0.1:2222 (or use --stdio as SSH's ProxyCommand)."
+            ),
+            Outcome::BadRequest,
+            Why::TunnelOnly,
+        )
+    }
+
+    /// The caller already holds `max` tunnels on this replica.
+    pub fn tunnel_limit(who: &str, max: usize) -> Failure {
+        Failure::new(
+            StatusCode::TOO_MANY_REQUESTS,
+            "too_many_tunnels",
+            "Too many tunnels",
+            format!(
+                "{who} already has {max} tunnels open through castellan, the most allowed (max_tunnels_per_person). \
+                 Close one (an idle `castellan tunnel`, a forgotten SSH session) and try again."
+            ),
+            Outcome::Deny,
+            Why::TunnelLimit,
+        )
+    }
+
     /// Something went wrong inside castellan while `doing`: logged with the reference, and
     /// nothing let through. A store that cannot be reached is a 503, anything else a 500.
     pub fn internal(doing: &str, err: &(dyn std::error::Error + 'static)) -> Failure {

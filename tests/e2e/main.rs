@@ -25,3 +25,4 @@ mod review;
 mod scim;
 mod support;
 mod tls;
+mod tunnel;

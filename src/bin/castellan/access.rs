@@ -41,10 +41,12 @@ pub enum AccessCommand {
         args: Vec<String>,
         #[command(flatten)]
         target: Target,
-        /// The role: roles/accessor (open the app) or roles/admin (manage its policy). gcloud's
-        /// roles/iap.httpsResourceAccessor and roles/iap.admin are accepted.
-        #[arg(long, default_value = "roles/accessor")]
-        role: String,
+        /// The role: roles/accessor (open a web app), roles/tunnelAccessor (open tunnels to a TCP
+        /// app) or roles/admin (manage its policy). Default: the one the app needs. gcloud's
+        /// roles/iap.httpsResourceAccessor, roles/iap.tunnelResourceAccessor and roles/iap.admin
+        /// are accepted.
+        #[arg(long, value_name = "ROLE")]
+        role: Option<String>,
         /// A condition in castellan's CEL subset, e.g. 'request.path.startsWith("/reports")'.
         #[arg(long, value_name = "EXPR")]
         condition: Option<String>,
@@ -70,8 +72,10 @@ castellan access remove --global user:root@example.com --role roles/admin"
         args: Vec<String>,
         #[command(flatten)]
         target: Target,
-        #[arg(long, default_value = "roles/accessor")]
-        role: String,
+        /// The role (default: the one the app needs: roles/accessor, or roles/tunnelAccessor for
+        /// a TCP app).
+        #[arg(long, value_name = "ROLE")]
+        role: Option<String>,
         /// Only from the binding whose condition has this title.
         #[arg(long, value_name = "TITLE")]
         condition_title: Option<String>,
@@ -184,9 +188,10 @@ pub struct CheckArgs {
     /// When: a date, a timestamp or a duration from now (default: now).
     #[arg(long)]
     at: Option<String>,
-    /// Check roles/admin instead of roles/accessor.
-    #[arg(long, default_value = "roles/accessor")]
-    role: String,
+    /// The role to check (default: the one the app needs: roles/accessor, or roles/tunnelAccessor
+    /// for a TCP app); e.g. roles/admin.
+    #[arg(long, value_name = "ROLE")]
+    role: Option<String>,
 }
 
 /// Splits `[APP] ARG` by `--global`.
@@ -275,8 +280,9 @@ pub fn known_app(config: &Config, app: &str) -> Result<()> {
     Ok(())
 }
 
-fn parse_role(s: &str) -> Result<Role> {
-    Role::parse(s).map_err(anyhow::Error::msg)
+/// The role given, or the one `resource` needs (see [`ops::role_for`]).
+fn role_for(config: &Config, resource: &Resource, given: Option<&str>) -> Result<Role> {
+    ops::role_for(&config.apps, resource, given).map_err(anyhow::Error::msg)
 }
 
 pub async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
@@ -292,8 +298,8 @@ pub async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
         } => {
             let (resource, member) = resource_and_arg(config, &args, &target)?;
             let member = Member::parse(&member)?;
-            let role = parse_role(&role)?;
-            if member.is_public() && role == Role::Accessor && !yes {
+            let role = role_for(config, &resource, role.as_deref())?;
+            if member.is_public() && role != Role::Admin && !yes {
                 bail!(
                     "allUsers makes {resource} public: anyone on the internet can open it without signing in. Repeat with --yes if that is what you want"
                 );
@@ -337,7 +343,11 @@ pub async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
         } => {
             let (resource, member) = resource_and_arg(config, &args, &target)?;
             let member = Member::parse(&member)?;
-            let role = parse_role(&role)?;
+            // Any role may be removed, one that does not fit the app included (a clean-up).
+            let role = match role {
+                Some(r) => Role::parse(&r).map_err(anyhow::Error::msg)?,
+                None => role_for(config, &resource, None)?,
+            };
             let store = open_store(config).await?;
             let (_, n) = ops::remove(
                 &store,
@@ -512,7 +522,11 @@ pub async fn policy(config: &Config, cmd: PolicyCommand) -> Result<ExitCode> {
 pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
     known_app(config, &args.app)?;
     let email = crate::users::normalize_email(&args.email)?;
-    let role = parse_role(&args.role)?;
+    let role = role_for(
+        config,
+        &Resource::App(args.app.clone()),
+        args.role.as_deref(),
+    )?;
     let at = match &args.at {
         None => castellan::clock::now(),
         Some(a) => parse_rfc3339(a)

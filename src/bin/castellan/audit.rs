@@ -28,7 +28,7 @@ pub struct AuditArgs {
     until: Option<String>,
     #[arg(long, value_enum)]
     decision: Option<DecisionFilter>,
-    /// Only decisions or only changes.
+    /// Only decisions, only changes, or only ended tunnels (with their duration and bytes).
     #[arg(long, value_enum)]
     kind: Option<Kind>,
     /// One JSON object per line.
@@ -53,6 +53,7 @@ enum DecisionFilter {
 enum Kind {
     Decision,
     Change,
+    Tunnel,
 }
 
 /// A point in time given as a duration back from now, a date or a timestamp; Unix milliseconds.
@@ -87,6 +88,7 @@ pub async fn run(config: &Config, args: AuditArgs) -> Result<ExitCode> {
         kind: args.kind.map(|k| match k {
             Kind::Decision => "decision".to_string(),
             Kind::Change => "change".to_string(),
+            Kind::Tunnel => "tunnel".to_string(),
         }),
         after_id: None,
         limit: args.limit,
@@ -136,6 +138,21 @@ fn line(r: &AuditRecord) -> String {
             } else {
                 format!("  ref {}", r.reference)
             },
+        )
+    } else if r.kind == "tunnel" {
+        let a = r.after.clone().unwrap_or_default();
+        format!(
+            "{when}  tunnel   {:<28} {:<10} closed ({}) after {:.1} s: {} bytes up, {} down{}",
+            r.actor,
+            r.app,
+            a["ended"].as_str().unwrap_or("?"),
+            a["seconds"].as_f64().unwrap_or(0.0),
+            a["bytes_up"],
+            a["bytes_down"],
+            match a["detail"].as_str() {
+                Some(d) if !d.is_empty() => format!(": {d}"),
+                _ => String::new(),
+            }
         )
     } else {
         let after = r

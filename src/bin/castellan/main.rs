@@ -9,6 +9,7 @@ mod remote;
 mod service_accounts;
 mod sessions;
 mod store_cmd;
+mod tunnel;
 mod users;
 
 use std::net::SocketAddr;
@@ -181,6 +182,10 @@ person signed in with `castellan login`; tokens are renewed before they expire."
         port: u16,
     },
 
+    /// Open tunnels to a TCP app (SSH, PostgreSQL, any TCP service) behind castellan.
+    #[command(after_help = TUNNEL_HELP)]
+    Tunnel(tunnel::TunnelArgs),
+
     /// Manage service accounts (members `serviceAccount:NAME`) and their keys.
     #[command(subcommand, name = "service-accounts")]
     ServiceAccounts(service_accounts::ServiceAccountsCommand),
@@ -189,6 +194,16 @@ person signed in with `castellan login`; tokens are renewed before they expire."
     #[command(subcommand)]
     Store(store_cmd::StoreCommand),
 }
+
+const TUNNEL_HELP: &str = "Examples:\n  castellan login https://ssh.example.com\n  \
+castellan tunnel https://ssh.example.com --local-port 2222 &\n  ssh -p 2222 alice@127.0.0.1\n\n  \
+ssh -o ProxyCommand='castellan tunnel https://ssh.example.com --stdio' alice@db-host\n  \
+scp -o ProxyCommand='castellan tunnel https://ssh.example.com --stdio' big.tar alice@db-host:\n\n  \
+castellan tunnel https://pg.example.com --local-port 5432 &\n  psql -h 127.0.0.1 -p 5432 -U app appdb\n\n  \
+CASTELLAN_SERVICE_ACCOUNT_KEY=$KEY castellan tunnel https://pg.example.com --local-port 5432 --service-account etl-job\n\n\
+The app must be a TCP app (upstream = \"tcp://HOST:PORT\") and you need roles/tunnelAccessor on it.\n\
+--local-port listens on 127.0.0.1 only. Tokens are renewed before they expire; an open tunnel closes\n\
+within a second when your access ends. No configuration file is needed.";
 
 fn main() -> ExitCode {
     return_freed_memory_at_once();
@@ -240,6 +255,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Login { url, no_browser } => return remote::login(&url, no_browser).await,
         Command::Token(cmd) => return remote::token(cmd).await,
         Command::Proxy { url, port } => return remote::proxy(&url, port).await,
+        Command::Tunnel(args) => return tunnel::run(args).await,
         Command::Store(cmd) => return store_cmd::run(cmd).await,
         _ => {}
     }
@@ -263,6 +279,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         | Command::Login { .. }
         | Command::Token(_)
         | Command::Store(_)
+        | Command::Tunnel(_)
         | Command::Proxy { .. } => {
             unreachable!("handled above")
         }

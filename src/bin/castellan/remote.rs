@@ -87,7 +87,7 @@ fn save(creds: &Credentials) -> Result<PathBuf> {
     Ok(path)
 }
 
-fn origin_of(url: &str) -> Result<(Url, String)> {
+pub(crate) fn origin_of(url: &str) -> Result<(Url, String)> {
     let u = Url::parse(url)
         .with_context(|| format!("`{url}` is not a URL: write e.g. https://apps.example.com"))?;
     if !matches!(u.scheme(), "http" | "https") {
@@ -293,21 +293,67 @@ pub async fn token(cmd: TokenCommand) -> Result<ExitCode> {
     Ok(ExitCode::SUCCESS)
 }
 
-/// A fresh token, renewed five minutes before it expires.
-struct Fresh {
+/// Where tokens come from: the person signed in with `castellan login`, or a service account.
+enum Source {
+    SignedIn,
+    ServiceAccount { name: String, key: String },
+}
+
+/// A fresh token for the app at `url`, renewed five minutes before it expires.
+pub(crate) struct Fresh {
     url: String,
+    source: Source,
     current: Mutex<Option<(String, Instant)>>,
 }
 
 impl Fresh {
-    async fn get(&self) -> Result<String> {
+    pub(crate) fn signed_in(url: &str) -> Fresh {
+        Fresh {
+            url: url.to_string(),
+            source: Source::SignedIn,
+            current: Mutex::new(None),
+        }
+    }
+
+    pub(crate) fn service_account(url: &str, name: &str, key: &str) -> Fresh {
+        Fresh {
+            url: url.to_string(),
+            source: Source::ServiceAccount {
+                name: name.to_string(),
+                key: key.to_string(),
+            },
+            current: Mutex::new(None),
+        }
+    }
+
+    pub(crate) async fn get(&self) -> Result<String> {
         let mut slot = self.current.lock().await;
         if let Some((t, until)) = slot.as_ref()
             && Instant::now() < *until
         {
             return Ok(t.clone());
         }
-        let (token, expires_in) = access_token(&self.url).await?;
+        let (token, expires_in) = match &self.source {
+            Source::SignedIn => access_token(&self.url).await?,
+            Source::ServiceAccount { name, key } => {
+                let (_, origin) = origin_of(&self.url)?;
+                let v = token_call(
+                    &origin,
+                    &[
+                        ("grant_type", "client_credentials"),
+                        ("client_id", name),
+                        ("client_secret", key),
+                        ("audience", &self.url),
+                    ],
+                )
+                .await?;
+                let token = v["access_token"]
+                    .as_str()
+                    .ok_or_else(|| anyhow!("{origin} sent no access token"))?
+                    .to_string();
+                (token, v["expires_in"].as_i64().unwrap_or(60))
+            }
+        };
         let renew = Duration::from_secs((expires_in - 300).max(30) as u64);
         *slot = Some((token.clone(), Instant::now() + renew));
         Ok(token)
@@ -316,10 +362,7 @@ impl Fresh {
 
 pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
     let (remote, origin) = origin_of(url)?;
-    let fresh = Arc::new(Fresh {
-        url: url.to_string(),
-        current: Mutex::new(None),
-    });
+    let fresh = Arc::new(Fresh::signed_in(url));
     fresh.get().await?; // fail now, not on the first request, if the sign-in is gone
     let listener = tokio::net::TcpListener::bind(("127.0.0.1", port))
         .await
