@@ -360,7 +360,19 @@ async fn app_rows(
         .map(|a| {
             let http = state.http.clone();
             let url = a.upstream.clone();
+            let tcp = (a.kind() == crate::config::AppKind::Tcp).then(|| a.upstream_authority());
             tokio::spawn(async move {
+                // A TCP app is healthy when its port accepts a connection.
+                if let Some(target) = tcp {
+                    let connect = tokio::net::TcpStream::connect(target);
+                    return match tokio::time::timeout(std::time::Duration::from_secs(2), connect)
+                        .await
+                    {
+                        Ok(Ok(_)) => (true, "TCP port open".to_string()),
+                        Ok(Err(_)) => (false, "connection refused or failed".to_string()),
+                        Err(_) => (false, "no answer within 2 s".to_string()),
+                    };
+                }
                 match http
                     .get(url.as_str())
                     .timeout(std::time::Duration::from_secs(2))

@@ -461,3 +461,108 @@ async fn ssh_through_nginx_in_front_of_castellan_survives_an_idle_proxy_timeout(
     assert!(out.status.success(), "ssh via nginx: {out:?}");
     assert_eq!(String::from_utf8_lossy(&out.stdout), "still-here\n");
 }
+
+/// A TCP echo server: what it reads, it writes back.
+async fn tcp_echo() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = s.into_split();
+                let _ = tokio::io::copy(&mut r, &mut w).await;
+            });
+        }
+    });
+    port
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_scim_deactivation_through_one_replica_closes_a_tunnel_on_the_other() {
+    use std::io::{BufRead, Write};
+    let echo = Echo::start().await;
+    let upstream = tcp_echo().await;
+    let db = Database::create(&shared_postgres()).await;
+    let token = "scim-tunnel-token-0123456789abcdefghijklmn";
+    let top = format!("scim_token = \"{token}\"");
+    let extra = format!(
+        "[[apps]]\nid = \"ssh\"\nhost = \"127.0.0.1\"\npath_prefix = \"/ssh\"\nupstream = \"tcp://127.0.0.1:{upstream}\"\n"
+    );
+    let start = || {
+        let mut setup = Setup::new(echo.addr);
+        setup.store = Some(db.url.clone());
+        setup.top = &top;
+        setup.extra = &extra;
+        Castellan::start(setup)
+    };
+    let a = start().await;
+    let b = start().await;
+    let scim = |method: &str, path: &str, body: serde_json::Value| {
+        reqwest::Client::new()
+            .request(
+                method.parse().unwrap(),
+                a.console(&format!("/.castellan/scim/v2{path}")),
+            )
+            .bearer_auth(token)
+            .json(&body)
+            .send()
+    };
+    let home = logged_in(&b, "carol@example.com").await;
+    let user: serde_json::Value = scim(
+        "POST",
+        "/Users",
+        serde_json::json!({"userName": "carol@example.com"}),
+    )
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
+    let id = user["id"].as_str().unwrap().to_string();
+    a.grant("ssh", "user:carol@example.com");
+
+    // A tunnel through replica B carries bytes both ways.
+    let mut tunnel = std::process::Command::new(castellan_bin())
+        .args(["tunnel", &format!("{}/ssh", b.origin), "--stdio"])
+        .env("XDG_CONFIG_HOME", home.path())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdin = tunnel.stdin.take().unwrap();
+    let mut stdout = std::io::BufReader::new(tunnel.stdout.take().unwrap());
+    stdin.write_all(b"ping\n").unwrap();
+    stdin.flush().unwrap();
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "ping\n");
+
+    // Carol is deactivated through replica A: B closes her tunnel within a second.
+    let r = scim(
+        "PATCH",
+        &format!("/Users/{id}"),
+        serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]}),
+    )
+    .await
+    .unwrap();
+    assert_eq!(r.status(), 200);
+    let deactivated = Instant::now();
+    let status = loop {
+        if let Some(s) = tunnel.try_wait().unwrap() {
+            break s;
+        }
+        assert!(
+            deactivated.elapsed() < Duration::from_secs(5),
+            "the tunnel on B is still open after the deactivation on A"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = deactivated.elapsed();
+    eprintln!("a SCIM deactivation on A closed the tunnel on B after {took:?}");
+    assert!(took < Duration::from_secs(1), "took {took:?}");
+    assert!(!status.success());
+    let mut err = String::new();
+    std::io::Read::read_to_string(tunnel.stderr.as_mut().unwrap(), &mut err).unwrap();
+    assert!(err.contains("access was revoked"), "{err}");
+}
