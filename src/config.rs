@@ -616,6 +616,14 @@ pub fn cli_credentials_dir() -> Option<PathBuf> {
         .map(|base| base.join("castellan"))
 }
 
+/// A service account's key for `castellan tunnel --service-account` (never a command-line
+/// argument, which other users of the machine can read).
+pub fn service_account_key() -> Option<String> {
+    std::env::var("CASTELLAN_SERVICE_ACCOUNT_KEY")
+        .ok()
+        .filter(|k| !k.is_empty())
+}
+
 /// The variable that can hold the whole configuration instead of a file.
 pub const CONFIG_TOML_VAR: &str = "CASTELLAN_CONFIG_TOML";
 

@@ -415,14 +415,17 @@ fn unit_test_files_are_compiled_only_for_tests() {
         .filter(|p| p.file_name().is_some_and(|n| n == "tests.rs"))
     {
         let parent = path.parent().unwrap();
+        // Declared in the folder's mod.rs, or in the file named after the folder
+        // (`web/failure.rs` for `web/failure/tests.rs`).
         let declared = ["mod.rs", "lib.rs"]
             .iter()
             .map(|f| parent.join(f))
+            .chain([parent.with_extension("rs")])
             .filter_map(|f| std::fs::read_to_string(f).ok())
             .any(|text| text.contains("#[cfg(test)]\nmod tests;"));
         if !declared {
             broken.push(format!(
-                "{}: declare it as `#[cfg(test)]\nmod tests;` in its folder's mod.rs",
+                "{}: declare it as `#[cfg(test)]\nmod tests;` in its folder's mod.rs (or FOLDER.rs)",
                 rel(path)
             ));
         }

@@ -380,35 +380,39 @@ impl Failure {
         )
     }
 
-    /// A TCP app reached with a plain request (a browser, curl): it only carries tunnels. 426, with
-    /// the command that opens one.
+    /// A TCP app reached with a plain request (a browser, curl): 426, with the commands to use.
     pub fn tunnel_only(app: &str, url: &str) -> Failure {
+        let message = format!(
+            "{app} is a TCP service (SSH, a database), not a web page. Open a tunnel to it from your computer: \
+             `castellan login {url}` once, then `castellan tunnel {url} --local-port 2222` \
+             and connect to 127.0.0.1:2222 (or use --stdio as SSH's ProxyCommand)."
+        );
+        let title = "This app is reached with a tunnel";
+        let why = Why::TunnelOnly;
         Failure::new(
             StatusCode::UPGRADE_REQUIRED,
             "tunnel_only",
-            "This app is reached with a tunnel",
-            format!(
-                "{app} is a TCP service (SSH, a database), not a web page. Open a tunnel to it from your computer: \
-                 `castellan login {url}` once, then `castellan tunnel {url} --local-port 2222` \
-                 and connect to 127.0.0.1:2222 (or use --stdio as SSH's ProxyCommand)."
-            ),
+            title,
+            message,
             Outcome::BadRequest,
-            Why::TunnelOnly,
+            why,
         )
     }
 
     /// The caller already holds `max` tunnels on this replica.
     pub fn tunnel_limit(who: &str, max: usize) -> Failure {
+        let message = format!(
+            "{who} already has {max} tunnels open through castellan, the most allowed (max_tunnels_per_person). \
+             Close one (an idle `castellan tunnel`, a forgotten SSH session) and try again."
+        );
+        let (status, why) = (StatusCode::TOO_MANY_REQUESTS, Why::TunnelLimit);
         Failure::new(
-            StatusCode::TOO_MANY_REQUESTS,
+            status,
             "too_many_tunnels",
             "Too many tunnels",
-            format!(
-                "{who} already has {max} tunnels open through castellan, the most allowed (max_tunnels_per_person). \
-                 Close one (an idle `castellan tunnel`, a forgotten SSH session) and try again."
-            ),
+            message,
             Outcome::Deny,
-            Why::TunnelLimit,
+            why,
         )
     }
 
@@ -619,86 +623,4 @@ impl From<crate::store::Error> for Failure {
 pub type Answer = Result<Response<Body>, Failure>;
 
 #[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn ctx(navigation: bool) -> Ctx {
-        Ctx::new(
-            "127.0.0.1:1".parse().unwrap(),
-            "127.0.0.1".parse().unwrap(),
-            navigation,
-        )
-    }
-
-    async fn body(resp: Response<Body>) -> String {
-        use http_body_util::BodyExt;
-        String::from_utf8(
-            resp.into_body()
-                .collect()
-                .await
-                .unwrap()
-                .to_bytes()
-                .to_vec(),
-        )
-        .unwrap()
-    }
-
-    #[tokio::test]
-    async fn one_json_shape_and_one_page_per_failure() {
-        let mut c = ctx(false);
-        let r =
-            Failure::denied("bob@example.com", "demo", Reason::NoMatchingBinding).respond(&mut c);
-        assert_eq!(r.status(), 403);
-        let v: Value = serde_json::from_str(&body(r).await).unwrap();
-        assert_eq!(v["error"], "access_denied");
-        assert_eq!(v["reason"], "no-matching-binding");
-        assert_eq!(v["reference"].as_str(), c.reference.as_deref());
-        assert_eq!(c.outcome, Outcome::Deny);
-
-        let mut c = ctx(true);
-        let r =
-            Failure::denied("bob@example.com", "demo", Reason::NoMatchingBinding).respond(&mut c);
-        assert!(body(r).await.contains("<h1>Access denied</h1>"));
-    }
-
-    #[tokio::test]
-    async fn sign_in_redirects_browsers_and_tells_scripts() {
-        let f = || Failure::sign_in("/.castellan/sign_in?rd=%2F".into(), None);
-        let r = f().respond(&mut ctx(true));
-        assert_eq!(r.status(), 302);
-        assert_eq!(r.headers()["location"], "/.castellan/sign_in?rd=%2F");
-        let r = f().respond(&mut ctx(false));
-        assert_eq!(r.status(), 401);
-        assert_eq!(
-            r.headers()["www-authenticate"],
-            "Bearer realm=\"castellan\""
-        );
-        let v: Value = serde_json::from_str(&body(r).await).unwrap();
-        assert_eq!(v["error"], "unauthenticated");
-        assert_eq!(v["sign_in_url"], "/.castellan/sign_in?rd=%2F");
-    }
-
-    #[tokio::test]
-    async fn oauth_failures_speak_rfc_6750() {
-        let r = Failure::invalid_token("the token \"x\" expired").respond(&mut ctx(false));
-        assert_eq!(r.status(), 401);
-        assert_eq!(
-            r.headers()["www-authenticate"],
-            "Bearer realm=\"castellan\", error=\"invalid_token\", error_description=\"the token 'x' expired\""
-        );
-        let v: Value = serde_json::from_str(&body(r).await).unwrap();
-        assert_eq!(v["error_description"], v["message"]);
-        let r = Failure::oauth("invalid_client", "unknown client").respond(&mut ctx(false));
-        assert_eq!(r.status(), 401);
-        assert_eq!(r.headers()["www-authenticate"], "Basic realm=\"castellan\"");
-    }
-
-    #[tokio::test]
-    async fn retry_after_and_allow_are_set() {
-        let r = Failure::store_unavailable().respond(&mut ctx(true));
-        assert_eq!(r.status(), 503);
-        assert_eq!(r.headers()["retry-after"], "10");
-        let r = Failure::method_not_allowed("GET, POST").respond(&mut ctx(false));
-        assert_eq!(r.headers()["allow"], "GET, POST");
-    }
-}
+mod tests;

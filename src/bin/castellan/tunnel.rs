@@ -41,15 +41,12 @@ pub async fn run(args: TunnelArgs) -> Result<ExitCode> {
     let fresh = Arc::new(match &args.service_account {
         None => Fresh::signed_in(&args.url),
         Some(name) => {
-            let key = std::env::var("CASTELLAN_SERVICE_ACCOUNT_KEY")
-                .ok()
-                .filter(|k| !k.is_empty())
-                .ok_or_else(|| {
-                    anyhow!(
-                        "--service-account {name} needs its key in CASTELLAN_SERVICE_ACCOUNT_KEY \
+            let key = castellan::config::service_account_key().ok_or_else(|| {
+                anyhow!(
+                    "--service-account {name} needs its key in CASTELLAN_SERVICE_ACCOUNT_KEY \
                          (create one with `castellan service-accounts keys create {name}`)"
-                    )
-                })?;
+                )
+            })?;
             Fresh::service_account(&args.url, name, &key)
         }
     });
