@@ -161,7 +161,13 @@ fn audit_tunnels(c: &Castellan) -> Vec<serde_json::Value> {
 async fn ssh_and_scp_go_through_the_tunnel_as_the_person_with_the_tunnel_role() {
     let sshd = Sshd::start();
     let echo = Echo::start().await;
-    let c = castellan(&echo, &format!("127.0.0.1:{}", sshd.port), "").await;
+    let metrics = free_port();
+    let c = castellan(
+        &echo,
+        &format!("127.0.0.1:{}", sshd.port),
+        &format!("metrics_listen = \"127.0.0.1:{metrics}\""),
+    )
+    .await;
     let home = logged_in(&c, "ops@example.com").await;
 
     // Web access to the app's host is not tunnel access.
@@ -224,6 +230,25 @@ async fn ssh_and_scp_go_through_the_tunnel_as_the_person_with_the_tunnel_role() 
         .max()
         .unwrap();
     assert!(biggest > 100 * 1024 * 1024, "{tunnels:?}");
+    // And in the metrics: bytes each way, no tunnel left open.
+    let text = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
+        .await
+        .unwrap()
+        .text()
+        .await
+        .unwrap();
+    let value = |series: &str| -> f64 {
+        text.lines()
+            .find(|l| l.starts_with(series))
+            .and_then(|l| l.rsplit(' ').next()?.parse().ok())
+            .unwrap_or_else(|| panic!("no {series} in {text}"))
+    };
+    assert!(
+        value("castellan_tunnel_bytes_total{app=\"ssh\",direction=\"up\"}")
+            > 100.0 * 1024.0 * 1024.0
+    );
+    assert!(value("castellan_tunnel_bytes_total{app=\"ssh\",direction=\"down\"}") > 0.0);
+    assert_eq!(value("castellan_tunnels_open{app=\"ssh\"}"), 0.0);
     assert!(
         tunnels
             .iter()
@@ -314,6 +339,42 @@ async fn psql_reaches_postgres_through_a_local_port_as_a_service_account() {
         .unwrap()
         .trim()
         .to_string();
+    let token_for = |key: String| {
+        let c = &c;
+        async move {
+            let (status, v) = token_grant(
+                c,
+                &[
+                    ("grant_type", "client_credentials"),
+                    ("client_id", "etl"),
+                    ("client_secret", &key),
+                    ("audience", "ssh"),
+                ],
+            )
+            .await;
+            assert_eq!(status, 200, "{v}");
+            v["access_token"].as_str().unwrap().to_string()
+        }
+    };
+    let token = token_for(key.clone()).await;
+
+    // Conditions apply to tunnels as to web requests: only from the office network.
+    let out = c.cli(&[
+        "access",
+        "add",
+        "ssh",
+        "serviceAccount:etl",
+        "--condition",
+        "inIpRange(origin.ip, \"10.0.0.0/8\")",
+        "--condition-title",
+        "office",
+    ]);
+    assert!(out.status.success(), "{out:?}");
+    std::thread::sleep(Duration::from_millis(500));
+    let outside = handshake(&c.url("/ssh"), &token).await;
+    assert_eq!(outside.status(), 403);
+    let body: serde_json::Value = outside.json().await.unwrap();
+    assert_eq!(body["reason"], "condition-not-met", "{body}");
     c.grant("ssh", "serviceAccount:etl");
 
     let port = free_port();
@@ -326,8 +387,9 @@ async fn psql_reaches_postgres_through_a_local_port_as_a_service_account() {
             .env("CASTELLAN_SERVICE_ACCOUNT_KEY", &key),
         c.config_path.with_file_name("tunnel.log"),
     );
+    // Ready when it says so (a probe connection would itself be a tunnel, and count).
     let deadline = Instant::now() + Duration::from_secs(10);
-    while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+    while !tunnel.log_text().contains("Listening on") {
         assert!(Instant::now() < deadline, "{}", tunnel.log_text());
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -343,19 +405,7 @@ async fn psql_reaches_postgres_through_a_local_port_as_a_service_account() {
     // While one tunnel is open, a second one is over the limit, with the reason.
     let held = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let (status, v) = token_grant(
-        &c,
-        &[
-            ("grant_type", "client_credentials"),
-            ("client_id", "etl"),
-            ("client_secret", &key),
-            ("audience", "ssh"),
-        ],
-    )
-    .await;
-    assert_eq!(status, 200, "{v}");
-    let token = v["access_token"].as_str().unwrap();
-    let second = handshake(&c.url("/ssh"), token).await;
+    let second = handshake(&c.url("/ssh"), &token).await;
     assert_eq!(second.status(), 429);
     let body: serde_json::Value = second.json().await.unwrap();
     assert!(
@@ -367,7 +417,7 @@ async fn psql_reaches_postgres_through_a_local_port_as_a_service_account() {
     );
     drop(held);
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let again = handshake(&c.url("/ssh"), token).await;
+    let again = handshake(&c.url("/ssh"), &token).await;
     assert_eq!(again.status(), 101);
     tunnel.terminate();
 }
