@@ -21,6 +21,7 @@ pub mod credential;
 pub mod identity;
 pub mod path;
 pub mod proxy;
+pub mod splice;
 pub mod tunnel;
 
 use http::HeaderMap;

@@ -10,6 +10,7 @@ use http_body_util::BodyExt;
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use super::splice;
 use crate::config::App;
 use crate::runtime::live::{Pending, RevocableBody};
 use crate::runtime::upstream::Pool;
@@ -170,6 +171,9 @@ pub async fn forward(
     {
         let upstream_upgrade = hyper::upgrade::on(&mut resp);
         let live = live.map(Pending::register);
+        let websocket = upgrade
+            .as_ref()
+            .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
         tokio::spawn(async move {
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
@@ -177,14 +181,9 @@ pub async fn forward(
                     let mut upstream = TokioIo::new(upstream);
                     match live {
                         Some((_guard, revoked)) => {
-                            tokio::select! {
-                                _ = splice(&mut client, &mut upstream) => {}
-                                () = revoked => tracing::info!("closed a WebSocket: access was revoked"),
-                            }
+                            splice::splice_until(client, upstream, websocket, revoked).await;
                         }
-                        None => {
-                            let _ = splice(&mut client, &mut upstream).await;
-                        }
+                        None => splice::splice(&mut client, &mut upstream).await,
                     }
                 }
                 Err(e) => tracing::debug!("websocket upgrade failed: {e}"),
@@ -225,18 +224,6 @@ fn own_cookies_stay_ours(app: &App, headers: &mut HeaderMap) {
     if n > 0 {
         tracing::warn!(app = %app.id, "removed {n} attempt(s) of the app to set or clear castellan's cookies");
     }
-}
-
-/// Copies an upgraded connection both ways. Buffers of 2 KiB towards the app and 4 KiB towards
-/// the client (tokio's default is 8 KiB each, allocated and zeroed up front): an idle WebSocket
-/// then costs about 10 KiB less, which is most of its memory; large frames still stream, in more
-/// reads.
-async fn splice<A, B>(client: &mut A, upstream: &mut B) -> std::io::Result<(u64, u64)>
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + ?Sized,
-{
-    tokio::io::copy_bidirectional_with_sizes(client, upstream, 2048, 4096).await
 }
 
 /// The protocol the client asks to upgrade to (HTTP/1.1 `Connection: upgrade` + `Upgrade`).

@@ -19,6 +19,7 @@ async fn streamlit_renders_in_chromium_after_signing_in() {
     );
 
     let tmp = tempfile::tempdir().unwrap();
+    let (port, origin) = Castellan::reserve();
     let st_port = free_port();
     let mut streamlit = Proc::spawn(
         "streamlit",
@@ -32,7 +33,9 @@ async fn streamlit_renders_in_chromium_after_signing_in() {
                 "--browser.gatherUsageStats",
                 "false",
             ])
-            .env("HOME", tmp.path()),
+            .env("HOME", tmp.path())
+            .env("CASTELLAN_ORIGIN", &origin)
+            .env("CASTELLAN_AUDIENCE", "castellan:demo"),
         tmp.path().join("streamlit.log"),
     );
     wait_for(
@@ -42,7 +45,6 @@ async fn streamlit_renders_in_chromium_after_signing_in() {
     )
     .await;
 
-    let (port, origin) = Castellan::reserve();
     let idp = Idp::start(&origin, None).await;
     let mut setup = Setup::new(format!("127.0.0.1:{st_port}").parse().unwrap());
     setup.idp = Some(&idp);

@@ -186,10 +186,12 @@ async fn revocation_closes_live_websockets_and_streams_within_a_second() {
     );
 
     // 1. Leaving the group closes her open WebSocket.
+    // The app's page learns why: a close frame with castellan's code and reason.
     let mut ws = upgrade(&c, &cookie).await;
     ok(&c.cli(&["groups", "remove-member", "team", "gina@example.com"]));
-    let took = closed_within(&mut ws, Duration::from_secs(1)).await;
+    let (took, close) = closed_with(&mut ws, Duration::from_secs(1)).await;
     eprintln!("group change closed the WebSocket after {took:?}");
+    assert_eq!(close, Some((4403, "castellan: access revoked".to_string())));
 
     // 2. A session revoke closes it too (access itself unchanged).
     ok(&c.cli(&["groups", "add-member", "team", "gina@example.com"]));

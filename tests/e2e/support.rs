@@ -1236,24 +1236,54 @@ pub async fn upgrade_with(c: &Castellan, header: &str) -> tokio::net::TcpStream 
         "{}",
         String::from_utf8_lossy(&head)
     );
-    tokio::io::AsyncWriteExt::write_all(&mut s, b"ping")
+    // One masked binary frame (RFC 6455 §5.2; a zero mask key), which the echo app sends back.
+    let frame = [0x82, 0x84, 0, 0, 0, 0, b'p', b'i', b'n', b'g'];
+    tokio::io::AsyncWriteExt::write_all(&mut s, &frame)
         .await
         .unwrap();
-    let mut echo = [0u8; 4];
+    let mut echo = [0u8; 10];
     tokio::io::AsyncReadExt::read_exact(&mut s, &mut echo)
         .await
         .unwrap();
+    assert_eq!(echo, frame);
     s
 }
 
 /// Waits for the server to close the socket; returns how long it took.
 pub async fn closed_within(s: &mut tokio::net::TcpStream, limit: Duration) -> Duration {
+    closed_with(s, limit).await.0
+}
+
+/// Waits for the server to close the socket, reading the WebSocket close frame it may send first;
+/// returns how long it took, and the frame's code and reason.
+pub async fn closed_with(
+    s: &mut tokio::net::TcpStream,
+    limit: Duration,
+) -> (Duration, Option<(u16, String)>) {
     let t = Instant::now();
-    let mut buf = [0u8; 16];
-    match tokio::time::timeout(limit, tokio::io::AsyncReadExt::read(s, &mut buf)).await {
-        Ok(Ok(0)) | Ok(Err(_)) => t.elapsed(),
-        Ok(Ok(n)) => panic!("unexpected {n} bytes instead of a close"),
-        Err(_) => panic!("the connection was still open after {limit:?}"),
+    let mut got = Vec::new();
+    let mut buf = [0u8; 256];
+    loop {
+        match tokio::time::timeout(limit, tokio::io::AsyncReadExt::read(s, &mut buf)).await {
+            Ok(Ok(0)) | Ok(Err(_)) => break,
+            Ok(Ok(n)) => got.extend_from_slice(&buf[..n]),
+            Err(_) => panic!("the connection was still open after {limit:?}"),
+        }
+    }
+    let took = t.elapsed();
+    match got.as_slice() {
+        [] => (took, None),
+        [0x88, len, c1, c2, reason @ ..] if *len as usize == 2 + reason.len() => (
+            took,
+            Some((
+                u16::from_be_bytes([*c1, *c2]),
+                String::from_utf8_lossy(reason).to_string(),
+            )),
+        ),
+        other => panic!(
+            "unexpected {} bytes instead of a close: {other:?}",
+            other.len()
+        ),
     }
 }
 

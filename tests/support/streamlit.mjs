@@ -29,6 +29,7 @@ try {
   await page.getByText('castellan test app').waitFor({ timeout: 30000 });
   await page.getByText('Hello, world!').waitFor({ timeout: 30000 });
   await page.getByText(`castellan says you are ${email}`).waitFor({ timeout: 30000 });
+  await page.getByText(`verified as ${email}`).waitFor({ timeout: 30000 });
   await page.getByRole('button', { name: 'Count' }).click();
   await page.waitForFunction(() => /clicks:\s*1/.test(document.body.innerText), null, { timeout: 15000 });
   await page.screenshot({ path: shot });
