@@ -17,8 +17,11 @@ use url::Url;
 use crate::config;
 use crate::policy::Identity;
 
+mod credentials;
 mod keys;
 pub mod logout;
+
+pub use credentials::Credentials;
 pub mod refresh;
 
 /// How often a token with an unknown `kid` may trigger a JWKS download: short enough that a

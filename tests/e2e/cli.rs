@@ -65,6 +65,35 @@ fn check_config_accepts_a_good_file_and_names_the_callback() {
     );
 }
 
+#[tokio::test(flavor = "multi_thread")]
+async fn check_config_asks_the_provider_whether_it_accepts_the_client_secret() {
+    let (_, origin) = Castellan::reserve();
+    let idp = Idp::start(&origin, None).await;
+    let config = |secret: &str| {
+        write_config(&format!(
+            "public_url = \"{origin}\"\nlocal_accounts = false\n[[providers]]\nid = \"corp\"\nissuer = \"{}\"\nclient_id = \"castellan\"\nclient_secret = \"{secret}\"\n[[apps]]\nid = \"demo\"\nhost = \"127.0.0.1\"\nupstream = \"http://127.0.0.1:1\"\n",
+            idp.issuer
+        ))
+    };
+    let (_d, good) = config("castellan-secret");
+    let out = run_cli(&good, &["check-config"], None);
+    assert!(out.status.success(), "{out:?}");
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("accepts castellan's client_id and client_secret"),
+        "{out:?}"
+    );
+    // A wrong secret fails here, not at the first person's sign-in, and says what to check.
+    let (_d, wrong) = config("not-the-secret");
+    let out = run_cli(&wrong, &["check-config"], None);
+    assert_eq!(out.status.code(), Some(2), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("refused castellan's client credentials") && err.contains("invalid_client"),
+        "{err}"
+    );
+}
+
 #[test]
 fn store_commands_run_beside_the_server_without_its_secrets() {
     // As the README's guide has it: Google's secret exported only in the terminal running serve.

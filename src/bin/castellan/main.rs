@@ -298,7 +298,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 config.store,
                 config.redirect_uri(),
             );
-            Ok(ExitCode::SUCCESS)
+            Ok(check_providers(&config).await)
         }
         Command::Serve => {
             // The file is watched for changes unless the configuration came from the environment.
@@ -345,6 +345,48 @@ async fn run(cli: Cli) -> Result<ExitCode> {
         Command::Audit(args) => audit::run(&config, args).await,
         Command::ServiceAccounts(cmd) => service_accounts::run(&config, cmd).await,
     }
+}
+
+/// Asks each provider for its discovery document and keys, and whether its token endpoint accepts
+/// castellan's client id and secret: a wrong secret fails check-config (exit 2) instead of the
+/// first person's sign-in. A provider this machine cannot reach is only a warning.
+async fn check_providers(config: &Config) -> ExitCode {
+    use castellan::identity::oidc::{Client, Credentials};
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(std::time::Duration::from_secs(5))
+        .timeout(std::time::Duration::from_secs(10))
+        .build()
+        .expect("the HTTP client builds");
+    let mut status = ExitCode::SUCCESS;
+    for p in &config.providers {
+        let client = Client::new(p.clone(), config.redirect_uri(), http.clone());
+        let answer = match client.check().await {
+            Ok(()) => client.check_credentials().await,
+            Err(e) => Err(e),
+        };
+        match answer {
+            Ok(Credentials::Accepted) => println!(
+                "provider {}: discovery and keys OK; its token endpoint accepts castellan's client_id and client_secret",
+                p.id
+            ),
+            Ok(Credentials::Refused(words)) => {
+                eprintln!(
+                    "provider {}: its token endpoint refused castellan's client credentials ({words}): check client_id and client_secret against the app registered at {}",
+                    p.id, p.issuer
+                );
+                status = ExitCode::from(CONFIG_INVALID);
+            }
+            Ok(Credentials::Unclear(words)) => eprintln!(
+                "warning: provider {}: could not tell whether it accepts castellan's client credentials (its token endpoint answered {words})",
+                p.id
+            ),
+            Err(e) => eprintln!(
+                "warning: {e}; check-config could not ask it from here, and sign-in with it needs it"
+            ),
+        }
+    }
+    status
 }
 
 fn sign_in_methods(config: &Config) -> String {
