@@ -17,6 +17,7 @@ pub mod changes;
 mod copy;
 mod directory;
 mod groups;
+mod migrations;
 mod passkeys;
 mod policies;
 mod provider_sessions;
@@ -228,8 +229,8 @@ impl Store {
             }
         };
         let migrated = match backend {
-            Backend::Sqlite => sqlx::migrate!("./migrations/sqlite").run(&pool).await,
-            Backend::Postgres => sqlx::migrate!("./migrations/postgres").run(&pool).await,
+            Backend::Sqlite => migrations::sqlite().run(&pool).await,
+            Backend::Postgres => migrations::postgres().run(&pool).await,
         };
         migrated.map_err(|source| Error::Migrate {
             location: shown.clone(),
@@ -627,7 +628,7 @@ mod tests {
                 .unwrap();
         }
         // Record migration 1 as applied, as sqlx would have.
-        let m = sqlx::migrate!("./migrations/sqlite");
+        let m = migrations::sqlite();
         let first = m.iter().next().unwrap();
         sqlx::query("CREATE TABLE _sqlx_migrations (version BIGINT PRIMARY KEY, description TEXT NOT NULL, installed_on TIMESTAMP NOT NULL DEFAULT CURRENT_TIMESTAMP, success BOOLEAN NOT NULL, checksum BLOB NOT NULL, execution_time BIGINT NOT NULL)")
             .execute(&pool)
