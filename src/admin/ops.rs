@@ -250,6 +250,40 @@ mod tests {
     use super::*;
 
     #[test]
+    fn an_apps_role_is_the_default_and_a_role_that_grants_nothing_is_refused() {
+        struct NoEnv;
+        impl crate::config::Env for NoEnv {
+            fn var(&self, _: &str) -> Option<String> {
+                None
+            }
+        }
+        let config = crate::config::Config::parse(
+            "[[apps]]\nid = \"web\"\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\n\
+             [[apps]]\nid = \"ssh\"\nhost = \"b.example.com\"\nupstream = \"tcp://127.0.0.1:22\"\n",
+            std::path::Path::new("/etc/castellan"),
+            &NoEnv,
+        )
+        .unwrap();
+        let app = |id: &str| Resource::App(id.into());
+        let role = |r: &Resource, given| role_for(&config.apps, r, given);
+        assert_eq!(role(&app("web"), None), Ok(Role::Accessor));
+        assert_eq!(role(&app("ssh"), None), Ok(Role::TunnelAccessor));
+        assert_eq!(role(&Resource::Global, None), Ok(Role::Accessor));
+        let refused = role(&app("ssh"), Some("roles/iap.httpsResourceAccessor")).unwrap_err();
+        assert!(refused.contains("roles/tunnelAccessor"), "{refused}");
+        assert!(role(&app("web"), Some("roles/tunnelAccessor")).is_err());
+        assert_eq!(
+            role(&app("ssh"), Some("roles/iap.tunnelResourceAccessor")),
+            Ok(Role::TunnelAccessor)
+        );
+        assert_eq!(role(&app("ssh"), Some("roles/admin")), Ok(Role::Admin));
+        assert_eq!(
+            role(&Resource::Global, Some("roles/tunnelAccessor")),
+            Ok(Role::TunnelAccessor)
+        );
+    }
+
+    #[test]
     fn expiries() {
         let now = parse_rfc3339("2026-11-28T18:00:00Z").unwrap();
         assert_eq!(
