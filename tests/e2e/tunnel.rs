@@ -423,6 +423,37 @@ async fn psql_reaches_postgres_through_a_local_port_as_a_service_account() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_tcp_app_that_wants_a_recent_sign_in_gets_one_before_a_tunnel_opens() {
+    let echo = Echo::start().await;
+    let upstream = tcp_echo().await;
+    let extra = format!(
+        "[[apps]]\nid = \"ssh\"\nhost = \"127.0.0.1\"\npath_prefix = \"/ssh\"\nupstream = \"tcp://127.0.0.1:{upstream}\"\nreauth_max_age = \"5s\"\n"
+    );
+    let mut setup = Setup::new(echo.addr);
+    setup.extra = &extra;
+    let c = Castellan::start(setup).await;
+    c.grant("ssh", "user:ops@example.com");
+    let home = logged_in(&c, "ops@example.com").await;
+    let tunnel = || {
+        Command::new(castellan_bin())
+            .args(["tunnel", &format!("{}/ssh", c.origin), "--stdio"])
+            .env("XDG_CONFIG_HOME", home.path())
+            .stdin(Stdio::null())
+            .output()
+            .unwrap()
+    };
+    // Fresh: the tunnel opens (and ends when stdin does).
+    let out = tunnel();
+    assert!(out.status.success(), "{out:?}");
+    // Older than the app allows: no token, so no tunnel, and the fix in the message.
+    tokio::time::sleep(Duration::from_millis(5500)).await;
+    let out = tunnel();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("castellan login"), "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_browser_is_told_how_to_connect_and_a_dead_upstream_is_a_clear_error() {
     let echo = Echo::start().await;
     let closed = free_port();
