@@ -10,13 +10,14 @@
 //! primary := STRING | INT | "true" | "false" | "[" args "]" | "(" expr ")"
 //!          | "request.path" | "request.host" | "request.method" | "request.time" | "origin.ip"
 //!          | "timestamp(" STRING ")" | "inIpRange(" expr "," STRING ")"
-//! methods := startsWith(s) | endsWith(s) | contains(s)   on strings
+//! methods := startsWith(s) | endsWith(s) | contains(s) | matches(STRING)   on strings
 //! ```
 //!
 //! Every expression is type-checked at compile time (it must be a bool; operands must agree), so a
 //! stored condition cannot fail with a type error later. Errors carry the column they point at.
-//! There are no loops, no regular expressions and no user-defined functions: evaluation is a walk of
-//! a small tree.
+//! There are no loops and no user-defined functions: evaluation is a walk of a small tree. The one
+//! regular expression a `matches()` can hold is RE2 syntax (Google's, as IAM Conditions use), compiled
+//! when the policy is stored by the `regex` crate, whose matching takes time linear in the input.
 
 use std::fmt;
 use std::net::IpAddr;
@@ -129,8 +130,23 @@ enum Node {
     Compare(Cmp, Box<Node>, Box<Node>),
     In(Box<Node>, Vec<String>),
     Method(StrMethod, Box<Node>, Box<Node>),
+    Matches(Box<Node>, Pattern),
     InIpRange(Box<Node>, IpNet),
 }
+
+/// A `matches()` pattern, compiled once. Two are equal when their sources are.
+#[derive(Debug, Clone)]
+struct Pattern(regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+/// The longest `matches()` pattern, and the most memory its compiled form may take.
+const PATTERN_MAX_LEN: usize = 1024;
+const PATTERN_MAX_SIZE: usize = 1 << 20;
 
 #[derive(Debug, Clone, PartialEq)]
 enum Value<'a> {
@@ -243,6 +259,12 @@ fn eval<'a>(n: &'a Node, cx: &Context<'a>) -> Value<'a> {
             }),
             _ => Value::Bool(false),
         },
+        // CEL's matches(): true when the pattern matches anywhere in the string (anchor it with ^
+        // and $ to match all of it), as Google's implementation does.
+        Node::Matches(recv, Pattern(re)) => match eval(recv, cx) {
+            Value::Str(s) => Value::Bool(re.is_match(&s)),
+            _ => Value::Bool(false),
+        },
         Node::InIpRange(a, net) => match eval(a, cx) {
             Value::Ip(Some(ip)) => Value::Bool(net.contains(ip)),
             _ => Value::Bool(false),
@@ -296,6 +318,23 @@ fn lex(src: &str) -> Result<Vec<Token>, Error> {
         let column = i + 1;
         if c.is_whitespace() {
             i += 1;
+            continue;
+        }
+        // CEL's raw strings, r"…" or r'…': backslashes stay as they are (regular expressions).
+        if matches!(c, 'r' | 'R') && matches!(chars.get(i + 1), Some('"' | '\'')) {
+            let quote = chars[i + 1];
+            let start = i + 2;
+            let Some(len) = chars[start..].iter().position(|&ch| ch == quote) else {
+                return Err(Error {
+                    column,
+                    message: "this string is not closed".into(),
+                });
+            };
+            out.push(Token {
+                kind: Tok::Str(chars[start..start + len].iter().collect()),
+                column,
+            });
+            i = start + len + 1;
             continue;
         }
         if c.is_ascii_alphabetic() || c == '_' {
@@ -607,10 +646,21 @@ impl Parser {
                 "startsWith" => StrMethod::StartsWith,
                 "endsWith" => StrMethod::EndsWith,
                 "contains" => StrMethod::Contains,
+                "matches" => {
+                    self.expect_type(col, ty, Type::String, "`matches`")?;
+                    self.expect_op("(")?;
+                    let (pattern, c) = self.string_literal("matches()")?;
+                    self.expect_op(")")?;
+                    node = Node::Matches(Box::new(node), self.pattern(&pattern, c)?);
+                    ty = Type::Bool;
+                    continue;
+                }
                 _ => {
                     return self.err(
                         col,
-                        format!("unknown method `{name}`: use startsWith, endsWith or contains"),
+                        format!(
+                            "unknown method `{name}`: use startsWith, endsWith, contains or matches"
+                        ),
                     );
                 }
             };
@@ -624,6 +674,31 @@ impl Parser {
             ty = Type::Bool;
         }
         Ok((node, ty))
+    }
+
+    /// Compiles a `matches()` pattern (RE2 syntax), refusing one too long or too large to run in
+    /// bounded time and memory.
+    fn pattern(&self, source: &str, column: usize) -> Result<Pattern, Error> {
+        if source.len() > PATTERN_MAX_LEN {
+            return self.err(
+                column,
+                format!("a matches() pattern is at most {PATTERN_MAX_LEN} characters"),
+            );
+        }
+        regex::RegexBuilder::new(source)
+            .size_limit(PATTERN_MAX_SIZE)
+            .build()
+            .map(Pattern)
+            .or_else(|e| {
+                let why = match e {
+                    regex::Error::CompiledTooBig(_) => "it is too large to run safely".to_string(),
+                    e => e.to_string().lines().last().unwrap_or("").trim().to_string(),
+                };
+                self.err(
+                    column,
+                    format!("`{source}` is not a regular expression castellan can run (RE2 syntax; no look-around or back-references): {why}"),
+                )
+            })
     }
 
     fn string_literal(&mut self, what: &str) -> Result<(String, usize), Error> {
@@ -685,6 +760,12 @@ impl Parser {
                         ("request", "method") => Ok((Node::Attr(Attr::Method), Type::String)),
                         ("request", "time") => Ok((Node::Attr(Attr::Time), Type::Timestamp)),
                         ("origin", "ip") => Ok((Node::Attr(Attr::Ip), Type::Ip)),
+                        ("request", "auth") => self.err(
+                            c,
+                            "request.auth (Access Context Manager's access levels) does not exist in castellan: \
+                             for a network condition use inIpRange(origin.ip, \"10.0.0.0/8\"); a level named in it \
+                             cannot be checked here, so the binding is refused rather than let through",
+                        ),
                         _ => self.err(
                             c,
                             format!("unknown attribute `{name}.{field}`: use request.path, request.host, request.method, request.time or origin.ip"),
@@ -895,6 +976,35 @@ mod tests {
     }
 
     #[test]
+    fn matches_searches_with_re2_syntax_unless_anchored() {
+        let at = |src: &str, path: &str| {
+            Condition::compile(src)
+                .unwrap_or_else(|e| panic!("{src}: {e}"))
+                .eval(&cx(path, "GET", "10.0.0.1", 0))
+        };
+        // The issue's example, and Google's documented form with a raw string.
+        let reports = "request.path.matches(\"^/reports/[0-9]+$\")";
+        assert!(at(reports, "/reports/12"));
+        assert!(!at(reports, "/reports/12/x"));
+        assert!(!at(reports, "/reports/"));
+        assert!(at(
+            r#"request.path.matches(r"^/reports/\d+$")"#,
+            "/reports/7"
+        ));
+        assert!(at(
+            r#"request.path.matches("^/reports/\\d+$")"#,
+            "/reports/7"
+        ));
+        // Unanchored, as CEL's matches(): a match anywhere counts.
+        assert!(at("request.path.matches(\"csv\")", "/export/a.csv"));
+        assert!(!at("request.path.matches(\"^csv\")", "/export/a.csv"));
+        // RE2's Unicode classes and case-insensitive flag.
+        assert!(at(r#"request.path.matches(r"^/\p{L}+$")"#, "/Zürich"));
+        assert!(at(r#"request.host.matches(r"(?i)^APPS\.")"#, "/"));
+        assert!(!at("!request.path.matches(\"csv\")", "/a.csv"));
+    }
+
+    #[test]
     fn compile_errors_point_at_the_problem() {
         let cases: &[(&str, usize, &str)] = &[
             ("request.path.startsWith(\"/a\"", 29, "expected `)`"),
@@ -909,9 +1019,35 @@ mod tests {
             ("timestamp(\"tomorrow\")", 11, "not a timestamp"),
             ("inIpRange(origin.ip, \"10.0.0.0/99\")", 22, "not a network"),
             (
-                "request.path.matches(\".*\")",
+                "request.path.matches(\"(\")",
+                22,
+                "not a regular expression",
+            ),
+            (
+                "request.path.matches(r\"(a)\\1\")",
+                22,
+                "no look-around or back-references",
+            ),
+            (
+                "request.path.matches(request.host)",
+                22,
+                "takes a string literal",
+            ),
+            ("request.time.matches(\"x\")", 14, "string"),
+            (
+                "request.path.matches(\"(a{1000}){1000}\")",
+                22,
+                "too large to run safely",
+            ),
+            (
+                "\"accessPolicies/1/accessLevels/corp\" in request.auth.access_levels",
+                49,
+                "request.auth",
+            ),
+            (
+                "request.path.matchez(\"x\")",
                 14,
-                "unknown method `matches`",
+                "unknown method `matchez`",
             ),
             ("request.path == \"/\" &&", 23, "ends too early"),
             (

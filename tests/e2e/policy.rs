@@ -166,6 +166,67 @@ async fn conditions_expiry_provider_groups_and_the_explainer() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_matches_condition_as_google_writes_it_decides_requests() {
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    c.add_user("rita@example.com", "a long enough password");
+    // The form IAM Conditions document, with a raw string for the regular expression.
+    ok(&c.cli(&[
+        "access",
+        "add",
+        "demo",
+        "user:rita@example.com",
+        "--condition",
+        r#"request.path.matches(r"^/reports/\d+$")"#,
+        "--condition-title",
+        "numbered reports",
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut rita = Browser::new();
+    let page = rita
+        .sign_in_local(
+            &c,
+            "rita@example.com",
+            "a long enough password",
+            "/reports/12",
+        )
+        .await;
+    assert_eq!(page.status, 302, "{}", page.body);
+    for (path, want) in [
+        ("/reports/12", 200),
+        ("/reports/7", 200),
+        ("/reports/7/raw", 403),
+        ("/reports/x", 403),
+    ] {
+        let r = rita.request("GET", &c.url(path), &API, None).await;
+        assert_eq!(r.status, want, "{path}");
+    }
+    // Refused when written, with the reason: a pattern RE2 cannot run, and access levels.
+    for (condition, needle) in [
+        (
+            r#"request.path.matches("(a)\\1")"#,
+            "no look-around or back-references",
+        ),
+        (
+            r#""accessPolicies/1/accessLevels/corp" in request.auth.access_levels"#,
+            "request.auth",
+        ),
+    ] {
+        let out = c.cli(&[
+            "access",
+            "add",
+            "demo",
+            "user:rita@example.com",
+            "--condition",
+            condition,
+        ]);
+        assert!(!out.status.success(), "{condition}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(needle), "{condition}: {err}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn revocation_closes_live_websockets_and_streams_within_a_second() {
     let echo = Echo::start().await;
     let c = Castellan::start(Setup::new(echo.addr)).await;
