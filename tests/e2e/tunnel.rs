@@ -402,9 +402,22 @@ async fn psql_reaches_postgres_through_a_local_port_as_a_service_account() {
     assert!(out.status.success(), "psql: {out:?}\n{}", tunnel.log_text());
     assert_eq!(String::from_utf8_lossy(&out.stdout).trim(), "42");
 
-    // While one tunnel is open, a second one is over the limit, with the reason.
-    let held = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    // While one tunnel is open, a second one is over the limit, with the reason. A tunnel is
+    // counted from before its 101 goes out, and stops counting once it has closed: psql's may
+    // still be closing, so the first is retried while it is refused.
+    let open_one = || async {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let r = handshake(&c.url("/ssh"), &token).await;
+            if r.status() == 101 {
+                return r.upgrade().await.unwrap();
+            }
+            assert_eq!(r.status(), 429);
+            assert!(Instant::now() < deadline, "the earlier tunnel never closed");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    };
+    let held = open_one().await;
     let second = handshake(&c.url("/ssh"), &token).await;
     assert_eq!(second.status(), 429);
     let body: serde_json::Value = second.json().await.unwrap();
@@ -415,10 +428,9 @@ async fn psql_reaches_postgres_through_a_local_port_as_a_service_account() {
             .contains("max_tunnels_per_person"),
         "{body}"
     );
+    // Once it closes, the next one is let through.
     drop(held);
-    tokio::time::sleep(Duration::from_millis(500)).await;
-    let again = handshake(&c.url("/ssh"), &token).await;
-    assert_eq!(again.status(), 101);
+    drop(open_one().await);
     tunnel.terminate();
 }
 
@@ -486,7 +498,7 @@ async fn ssh_through_nginx_in_front_of_castellan_survives_an_idle_proxy_timeout(
     require(Path::new("/usr/sbin/nginx"), "Debian's nginx");
     let sshd = Sshd::start();
     let echo = Echo::start().await;
-    // nginx drops a connection idle for 2 s; castellan's keep-alives (every second) prevent it.
+    // nginx drops a connection idle for 3 s; castellan's keep-alives (every second) prevent it.
     let c = castellan(
         &echo,
         &format!("127.0.0.1:{}", sshd.port),
@@ -503,7 +515,7 @@ async fn ssh_through_nginx_in_front_of_castellan_survives_an_idle_proxy_timeout(
          map $http_upgrade $connection_upgrade {{ default upgrade; '' close; }}\n\
          server {{\n    listen 127.0.0.1:{listen};\n    location / {{\n      proxy_pass http://127.0.0.1:{port};\n\
          proxy_http_version 1.1;\n      proxy_set_header Host $http_host;\n      proxy_set_header Upgrade $http_upgrade;\n\
-         proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 2s;\n      proxy_send_timeout 2s;\n    }}\n  }}\n}}\n",
+         proxy_set_header Connection $connection_upgrade;\n      proxy_read_timeout 3s;\n      proxy_send_timeout 3s;\n    }}\n  }}\n}}\n",
         port = c.port
     );
     let path = dir.path().join("nginx.conf");
@@ -535,7 +547,7 @@ async fn ssh_through_nginx_in_front_of_castellan_survives_an_idle_proxy_timeout(
         .args(["120", "ssh"])
         .args(sshd.options(&proxy_command))
         .arg(format!("{}@127.0.0.1", user()))
-        .arg("sleep 4; echo still-here")
+        .arg("sleep 5; echo still-here")
         .env("XDG_CONFIG_HOME", home.path())
         .output()
         .unwrap();
