@@ -86,7 +86,7 @@ async fn upstream(listener: TcpListener) {
                         .then(|| value.trim().to_string())
                 });
                 if let Some(key) = key {
-                    let accept = websocket_accept(&key);
+                    let accept = castellan::tunnel::accept_key(key.as_bytes());
                     let _ = s
                         .write_all(
                             format!(
@@ -110,14 +110,6 @@ async fn upstream(listener: TcpListener) {
             }
         });
     }
-}
-
-fn websocket_accept(key: &str) -> String {
-    use base64::Engine;
-    let mut ctx = aws_lc_rs::digest::Context::new(&aws_lc_rs::digest::SHA1_FOR_LEGACY_USE_ONLY);
-    ctx.update(key.as_bytes());
-    ctx.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
-    base64::engine::general_purpose::STANDARD.encode(ctx.finish())
 }
 
 fn cli(config: &std::path::Path, args: &[&str], stdin: &str) {

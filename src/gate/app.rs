@@ -7,11 +7,10 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 
 use super::identity::value;
-use super::{Admitted, Ask, proxy};
+use super::{Admitted, proxy};
 use crate::config::App;
 use crate::policy::Principal;
 use crate::runtime::State;
-use crate::runtime::metrics::UpstreamErrorLabels;
 use crate::web::ctx::{Ctx, Outcome, Why};
 use crate::web::failure::Failure;
 use crate::web::{self, Body};
@@ -70,23 +69,15 @@ async fn forward(
     host: &str,
     path: &str,
 ) -> Result<Response<Body>, Failure> {
-    let origin = super::request_origin(state.config.public_url.scheme(), req.uri(), req.headers());
-    let method = req.method().as_str().to_string();
-    let ask = Ask {
-        app,
-        method: &method,
-        origin: &origin,
-        host,
-        path,
-        query: req.uri().query(),
-        headers: req.headers(),
-    };
-    let Admitted {
-        credential,
-        principal,
-        headers: mut added,
-        live,
-    } = super::admit(state, ctx, &ask).await?;
+    let (
+        Admitted {
+            credential,
+            principal,
+            headers: mut added,
+            live,
+        },
+        _,
+    ) = super::admit_request(state, ctx, &req, app, host, path).await?;
     if app.identity_headers == crate::config::IdentityHeaders::GoogleIap
         && let Some(Principal::Person(_)) = &principal
         && let Some(resp) = Box::pin(iap_mode(state, ctx, &req, &credential)).await
@@ -102,7 +93,7 @@ async fn forward(
             Ok(token) => added.push((auth.header.clone(), value(&format!("Bearer {token}")))),
             Err(e) => {
                 tracing::error!(app = %app.id, "{e}");
-                count_upstream_error(state, app, "credential");
+                state.metrics.upstream_error(&app.id, "credential");
                 return Err(Failure::upstream(&app.id, false));
             }
         }
@@ -129,21 +120,10 @@ async fn forward(
     proxy::forward(&state.upstream, state.config.upstream_timeout, req, out)
         .await
         .map_err(|e| {
-            count_upstream_error(state, app, e.kind());
+            state.metrics.upstream_error(&app.id, e.kind());
             tracing::warn!(app = %app.id, upstream = %app.upstream, "upstream error: {e}");
             Failure::upstream(&app.id, matches!(e, proxy::Error::Timeout(_)))
         })
-}
-
-fn count_upstream_error(state: &State, app: &App, kind: &'static str) {
-    state
-        .metrics
-        .upstream_errors
-        .get_or_create(&UpstreamErrorLabels {
-            app: app.id.clone(),
-            kind,
-        })
-        .inc();
 }
 
 /// The answer to a CORS preflight from an allowed origin.

@@ -5,9 +5,10 @@
 //!   →  live registration (what ends the connection if it outlives its request)  →  identity headers
 //! ```
 //!
-//! [`admit`] is that chain, written once. The proxy ([`app`]), forward-auth
-//! (`endpoints::forward_auth`) and any later front door build an [`Ask`] and call it; none of them
-//! decides anything itself, so a new credential kind or front door cannot skip a step. The rest of
+//! [`admit`] is that chain, written once. The proxy ([`app`]) and the tunnels ([`tunnel`]) call it
+//! through [`admit_request`], which reads the [`Ask`] off the request; forward-auth
+//! (`endpoints::forward_auth`) builds its own from the ingress's headers. None of them decides
+//! anything itself, so a new credential kind or front door cannot skip a step. The rest of
 //! this folder is the proxied path: forwarding ([`proxy`]), tunnels to TCP apps ([`tunnel`]) and path
 //! normalisation ([`path`]).
 //!
@@ -156,6 +157,31 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         headers,
         live,
     })
+}
+
+/// [`admit`] for a request that came straight to castellan (the proxy's and the tunnel's front
+/// doors): the [`Ask`] is the request's own method, origin, query and headers. Returns the
+/// request's origin with the answer.
+pub async fn admit_request<B>(
+    state: &State,
+    ctx: &mut Ctx,
+    req: &http::Request<B>,
+    app: &App,
+    host: &str,
+    path: &str,
+) -> Result<(Admitted, String), Failure> {
+    let origin = request_origin(state.config.public_url.scheme(), req.uri(), req.headers());
+    let ask = Ask {
+        app,
+        method: req.method().as_str(),
+        origin: &origin,
+        host,
+        path,
+        query: req.uri().query(),
+        headers: req.headers(),
+    };
+    let admitted = admit(state, ctx, &ask).await?;
+    Ok((admitted, origin))
 }
 
 /// Nobody (recent enough) is signed in: to the sign-in page of the app's own host, which binds

@@ -16,11 +16,11 @@ use http::{Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
-use super::{Admitted, Ask};
+use super::Admitted;
 use crate::config::App;
 use crate::policy::{Principal, Role};
 use crate::runtime::State;
-use crate::runtime::metrics::{AppLabel, Metrics, TunnelBytesLabels, UpstreamErrorLabels};
+use crate::runtime::metrics::{AppLabel, Metrics, TunnelBytesLabels};
 use crate::store::AuditRecord;
 use crate::tunnel::{self, Tally};
 use crate::web::ctx::Ctx;
@@ -50,20 +50,12 @@ async fn open(
     host: &str,
     path: &str,
 ) -> Result<Response<Body>, Failure> {
-    let origin = super::request_origin(state.config.public_url.scheme(), req.uri(), req.headers());
-    let method = req.method().as_str().to_string();
-    let ask = Ask {
-        app,
-        method: &method,
-        origin: &origin,
-        host,
-        path,
-        query: req.uri().query(),
-        headers: req.headers(),
-    };
-    let Admitted {
-        principal, live, ..
-    } = super::admit(state, ctx, &ask).await?;
+    let (
+        Admitted {
+            principal, live, ..
+        },
+        origin,
+    ) = super::admit_request(state, ctx, &req, app, host, path).await?;
     let Some(key) = tunnel_key(&req) else {
         let url = match app.path_prefix.as_str() {
             "/" => origin.clone(),
@@ -91,14 +83,7 @@ async fn open(
                 Ok(Err(e)) => ("connect", false, e.to_string()),
                 _ => ("timeout", true, format!("no answer within {timeout:?}")),
             };
-            state
-                .metrics
-                .upstream_errors
-                .get_or_create(&UpstreamErrorLabels {
-                    app: app.id.clone(),
-                    kind,
-                })
-                .inc();
+            state.metrics.upstream_error(&app.id, kind);
             tracing::warn!(app = %app.id, upstream = %target, "cannot open a tunnel: {detail}");
             return Err(Failure::upstream(&app.id, timed_out));
         }
@@ -113,7 +98,7 @@ async fn open(
             .map_or_else(|| "anonymous".to_string(), Principal::name),
         ip: crate::net::ip_text(ctx.client_ip),
         app: app.id.clone(),
-        method: method.clone(),
+        method: req.method().as_str().to_string(),
         path: path.to_string(),
         binding: ctx.binding.as_deref().unwrap_or("").to_string(),
         reference: ctx.reference(),

@@ -177,6 +177,16 @@ impl Metrics {
             .inc_by(n);
     }
 
+    /// A failed call to an app's upstream, by kind (connect, timeout, protocol, credential).
+    pub fn upstream_error(&self, app: &str, kind: &'static str) {
+        self.upstream_errors
+            .get_or_create(&UpstreamErrorLabels {
+                app: app.to_string(),
+                kind,
+            })
+            .inc();
+    }
+
     pub fn sign_in(&self, provider: &str, result: &'static str) {
         self.sign_ins
             .get_or_create(&SignInLabels {
