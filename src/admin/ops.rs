@@ -211,10 +211,7 @@ pub fn explain_text(e: &Explanation, app: &str, who: &str) -> String {
         let _ = writeln!(out, "Groups considered: {}.", e.groups.join(", "));
     }
     if e.bindings.is_empty() {
-        let _ = writeln!(
-            out,
-            "No binding grants roles/accessor on {app} or globally."
-        );
+        let _ = writeln!(out, "No binding grants {} on {app} or globally.", e.role);
     }
     for b in &e.bindings {
         let place = match &b.resource {
@@ -280,6 +277,29 @@ mod tests {
         assert_eq!(
             role(&Resource::Global, Some("roles/tunnelAccessor")),
             Ok(Role::TunnelAccessor)
+        );
+    }
+
+    #[test]
+    fn the_explainer_names_the_role_it_was_asked_about() {
+        let snapshot = crate::policy::snapshot::Snapshot::new(Vec::new(), Vec::new());
+        let cx = crate::policy::condition::Context {
+            path: "/",
+            host: "ssh.example.com",
+            method: "GET",
+            time: 0,
+            ip: None,
+        };
+        let who = crate::policy::snapshot::Who::User {
+            email: "dev@example.com",
+            groups: &[],
+            domain: Some("example.com"),
+        };
+        let e = snapshot.explain("ssh", Role::TunnelAccessor, who, &cx);
+        let text = explain_text(&e, "ssh", "dev@example.com");
+        assert!(
+            text.contains("No binding grants roles/tunnelAccessor on ssh"),
+            "{text}"
         );
     }
 

@@ -46,6 +46,7 @@ impl Snapshot {
             }
         }
         Explanation {
+            role,
             decision: self.decide_role(app, role, who, cx),
             bindings: lines,
             groups,
@@ -69,6 +70,8 @@ fn member_names(m: &Member, who: Who<'_>, groups: &[String]) -> bool {
 /// The troubleshooter's answer.
 #[derive(Debug)]
 pub struct Explanation {
+    /// The role asked about.
+    pub role: Role,
     pub decision: Decision,
     pub bindings: Vec<ExplainedBinding>,
     /// The groups the caller was considered a member of.

@@ -481,6 +481,56 @@ async fn a_browser_is_told_how_to_connect_and_a_dead_upstream_is_a_clear_error()
     assert_eq!(page.status, 426, "{}", page.body);
     assert!(page.body.contains("castellan tunnel"), "{}", page.body);
 
+    // `castellan check` explains the TCP app's own role.
+    let out = c.cli(&["check", "ssh", "ops@example.com"]);
+    assert!(out.status.success(), "{out:?}");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("ALLOWED: ops@example.com may open ssh"),
+        "{text}"
+    );
+    let out = c.cli(&["check", "ssh", "dev@example.com"]);
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stdout)
+            .contains("DENIED: dev@example.com may not open ssh (no-matching-binding)"),
+        "{out:?}"
+    );
+    // The admin API grants a TCP app's role by default and refuses one that would grant nothing.
+    let key = ok(&c.cli(&["service-accounts", "create", "admin-bot"]))
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("csk_"))
+        .unwrap()
+        .to_string();
+    c.grant_role("--global", "serviceAccount:admin-bot", "roles/admin");
+    let api = |body: serde_json::Value| {
+        reqwest::Client::new()
+            .post(c.console("/.castellan/api/v1/policies/ssh/bindings"))
+            .bearer_auth(&key)
+            .json(&body)
+            .send()
+    };
+    let r = api(serde_json::json!({"member": "user:dev@example.com"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let policy: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        policy["bindings"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .any(|b| b["role"] == "roles/tunnelAccessor"
+                && b["members"].to_string().contains("user:dev@example.com")),
+        "{policy}"
+    );
+    let r = api(serde_json::json!({"member": "user:dev@example.com", "role": "roles/iap.httpsResourceAccessor"}))
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 400);
+    assert!(r.text().await.unwrap().contains("roles/tunnelAccessor"));
+
     // Nothing listens at the upstream: the CLI says so and fails.
     let out = Command::new(castellan_bin())
         .args(["tunnel", &format!("{}/ssh", c.origin), "--stdio"])
