@@ -347,35 +347,24 @@ async fn a_scim_deactivation_through_one_replica_closes_a_websocket_on_the_other
     let b = start().await;
     a.add_user("carol@example.com", "carol's long password");
     a.grant("demo", "group:engineering");
-    let scim = |method: &str, path: &str, body: serde_json::Value| {
-        reqwest::Client::new()
-            .request(
-                method.parse().unwrap(),
-                a.console(&format!("/.castellan/scim/v2{path}")),
-            )
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-    };
-    let user: serde_json::Value = scim(
+    let (_, user) = scim_call(
+        &a,
+        token,
         "POST",
         "/Users",
         serde_json::json!({"userName": "carol@example.com"}),
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     let id = user["id"].as_str().unwrap().to_string();
-    let r = scim(
+    let (status, _) = scim_call(
+        &a,
+        token,
         "POST",
         "/Groups",
         serde_json::json!({"displayName": "engineering", "members": [{"value": id}]}),
     )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 201);
+    .await;
+    assert_eq!(status, 201);
 
     let mut carol = signed_in(&b, "carol@example.com", "carol's long password").await;
     until_status(&mut carol, &b, 200).await;
@@ -384,14 +373,7 @@ async fn a_scim_deactivation_through_one_replica_closes_a_websocket_on_the_other
         carol.cookie(&b.origin, "castellan_session").unwrap()
     );
     let mut ws = upgrade(&b, &cookie).await;
-    let r = scim(
-        "PATCH",
-        &format!("/Users/{id}"),
-        serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
+    scim_deactivate(&a, token, &id).await;
     let closed = closed_within(&mut ws, Duration::from_secs(1)).await;
     eprintln!("a SCIM deactivation on A closed the WebSocket on B after {closed:?}");
     assert_eq!(

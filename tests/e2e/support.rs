@@ -1401,3 +1401,39 @@ pub async fn until_status_with_session(
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A SCIM client's call: `method` on castellan's SCIM endpoint `path` with `token`; the status
+/// and the JSON answer.
+pub async fn scim_call(
+    c: &Castellan,
+    token: &str,
+    method: &str,
+    path: &str,
+    body: serde_json::Value,
+) -> (u16, serde_json::Value) {
+    let r = reqwest::Client::new()
+        .request(
+            method.parse().unwrap(),
+            c.console(&format!("/.castellan/scim/v2{path}")),
+        )
+        .bearer_auth(token)
+        .json(&body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status().as_u16();
+    (status, r.json().await.unwrap_or_default())
+}
+
+/// Deactivates the SCIM user `id` as Okta does (a PATCH of `active`).
+pub async fn scim_deactivate(c: &Castellan, token: &str, id: &str) {
+    let (status, v) = scim_call(
+        c,
+        token,
+        "PATCH",
+        &format!("/Users/{id}"),
+        serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]}),
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+}

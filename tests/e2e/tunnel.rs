@@ -640,27 +640,15 @@ async fn a_scim_deactivation_through_one_replica_closes_a_tunnel_on_the_other() 
     };
     let a = start().await;
     let b = start().await;
-    let scim = |method: &str, path: &str, body: serde_json::Value| {
-        reqwest::Client::new()
-            .request(
-                method.parse().unwrap(),
-                a.console(&format!("/.castellan/scim/v2{path}")),
-            )
-            .bearer_auth(token)
-            .json(&body)
-            .send()
-    };
     let home = logged_in(&b, "carol@example.com").await;
-    let user: serde_json::Value = scim(
+    let (_, user) = scim_call(
+        &a,
+        token,
         "POST",
         "/Users",
         serde_json::json!({"userName": "carol@example.com"}),
     )
-    .await
-    .unwrap()
-    .json()
-    .await
-    .unwrap();
+    .await;
     let id = user["id"].as_str().unwrap().to_string();
     a.grant("ssh", "user:carol@example.com");
 
@@ -682,14 +670,7 @@ async fn a_scim_deactivation_through_one_replica_closes_a_tunnel_on_the_other() 
     assert_eq!(line, "ping\n");
 
     // Carol is deactivated through replica A: B closes her tunnel within a second.
-    let r = scim(
-        "PATCH",
-        &format!("/Users/{id}"),
-        serde_json::json!({"schemas": ["urn:ietf:params:scim:api:messages:2.0:PatchOp"], "Operations": [{"op": "replace", "value": {"active": false}}]}),
-    )
-    .await
-    .unwrap();
-    assert_eq!(r.status(), 200);
+    scim_deactivate(&a, token, &id).await;
     let deactivated = Instant::now();
     let status = loop {
         if let Some(s) = tunnel.try_wait().unwrap() {
