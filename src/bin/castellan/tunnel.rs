@@ -164,6 +164,14 @@ async fn connect(
     if resp.status().as_u16() != 101 {
         let status = resp.status();
         let body: serde_json::Value = resp.json().await.unwrap_or_default();
+        // The sign-in became too old for the app between the token and the tunnel.
+        if body["error"] == "reauthentication_required" {
+            bail!(
+                "{url} needs a sign-in within the last {} s and yours is older: run `castellan login {}` again",
+                body["max_age"],
+                url.origin().ascii_serialization()
+            );
+        }
         match body["message"].as_str() {
             Some(m) => bail!("{url} answered {status}: {m}"),
             None => bail!(
