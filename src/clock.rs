@@ -15,8 +15,15 @@ pub fn now_ms() -> i64 {
         .unwrap_or(0)
 }
 
-/// Parses an RFC 3339 timestamp (`2027-01-01T00:00:00Z`, `…T00:00:00.5+02:00`) to Unix seconds.
+/// Parses an RFC 3339 timestamp (`2027-01-01T00:00:00Z`, `…T00:00:00.5+02:00`) to Unix seconds
+/// (a fraction of a second is dropped).
 pub fn parse_rfc3339(s: &str) -> Option<i64> {
+    parse_rfc3339_nanos(s).map(|(secs, _)| secs)
+}
+
+/// Parses an RFC 3339 timestamp to Unix seconds and the nanoseconds of its fraction (digits past
+/// the ninth are dropped).
+pub fn parse_rfc3339_nanos(s: &str) -> Option<(i64, u32)> {
     let b = s.as_bytes();
     if b.len() < 20
         || b[4] != b'-'
@@ -45,11 +52,14 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
         return None;
     }
     let mut rest = &s[19..];
+    let mut nanos = 0u32;
     if let Some(frac) = rest.strip_prefix('.') {
         let n = frac.bytes().take_while(u8::is_ascii_digit).count();
         if n == 0 {
             return None;
         }
+        let digits = &frac[..n.min(9)];
+        nanos = digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32);
         rest = &frac[n..];
     }
     let offset = match rest {
@@ -68,7 +78,10 @@ pub fn parse_rfc3339(s: &str) -> Option<i64> {
             sign * (oh * 3600 + om * 60)
         }
     };
-    Some(days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset)
+    Some((
+        days_from_civil(y, mo, d) * 86400 + h * 3600 + mi * 60 + sec - offset,
+        nanos,
+    ))
 }
 
 /// Days since 1970-01-01 for a proleptic Gregorian date (Howard Hinnant's algorithm).
@@ -124,6 +137,14 @@ mod tests {
         assert_eq!(
             parse_rfc3339("2027-01-01T00:00:00.250Z"),
             parse_rfc3339("2027-01-01T00:00:00Z")
+        );
+        assert_eq!(
+            parse_rfc3339_nanos("1970-01-01T00:00:01.25Z"),
+            Some((1, 250_000_000))
+        );
+        assert_eq!(
+            parse_rfc3339_nanos("1970-01-01T00:00:00.1234567891Z"),
+            Some((0, 123_456_789))
         );
         for bad in [
             "2027-13-01T00:00:00Z",

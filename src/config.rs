@@ -354,6 +354,20 @@ impl App {
         format!("{host}:{port}")
     }
 
+    /// What conditions see as `destination.ip` and `destination.port`: a TCP app's upstream host
+    /// (an address without brackets, or a name) and port; `None` for a web app.
+    pub fn destination(&self) -> Option<crate::policy::condition::Destination<'_>> {
+        (self.kind() == AppKind::Tcp).then(|| crate::policy::condition::Destination {
+            host: self
+                .upstream
+                .host_str()
+                .unwrap_or_default()
+                .trim_start_matches('[')
+                .trim_end_matches(']'),
+            port: self.upstream.port_or_known_default().unwrap_or(0),
+        })
+    }
+
     /// Whether this app's `host` is `host`, or a `*.` wildcard one label above it. False for apps
     /// without a host (they serve any host).
     pub fn serves_host(&self, host: &str) -> bool {

@@ -124,6 +124,10 @@ pub fn condition(data: &[u8]) {
                 method: "GET",
                 time: 1_790_000_000,
                 ip: Some("10.1.2.3".parse().expect("an address")),
+                destination: Some(crate::policy::condition::Destination {
+                    host: "10.0.0.5",
+                    port: 22,
+                }),
             };
             let _ = c.eval(&cx);
             let _ = c.expiry();

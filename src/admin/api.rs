@@ -92,6 +92,7 @@ fn is_admin(
         method: "GET",
         time: crate::clock::now(),
         ip: Some(ip),
+        destination: None,
     };
     snapshot.has_role(app, Role::Admin, caller.who(), &cx)
 }
@@ -388,6 +389,12 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
                 method: &method,
                 time: at,
                 ip: body.ip,
+                destination: state
+                    .config
+                    .apps
+                    .iter()
+                    .find(|a| a.id == body.app)
+                    .and_then(crate::config::App::destination),
             };
             let who = crate::policy::Who::User {
                 email: &email,

@@ -46,6 +46,7 @@ fn cx_now() -> Context<'static> {
         method: "GET",
         time: crate::clock::now(),
         ip: None,
+        destination: None,
     }
 }
 

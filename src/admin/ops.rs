@@ -289,6 +289,7 @@ mod tests {
             method: "GET",
             time: 0,
             ip: None,
+            destination: None,
         };
         let who = crate::policy::snapshot::Who::User {
             email: "dev@example.com",

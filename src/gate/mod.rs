@@ -109,6 +109,7 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         method: ask.method,
         time: now,
         ip: Some(ctx.client_ip),
+        destination: ask.app.destination(),
     };
     let who = principal.as_ref().map_or(Who::Anonymous, Principal::who);
     let decision = state

@@ -418,6 +418,7 @@ mod tests {
             method: "GET",
             time: 1_800_000_000,
             ip: "10.1.2.3".parse().ok(),
+            destination: None,
         }
     }
 

@@ -7,6 +7,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 
 use super::State;
 use super::live::Revocation;
+use crate::config::App;
 use crate::policy::condition::Context;
 use crate::policy::snapshot::Snapshot;
 use crate::store;
@@ -171,6 +172,12 @@ impl State {
                     method: &g.method,
                     time: now,
                     ip: g.ip,
+                    destination: self
+                        .config
+                        .apps
+                        .iter()
+                        .find(|a| a.id == g.app)
+                        .and_then(App::destination),
                 };
                 let allowed = snapshot
                     .decide(&g.app, g.role, g.principal.who(), &cx)

@@ -548,6 +548,11 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
         method: &args.method.to_ascii_uppercase(),
         time: at,
         ip: args.ip,
+        destination: config
+            .apps
+            .iter()
+            .find(|a| a.id == args.app)
+            .and_then(castellan::config::App::destination),
     };
     // Domains as the email says: people signed in with Google match `domain:` by their
     // Workspace domain (hd), which the command line cannot know.

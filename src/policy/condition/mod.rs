@@ -1,0 +1,226 @@
+//! Binding conditions: the part of CEL (Common Expression Language) that Google's IAM Conditions
+//! use for IAP resources, compiled and type-checked once, when a policy is stored.
+//!
+//! ```text
+//! expr    := or
+//! or      := and ("||" and)*
+//! and     := unary ("&&" unary)*
+//! unary   := "!" unary | compare
+//! compare := sum (("==" | "!=" | "<" | "<=" | ">" | ">=" | "in") sum)?
+//! sum     := postfix (("+" | "-") postfix)*
+//! postfix := primary ("." IDENT "(" args ")")*
+//! primary := STRING | INT | "-" INT | "true" | "false" | "[" items "]" | "(" expr ")"
+//!          | "request.path" | "request.host" | "request.method" | "request.time" | "origin.ip"
+//!          | "destination.ip" | "destination.port"
+//!          | "timestamp(" STRING ")" | "duration(" STRING ")" | "inIpRange(" expr "," STRING ")"
+//! methods := startsWith(s) | endsWith(s) | contains(s) | matches(STRING)        on strings
+//!          | getFullYear | getMonth | getDate | getDayOfMonth | getDayOfWeek
+//!          | getDayOfYear | getHours | getMinutes | getSeconds | getMilliseconds  on timestamps,
+//!            each with an optional time zone (STRING); getHours … getMilliseconds on durations
+//! ```
+//!
+//! Every expression is type-checked at compile time (it must be a bool; operands must agree), so a
+//! stored condition cannot fail with a type error later; time zones, patterns, timestamps and
+//! durations are resolved then too. Errors carry the column they point at. Evaluation is a walk of
+//! a small tree, with CEL's error semantics: what cannot be evaluated (an absent client address,
+//! arithmetic out of range) is an error that `&&` and `||` absorb only when the other side decides
+//! alone, `!` keeps, and the whole condition turns into "does not apply": it fails closed.
+
+mod eval;
+mod lex;
+mod parse;
+mod time;
+
+#[cfg(test)]
+mod tests;
+
+use std::fmt;
+use std::net::IpAddr;
+
+use crate::net::IpNet;
+
+use self::time::{Nanos, TimeField, Zone};
+
+/// What a condition can see of the request.
+#[derive(Debug, Clone)]
+pub struct Context<'a> {
+    pub path: &'a str,
+    pub host: &'a str,
+    pub method: &'a str,
+    /// Unix seconds.
+    pub time: i64,
+    pub ip: Option<IpAddr>,
+    /// Where a TCP app's tunnels go (its upstream); `None` for web apps.
+    pub destination: Option<Destination<'a>>,
+}
+
+/// A TCP app's upstream, as `destination.ip` and `destination.port` see it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Destination<'a> {
+    /// The host as the app's `upstream` writes it: an address (`10.0.0.5`) or a name.
+    pub host: &'a str,
+    pub port: u16,
+}
+
+/// A compiled condition.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Condition {
+    root: Node,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Error {
+    pub column: usize,
+    pub message: String,
+}
+
+impl fmt::Display for Error {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "at column {}: {}", self.column, self.message)
+    }
+}
+
+impl std::error::Error for Error {}
+
+impl Error {
+    /// The expression with a caret under the error, for terminals.
+    pub fn pointed(&self, source: &str) -> String {
+        format!(
+            "{source}\n{}^ {}",
+            " ".repeat(self.column.saturating_sub(1)),
+            self.message
+        )
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Type {
+    Bool,
+    Int,
+    String,
+    Timestamp,
+    Duration,
+    Ip,
+    StringList,
+    IntList,
+}
+
+impl Type {
+    fn name(self) -> &'static str {
+        match self {
+            Type::Bool => "bool",
+            Type::Int => "int",
+            Type::String => "string",
+            Type::Timestamp => "timestamp",
+            Type::Duration => "duration",
+            Type::Ip => "IP address",
+            Type::StringList => "list of strings",
+            Type::IntList => "list of ints",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Attr {
+    Path,
+    Host,
+    Method,
+    Time,
+    Ip,
+    DestinationIp,
+    DestinationPort,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Cmp {
+    Eq,
+    Ne,
+    Lt,
+    Le,
+    Gt,
+    Ge,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Arith {
+    Add,
+    Sub,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum StrMethod {
+    StartsWith,
+    EndsWith,
+    Contains,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+enum Node {
+    Bool(bool),
+    Int(i64),
+    Str(String),
+    Timestamp(Nanos),
+    Duration(Nanos),
+    Strings(Vec<String>),
+    Ints(Vec<i64>),
+    Attr(Attr),
+    Not(Box<Node>),
+    And(Box<Node>, Box<Node>),
+    Or(Box<Node>, Box<Node>),
+    Compare(Cmp, Box<Node>, Box<Node>),
+    InStrings(Box<Node>, Vec<String>),
+    InInts(Box<Node>, Vec<i64>),
+    Arith(Arith, Box<Node>, Box<Node>),
+    Method(StrMethod, Box<Node>, Box<Node>),
+    Matches(Box<Node>, Pattern),
+    InIpRange(Box<Node>, IpNet),
+    /// A calendar field of a timestamp in a time zone.
+    TimeField(TimeField, Box<Node>, Zone),
+    /// A duration's whole length in a unit (nanoseconds per unit).
+    DurationIn(Nanos, Box<Node>),
+}
+
+/// A `matches()` pattern, compiled once. Two are equal when their sources are.
+#[derive(Debug, Clone)]
+struct Pattern(regex::Regex);
+
+impl PartialEq for Pattern {
+    fn eq(&self, other: &Self) -> bool {
+        self.0.as_str() == other.0.as_str()
+    }
+}
+
+impl Condition {
+    pub fn compile(source: &str) -> Result<Condition, Error> {
+        parse::compile(source).map(|root| Condition { root })
+    }
+
+    /// Evaluates the condition: true only when it evaluates to true. An error anywhere that the
+    /// logic does not absorb (CEL's rules) makes it false: conditions fail closed.
+    pub fn eval(&self, cx: &Context<'_>) -> bool {
+        eval::holds(&self.root, cx)
+    }
+
+    /// The latest `request.time < timestamp(T)` bound among the top-level `&&` terms, if any: the
+    /// moment (Unix seconds) this condition stops granting access by the clock alone.
+    pub fn expiry(&self) -> Option<i64> {
+        fn walk(n: &Node) -> Option<i64> {
+            match n {
+                Node::And(a, b) => match (walk(a), walk(b)) {
+                    (Some(x), Some(y)) => Some(x.min(y)),
+                    (x, y) => x.or(y),
+                },
+                Node::Compare(Cmp::Lt | Cmp::Le, a, b) if **a == Node::Attr(Attr::Time) => {
+                    match **b {
+                        Node::Timestamp(t) => {
+                            i64::try_from(t.div_euclid(time::NANOS_PER_SECOND)).ok()
+                        }
+                        _ => None,
+                    }
+                }
+                _ => None,
+            }
+        }
+        walk(&self.root)
+    }
+}
