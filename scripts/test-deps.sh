@@ -3,7 +3,8 @@
 #   - Debian's chromium (the headless browser), nginx and caddy (ingresses for forward-auth) and
 #     postgresql (throwaway clusters for the store tests) and pebble (an ACME CA for the HTTPS
 #     tests), apache2 + libapache2-mod-auth-openidc, wrk and nghttp2-client (the peer
-#     benchmark); apt-get needs root,
+#     benchmark), openssh-server (the tunnel tests) and faketime (a clock the condition tests can
+#     set); apt-get needs root,
 #   - npm packages in tests/support (oidc-provider, jose, playwright-core; exact versions from package-lock.json),
 #   - Streamlit in a virtual environment at tests/support/.venv,
 #   - cargo-fuzz (for scripts/fuzz.sh).
@@ -35,6 +36,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [ -x /usr/bin/h2load ] || missing+=(nghttp2-client)
 # The tunnel tests: a real OpenSSH server (started by the test on loopback with its own host key).
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
+# The office-hours condition test: libfaketime sets castellan's clock from a file the test writes.
+[ -x /usr/bin/faketime ] || missing+=(faketime)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || fail "missing Debian packages: run 'sudo apt-get install ${missing[*]}'"
   step "installing Debian's ${missing[*]} (apt-get)"

@@ -7,5 +7,6 @@
 mod actions;
 pub mod api;
 pub mod console;
+pub mod gcloud;
 pub mod ops;
 mod views;

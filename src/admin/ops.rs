@@ -1,5 +1,5 @@
 //! Policy management shared by the command line and the HTTP API: adding and removing bindings with
-//! conditions and expiries, importing gcloud's output, and explaining decisions in words.
+//! conditions and expiries, and explaining decisions in words.
 
 use std::fmt::Write;
 
@@ -8,7 +8,7 @@ use crate::config::{App, AppKind};
 use crate::policy::Explanation;
 use crate::policy::condition;
 use crate::policy::snapshot::{Decision, Resource};
-use crate::policy::{BindingCondition, Document, DocumentBinding, Member, Policy, Role};
+use crate::policy::{BindingCondition, Member, Policy, Role};
 use crate::store::{self, Actor, Store};
 
 /// Reads `--expires`: a duration from now (`90m`, `12h`, `7d`), a date (`2027-01-01`, midnight UTC)
@@ -119,75 +119,6 @@ pub async fn remove(
             (n > 0, n)
         })
         .await
-}
-
-/// Reads what `gcloud iap web get-iam-policy` printed (JSON or YAML) into a castellan document.
-/// Roles castellan has no equivalent for are left out and listed, with their members.
-pub fn import_gcloud(text: &str) -> Result<(Document, Vec<String>), String> {
-    let value: serde_json::Value = match serde_json::from_str(text) {
-        Ok(v) => v,
-        Err(json_err) => serde_yaml_ng::from_str(text)
-            .map_err(|yaml_err| format!("not JSON ({json_err}) nor YAML ({yaml_err})"))?,
-    };
-    let bindings = value
-        .get("bindings")
-        .and_then(|b| b.as_array())
-        .cloned()
-        .unwrap_or_default();
-    let mut doc = Document {
-        version: 3,
-        ..Default::default()
-    };
-    let mut skipped = Vec::new();
-    for (i, b) in bindings.iter().enumerate() {
-        let role = b.get("role").and_then(|r| r.as_str()).unwrap_or("");
-        let members: Vec<String> = b
-            .get("members")
-            .and_then(|m| m.as_array())
-            .map(|m| {
-                m.iter()
-                    .filter_map(|x| x.as_str().map(str::to_string))
-                    .collect()
-            })
-            .unwrap_or_default();
-        if Role::parse(role).is_err() {
-            skipped.push(format!(
-                "bindings[{i}]: role {role} has no castellan equivalent (members: {})",
-                members.join(", ")
-            ));
-            continue;
-        }
-        let mut kept = Vec::new();
-        for m in members {
-            // Google-only member kinds have no meaning here.
-            if m.starts_with("deleted:")
-                || m.starts_with("principal:")
-                || m.starts_with("principalSet:")
-            {
-                skipped.push(format!(
-                    "bindings[{i}]: member {m} has no castellan equivalent"
-                ));
-            } else {
-                kept.push(m);
-            }
-        }
-        if kept.is_empty() {
-            continue;
-        }
-        let condition = match b.get("condition") {
-            Some(c) => Some(
-                serde_json::from_value(c.clone())
-                    .map_err(|e| format!("bindings[{i}].condition: {e}"))?,
-            ),
-            None => None,
-        };
-        doc.bindings.push(DocumentBinding {
-            role: role.to_string(),
-            members: kept,
-            condition,
-        });
-    }
-    Ok((doc, skipped))
 }
 
 /// The troubleshooter's answer in words.
@@ -342,45 +273,5 @@ mod tests {
         assert_eq!(c.compiled.expiry(), parse_rfc3339("2027-01-01T00:00:00Z"));
         let err = condition(Some("request.pth == \"/\""), None, None).unwrap_err();
         assert!(err.contains("column 9") && err.contains('^'), "{err}");
-    }
-
-    #[test]
-    fn gcloud_yaml_and_json_import() {
-        let yaml = r#"bindings:
-- condition:
-    description: Access for the Q1 audit
-    expression: request.time < timestamp("2027-01-01T00:00:00Z")
-    title: expires-2027
-  members:
-  - user:alice@example.com
-  - group:analysts@example.com
-  role: roles/iap.httpsResourceAccessor
-- members:
-  - user:owner@example.com
-  role: roles/owner
-- members:
-  - deleted:user:gone@example.com?uid=123
-  - domain:example.com
-  role: roles/iap.httpsResourceAccessor
-etag: BwYHZEDo6aM=
-version: 3
-"#;
-        let (doc, skipped) = import_gcloud(yaml).unwrap();
-        assert_eq!(doc.bindings.len(), 2);
-        assert_eq!(
-            doc.bindings[0].condition.as_ref().unwrap().title,
-            "expires-2027"
-        );
-        assert_eq!(skipped.len(), 2, "{skipped:?}");
-        assert!(skipped[0].contains("roles/owner"));
-        let p = Policy::from_document(&doc).unwrap();
-        assert_eq!(p.bindings[0].role, Role::Accessor);
-        let json = serde_json::to_string(&serde_json::json!({"bindings":[{"role":"roles/iap.admin","members":["user:a@x.com"]}],"etag":"x","version":1})).unwrap();
-        let (doc, skipped) = import_gcloud(&json).unwrap();
-        assert!(skipped.is_empty());
-        assert_eq!(
-            Policy::from_document(&doc).unwrap().bindings[0].role,
-            Role::Admin
-        );
     }
 }

@@ -165,6 +165,112 @@ async fn conditions_expiry_provider_groups_and_the_explainer() {
     }
 }
 
+/// The office-hours condition from Google's documentation, decided by castellan's own clock: the
+/// castellan process runs under libfaketime (Debian's `faketime`), whose time the test sets by
+/// writing a file, so the same signed-in person is refused at 08:59:50 in Berlin, let in at
+/// 09:00:10, refused again at 17:00 and on Saturday, without a sleeping test or a test hook in the
+/// binary. The process runs with TZ=UTC, so Berlin's hours can only come from the zone data built
+/// into castellan.
+#[tokio::test(flavor = "multi_thread")]
+async fn an_office_hours_condition_follows_castellans_clock() {
+    let lib = std::fs::read_dir("/usr/lib")
+        .unwrap()
+        .filter_map(Result::ok)
+        .map(|d| d.path().join("faketime/libfaketime.so.1"))
+        .find(|p| p.exists())
+        .expect("libfaketime is missing: run scripts/test-deps.sh (Debian's faketime package)");
+    let clock_dir = tempfile::tempdir().unwrap();
+    let clock = clock_dir.path().join("now");
+    let set_clock = |utc: &str| std::fs::write(&clock, format!("{utc}\n")).unwrap();
+    // Monday 4 January 2027, 08:59:50 in Berlin (CET, UTC+1).
+    set_clock("2027-01-04 07:59:50");
+    let echo = Echo::start().await;
+    let mut setup = Setup::new(echo.addr);
+    setup.top = "session_lifetime = \"30d\"\nsession_idle_timeout = \"7d\"\n";
+    let (lib, clock_path) = (lib.to_str().unwrap(), clock.to_str().unwrap());
+    let env = [
+        ("LD_PRELOAD", lib),
+        ("FAKETIME_TIMESTAMP_FILE", clock_path),
+        ("FAKETIME_NO_CACHE", "1"),
+        ("FAKETIME_DONT_FAKE_MONOTONIC", "1"),
+        ("TZ", "UTC"),
+    ];
+    setup.env = &env;
+    let c = Castellan::start(setup).await;
+    c.add_user("olga@example.com", "a long enough password");
+    ok(&c.cli(&[
+        "access",
+        "add",
+        "demo",
+        "user:olga@example.com",
+        "--condition",
+        r#"request.time.getHours("Europe/Berlin") >= 9 && request.time.getHours("Europe/Berlin") < 17 && request.time.getDayOfWeek("Europe/Berlin") in [1, 2, 3, 4, 5]"#,
+        "--condition-title",
+        "office hours in Berlin",
+    ]));
+    std::thread::sleep(Duration::from_millis(500));
+    let mut olga = Browser::new();
+    let page = olga
+        .sign_in_local(&c, "olga@example.com", "a long enough password", "/")
+        .await;
+    assert_eq!(page.status, 302, "{}", page.body);
+    for (utc, want, when) in [
+        ("2027-01-04 07:59:50", 403, "Monday 08:59:50 in Berlin"),
+        ("2027-01-04 08:00:10", 200, "Monday 09:00:10 in Berlin"),
+        ("2027-01-04 15:59:59", 200, "Monday 16:59:59 in Berlin"),
+        ("2027-01-04 16:00:00", 403, "Monday 17:00:00 in Berlin"),
+        ("2027-01-09 10:00:00", 403, "Saturday 11:00 in Berlin"),
+        (
+            "2027-01-11 08:30:00",
+            200,
+            "the next Monday, 09:30 in Berlin",
+        ),
+    ] {
+        set_clock(utc);
+        let r = olga.request("GET", &c.url("/"), &API, None).await;
+        assert_eq!(r.status, want, "{when} ({utc} UTC): {}", r.body);
+        if want == 403 {
+            assert!(
+                r.body.contains("\"reason\":\"condition-not-met\""),
+                "refused by the condition, not for want of a binding: {}",
+                r.body
+            );
+        }
+    }
+    // Every decision is in the audit trail at castellan's (faked) time, with its outcome.
+    let want: Vec<(i64, &str)> = [
+        ("2027-01-04T07:59:50Z", "deny"),
+        ("2027-01-04T08:00:10Z", "allow"),
+        ("2027-01-04T15:59:59Z", "allow"),
+        ("2027-01-04T16:00:00Z", "deny"),
+        ("2027-01-09T10:00:00Z", "deny"),
+        ("2027-01-11T08:30:00Z", "allow"),
+    ]
+    .iter()
+    .map(|(t, a)| (castellan::clock::parse_rfc3339(t).unwrap() * 1000, *a))
+    .collect();
+    let mut got = Vec::new();
+    for _ in 0..50 {
+        got = ok(&c.cli(&["audit", "--app", "demo", "--kind", "decision", "--json"]))
+            .lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|r| r["actor"] == "olga@example.com")
+            .map(|r| {
+                (
+                    r["at"].as_i64().unwrap(),
+                    r["action"].as_str().unwrap().to_string(),
+                )
+            })
+            .collect::<Vec<_>>();
+        if got.len() >= want.len() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    let got: Vec<(i64, &str)> = got.iter().map(|(t, a)| (*t, a.as_str())).collect();
+    assert_eq!(got, want);
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_matches_condition_as_google_writes_it_decides_requests() {
     let echo = Echo::start().await;
@@ -395,10 +501,39 @@ async fn policy_documents_etags_gcloud_import_and_public_apps() {
                   - members:\n  - user:owner@example.com\n  role: roles/owner\netag: BwYHZEDo6aM=\nversion: 3\n";
     let gfile = dir.path().join("iap.yaml");
     std::fs::write(&gfile, gcloud).unwrap();
-    let out = ok(&c.cli(&["policy", "import-gcloud", "demo", gfile.to_str().unwrap()]));
-    assert!(out.contains("imported 2 binding(s)"), "{out}");
+    // Something refused stops the whole import, with the report and the way forward…
+    let before = ok(&c.cli(&["policy", "get", "demo"]));
+    let refused = c.cli(&["policy", "import-gcloud", "demo", gfile.to_str().unwrap()]);
+    assert!(!refused.status.success());
+    let (out, why) = (
+        String::from_utf8_lossy(&refused.stdout),
+        String::from_utf8_lossy(&refused.stderr),
+    );
     assert!(
-        out.contains("roles/owner has no castellan equivalent (members: user:owner@example.com)"),
+        out.contains("refused     bindings[2] roles/owner (user:owner@example.com): castellan has no such role"),
+        "{out}"
+    );
+    assert!(
+        out.contains(
+            "translated  bindings[0] roles/accessor: user:carol@example.com, group:eng@example.com"
+        ),
+        "{out}"
+    );
+    assert!(
+        why.contains("nothing imported") && why.contains("--partial"),
+        "{why}"
+    );
+    assert_eq!(ok(&c.cli(&["policy", "get", "demo"])), before);
+    // …and --partial imports the rest.
+    let out = ok(&c.cli(&[
+        "policy",
+        "import-gcloud",
+        "demo",
+        gfile.to_str().unwrap(),
+        "--partial",
+    ]));
+    assert!(
+        out.contains("imported 2 binding(s)") && out.contains("1 part(s) refused and left out"),
         "{out}"
     );
     let imported: serde_json::Value =

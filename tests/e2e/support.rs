@@ -645,6 +645,8 @@ pub struct Setup<'a> {
     pub args: &'a [&'a str],
     /// The `store` URL (default: a SQLite file in the instance's folder).
     pub store: Option<String>,
+    /// Extra environment variables for the castellan process.
+    pub env: &'a [(&'a str, &'a str)],
 }
 
 impl<'a> Setup<'a> {
@@ -658,6 +660,7 @@ impl<'a> Setup<'a> {
             provider_extra: "",
             args: &[],
             store: None,
+            env: &[],
         }
     }
 }
@@ -726,7 +729,8 @@ impl Castellan {
             .arg("--config")
             .arg(&config_path)
             .env("TEST_CLIENT_SECRET", "castellan-secret")
-            .env("RUST_LOG", "info");
+            .env("RUST_LOG", "info")
+            .envs(setup.env.iter().copied());
         let mut proc = Proc::spawn("castellan", &mut cmd, dir.path().join("castellan.log"));
         wait_for(
             &format!("{origin}/.castellan/healthz"),

@@ -144,12 +144,18 @@ The document's etag must match the stored policy's (someone else's change would 
         name = "import-gcloud",
         after_help = "Example:\n  gcloud iap web get-iam-policy --resource-type=backend-services --service=dash --format=json > iap.json\n  \
 castellan policy import-gcloud demo iap.json\n\n\
-roles/iap.httpsResourceAccessor becomes roles/accessor and roles/iap.admin roles/admin; other roles and\n\
-Google-only members are left out and listed."
+Every binding is reported: imported as is, translated (roles/iap.httpsResourceAccessor is\n\
+roles/accessor, roles/iap.tunnelResourceAccessor roles/tunnelAccessor, roles/iap.admin roles/admin),\n\
+or refused with the reason (a role castellan does not have, a deleted or federated member, a\n\
+condition castellan cannot check such as request.auth.access_levels). Anything refused stops the\n\
+import unless --partial is given; the app's policy is then replaced by what could be imported."
     )]
     ImportGcloud {
         app: String,
         file: PathBuf,
+        /// Import what can be imported even if some bindings or members are refused.
+        #[arg(long)]
+        partial: bool,
         /// Confirm making the app public (allUsers).
         #[arg(long)]
         yes: bool,
@@ -481,12 +487,30 @@ pub async fn policy(config: &Config, cmd: PolicyCommand) -> Result<ExitCode> {
                 stored.etag
             );
         }
-        PolicyCommand::ImportGcloud { app, file, yes } => {
+        PolicyCommand::ImportGcloud {
+            app,
+            file,
+            partial,
+            yes,
+        } => {
             known_app(config, &app)?;
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
-            let (doc, skipped) = ops::import_gcloud(&text).map_err(anyhow::Error::msg)?;
-            let policy = Policy::from_document(&doc)?;
+            let target = config.app(&app).context("the app was just checked")?;
+            let import = castellan::admin::gcloud::import(&text, target)
+                .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
+            println!("{}:", file.display());
+            for entry in &import.report {
+                println!("  {entry}");
+            }
+            let refused = import.refused();
+            if refused > 0 && !partial {
+                bail!(
+                    "nothing imported: {refused} part(s) of {} cannot be brought over (refused above); change them in the file, or repeat with --partial to import the rest",
+                    file.display()
+                );
+            }
+            let policy = import.policy;
             if policy.is_public() && !yes {
                 bail!(
                     "the imported policy makes app {app} public (allUsers): repeat with --yes if that is what you want"
@@ -504,16 +528,15 @@ pub async fn policy(config: &Config, cmd: PolicyCommand) -> Result<ExitCode> {
                 )
                 .await?;
             println!(
-                "imported {} binding(s) into app {app} (etag {})",
+                "imported {} binding(s) into app {app} (etag {}){}",
                 stored.bindings.len(),
-                stored.etag
-            );
-            if !skipped.is_empty() {
-                println!("not imported (no castellan equivalent):");
-                for s in skipped {
-                    println!("  - {s}");
+                stored.etag,
+                if refused > 0 {
+                    format!("; {refused} part(s) refused and left out (--partial)")
+                } else {
+                    String::new()
                 }
-            }
+            );
         }
     }
     Ok(ExitCode::SUCCESS)

@@ -201,6 +201,29 @@ impl Condition {
         eval::holds(&self.root, cx)
     }
 
+    /// Whether the condition reads `destination.ip` or `destination.port`, which only TCP apps have.
+    pub fn reads_destination(&self) -> bool {
+        fn walk(n: &Node) -> bool {
+            match n {
+                Node::Attr(Attr::DestinationIp | Attr::DestinationPort) => true,
+                Node::Not(a)
+                | Node::InStrings(a, _)
+                | Node::InInts(a, _)
+                | Node::Matches(a, _)
+                | Node::InIpRange(a, _)
+                | Node::TimeField(_, a, _)
+                | Node::DurationIn(_, a) => walk(a),
+                Node::And(a, b)
+                | Node::Or(a, b)
+                | Node::Compare(_, a, b)
+                | Node::Arith(_, a, b)
+                | Node::Method(_, a, b) => walk(a) || walk(b),
+                _ => false,
+            }
+        }
+        walk(&self.root)
+    }
+
     /// The latest `request.time < timestamp(T)` bound among the top-level `&&` terms, if any: the
     /// moment (Unix seconds) this condition stops granting access by the clock alone.
     pub fn expiry(&self) -> Option<i64> {
