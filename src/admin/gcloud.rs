@@ -108,7 +108,8 @@ pub fn import(text: &str, app: &App) -> Result<Import, String> {
                 match Condition::compile(expression) {
                     Err(e) => {
                         report.push(refuse(format!(
-                            "its condition cannot be checked here, {e}:\n              {}",
+                            "its condition is refused (column {}):\n              {}",
+                            e.column,
                             e.pointed(expression).replace('\n', "\n              ")
                         )));
                         continue;
