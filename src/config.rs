@@ -318,6 +318,80 @@ pub struct App {
     /// A sign-in older than this must be repeated before the app opens (`reauth_max_age`, or the
     /// top-level default).
     pub reauth_max_age: Option<Duration>,
+    /// Headers set on or removed from what goes to the app and what comes back from it.
+    pub headers: HeaderRules,
+}
+
+/// An app's header rules (`set_request_headers`, `remove_request_headers`,
+/// `set_response_headers`, `remove_response_headers`), applied when castellan proxies to it.
+/// They never touch castellan's own headers: the configuration refuses identity, forwarding,
+/// hop-by-hop and cookie headers, and castellan's identity headers are added after the rules.
+#[derive(Debug, Clone, Default)]
+pub struct HeaderRules {
+    pub set_request: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_request: Vec<http::HeaderName>,
+    pub set_response: Vec<(http::HeaderName, http::HeaderValue)>,
+    pub remove_response: Vec<http::HeaderName>,
+}
+
+impl HeaderRules {
+    /// Applies the request rules: removals first, then the values set (replacing what the client
+    /// sent under that name).
+    pub fn to_request(&self, headers: &mut http::HeaderMap) {
+        Self::apply(&self.remove_request, &self.set_request, headers);
+    }
+
+    /// Applies the response rules, the same way, to the app's answer.
+    pub fn to_response(&self, headers: &mut http::HeaderMap) {
+        Self::apply(&self.remove_response, &self.set_response, headers);
+    }
+
+    fn apply(
+        remove: &[http::HeaderName],
+        set: &[(http::HeaderName, http::HeaderValue)],
+        headers: &mut http::HeaderMap,
+    ) {
+        for name in remove {
+            headers.remove(name);
+        }
+        for (name, value) in set {
+            headers.insert(name.clone(), value.clone());
+        }
+    }
+}
+
+/// Why a header name cannot be in an app's header rules, if it cannot: castellan owns it.
+fn reserved_header(name: &str, setting: bool) -> Option<&'static str> {
+    let identity = ["x-castellan-", "x-goog-iap-", "x-goog-authenticated-"];
+    if identity
+        .iter()
+        .any(|p| name.replace('_', "-").starts_with(p))
+    {
+        return Some(
+            "it is one of castellan's identity headers, which castellan alone sets (and strips from everything else)",
+        );
+    }
+    match name {
+        "connection"
+        | "keep-alive"
+        | "proxy-connection"
+        | "proxy-authenticate"
+        | "proxy-authorization"
+        | "te"
+        | "trailer"
+        | "transfer-encoding"
+        | "upgrade" => Some(
+            "it is a hop-by-hop header, which describes one connection and is castellan's to manage",
+        ),
+        "host" | "content-length" => Some("castellan sets it from the request it forwards"),
+        "x-forwarded-for" | "x-forwarded-proto" | "x-forwarded-host" | "forwarded" => Some(
+            "castellan sets it from the connection (and trusted_proxies), so the app can rely on it",
+        ),
+        "cookie" | "set-cookie" if setting => Some(
+            "castellan guards cookies (its own are never passed to the app nor set by it); set cookies in the app",
+        ),
+        _ => None,
+    }
 }
 
 /// What an app is, by its upstream's scheme.
@@ -728,6 +802,10 @@ const APP_KEYS: &[&str] = &[
     "upstream_auth_header",
     "cors_origins",
     "reauth_max_age",
+    "set_request_headers",
+    "remove_request_headers",
+    "set_response_headers",
+    "remove_response_headers",
 ];
 
 impl Reader<'_> {
@@ -1606,6 +1684,10 @@ impl Reader<'_> {
                     "upstream_auth_audience",
                     "upstream_auth_header",
                     "cors_origins",
+                    "set_request_headers",
+                    "remove_request_headers",
+                    "set_response_headers",
+                    "remove_response_headers",
                 ] {
                     if a.contains_key(key) {
                         self.problem(
@@ -1742,6 +1824,12 @@ impl Reader<'_> {
                     Vec::new()
                 }
             };
+            let headers = HeaderRules {
+                set_request: self.header_values(&mut a, &prefix, "set_request_headers"),
+                remove_request: self.header_names(&mut a, &prefix, "remove_request_headers"),
+                set_response: self.header_values(&mut a, &prefix, "set_response_headers"),
+                remove_response: self.header_names(&mut a, &prefix, "remove_response_headers"),
+            };
             let Some(id) = id else { continue };
             let audience = audience.unwrap_or_else(|| format!("castellan:{id}"));
             if !audiences.insert(audience.clone()) {
@@ -1772,10 +1860,94 @@ impl Reader<'_> {
                     reauth_max_age: self
                         .duration(&mut a, &prefix, "reauth_max_age")
                         .or(reauth_default),
+                    headers,
                 });
             }
         }
         out
+    }
+
+    /// A header name for an app's header rules, or the problem reported.
+    fn header_name(&mut self, key: String, name: &str, setting: bool) -> Option<http::HeaderName> {
+        let Ok(parsed) = http::HeaderName::from_bytes(name.as_bytes()) else {
+            self.problem(
+                key,
+                format!("`{name}` is not a header name: letters, digits and - only, e.g. \"X-Frame-Options\""),
+            );
+            return None;
+        };
+        match reserved_header(parsed.as_str(), setting) {
+            Some(why) => {
+                self.problem(key, format!("{name} cannot be in header rules: {why}"));
+                None
+            }
+            None => Some(parsed),
+        }
+    }
+
+    /// `remove_…_headers = ["Server", "X-Powered-By"]`.
+    fn header_names(
+        &mut self,
+        t: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+    ) -> Vec<http::HeaderName> {
+        match t.remove(key) {
+            None => Vec::new(),
+            Some(Value::Array(items)) => {
+                let mut out = Vec::new();
+                for (i, item) in items.iter().enumerate() {
+                    let name = item.as_str().unwrap_or_default();
+                    if let Some(n) = self.header_name(format!("{prefix}{key}[{i}]"), name, false) {
+                        out.push(n);
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                self.problem(
+                    format!("{prefix}{key}"),
+                    "expected a list of header names, e.g. [\"Server\", \"X-Powered-By\"]",
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// `set_…_headers = { "X-Frame-Options" = "DENY" }`.
+    fn header_values(
+        &mut self,
+        t: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+    ) -> Vec<(http::HeaderName, http::HeaderValue)> {
+        match t.remove(key) {
+            None => Vec::new(),
+            Some(Value::Table(items)) => {
+                let mut out = Vec::new();
+                for (name, value) in items {
+                    let at = format!("{prefix}{key}.{name}");
+                    let Some(n) = self.header_name(at.clone(), &name, true) else {
+                        continue;
+                    };
+                    match value.as_str().map(http::HeaderValue::from_str) {
+                        Some(Ok(v)) => out.push((n, v)),
+                        _ => self.problem(
+                            at,
+                            "expected a header value: a string without line breaks, e.g. \"DENY\"",
+                        ),
+                    }
+                }
+                out
+            }
+            Some(_) => {
+                self.problem(
+                    format!("{prefix}{key}"),
+                    "expected a table of names and values, e.g. { \"X-Frame-Options\" = \"DENY\" }",
+                );
+                Vec::new()
+            }
+        }
     }
 
     fn upstream(&mut self, prefix: &str, s: &str) -> Option<Url> {
@@ -2287,6 +2459,84 @@ id = "b"
         assert_eq!(err[0].key, "apps[0].identity_headers");
         let web = app("upstream = \"http://127.0.0.1:1\"").unwrap();
         assert_eq!(web.apps[0].role(), crate::policy::Role::Accessor);
+    }
+
+    #[test]
+    fn header_rules_are_checked_and_never_name_castellans_own_headers() {
+        let app = |extra: &str| {
+            parse(&format!(
+                "[[apps]]\nid=\"dash\"\nhost = \"dash.example.com\"\nupstream = \"http://127.0.0.1:1\"\n{extra}\n"
+            ))
+        };
+        let c = app(
+            "set_response_headers = { \"X-Frame-Options\" = \"DENY\", \"Content-Security-Policy\" = \"frame-ancestors 'none'\" }\n\
+             remove_response_headers = [\"Server\", \"X-Powered-By\"]\n\
+             set_request_headers = { \"X-Team\" = \"data\" }\nremove_request_headers = [\"X-Debug\"]",
+        )
+        .unwrap();
+        let h = &c.apps[0].headers;
+        assert_eq!(h.set_response.len(), 2);
+        assert_eq!(h.remove_response[1], "x-powered-by");
+        let mut req = http::HeaderMap::new();
+        req.insert("x-team", "forged".parse().unwrap());
+        req.insert("x-debug", "1".parse().unwrap());
+        h.to_request(&mut req);
+        assert_eq!(req.get("x-team").unwrap(), "data");
+        assert!(req.get("x-debug").is_none());
+        for (extra, key, needle) in [
+            (
+                "set_request_headers = { \"X-Goog-Authenticated-User-Email\" = \"x\" }",
+                "apps[0].set_request_headers.X-Goog-Authenticated-User-Email",
+                "identity headers",
+            ),
+            (
+                "remove_request_headers = [\"x_castellan_email\"]",
+                "apps[0].remove_request_headers[0]",
+                "identity headers",
+            ),
+            (
+                "remove_request_headers = [\"X-Forwarded-For\"]",
+                "apps[0].remove_request_headers[0]",
+                "trusted_proxies",
+            ),
+            (
+                "set_response_headers = { \"Set-Cookie\" = \"a=b\" }",
+                "apps[0].set_response_headers.Set-Cookie",
+                "guards cookies",
+            ),
+            (
+                "set_response_headers = { \"Transfer-Encoding\" = \"chunked\" }",
+                "apps[0].set_response_headers.Transfer-Encoding",
+                "hop-by-hop",
+            ),
+            (
+                "set_response_headers = { \"Bad Name\" = \"x\" }",
+                "apps[0].set_response_headers.Bad Name",
+                "not a header name",
+            ),
+            (
+                "set_response_headers = { \"X-A\" = \"line\\nbreak\" }",
+                "apps[0].set_response_headers.X-A",
+                "without line breaks",
+            ),
+            (
+                "remove_response_headers = \"Server\"",
+                "apps[0].remove_response_headers",
+                "a list of header names",
+            ),
+        ] {
+            let err = app(extra).unwrap_err();
+            assert_eq!(err[0].key, key, "{extra}: {err:?}");
+            assert!(err[0].message.contains(needle), "{extra}: {err:?}");
+        }
+        let err = parse(
+            "[[apps]]\nid=\"ssh\"\nhost = \"ssh.example.com\"\nupstream = \"tcp://10.0.0.5:22\"\nremove_response_headers = [\"Server\"]\n",
+        )
+        .unwrap_err();
+        assert!(
+            err[0].message.contains("does not apply to a TCP app"),
+            "{err:?}"
+        );
     }
 
     #[test]

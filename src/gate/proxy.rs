@@ -79,7 +79,7 @@ pub struct Outbound<'a> {
 /// returns the app's response, with upgrades spliced through. `live` (None only for public apps
 /// and anonymous callers) is registered when the response outlives the request (a WebSocket, a
 /// stream, a long body): revoking it then ends the stream or the WebSocket. An app's response
-/// never sets or clears castellan's own cookies.
+/// never sets or clears castellan's own cookies. The app's header rules apply both ways.
 pub async fn forward(
     pool: &Pool,
     timeout: Duration,
@@ -120,6 +120,9 @@ pub async fn forward(
     remove_hop_by_hop(headers);
     strip_identity_headers(headers);
     crate::web::cookies::strip_own_cookies(headers);
+    // The app's own rules, before castellan's identity and forwarding headers (which they
+    // cannot name) go on.
+    app.headers.to_request(headers);
     if let Some(protocol) = &upgrade {
         headers.insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
         headers.insert(header::UPGRADE, protocol.clone());
@@ -193,6 +196,7 @@ pub async fn forward(
         let protocol = parts.headers.get(header::UPGRADE).cloned();
         remove_hop_by_hop(&mut parts.headers);
         own_cookies_stay_ours(app, &mut parts.headers);
+        app.headers.to_response(&mut parts.headers);
         parts
             .headers
             .insert(header::CONNECTION, HeaderValue::from_static("upgrade"));
@@ -204,6 +208,7 @@ pub async fn forward(
     let (mut parts, body) = resp.into_parts();
     remove_hop_by_hop(&mut parts.headers);
     own_cookies_stay_ours(app, &mut parts.headers);
+    app.headers.to_response(&mut parts.headers);
     let short = hyper::body::Body::size_hint(&body)
         .exact()
         .is_some_and(|n| n <= crate::runtime::live::SHORT_BODY);

@@ -611,3 +611,59 @@ async fn a_host_no_app_is_on_sends_browsers_to_castellans_own_pages() {
         "{body}"
     );
 }
+
+/// An app's header rules: what the client sends under a set name is replaced, removed names never
+/// reach the app, and the app's answer gets the response rules (a framing ban, a header the app
+/// leaks removed), while castellan's identity headers stay castellan's.
+#[tokio::test(flavor = "multi_thread")]
+async fn header_rules_shape_what_the_app_sees_and_answers() {
+    let echo = Echo::start().await;
+    let mut setup = Setup::new(echo.addr);
+    setup.extra = "set_request_headers = { \"X-Team\" = \"data\" }\n\
+                   remove_request_headers = [\"X-Debug\"]\n\
+                   set_response_headers = { \"X-Frame-Options\" = \"DENY\", \"Content-Security-Policy\" = \"frame-ancestors 'none'\" }\n\
+                   remove_response_headers = [\"Clear-Site-Data\"]\n";
+    let c = Castellan::start(setup).await;
+    let (_, cookie) = signed_in(&c).await;
+    let client = reqwest::Client::new();
+    let r = client
+        .get(c.url("/"))
+        .header("cookie", &cookie)
+        .header("x-team", "forged-by-the-client")
+        .header("x-debug", "1")
+        .header("x-keep", "kept")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    assert_eq!(
+        r.headers()["content-security-policy"],
+        "frame-ancestors 'none'"
+    );
+    let v: serde_json::Value = r.json().await.unwrap();
+    assert_eq!(v["headers"]["x-team"], serde_json::json!(["data"]));
+    assert!(v["headers"].get("x-debug").is_none(), "{v}");
+    assert_eq!(v["headers"]["x-keep"], serde_json::json!(["kept"]));
+    assert_eq!(v["headers"]["x-castellan-email"][0], "dave@example.com");
+    // The hostile page answers with Clear-Site-Data (and tries castellan's cookies): removed.
+    let r = client
+        .get(c.url("/hostile"))
+        .header("cookie", &cookie)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    assert!(r.headers().get("clear-site-data").is_none());
+    assert_eq!(r.headers()["x-frame-options"], "DENY");
+    // castellan's own pages are not the app's: its rules do not apply there.
+    let own = client
+        .get(c.console("/.castellan/sign_in"))
+        .send()
+        .await
+        .unwrap();
+    assert!(
+        own.headers()
+            .get("content-security-policy")
+            .is_none_or(|v| v != "frame-ancestors 'none'")
+    );
+}
