@@ -57,6 +57,7 @@ fn bench(c: &mut Criterion) {
             time: 1_800_000_000,
             ip: "10.0.0.1".parse().ok(),
             destination: None,
+            auth: None,
         };
         let groups: Vec<String> = vec!["eng".into()];
         assert!(
@@ -120,6 +121,7 @@ fn bench(c: &mut Criterion) {
         time,
         ip: "10.0.0.1".parse().ok(),
         destination: None,
+        auth: None,
     };
     let (inside, outside) = (cx(1_800_000_000), cx(1_800_000_000 - 3600));
     assert!(s.decide("demo", Role::Accessor, who, &inside).allowed());

@@ -281,6 +281,8 @@ pub struct Provider {
     /// How often a session's grant is refreshed at the provider (when it granted a refresh
     /// token: `offline_access` in `scopes`); a refusal ends the session.
     pub revalidate: Duration,
+    /// ID-token claims kept with the session, for conditions (`request.auth.claims.NAME`).
+    pub claims: Vec<String>,
 }
 
 impl fmt::Debug for Provider {
@@ -787,6 +789,7 @@ const PROVIDER_KEYS: &[&str] = &[
     "scopes",
     "require_verified_email",
     "groups_claim",
+    "claims",
     "programmatic_audiences",
     "revalidate",
 ];
@@ -1395,6 +1398,29 @@ impl Reader<'_> {
                     Vec::new()
                 }
             };
+            let claims = match p.remove("claims") {
+                None => Vec::new(),
+                Some(Value::Array(items))
+                    if items.len() <= 32
+                        && items.iter().all(|i| {
+                            i.as_str().is_some_and(|s| {
+                                !s.is_empty() && s.len() <= 256 && !s.contains(char::is_whitespace)
+                            })
+                        }) =>
+                {
+                    items
+                        .iter()
+                        .filter_map(|i| i.as_str().map(str::to_string))
+                        .collect()
+                }
+                Some(_) => {
+                    self.problem(
+                        format!("{prefix}claims"),
+                        "expected a list of at most 32 claim names, e.g. [\"department\", \"https://example.com/roles\"]",
+                    );
+                    Vec::new()
+                }
+            };
             if let (Some(id), Some(issuer), Some(client_id), Some(client_secret)) =
                 (id, issuer, client_id, client_secret)
             {
@@ -1409,6 +1435,7 @@ impl Reader<'_> {
                     groups_claim,
                     programmatic_audiences,
                     revalidate,
+                    claims,
                 });
             }
         }

@@ -128,6 +128,7 @@ pub fn condition(data: &[u8]) {
                     host: "10.0.0.5",
                     port: 22,
                 }),
+                auth: Some(crate::policy::condition::Auth::service_account()),
             };
             let _ = c.eval(&cx);
             let _ = c.expiry();

@@ -93,6 +93,7 @@ fn is_admin(
         time: crate::clock::now(),
         ip: Some(ip),
         destination: None,
+        auth: Some(caller.auth(caller.castellan_groups(snapshot))),
     };
     snapshot.has_role(app, Role::Admin, caller.who(), &cx)
 }
@@ -194,6 +195,16 @@ struct CheckBody {
     at: Option<String>,
     #[serde(default)]
     role: Option<String>,
+    /// How the person would have signed in: the provider (default `local`), `amr`, `acr`, and
+    /// the claims kept.
+    #[serde(default)]
+    provider: Option<String>,
+    #[serde(default)]
+    amr: Vec<String>,
+    #[serde(default)]
+    acr: Option<String>,
+    #[serde(default)]
+    claims: std::collections::BTreeMap<String, serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -383,6 +394,12 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
                 }
             };
             let method = body.method.as_deref().unwrap_or("GET").to_ascii_uppercase();
+            let mut person = crate::policy::Identity::local(&email);
+            person.provider = body.provider.clone().unwrap_or_else(|| "local".into());
+            person.groups = body.groups.clone();
+            person.amr = body.amr.clone();
+            person.acr = body.acr.clone();
+            person.claims = body.claims.clone();
             let cx = Context {
                 path: &path,
                 host: body.host.as_deref().unwrap_or(""),
@@ -395,6 +412,7 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
                     .iter()
                     .find(|a| a.id == body.app)
                     .and_then(crate::config::App::destination),
+                auth: Some(person.auth(snapshot.groups_of(&email))),
             };
             let who = crate::policy::Who::User {
                 email: &email,

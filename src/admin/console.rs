@@ -39,7 +39,8 @@ impl Admin {
     }
 }
 
-fn cx_now() -> Context<'static> {
+/// The console's decisions about its own user (are they an administrator, and of what).
+fn cx_now<'a>(auth: crate::policy::condition::Auth<'a>) -> Context<'a> {
     Context {
         path: "/",
         host: "",
@@ -47,6 +48,7 @@ fn cx_now() -> Context<'static> {
         time: crate::clock::now(),
         ip: None,
         destination: None,
+        auth: Some(auth),
     }
 }
 
@@ -112,12 +114,13 @@ pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>, path: 
     }
     let snapshot = state.snapshot();
     let as_who = who.who();
-    let global = snapshot.has_role(None, Role::Admin, as_who, &cx_now());
+    let cx = cx_now(who.auth(snapshot.groups_of(&who.email)));
+    let global = snapshot.has_role(None, Role::Admin, as_who, &cx);
     let apps: Vec<String> = state
         .config
         .apps
         .iter()
-        .filter(|a| global || snapshot.has_role(Some(&a.id), Role::Admin, as_who, &cx_now()))
+        .filter(|a| global || snapshot.has_role(Some(&a.id), Role::Admin, as_who, &cx))
         .map(|a| a.id.clone())
         .collect();
     if !global && apps.is_empty() {

@@ -221,6 +221,7 @@ mod tests {
             time: 0,
             ip: None,
             destination: None,
+            auth: None,
         };
         let who = crate::policy::snapshot::Who::User {
             email: "dev@example.com",

@@ -383,7 +383,9 @@ async fn sign_in(
         ctx,
         headers,
         NewSession {
-            identity: Identity::local(&stored.email),
+            // A passkey with user verification: a key held in hardware, and the person's PIN or
+            // biometric (RFC 8176's hwk, user and mfa).
+            identity: Identity::local(&stored.email).signed_in_with(&["hwk", "user", "mfa"]),
             auth_time: None,
             provider_session: None,
         },

@@ -151,7 +151,8 @@ pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Ans
         ctx,
         &parts.headers,
         NewSession {
-            identity: Identity::local(&email),
+            // A password and a one-time code (an authenticator's, or a recovery code).
+            identity: Identity::local(&email).signed_in_with(&["pwd", "otp", "mfa"]),
             auth_time: None,
             provider_session: None,
         },

@@ -598,7 +598,7 @@ pub async fn local(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Answ
         ctx,
         &headers,
         NewSession {
-            identity: Identity::local(&email),
+            identity: Identity::local(&email).signed_in_with(&["pwd"]),
             auth_time: None,
             provider_session: None,
         },

@@ -103,6 +103,7 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
     {
         return Err(sign_in(ask, Some(max.as_secs())));
     }
+    let snapshot = state.snapshot();
     let cx = Context {
         path: ask.path,
         host: ask.host,
@@ -110,11 +111,12 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         time: now,
         ip: Some(ctx.client_ip),
         destination: ask.app.destination(),
+        auth: principal
+            .as_ref()
+            .map(|p| p.auth(p.castellan_groups(&snapshot))),
     };
     let who = principal.as_ref().map_or(Who::Anonymous, Principal::who);
-    let decision = state
-        .snapshot()
-        .decide(&ask.app.id, ask.app.role(), who, &cx);
+    let decision = snapshot.decide(&ask.app.id, ask.app.role(), who, &cx);
     let grant = match decision {
         Decision::Allow(grant) => grant,
         Decision::SignIn => return Err(sign_in(ask, None)),

@@ -402,6 +402,9 @@ mod tests {
             groups: vec![],
             hd: None,
             domain: None,
+            amr: Vec::new(),
+            acr: None,
+            claims: Default::default(),
         };
         let token = signer.sign(&who, "castellan:demo").unwrap();
         let set: JwkSet = serde_json::from_str(signer.jwks()).unwrap();

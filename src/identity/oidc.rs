@@ -17,6 +17,7 @@ use url::Url;
 use crate::config;
 use crate::policy::Identity;
 
+mod claims;
 mod credentials;
 mod keys;
 pub mod logout;
@@ -137,6 +138,11 @@ struct IdClaims {
     email: Option<String>,
     email_verified: Option<serde_json::Value>,
     sid: Option<String>,
+    /// How the person authenticated (RFC 8176), and the authentication context class.
+    #[serde(default)]
+    amr: Option<serde_json::Value>,
+    #[serde(default)]
+    acr: Option<serde_json::Value>,
 }
 
 #[derive(Deserialize)]
@@ -393,8 +399,8 @@ impl Client {
         let claims = self.verify_id_token(&id_token, nonce).await?;
 
         let mut groups = self.groups(&claims.extra);
-        let (email, verified) = match claims.email {
-            Some(email) => (email, claims.email_verified),
+        let (email, verified) = match claims.email.clone() {
+            Some(email) => (email, claims.email_verified.clone()),
             None => {
                 let info = self
                     .userinfo(&m, tokens.access_token.as_deref(), &claims.sub)
@@ -421,7 +427,15 @@ impl Client {
             return Err(self.rejected(format!("`{email}` is not an email address")));
         }
         Ok(SignedIn {
-            identity: self.identity(email.to_ascii_lowercase(), claims.sub, groups, claims.hd),
+            identity: self.with_sign_in(
+                self.identity(
+                    email.to_ascii_lowercase(),
+                    claims.sub.clone(),
+                    groups,
+                    claims.hd.clone(),
+                ),
+                &claims,
+            ),
             auth_time: claims.auth_time,
             id_token,
             sid: claims.sid.filter(|s| !s.is_empty() && s.len() <= 256),
@@ -534,6 +548,7 @@ impl Client {
         let groups = self.groups(&claims.extra);
         let email = claims
             .email
+            .clone()
             .ok_or_else(|| {
                 self.rejected(
                     "the token carries no email claim (request the email scope when minting it)",
@@ -552,7 +567,10 @@ impl Client {
         }
         let auth_time = claims.auth_time.or(claims.iat);
         Ok((
-            self.identity(email, claims.sub, groups, claims.hd),
+            self.with_sign_in(
+                self.identity(email, claims.sub.clone(), groups, claims.hd.clone()),
+                &claims,
+            ),
             auth_time,
         ))
     }
@@ -583,6 +601,9 @@ impl Client {
             groups,
             hd,
             domain: Some(domain),
+            amr: Vec::new(),
+            acr: None,
+            claims: Default::default(),
         }
     }
 

@@ -132,6 +132,7 @@ mod tests {
             time: 1_800_000_000,
             ip: "10.1.2.3".parse().ok(),
             destination: None,
+            auth: None,
         }
     }
 

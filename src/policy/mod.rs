@@ -7,6 +7,7 @@
 
 pub mod condition;
 pub mod explain;
+mod identity;
 pub mod snapshot;
 
 use std::fmt;
@@ -15,62 +16,8 @@ use serde::{Deserialize, Serialize};
 
 pub use condition::Condition;
 pub use explain::{ExplainedBinding, Explanation};
+pub use identity::Identity;
 pub use snapshot::{Decision, Reason, Snapshot, Who};
-
-/// Who is asking, after signing in.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Identity {
-    /// The email address, lower case.
-    pub email: String,
-    /// The provider's subject (`sub`), or the email for local accounts.
-    pub subject: String,
-    /// The provider id, or `local`.
-    pub provider: String,
-    /// Groups the provider asserted (its `groups_claim`); castellan's own groups are added at decision time.
-    #[serde(default)]
-    pub groups: Vec<String>,
-    /// The Google Workspace domain (`hd` claim) when the provider asserts one.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub hd: Option<String>,
-    /// The domain `domain:` members match, decided at sign-in: for Google the Workspace domain
-    /// (`hd`; a consumer account has none, as in Google IAP), for other providers `hd` when they
-    /// assert it, else the email's domain. None when stored by an older castellan: the email's
-    /// domain then.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub domain: Option<String>,
-}
-
-impl Identity {
-    /// A local account: its subject is its email, its domain the email's.
-    pub fn local(email: &str) -> Identity {
-        Identity {
-            email: email.to_string(),
-            subject: email.to_string(),
-            provider: "local".into(),
-            groups: Vec::new(),
-            hd: None,
-            domain: email_domain(email).map(str::to_string),
-        }
-    }
-
-    /// The domain `domain:` members match (see [`Identity::domain`]); empty means none.
-    pub fn policy_domain(&self) -> Option<&str> {
-        match self.domain.as_deref() {
-            Some("") => None,
-            Some(d) => Some(d),
-            None => email_domain(&self.email),
-        }
-    }
-
-    /// How decisions see this person.
-    pub fn who(&self) -> Who<'_> {
-        Who::User {
-            email: &self.email,
-            groups: &self.groups,
-            domain: self.policy_domain(),
-        }
-    }
-}
 
 /// The part of an email address after the last `@`.
 pub fn email_domain(email: &str) -> Option<&str> {
@@ -92,6 +39,23 @@ impl Principal {
         match self {
             Principal::Person(i) => i.who(),
             Principal::ServiceAccount(name) => Who::ServiceAccount(name),
+        }
+    }
+
+    /// What `request.auth` is for this principal in conditions; `castellan_groups` are the
+    /// castellan groups the snapshot says a person is in.
+    pub fn auth<'a>(&'a self, castellan_groups: &'a [String]) -> condition::Auth<'a> {
+        match self {
+            Principal::Person(i) => i.auth(castellan_groups),
+            Principal::ServiceAccount(_) => condition::Auth::service_account(),
+        }
+    }
+
+    /// The castellan groups `snapshot` says this principal is in (none for service accounts).
+    pub fn castellan_groups<'s>(&self, snapshot: &'s Snapshot) -> &'s [String] {
+        match self {
+            Principal::Person(i) => snapshot.groups_of(&i.email),
+            Principal::ServiceAccount(_) => &[],
         }
     }
 

@@ -178,6 +178,7 @@ impl State {
                         .iter()
                         .find(|a| a.id == g.app)
                         .and_then(App::destination),
+                    auth: Some(g.principal.auth(g.principal.castellan_groups(&snapshot))),
                 };
                 let allowed = snapshot
                     .decide(&g.app, g.role, g.principal.who(), &cx)

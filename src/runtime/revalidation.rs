@@ -48,7 +48,7 @@ impl State {
                             .unwrap_or(session.refresh_token.clone());
                         match self
                             .store
-                            .revalidated(&session.id_digest, &sealed, identity.as_ref())
+                            .revalidated(&session.id_digest, &sealed, identity.as_deref())
                             .await
                         {
                             Ok(c) => changed |= c,

@@ -61,6 +61,7 @@ const TABLES: &[(&str, &[(&str, Kind)])] = &[
             ("domain", OptText),
             ("proved_at", Int),
             ("proved_by", Text),
+            ("auth", Text),
         ],
     ),
     (
@@ -290,6 +291,9 @@ mod tests {
             groups: vec!["eng".into()],
             hd: None,
             domain: None,
+            amr: Vec::new(),
+            acr: None,
+            claims: Default::default(),
         };
         sqlite
             .create_session(

@@ -80,6 +80,10 @@ const SQLITE: &[(&str, &str)] = &[
         "0017_revalidation.sql",
         include_str!("../../migrations/sqlite/0017_revalidation.sql"),
     ),
+    (
+        "0018_sign_in_context.sql",
+        include_str!("../../migrations/sqlite/0018_sign_in_context.sql"),
+    ),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -138,6 +142,10 @@ const POSTGRES: &[(&str, &str)] = &[
     (
         "0014_revalidation.sql",
         include_str!("../../migrations/postgres/0014_revalidation.sql"),
+    ),
+    (
+        "0015_sign_in_context.sql",
+        include_str!("../../migrations/postgres/0015_sign_in_context.sql"),
     ),
 ];
 

@@ -26,6 +26,7 @@ mod scim;
 mod second_factor;
 mod service_accounts;
 mod sessions;
+mod sign_in;
 mod users;
 
 use std::path::Path;

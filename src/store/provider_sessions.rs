@@ -91,13 +91,16 @@ impl Store {
         };
         let groups = serde_json::to_string(&who.groups).expect("a list of strings serialises");
         let hd = who.hd.as_deref().unwrap_or("");
+        // The claims as the refreshed ID token has them (a department that changed at the
+        // provider changes what conditions on it decide).
+        let auth = super::sign_in::SignInContext::of(who).to_json();
         let changed = sqlx::query(
             "WITH RECURSIVE family(id) AS ( \
                SELECT CAST($1 AS TEXT) \
                UNION SELECT s.id_digest FROM sessions s JOIN family f ON s.parent = f.id \
-             ) UPDATE sessions SET email = $2, groups = $3, hd = $4, domain = $5 \
+             ) UPDATE sessions SET email = $2, groups = $3, hd = $4, domain = $5, auth = $10 \
              WHERE id_digest IN (SELECT id FROM family) \
-             AND (email <> $6 OR groups <> $7 OR hd <> $8 OR COALESCE(domain, '') <> $9)",
+             AND (email <> $6 OR groups <> $7 OR hd <> $8 OR COALESCE(domain, '') <> $9 OR auth <> $11)",
         )
         .bind(id_digest)
         .bind(&who.email)
@@ -108,6 +111,8 @@ impl Store {
         .bind(&groups)
         .bind(hd)
         .bind(who.domain.as_deref().unwrap_or(""))
+        .bind(&auth)
+        .bind(&auth)
         .execute(&mut *tx)
         .await?
         .rows_affected()
@@ -302,6 +307,9 @@ mod tests {
             groups: vec![],
             hd: None,
             domain: None,
+            amr: Vec::new(),
+            acr: None,
+            claims: Default::default(),
         }
     }
 

@@ -556,6 +556,9 @@ mod tests {
                 groups: vec![],
                 hd: None,
                 domain: None,
+                amr: Vec::new(),
+                acr: None,
+                claims: Default::default(),
             };
             s.create_session(&crate::crypto::digest("d1"), &who, Duration::from_secs(600), "ip", "ua", None).await.unwrap();
             let r0 = s.revision().await.unwrap();

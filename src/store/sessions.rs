@@ -80,8 +80,8 @@ impl Store {
         let now = now();
         let mut tx = self.write().await?;
         sqlx::query(
-            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, hd, domain) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)",
+            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, hd, domain, auth) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)",
         )
         .bind(id_digest)
         .bind(&who.email)
@@ -95,6 +95,7 @@ impl Store {
         .bind(serde_json::to_string(&who.groups).expect("a list of strings serialises"))
         .bind(who.hd.as_deref().unwrap_or(""))
         .bind(who.domain.as_deref())
+        .bind(super::sign_in::SignInContext::of(who).to_json())
         .execute(&mut *tx)
         .await?;
         let actor = Actor {
@@ -118,7 +119,7 @@ impl Store {
     pub async fn session(&self, id_digest: &str, idle: Duration) -> Result<Option<Session>> {
         let now = now();
         let row = sqlx::query(
-            "SELECT email, subject, provider, created_at, last_seen, expires_at, groups, hd, domain, proved_at, proved_by FROM sessions \
+            "SELECT email, subject, provider, created_at, last_seen, expires_at, groups, hd, domain, proved_at, proved_by, auth FROM sessions \
              WHERE id_digest = $1 AND expires_at > $2 AND last_seen > $3",
         )
         .bind(id_digest)
@@ -126,20 +127,26 @@ impl Store {
         .bind(now - idle.as_secs() as i64)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.map(|r| Session {
-            identity: Identity {
-                email: r.get(0),
-                subject: r.get(1),
-                provider: r.get(2),
-                groups: serde_json::from_str(r.get::<&str, _>(6)).unwrap_or_default(),
-                hd: Some(r.get::<String, _>(7)).filter(|h| !h.is_empty()),
-                domain: r.get(8),
-            },
-            created_at: r.get(3),
-            last_seen: r.get(4),
-            expires_at: r.get(5),
-            proved_at: r.get(9),
-            proved_by: r.get(10),
+        Ok(row.map(|r| {
+            let auth = super::sign_in::SignInContext::parse(r.get::<&str, _>(11));
+            Session {
+                identity: Identity {
+                    email: r.get(0),
+                    subject: r.get(1),
+                    provider: r.get(2),
+                    groups: serde_json::from_str(r.get::<&str, _>(6)).unwrap_or_default(),
+                    hd: Some(r.get::<String, _>(7)).filter(|h| !h.is_empty()),
+                    domain: r.get(8),
+                    amr: auth.amr,
+                    acr: auth.acr,
+                    claims: auth.claims,
+                },
+                created_at: r.get(3),
+                last_seen: r.get(4),
+                expires_at: r.get(5),
+                proved_at: r.get(9),
+                proved_by: r.get(10),
+            }
         }))
     }
 
@@ -469,8 +476,8 @@ impl Store {
             return Ok(None);
         }
         let made = sqlx::query(
-            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent, id_token, hd, domain) \
-             SELECT $1, email, subject, provider, created_at, $2, expires_at, $3, $4, groups, id_digest, id_token, hd, domain FROM sessions \
+            "INSERT INTO sessions (id_digest, email, subject, provider, created_at, last_seen, expires_at, client_ip, user_agent, groups, parent, id_token, hd, domain, auth) \
+             SELECT $1, email, subject, provider, created_at, $2, expires_at, $3, $4, groups, id_digest, id_token, hd, domain, auth FROM sessions \
              WHERE id_digest = $5 AND expires_at > $6",
         )
         .bind(new_digest)
@@ -549,6 +556,9 @@ mod tests {
             groups: vec!["eng".into()],
             hd: None,
             domain: None,
+            amr: Vec::new(),
+            acr: None,
+            claims: Default::default(),
         }
     }
 

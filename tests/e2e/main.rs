@@ -7,6 +7,7 @@ mod browser;
 mod cli;
 mod cli_login;
 mod console;
+mod context;
 mod deploy;
 mod directory;
 mod entra;

@@ -21,6 +21,10 @@
 //                              many to carry, as Microsoft Entra ID does past 200: `_claim_names` and
 //                              `_claim_sources` pointing at Graph instead of `groups`
 //   IDP_HD                     "email=domain;email=domain" - Google's `hd` claim (email scope)
+//   IDP_CLAIMS                 "email=name:value|name:value;..." - more claims (profile scope); a value
+//                              that parses as JSON (3, true, ["a","b"]) is sent as that JSON
+//   IDP_AMR                    "email=pwd|otp;..." - the `amr` of these people's sign-ins
+//   IDP_ACR                    "email=urn:example:mfa;..." - the `acr` of these people's sign-ins
 //   IDP_CONFORM_ID_TOKEN_CLAIMS=1  oidc-provider's default: in the code flow the
 //                              ID token then carries only sub/acr/...; email must be
 //                              read from userinfo. Default here: 0 (email in ID token).
@@ -76,6 +80,25 @@ for (const entry of (env.IDP_HD || '').split(';').filter(Boolean)) {
   HD.set(email.trim(), (domain || '').trim());
 }
 
+const CLAIMS = new Map();
+for (const entry of (env.IDP_CLAIMS || '').split(';').filter(Boolean)) {
+  const [email, list] = entry.split('=');
+  const claims = {};
+  for (const pair of (list || '').split('|').filter(Boolean)) {
+    const i = pair.indexOf(':');
+    const raw = pair.slice(i + 1);
+    try { claims[pair.slice(0, i)] = JSON.parse(raw); } catch { claims[pair.slice(0, i)] = raw; }
+  }
+  CLAIMS.set(email.trim(), claims);
+}
+const EXTRA_CLAIM_NAMES = [...new Set([...CLAIMS.values()].flatMap((c) => Object.keys(c)))];
+const perEmail = (name) => new Map((env[name] || '').split(';').filter(Boolean).map((e) => {
+  const i = e.indexOf('=');
+  return [e.slice(0, i).trim(), e.slice(i + 1).trim()];
+}));
+const AMR = perEmail('IDP_AMR');
+const ACR = perEmail('IDP_ACR');
+
 const DISABLED = new Set();
 
 async function findAccount(_ctx, id) {
@@ -95,6 +118,7 @@ async function findAccount(_ctx, id) {
           _claim_sources: { src1: { endpoint: `https://graph.microsoft.com/v1.0/users/${id}/getMemberObjects` } },
         } : { groups: GROUPS.get(id) || [] }),
         ...(HD.has(id) ? { hd: HD.get(id) } : {}),
+        ...(CLAIMS.get(id) || {}),
       };
     },
   };
@@ -149,10 +173,13 @@ const configuration = {
   jwks,
   findAccount,
   claims: {
-    openid: ['sub'],
+    // acr and amr: how the person authenticated, from the login result (IDP_AMR, IDP_ACR), in
+    // every ID token that has them.
+    openid: ['sub', 'acr', 'amr'],
     email: ['email', 'email_verified', 'hd'],
-    profile: ['name', 'preferred_username', 'groups', '_claim_names', '_claim_sources'],
+    profile: ['name', 'preferred_username', 'groups', '_claim_names', '_claim_sources', ...EXTRA_CLAIM_NAMES],
   },
+  acrValues: [...new Set(ACR.values())],
   scopes: ['openid', 'offline_access', 'email', 'profile'],
   conformIdTokenClaims: env.IDP_CONFORM_ID_TOKEN_CLAIMS === '1',
   pkce: { required: () => false }, // PKCE (S256) allowed, not required for confidential clients
@@ -178,7 +205,7 @@ const configuration = {
     if (!autoConsent) return undefined;
     const grant = new ctx.oidc.provider.Grant({ clientId: ctx.oidc.client.clientId, accountId: ctx.oidc.session.accountId });
     grant.addOIDCScope('openid email profile offline_access');
-    grant.addOIDCClaims(['email', 'email_verified', 'hd', 'name', 'preferred_username', 'groups', '_claim_names', '_claim_sources']);
+    grant.addOIDCClaims(['email', 'email_verified', 'hd', 'name', 'preferred_username', 'groups', '_claim_names', '_claim_sources', ...EXTRA_CLAIM_NAMES]);
     await grant.save();
     return grant;
   },
@@ -260,7 +287,11 @@ async function interaction(req, res, uid, action) {
       console.error(`idp: failed login for ${JSON.stringify(form.login)}`);
       return send(res, 200, loginForm(uid, form.login, 'Invalid email or password.'));
     }
-    return provider.interactionFinished(req, res, { login: { accountId: form.login.trim() } }, { mergeWithLastSubmission: false });
+    const accountId = form.login.trim();
+    const login = { accountId };
+    if (AMR.has(accountId)) login.amr = AMR.get(accountId).split('|');
+    if (ACR.has(accountId)) login.acr = ACR.get(accountId);
+    return provider.interactionFinished(req, res, { login }, { mergeWithLastSubmission: false });
   }
   if (form.prompt === 'consent' && prompt.name === 'consent') {
     const { grantId, session } = details;

@@ -198,6 +198,20 @@ pub struct CheckArgs {
     /// for a TCP app); e.g. roles/admin.
     #[arg(long, value_name = "ROLE")]
     role: Option<String>,
+    /// The provider they would sign in with (request.auth.provider; default: local).
+    #[arg(long, default_value = "local")]
+    provider: String,
+    /// How they would sign in, an RFC 8176 value such as pwd, otp, mfa, hwk (request.auth.amr;
+    /// repeatable).
+    #[arg(long = "amr", value_name = "METHOD")]
+    amr: Vec<String>,
+    /// The provider's authentication context class (request.auth.acr).
+    #[arg(long)]
+    acr: Option<String>,
+    /// A claim the provider would send, NAME=VALUE; VALUE is read as JSON when it is JSON
+    /// (3, true, ["a","b"]), else as a string (request.auth.claims.NAME; repeatable).
+    #[arg(long = "claim", value_name = "NAME=VALUE")]
+    claims: Vec<String>,
 }
 
 /// Splits `[APP] ARG` by `--global`.
@@ -565,6 +579,19 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
         store.memberships().await?,
         &config.admins,
     );
+    let mut person = castellan::policy::Identity::local(&email);
+    person.provider = args.provider.clone();
+    person.groups = args.groups.clone();
+    person.amr = args.amr.clone();
+    person.acr = args.acr.clone();
+    for c in &args.claims {
+        let (name, value) = c.split_once('=').with_context(|| {
+            format!("--claim {c}: write NAME=VALUE, e.g. --claim department=eng")
+        })?;
+        let value = serde_json::from_str(value)
+            .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
+        person.claims.insert(name.to_string(), value);
+    }
     let cx = Context {
         path: &path,
         host: &args.host,
@@ -576,6 +603,7 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
             .iter()
             .find(|a| a.id == args.app)
             .and_then(castellan::config::App::destination),
+        auth: Some(person.auth(snapshot.groups_of(&email))),
     };
     // Domains as the email says: people signed in with Google match `domain:` by their
     // Workspace domain (hd), which the command line cannot know.

@@ -21,7 +21,7 @@ pub enum Refreshed {
     /// new ID token says (None when the provider sent none).
     Valid {
         refresh_token: Option<String>,
-        identity: Option<Identity>,
+        identity: Option<Box<Identity>>,
     },
     /// The provider refused the grant (`invalid_grant`): the session must end.
     Revoked(String),
@@ -63,8 +63,14 @@ impl Client {
                     return Err(self.rejected("the refreshed ID token names another subject"));
                 }
                 let groups = self.groups(&claims.extra);
-                claims.email.map(|email| {
-                    self.identity(email.to_ascii_lowercase(), claims.sub, groups, claims.hd)
+                claims.email.clone().map(|email| {
+                    let who = self.identity(
+                        email.to_ascii_lowercase(),
+                        claims.sub.clone(),
+                        groups,
+                        claims.hd.clone(),
+                    );
+                    Box::new(self.with_sign_in(who, &claims))
                 })
             }
         };
@@ -136,6 +142,7 @@ mod tests {
             groups_claim: None,
             programmatic_audiences: vec![],
             revalidate: std::time::Duration::from_secs(300),
+            claims: vec![],
         };
         Client::new(config, "https://c/cb".into(), reqwest::Client::new())
     }

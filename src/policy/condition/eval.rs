@@ -16,6 +16,10 @@ enum Value<'a> {
     Timestamp(Nanos),
     Duration(Nanos),
     Ip(IpAddr),
+    /// A claim that is a list or an object (only `in` looks inside a list).
+    Json(&'a serde_json::Value),
+    /// A claim (or `acr`) the provider did not send: comparisons with it are false, not errors.
+    Absent,
     /// Something could not be evaluated. `false && error` is false and `true || error` is true,
     /// whatever the order; everything else with an error is an error, and a condition that ends
     /// in one does not hold.
@@ -59,12 +63,45 @@ fn eval<'a>(n: &'a Node, cx: &Context<'a>) -> Value<'a> {
         Node::Compare(op, a, b) => compare(*op, eval(a, cx), eval(b, cx)),
         Node::InStrings(a, list) => match eval(a, cx) {
             Value::Str(s) => Value::Bool(list.iter().any(|x| *x == *s)),
+            Value::Absent => Value::Bool(false),
             _ => Value::Error,
         },
         Node::InInts(a, list) => match eval(a, cx) {
             Value::Int(i) => Value::Bool(list.contains(&i)),
+            Value::Absent => Value::Bool(false),
             _ => Value::Error,
         },
+        Node::Claim(name) => match &cx.auth {
+            Some(auth) => auth.claims.get(name).map_or(Value::Absent, claim),
+            None => Value::Error,
+        },
+        Node::HasClaim(name) => match &cx.auth {
+            Some(auth) => Value::Bool(auth.claims.contains_key(name)),
+            None => Value::Error,
+        },
+        Node::InAttr(a, list) => match (eval(a, cx), &cx.auth) {
+            (Value::Str(s), Some(auth)) => Value::Bool(match list {
+                Attr::AuthGroups => auth.groups.iter().any(|g| g.iter().any(|x| *x == *s)),
+                _ => auth.amr.iter().any(|x| *x == *s),
+            }),
+            (Value::Absent, Some(_)) => Value::Bool(false),
+            _ => Value::Error,
+        },
+        Node::InClaim(a, name) => {
+            let Some(auth) = &cx.auth else {
+                return Value::Error;
+            };
+            match (eval(a, cx), auth.claims.get(name)) {
+                (Value::Absent, _) | (_, None) => Value::Bool(false),
+                (Value::Error, _) => Value::Error,
+                (x, Some(serde_json::Value::Array(items))) => Value::Bool(
+                    items
+                        .iter()
+                        .any(|i| compare(Cmp::Eq, x.clone(), claim(i)) == Value::Bool(true)),
+                ),
+                _ => Value::Error,
+            }
+        }
         Node::Arith(op, a, b) => arith(*op, eval(a, cx), eval(b, cx)),
         Node::Method(m, recv, arg) => match (eval(recv, cx), eval(arg, cx)) {
             (Value::Str(s), Value::Str(a)) => Value::Bool(match m {
@@ -72,12 +109,14 @@ fn eval<'a>(n: &'a Node, cx: &Context<'a>) -> Value<'a> {
                 StrMethod::EndsWith => s.ends_with(&*a),
                 StrMethod::Contains => s.contains(&*a),
             }),
+            (Value::Absent, _) | (_, Value::Absent) => Value::Bool(false),
             _ => Value::Error,
         },
         // CEL's matches(): true when the pattern matches anywhere in the string (anchor it with ^
         // and $ to match all of it), as Google's implementation does.
         Node::Matches(recv, Pattern(re)) => match eval(recv, cx) {
             Value::Str(s) => Value::Bool(re.is_match(&s)),
+            Value::Absent => Value::Bool(false),
             _ => Value::Error,
         },
         Node::InIpRange(a, net) => match eval(a, cx) {
@@ -109,10 +148,34 @@ fn attr<'a>(a: Attr, cx: &Context<'a>) -> Value<'a> {
         Attr::DestinationPort => cx
             .destination
             .map_or(Value::Error, |d| Value::Int(i64::from(d.port))),
+        Attr::AuthProvider => cx
+            .auth
+            .map_or(Value::Error, |a| Value::Str(Cow::Borrowed(a.provider))),
+        Attr::AuthAcr => match cx.auth {
+            Some(a) => a
+                .acr
+                .map_or(Value::Absent, |acr| Value::Str(Cow::Borrowed(acr))),
+            None => Value::Error,
+        },
+        // Lists only appear on the right of `in` (the type checker sees to it).
+        Attr::AuthGroups | Attr::AuthAmr => Value::Error,
+    }
+}
+
+/// A claim's JSON as a value conditions compare: strings, whole numbers and bools as such.
+fn claim(v: &serde_json::Value) -> Value<'_> {
+    match v {
+        serde_json::Value::String(s) => Value::Str(Cow::Borrowed(s)),
+        serde_json::Value::Bool(b) => Value::Bool(*b),
+        serde_json::Value::Number(n) => n.as_i64().map_or(Value::Json(v), Value::Int),
+        other => Value::Json(other),
     }
 }
 
 fn compare(op: Cmp, a: Value<'_>, b: Value<'_>) -> Value<'static> {
+    if a == Value::Absent || b == Value::Absent {
+        return Value::Bool(false);
+    }
     let ord = match (&a, &b) {
         (Value::Int(x), Value::Int(y)) => x.cmp(y),
         (Value::Str(x), Value::Str(y)) => x.cmp(y),

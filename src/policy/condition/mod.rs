@@ -34,6 +34,7 @@ mod time;
 #[cfg(test)]
 mod tests;
 
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::IpAddr;
 
@@ -52,6 +53,39 @@ pub struct Context<'a> {
     pub ip: Option<IpAddr>,
     /// Where a TCP app's tunnels go (its upstream); `None` for web apps.
     pub destination: Option<Destination<'a>>,
+    /// Who is asking (`request.auth.*`); `None` for an anonymous caller of a public app.
+    pub auth: Option<Auth<'a>>,
+}
+
+/// The caller as `request.auth` shows it to conditions.
+#[derive(Debug, Clone, Copy)]
+pub struct Auth<'a> {
+    /// The provider's id, `local`, or `serviceAccount`.
+    pub provider: &'a str,
+    /// The groups the provider or a directory asserted, and the castellan groups they are in.
+    pub groups: [&'a [String]; 2],
+    /// How they signed in (RFC 8176 `amr` values).
+    pub amr: &'a [String],
+    /// The provider's authentication context class, if it sent one.
+    pub acr: Option<&'a str>,
+    /// The ID-token claims the provider's `claims` key keeps.
+    pub claims: &'a BTreeMap<String, serde_json::Value>,
+}
+
+/// No claims, for callers that have none (service accounts).
+pub static NO_CLAIMS: BTreeMap<String, serde_json::Value> = BTreeMap::new();
+
+impl Auth<'static> {
+    /// A service account: no provider, groups, sign-in methods or claims.
+    pub fn service_account() -> Auth<'static> {
+        Auth {
+            provider: "serviceAccount",
+            groups: [&[], &[]],
+            amr: &[],
+            acr: None,
+            claims: &NO_CLAIMS,
+        }
+    }
 }
 
 /// A TCP app's upstream, as `destination.ip` and `destination.port` see it.
@@ -103,6 +137,9 @@ enum Type {
     Ip,
     StringList,
     IntList,
+    /// A claim: whatever JSON the provider sent, or nothing. Compared with strings, ints and bools
+    /// when a request is decided; an absent claim makes the comparison false.
+    Dyn,
 }
 
 impl Type {
@@ -116,6 +153,7 @@ impl Type {
             Type::Ip => "IP address",
             Type::StringList => "list of strings",
             Type::IntList => "list of ints",
+            Type::Dyn => "claim",
         }
     }
 }
@@ -129,6 +167,11 @@ enum Attr {
     Ip,
     DestinationIp,
     DestinationPort,
+    AuthProvider,
+    AuthAcr,
+    /// A list of strings the request carries (`request.auth.groups`, `request.auth.amr`).
+    AuthGroups,
+    AuthAmr,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -178,6 +221,14 @@ enum Node {
     TimeField(TimeField, Box<Node>, Zone),
     /// A duration's whole length in a unit (nanoseconds per unit).
     DurationIn(Nanos, Box<Node>),
+    /// `request.auth.claims.NAME`.
+    Claim(String),
+    /// `has(request.auth.claims.NAME)`.
+    HasClaim(String),
+    /// `x in request.auth.groups` / `request.auth.amr` (an attribute that is a list).
+    InAttr(Box<Node>, Attr),
+    /// `x in request.auth.claims.NAME` (a claim that is a list).
+    InClaim(Box<Node>, String),
 }
 
 /// A `matches()` pattern, compiled once. Two are equal when their sources are.
@@ -207,6 +258,8 @@ impl Condition {
             match n {
                 Node::Attr(Attr::DestinationIp | Attr::DestinationPort) => true,
                 Node::Not(a)
+                | Node::InAttr(a, _)
+                | Node::InClaim(a, _)
                 | Node::InStrings(a, _)
                 | Node::InInts(a, _)
                 | Node::Matches(a, _)

@@ -9,6 +9,7 @@ fn cx<'a>(path: &'a str, method: &'a str, ip: &str, time: i64) -> Context<'a> {
         time,
         ip: ip.parse().ok(),
         destination: None,
+        auth: None,
     }
 }
 
@@ -267,7 +268,7 @@ fn compile_errors_point_at_the_problem() {
     let e = Condition::compile("request.pth == \"/\"").unwrap_err();
     assert_eq!(
         e.pointed("request.pth == \"/\""),
-        "request.pth == \"/\"\n        ^ unknown attribute `request.pth`: use request.path, request.host, request.method, request.time, origin.ip, destination.ip or destination.port"
+        "request.pth == \"/\"\n        ^ unknown attribute `request.pth`: use request.path, request.host, request.method, request.time, origin.ip, destination.ip, destination.port or request.auth (provider, groups, amr, acr, claims)"
     );
 }
 
@@ -398,4 +399,139 @@ fn the_parser_never_panics() {
         compiled > 0,
         "the generator should produce some valid conditions"
     );
+}
+
+#[test]
+fn request_auth_sees_provider_groups_sign_in_and_claims() {
+    let claims: std::collections::BTreeMap<String, serde_json::Value> = serde_json::from_value(
+        serde_json::json!({"department": "eng", "level": 3, "contractor": false,
+                           "teams": ["data", "infra"], "https://example.com/roles": ["admin"]}),
+    )
+    .unwrap();
+    let (provider_groups, castellan_groups) =
+        (vec!["staff".to_string()], vec!["oncall".to_string()]);
+    let amr = vec!["pwd".to_string(), "otp".to_string()];
+    let mut c = cx("/", "GET", "10.0.0.1", 0);
+    c.auth = Some(Auth {
+        provider: "corp",
+        groups: [&provider_groups, &castellan_groups],
+        amr: &amr,
+        acr: Some("urn:example:mfa"),
+        claims: &claims,
+    });
+    let anonymous = cx("/", "GET", "10.0.0.1", 0);
+    let service = {
+        let mut s = cx("/", "GET", "10.0.0.1", 0);
+        s.auth = Some(Auth::service_account());
+        s
+    };
+    for (src, person, sa, anon) in [
+        (r#"request.auth.provider == "corp""#, true, false, false),
+        (
+            r#"request.auth.provider == "serviceAccount""#,
+            false,
+            true,
+            false,
+        ),
+        (
+            r#""staff" in request.auth.groups && "oncall" in request.auth.groups"#,
+            true,
+            false,
+            false,
+        ),
+        (r#""admins" in request.auth.groups"#, false, false, false),
+        (r#""otp" in request.auth.amr"#, true, false, false),
+        (
+            r#"request.auth.acr == "urn:example:mfa""#,
+            true,
+            false,
+            false,
+        ),
+        (
+            r#"request.auth.claims.department == "eng""#,
+            true,
+            false,
+            false,
+        ),
+        (
+            r#"request.auth.claims.level >= 3 && request.auth.claims.contractor == false"#,
+            true,
+            false,
+            false,
+        ),
+        (
+            r#"request.auth.claims.department in ["eng", "ops"]"#,
+            true,
+            false,
+            false,
+        ),
+        (
+            r#""infra" in request.auth.claims.teams"#,
+            true,
+            false,
+            false,
+        ),
+        (
+            r#""admin" in request.auth.claims["https://example.com/roles"]"#,
+            true,
+            false,
+            false,
+        ),
+        (
+            r#"request.auth.claims.department.startsWith("en")"#,
+            true,
+            false,
+            false,
+        ),
+        (r#"has(request.auth.claims.department)"#, true, false, false),
+        (
+            r#"!has(request.auth.claims.cost_centre)"#,
+            true,
+            true,
+            false,
+        ),
+        // Absent claims: the comparison is false, whichever way it is written.
+        (
+            r#"request.auth.claims.cost_centre == "x""#,
+            false,
+            false,
+            false,
+        ),
+        (
+            r#"request.auth.claims.cost_centre != "x""#,
+            false,
+            false,
+            false,
+        ),
+        (
+            r#""x" in request.auth.claims.cost_centre"#,
+            false,
+            false,
+            false,
+        ),
+        // A claim of another type than the literal is an error: never a grant, negated or not.
+        (r#"request.auth.claims.level == "3""#, false, false, false),
+        (r#"!(request.auth.claims.level == "3")"#, false, true, false),
+    ] {
+        let cond = Condition::compile(src).unwrap_or_else(|e| panic!("{}", e.pointed(src)));
+        assert_eq!(cond.eval(&c), person, "{src} (person)");
+        assert_eq!(cond.eval(&service), sa, "{src} (service account)");
+        assert_eq!(cond.eval(&anonymous), anon, "{src} (anonymous)");
+    }
+    for (src, needle) in [
+        ("request.auth.claims == 1", "name the claim"),
+        (
+            "request.auth.email == \"a\"",
+            "unknown attribute `request.auth.email`",
+        ),
+        ("has(request.path)", "has() takes a claim"),
+        ("1 in request.auth.groups", "looks for a string"),
+        (
+            "request.auth.groups == \"x\"",
+            "cannot compare a list of strings",
+        ),
+    ] {
+        let e = Condition::compile(src).expect_err(src);
+        assert!(e.message.contains(needle), "{src}: {e}");
+    }
 }

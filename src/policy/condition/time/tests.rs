@@ -23,6 +23,7 @@ fn holds_at(src: &str, host: &str, time: &str, tcp: bool) -> bool {
             host: "10.0.0.5",
             port: 22,
         }),
+        auth: None,
     })
 }
 
@@ -414,6 +415,7 @@ fn durations_and_time_arithmetic() {
         time: at("9990-01-01T00:00:00Z"),
         ip: None,
         destination: None,
+        auth: None,
     };
     assert!(!far.eval(&late));
     let negated =

@@ -1,6 +1,8 @@
 //! The parser and type checker: tokens to a typed tree, or an error that points at a column and
 //! says what to write instead.
 
+mod auth;
+
 use super::eval::fold;
 use super::lex::{Tok, Token, lex};
 use super::time::{self, TimeField, Zone};
@@ -58,7 +60,7 @@ struct Parser {
 }
 
 const ATTRIBUTES: &str = "request.path, request.host, request.method, request.time, origin.ip, \
-                          destination.ip or destination.port";
+                          destination.ip, destination.port or request.auth (provider, groups, amr, acr, claims)";
 
 impl Parser {
     fn peek(&self) -> Option<&Token> {
@@ -202,12 +204,26 @@ impl Parser {
                 let c = self.column();
                 let (right, rty) = self.sum()?;
                 return match (right, lty) {
-                    (Node::Strings(items), Type::String) => {
+                    (Node::Strings(items), Type::String | Type::Dyn) => {
                         Ok((Node::InStrings(Box::new(left), items), Type::Bool))
                     }
-                    (Node::Ints(items), Type::Int) => {
+                    (Node::Ints(items), Type::Int | Type::Dyn) => {
                         Ok((Node::InInts(Box::new(left), items), Type::Bool))
                     }
+                    (
+                        Node::Attr(list @ (Attr::AuthGroups | Attr::AuthAmr)),
+                        Type::String | Type::Dyn,
+                    ) => Ok((Node::InAttr(Box::new(left), list), Type::Bool)),
+                    (Node::Claim(name), Type::String | Type::Int | Type::Bool | Type::Dyn) => {
+                        Ok((Node::InClaim(Box::new(left), name), Type::Bool))
+                    }
+                    (Node::Attr(Attr::AuthGroups | Attr::AuthAmr), _) => self.err(
+                        col,
+                        format!(
+                            "`in` looks for a string in this list, but this is a {}",
+                            lty.name()
+                        ),
+                    ),
                     (Node::Strings(_) | Node::Ints(_), _) => self.err(
                         col,
                         format!(
@@ -235,7 +251,9 @@ impl Parser {
         self.pos += 1;
         let c = self.column();
         let (right, rty) = self.sum()?;
-        if lty != rty {
+        let scalar = |t: Type| matches!(t, Type::String | Type::Int | Type::Bool | Type::Dyn);
+        let with_claim = (lty == Type::Dyn && scalar(rty)) || (rty == Type::Dyn && scalar(lty));
+        if lty != rty && !with_claim {
             return self.err(
                 c,
                 format!("cannot compare a {} with a {}", lty.name(), rty.name()),
@@ -364,7 +382,7 @@ impl Parser {
             "endsWith" => StrMethod::EndsWith,
             "contains" => StrMethod::Contains,
             "matches" => {
-                self.expect_type(col, ty, Type::String, "`matches`")?;
+                self.expect_type(col, text(ty), Type::String, "`matches`")?;
                 self.expect_op("(")?;
                 let (pattern, c) = self.string_literal("matches()")?;
                 self.expect_op(")")?;
@@ -380,11 +398,11 @@ impl Parser {
                 );
             }
         };
-        self.expect_type(col, ty, Type::String, &format!("`{name}`"))?;
+        self.expect_type(col, text(ty), Type::String, &format!("`{name}`"))?;
         self.expect_op("(")?;
         let c = self.column();
         let (arg, aty) = self.expr()?;
-        self.expect_type(c, aty, Type::String, &format!("`{name}`"))?;
+        self.expect_type(c, text(aty), Type::String, &format!("`{name}`"))?;
         self.expect_op(")")?;
         Ok((Node::Method(method, recv, Box::new(arg)), Type::Bool))
     }
@@ -529,6 +547,7 @@ impl Parser {
                 let d = time::parse_duration(&s).or_else(|e| self.err(c, e))?;
                 Ok((Node::Duration(d), Type::Duration))
             }
+            "has" => self.has(col),
             "inIpRange" => {
                 self.expect_op("(")?;
                 let c = self.column();
@@ -558,29 +577,7 @@ impl Parser {
             ("origin", "ip") => Ok((Node::Attr(Attr::Ip), Type::Ip)),
             ("destination", "ip") => Ok((Node::Attr(Attr::DestinationIp), Type::String)),
             ("destination", "port") => Ok((Node::Attr(Attr::DestinationPort), Type::Int)),
-            ("request", "auth") => {
-                let levels: Vec<String> = self
-                    .tokens
-                    .iter()
-                    .filter_map(|t| match &t.kind {
-                        Tok::Str(s) if s.contains("accessLevels/") => Some(format!("`{s}`")),
-                        _ => None,
-                    })
-                    .collect();
-                let named = match levels.as_slice() {
-                    [] => "the access level it names".to_string(),
-                    [one] => format!("access level {one}"),
-                    many => format!("access levels {}", many.join(", ")),
-                };
-                self.err(
-                    c,
-                    format!(
-                        "request.auth.access_levels (Access Context Manager) does not exist in castellan, so {named} \
-                         cannot be checked and the binding is refused rather than let through; for a network \
-                         condition write inIpRange(origin.ip, \"10.0.0.0/8\")"
-                    ),
-                )
-            }
+            ("request", "auth") => self.auth(c),
             ("resource", _) => self.err(
                 c,
                 format!(
@@ -594,4 +591,10 @@ impl Parser {
             ),
         }
     }
+}
+
+/// A claim is text where text is wanted (`startsWith`, `matches`): it is checked when a request is
+/// decided, and a claim that is not a string makes the test false.
+fn text(t: Type) -> Type {
+    if t == Type::Dyn { Type::String } else { t }
 }
