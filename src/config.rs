@@ -322,7 +322,39 @@ pub struct App {
     pub reauth_max_age: Option<Duration>,
     /// Headers set on or removed from what goes to the app and what comes back from it.
     pub headers: HeaderRules,
+    /// What the app learns of the person beyond email and id: claims added to the assertion
+    /// (`assertion_claims`) and sent as headers (`claim_headers`, header → claim).
+    pub claims: AppClaims,
 }
+
+/// The claims an app asks for (`groups`, `amr`, `acr`, or one a provider's `claims` keeps).
+#[derive(Debug, Clone, Default)]
+pub struct AppClaims {
+    pub assertion: Vec<String>,
+    pub headers: Vec<(http::HeaderName, String)>,
+}
+
+impl AppClaims {
+    pub fn is_empty(&self) -> bool {
+        self.assertion.is_empty() && self.headers.is_empty()
+    }
+
+    /// Every claim named, each once.
+    pub fn names(&self) -> impl Iterator<Item = &str> {
+        let mut seen = HashSet::new();
+        self.assertion
+            .iter()
+            .map(String::as_str)
+            .chain(self.headers.iter().map(|(_, c)| c.as_str()))
+            .filter(move |c| seen.insert(*c))
+    }
+}
+
+/// Claims castellan's assertions carry already (or that JWT reserves): an app cannot ask for them
+/// under these names.
+const ASSERTION_OWN_CLAIMS: &[&str] = &[
+    "iss", "aud", "sub", "email", "provider", "iat", "exp", "nbf", "jti", "hd", "google",
+];
 
 /// An app's header rules (`set_request_headers`, `remove_request_headers`,
 /// `set_response_headers`, `remove_response_headers`), applied when castellan proxies to it.
@@ -809,6 +841,8 @@ const APP_KEYS: &[&str] = &[
     "remove_request_headers",
     "set_response_headers",
     "remove_response_headers",
+    "assertion_claims",
+    "claim_headers",
 ];
 
 impl Reader<'_> {
@@ -960,6 +994,18 @@ impl Reader<'_> {
         let had_apps = t.contains_key("apps");
         let reauth_default = self.duration(&mut t, "", "reauth_max_age");
         let apps = self.apps(&mut t, reauth_default);
+        for (i, app) in apps.iter().enumerate() {
+            for name in app.claims.names() {
+                let kept = ["groups", "amr", "acr"].contains(&name)
+                    || providers.iter().any(|p| p.claims.iter().any(|c| c == name));
+                if !kept {
+                    self.problem(
+                        format!("apps[{i}]"),
+                        format!("app {} asks for claim `{name}`, which no provider keeps: add it to a [[providers]] claims list (groups, amr and acr are always there)", app.id),
+                    );
+                }
+            }
+        }
 
         if let Some(own) = public_url.as_ref().and_then(|u| u.host_str()) {
             for (i, app) in apps.iter().enumerate() {
@@ -1715,6 +1761,8 @@ impl Reader<'_> {
                     "remove_request_headers",
                     "set_response_headers",
                     "remove_response_headers",
+                    "assertion_claims",
+                    "claim_headers",
                 ] {
                     if a.contains_key(key) {
                         self.problem(
@@ -1857,6 +1905,7 @@ impl Reader<'_> {
                 set_response: self.header_values(&mut a, &prefix, "set_response_headers"),
                 remove_response: self.header_names(&mut a, &prefix, "remove_response_headers"),
             };
+            let claims = self.app_claims(&mut a, &prefix, &headers);
             let Some(id) = id else { continue };
             let audience = audience.unwrap_or_else(|| format!("castellan:{id}"));
             if !audiences.insert(audience.clone()) {
@@ -1888,8 +1937,72 @@ impl Reader<'_> {
                         .duration(&mut a, &prefix, "reauth_max_age")
                         .or(reauth_default),
                     headers,
+                    claims,
                 });
             }
+        }
+        out
+    }
+
+    /// `assertion_claims = ["groups", "department"]` and `claim_headers = { "X-Department" =
+    /// "department" }`: claim names castellan does not set itself, header names no rule or
+    /// castellan header uses.
+    fn app_claims(&mut self, a: &mut toml::Table, prefix: &str, rules: &HeaderRules) -> AppClaims {
+        let mut out = AppClaims::default();
+        let claim = |r: &mut Self, key: String, name: &str| -> Option<String> {
+            if name.is_empty() || name.len() > 256 || name.contains(char::is_whitespace) {
+                r.problem(
+                    key,
+                    format!(
+                        "`{name}` is not a claim name: write e.g. \"groups\" or \"department\""
+                    ),
+                );
+                None
+            } else if ASSERTION_OWN_CLAIMS.contains(&name) {
+                r.problem(key, format!("the assertion carries `{name}` already: castellan sets it, an app cannot ask for another value under that name"));
+                None
+            } else {
+                Some(name.to_string())
+            }
+        };
+        match a.remove("assertion_claims") {
+            None => {}
+            Some(Value::Array(items)) => {
+                for (i, item) in items.iter().enumerate() {
+                    let key = format!("{prefix}assertion_claims[{i}]");
+                    if let Some(c) = claim(self, key, item.as_str().unwrap_or_default()) {
+                        out.assertion.push(c);
+                    }
+                }
+            }
+            Some(_) => self.problem(
+                format!("{prefix}assertion_claims"),
+                "expected a list of claim names, e.g. [\"groups\", \"department\"]",
+            ),
+        }
+        match a.remove("claim_headers") {
+            None => {}
+            Some(Value::Table(items)) => {
+                for (header, c) in items {
+                    let key = format!("{prefix}claim_headers.{header}");
+                    let Some(name) = self.header_name(key.clone(), &header, true) else {
+                        continue;
+                    };
+                    let in_rules = rules.set_request.iter().any(|(n, _)| *n == name)
+                        || rules.remove_request.contains(&name);
+                    if in_rules {
+                        self.problem(key, format!("{header} is also in this app's request header rules: give the claim a header of its own"));
+                        continue;
+                    }
+                    if let Some(c) = claim(self, key, c.as_str().unwrap_or_default()) {
+                        out.headers.push((name, c));
+                    }
+                }
+            }
+            Some(_) => self.problem(
+                format!("{prefix}claim_headers"),
+                "expected a table of header names and claims, e.g. { \"X-Department\" = \"department\" }",
+            ),
         }
         out
     }
@@ -2564,6 +2677,59 @@ id = "b"
             err[0].message.contains("does not apply to a TCP app"),
             "{err:?}"
         );
+    }
+
+    #[test]
+    fn app_claims_name_what_a_provider_keeps_and_never_castellans_own() {
+        let with = |provider: &str, app: &str| {
+            parse(&format!(
+                "[[providers]]\nid=\"corp\"\nissuer=\"https://idp.example.com\"\nclient_id=\"c\"\nclient_secret=\"${{SECRET}}\"\n{provider}\n\
+                 [[apps]]\nid=\"dash\"\nhost = \"dash.example.com\"\nupstream = \"http://127.0.0.1:1\"\n{app}\n"
+            ))
+        };
+        let c = with(
+            "claims = [\"department\"]",
+            "assertion_claims = [\"groups\", \"department\"]\nclaim_headers = { \"X-Department\" = \"department\", \"X-Amr\" = \"amr\" }",
+        )
+        .unwrap();
+        let names: Vec<&str> = c.apps[0].claims.names().collect();
+        assert_eq!(names, ["groups", "department", "amr"]);
+        for (provider, app, key, needle) in [
+            (
+                "",
+                "assertion_claims = [\"department\"]",
+                "apps[0]",
+                "which no provider keeps",
+            ),
+            (
+                "claims = [\"department\"]",
+                "assertion_claims = [\"email\"]",
+                "apps[0].assertion_claims[0]",
+                "carries `email` already",
+            ),
+            (
+                "claims = [\"department\"]",
+                "claim_headers = { \"X-Castellan-Department\" = \"department\" }",
+                "apps[0].claim_headers.X-Castellan-Department",
+                "identity headers",
+            ),
+            (
+                "claims = [\"department\"]",
+                "set_request_headers = { \"X-Department\" = \"x\" }\nclaim_headers = { \"X-Department\" = \"department\" }",
+                "apps[0].claim_headers.X-Department",
+                "request header rules",
+            ),
+            (
+                "claims = \"department\"",
+                "",
+                "providers[0].claims",
+                "list of at most 32 claim names",
+            ),
+        ] {
+            let err = with(provider, app).unwrap_err();
+            assert_eq!(err[0].key, key, "{app}: {err:?}");
+            assert!(err[0].message.contains(needle), "{app}: {err:?}");
+        }
     }
 
     #[test]

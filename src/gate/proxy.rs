@@ -119,6 +119,11 @@ pub async fn forward(
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
     strip_identity_headers(headers);
+    // The app's claim headers come from castellan only: a client's copy never reaches the app,
+    // also when the person has no such claim.
+    for (name, _) in &app.claims.headers {
+        headers.remove(name);
+    }
     crate::web::cookies::strip_own_cookies(headers);
     // The app's own rules, before castellan's identity and forwarding headers (which they
     // cannot name) go on.

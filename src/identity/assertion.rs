@@ -82,6 +82,9 @@ struct Claims<'a> {
     provider: &'a str,
     iat: i64,
     exp: i64,
+    /// The claims the app asked for (`assertion_claims`).
+    #[serde(flatten)]
+    extra: &'a serde_json::Map<String, serde_json::Value>,
 }
 
 impl Signer {
@@ -150,7 +153,12 @@ impl Signer {
 
     /// An assertion in Google IAP's shape (`x-goog-iap-jwt-assertion`): issuer
     /// `https://cloud.google.com/iap`, `sub` prefixed `accounts.google.com:`.
-    pub fn sign_iap(&self, who: &Identity, audience: &str) -> Result<String, Error> {
+    pub fn sign_iap(
+        &self,
+        who: &Identity,
+        audience: &str,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, Error> {
         let now = crate::clock::now();
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -165,6 +173,9 @@ impl Signer {
         // As IAP does: the Workspace domain, when the provider said which.
         if let Some(hd) = &who.hd {
             claims["hd"] = hd.clone().into();
+        }
+        for (name, value) in extra {
+            claims[name] = value.clone();
         }
         jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)
     }
@@ -295,7 +306,12 @@ impl Signer {
     }
 
     /// A fresh assertion of `who` for the app whose audience is `audience`.
-    pub fn sign(&self, who: &Identity, audience: &str) -> Result<String, Error> {
+    pub fn sign(
+        &self,
+        who: &Identity,
+        audience: &str,
+        extra: &serde_json::Map<String, serde_json::Value>,
+    ) -> Result<String, Error> {
         let now = crate::clock::now();
         let mut header = Header::new(Algorithm::ES256);
         header.kid = Some(self.kid.clone());
@@ -307,6 +323,7 @@ impl Signer {
             provider: &who.provider,
             iat: now,
             exp: now + LIFETIME_SECS,
+            extra,
         };
         jsonwebtoken::encode(&header, &claims, &self.key).map_err(Error::Sign)
     }
@@ -406,7 +423,9 @@ mod tests {
             acr: None,
             claims: Default::default(),
         };
-        let token = signer.sign(&who, "castellan:demo").unwrap();
+        let token = signer
+            .sign(&who, "castellan:demo", &serde_json::Map::new())
+            .unwrap();
         let set: JwkSet = serde_json::from_str(signer.jwks()).unwrap();
         let jwk = set.find(signer.kid()).unwrap();
         let mut v = Validation::new(Algorithm::ES256);

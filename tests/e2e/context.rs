@@ -144,3 +144,128 @@ async fn conditions_see_claims_sign_in_methods_and_the_provider() {
     );
     assert_eq!(status(&l, &mut carol).await, 200);
 }
+
+/// Verifies castellan's assertion with PyJWT against castellan's published keys, as a Python app
+/// behind it would, and returns its claims.
+fn verified_by_pyjwt(token: &str, audience: &str, jwks: &str) -> serde_json::Value {
+    let python = support_dir().join(".venv/bin/python");
+    let script = "import json, sys, jwt\n\
+                  token, audience, jwks = sys.argv[1:4]\n\
+                  key = jwt.PyJWKClient(jwks).get_signing_key_from_jwt(token)\n\
+                  print(json.dumps(jwt.decode(token, key.key, algorithms=['ES256'], audience=audience)))\n";
+    let out = std::process::Command::new(python)
+        .args(["-c", script, token, audience, jwks])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "PyJWT refused the assertion: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_app_receives_the_claims_it_asks_for_and_only_from_castellan() {
+    let echo = Echo::start().await;
+    let (port, origin) = Castellan::reserve();
+    let idp = Idp::start_with(
+        &origin,
+        &[
+            (
+                "IDP_CLAIMS",
+                "alice@example.com=department:eng|teams:[\"data\",\"infra\"]",
+            ),
+            ("IDP_AMR", "alice@example.com=pwd|otp"),
+            ("IDP_GROUPS", "alice@example.com=staff"),
+        ],
+    )
+    .await;
+    let mut setup = Setup::new(echo.addr);
+    setup.idp = Some(&idp);
+    setup.local_accounts = false;
+    setup.provider_extra = "claims = [\"department\", \"teams\"]\ngroups_claim = \"groups\"";
+    let iap = format!(
+        "assertion_claims = [\"groups\", \"department\", \"amr\"]\n\
+         claim_headers = {{ \"X-Department\" = \"department\", \"X-Teams\" = \"teams\" }}\n\
+         [[apps]]\nid = \"legacy\"\nhost = \"127.0.0.1\"\npath_prefix = \"/legacy\"\nupstream = \"http://{}\"\n\
+         identity_headers = \"google-iap\"\naudience = \"/projects/1/apps/legacy\"\n\
+         assertion_claims = [\"department\"]\n",
+        echo.addr
+    );
+    setup.extra = &iap;
+    let c = Castellan::start_on(port, setup).await;
+    ok(&c.cli(&["groups", "create", "oncall"]));
+    ok(&c.cli(&["groups", "add-member", "oncall", "alice@example.com"]));
+    c.grant("demo", "domain:example.com");
+    c.grant("legacy", "domain:example.com");
+
+    let mut alice = Browser::new();
+    assert_eq!(
+        alice
+            .sign_in_oidc(&c.url("/"), ALICE.0, ALICE.1)
+            .await
+            .status,
+        200
+    );
+    let seen = alice
+        .request(
+            "GET",
+            &c.url("/"),
+            &[("x-department", "ceo"), ("x-teams", "board")],
+            None,
+        )
+        .await
+        .json();
+    let h = &seen["headers"];
+    assert_eq!(h["x-department"], serde_json::json!(["eng"]), "{seen}");
+    assert_eq!(h["x-teams"], serde_json::json!(["data, infra"]));
+    let token = h["x-castellan-jwt-assertion"][0].as_str().unwrap();
+    let claims = verified_by_pyjwt(token, "castellan:demo", &c.console("/.castellan/jwks.json"));
+    assert_eq!(claims["email"], "alice@example.com");
+    assert_eq!(claims["groups"], serde_json::json!(["oncall", "staff"]));
+    assert_eq!(claims["department"], "eng");
+    assert_eq!(claims["amr"], serde_json::json!(["pwd", "otp"]));
+    assert!(
+        claims.get("teams").is_none(),
+        "only the claims asked for: {claims}"
+    );
+
+    // Google-IAP mode carries them too, and an app that asked for nothing gets none of them.
+    let seen = alice
+        .request("GET", &c.url("/legacy/x"), &[], None)
+        .await
+        .json();
+    let h = &seen["headers"];
+    assert!(h.get("x-department").is_none(), "{seen}");
+    let python = support_dir().join(".venv/bin/python");
+    let out = std::process::Command::new(python)
+        .arg(support_dir().join("verify_iap.py"))
+        .args([
+            h["x-goog-iap-jwt-assertion"][0].as_str().unwrap(),
+            "/projects/1/apps/legacy",
+            &c.url("/.castellan/iap/public_key"),
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let claims: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(claims["department"], "eng");
+    assert!(claims.get("groups").is_none());
+
+    // Bob has no department: a client's X-Department never reaches the app in its place.
+    let mut bob = Browser::new();
+    assert_eq!(
+        bob.sign_in_oidc(&c.url("/"), BOB.0, BOB.1).await.status,
+        200
+    );
+    let seen = bob
+        .request("GET", &c.url("/"), &[("x-department", "ceo")], None)
+        .await
+        .json();
+    assert!(seen["headers"].get("x-department").is_none(), "{seen}");
+}

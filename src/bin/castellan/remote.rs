@@ -379,6 +379,7 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
         cors_origins: Vec::new(),
         reauth_max_age: None,
         headers: Default::default(),
+        claims: Default::default(),
     });
     let upstream = Arc::new(Pool::for_apps(Duration::from_secs(10)));
     let authority = remote.host_str().map(|h| match remote.port() {
