@@ -118,6 +118,10 @@ pub fn condition(data: &[u8]) {
     let Some(src) = text(data) else { return };
     match crate::policy::condition::Condition::compile(src) {
         Ok(c) => {
+            let claims: std::collections::BTreeMap<String, serde_json::Value> =
+                serde_json::from_str(r#"{"dept": "eng", "level": 3, "teams": ["a", 1, true]}"#)
+                    .expect("a JSON object");
+            let groups = vec!["staff".to_string()];
             let cx = crate::policy::condition::Context {
                 path: "/admin/x",
                 host: "app.example.com",
@@ -128,7 +132,13 @@ pub fn condition(data: &[u8]) {
                     host: "10.0.0.5",
                     port: 22,
                 }),
-                auth: Some(crate::policy::condition::Auth::service_account()),
+                auth: Some(crate::policy::condition::Auth {
+                    provider: "corp",
+                    groups: [&groups, &[]],
+                    amr: &groups,
+                    acr: Some("urn:x"),
+                    claims: &claims,
+                }),
             };
             let _ = c.eval(&cx);
             let _ = c.expiry();

@@ -321,6 +321,13 @@ fn the_parser_never_panics() {
         "destination.ip",
         "destination.port",
         "request.auth",
+        "request.auth.claims.dept",
+        "request.auth.claims[",
+        "request.auth.groups",
+        "request.auth.amr",
+        "request.auth.acr",
+        "request.auth.provider",
+        "has(",
         "resource.name",
         "timestamp(",
         "duration(",
@@ -373,6 +380,17 @@ fn the_parser_never_panics() {
         state
     };
     let web = cx("/a1", "GET", "10.0.0.1", at("2027-01-04T12:00:00Z"));
+    let claims: std::collections::BTreeMap<String, serde_json::Value> =
+        serde_json::from_value(serde_json::json!({"dept": ["a", 1, true]})).unwrap();
+    let amr = vec!["pwd".to_string()];
+    let mut web = web;
+    web.auth = Some(Auth {
+        provider: "corp",
+        groups: [&amr, &[]],
+        amr: &amr,
+        acr: None,
+        claims: &claims,
+    });
     let mut tcp = web.clone();
     tcp.destination = Some(Destination {
         host: "10.0.0.5",
