@@ -262,6 +262,7 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
             let confirm = q("confirm_public").as_deref() == Some("true");
             let doc: Document = json_body(req).await?;
             let policy = Policy::from_document(&doc).map_err(|e| bad(e.to_string()))?;
+            ops::roles_fit(&state.config.apps, &r, &policy).map_err(bad)?;
             if policy.is_public() && !confirm {
                 return Err(bad(
                     "this policy makes the app public (allUsers): add ?confirm_public=true",

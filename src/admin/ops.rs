@@ -40,6 +40,16 @@ pub fn role_for(apps: &[App], resource: &Resource, given: Option<&str>) -> Resul
     }
 }
 
+/// Refuses a whole policy for `resource` with a binding that could grant nothing there (an access
+/// role of the other kind of app), naming the binding and the role the app needs.
+pub fn roles_fit(apps: &[App], resource: &Resource, policy: &Policy) -> Result<(), String> {
+    for (i, b) in policy.bindings.iter().enumerate() {
+        role_for(apps, resource, Some(b.role.as_str()))
+            .map_err(|e| format!("bindings[{i}]: {e}"))?;
+    }
+    Ok(())
+}
+
 pub fn parse_expires(s: &str, now: i64) -> Result<i64, String> {
     let s = s.trim();
     if let Some(d) = crate::config::parse_duration(s) {
@@ -208,6 +218,24 @@ mod tests {
         assert_eq!(
             role(&Resource::Global, Some("roles/tunnelAccessor")),
             Ok(Role::TunnelAccessor)
+        );
+        // A whole document (policy set, the API's PUT) is held to the same rule.
+        let mut p = Policy::default();
+        p.add(
+            Role::Admin,
+            Member::parse("user:a@example.com").unwrap(),
+            None,
+        );
+        p.add(
+            Role::Accessor,
+            Member::parse("user:b@example.com").unwrap(),
+            None,
+        );
+        assert!(roles_fit(&config.apps, &app("web"), &p).is_ok());
+        let err = roles_fit(&config.apps, &app("ssh"), &p).unwrap_err();
+        assert!(
+            err.starts_with("bindings[1]:") && err.contains("roles/tunnelAccessor"),
+            "{err}"
         );
     }
 

@@ -480,6 +480,7 @@ pub async fn policy(config: &Config, cmd: PolicyCommand) -> Result<ExitCode> {
             let (resource, file) = resource_and_arg(config, &args, &target)?;
             let doc = read_document(std::path::Path::new(&file))?;
             let policy = Policy::from_document(&doc)?;
+            ops::roles_fit(&config.apps, &resource, &policy).map_err(anyhow::Error::msg)?;
             if policy.is_public() && !yes {
                 bail!(
                     "this document makes {resource} public (allUsers): repeat with --yes if that is what you want"
