@@ -171,7 +171,8 @@ pub enum Format {
 #[derive(Args)]
 #[command(after_help = "Examples:\n  castellan check demo alice@example.com\n  \
 castellan check demo alice@example.com --path /reports/q --ip 10.1.2.3\n  \
-castellan check demo dave@example.com --group analysts --at 2027-02-01\n\n\
+castellan check demo dave@example.com --group analysts --at 2027-02-01\n  \
+castellan check demo erin@example.com --provider corp --claim department=eng --amr pwd --amr mfa\n\n\
 Prints ALLOWED or DENIED and every binding that applies, whether it names the person and what its\n\
 condition said: Google's policy troubleshooter. Exit status 0 when allowed, 1 when denied.")]
 pub struct CheckArgs {
@@ -198,7 +199,7 @@ pub struct CheckArgs {
     /// for a TCP app); e.g. roles/admin.
     #[arg(long, value_name = "ROLE")]
     role: Option<String>,
-    /// The provider they would sign in with (request.auth.provider; default: local).
+    /// The provider they would sign in with (request.auth.provider).
     #[arg(long, default_value = "local")]
     provider: String,
     /// How they would sign in, an RFC 8176 value such as pwd, otp, mfa, hwk (request.auth.amr;
