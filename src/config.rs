@@ -1424,49 +1424,22 @@ impl Reader<'_> {
             let revalidate = self
                 .duration(&mut p, &prefix, "revalidate")
                 .unwrap_or(Duration::from_secs(300));
-            let programmatic_audiences = match p.remove("programmatic_audiences") {
-                None => Vec::new(),
-                Some(Value::Array(items))
-                    if items
-                        .iter()
-                        .all(|i| i.as_str().is_some_and(|s| !s.is_empty())) =>
-                {
-                    items
-                        .iter()
-                        .filter_map(|i| i.as_str().map(str::to_string))
-                        .collect()
-                }
-                Some(_) => {
-                    self.problem(
-                        format!("{prefix}programmatic_audiences"),
-                        "expected a list of audiences, e.g. [\"https://apps.example.com\"] (for Google service-account ID tokens: the audience they were minted for)",
-                    );
-                    Vec::new()
-                }
-            };
-            let claims = match p.remove("claims") {
-                None => Vec::new(),
-                Some(Value::Array(items))
-                    if items.len() <= 32
-                        && items.iter().all(|i| {
-                            i.as_str().is_some_and(|s| {
-                                !s.is_empty() && s.len() <= 256 && !s.contains(char::is_whitespace)
-                            })
-                        }) =>
-                {
-                    items
-                        .iter()
-                        .filter_map(|i| i.as_str().map(str::to_string))
-                        .collect()
-                }
-                Some(_) => {
-                    self.problem(
-                        format!("{prefix}claims"),
-                        "expected a list of at most 32 claim names, e.g. [\"department\", \"https://example.com/roles\"]",
-                    );
-                    Vec::new()
-                }
-            };
+            let programmatic_audiences = self.string_list(
+                &mut p,
+                &prefix,
+                "programmatic_audiences",
+                usize::MAX,
+                |s| !s.is_empty(),
+                "expected a list of audiences, e.g. [\"https://apps.example.com\"] (for Google service-account ID tokens: the audience they were minted for)",
+            );
+            let claims = self.string_list(
+                &mut p,
+                &prefix,
+                "claims",
+                32,
+                |s| !s.is_empty() && s.len() <= 256 && !s.contains(char::is_whitespace),
+                "expected a list of at most 32 claim names, e.g. [\"department\", \"https://example.com/roles\"]",
+            );
             if let (Some(id), Some(issuer), Some(client_id), Some(client_secret)) =
                 (id, issuer, client_id, client_secret)
             {
@@ -1942,6 +1915,33 @@ impl Reader<'_> {
             }
         }
         out
+    }
+
+    /// A list of at most `max` strings that each pass `valid`, or the problem `expected` reported.
+    fn string_list(
+        &mut self,
+        t: &mut toml::Table,
+        prefix: &str,
+        key: &str,
+        max: usize,
+        valid: impl Fn(&str) -> bool,
+        expected: &str,
+    ) -> Vec<String> {
+        match t.remove(key) {
+            None => Vec::new(),
+            Some(Value::Array(items))
+                if items.len() <= max && items.iter().all(|i| i.as_str().is_some_and(&valid)) =>
+            {
+                items
+                    .iter()
+                    .filter_map(|i| i.as_str().map(str::to_string))
+                    .collect()
+            }
+            Some(_) => {
+                self.problem(format!("{prefix}{key}"), expected);
+                Vec::new()
+            }
+        }
     }
 
     /// `assertion_claims = ["groups", "department"]` and `claim_headers = { "X-Department" =
