@@ -1,5 +1,8 @@
 //! castellan beside its peers, in one run on this machine: the upstream directly, a plain nginx
-//! hop (no auth), Apache 2.4 + mod_auth_openidc (an identity-aware peer) and castellan, each
+//! hop (no auth), the stack floor (a plain reverse proxy made of castellan's own parts: hyper's
+//! server, castellan's upstream pool, mimalloc, tokio; no authentication, decision or audit; this
+//! binary started again with `--castellan-floor`), Apache 2.4 + mod_auth_openidc (an
+//! identity-aware peer) and castellan, each
 //! proxying the same nginx upstream, the authenticated ones with a session cookie from a real
 //! OpenID Connect sign-in (tests/support/idp.mjs). Load comes from wrk (HTTP/1.1 keep-alive) and
 //! h2load (HTTP/2, castellan only) as fast as each target answers, then from h2load at one fixed
@@ -645,8 +648,102 @@ struct Target {
     generator: Generator,
 }
 
+/// The allocator castellan's binary uses, so the floor (this binary, started again) is measured
+/// with it too.
+#[global_allocator]
+static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// The stack floor: what castellan's proxying costs without castellan's own work. hyper's server
+/// configured as castellan configures it, castellan's upstream pool, hop-by-hop headers removed
+/// both ways; nothing else. Serves until killed.
+async fn floor(listen: String, upstream: String) {
+    use http_body_util::BodyExt;
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use hyper_util::server::conn::auto;
+    type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+    let pool = std::sync::Arc::new(castellan::runtime::upstream::Pool::for_apps(
+        Duration::from_secs(10),
+    ));
+    let upstream: std::sync::Arc<str> = upstream.into();
+    let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
+    let mut builder = auto::Builder::new(TokioExecutor::new());
+    builder
+        .http1()
+        .timer(TokioTimer::new())
+        .max_buf_size(64 * 1024);
+    builder
+        .http2()
+        .timer(TokioTimer::new())
+        .max_concurrent_streams(256);
+    loop {
+        let Ok((stream, _)) = listener.accept().await else {
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let (pool, upstream, builder) = (pool.clone(), upstream.clone(), builder.clone());
+        tokio::spawn(async move {
+            let service =
+                hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                    let (pool, upstream) = (pool.clone(), upstream.clone());
+                    async move {
+                        let (mut parts, body) = req.into_parts();
+                        // HTTP/2 carries the host as :authority; HTTP/1.1 upstreams need Host.
+                        if let Some(a) = parts.uri.authority()
+                            && !parts.headers.contains_key(http::header::HOST)
+                        {
+                            let host = http::HeaderValue::from_str(a.as_str()).unwrap();
+                            parts.headers.insert(http::header::HOST, host);
+                        }
+                        parts.uri = parts
+                            .uri
+                            .path_and_query()
+                            .map_or("/", |p| p.as_str())
+                            .parse()
+                            .unwrap_or_default();
+                        parts.version = http::Version::HTTP_11;
+                        castellan::gate::proxy::remove_hop_by_hop(&mut parts.headers);
+                        let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+                        let answer = match pool
+                            .send(&upstream, http::Request::from_parts(parts, body), false)
+                            .await
+                        {
+                            Ok(resp) => {
+                                let (mut parts, body) = resp.into_parts();
+                                castellan::gate::proxy::remove_hop_by_hop(&mut parts.headers);
+                                http::Response::from_parts(
+                                    parts,
+                                    body.map_err(|e| Box::new(e) as BoxError).boxed_unsync(),
+                                )
+                            }
+                            Err(_) => {
+                                let mut r = http::Response::new(
+                                    http_body_util::Empty::new()
+                                        .map_err(|e: std::convert::Infallible| -> BoxError {
+                                            match e {}
+                                        })
+                                        .boxed_unsync(),
+                                );
+                                *r.status_mut() = http::StatusCode::BAD_GATEWAY;
+                                r
+                            }
+                        };
+                        Ok::<_, std::convert::Infallible>(answer)
+                    }
+                });
+            let _ = builder
+                .serve_connection_with_upgrades(TokioIo::new(stream), service)
+                .await;
+        });
+    }
+}
+
 #[tokio::main]
 async fn main() {
+    let args: Vec<String> = std::env::args().collect();
+    if let Some(i) = args.iter().position(|a| a == "--castellan-floor") {
+        return floor(args[i + 1].clone(), args[i + 2].clone()).await;
+    }
     let bench = std::env::args().any(|a| a == "--bench");
     let secs = env("DURATION", if bench { 10 } else { 1 });
     let rounds = env("ROUNDS", if bench { 2 } else { 1 });
@@ -716,6 +813,19 @@ async fn main() {
         .await;
     let mut hop = Server::start("nginx hop", &mut nginx("hop.conf"), w.join("hop.log"));
     hop.wait(&format!("http://127.0.0.1:{hop_port}/small"))
+        .await;
+    let floor_port = free_port();
+    let mut floor = Server::start(
+        "stack floor",
+        Command::new(std::env::current_exe().unwrap()).args([
+            "--castellan-floor".to_string(),
+            format!("127.0.0.1:{floor_port}"),
+            format!("http://127.0.0.1:{up_port}"),
+        ]),
+        w.join("floor.log"),
+    );
+    floor
+        .wait(&format!("http://127.0.0.1:{floor_port}/small"))
         .await;
     let mut idp = Server::start(
         "the IdP",
@@ -836,6 +946,7 @@ async fn main() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     let idle: Vec<(&str, f64)> = vec![
         ("nginx hop", rss_mib(hop.pid())),
+        ("stack floor", rss_mib(floor.pid())),
         ("apache + mod_auth_openidc", rss_mib(apache.pid())),
         ("castellan", rss_mib(castellan.pid())),
         ("castellan, 100 apps + 10,000 bindings", rss_mib(many.pid())),
@@ -869,6 +980,14 @@ async fn main() {
     check(
         "nginx hop",
         &format!("http://127.0.0.1:{hop_port}"),
+        None,
+        &small,
+        &big,
+    )
+    .await;
+    check(
+        "stack floor",
+        &format!("http://127.0.0.1:{floor_port}"),
         None,
         &small,
         &big,
@@ -918,6 +1037,22 @@ async fn main() {
             cookie: None,
             pid: hop.pid(),
             generator: Generator::Wrk,
+        },
+        Target {
+            key: "floor",
+            label: "stack floor: castellan's parts, no auth",
+            base: format!("http://127.0.0.1:{floor_port}"),
+            cookie: None,
+            pid: floor.pid(),
+            generator: Generator::Wrk,
+        },
+        Target {
+            key: "floor-h2",
+            label: "stack floor, HTTP/2 (h2load)",
+            base: format!("http://127.0.0.1:{floor_port}"),
+            cookie: None,
+            pid: floor.pid(),
+            generator: Generator::H2,
         },
         Target {
             key: "apache",
@@ -992,7 +1127,7 @@ async fn main() {
     // Latency at the same load: a rate every target can take, so the comparison is of the hop's
     // cost, not of how queues grow once a target is saturated.
     let rate = env("RATE", if bench { 2000 } else { 400 });
-    let fixed_keys = ["nginx", "apache", "castellan"];
+    let fixed_keys = ["nginx", "floor", "apache", "castellan"];
     let mut fixed: HashMap<&str, Vec<Run>> = HashMap::new();
     for round in 0..rounds {
         let mut order: Vec<&Target> = targets
@@ -1071,23 +1206,35 @@ async fn main() {
             );
         }
     }
-    println!("\n| against the targets (issue 9) | small | 64k | target |\n|---|---:|---:|---|");
+    println!("\n| against the targets (issue 23) | small | 64k | target |\n|---|---:|---:|---|");
     let ratio = |a: &str, b: &str, body: &str| med(a, body, |r| r.rps) / med(b, body, |r| r.rps);
+    let cpu = |a: &str, b: &str, body: &str| {
+        med(a, body, |r| r.cpu_us_per_req) / med(b, body, |r| r.cpu_us_per_req)
+    };
     println!(
-        "| castellan / nginx hop, req/s | {:.2}x | {:.2}x | ≥ 0.9x |",
-        ratio("castellan", "nginx", "small"),
-        ratio("castellan", "nginx", "64k")
+        "| castellan / stack floor, req/s | {:.2}x | {:.2}x | ≥ 0.9x |",
+        ratio("castellan", "floor", "small"),
+        ratio("castellan", "floor", "64k")
+    );
+    println!(
+        "| castellan / stack floor, CPU per request | {:.2}x | {:.2}x | ≤ 1.15x |",
+        cpu("castellan", "floor", "small"),
+        cpu("castellan", "floor", "64k")
+    );
+    println!(
+        "| castellan / stack floor, HTTP/2 req/s | {:.2}x | {:.2}x | ≥ 0.8x |",
+        ratio("castellan-h2", "floor-h2", "small"),
+        ratio("castellan-h2", "floor-h2", "64k")
     );
     println!(
         "| castellan / apache + mod_auth_openidc, req/s | {:.2}x | {:.2}x | ≥ 3x |",
         ratio("castellan", "apache", "small"),
         ratio("castellan", "apache", "64k")
     );
-    let p99 = |body: &str| med("castellan", body, |r| r.p99_ms) - med("nginx", body, |r| r.p99_ms);
     println!(
-        "| castellan p99 − nginx hop p99 | {:+.2} ms | {:+.2} ms | ≤ +1 ms |",
-        p99("small"),
-        p99("64k")
+        "| castellan / apache + mod_auth_openidc, CPU per request | {:.2}x | {:.2}x | ≤ 0.25x |",
+        cpu("castellan", "apache", "small"),
+        cpu("castellan", "apache", "64k")
     );
     let fixed_med = |key: &str, f: fn(&Run) -> f64| {
         median(
@@ -1098,8 +1245,12 @@ async fn main() {
         )
     };
     println!(
-        "| castellan p99 − nginx hop p99 at the same {rate} req/s | {:+.2} ms | | ≤ +1 ms |",
+        "| castellan p99 − nginx hop p99 at the same {rate} req/s | {:+.2} ms | | ≤ +0.5 ms |",
         fixed_med("castellan", |r| r.p99_ms) - fixed_med("nginx", |r| r.p99_ms)
+    );
+    println!(
+        "| castellan p99 − stack floor p99 at the same {rate} req/s | {:+.2} ms | | ≤ +0.3 ms |",
+        fixed_med("castellan", |r| r.p99_ms) - fixed_med("floor", |r| r.p99_ms)
     );
     println!(
         "\n### At the same load: {rate} requests/s over {FIXED_CONNS} keep-alive connections, HTTP/1.1, small body (h2load)\n"
