@@ -32,7 +32,9 @@ fn holds_at(src: &str, host: &str, time: &str, tcp: bool) -> bool {
 /// - AC = https://cloud.google.com/access-context-manager/docs/time-and-date-conditions (the date and
 ///   time functions, their ranges and their time-zone argument);
 /// - HP = https://cloud.google.com/iap/docs/hostname-and-path-conditions (request.host/path);
-/// - AR = https://cloud.google.com/iam/docs/conditions-attribute-reference (date/time, destination);
+/// - AR = https://cloud.google.com/iam/docs/conditions-attribute-reference (date/time, destination;
+///   the search tool held only this page's summary, so these are the forms it and the temporary-access
+///   page use, as written in IAP policies, not quotes of the page)
 /// - the issue's own examples (IS), as a new user typed them.
 #[test]
 fn googles_documented_examples() {
