@@ -825,18 +825,19 @@ const PROVIDER_KEYS: &[&str] = &[
     "programmatic_audiences",
     "revalidate",
 ];
+/// Every `[[apps]]` key: the ones any app takes, then the HTTP-only ones.
 const APP_KEYS: &[&str] = &[
     "id",
     "upstream",
     "host",
     "path_prefix",
     "audience",
+    "reauth_max_age",
     "identity_headers",
     "upstream_auth",
     "upstream_auth_audience",
     "upstream_auth_header",
     "cors_origins",
-    "reauth_max_age",
     "set_request_headers",
     "remove_request_headers",
     "set_response_headers",
@@ -844,6 +845,15 @@ const APP_KEYS: &[&str] = &[
     "assertion_claims",
     "claim_headers",
 ];
+/// The keys a TCP app refuses (castellan passes its bytes through, with no HTTP headers): the
+/// tail of [`APP_KEYS`] from `identity_headers` on.
+fn http_only_app_keys() -> &'static [&'static str] {
+    let first = APP_KEYS
+        .iter()
+        .position(|k| *k == "identity_headers")
+        .expect("APP_KEYS names identity_headers");
+    &APP_KEYS[first..]
+}
 
 impl Reader<'_> {
     fn problem(&mut self, key: impl Into<String>, message: impl Into<String>) {
@@ -1724,19 +1734,7 @@ impl Reader<'_> {
                 .required(&mut a, &prefix, "upstream", "\"http://127.0.0.1:8501\"")
                 .and_then(|s| self.upstream(&prefix, &s));
             if upstream.as_ref().is_some_and(|u| u.scheme() == "tcp") {
-                for key in [
-                    "identity_headers",
-                    "upstream_auth",
-                    "upstream_auth_audience",
-                    "upstream_auth_header",
-                    "cors_origins",
-                    "set_request_headers",
-                    "remove_request_headers",
-                    "set_response_headers",
-                    "remove_response_headers",
-                    "assertion_claims",
-                    "claim_headers",
-                ] {
+                for &key in http_only_app_keys() {
                     if a.contains_key(key) {
                         self.problem(
                             format!("{prefix}{key}"),

@@ -97,7 +97,7 @@ pub fn headers(state: &State, app: &App, principal: &Principal) -> Result<Header
     let claims_key = if claims.is_empty() {
         String::new()
     } else {
-        serde_json::Value::Object(claims.clone()).to_string()
+        serde_json::to_string(&claims).expect("JSON values serialise")
     };
     let key = match principal {
         Principal::Person(who) => IdentityCache::key(&[

@@ -317,6 +317,11 @@ async fn a_matches_condition_as_google_writes_it_decides_requests() {
             r#""accessPolicies/1/accessLevels/corp" in request.auth.access_levels"#,
             "request.auth",
         ),
+        (
+            r#"request.time.getHours("Europe/Berln") >= 9"#,
+            "did you mean \"Europe/Berlin\"",
+        ),
+        (r#"duration("5d") > duration("1h")"#, "not a duration"),
     ] {
         let out = c.cli(&[
             "access",

@@ -690,3 +690,69 @@ async fn a_scim_deactivation_through_one_replica_closes_a_tunnel_on_the_other() 
     std::io::Read::read_to_string(tunnel.stderr.as_mut().unwrap(), &mut err).unwrap();
     assert!(err.contains("access was revoked"), "{err}");
 }
+
+/// IAP TCP forwarding's destination conditions, on a real tunnel: `destination.ip` and
+/// `destination.port` are the TCP app's upstream, so a binding for port 22 opens nothing on an app
+/// whose upstream is another port, and one for the right address and port carries bytes.
+#[tokio::test(flavor = "multi_thread")]
+async fn destination_conditions_decide_tunnels_as_iap_tcp_forwarding_does() {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let echo = Echo::start().await;
+    let port = tcp_echo().await;
+    let c = castellan(&echo, &format!("127.0.0.1:{port}"), "").await;
+    let key = ok(&c.cli(&["service-accounts", "create", "jump"]))
+        .lines()
+        .find(|l| l.trim().starts_with("csk_"))
+        .unwrap()
+        .trim()
+        .to_string();
+    let (status, v) = token_grant(
+        &c,
+        &[
+            ("grant_type", "client_credentials"),
+            ("client_id", "jump"),
+            ("client_secret", &key),
+            ("audience", "ssh"),
+        ],
+    )
+    .await;
+    assert_eq!(status, 200, "{v}");
+    let token = v["access_token"].as_str().unwrap().to_string();
+    let only = |condition: &str| {
+        let doc = serde_json::json!({"bindings": [{"role": "roles/tunnelAccessor",
+            "members": ["serviceAccount:jump"],
+            "condition": {"title": "destination", "expression": condition}}]});
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("policy.json");
+        std::fs::write(&file, doc.to_string()).unwrap();
+        ok(&c.cli(&["policy", "set", "ssh", file.to_str().unwrap(), "--force"]));
+        std::thread::sleep(Duration::from_millis(500));
+    };
+
+    only("destination.port == 22");
+    assert_eq!(handshake(&c.url("/ssh"), &token).await.status(), 403);
+    only(&format!(
+        "destination.ip == \"127.0.0.1\" && destination.port in [22, {port}]"
+    ));
+    let r = handshake(&c.url("/ssh"), &token).await;
+    assert_eq!(r.status(), 101);
+    let mut ws = tokio_tungstenite::WebSocketStream::from_raw_socket(
+        r.upgrade().await.unwrap(),
+        tokio_tungstenite::tungstenite::protocol::Role::Client,
+        None,
+    )
+    .await;
+    ws.send(Message::Binary(b"through"[..].into()))
+        .await
+        .unwrap();
+    let back = loop {
+        match ws.next().await.unwrap().unwrap() {
+            Message::Binary(b) => break b,
+            Message::Ping(_) | Message::Pong(_) => continue,
+            other => panic!("unexpected {other:?}"),
+        }
+    };
+    assert_eq!(&back[..], b"through");
+}
