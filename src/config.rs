@@ -12,6 +12,7 @@ use std::time::Duration;
 use toml::Value;
 
 use crate::net::IpNet;
+use crate::policy::StepUp;
 use url::Url;
 
 /// The validated configuration. Everything the server sees has been checked.
@@ -320,6 +321,9 @@ pub struct App {
     /// A sign-in older than this must be repeated before the app opens (`reauth_max_age`, or the
     /// top-level default).
     pub reauth_max_age: Option<Duration>,
+    /// How the person must have signed in (`require_second_factor`, `require_passkey`,
+    /// `require_acr`): a sign-in that lacks it is taken through it first.
+    pub step_up: StepUp,
     /// Headers set on or removed from what goes to the app and what comes back from it.
     pub headers: HeaderRules,
     /// What the app learns of the person beyond email and id: claims added to the assertion
@@ -833,6 +837,9 @@ const APP_KEYS: &[&str] = &[
     "path_prefix",
     "audience",
     "reauth_max_age",
+    "require_second_factor",
+    "require_passkey",
+    "require_acr",
     "identity_headers",
     "upstream_auth",
     "upstream_auth_audience",
@@ -1005,6 +1012,12 @@ impl Reader<'_> {
         let reauth_default = self.duration(&mut t, "", "reauth_max_age");
         let apps = self.apps(&mut t, reauth_default);
         for (i, app) in apps.iter().enumerate() {
+            if !app.step_up.acr.is_empty() && providers.is_empty() {
+                self.problem(
+                    format!("apps[{i}].require_acr"),
+                    format!("app {} asks for an acr, which only a sign-in provider can assert (local accounts have none): add a [[providers]] entry or remove require_acr", app.id),
+                );
+            }
             for name in app.claims.names() {
                 let kept = ["groups", "amr", "acr"].contains(&name)
                     || providers.iter().any(|p| p.claims.iter().any(|c| c == name));
@@ -1877,6 +1890,22 @@ impl Reader<'_> {
                 remove_response: self.header_names(&mut a, &prefix, "remove_response_headers"),
             };
             let claims = self.app_claims(&mut a, &prefix, &headers);
+            let step_up = StepUp {
+                second_factor: self
+                    .boolean(&mut a, &prefix, "require_second_factor")
+                    .unwrap_or(false),
+                passkey: self
+                    .boolean(&mut a, &prefix, "require_passkey")
+                    .unwrap_or(false),
+                acr: self.string_list(
+                    &mut a,
+                    &prefix,
+                    "require_acr",
+                    16,
+                    |v| !v.is_empty() && v.len() <= 256 && !v.contains(char::is_whitespace),
+                    "expected a list of acr values, most preferred first, e.g. [\"urn:example:mfa\"] (no spaces: they are sent as the space-separated acr_values)",
+                ),
+            };
             let Some(id) = id else { continue };
             let audience = audience.unwrap_or_else(|| format!("castellan:{id}"));
             if !audiences.insert(audience.clone()) {
@@ -1907,6 +1936,7 @@ impl Reader<'_> {
                     reauth_max_age: self
                         .duration(&mut a, &prefix, "reauth_max_age")
                         .or(reauth_default),
+                    step_up,
                     headers,
                     claims,
                 });
@@ -2728,6 +2758,34 @@ id = "b"
             assert_eq!(err[0].key, key, "{app}: {err:?}");
             assert!(err[0].message.contains(needle), "{app}: {err:?}");
         }
+    }
+
+    #[test]
+    fn step_up_keys_are_read_and_an_acr_needs_a_provider() {
+        let app = |keys: &str| {
+            format!(
+                "[[apps]]\nid=\"pay\"\nhost = \"pay.example.com\"\nupstream = \"tcp://10.0.0.5:22\"\n{keys}\n"
+            )
+        };
+        let provider = "[[providers]]\nid=\"corp\"\nissuer=\"https://idp.example.com\"\nclient_id=\"c\"\nclient_secret=\"${SECRET}\"\n";
+        // Step-up applies to TCP apps too: a tunnel is a person's credential like any other.
+        let c = parse(&format!(
+            "{provider}{}",
+            app("require_second_factor = true\nrequire_passkey = true\nrequire_acr = [\"urn:a\", \"urn:b\"]")
+        ))
+        .unwrap();
+        let s = &c.apps[0].step_up;
+        assert!(s.second_factor && s.passkey);
+        assert_eq!(s.acr, ["urn:a", "urn:b"]);
+        assert!(parse(&app("")).unwrap().apps[0].step_up.is_empty());
+        let err = parse(&app("require_acr = [\"urn:a\"]")).unwrap_err();
+        assert_eq!(err[0].key, "apps[0].require_acr", "{err:?}");
+        assert!(
+            err[0].message.contains("only a sign-in provider"),
+            "{err:?}"
+        );
+        let err = parse(&format!("{provider}{}", app("require_acr = [\"a b\"]"))).unwrap_err();
+        assert!(err[0].message.contains("no spaces"), "{err:?}");
     }
 
     #[test]

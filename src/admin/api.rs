@@ -437,15 +437,19 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
                     })
                 })
                 .collect();
+            let step_up = ops::step_up_text(state.config.app(&body.app), &person);
+            let mut explanation = ops::explain_text(&e, &body.app, &email);
+            explanation.push_str(step_up.as_deref().unwrap_or_default());
             ok(json!({
-                "allowed": e.decision.allowed(),
+                "allowed": e.decision.allowed() && step_up.is_none(),
+                "step_up": step_up.as_deref().map(str::trim_end),
                 "decision": e.decision.label(),
                 "reason": e.decision.reason().as_str(),
                 "grant": match &e.decision { crate::policy::Decision::Allow(g) => Some(g.to_string()), _ => None },
                 "groups": e.groups,
                 "bindings": bindings,
                 "hidden_bindings": e.hidden,
-                "explanation": ops::explain_text(&e, &body.app, &email),
+                "explanation": explanation,
             }))
         }
         (&Method::GET, ["sessions"]) => {

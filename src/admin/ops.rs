@@ -131,6 +131,32 @@ pub async fn remove(
         .await
 }
 
+/// What the troubleshooter says of `app`'s step-up for a person who signed in as `who` did: None
+/// when the app has none or the sign-in meets it.
+pub fn step_up_text(
+    app: Option<&crate::config::App>,
+    who: &crate::policy::Identity,
+) -> Option<String> {
+    let app = app?;
+    let short = app.step_up.shortfall(who)?;
+    let amr = if who.amr.is_empty() {
+        "none".to_string()
+    } else {
+        who.amr.join(" ")
+    };
+    Some(format!(
+        "STEP-UP: {} needs {} (its {}); a sign-in with amr {amr} and acr {} lacks it, so the person is taken through that sign-in first (a script gets 401 insufficient_user_authentication).\n",
+        app.id,
+        app.step_up.describe(short),
+        match short {
+            crate::policy::Shortfall::SecondFactor => "require_second_factor",
+            crate::policy::Shortfall::Passkey => "require_passkey",
+            crate::policy::Shortfall::Acr => "require_acr",
+        },
+        who.acr.as_deref().unwrap_or("none")
+    ))
+}
+
 /// The troubleshooter's answer in words.
 pub fn explain_text(e: &Explanation, app: &str, who: &str) -> String {
     let mut out = String::new();

@@ -12,8 +12,9 @@
 use http::{Method, Request, StatusCode, header};
 use hyper::body::Incoming;
 
+use super::password::Limits;
 use super::second_factor::{check_code, enrol_intro, recovery_page};
-use super::sign_in::{Limits, allow_passkeys};
+use super::sign_in::allow_passkeys;
 use super::{browser_id, see_other, with_cookie};
 use crate::identity::{local, totp};
 use crate::runtime::State;
@@ -309,9 +310,21 @@ async fn confirm(
     form: &[(String, String)],
 ) -> Answer {
     let email = session.identity.email.clone();
+    let then: Vec<(String, String)> =
+        url::form_urlencoded::parse(web::param(form, "then").unwrap_or("").as_bytes())
+            .into_owned()
+            .collect();
+    let carry = super::step_up::carried(state, &then);
     let again = |f: Failure, message: &str| {
         let (browser, _) = browser_id(state, headers);
-        f.with_page(confirm_html(state, session, &browser, Some(message)))
+        f.with_page(confirm_html(
+            state,
+            session,
+            &browser,
+            &carry,
+            Some(message),
+        ))
+        .with_csp(super::sign_in::passkey_csp(state))
     };
     let limits = Limits::for_attempt(state, headers, &email, &crate::net::ip_text(ctx.client_ip));
     if let Some(wait) = limits.blocked(state) {
@@ -355,7 +368,12 @@ async fn confirm(
     }
     limits.clear(state);
     proved(state, ctx, session, headers).await?;
-    Ok(see_other(&format!("{PATH}?confirmed=1")))
+    let carry = if carry.is_empty() {
+        carry
+    } else {
+        format!("&{carry}")
+    };
+    Ok(see_other(&format!("{PATH}?confirmed=1{carry}")))
 }
 
 fn confirm_page(
@@ -365,14 +383,22 @@ fn confirm_page(
     error: Option<&str>,
 ) -> http::Response<Body> {
     let (browser, set_browser) = browser_id(state, req.headers());
+    let carry = super::step_up::carried(state, &web::query_pairs(req.uri()));
     let resp = web::html(
         StatusCode::OK,
-        confirm_html(state, session, &browser, error),
+        confirm_html(state, session, &browser, &carry, error),
     );
     with_cookie(allow_passkeys(state, resp), set_browser)
 }
 
-fn confirm_html(state: &State, session: &SessionRef, browser: &str, error: Option<&str>) -> String {
+/// `carry`: the account page's step-up explanation to come back to (see [`super::step_up`]).
+fn confirm_html(
+    state: &State,
+    session: &SessionRef,
+    browser: &str,
+    carry: &str,
+    error: Option<&str>,
+) -> String {
     let csrf = state.csrf_token(browser);
     let error = error
         .map(|e| format!("<p class=\"error\" role=\"alert\">{}</p>", esc(e)))
@@ -389,6 +415,7 @@ fn confirm_html(state: &State, session: &SessionRef, browser: &str, error: Optio
             "<h1>Confirm it's you</h1><p>Changes to how you sign in need a fresh proof that you are <b>{}</b>: \
              they then work for five minutes.</p>{error}\
              <form method=\"post\" action=\"{PATH}/confirm\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
+             <input type=\"hidden\" name=\"then\" value=\"{}\">\
              <label for=\"password\">Password</label><input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
              <label for=\"code\">Code from your authenticator app (if two-step verification is on)</label>\
              <input id=\"code\" type=\"text\" name=\"code\" autocomplete=\"one-time-code\" inputmode=\"numeric\">\
@@ -397,6 +424,7 @@ fn confirm_html(state: &State, session: &SessionRef, browser: &str, error: Optio
              <p class=\"error\" role=\"alert\" data-passkey-status hidden></p>{}\
              <a class=\"button secondary\" href=\"{PATH}\">Back</a>",
             esc(&session.identity.email),
+            esc(carry),
             pages::passkey_script_tag()
         ),
     )
@@ -534,7 +562,8 @@ async fn page(state: &State, session: &SessionRef, req: &Request<Incoming>) -> A
     };
     let local = who.provider == "local";
     let own = if local {
-        local_sections(state, &who.email, &csrf).await?
+        let carry = super::step_up::carried(state, &params);
+        local_sections(state, &who.email, &csrf, &carry).await?
     } else {
         String::new()
     };
@@ -543,8 +572,9 @@ async fn page(state: &State, session: &SessionRef, req: &Request<Incoming>) -> A
     } else {
         ""
     };
+    let step_up = super::step_up::account_notice(state, &params);
     let body = format!(
-        "<h1>Your account</h1><p>Signed in as <b>{}</b> ({}).</p>{notice}{groups}{own}\
+        "<h1>Your account</h1><p>Signed in as <b>{}</b> ({}).</p>{step_up}{notice}{groups}{own}\
          <h2 style=\"font-size:1.05rem\">Your sessions</h2>\
          <table style=\"width:100%;border-collapse:collapse\"><tbody>{rows}</tbody></table>\
          <form method=\"post\" action=\"{PATH}/sign_out_everywhere\"><input type=\"hidden\" name=\"csrf\" value=\"{csrf}\">\
@@ -557,7 +587,13 @@ async fn page(state: &State, session: &SessionRef, req: &Request<Incoming>) -> A
 }
 
 /// Two-step verification, passkeys and the password, for a local account.
-async fn local_sections(state: &State, email: &str, csrf: &str) -> Result<String, Failure> {
+/// `carry`: the step-up explanation the confirmation link keeps (see [`super::step_up`]).
+async fn local_sections(
+    state: &State,
+    email: &str,
+    csrf: &str,
+    carry: &str,
+) -> Result<String, Failure> {
     let totp_on = state
         .store
         .totp_secret(email)
@@ -620,7 +656,7 @@ async fn local_sections(state: &State, email: &str, csrf: &str) -> Result<String
         format!("<ul class=\"passkeys\">{rows}</ul>")
     };
     Ok(format!(
-        "<p class=\"muted\">Changes below ask you to <a href=\"{PATH}/confirm\">confirm it's you</a> first.</p>\
+        "<p class=\"muted\">Changes below ask you to <a href=\"{PATH}/confirm{}\">confirm it's you</a> first.</p>\
          <h2 style=\"font-size:1.05rem\">Two-step verification</h2>{two_step}\
          <h2 style=\"font-size:1.05rem\">Passkeys</h2>{list}\
          <label for=\"passkey_name\">Name for a new passkey</label>\
@@ -634,6 +670,11 @@ async fn local_sections(state: &State, email: &str, csrf: &str) -> Result<String
          <label for=\"new_password_again\">The same again</label>\
          <input id=\"new_password_again\" type=\"password\" name=\"new_password_again\" autocomplete=\"new-password\" minlength=\"12\" required>\
          <button type=\"submit\" class=\"secondary\">Change the password</button></form>",
+        if carry.is_empty() {
+            String::new()
+        } else {
+            esc(&format!("?{carry}"))
+        },
         pages::passkey_script_tag()
     ))
 }

@@ -2,7 +2,8 @@
 //! a one-time code goes to the CLI's loopback listener (RFC 8252 §7.3), and the CLI redeems it
 //! with its PKCE verifier at `/.castellan/token` for a refresh token of its own (a session, listed
 //! and revocable like any). With `max_age` (an app's `reauth_max_age`), a browser session signed
-//! in longer ago than that signs in again first, so the command line's session is as fresh.
+//! in longer ago than that signs in again first, so the command line's session is as fresh; with
+//! `app` (an app with a step-up), a browser session that lacks it goes through it first.
 
 use http::{Method, Request, StatusCode};
 use hyper::body::Incoming;
@@ -23,6 +24,8 @@ struct Params {
     state: String,
     challenge: String,
     max_age: Option<i64>,
+    /// The app the command line is for, when it has a step-up (`app=ID`).
+    app: Option<String>,
 }
 
 fn params(pairs: &[(String, String)]) -> Option<Params> {
@@ -46,11 +49,13 @@ fn params(pairs: &[(String, String)]) -> Option<Params> {
         None | Some("") => None,
         Some(m) => Some(m.parse::<i64>().ok().filter(|m| *m >= 0)?),
     };
+    let app = web::param(pairs, "app").map(str::to_string);
     Some(Params {
         port,
         state,
         challenge,
         max_age,
+        app,
     })
 }
 
@@ -76,17 +81,22 @@ pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Ans
             .path_and_query()
             .map(|x| x.as_str())
             .unwrap_or(PATH);
-        let fresh_enough = |signed_in_at: i64| {
+        let step_up = super::step_up::wanted(state, p.app.as_deref());
+        let strong_enough = |s: &crate::runtime::sessions::SessionRef| {
             p.max_age
-                .is_none_or(|m| crate::clock::now() - signed_in_at <= m)
+                .is_none_or(|m| crate::clock::now() - s.signed_in_at <= m)
+                && step_up.is_none_or(|app| app.step_up.shortfall(&s.identity).is_none())
         };
-        let Some(session) = session.filter(|s| fresh_enough(s.signed_in_at)) else {
+        let Some(session) = session.filter(strong_enough) else {
             let max_age = p
                 .max_age
                 .map(|m| format!("&max_age={m}"))
                 .unwrap_or_default();
+            let app = step_up
+                .map(|a| format!("&app={}", pages::q(&a.id)))
+                .unwrap_or_default();
             return Ok(web::redirect(&format!(
-                "/.castellan/sign_in?rd={}{max_age}",
+                "/.castellan/sign_in?rd={}{max_age}{app}",
                 pages::q(here)
             )));
         };

@@ -18,11 +18,13 @@ pub mod cli_auth;
 pub mod forward_auth;
 pub mod handoff;
 pub mod passkey;
+pub mod password;
 pub mod public;
 pub mod scim;
 pub mod second_factor;
 pub mod sign_in;
 pub mod sign_out;
+pub mod step_up;
 pub mod token;
 
 use std::time::Duration;

@@ -8,7 +8,8 @@
 use http::{Method, Request, StatusCode, header};
 use hyper::body::Incoming;
 
-use super::sign_in::{Limits, NewSession, start_session};
+use super::password::Limits;
+use super::sign_in::{NewSession, start_session};
 use crate::crypto;
 use crate::identity::totp;
 use crate::policy::Identity;

@@ -1,13 +1,15 @@
-//! Signing in, on castellan's own host: the chooser, local accounts (password, then the second
-//! step), OpenID Connect (the redirect and the callback), and making the session. A sign-in that
-//! began on an app's host comes back there through a hand-off bound to that browser
-//! ([`bounce`], [`continue_to`], [`super::handoff`]).
+//! Signing in, on castellan's own host: the chooser, OpenID Connect (the redirect and the
+//! callback), and making the session; a local account's password is [`super::password`], its
+//! second step [`super::second_factor`]. A sign-in for an app with a step-up asks for what that
+//! app needs ([`super::step_up`]). A sign-in that began on an app's host comes back there through
+//! a hand-off bound to that browser ([`bounce`], [`continue_to`], [`super::handoff`]).
 
 use http::header::{self, HeaderValue};
 use http::{Request, StatusCode};
 use hyper::body::Incoming;
 
-use super::{FLOW_LIFETIME, browser_id, safe_return, with_cookie};
+use super::{FLOW_LIFETIME, browser_id, safe_return, step_up, with_cookie};
+use crate::config::App;
 use crate::crypto;
 use crate::identity::oidc;
 use crate::policy::Identity;
@@ -15,7 +17,6 @@ use crate::runtime::State;
 use crate::store::{Actor, Flow};
 use crate::web::ctx::{Ctx, Outcome, Why};
 use crate::web::failure::{Answer, Failure};
-use crate::web::guard::{self, Proof};
 use crate::web::pages::{self, ProviderChoice};
 use crate::web::{self};
 
@@ -32,40 +33,57 @@ pub async fn page(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> Answ
     let max_age = web::param(&params, "max_age")
         .and_then(|m| m.parse::<i64>().ok())
         .filter(|m| *m >= 0);
+    // An app with a step-up (its require_* keys) this sign-in is for.
+    let step_up = step_up::wanted(state, web::param(&params, "app"));
     let (browser, set_browser) = browser_id(state, req.headers());
-    // Already signed in here and on the way to another host castellan serves: hand over at once.
-    if !return_to.starts_with('/') && !switching && max_age.is_none() {
+    if !switching {
         let session = state
             .session(req.headers())
             .await
             .map_err(|e| Failure::internal("reading the session", &e))?;
         if let Some(s) = session {
-            return continue_to(state, ctx, &s.digest, &return_to).await;
+            let lacking = step_up.filter(|app| app.step_up.shortfall(&s.identity).is_some());
+            match lacking {
+                // Already signed in (as the app needs) and on the way to another host castellan
+                // serves: hand over at once.
+                None if !return_to.starts_with('/') && max_age.is_none() => {
+                    return continue_to(state, ctx, &s.digest, &return_to).await;
+                }
+                // A local account without what the app needs: set it up first.
+                Some(app) if s.identity.provider == "local" => {
+                    if let Some(url) =
+                        step_up::enrolment(state, &s.identity.email, app, &return_to).await?
+                    {
+                        return Ok(web::redirect(&url));
+                    }
+                }
+                _ => {}
+            }
         }
     }
+    let start = Start {
+        return_to: &return_to,
+        switching,
+        max_age,
+        step_up,
+        fresh: false,
+    };
     if let Some(id) = web::param(&params, "provider") {
         let client = state.provider(id).ok_or_else(|| {
             Failure::not_found(format!(
                 "castellan has no sign-in provider called \"{id}\"."
             ))
         })?;
-        let resp = start_flow(state, client, &browser, &return_to, switching, max_age).await?;
+        let resp = start_flow(state, client, &browser, &start).await?;
         return Ok(with_cookie(resp, set_browser));
     }
     // Exactly one way to sign in, and the person is not asking to switch accounts: go straight there.
-    if !state.config.local_accounts && state.providers.len() == 1 && !switching {
-        let resp = start_flow(
-            state,
-            &state.providers[0],
-            &browser,
-            &return_to,
-            false,
-            max_age,
-        )
-        .await?;
+    let local = state.config.local_accounts && step_up.is_none_or(step_up::local_accounts_can);
+    if !local && state.providers.len() == 1 && !switching {
+        let resp = start_flow(state, &state.providers[0], &browser, &start).await?;
         return Ok(with_cookie(resp, set_browser));
     }
-    let html = render(state, &browser, &return_to, switching, max_age, None);
+    let html = render(state, &browser, &start, None);
     Ok(with_cookie(
         allow_passkeys(state, web::html(StatusCode::OK, html)),
         set_browser,
@@ -104,6 +122,9 @@ pub async fn bounce(state: &State, ctx: &mut Ctx, req: &Request<Incoming>, host:
             sign_in.push_str(&format!("&{key}={v}"));
         }
     }
+    if let Some(app) = step_up::wanted(state, web::param(&params, "app")) {
+        sign_in.push_str(&format!("&app={}", pages::q(&app.id)));
+    }
     back = format!(
         "{}/.castellan/sign_in?rd={}{sign_in}",
         state.config.public_origin(),
@@ -126,8 +147,18 @@ pub fn allow_passkeys(
     state: &State,
     mut resp: http::Response<web::Body>,
 ) -> http::Response<web::Body> {
+    if let Some(v) = passkey_csp(state) {
+        resp.headers_mut()
+            .insert(header::CONTENT_SECURITY_POLICY, v);
+    }
+    resp
+}
+
+/// The `Content-Security-Policy` of a page that runs the passkey script (None without local
+/// accounts: such a page has no passkeys to offer).
+pub fn passkey_csp(state: &State) -> Option<HeaderValue> {
     if !state.config.local_accounts {
-        return resp;
+        return None;
     }
     let csp = format!(
         "default-src 'none'; script-src {}{}; connect-src 'self'; style-src 'unsafe-inline'; \
@@ -135,77 +166,80 @@ pub fn allow_passkeys(
         state.config.public_origin(),
         pages::PASSKEY_SCRIPT_PATH
     );
-    if let Ok(v) = HeaderValue::from_str(&csp) {
-        resp.headers_mut()
-            .insert(header::CONTENT_SECURITY_POLICY, v);
-    }
-    resp
+    HeaderValue::from_str(&csp).ok()
 }
 
 /// The chooser (providers, then the local-account form), with an optional error.
-pub fn render(
-    state: &State,
-    browser: &str,
-    return_to: &str,
-    switching: bool,
-    max_age: Option<i64>,
-    message: Option<&str>,
-) -> String {
+pub fn render(state: &State, browser: &str, start: &Start<'_>, message: Option<&str>) -> String {
+    let app = start.step_up.map(|a| a.id.as_str());
     let providers = state
         .providers
         .iter()
         .map(|p| ProviderChoice {
             display_name: &p.config.display_name,
             href: format!(
-                "/.castellan/sign_in?provider={}&rd={}{}{}",
+                "/.castellan/sign_in?provider={}&rd={}{}{}{}",
                 pages::q(&p.config.id),
-                pages::q(return_to),
-                if switching { "&switch=1" } else { "" },
-                max_age.map(|m| format!("&max_age={m}")).unwrap_or_default()
+                pages::q(start.return_to),
+                if start.switching { "&switch=1" } else { "" },
+                start
+                    .max_age
+                    .map(|m| format!("&max_age={m}"))
+                    .unwrap_or_default(),
+                app.map(|a| format!("&app={}", pages::q(a)))
+                    .unwrap_or_default()
             ),
         })
         .collect();
+    let local =
+        state.config.local_accounts && start.step_up.is_none_or(step_up::local_accounts_can);
     pages::sign_in(&pages::SignIn {
         providers,
-        local: state
-            .config
-            .local_accounts
-            .then(|| (state.csrf_token(browser), "")),
-        return_to,
+        local: local.then(|| (state.csrf_token(browser), "")),
+        return_to: start.return_to,
+        app,
+        notice: start.step_up.map(step_up::notice),
         error: message,
     })
 }
 
 /// The sign-in page again with `message`, as the answer of a failed attempt.
-fn again(
+pub fn again(
     state: &State,
     headers: &http::HeaderMap,
-    return_to: &str,
+    start: &Start<'_>,
     failure: Failure,
     message: &str,
 ) -> Failure {
     let (browser, set_browser) = browser_id(state, headers);
-    let failure = failure.with_page(render(
-        state,
-        &browser,
-        return_to,
-        false,
-        None,
-        Some(message),
-    ));
+    // The form again, with its passkey button working.
+    let failure = failure
+        .with_page(render(state, &browser, start, Some(message)))
+        .with_csp(passkey_csp(state));
     match set_browser {
         Some(c) => failure.with_cookie(c),
         None => failure,
     }
 }
 
+/// Where a sign-in goes and what it asks for.
+pub struct Start<'a> {
+    pub return_to: &'a str,
+    /// The person asks to sign in as someone else.
+    pub switching: bool,
+    /// An app's `reauth_max_age`: the sign-in must be this recent.
+    pub max_age: Option<i64>,
+    /// The app whose step-up the sign-in must meet.
+    pub step_up: Option<&'a App>,
+    /// Ask the provider for a fresh authentication (`prompt=login`).
+    pub fresh: bool,
+}
+
 async fn start_flow(
     state: &State,
     client: &oidc::Client,
     browser: &str,
-    return_to: &str,
-    switching: bool,
-    max_age: Option<i64>,
+    start: &Start<'_>,
 ) -> Answer {
     let st = crypto::random_token(32);
     let flow = Flow {
@@ -213,13 +247,21 @@ async fn start_flow(
         provider: client.config.id.clone(),
         nonce: crypto::random_token(32),
         pkce_verifier: crypto::random_token(48),
-        return_to: return_to.to_string(),
+        return_to: start.return_to.to_string(),
         created_at: crate::clock::now(),
-        max_age: max_age.unwrap_or(0),
+        max_age: start.max_age.unwrap_or(0),
+        step_up_app: start.step_up.map(|a| a.id.clone()).unwrap_or_default(),
+        step_up_forced: start.fresh,
     };
-    let prompt = switching.then_some("select_account");
+    let acr_values = start.step_up.and_then(|a| a.step_up.acr_values());
+    let asking = oidc::Asking {
+        select_account: start.switching,
+        fresh: start.fresh,
+        max_age: start.max_age,
+        acr_values: acr_values.as_deref(),
+    };
     let url = client
-        .authorization_url(&st, &flow.nonce, &flow.pkce_verifier, prompt, max_age)
+        .authorization_url(&st, &flow.nonce, &flow.pkce_verifier, &asking)
         .await
         .map_err(|e| provider_unavailable(state, &client.config.display_name, &e))?;
     state
@@ -324,6 +366,30 @@ pub async fn callback(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> 
                 ),
             ));
         }
+    }
+    // A sign-in for an app with a step-up must meet it; the provider is asked once more, for a
+    // fresh authentication, before the answer is no.
+    if let Some(app) = step_up::wanted(state, Some(&flow.step_up_app))
+        && let Some(short) = app.step_up.shortfall(&signed_in.identity)
+    {
+        if flow.step_up_forced {
+            state.metrics.sign_in(&client.config.id, "rejected");
+            return Err(step_up::refused(
+                app,
+                short,
+                &client.config.display_name,
+                &signed_in.identity,
+            ));
+        }
+        let browser = web::cookies::cookie(req.headers(), state.cookies.browser).unwrap_or("");
+        let start = Start {
+            return_to: &flow.return_to,
+            switching: false,
+            max_age: (flow.max_age > 0).then_some(flow.max_age),
+            step_up: Some(app),
+            fresh: true,
+        };
+        return start_flow(state, client, browser, &start).await;
     }
     if signed_in.groups_overage
         && !state
@@ -510,143 +576,4 @@ pub async fn continue_to(
         pages::q(&code),
         pages::q(rd)
     )))
-}
-
-/// `POST /.castellan/sign_in`: a local account's email and password.
-pub async fn local(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Answer {
-    let (parts, body) = req.into_parts();
-    let headers = parts.headers;
-    let form = web::read_form(body)
-        .await
-        .ok_or_else(|| Failure::sign_in_failed("Sign-in failed", "The form could not be read."))?;
-    let browser = web::cookies::cookie(&headers, state.cookies.browser);
-    let return_to = safe_return(state, web::param(&form, "rd"));
-    if let Err(f) = guard::check(
-        &headers,
-        &state.config.public_origin(),
-        browser,
-        &state.csrf_keys(),
-        Proof::Token(web::param(&form, "csrf").unwrap_or("")),
-    ) {
-        return Err(again(
-            state,
-            &headers,
-            &return_to,
-            f.marked(Outcome::SignInFailed, Why::Csrf),
-            "This form has expired or did not come from this site. Please sign in again.",
-        ));
-    }
-    let email = web::param(&form, "email")
-        .unwrap_or("")
-        .trim()
-        .to_ascii_lowercase();
-    let password = web::param(&form, "password").unwrap_or("").to_string();
-    let ip = crate::net::ip_text(ctx.client_ip);
-    ctx.set_user(&email);
-    let limits = Limits::for_attempt(state, &headers, &email, &ip);
-    if let Some(wait) = limits.blocked(state) {
-        state.metrics.sign_in("local", "rate-limited");
-        let secs = wait.as_secs().max(1);
-        let message = format!("Too many attempts. Try again in {secs} s.");
-        return Err(again(
-            state,
-            &headers,
-            &return_to,
-            Failure::too_many(secs, message.clone()),
-            &message,
-        ));
-    }
-    let stored = state
-        .store
-        .password_hash(&email)
-        .await
-        .map_err(|e| Failure::internal("reading the account", &e))?;
-    let ok = tokio::task::spawn_blocking(move || {
-        crate::identity::local::verify_password(stored.as_deref(), &password)
-    })
-    .await
-    .unwrap_or(false);
-    if !ok {
-        limits.fail(state);
-        state.metrics.sign_in("local", "wrong-password");
-        let message = "Wrong email or password.";
-        return Err(again(
-            state,
-            &headers,
-            &return_to,
-            Failure::unauthorized("wrong_password", Why::WrongPassword, message),
-            message,
-        ));
-    }
-    // A second factor: asked for when the account has TOTP, set up when the configuration
-    // requires one and it has none.
-    let has_totp = state
-        .store
-        .totp_secret(&email)
-        .await
-        .map_err(|e| Failure::internal("reading the account", &e))?
-        .is_some();
-    if has_totp || state.config.local_accounts_mfa_required {
-        let browser = browser.unwrap_or("");
-        return super::second_factor::begin(state, ctx, browser, &email, &return_to, !has_totp)
-            .await;
-    }
-    limits.clear(state);
-    state.metrics.sign_in("local", "ok");
-    start_session(
-        state,
-        ctx,
-        &headers,
-        NewSession {
-            identity: Identity::local(&email).signed_in_with(&["pwd"]),
-            auth_time: None,
-            provider_session: None,
-        },
-        &return_to,
-    )
-    .await
-}
-
-/// What a password or code attempt counts against. From a browser that signed in to the account
-/// before (a valid device cookie), failures count against that device only, so nobody elsewhere
-/// can lock the owner out; from anywhere else, against the account and the client address
-/// (OWASP's "device cookie" pattern).
-pub struct Limits {
-    account_key: String,
-    ip: Option<String>,
-}
-
-impl Limits {
-    pub fn for_attempt(state: &State, headers: &http::HeaderMap, email: &str, ip: &str) -> Limits {
-        match state.trusted_device(headers, email) {
-            Some(device) => Limits {
-                account_key: format!("device:{device}"),
-                ip: None,
-            },
-            None => Limits {
-                account_key: email.to_string(),
-                ip: Some(ip.to_string()),
-            },
-        }
-    }
-
-    /// How long until another attempt may be made, if it may not now.
-    pub fn blocked(&self, state: &State) -> Option<std::time::Duration> {
-        let ip = self
-            .ip
-            .as_deref()
-            .and_then(|ip| state.ip_limiter.blocked(ip));
-        ip.max(state.account_limiter.blocked(&self.account_key))
-    }
-
-    pub fn fail(&self, state: &State) {
-        if let Some(ip) = &self.ip {
-            state.ip_limiter.fail(ip);
-        }
-        state.account_limiter.fail(&self.account_key);
-    }
-
-    pub fn clear(&self, state: &State) {
-        state.account_limiter.clear(&self.account_key);
-    }
 }

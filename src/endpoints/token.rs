@@ -7,7 +7,8 @@
 //!   listener received (with its PKCE verifier) for a refresh token: a session of its own.
 //! - `grant_type=refresh_token`: an access token for one app for the person signed in on the
 //!   command line, valid an hour at most and never beyond the session. An app with
-//!   `reauth_max_age` gets no token for a sign-in older than that: `castellan login` again.
+//!   `reauth_max_age` gets no token for a sign-in older than that, one with a step-up none for a
+//!   sign-in that lacks it: `castellan login` again.
 
 use http::header::{self, HeaderMap};
 use http::{Request, StatusCode};
@@ -233,6 +234,19 @@ async fn cli_refresh(state: &State, ctx: &mut Ctx, form: &[(String, String)]) ->
         )
         .with("reauthentication_required", serde_json::json!(true))
         .with("max_age", serde_json::json!(max.as_secs())));
+    }
+    if let Some(short) = app.step_up.shortfall(&session.identity) {
+        return Err(Failure::oauth(
+            "invalid_grant",
+            format!(
+                "{} needs {} and this one is not: run `castellan login` again and sign in that way",
+                app.id,
+                app.step_up.describe(short)
+            ),
+        )
+        .with("insufficient_user_authentication", serde_json::json!(true))
+        .with("requirement", serde_json::json!(short.as_str()))
+        .with("app", serde_json::json!(app.id)));
     }
     let (token, expires_in) = state
         .signer()

@@ -1,7 +1,7 @@
 //! The gate: the one decision chain every front door goes through, whatever the credential.
 //!
 //! ```text
-//! credential (cookie or bearer token)  →  checks (expiry, re-authentication)  →  decision
+//! credential (cookie or bearer token)  →  checks (expiry, re-authentication, step-up)  →  decision
 //!   →  live registration (what ends the connection if it outlives its request)  →  identity headers
 //! ```
 //!
@@ -103,6 +103,17 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
     {
         return Err(sign_in(ask, Some(max.as_secs())));
     }
+    // The app wants a stronger sign-in (its step-up): one that lacks it is taken through it first.
+    if let Some(Principal::Person(who)) = &principal
+        && let Some(short) = ask.app.step_up.shortfall(who)
+    {
+        return Err(Failure::step_up(
+            sign_in_url(ask, None),
+            &ask.app.id,
+            &ask.app.step_up,
+            short,
+        ));
+    }
     let snapshot = state.snapshot();
     let cx = Context {
         path: ask.path,
@@ -190,6 +201,12 @@ pub async fn admit_request<B>(
 /// Nobody (recent enough) is signed in: to the sign-in page of the app's own host, which binds
 /// the sign-in to this browser and sends it on to castellan's pages.
 fn sign_in(ask: &Ask<'_>, max_age: Option<u64>) -> Failure {
+    Failure::sign_in(sign_in_url(ask, max_age), max_age)
+}
+
+/// Where that sign-in starts. An app with a step-up is named (`app=ID`), so that the sign-in asks
+/// for what the app needs the first time.
+fn sign_in_url(ask: &Ask<'_>, max_age: Option<u64>) -> String {
     let mut url = format!(
         "{}/.castellan/sign_in?rd={}",
         ask.origin,
@@ -198,7 +215,10 @@ fn sign_in(ask: &Ask<'_>, max_age: Option<u64>) -> Failure {
     if let Some(m) = max_age {
         url.push_str(&format!("&max_age={m}"));
     }
-    Failure::sign_in(url, max_age)
+    if !ask.app.step_up.is_empty() {
+        url.push_str(&format!("&app={}", pages::q(&ask.app.id)));
+    }
+    url
 }
 
 /// The access-denied answer: for browsers a page with the way to ask for access (on castellan's

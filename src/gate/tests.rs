@@ -26,7 +26,8 @@ struct World {
 }
 
 /// castellan with apps `demo` (shared with ann and the service account `bot`), `vault` (ann,
-/// with `reauth_max_age = "60s"`) and `open` (public).
+/// with `reauth_max_age = "60s"`), `keys` (ann and `bot`, with `require_passkey`) and `open`
+/// (public).
 async fn world() -> World {
     let (dir, store) = crate::store::temp_store().await;
     let toml = r#"
@@ -41,6 +42,12 @@ async fn world() -> World {
         path_prefix = "/vault"
         upstream = "http://127.0.0.1:9"
         reauth_max_age = "60s"
+        [[apps]]
+        id = "keys"
+        host = "127.0.0.1"
+        path_prefix = "/keys"
+        upstream = "http://127.0.0.1:9"
+        require_passkey = true
         [[apps]]
         id = "open"
         host = "127.0.0.1"
@@ -71,6 +78,8 @@ async fn world() -> World {
     grant("demo", "user:ann@example.com").await;
     grant("demo", "serviceAccount:bot").await;
     grant("vault", "user:ann@example.com").await;
+    grant("keys", "user:ann@example.com").await;
+    grant("keys", "serviceAccount:bot").await;
     grant("open", "allUsers").await;
     state.apply_own_change().await;
     World { state, _dir: dir }
@@ -86,13 +95,18 @@ impl crate::config::Env for NoEnv {
 impl World {
     /// A browser session for `email` that signed in `age` seconds ago; returns its cookie header.
     async fn session(&self, email: &str, age: i64) -> (String, String) {
+        self.session_with(&Identity::local(email), age).await
+    }
+
+    /// A browser session for `who` (with how they signed in) that began `age` seconds ago.
+    async fn session_with(&self, who: &Identity, age: i64) -> (String, String) {
         let id = crate::crypto::random_token(32);
         let digest = crate::crypto::digest(&id);
         self.state
             .store
             .create_session(
                 &digest,
-                &Identity::local(email),
+                who,
                 std::time::Duration::from_secs(3600),
                 "127.0.0.1",
                 "test",
@@ -139,6 +153,17 @@ impl World {
 
     /// Asks the gate about `method path` (routed as the server would) with `headers`.
     async fn ask(&self, method: &str, path: &str, headers: &[(&str, &str)]) -> Result<Seen, Seen> {
+        self.ask_as(false, method, path, headers).await
+    }
+
+    /// [`World::ask`] as a browser's page navigation (`navigation`) or a script.
+    async fn ask_as(
+        &self,
+        navigation: bool,
+        method: &str,
+        path: &str,
+        headers: &[(&str, &str)],
+    ) -> Result<Seen, Seen> {
         let mut map = HeaderMap::new();
         for (k, v) in headers {
             map.append(
@@ -157,7 +182,7 @@ impl World {
             headers: &map,
         };
         let ip = IpAddr::V4(Ipv4Addr::LOCALHOST);
-        let mut ctx = Ctx::new(SocketAddr::new(ip, 40000), ip, false);
+        let mut ctx = Ctx::new(SocketAddr::new(ip, 40000), ip, navigation);
         match admit(&self.state, &mut ctx, &ask).await {
             Ok(a) => Ok(Seen {
                 status: StatusCode::OK,
@@ -166,6 +191,8 @@ impl World {
                 revocation: a.live.map(|p| p.grounds.revocation),
                 identity_headers: a.headers.len(),
                 outcome: ctx.outcome,
+                challenge: String::new(),
+                location: String::new(),
             }),
             Err(f) => Err(Seen::refused(f, &mut ctx).await),
         }
@@ -181,12 +208,26 @@ struct Seen {
     revocation: Option<Revocation>,
     identity_headers: usize,
     outcome: Outcome,
+    /// `WWW-Authenticate` and `Location` of a refusal.
+    challenge: String,
+    location: String,
 }
 
 impl Seen {
     async fn refused(f: Failure, ctx: &mut Ctx) -> Seen {
         let resp = f.respond(ctx);
         let status = resp.status();
+        let header = |name| {
+            resp.headers()
+                .get(name)
+                .and_then(|v: &HeaderValue| v.to_str().ok())
+                .unwrap_or_default()
+                .to_string()
+        };
+        let (challenge, location) = (
+            header(http::header::WWW_AUTHENTICATE),
+            header(http::header::LOCATION),
+        );
         let bytes = resp.into_body().collect().await.unwrap().to_bytes();
         Seen {
             status,
@@ -195,6 +236,8 @@ impl Seen {
             revocation: None,
             identity_headers: 0,
             outcome: ctx.outcome,
+            challenge,
+            location,
         }
     }
 
@@ -282,6 +325,67 @@ async fn reauthentication_applies_to_cookies_and_tokens_alike() {
     assert_eq!(r.error(), "reauthentication_required");
     // An app without the rule takes the old sign-in.
     assert!(w.ask("GET", "/", &[("cookie", &old)]).await.is_ok());
+}
+
+#[tokio::test]
+async fn step_up_applies_to_cookies_and_tokens_alike_and_not_to_service_accounts() {
+    let w = world().await;
+    let ann = |amr: &[&str]| Identity::local("ann@example.com").signed_in_with(amr);
+    let (password, password_digest) = w.session_with(&ann(&["pwd"]), 0).await;
+    let (passkey, passkey_digest) = w.session_with(&ann(&["hwk", "user", "mfa"]), 0).await;
+    assert!(
+        w.ask("GET", "/keys/x", &[("cookie", &passkey)])
+            .await
+            .is_ok()
+    );
+    // A script: RFC 9470's challenge, with what is missing.
+    let r = w
+        .ask("GET", "/keys/x", &[("cookie", &password)])
+        .await
+        .unwrap_err();
+    assert_eq!(
+        (r.status, r.error()),
+        (StatusCode::UNAUTHORIZED, "insufficient_user_authentication")
+    );
+    assert_eq!(r.body["requirement"], "passkey");
+    assert_eq!(r.body["app"], "keys");
+    assert!(
+        r.challenge
+            .contains("error=\"insufficient_user_authentication\""),
+        "{}",
+        r.challenge
+    );
+    // A browser: to the sign-in, which is told which app it is for.
+    let r = w
+        .ask_as(true, "GET", "/keys/x", &[("cookie", &password)])
+        .await
+        .unwrap_err();
+    assert_eq!(r.status, StatusCode::FOUND);
+    assert!(
+        r.location
+            .ends_with("/.castellan/sign_in?rd=%2Fkeys%2Fx&app=keys"),
+        "{}",
+        r.location
+    );
+    // Nobody signed in: the first sign-in is already told.
+    let r = w.ask_as(true, "GET", "/keys/x", &[]).await.unwrap_err();
+    assert!(r.location.ends_with("&app=keys"), "{}", r.location);
+    // Command-line tokens: their session says how the person signed in.
+    for (digest, ok) in [(&password_digest, false), (&passkey_digest, true)] {
+        let token = w.cli_token("ann@example.com", digest, "keys");
+        let auth = format!("Bearer {token}");
+        let r = w.ask("GET", "/keys/x", &[("authorization", &auth)]).await;
+        assert_eq!(r.is_ok(), ok, "{r:?}");
+    }
+    // The same sign-in opens an app without a step-up; a service account has no sign-in to step up.
+    assert!(w.ask("GET", "/", &[("cookie", &password)]).await.is_ok());
+    let (token, _) = w.service_token("bot", "keys").await;
+    let auth = format!("Bearer {token}");
+    assert!(
+        w.ask("GET", "/keys/x", &[("authorization", &auth)])
+            .await
+            .is_ok()
+    );
 }
 
 #[tokio::test]

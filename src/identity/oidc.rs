@@ -17,11 +17,13 @@ use url::Url;
 use crate::config;
 use crate::policy::Identity;
 
+mod authorize;
 mod claims;
 mod credentials;
 mod keys;
 pub mod logout;
 
+pub use authorize::Asking;
 pub use credentials::Credentials;
 pub mod refresh;
 
@@ -251,84 +253,6 @@ impl Client {
         keys.set = set;
         keys.fetched = Some(Instant::now());
         Ok(())
-    }
-
-    /// Where to send the browser to sign in.
-    pub async fn authorization_url(
-        &self,
-        state: &str,
-        nonce: &str,
-        pkce_verifier: &str,
-        prompt: Option<&str>,
-        max_age: Option<i64>,
-    ) -> Result<Url, Error> {
-        let m = self.metadata().await?;
-        let mut url = m.authorization_endpoint.clone();
-        // Offline access (for revalidation, see `refresh`): OIDC Core §11 asks for prompt=consent
-        // with it; Google takes access_type=offline instead of the scope.
-        let offline = self.offline_access();
-        let google = self.config.issuer == GOOGLE_ISSUER;
-        let scopes: Vec<&str> = self
-            .config
-            .scopes
-            .iter()
-            .map(String::as_str)
-            .filter(|s| !(google && *s == "offline_access"))
-            .collect();
-        let mut prompts: Vec<&str> = prompt.into_iter().collect();
-        if max_age.is_some() && prompt.is_none() {
-            prompts.push("login");
-        }
-        if offline {
-            prompts.push("consent");
-        }
-        {
-            let mut q = url.query_pairs_mut();
-            q.append_pair("response_type", "code")
-                .append_pair("client_id", &self.config.client_id)
-                .append_pair("redirect_uri", &self.redirect_uri)
-                .append_pair("scope", &scopes.join(" "))
-                .append_pair("state", state)
-                .append_pair("nonce", nonce)
-                .append_pair(
-                    "code_challenge",
-                    &crate::crypto::pkce_challenge(pkce_verifier),
-                )
-                .append_pair("code_challenge_method", "S256");
-            if !prompts.is_empty() {
-                q.append_pair("prompt", &prompts.join(" "));
-            }
-            // A fresh authentication: the provider must ask again (prompt=login) and report
-            // auth_time, which the callback checks against max_age.
-            if let Some(age) = max_age {
-                q.append_pair("max_age", &age.to_string());
-            }
-            if offline && google {
-                q.append_pair("access_type", "offline");
-            }
-        }
-        Ok(url)
-    }
-
-    /// Whether sign-ins ask for a refresh token (`offline_access` in `scopes`).
-    pub fn offline_access(&self) -> bool {
-        self.config.scopes.iter().any(|s| s == "offline_access")
-    }
-
-    /// Where to send a browser that signs out, so the provider's session ends too (OpenID Connect
-    /// RP-Initiated Logout): `None` when the provider has no `end_session_endpoint`.
-    pub async fn logout_url(&self, id_token: &str, post_logout_redirect_uri: &str) -> Option<Url> {
-        let m = self.metadata().await.ok()?;
-        let mut url = m.end_session_endpoint.clone()?;
-        {
-            let mut q = url.query_pairs_mut();
-            if !id_token.is_empty() {
-                q.append_pair("id_token_hint", id_token);
-            }
-            q.append_pair("client_id", &self.config.client_id)
-                .append_pair("post_logout_redirect_uri", post_logout_redirect_uri);
-        }
-        Some(url)
     }
 
     /// Checks the `iss` authorization response parameter (RFC 9207) when the provider sends one.

@@ -9,6 +9,7 @@ pub mod condition;
 pub mod explain;
 mod identity;
 pub mod snapshot;
+pub mod step_up;
 
 use std::fmt;
 
@@ -18,6 +19,7 @@ pub use condition::Condition;
 pub use explain::{ExplainedBinding, Explanation};
 pub use identity::Identity;
 pub use snapshot::{Decision, Reason, Snapshot, Who};
+pub use step_up::{Shortfall, StepUp};
 
 /// The part of an email address after the last `@`.
 pub fn email_domain(email: &str) -> Option<&str> {

@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicBool, AtomicI64, Ordering};
 use super::State;
 use super::live::Revocation;
 use crate::config::App;
+use crate::policy::Principal;
 use crate::policy::condition::Context;
 use crate::policy::snapshot::Snapshot;
 use crate::store;
@@ -166,18 +167,19 @@ impl State {
         let ended: Vec<u64> = entries
             .iter()
             .filter(|(_, g)| {
+                let app = self.config.apps.iter().find(|a| a.id == g.app);
+                // A step-up added since the connection opened ends it too, if its sign-in lacks it.
+                let stepped_up = match (&g.principal, app) {
+                    (Principal::Person(who), Some(app)) => app.step_up.shortfall(who).is_none(),
+                    _ => true,
+                };
                 let cx = Context {
                     path: &g.path,
                     host: &g.host,
                     method: &g.method,
                     time: now,
                     ip: g.ip,
-                    destination: self
-                        .config
-                        .apps
-                        .iter()
-                        .find(|a| a.id == g.app)
-                        .and_then(App::destination),
+                    destination: app.and_then(App::destination),
                     auth: Some(g.principal.auth(g.principal.castellan_groups(&snapshot))),
                 };
                 let allowed = snapshot
@@ -186,7 +188,7 @@ impl State {
                 let stands = standing
                     .as_ref()
                     .is_none_or(|s| s.get(&g.revocation).copied().unwrap_or(false));
-                !allowed || !stands
+                !allowed || !stands || !stepped_up
             })
             .map(|(id, _)| *id)
             .collect();

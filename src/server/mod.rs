@@ -281,6 +281,9 @@ async fn watch_config(current: Arc<Current>, path: std::path::PathBuf) {
                 Ok(state) => {
                     current.set(state);
                     tracing::info!("configuration reloaded from {}", path.display());
+                    // What the new configuration asks (an app's step-up, say) applies to the
+                    // connections already open too.
+                    current.get().recheck_live(false).await;
                 }
                 Err(e) => tracing::error!(
                     "configuration reload failed, the running configuration stays: {e}"

@@ -21,8 +21,8 @@ use hyper::body::Incoming;
 use crate::admin::{api, console};
 use crate::config::AppKind;
 use crate::endpoints::{
-    access_request, account, backchannel_logout, cli_auth, forward_auth, handoff, passkey, public,
-    scim, second_factor, sign_in, sign_out, token,
+    access_request, account, backchannel_logout, cli_auth, forward_auth, handoff, passkey,
+    password, public, scim, second_factor, sign_in, sign_out, token,
 };
 use crate::runtime::State;
 use crate::runtime::metrics::{AppLabel, RequestLabels};
@@ -195,7 +195,7 @@ async fn own(
     match path {
         "/.castellan/sign_in" if get => sign_in::page(state, ctx, &req).await,
         "/.castellan/sign_in" if method == Method::POST && local => {
-            sign_in::local(state, ctx, req).await
+            password::sign_in(state, ctx, req).await
         }
         "/.castellan/callback" if method == Method::GET => {
             sign_in::callback(state, ctx, &req).await

@@ -84,6 +84,10 @@ const SQLITE: &[(&str, &str)] = &[
         "0018_sign_in_context.sql",
         include_str!("../../migrations/sqlite/0018_sign_in_context.sql"),
     ),
+    (
+        "0019_step_up.sql",
+        include_str!("../../migrations/sqlite/0019_step_up.sql"),
+    ),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -146,6 +150,10 @@ const POSTGRES: &[(&str, &str)] = &[
     (
         "0015_sign_in_context.sql",
         include_str!("../../migrations/postgres/0015_sign_in_context.sql"),
+    ),
+    (
+        "0016_step_up.sql",
+        include_str!("../../migrations/postgres/0016_step_up.sql"),
     ),
 ];
 

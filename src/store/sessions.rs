@@ -65,6 +65,10 @@ pub struct Flow {
     pub created_at: i64,
     /// The OIDC `max_age` this sign-in asked for (0: none); the ID token's `auth_time` must meet it.
     pub max_age: i64,
+    /// The app whose step-up this sign-in is for ('' for none): the ID token must meet it.
+    pub step_up_app: String,
+    /// Whether the provider was already asked for a fresh authentication for that step-up.
+    pub step_up_forced: bool,
 }
 
 impl Store {
@@ -506,8 +510,8 @@ impl Store {
 
     pub async fn put_flow(&self, state_digest: &str, flow: &Flow) -> Result<()> {
         sqlx::query(
-            "INSERT INTO login_flows (state_digest, browser_digest, provider, nonce, pkce_verifier, return_to, created_at, max_age) \
-             VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            "INSERT INTO login_flows (state_digest, browser_digest, provider, nonce, pkce_verifier, return_to, created_at, max_age, step_up_app, step_up_forced) \
+             VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10)",
         )
         .bind(state_digest)
         .bind(&flow.browser_digest)
@@ -517,6 +521,8 @@ impl Store {
         .bind(&flow.return_to)
         .bind(flow.created_at)
         .bind(flow.max_age)
+        .bind(&flow.step_up_app)
+        .bind(i64::from(flow.step_up_forced))
         .execute(&self.pool)
         .await?;
         Ok(())
@@ -526,7 +532,7 @@ impl Store {
     pub async fn take_flow(&self, state_digest: &str) -> Result<Option<Flow>> {
         let row = sqlx::query(
             "DELETE FROM login_flows WHERE state_digest = $1 \
-             RETURNING browser_digest, provider, nonce, pkce_verifier, return_to, created_at, max_age",
+             RETURNING browser_digest, provider, nonce, pkce_verifier, return_to, created_at, max_age, step_up_app, step_up_forced",
         )
         .bind(state_digest)
         .fetch_optional(&self.pool)
@@ -539,6 +545,8 @@ impl Store {
             return_to: r.get(4),
             created_at: r.get(5),
             max_age: r.get(6),
+            step_up_app: r.get(7),
+            step_up_forced: r.get::<i64, _>(8) != 0,
         }))
     }
 }
@@ -566,6 +574,8 @@ mod tests {
         async fn flows_are_single_use(s: Store) {
             let flow = Flow {
                 max_age: 0,
+                step_up_app: String::new(),
+                step_up_forced: false,
                 browser_digest: "b".into(),
                 provider: "corp".into(),
                 nonce: "n".into(),

@@ -75,6 +75,8 @@ pub enum Why {
     Policy(Reason),
     AmbiguousPath,
     Reauthentication,
+    /// The sign-in lacks what the app's step-up asks for.
+    StepUp(crate::policy::Shortfall),
     CrossOriginWebsocket,
     InternalError,
     StoreUnavailable,
@@ -112,6 +114,9 @@ impl Why {
             Why::Policy(r) => r.as_str(),
             Why::AmbiguousPath => "ambiguous-path",
             Why::Reauthentication => "reauthentication",
+            Why::StepUp(crate::policy::Shortfall::SecondFactor) => "step-up-second-factor",
+            Why::StepUp(crate::policy::Shortfall::Passkey) => "step-up-passkey",
+            Why::StepUp(crate::policy::Shortfall::Acr) => "step-up-acr",
             Why::CrossOriginWebsocket => "cross-origin-websocket",
             Why::InternalError => "internal-error",
             Why::StoreUnavailable => "store-unavailable",

@@ -16,7 +16,7 @@ use serde_json::{Map, Value, json};
 
 use super::ctx::{Ctx, Outcome, Why};
 use super::{Body, pages};
-use crate::policy::Reason;
+use crate::policy::{Reason, Shortfall, StepUp};
 
 /// Why a request was not answered as asked. Built by its constructors, answered by
 /// [`Failure::respond`]. Boxed: it is the rare path, and the common one should not carry its size.
@@ -39,6 +39,8 @@ struct Parts {
     /// A page of its own for browsers (the denied page, a form shown again with its error).
     page: Option<String>,
     cookies: Vec<HeaderValue>,
+    /// The page's own `Content-Security-Policy` (a sign-in page that runs the passkey script).
+    csp: Option<HeaderValue>,
     oauth: bool,
     /// Answered in SCIM's error shape (RFC 7644 §3.12), with this `scimType` if any.
     scim: Option<Option<&'static str>>,
@@ -46,12 +48,14 @@ struct Parts {
 }
 
 /// What `WWW-Authenticate` says.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq)]
 enum Challenge {
     /// `Bearer realm="castellan"`: credentials are needed.
     Bearer,
     /// RFC 6750 §3: `Bearer realm="castellan", error="…", error_description="…"`.
     BearerError(&'static str),
+    /// RFC 9470 §3: `error="insufficient_user_authentication"`, with the `acr_values` to ask for.
+    StepUp(Option<String>),
     /// RFC 6749 §5.2: the token endpoint's client authentication.
     Basic,
 }
@@ -78,6 +82,7 @@ impl Failure {
             redirect: None,
             page: None,
             cookies: Vec::new(),
+            csp: None,
             oauth: false,
             scim: None,
             allow: None,
@@ -112,6 +117,33 @@ impl Failure {
             f = f.with("max_age", json!(m));
         }
         f.0.challenge = Some(Challenge::Bearer);
+        f.0.redirect = Some(sign_in_url);
+        f
+    }
+
+    /// Signed in, but not the way `app` asks (its step-up): a browser goes through the sign-in
+    /// that gives it; a script gets RFC 9470's `insufficient_user_authentication`, with the
+    /// `acr_values` to ask for.
+    pub fn step_up(sign_in_url: String, app: &str, step_up: &StepUp, short: Shortfall) -> Failure {
+        let mut f = Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "insufficient_user_authentication",
+            "Sign in again",
+            format!(
+                "{app} needs {}: sign in again that way",
+                step_up.describe(short)
+            ),
+            Outcome::SignIn,
+            Why::StepUp(short),
+        )
+        .with("requirement", json!(short.as_str()))
+        .with("app", json!(app))
+        .with("sign_in_url", json!(sign_in_url));
+        if let Some(v) = step_up.acr_values() {
+            f = f.with("acr_values", json!(v));
+        }
+        f.0.challenge = Some(Challenge::StepUp(step_up.acr_values()));
+        f.0.oauth = true;
         f.0.redirect = Some(sign_in_url);
         f
     }
@@ -449,6 +481,12 @@ impl Failure {
         self
     }
 
+    /// The page's own `Content-Security-Policy`, in place of castellan's strictest.
+    pub fn with_csp(mut self, csp: Option<HeaderValue>) -> Failure {
+        self.0.csp = csp;
+        self
+    }
+
     /// The heading of the plain error page.
     pub fn titled(mut self, title: &'static str) -> Failure {
         self.0.title = title;
@@ -583,6 +621,18 @@ impl Failure {
                     h.insert(header::WWW_AUTHENTICATE, v);
                 }
             }
+            Some(Challenge::StepUp(acr_values)) => {
+                let mut challenge = format!(
+                    "Bearer realm=\"castellan\", error=\"insufficient_user_authentication\", error_description=\"{}\"",
+                    self.0.message.replace(['"', '\\'], "'")
+                );
+                if let Some(v) = acr_values {
+                    challenge.push_str(&format!(", acr_values=\"{}\"", v.replace(['"', '\\'], "")));
+                }
+                if let Ok(v) = HeaderValue::from_str(&challenge) {
+                    h.insert(header::WWW_AUTHENTICATE, v);
+                }
+            }
             Some(Challenge::Basic) => {
                 h.insert(
                     header::WWW_AUTHENTICATE,
@@ -598,6 +648,9 @@ impl Failure {
         }
         for c in self.0.cookies {
             h.append(header::SET_COOKIE, c);
+        }
+        if let Some(csp) = self.0.csp {
+            h.insert(header::CONTENT_SECURITY_POLICY, csp);
         }
         resp
     }

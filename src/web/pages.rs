@@ -71,11 +71,18 @@ pub struct SignIn<'a> {
     /// `Some((csrf token, prefilled email))` when local accounts are on.
     pub local: Option<(String, &'a str)>,
     pub return_to: &'a str,
+    /// The app with a step-up this sign-in is for (sent back with the form).
+    pub app: Option<&'a str>,
+    /// What that app asks for, as HTML.
+    pub notice: Option<String>,
     pub error: Option<&'a str>,
 }
 
 pub fn sign_in(s: &SignIn) -> String {
     let mut body = String::from("<h1>Sign in</h1>");
+    if let Some(n) = &s.notice {
+        body.push_str(n);
+    }
     if let Some(e) = s.error {
         let _ = write!(body, "<p class=\"error\" role=\"alert\">{}</p>", esc(e));
     }
@@ -94,12 +101,15 @@ pub fn sign_in(s: &SignIn) -> String {
         let _ = write!(
             body,
             "<form method=\"post\" action=\"/.castellan/sign_in\">\
-             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"rd\" value=\"{}\">\
+             <input type=\"hidden\" name=\"csrf\" value=\"{}\"><input type=\"hidden\" name=\"rd\" value=\"{}\">{}\
              <label for=\"email\">Email</label><input id=\"email\" type=\"email\" name=\"email\" autocomplete=\"username\" required value=\"{}\">\
              <label for=\"password\">Password</label><input id=\"password\" type=\"password\" name=\"password\" autocomplete=\"current-password\" required>\
              <button type=\"submit\">Sign in</button></form>",
             esc(csrf),
             esc(s.return_to),
+            s.app
+                .map(|a| format!("<input type=\"hidden\" name=\"app\" value=\"{}\">", esc(a)))
+                .unwrap_or_default(),
             esc(email)
         );
         // Shown by the script when the browser supports passkeys.

@@ -180,6 +180,53 @@ async fn local_sign_in_form_works_in_chromium() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn require_passkey_takes_a_password_only_account_to_add_one_in_chromium() {
+    require(
+        std::path::Path::new("/usr/bin/chromium"),
+        "Debian's chromium",
+    );
+    require(
+        &support_dir().join("node_modules/playwright-core"),
+        "the npm package playwright-core",
+    );
+    let echo = Echo::start().await;
+    let extra = format!(
+        "[[apps]]\nid = \"vault\"\nhost = \"127.0.0.1\"\npath_prefix = \"/vault\"\nupstream = \"http://{}\"\nrequire_passkey = true\n",
+        echo.addr
+    );
+    let mut setup = Setup::new(echo.addr);
+    setup.extra = &extra;
+    let c = Castellan::start(setup).await;
+    c.add_user("pat@example.com", "a long enough password");
+    c.grant("vault", "user:pat@example.com");
+    let app = c.url("/vault/");
+    let v = run_browser_script(
+        "step-up-passkey.mjs",
+        vec![
+            app.clone(),
+            c.console.clone(),
+            "pat@example.com".into(),
+            "a long enough password".into(),
+        ],
+    )
+    .await;
+    let says = |key: &str, what: &str| {
+        assert!(
+            v[key].as_str().is_some_and(|t| t.contains(what)),
+            "{key} should say {what:?}: {v}"
+        )
+    };
+    says("notice", "vault needs a sign-in with a passkey");
+    says("accountUrl", "need=passkey");
+    says("accountNotice", "Add a passkey below");
+    says("listed", "step-up laptop");
+    assert_eq!(v["appUrl"], app, "the passkey opened the app: {v}");
+    says("appText", "pat@example.com");
+    says("refused", "vault needs a sign-in with your passkey");
+    assert_eq!(v["againUrl"], app, "{v}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_passkey_is_registered_then_signs_in_in_chromium() {
     require(
         std::path::Path::new("/usr/bin/chromium"),

@@ -24,6 +24,7 @@ mod reload;
 mod replicas;
 mod review;
 mod scim;
+mod step_up;
 mod support;
 mod tls;
 mod tunnel;

@@ -161,3 +161,36 @@ async fn a_changed_file_applies_under_load_and_an_invalid_one_changes_nothing() 
     .unwrap();
     assert_eq!(&back, b"pong");
 }
+
+/// A step-up added to an app by a reload applies to what is already open: a WebSocket riding a
+/// password sign-in closes, and the same cookie is then asked to step up.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_step_up_added_by_a_reload_closes_open_websockets_that_lack_it() {
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    c.add_user("ada@example.com", "a long enough password");
+    c.grant("demo", "user:ada@example.com");
+    let mut ada = Browser::new();
+    let r = ada
+        .sign_in_local(&c, "ada@example.com", "a long enough password", "/")
+        .await;
+    assert_eq!(r.status, 302);
+    let cookie = format!(
+        "castellan_session={}",
+        ada.cookie(&c.origin, "castellan_session").unwrap()
+    );
+    let mut ws = upgrade(&c, &cookie).await;
+    let original = std::fs::read_to_string(&c.config_path).unwrap();
+    let demo = "id = \"demo\"\n";
+    assert!(original.contains(demo));
+    std::fs::write(
+        &c.config_path,
+        original.replace(demo, &format!("{demo}require_passkey = true\n")),
+    )
+    .unwrap();
+    let took = closed_within(&mut ws, Duration::from_secs(10)).await;
+    eprintln!("the WebSocket closed {took:?} after the change");
+    let r = ada.request("GET", &c.url("/"), &API, None).await;
+    assert_eq!(r.status, 401, "{}", r.body);
+    assert_eq!(r.json()["requirement"], "passkey");
+}

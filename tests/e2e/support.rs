@@ -1063,6 +1063,17 @@ impl Browser {
         password: &str,
         stop_at: Option<&str>,
     ) -> Page {
+        self.submit_idp_form(page, &[("login", email), ("password", password)], stop_at)
+            .await
+    }
+
+    /// [`Browser::submit_idp_login`] with the form's `fields` (`login`, `password`, `code`).
+    pub async fn submit_idp_form(
+        &mut self,
+        page: &Page,
+        fields: &[(&str, &str)],
+        stop_at: Option<&str>,
+    ) -> Page {
         assert!(
             page.body.contains("name=\"password\""),
             "expected the IdP login form, got {} at {}: {}",
@@ -1085,11 +1096,7 @@ impl Browser {
                 "POST",
                 &target,
                 &[],
-                Some(&[
-                    ("prompt", "login"),
-                    ("login", email),
-                    ("password", password),
-                ]),
+                Some(&[[("prompt", "login")].as_slice(), fields].concat()),
             )
             .await;
         for _ in 0..20 {

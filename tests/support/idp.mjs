@@ -25,6 +25,11 @@
 //                              that parses as JSON (3, true, ["a","b"]) is sent as that JSON
 //   IDP_AMR                    "email=pwd|otp;..." - the `amr` of these people's sign-ins
 //   IDP_ACR                    "email=urn:example:mfa;..." - the `acr` of these people's sign-ins
+//   IDP_STEP_UP                "acr=code" - a stronger level: when a sign-in's acr_values ask for `acr`,
+//                              the login form also asks for a one-time code, and the right `code` makes
+//                              the sign-in's acr `acr` and its amr pwd, otp, mfa (as a provider's
+//                              step-up does; an existing session at a lower level is reused unless
+//                              the client sends prompt=login, as acr_values are voluntary)
 //   IDP_CONFORM_ID_TOKEN_CLAIMS=1  oidc-provider's default: in the code flow the
 //                              ID token then carries only sub/acr/...; email must be
 //                              read from userinfo. Default here: 0 (email in ID token).
@@ -98,6 +103,7 @@ const perEmail = (name) => new Map((env[name] || '').split(';').filter(Boolean).
 }));
 const AMR = perEmail('IDP_AMR');
 const ACR = perEmail('IDP_ACR');
+const [STEP_UP_ACR, STEP_UP_CODE] = (env.IDP_STEP_UP || '=').split('=');
 
 const DISABLED = new Set();
 
@@ -179,7 +185,7 @@ const configuration = {
     email: ['email', 'email_verified', 'hd'],
     profile: ['name', 'preferred_username', 'groups', '_claim_names', '_claim_sources', ...EXTRA_CLAIM_NAMES],
   },
-  acrValues: [...new Set(ACR.values())],
+  acrValues: [...new Set([...ACR.values(), ...(STEP_UP_ACR ? [STEP_UP_ACR] : [])])],
   scopes: ['openid', 'offline_access', 'email', 'profile'],
   conformIdTokenClaims: env.IDP_CONFORM_ID_TOKEN_CLAIMS === '1',
   pkce: { required: () => false }, // PKCE (S256) allowed, not required for confidential clients
@@ -222,12 +228,17 @@ const esc = (s) => String(s).replace(/[&<>"']/g, (c) => ({ '&': '&amp;', '<': '&
 const page = (title, body) => `<!DOCTYPE html><html><head><meta charset="utf-8"><title>${esc(title)}</title></head>`
   + `<body><h1>${esc(title)}</h1>${body}</body></html>`;
 
-function loginForm(uid, hint, error) {
+// Whether this authorization request asks for the step-up level (IDP_STEP_UP).
+const wantsStepUp = (params) => Boolean(STEP_UP_ACR)
+  && String(params.acr_values || '').split(' ').includes(STEP_UP_ACR);
+
+function loginForm(uid, hint, error, stepUp) {
   return page('Sign-in', `${error ? `<p class="error" role="alert">${esc(error)}</p>` : ''}
 <form autocomplete="off" action="/interaction/${esc(uid)}" method="post">
   <input type="hidden" name="prompt" value="login"/>
   <label>Email <input required type="email" name="login" value="${esc(hint || '')}"></label>
   <label>Password <input required type="password" name="password"></label>
+  ${stepUp ? '<label>One-time code <input required name="code" inputmode="numeric"></label>' : ''}
   <button type="submit">Sign-in</button>
 </form>
 <a href="/interaction/${esc(uid)}/abort">Cancel</a>`);
@@ -275,7 +286,7 @@ async function interaction(req, res, uid, action) {
     return provider.interactionFinished(req, res, { consent: { grantId: await grant.save() } }, { mergeWithLastSubmission: true });
   }
   if (req.method === 'GET') {
-    if (prompt.name === 'login') return send(res, 200, loginForm(uid, params.login_hint));
+    if (prompt.name === 'login') return send(res, 200, loginForm(uid, params.login_hint, null, wantsStepUp(params)));
     if (prompt.name === 'consent') return send(res, 200, consentForm(uid, params.client_id, prompt.details));
     return send(res, 501, page('Error', `<p>prompt ${esc(prompt.name)} not implemented</p>`));
   }
@@ -285,12 +296,19 @@ async function interaction(req, res, uid, action) {
     const digest = (v) => crypto.createHash('sha256').update(String(v)).digest();
     if (!user || !crypto.timingSafeEqual(digest(form.password || ''), digest(user.password))) {
       console.error(`idp: failed login for ${JSON.stringify(form.login)}`);
-      return send(res, 200, loginForm(uid, form.login, 'Invalid email or password.'));
+      return send(res, 200, loginForm(uid, form.login, 'Invalid email or password.', wantsStepUp(params)));
     }
     const accountId = form.login.trim();
     const login = { accountId };
     if (AMR.has(accountId)) login.amr = AMR.get(accountId).split('|');
     if (ACR.has(accountId)) login.acr = ACR.get(accountId);
+    if (wantsStepUp(params)) {
+      if (form.code !== STEP_UP_CODE) {
+        return send(res, 200, loginForm(uid, form.login, 'Wrong one-time code.', true));
+      }
+      login.acr = STEP_UP_ACR;
+      login.amr = ['pwd', 'otp', 'mfa'];
+    }
     return provider.interactionFinished(req, res, { login }, { mergeWithLastSubmission: false });
   }
   if (form.prompt === 'consent' && prompt.name === 'consent') {

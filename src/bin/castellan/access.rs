@@ -616,6 +616,8 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
     };
     let explanation = snapshot.explain(&args.app, role, who, &cx);
     print!("{}", ops::explain_text(&explanation, &args.app, &email));
+    let step_up = ops::step_up_text(config.app(&args.app), &person);
+    print!("{}", step_up.as_deref().unwrap_or_default());
     for d in store.directory_groups(Some(&email)).await? {
         let groups = if d.groups.is_empty() {
             "no groups".to_string()
@@ -629,7 +631,7 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
             castellan::clock::now() - d.fetched_at
         );
     }
-    Ok(if explanation.decision.allowed() {
+    Ok(if explanation.decision.allowed() && step_up.is_none() {
         ExitCode::SUCCESS
     } else {
         ExitCode::FAILURE

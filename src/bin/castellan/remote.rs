@@ -130,13 +130,15 @@ async fn token_call(origin: &str, form: &[(&str, &str)]) -> Result<serde_json::V
 }
 
 /// `castellan login URL`: a browser sign-in returned to this computer. When the app at `URL`
-/// needs a more recent sign-in than the browser's (its `reauth_max_age`), the browser is asked to
-/// sign in again, so the command line's session is as fresh as the app wants.
+/// needs a more recent sign-in than the browser's (its `reauth_max_age`), or a stronger one (its
+/// step-up), the browser is asked to sign in again, so the command line's session is what the app
+/// wants.
 pub async fn login(url: &str, no_browser: bool) -> Result<ExitCode> {
     let (_, origin) = origin_of(url)?;
     let mut max_age = None;
+    let mut step_up: Option<String> = None;
     loop {
-        let cred = browser_sign_in(url, &origin, no_browser, max_age).await?;
+        let cred = browser_sign_in(url, &origin, no_browser, max_age, step_up.as_deref()).await?;
         let mut creds = load()?;
         creds.by_origin.insert(origin.clone(), cred.clone());
         let path = save(&creds)?;
@@ -158,6 +160,18 @@ pub async fn login(url: &str, no_browser: bool) -> Result<ExitCode> {
             max_age = Some(m);
             continue;
         }
+        // The app needs a stronger sign-in (its step-up): once more, through what it needs.
+        if !ok && v["insufficient_user_authentication"] == true && step_up.is_none() {
+            println!(
+                "{}",
+                v["error_description"]
+                    .as_str()
+                    .unwrap_or("This app needs a stronger sign-in.")
+            );
+            println!("Sign in again in the browser, the way the app asks.");
+            step_up = Some(v["app"].as_str().unwrap_or_default().to_string());
+            continue;
+        }
         println!(
             "Signed in to {origin} as {} (saved in {}).",
             cred.email,
@@ -172,15 +186,22 @@ async fn browser_sign_in(
     origin: &str,
     no_browser: bool,
     max_age: Option<i64>,
+    step_up: Option<&str>,
 ) -> Result<Credential> {
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let port = listener.local_addr()?.port();
     let verifier = crypto::random_token(48);
     let state = crypto::random_token(16);
     let link = format!(
-        "{origin}/.castellan/cli/authorize?port={port}&state={state}&code_challenge={}{}",
+        "{origin}/.castellan/cli/authorize?port={port}&state={state}&code_challenge={}{}{}",
         crypto::pkce_challenge(&verifier),
-        max_age.map(|m| format!("&max_age={m}")).unwrap_or_default()
+        max_age.map(|m| format!("&max_age={m}")).unwrap_or_default(),
+        step_up
+            .map(|a| format!(
+                "&app={}",
+                url::form_urlencoded::byte_serialize(a.as_bytes()).collect::<String>()
+            ))
+            .unwrap_or_default()
     );
     println!("Open this link to sign in, then approve:\n\n  {link}\n");
     if !no_browser {
@@ -378,6 +399,7 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
         upstream_auth: None,
         cors_origins: Vec::new(),
         reauth_max_age: None,
+        step_up: Default::default(),
         headers: Default::default(),
         claims: Default::default(),
     });

@@ -172,6 +172,14 @@ async fn connect(
                 url.origin().ascii_serialization()
             );
         }
+        if body["error"] == "insufficient_user_authentication" {
+            bail!(
+                "{}: run `castellan login {url}` again and sign in that way",
+                body["message"]
+                    .as_str()
+                    .unwrap_or("the app needs a stronger sign-in")
+            );
+        }
         match body["message"].as_str() {
             Some(m) => bail!("{url} answered {status}: {m}"),
             None => bail!(
