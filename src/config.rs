@@ -329,6 +329,32 @@ pub struct App {
     /// What the app learns of the person beyond email and id: claims added to the assertion
     /// (`assertion_claims`) and sent as headers (`claim_headers`, header → claim).
     pub claims: AppClaims,
+    /// The person's own tokens from their sign-in provider, sent to the app (opt-in).
+    pub provider_tokens: ProviderTokens,
+}
+
+/// What an app asks of the person's provider tokens: the headers that carry their access token
+/// (`access_token_header`) and ID token (`id_token_header`), and the scopes its access token needs
+/// beyond the provider's (`provider_scopes`, asked for when a sign-in is for this app).
+#[derive(Debug, Clone, Default)]
+pub struct ProviderTokens {
+    pub access_token_header: Option<http::HeaderName>,
+    pub id_token_header: Option<http::HeaderName>,
+    pub scopes: Vec<String>,
+}
+
+impl ProviderTokens {
+    /// Whether the app asks for any token.
+    pub fn wanted(&self) -> bool {
+        self.access_token_header.is_some() || self.id_token_header.is_some()
+    }
+
+    /// The headers castellan alone fills for this app (a client's copies are removed).
+    pub fn headers(&self) -> impl Iterator<Item = &http::HeaderName> {
+        self.access_token_header
+            .iter()
+            .chain(self.id_token_header.iter())
+    }
 }
 
 /// The claims an app asks for (`groups`, `amr`, `acr`, or one a provider's `claims` keeps).
@@ -464,6 +490,12 @@ impl App {
         let host = self.upstream.host_str().unwrap_or_default();
         let port = self.upstream.port_or_known_default().unwrap_or(0);
         format!("{host}:{port}")
+    }
+
+    /// Whether a sign-in for this app asks for more than a plain one: a step-up, or the
+    /// provider's tokens (with their scopes). The sign-in URL then names the app.
+    pub fn asks_at_sign_in(&self) -> bool {
+        !self.step_up.is_empty() || self.provider_tokens.wanted()
     }
 
     /// What conditions see as `destination.ip` and `destination.port`: a TCP app's upstream host
@@ -851,6 +883,9 @@ const APP_KEYS: &[&str] = &[
     "remove_response_headers",
     "assertion_claims",
     "claim_headers",
+    "access_token_header",
+    "id_token_header",
+    "provider_scopes",
 ];
 /// The keys a TCP app refuses (castellan passes its bytes through, with no HTTP headers): the
 /// tail of [`APP_KEYS`] from `identity_headers` on.
@@ -1012,6 +1047,12 @@ impl Reader<'_> {
         let reauth_default = self.duration(&mut t, "", "reauth_max_age");
         let apps = self.apps(&mut t, reauth_default);
         for (i, app) in apps.iter().enumerate() {
+            if app.provider_tokens.wanted() && providers.is_empty() {
+                self.problem(
+                    format!("apps[{i}]"),
+                    format!("app {} asks for the person's provider tokens, which only a sign-in provider gives (local accounts have none): add a [[providers]] entry or remove access_token_header and id_token_header", app.id),
+                );
+            }
             if !app.step_up.acr.is_empty() && providers.is_empty() {
                 self.problem(
                     format!("apps[{i}].require_acr"),
@@ -1890,6 +1931,7 @@ impl Reader<'_> {
                 remove_response: self.header_names(&mut a, &prefix, "remove_response_headers"),
             };
             let claims = self.app_claims(&mut a, &prefix, &headers);
+            let provider_tokens = self.provider_tokens(&mut a, &prefix, &headers, &claims);
             let step_up = StepUp {
                 second_factor: self
                     .boolean(&mut a, &prefix, "require_second_factor")
@@ -1939,6 +1981,7 @@ impl Reader<'_> {
                     step_up,
                     headers,
                     claims,
+                    provider_tokens,
                 });
             }
         }
@@ -2033,6 +2076,57 @@ impl Reader<'_> {
             ),
         }
         out
+    }
+
+    /// `access_token_header`, `id_token_header` and `provider_scopes`: header names of the app's
+    /// own (no rule, claim or castellan header uses them), and scopes only for an access token.
+    fn provider_tokens(
+        &mut self,
+        a: &mut toml::Table,
+        prefix: &str,
+        rules: &HeaderRules,
+        claims: &AppClaims,
+    ) -> ProviderTokens {
+        let mut header = |r: &mut Self, key: &str| -> Option<http::HeaderName> {
+            let name = r.string(a, prefix, key)?;
+            let at = format!("{prefix}{key}");
+            let parsed = r.header_name(at.clone(), &name, true)?;
+            let taken = rules.set_request.iter().any(|(n, _)| *n == parsed)
+                || rules.remove_request.contains(&parsed)
+                || claims.headers.iter().any(|(n, _)| *n == parsed);
+            if taken {
+                r.problem(at, format!("{name} is also in this app's request header rules or claim_headers: give the token a header of its own"));
+                return None;
+            }
+            Some(parsed)
+        };
+        let access_token_header = header(self, "access_token_header");
+        let id_token_header = header(self, "id_token_header");
+        if access_token_header.is_some() && access_token_header == id_token_header {
+            self.problem(
+                format!("{prefix}id_token_header"),
+                "the access token and the ID token need headers of their own",
+            );
+        }
+        let scopes = self.string_list(
+            a,
+            prefix,
+            "provider_scopes",
+            32,
+            |s| !s.is_empty() && s.len() <= 512 && !s.contains(char::is_whitespace),
+            "expected a list of OAuth scopes, e.g. [\"https://www.googleapis.com/auth/bigquery.readonly\"]",
+        );
+        if !scopes.is_empty() && access_token_header.is_none() {
+            self.problem(
+                format!("{prefix}provider_scopes"),
+                "provider_scopes are for the access token the app receives: add access_token_header too",
+            );
+        }
+        ProviderTokens {
+            access_token_header,
+            id_token_header,
+            scopes,
+        }
     }
 
     /// A header name for an app's header rules, or the problem reported.
@@ -2786,6 +2880,66 @@ id = "b"
         );
         let err = parse(&format!("{provider}{}", app("require_acr = [\"a b\"]"))).unwrap_err();
         assert!(err[0].message.contains("no spaces"), "{err:?}");
+    }
+
+    #[test]
+    fn provider_token_keys_name_headers_of_their_own() {
+        let provider = "[[providers]]\nid=\"corp\"\nissuer=\"https://idp.example.com\"\nclient_id=\"c\"\nclient_secret=\"${SECRET}\"\n";
+        let app = |keys: &str| {
+            format!(
+                "[[apps]]\nid=\"bq\"\nhost = \"bq.example.com\"\nupstream = \"http://127.0.0.1:1\"\n{keys}\n"
+            )
+        };
+        let c = parse(&format!(
+            "{provider}{}",
+            app("access_token_header = \"Authorization\"\nid_token_header = \"X-Id-Token\"\nprovider_scopes = [\"api:read\"]")
+        ))
+        .unwrap();
+        let t = &c.apps[0].provider_tokens;
+        assert_eq!(t.access_token_header, Some(http::header::AUTHORIZATION));
+        assert_eq!(t.scopes, ["api:read"]);
+        assert!(c.apps[0].asks_at_sign_in());
+        for (keys, with_provider, key, needle) in [
+            (
+                "access_token_header = \"X-T\"",
+                false,
+                "apps[0]",
+                "only a sign-in provider gives",
+            ),
+            (
+                "provider_scopes = [\"api:read\"]",
+                true,
+                "apps[0].provider_scopes",
+                "add access_token_header",
+            ),
+            (
+                "access_token_header = \"X-T\"\nid_token_header = \"X-T\"",
+                true,
+                "apps[0].id_token_header",
+                "headers of their own",
+            ),
+            (
+                "access_token_header = \"X-Castellan-Token\"",
+                true,
+                "apps[0].access_token_header",
+                "identity headers",
+            ),
+            (
+                "set_request_headers = { \"X-T\" = \"a\" }\naccess_token_header = \"X-T\"",
+                true,
+                "apps[0].access_token_header",
+                "header rules",
+            ),
+        ] {
+            let toml = if with_provider {
+                format!("{provider}{}", app(keys))
+            } else {
+                app(keys)
+            };
+            let err = parse(&toml).unwrap_err();
+            assert_eq!(err[0].key, key, "{keys}: {err:?}");
+            assert!(err[0].message.contains(needle), "{keys}: {err:?}");
+        }
     }
 
     #[test]

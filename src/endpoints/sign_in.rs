@@ -42,7 +42,10 @@ pub async fn page(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> Answ
             .await
             .map_err(|e| Failure::internal("reading the session", &e))?;
         if let Some(s) = session {
-            let lacking = step_up.filter(|app| app.step_up.shortfall(&s.identity).is_some());
+            let lacking = match step_up {
+                Some(app) if step_up::session_lacks(state, app, &s).await? => Some(app),
+                _ => None,
+            };
             match lacking {
                 // Already signed in (as the app needs) and on the way to another host castellan
                 // serves: hand over at once.
@@ -198,7 +201,7 @@ pub fn render(state: &State, browser: &str, start: &Start<'_>, message: Option<&
         local: local.then(|| (state.csrf_token(browser), "")),
         return_to: start.return_to,
         app,
-        notice: start.step_up.map(step_up::notice),
+        notice: start.step_up.and_then(step_up::notice),
         error: message,
     })
 }
@@ -259,6 +262,10 @@ async fn start_flow(
         fresh: start.fresh,
         max_age: start.max_age,
         acr_values: acr_values.as_deref(),
+        extra_scopes: start
+            .step_up
+            .map(|a| a.provider_tokens.scopes.as_slice())
+            .unwrap_or_default(),
     };
     let url = client
         .authorization_url(&st, &flow.nonce, &flow.pkce_verifier, &asking)
@@ -391,6 +398,31 @@ pub async fn callback(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> 
         };
         return start_flow(state, client, browser, &start).await;
     }
+    // An app that asks for the access token (with its scopes): the provider must have given it
+    // (else the app would send the person here again and again).
+    let granted = signed_in.access.as_ref().map(|a| {
+        a.scope.clone().unwrap_or_else(|| {
+            requested_scopes(client, step_up::wanted(state, Some(&flow.step_up_app)))
+        })
+    });
+    if let Some(app) = step_up::wanted(state, Some(&flow.step_up_app))
+        && app.provider_tokens.access_token_header.is_some()
+    {
+        let granted = granted.as_deref().unwrap_or("");
+        let all = app
+            .provider_tokens
+            .scopes
+            .iter()
+            .all(|w| granted.split(' ').any(|g| g == w));
+        if !all || signed_in.access.is_none() {
+            state.metrics.sign_in(&client.config.id, "rejected");
+            return Err(step_up::scopes_refused(
+                app,
+                &client.config.display_name,
+                granted,
+            ));
+        }
+    }
     if signed_in.groups_overage
         && !state
             .directories
@@ -415,6 +447,15 @@ pub async fn callback(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> 
                 id_token: signed_in.id_token,
                 sid: signed_in.sid.unwrap_or_default(),
                 refresh_token: signed_in.refresh_token.map(|t| client.seal(&t)),
+                // Kept only while some app asks for it.
+                access: signed_in
+                    .access
+                    .filter(|_| state.keeps_provider_tokens())
+                    .map(|a| SealedAccess {
+                        token: client.seal(&a.token),
+                        expires_at: a.expires_at,
+                        scopes: granted.unwrap_or_default(),
+                    }),
             }),
         },
         &flow.return_to,
@@ -439,6 +480,30 @@ pub struct ProviderSession {
     pub sid: String,
     /// The provider's refresh token, sealed, when it granted offline access (revalidation).
     pub refresh_token: Option<String>,
+    /// The provider's access token, sealed, when an app asks for it.
+    pub access: Option<SealedAccess>,
+}
+
+/// A provider access token as the store keeps it.
+pub struct SealedAccess {
+    pub token: String,
+    pub expires_at: i64,
+    /// The scopes granted, space-separated.
+    pub scopes: String,
+}
+
+/// The scopes a sign-in asked `client` for (the provider's, and those of the app it is for).
+fn requested_scopes(client: &oidc::Client, app: Option<&App>) -> String {
+    let mut scopes: Vec<&str> = client.config.scopes.iter().map(String::as_str).collect();
+    for s in app
+        .map(|a| a.provider_tokens.scopes.as_slice())
+        .unwrap_or_default()
+    {
+        if !scopes.contains(&s.as_str()) {
+            scopes.push(s);
+        }
+    }
+    scopes.join(" ")
 }
 
 /// Creates a new session (never reusing an id the browser brought: no fixation) and sends the
@@ -505,6 +570,20 @@ pub async fn start_session(
             state
                 .store
                 .set_refresh_token(&crypto::digest(&id), sealed)
+                .await
+                .map_err(|e| Failure::internal("creating the session", &e))?;
+        }
+        if let Some(a) = &p.access {
+            state
+                .store
+                .set_provider_tokens(
+                    &crypto::digest(&id),
+                    &a.token,
+                    a.expires_at,
+                    &a.scopes,
+                    None,
+                    None,
+                )
                 .await
                 .map_err(|e| Failure::internal("creating the session", &e))?;
         }

@@ -1,5 +1,6 @@
-//! Step-up on the sign-in pages. The gate names an app with a step-up on the sign-in URL
-//! (`app=ID`); the sign-in then asks for what that app needs and checks that it got it:
+//! Step-up on the sign-in pages. The gate names an app with a step-up (or provider scopes) on the
+//! sign-in URL (`app=ID`); the sign-in then asks for what that app needs and checks that it got
+//! it (a provider's sign-in also asks for the app's `provider_scopes`, which must be granted):
 //! - a provider is sent the app's `acr_values`, and its ID token must meet the app's step-up
 //!   (`amr` and `acr`); one that does not is asked once more for a fresh authentication
 //!   (`prompt=login`, its own session may predate what the app needs), then refused with a page
@@ -19,14 +20,39 @@ use crate::web::pages::{self, esc};
 /// The account page, where a local account adds what an app asks for.
 const ACCOUNT: &str = super::account::PATH;
 
-/// The app a sign-in is for (`app=ID`), when it has a step-up.
+/// The app a sign-in is for (`app=ID`), when it asks for more than a plain sign-in (a step-up,
+/// provider scopes).
 pub fn wanted<'a>(state: &'a State, app: Option<&str>) -> Option<&'a App> {
-    state.config.app(app?).filter(|a| !a.step_up.is_empty())
+    state.config.app(app?).filter(|a| a.asks_at_sign_in())
 }
 
-/// The sign-in page's explanation of what `app` asks for.
-pub fn notice(app: &App) -> String {
+/// Whether the signed-in `session` lacks what a sign-in for `app` gives: its step-up, or (for a
+/// provider's sign-in) the provider tokens the app asks for, with their scopes.
+pub async fn session_lacks(
+    state: &State,
+    app: &App,
+    session: &crate::runtime::sessions::SessionRef,
+) -> Result<bool, Failure> {
+    if app.step_up.shortfall(&session.identity).is_some() {
+        return Ok(true);
+    }
+    if !app.provider_tokens.wanted() || session.identity.provider == "local" {
+        return Ok(false);
+    }
+    let tokens = state
+        .store
+        .provider_tokens(&session.digest)
+        .await
+        .map_err(|e| Failure::internal("reading the session", &e))?;
+    Ok(!tokens.is_some_and(|t| t.serve(&app.provider_tokens, crate::clock::now())))
+}
+
+/// The sign-in page's explanation of what `app`'s step-up asks for (None without one).
+pub fn notice(app: &App) -> Option<String> {
     let s = &app.step_up;
+    if s.is_empty() {
+        return None;
+    }
     let mut wants = Vec::new();
     if s.passkey {
         wants.push(s.describe(Shortfall::Passkey));
@@ -43,11 +69,11 @@ pub fn notice(app: &App) -> String {
     } else {
         ""
     };
-    format!(
+    Some(format!(
         "<p class=\"notice\" role=\"status\">{} needs {}.{how}</p>",
         esc(&app.id),
         esc(&wants.join(" and "))
-    )
+    ))
 }
 
 /// Whether local accounts can meet `app`'s step-up at all (an `acr` is a provider's word).
@@ -128,6 +154,23 @@ pub fn account_notice(state: &State, params: &[(String, String)]) -> String {
          (castellan first asks you to confirm it's you), then <a href=\"{}\">sign in with it and continue</a>.</p>",
         esc(&app.id),
         esc(&back)
+    )
+}
+
+/// A provider's sign-in for `app` that did not grant the scopes the app's access token needs.
+pub fn scopes_refused(app: &App, provider: &str, granted: &str) -> Failure {
+    Failure::sign_in_failed(
+        "The sign-in did not grant what the app needs",
+        format!(
+            "{} needs access that {provider} did not grant: {} (granted: {}). Sign in again and allow it, or ask your administrator.",
+            app.id,
+            app.provider_tokens.scopes.join(" "),
+            if granted.is_empty() {
+                "nothing"
+            } else {
+                granted
+            }
+        ),
     )
 }
 

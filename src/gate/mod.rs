@@ -3,6 +3,7 @@
 //! ```text
 //! credential (cookie or bearer token)  →  checks (expiry, re-authentication, step-up)  →  decision
 //!   →  live registration (what ends the connection if it outlives its request)  →  identity headers
+//!   (and the person's provider tokens, for an app that asks for them)
 //! ```
 //!
 //! [`admit`] is that chain, written once. The proxy ([`app`]) and the tunnels ([`tunnel`]) call it
@@ -33,6 +34,7 @@ use crate::policy::condition::Context;
 use crate::policy::{Decision, Principal, Reason, Who};
 use crate::runtime::State;
 use crate::runtime::live::{Grounds, Pending};
+use crate::runtime::provider_tokens::Served;
 use crate::web::ctx::{Ctx, Outcome, Why};
 use crate::web::failure::Failure;
 use crate::web::{HeaderList, pages};
@@ -148,10 +150,28 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
     }
     ctx.mark(Outcome::Allow, Why::Policy(grant.reason()));
     ctx.binding = Some(grant.label().clone());
-    let headers = match &principal {
+    let mut headers = match &principal {
         Some(p) => identity::headers(state, ask.app, p)?,
         None => Vec::new(),
     };
+    // The person's own provider tokens, for an app that asks for them.
+    if ask.app.provider_tokens.wanted()
+        && let Credential::Session(session) = &credential
+    {
+        match state.provider_tokens_for(ask.app, session).await? {
+            Served::Tokens {
+                access_token,
+                id_token,
+            } => headers.extend(provider_token_headers(ask.app, access_token, id_token)),
+            Served::Nothing => {}
+            Served::SignIn => {
+                return Err(Failure::provider_tokens_required(
+                    sign_in_url(ask, None),
+                    &ask.app.id,
+                ));
+            }
+        }
+    }
     let live = principal.as_ref().map(|p| Pending {
         registry: state.live.clone(),
         grounds: Grounds {
@@ -171,6 +191,31 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         headers,
         live,
     })
+}
+
+/// The headers that carry the person's provider tokens to `app`: the token as it is, or
+/// `Bearer TOKEN` in `Authorization`. A token that cannot be a header value is left out.
+fn provider_token_headers(
+    app: &App,
+    access_token: Option<String>,
+    id_token: Option<String>,
+) -> HeaderList {
+    let wanted = &app.provider_tokens;
+    [
+        (wanted.access_token_header.as_ref(), access_token),
+        (wanted.id_token_header.as_ref(), id_token),
+    ]
+    .into_iter()
+    .filter_map(|(name, token)| {
+        let (name, token) = (name?, token?);
+        let value = if name == header::AUTHORIZATION {
+            format!("Bearer {token}")
+        } else {
+            token
+        };
+        Some((name.clone(), http::HeaderValue::from_str(&value).ok()?))
+    })
+    .collect()
 }
 
 /// [`admit`] for a request that came straight to castellan (the proxy's and the tunnel's front
@@ -204,8 +249,8 @@ fn sign_in(ask: &Ask<'_>, max_age: Option<u64>) -> Failure {
     Failure::sign_in(sign_in_url(ask, max_age), max_age)
 }
 
-/// Where that sign-in starts. An app with a step-up is named (`app=ID`), so that the sign-in asks
-/// for what the app needs the first time.
+/// Where that sign-in starts. An app with a step-up or provider scopes is named (`app=ID`), so
+/// that the sign-in asks for what the app needs the first time.
 fn sign_in_url(ask: &Ask<'_>, max_age: Option<u64>) -> String {
     let mut url = format!(
         "{}/.castellan/sign_in?rd={}",
@@ -215,7 +260,7 @@ fn sign_in_url(ask: &Ask<'_>, max_age: Option<u64>) -> String {
     if let Some(m) = max_age {
         url.push_str(&format!("&max_age={m}"));
     }
-    if !ask.app.step_up.is_empty() {
+    if ask.app.asks_at_sign_in() {
         url.push_str(&format!("&app={}", pages::q(&ask.app.id)));
     }
     url

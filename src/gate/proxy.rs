@@ -119,9 +119,15 @@ pub async fn forward(
     let headers = &mut parts.headers;
     remove_hop_by_hop(headers);
     strip_identity_headers(headers);
-    // The app's claim headers come from castellan only: a client's copy never reaches the app,
-    // also when the person has no such claim.
-    for (name, _) in &app.claims.headers {
+    // The app's claim and provider-token headers come from castellan only: a client's copy never
+    // reaches the app, also when the person has no such claim or token.
+    for name in app
+        .claims
+        .headers
+        .iter()
+        .map(|(n, _)| n)
+        .chain(app.provider_tokens.headers())
+    {
         headers.remove(name);
     }
     crate::web::cookies::strip_own_cookies(headers);

@@ -114,6 +114,8 @@ pub struct SignedIn {
     pub groups_overage: bool,
     /// The provider's refresh token, when it granted offline access (for revalidation).
     pub refresh_token: Option<String>,
+    /// The provider's access token.
+    pub access: Option<AccessGrant>,
 }
 
 #[derive(Deserialize)]
@@ -121,6 +123,36 @@ struct TokenResponse {
     id_token: Option<String>,
     access_token: Option<String>,
     refresh_token: Option<String>,
+    /// Seconds (a number, or a string from some providers).
+    expires_in: Option<serde_json::Value>,
+    scope: Option<String>,
+}
+
+impl TokenResponse {
+    /// The access token it carries, with when it expires (an hour when the provider does not
+    /// say, as is usual) and the scopes it says were granted.
+    fn access(&self) -> Option<AccessGrant> {
+        let lifetime = match &self.expires_in {
+            Some(serde_json::Value::Number(n)) => n.as_i64(),
+            Some(serde_json::Value::String(s)) => s.parse().ok(),
+            _ => None,
+        }
+        .unwrap_or(3600);
+        Some(AccessGrant {
+            token: self.access_token.clone()?,
+            expires_at: crate::clock::now() + lifetime,
+            scope: self.scope.clone(),
+        })
+    }
+}
+
+/// The provider's access token from a sign-in or a refresh.
+#[derive(Debug, Clone)]
+pub struct AccessGrant {
+    pub token: String,
+    pub expires_at: i64,
+    /// The scopes granted, when the provider says (RFC 6749 §5.1: else those asked for).
+    pub scope: Option<String>,
 }
 
 #[derive(Deserialize)]
@@ -317,6 +349,7 @@ impl Client {
         }
         let tokens: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| self.rejected(format!("token response is not valid JSON: {e}")))?;
+        let access = tokens.access();
         let id_token = tokens.id_token.ok_or_else(|| {
             self.rejected("the token response has no id_token (is the `openid` scope requested?)")
         })?;
@@ -367,6 +400,7 @@ impl Client {
                 .extra
                 .get("_claim_names")
                 .is_some_and(|n| n.get("groups").is_some()),
+            access,
             refresh_token: tokens.refresh_token,
         })
     }

@@ -11,6 +11,7 @@ mod directories;
 pub mod keys;
 pub mod live;
 pub mod metrics;
+pub mod provider_tokens;
 pub mod reload;
 mod revalidation;
 pub mod sessions;
@@ -70,6 +71,8 @@ pub struct State {
     pub ip_limiter: Arc<Limiter>,
     pub audit: AuditSink,
     pub live: Arc<Registry>,
+    /// One refresh of a sign-in's grant at a time; see [`provider_tokens`].
+    pub refresh_locks: Arc<provider_tokens::RefreshLocks>,
     /// For providers, access-request notifications and upstream health probes.
     pub http: reqwest::Client,
     /// ID tokens for private upstreams, access tokens for directories.
@@ -108,6 +111,7 @@ struct Shared {
     ip_limiter: Arc<Limiter>,
     audit: AuditSink,
     live: Arc<Registry>,
+    refresh_locks: Arc<provider_tokens::RefreshLocks>,
     certs: Option<Arc<tls::Certs>>,
     reload_signal: Arc<tokio::sync::Notify>,
     changed: Arc<tokio::sync::Notify>,
@@ -139,6 +143,7 @@ impl State {
             ),
             metrics,
             live: Arc::new(Registry::default()),
+            refresh_locks: Arc::default(),
             certs,
             reload_signal: Arc::new(tokio::sync::Notify::new()),
             changed: Arc::new(tokio::sync::Notify::new()),
@@ -189,6 +194,7 @@ impl State {
                 ip_limiter: self.ip_limiter.clone(),
                 audit: self.audit.clone(),
                 live: self.live.clone(),
+                refresh_locks: self.refresh_locks.clone(),
                 certs: self.certs.clone(),
                 reload_signal: self.reload_signal.clone(),
                 changed: self.changed.clone(),
@@ -206,6 +212,7 @@ impl State {
             ip_limiter,
             audit,
             live,
+            refresh_locks,
             certs,
             reload_signal,
             changed,
@@ -244,6 +251,7 @@ impl State {
             http,
             metrics,
             live,
+            refresh_locks,
             snapshot: RwLock::new(Arc::new(Snapshot::default())),
             deactivated: RwLock::new(Arc::default()),
             revision: AtomicI64::new(-1),
@@ -264,6 +272,11 @@ impl State {
 
     pub fn provider(&self, id: &str) -> Option<&oidc::Client> {
         self.providers.iter().find(|p| p.config.id == id)
+    }
+
+    /// Whether sign-ins keep the provider's access token: only while some app asks for it.
+    pub fn keeps_provider_tokens(&self) -> bool {
+        self.config.apps.iter().any(|a| a.provider_tokens.wanted())
     }
 
     /// Whether `host` (lower case, no port) is castellan's own: the host of `public_url`, where

@@ -27,7 +27,21 @@ impl State {
                     return;
                 }
             };
-            for session in due {
+            for mut session in due {
+                // One refresh of a grant at a time (an app's access token may be renewed now),
+                // with the refresh token as it is after the wait.
+                let _one_at_a_time = self.refresh_locks.lock(&session.id_digest).await;
+                let scopes = match self.store.provider_tokens(&session.id_digest).await {
+                    Ok(Some(t)) => {
+                        session.refresh_token = t.refresh_token;
+                        t.scopes
+                    }
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::warn!("cannot read a session to revalidate: {e}");
+                        return;
+                    }
+                };
                 let Some(token) = client.open(&session.refresh_token) else {
                     // Sealed under a client secret that has since changed: it can never be
                     // used; the session lives out its lifetime as one without offline access.
@@ -42,10 +56,30 @@ impl State {
                     Ok(Refreshed::Valid {
                         refresh_token,
                         identity,
+                        access,
+                        id_token,
                     }) => {
                         let sealed = refresh_token
                             .map(|t| client.seal(&t))
                             .unwrap_or(session.refresh_token.clone());
+                        // The new access token serves the apps that ask for it.
+                        if let Some(a) = access.filter(|_| self.keeps_provider_tokens()) {
+                            let scopes = a.scope.clone().unwrap_or_else(|| scopes.clone());
+                            if let Err(e) = self
+                                .store
+                                .set_provider_tokens(
+                                    &session.id_digest,
+                                    &client.seal(&a.token),
+                                    a.expires_at,
+                                    &scopes,
+                                    id_token.as_deref(),
+                                    None,
+                                )
+                                .await
+                            {
+                                tracing::warn!("keeping a renewed access token: {e}");
+                            }
+                        }
                         match self
                             .store
                             .revalidated(&session.id_digest, &sealed, identity.as_deref())

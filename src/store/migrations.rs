@@ -88,6 +88,10 @@ const SQLITE: &[(&str, &str)] = &[
         "0019_step_up.sql",
         include_str!("../../migrations/sqlite/0019_step_up.sql"),
     ),
+    (
+        "0020_provider_tokens.sql",
+        include_str!("../../migrations/sqlite/0020_provider_tokens.sql"),
+    ),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -154,6 +158,10 @@ const POSTGRES: &[(&str, &str)] = &[
     (
         "0016_step_up.sql",
         include_str!("../../migrations/postgres/0016_step_up.sql"),
+    ),
+    (
+        "0017_provider_tokens.sql",
+        include_str!("../../migrations/postgres/0017_provider_tokens.sql"),
     ),
 ];
 

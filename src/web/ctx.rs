@@ -77,6 +77,8 @@ pub enum Why {
     Reauthentication,
     /// The sign-in lacks what the app's step-up asks for.
     StepUp(crate::policy::Shortfall),
+    /// The sign-in lacks the provider tokens the app asks for.
+    ProviderTokens,
     CrossOriginWebsocket,
     InternalError,
     StoreUnavailable,
@@ -117,6 +119,7 @@ impl Why {
             Why::StepUp(crate::policy::Shortfall::SecondFactor) => "step-up-second-factor",
             Why::StepUp(crate::policy::Shortfall::Passkey) => "step-up-passkey",
             Why::StepUp(crate::policy::Shortfall::Acr) => "step-up-acr",
+            Why::ProviderTokens => "provider-tokens",
             Why::CrossOriginWebsocket => "cross-origin-websocket",
             Why::InternalError => "internal-error",
             Why::StoreUnavailable => "store-unavailable",

@@ -148,6 +148,26 @@ impl Failure {
         f
     }
 
+    /// Signed in, but the sign-in does not hold the provider tokens `app` asks for (or the
+    /// access its token needs): a sign-in for the app gets them.
+    pub fn provider_tokens_required(sign_in_url: String, app: &str) -> Failure {
+        let mut f = Failure::new(
+            StatusCode::UNAUTHORIZED,
+            "provider_tokens_required",
+            "Sign in again",
+            format!(
+                "{app} works with your sign-in provider's tokens, which this sign-in does not hold (or not with the access {app} needs): sign in again"
+            ),
+            Outcome::SignIn,
+            Why::ProviderTokens,
+        )
+        .with("app", json!(app))
+        .with("sign_in_url", json!(sign_in_url));
+        f.0.challenge = Some(Challenge::Bearer);
+        f.0.redirect = Some(sign_in_url);
+        f
+    }
+
     /// Signed in, but the policy does not let `who` into `app`.
     pub fn denied(who: &str, app: &str, reason: Reason) -> Failure {
         Failure::new(

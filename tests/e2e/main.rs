@@ -19,6 +19,7 @@ mod local;
 mod oidc;
 mod policy;
 mod programmatic;
+mod provider_tokens;
 mod proxy;
 mod reload;
 mod replicas;

@@ -30,6 +30,9 @@
 //                              the sign-in's acr `acr` and its amr pwd, otp, mfa (as a provider's
 //                              step-up does; an existing session at a lower level is reused unless
 //                              the client sends prompt=login, as acr_values are voluntary)
+//   IDP_EXTRA_SCOPES           "api:read api:write" - more scopes clients may ask for (an API's, as Google's
+//                              BigQuery scope is), granted like the others
+//   IDP_ACCESS_TOKEN_TTL       seconds an access token lasts (3600)
 //   IDP_CONFORM_ID_TOKEN_CLAIMS=1  oidc-provider's default: in the code flow the
 //                              ID token then carries only sub/acr/...; email must be
 //                              read from userinfo. Default here: 0 (email in ID token).
@@ -186,7 +189,7 @@ const configuration = {
     profile: ['name', 'preferred_username', 'groups', '_claim_names', '_claim_sources', ...EXTRA_CLAIM_NAMES],
   },
   acrValues: [...new Set([...ACR.values(), ...(STEP_UP_ACR ? [STEP_UP_ACR] : [])])],
-  scopes: ['openid', 'offline_access', 'email', 'profile'],
+  scopes: ['openid', 'offline_access', 'email', 'profile', ...(env.IDP_EXTRA_SCOPES || '').split(' ').filter(Boolean)],
   conformIdTokenClaims: env.IDP_CONFORM_ID_TOKEN_CLAIMS === '1',
   pkce: { required: () => false }, // PKCE (S256) allowed, not required for confidential clients
   features: {
@@ -202,7 +205,7 @@ const configuration = {
   fetch: (url, options) => { delete options.dispatcher; return fetch(url, options); },
   cookies: { keys: [crypto.randomBytes(32).toString('hex')] },
   ttl: {
-    AccessToken: 3600, AuthorizationCode: 600, IdToken: 3600, Interaction: 3600,
+    AccessToken: Number(env.IDP_ACCESS_TOKEN_TTL || 3600), AuthorizationCode: 600, IdToken: 3600, Interaction: 3600,
     Session: 14 * 86400, Grant: 14 * 86400, RefreshToken: 14 * 86400,
   },
   async loadExistingGrant(ctx) {

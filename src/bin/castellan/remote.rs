@@ -402,6 +402,7 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
         step_up: Default::default(),
         headers: Default::default(),
         claims: Default::default(),
+        provider_tokens: Default::default(),
     });
     let upstream = Arc::new(Pool::for_apps(Duration::from_secs(10)));
     let authority = remote.host_str().map(|h| match remote.port() {

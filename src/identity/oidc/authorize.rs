@@ -16,6 +16,9 @@ pub struct Asking<'a> {
     pub max_age: Option<i64>,
     /// `acr_values`: the authentication levels wanted, most preferred first.
     pub acr_values: Option<&'a str>,
+    /// Scopes beyond the provider's own, for the app this sign-in is for (Google: incremental
+    /// authorization, `include_granted_scopes`).
+    pub extra_scopes: &'a [String],
 }
 
 impl Client {
@@ -33,13 +36,18 @@ impl Client {
         // with it; Google takes access_type=offline instead of the scope.
         let offline = self.offline_access();
         let google = self.config.issuer == GOOGLE_ISSUER;
-        let scopes: Vec<&str> = self
+        let mut scopes: Vec<&str> = self
             .config
             .scopes
             .iter()
             .map(String::as_str)
             .filter(|s| !(google && *s == "offline_access"))
             .collect();
+        for s in asking.extra_scopes {
+            if !scopes.contains(&s.as_str()) {
+                scopes.push(s);
+            }
+        }
         let mut prompts: Vec<&str> = Vec::new();
         if asking.select_account {
             prompts.push("select_account");
@@ -78,6 +86,9 @@ impl Client {
             }
             if offline && google {
                 q.append_pair("access_type", "offline");
+            }
+            if google && !asking.extra_scopes.is_empty() {
+                q.append_pair("include_granted_scopes", "true");
             }
         }
         Ok(url)

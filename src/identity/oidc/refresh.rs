@@ -12,7 +12,7 @@ use aws_lc_rs::aead::{AES_256_GCM, Aad, LessSafeKey, NONCE_LEN, Nonce, UnboundKe
 use base64::Engine;
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 
-use super::{Client, Error, TokenResponse};
+use super::{AccessGrant, Client, Error, TokenResponse};
 use crate::policy::Identity;
 
 /// What a refresh said.
@@ -22,6 +22,9 @@ pub enum Refreshed {
     Valid {
         refresh_token: Option<String>,
         identity: Option<Box<Identity>>,
+        /// The new access token, and the new ID token as sent.
+        access: Option<AccessGrant>,
+        id_token: Option<String>,
     },
     /// The provider refused the grant (`invalid_grant`): the session must end.
     Revoked(String),
@@ -52,6 +55,8 @@ impl Client {
         }
         let tokens: TokenResponse = serde_json::from_slice(&body)
             .map_err(|e| self.unavailable(format!("the refresh answer is not JSON: {e}")))?;
+        let access = tokens.access();
+        let id_token = tokens.id_token.clone();
         let identity = match tokens.id_token {
             None => None,
             Some(id_token) => {
@@ -77,6 +82,8 @@ impl Client {
         Ok(Refreshed::Valid {
             refresh_token: tokens.refresh_token,
             identity,
+            access,
+            id_token,
         })
     }
 
