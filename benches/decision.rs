@@ -58,6 +58,7 @@ fn bench(c: &mut Criterion) {
             ip: "10.0.0.1".parse().ok(),
             destination: None,
             auth: None,
+            access_levels: &[],
         };
         let groups: Vec<String> = vec!["eng".into()];
         assert!(
@@ -122,6 +123,7 @@ fn bench(c: &mut Criterion) {
         ip: "10.0.0.1".parse().ok(),
         destination: None,
         auth: None,
+        access_levels: &[],
     };
     let (inside, outside) = (cx(1_800_000_000), cx(1_800_000_000 - 3600));
     assert!(s.decide("demo", Role::Accessor, who, &inside).allowed());

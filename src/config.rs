@@ -13,6 +13,7 @@ use toml::Value;
 
 use crate::net::IpNet;
 use crate::policy::StepUp;
+use crate::policy::access_level::{AccessLevel, Window};
 use url::Url;
 
 /// The validated configuration. Everything the server sees has been checked.
@@ -56,6 +57,8 @@ pub struct Config {
     /// Where `group:` memberships come from besides castellan's own groups and the providers'
     /// claims: directories asked about each signed-in person.
     pub directories: Vec<Directory>,
+    /// Named requirements on a request's context that conditions reference (`[[access_levels]]`).
+    pub access_levels: Vec<AccessLevel>,
     /// The bearer token SCIM clients present at `/.castellan/scim/v2/` (None: SCIM is off).
     pub scim_token: Option<Secret>,
     pub apps: Vec<App>,
@@ -95,6 +98,9 @@ pub struct Tls {
     pub http_listen: Option<SocketAddr>,
     /// `Strict-Transport-Security` max-age; zero sends none.
     pub hsts: Duration,
+    /// CA certificates (PEM) that client certificates are verified against: with it, the
+    /// listener asks browsers for a certificate (without requiring one), for access levels.
+    pub client_ca: Option<PathBuf>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -833,7 +839,7 @@ impl Env for StoreOnly<'_> {
 
 /// Top-level keys the environment cannot override (lists and tables); with [`ENV_KEYS`], every
 /// top-level key.
-const TABLE_KEYS: &[&str] = &["providers", "directories", "apps", "tls"];
+const TABLE_KEYS: &[&str] = &["providers", "directories", "apps", "tls", "access_levels"];
 const DIRECTORY_KEYS: &[&str] = &[
     "id",
     "kind",
@@ -846,7 +852,16 @@ const DIRECTORY_KEYS: &[&str] = &[
     "client_secret",
     "authority",
 ];
-const TLS_KEYS: &[&str] = &["cert", "key", "acme", "http_listen", "hsts"];
+const TLS_KEYS: &[&str] = &["cert", "key", "acme", "http_listen", "hsts", "client_ca"];
+
+const ACCESS_LEVEL_KEYS: &[&str] = &[
+    "name",
+    "ip_ranges",
+    "client_certificate",
+    "days",
+    "hours",
+    "time_zone",
+];
 const ACME_KEYS: &[&str] = &["domains", "email", "directory", "ca_root", "challenge"];
 const PROVIDER_KEYS: &[&str] = &[
     "id",
@@ -1019,6 +1034,7 @@ impl Reader<'_> {
         let had_providers = t.contains_key("providers");
         let providers = self.providers(&mut t);
         let directories = self.directories(&mut t, base);
+        let access_levels = self.access_levels(&mut t);
         let scim_token = self.string(&mut t, "", "scim_token").and_then(|token| {
             if token.len() < 32 && !self.env.secrets_unused() {
                 self.problem(
@@ -1046,6 +1062,15 @@ impl Reader<'_> {
         let had_apps = t.contains_key("apps");
         let reauth_default = self.duration(&mut t, "", "reauth_max_age");
         let apps = self.apps(&mut t, reauth_default);
+        let client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
+        for (i, level) in access_levels.iter().enumerate() {
+            if level.client_certificate && !client_ca {
+                self.problem(
+                    format!("access_levels[{i}].client_certificate"),
+                    format!("access level `{}` asks for a client certificate, which castellan can only verify over HTTPS against the CA that issues them: set [tls] client_ca = \"/etc/castellan/device-ca.pem\"", level.name),
+                );
+            }
+        }
         for (i, app) in apps.iter().enumerate() {
             if app.provider_tokens.wanted() && providers.is_empty() {
                 self.problem(
@@ -1117,6 +1142,7 @@ impl Reader<'_> {
             admins,
             providers,
             directories,
+            access_levels,
             scim_token,
             apps,
             tls,
@@ -1389,6 +1415,139 @@ impl Reader<'_> {
         nets
     }
 
+    /// `[[access_levels]]`: a unique name and at least one requirement.
+    fn access_levels(&mut self, t: &mut toml::Table) -> Vec<AccessLevel> {
+        let mut out: Vec<AccessLevel> = Vec::new();
+        for (prefix, mut l) in self.tables(t, "access_levels") {
+            self.unknown_keys(&l, &prefix, ACCESS_LEVEL_KEYS);
+            let name = self.required(
+                &mut l,
+                &prefix,
+                "name",
+                "\"accessPolicies/1/accessLevels/corp_devices\"",
+            );
+            let mut ip_ranges = Vec::new();
+            match l.remove("ip_ranges") {
+                None => {}
+                Some(Value::Array(items)) => {
+                    for (i, item) in items.iter().enumerate() {
+                        match item.as_str().and_then(IpNet::parse) {
+                            Some(n) => ip_ranges.push(n),
+                            None => self.problem(
+                                format!("{prefix}ip_ranges[{i}]"),
+                                format!(
+                                    "{item} is not an address or network: write e.g. \"10.0.0.0/8\""
+                                ),
+                            ),
+                        }
+                    }
+                }
+                Some(_) => self.problem(
+                    format!("{prefix}ip_ranges"),
+                    "expected a list of networks, e.g. [\"10.0.0.0/8\", \"2001:db8::/32\"]",
+                ),
+            }
+            let client_certificate = self
+                .boolean(&mut l, &prefix, "client_certificate")
+                .unwrap_or(false);
+            let window = self.window(&mut l, &prefix);
+            if ip_ranges.is_empty() && !client_certificate && window.is_none() {
+                self.problem(
+                    prefix.trim_end_matches('.').to_string(),
+                    "an access level needs a requirement: ip_ranges, client_certificate = true, or days/hours",
+                );
+            }
+            let Some(name) = name else { continue };
+            if name.is_empty() || name.contains(char::is_whitespace) || name.contains('"') {
+                self.problem(format!("{prefix}name"), format!("`{name}` is not a level name: no spaces or quotes, e.g. \"accessPolicies/1/accessLevels/corp_devices\" or \"corp_devices\""));
+                continue;
+            }
+            if out.iter().any(|o| o.name == name) {
+                self.problem(
+                    format!("{prefix}name"),
+                    format!("access level `{name}` is defined twice"),
+                );
+                continue;
+            }
+            out.push(AccessLevel {
+                name,
+                ip_ranges,
+                client_certificate,
+                window,
+            });
+        }
+        out
+    }
+
+    /// An access level's `days`, `hours` and `time_zone`; None when it has neither days nor hours.
+    fn window(&mut self, l: &mut toml::Table, prefix: &str) -> Option<Window> {
+        const DAYS: [&str; 7] = ["mon", "tue", "wed", "thu", "fri", "sat", "sun"];
+        let days = l.remove("days");
+        let hours = self.string(l, prefix, "hours");
+        let zone = self.string(l, prefix, "time_zone");
+        if days.is_none() && hours.is_none() {
+            if zone.is_some() {
+                self.problem(
+                    format!("{prefix}time_zone"),
+                    "time_zone applies to days and hours: add them, or remove it",
+                );
+            }
+            return None;
+        }
+        let mut on = [days.is_none(); 7];
+        if let Some(days) = days {
+            let names: Option<Vec<&str>> = days
+                .as_array()
+                .and_then(|a| a.iter().map(|d| d.as_str()).collect());
+            match names {
+                Some(names) if !names.is_empty() => {
+                    for n in names {
+                        match DAYS.iter().position(|d| d.eq_ignore_ascii_case(&n[..n.len().min(3)]) && n.len() >= 3) {
+                            Some(i) => on[i] = true,
+                            None => self.problem(format!("{prefix}days"), format!("`{n}` is not a day: write e.g. [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]")),
+                        }
+                    }
+                }
+                _ => self.problem(
+                    format!("{prefix}days"),
+                    "expected a list of days, e.g. [\"mon\", \"tue\", \"wed\", \"thu\", \"fri\"]",
+                ),
+            }
+        }
+        let minutes = |s: &str| -> Option<u16> {
+            let (h, m) = s.trim().split_once(':')?;
+            let (h, m): (u16, u16) = (h.parse().ok()?, m.parse().ok()?);
+            (m < 60 && (h < 24 || (h == 24 && m == 0))).then_some(h * 60 + m)
+        };
+        let (from, to) = match &hours {
+            None => (0, 24 * 60),
+            Some(h) => match h
+                .split_once('-')
+                .and_then(|(a, b)| Some((minutes(a)?, minutes(b)?)))
+            {
+                Some((a, b)) if a < b => (a, b),
+                _ => {
+                    self.problem(format!("{prefix}hours"), format!("`{h}` is not a span of hours: write \"09:00-17:00\" (24-hour clock, the end excluded, within one day)"));
+                    (0, 24 * 60)
+                }
+            },
+        };
+        let zone = match zone.as_deref().map(crate::policy::condition::Zone::parse) {
+            None => crate::policy::condition::Zone::parse("UTC").ok()?,
+            Some(Ok(z)) => z,
+            Some(Err(e)) => {
+                self.problem(format!("{prefix}time_zone"), e);
+                return None;
+            }
+        };
+        Some(Window {
+            days: on,
+            from,
+            to,
+            zone,
+        })
+    }
+
     fn tables(&mut self, t: &mut toml::Table, key: &str) -> Vec<(String, toml::Table)> {
         let Some(v) = t.remove(key) else {
             return Vec::new();
@@ -1646,6 +1805,7 @@ impl Reader<'_> {
         };
         let cert = file(self, &mut tls, "cert");
         let key = file(self, &mut tls, "key");
+        let client_ca = file(self, &mut tls, "client_ca");
         let acme = match tls.remove("acme") {
             None => None,
             Some(Value::Table(mut a)) => {
@@ -1731,6 +1891,7 @@ impl Reader<'_> {
             certificates,
             http_listen,
             hsts,
+            client_ca,
         })
     }
 
@@ -2383,6 +2544,7 @@ mod tests {
             ("[tls]", TLS_KEYS.to_vec()),
             ("[[providers]]", PROVIDER_KEYS.to_vec()),
             ("[[directories]]", DIRECTORY_KEYS.to_vec()),
+            ("[[access_levels]]", ACCESS_LEVEL_KEYS.to_vec()),
             ("[[apps]]", APP_KEYS.to_vec()),
         ];
         let parsed: toml::Table = example.parse().unwrap();
@@ -2939,6 +3101,53 @@ id = "b"
             let err = parse(&toml).unwrap_err();
             assert_eq!(err[0].key, key, "{keys}: {err:?}");
             assert!(err[0].message.contains(needle), "{keys}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn access_levels_need_a_requirement_and_a_certificate_needs_a_client_ca() {
+        let c = parse(
+            "[[access_levels]]\nname = \"office\"\nip_ranges = [\"10.0.0.0/8\"]\ndays = [\"mon\", \"Friday\"]\nhours = \"09:00-17:30\"\ntime_zone = \"Europe/Berlin\"\n\
+             [[apps]]\nid=\"a\"\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\n",
+        )
+        .unwrap();
+        let w = c.access_levels[0].window.as_ref().unwrap();
+        assert_eq!(w.days, [true, false, false, false, true, false, false]);
+        assert_eq!((w.from, w.to), (9 * 60, 17 * 60 + 30));
+        for (level, key, needle) in [
+            ("name = \"x\"", "access_levels[0]", "needs a requirement"),
+            (
+                "name = \"x\"\nclient_certificate = true",
+                "access_levels[0].client_certificate",
+                "client_ca",
+            ),
+            (
+                "name = \"x\"\nhours = \"17:00-09:00\"",
+                "access_levels[0].hours",
+                "not a span of hours",
+            ),
+            (
+                "name = \"x\"\ndays = [\"someday\"]",
+                "access_levels[0].days",
+                "not a day",
+            ),
+            (
+                "name = \"x\"\nhours = \"09:00-17:00\"\ntime_zone = \"Europe/Berln\"",
+                "access_levels[0].time_zone",
+                "did you mean",
+            ),
+            (
+                "name = \"a b\"\nip_ranges = [\"10.0.0.0/8\"]",
+                "access_levels[0].name",
+                "not a level name",
+            ),
+        ] {
+            let err = parse(&format!(
+                "[[access_levels]]\n{level}\n[[apps]]\nid=\"a\"\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\n"
+            ))
+            .unwrap_err();
+            assert_eq!(err[0].key, key, "{level}: {err:?}");
+            assert!(err[0].message.contains(needle), "{level}: {err:?}");
         }
     }
 

@@ -139,8 +139,10 @@ pub fn condition(data: &[u8]) {
                     acr: Some("urn:x"),
                     claims: &claims,
                 }),
+                access_levels: &["accessPolicies/1/accessLevels/corp"],
             };
             let _ = c.eval(&cx);
+            let _ = c.access_levels_named();
             let _ = c.expiry();
         }
         Err(e) => {

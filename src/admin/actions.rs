@@ -56,7 +56,7 @@ pub(super) async fn post(
                     "" => None,
                     d => Some(ops::parse_expires(d, crate::clock::now())?),
                 };
-                let condition = ops::condition(None, None, expires)?;
+                let condition = ops::condition(&state.config.access_levels, None, None, expires)?;
                 let (_, added) = ops::add(
                     &state.store,
                     &Resource::App(id.to_string()),
@@ -166,7 +166,7 @@ pub(super) async fn post(
                 };
                 let member =
                     Member::parse(&format!("user:{}", request.email)).map_err(|e| e.to_string())?;
-                let condition = ops::condition(None, None, expires)?;
+                let condition = ops::condition(&state.config.access_levels, None, None, expires)?;
                 let resource = Resource::App(request.app.clone());
                 let role = ops::role_for(&state.config.apps, &resource, None)?;
                 ops::add(&state.store, &resource, role, member, condition, &actor)

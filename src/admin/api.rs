@@ -94,6 +94,8 @@ fn is_admin(
         ip: Some(ip),
         destination: None,
         auth: Some(caller.auth(caller.castellan_groups(snapshot))),
+        // Administration is not an app request: conditions on it meet no access level.
+        access_levels: &[],
     };
     snapshot.has_role(app, Role::Admin, caller.who(), &cx)
 }
@@ -205,6 +207,9 @@ struct CheckBody {
     acr: Option<String>,
     #[serde(default)]
     claims: std::collections::BTreeMap<String, serde_json::Value>,
+    /// Whether the request would come with a verified client certificate (access levels).
+    #[serde(default)]
+    client_certificate: bool,
 }
 
 #[derive(Deserialize)]
@@ -262,7 +267,7 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
             let confirm = q("confirm_public").as_deref() == Some("true");
             let doc: Document = json_body(req).await?;
             let policy = Policy::from_document(&doc).map_err(|e| bad(e.to_string()))?;
-            ops::roles_fit(&state.config.apps, &r, &policy).map_err(bad)?;
+            ops::fits(&state.config, &r, &policy).map_err(bad)?;
             if policy.is_public() && !confirm {
                 return Err(bad(
                     "this policy makes the app public (allUsers): add ?confirm_public=true",
@@ -301,7 +306,8 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
                 Some(c) => (Some(c.expression.as_str()), c.title.as_deref()),
                 None => (None, None),
             };
-            let condition = ops::condition(expr, title, expires).map_err(bad)?;
+            let condition =
+                ops::condition(&state.config.access_levels, expr, title, expires).map_err(bad)?;
             let (policy, added) =
                 ops::add(&state.store, &r, role, member, condition, &actor).await?;
             let mut v = policy_json(&policy);
@@ -401,6 +407,14 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
             person.amr = body.amr.clone();
             person.acr = body.acr.clone();
             person.claims = body.claims.clone();
+            let levels = crate::policy::access_level::met(
+                &state.config.access_levels,
+                &crate::policy::access_level::Seen {
+                    ip: body.ip,
+                    client_certificate: body.client_certificate,
+                    time: at,
+                },
+            );
             let cx = Context {
                 path: &path,
                 host: body.host.as_deref().unwrap_or(""),
@@ -414,6 +428,7 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
                     .find(|a| a.id == body.app)
                     .and_then(crate::config::App::destination),
                 auth: Some(person.auth(snapshot.groups_of(&email))),
+                access_levels: &levels,
             };
             let who = crate::policy::Who::User {
                 email: &email,

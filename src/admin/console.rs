@@ -49,6 +49,7 @@ fn cx_now<'a>(auth: crate::policy::condition::Auth<'a>) -> Context<'a> {
         ip: None,
         destination: None,
         auth: Some(auth),
+        access_levels: &[],
     }
 }
 

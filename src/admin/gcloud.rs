@@ -5,6 +5,7 @@
 use std::fmt;
 
 use crate::config::{App, AppKind};
+use crate::policy::access_level::AccessLevel;
 use crate::policy::condition::Condition;
 use crate::policy::{Document, DocumentBinding, Member, Policy, Role};
 
@@ -57,7 +58,7 @@ impl Import {
 }
 
 /// Reads gcloud's output for `app`, binding by binding.
-pub fn import(text: &str, app: &App) -> Result<Import, String> {
+pub fn import(text: &str, app: &App, levels: &[AccessLevel]) -> Result<Import, String> {
     let value: serde_json::Value = match serde_json::from_str(text) {
         Ok(v) => v,
         Err(json_err) => serde_yaml_ng::from_str(text)
@@ -118,6 +119,21 @@ pub fn import(text: &str, app: &App) -> Result<Import, String> {
                         report.push(refuse(format!(
                             "its condition reads destination.ip/port, which only TCP apps have, and {} is a web app",
                             app.id
+                        )));
+                        continue;
+                    }
+                    Ok(c)
+                        if c.access_levels_named()
+                            .iter()
+                            .any(|n| !levels.iter().any(|l| l.name == *n)) =>
+                    {
+                        let missing = c
+                            .access_levels_named()
+                            .into_iter()
+                            .find(|n| !levels.iter().any(|l| l.name == *n))
+                            .unwrap_or_default();
+                        report.push(refuse(format!(
+                            "its condition needs access level `{missing}`, which this castellan does not define: add an [[access_levels]] entry with name = \"{missing}\" (its IP ranges, device certificate or hours) to the configuration, then import again"
                         )));
                         continue;
                     }

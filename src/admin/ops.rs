@@ -4,8 +4,9 @@
 use std::fmt::Write;
 
 use crate::clock::{format_rfc3339, parse_rfc3339};
-use crate::config::{App, AppKind};
+use crate::config::{App, AppKind, Config};
 use crate::policy::Explanation;
+use crate::policy::access_level::AccessLevel;
 use crate::policy::condition;
 use crate::policy::snapshot::{Decision, Resource};
 use crate::policy::{BindingCondition, Member, Policy, Role};
@@ -40,12 +41,35 @@ pub fn role_for(apps: &[App], resource: &Resource, given: Option<&str>) -> Resul
     }
 }
 
-/// Refuses a whole policy for `resource` with a binding that could grant nothing there (an access
-/// role of the other kind of app), naming the binding and the role the app needs.
-pub fn roles_fit(apps: &[App], resource: &Resource, policy: &Policy) -> Result<(), String> {
+/// Refuses a whole policy for `resource` that does not fit the configuration: a binding that
+/// could grant nothing there (an access role of the other kind of app), or whose condition names
+/// an access level the configuration does not define, naming the binding and the fix.
+pub fn fits(config: &Config, resource: &Resource, policy: &Policy) -> Result<(), String> {
     for (i, b) in policy.bindings.iter().enumerate() {
-        role_for(apps, resource, Some(b.role.as_str()))
+        role_for(&config.apps, resource, Some(b.role.as_str()))
             .map_err(|e| format!("bindings[{i}]: {e}"))?;
+        if let Some(c) = &b.condition {
+            levels_known(&config.access_levels, c).map_err(|e| format!("bindings[{i}]: {e}"))?;
+        }
+    }
+    Ok(())
+}
+
+/// Refuses a condition that names an access level the configuration does not define (it could
+/// never hold), saying which ones it has.
+pub fn levels_known(levels: &[AccessLevel], condition: &BindingCondition) -> Result<(), String> {
+    for name in condition.access_levels_named() {
+        if !levels.iter().any(|l| l.name == name) {
+            let known: Vec<&str> = levels.iter().map(|l| l.name.as_str()).collect();
+            return Err(format!(
+                "the condition names access level \"{name}\", which is not configured ({}): add an [[access_levels]] entry with name = \"{name}\", or name one of those",
+                if known.is_empty() {
+                    "there are none".to_string()
+                } else {
+                    format!("configured: {}", known.join(", "))
+                }
+            ));
+        }
     }
     Ok(())
 }
@@ -67,6 +91,7 @@ pub fn parse_expires(s: &str, now: i64) -> Result<i64, String> {
 
 /// The condition for `--condition EXPR [--condition-title T]` and/or `--expires WHEN`.
 pub fn condition(
+    levels: &[AccessLevel],
     expression: Option<&str>,
     title: Option<&str>,
     expires: Option<i64>,
@@ -85,14 +110,14 @@ pub fn condition(
         ),
     };
     let title = title.map(str::to_string).unwrap_or(default_title);
-    BindingCondition::new(&title, "", &expr)
-        .map(Some)
-        .map_err(|e: condition::Error| {
-            format!(
-                "the condition is not valid {e}:\n  {}",
-                e.pointed(&expr).replace('\n', "\n  ")
-            )
-        })
+    let c = BindingCondition::new(&title, "", &expr).map_err(|e: condition::Error| {
+        format!(
+            "the condition is not valid {e}:\n  {}",
+            e.pointed(&expr).replace('\n', "\n  ")
+        )
+    })?;
+    levels_known(levels, &c)?;
+    Ok(Some(c))
 }
 
 /// Adds a member to a role (with an optional condition); returns the new policy and whether it
@@ -257,8 +282,8 @@ mod tests {
             Member::parse("user:b@example.com").unwrap(),
             None,
         );
-        assert!(roles_fit(&config.apps, &app("web"), &p).is_ok());
-        let err = roles_fit(&config.apps, &app("ssh"), &p).unwrap_err();
+        assert!(fits(&config, &app("web"), &p).is_ok());
+        let err = fits(&config, &app("ssh"), &p).unwrap_err();
         assert!(
             err.starts_with("bindings[1]:") && err.contains("roles/tunnelAccessor"),
             "{err}"
@@ -276,6 +301,7 @@ mod tests {
             ip: None,
             destination: None,
             auth: None,
+            access_levels: &[],
         };
         let who = crate::policy::snapshot::Who::User {
             email: "dev@example.com",
@@ -315,6 +341,7 @@ mod tests {
     #[test]
     fn conditions_combine_with_expiry() {
         let c = condition(
+            &[],
             Some("request.path.startsWith(\"/r\")"),
             None,
             Some(parse_rfc3339("2027-01-01T00:00:00Z").unwrap()),
@@ -326,7 +353,32 @@ mod tests {
             "(request.path.startsWith(\"/r\")) && request.time < timestamp(\"2027-01-01T00:00:00Z\")"
         );
         assert_eq!(c.compiled.expiry(), parse_rfc3339("2027-01-01T00:00:00Z"));
-        let err = condition(Some("request.pth == \"/\""), None, None).unwrap_err();
+        let err = condition(&[], Some("request.pth == \"/\""), None, None).unwrap_err();
         assert!(err.contains("column 9") && err.contains('^'), "{err}");
+    }
+
+    #[test]
+    fn a_condition_may_name_only_configured_access_levels() {
+        let level = AccessLevel {
+            name: "accessPolicies/1/accessLevels/corp".into(),
+            ip_ranges: vec![crate::net::IpNet::parse("10.0.0.0/8").unwrap()],
+            client_certificate: false,
+            window: None,
+        };
+        let named = "\"accessPolicies/1/accessLevels/corp\" in request.auth.access_levels";
+        assert!(condition(std::slice::from_ref(&level), Some(named), None, None).is_ok());
+        let err = condition(
+            &[level],
+            Some("\"corp_devices\" in request.auth.access_levels || request.path == \"/\""),
+            None,
+            None,
+        )
+        .unwrap_err();
+        assert!(
+            err.contains("\"corp_devices\", which is not configured (configured: accessPolicies/1/accessLevels/corp)"),
+            "{err}"
+        );
+        let err = condition(&[], Some(named), None, None).unwrap_err();
+        assert!(err.contains("there are none"), "{err}");
     }
 }

@@ -30,6 +30,7 @@ use http::HeaderMap;
 use http::header;
 
 use crate::config::App;
+use crate::policy::access_level;
 use crate::policy::condition::Context;
 use crate::policy::{Decision, Principal, Reason, Who};
 use crate::runtime::State;
@@ -117,6 +118,15 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         ));
     }
     let snapshot = state.snapshot();
+    // The configured access levels this request meets (none configured: nothing to do).
+    let levels = access_level::met(
+        &state.config.access_levels,
+        &access_level::Seen {
+            ip: Some(ctx.client_ip),
+            client_certificate: ctx.client_cert.is_some(),
+            time: now,
+        },
+    );
     let cx = Context {
         path: ask.path,
         host: ask.host,
@@ -127,6 +137,7 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         auth: principal
             .as_ref()
             .map(|p| p.auth(p.castellan_groups(&snapshot))),
+        access_levels: &levels,
     };
     let who = principal.as_ref().map_or(Who::Anonymous, Principal::who);
     let decision = snapshot.decide(&ask.app.id, ask.app.role(), who, &cx);
@@ -134,10 +145,15 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         Decision::Allow(grant) => grant,
         Decision::SignIn => return Err(sign_in(ask, None)),
         Decision::Deny(reason) => {
-            let who = principal.as_ref().map(Principal::name).unwrap_or_default();
-            return Err(match credential {
-                Credential::Token { .. } => Failure::insufficient_scope(&who, &ask.app.id, reason),
-                _ => denied(state, ctx, ask, &who, reason).await,
+            let name = principal.as_ref().map(Principal::name).unwrap_or_default();
+            let hint = certificate_hint(state, ctx, ask.app, who, &cx);
+            let failure = match credential {
+                Credential::Token { .. } => Failure::insufficient_scope(&name, &ask.app.id, reason),
+                _ => denied(state, ctx, ask, &name, reason, hint.as_deref()).await,
+            };
+            return Err(match hint {
+                Some(h) => failure.with("hint", serde_json::json!(h)),
+                None => failure,
             });
         }
     };
@@ -183,6 +199,7 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
             path: ask.path.to_string(),
             method: ask.method.to_string(),
             ip: Some(ctx.client_ip),
+            client_certificate: ctx.client_cert.is_some(),
         },
     });
     Ok(Admitted {
@@ -268,7 +285,14 @@ fn sign_in_url(ask: &Ask<'_>, max_age: Option<u64>) -> String {
 
 /// The access-denied answer: for browsers a page with the way to ask for access (on castellan's
 /// own pages) and the state of an earlier request.
-async fn denied(state: &State, ctx: &mut Ctx, ask: &Ask<'_>, who: &str, reason: Reason) -> Failure {
+async fn denied(
+    state: &State,
+    ctx: &mut Ctx,
+    ask: &Ask<'_>,
+    who: &str,
+    reason: Reason,
+    hint: Option<&str>,
+) -> Failure {
     let failure = Failure::denied(who, &ask.app.id, reason);
     if !ctx.navigation {
         return failure;
@@ -295,6 +319,7 @@ async fn denied(state: &State, ctx: &mut Ctx, ask: &Ask<'_>, who: &str, reason: 
             pages::q(&ask.app.id),
             pages::q(&back)
         ),
+        hint,
         request: latest.as_ref().map(|r| {
             (
                 r.status.as_str(),
@@ -304,6 +329,39 @@ async fn denied(state: &State, ctx: &mut Ctx, ask: &Ask<'_>, who: &str, reason: 
         }),
     });
     failure.with_page(page)
+}
+
+/// For a request without a client certificate, refused by a binding that names the person and
+/// whose condition names an access level that needs one: what the person can do about it.
+fn certificate_hint(
+    state: &State,
+    ctx: &Ctx,
+    app: &App,
+    who: Who<'_>,
+    cx: &Context<'_>,
+) -> Option<String> {
+    let levels = &state.config.access_levels;
+    if ctx.client_cert.is_some() || !levels.iter().any(|l| l.client_certificate) {
+        return None;
+    }
+    let explanation = state.snapshot().explain(&app.id, app.role(), who, cx);
+    let level = explanation
+        .bindings
+        .iter()
+        .filter(|b| !b.matched.is_empty())
+        .filter_map(|b| b.condition.as_ref())
+        .filter(|(_, _, held)| !held)
+        .filter_map(|(_, expression, _)| crate::policy::Condition::compile(expression).ok())
+        .find_map(|c| {
+            c.access_levels_named()
+                .into_iter()
+                .find(|n| levels.iter().any(|l| l.client_certificate && l.name == *n))
+                .map(str::to_string)
+        })?;
+    Some(format!(
+        "{} asks for a device certificate (access level {level}), and this browser presented none. Install the certificate your organisation issued for this device, restart the browser, and open the app again.",
+        app.id
+    ))
 }
 
 /// False for a WebSocket (or other upgrade) whose `Origin` is not the origin it connects to: a

@@ -102,6 +102,10 @@ async fn open(
         path: path.to_string(),
         binding: ctx.binding.as_deref().unwrap_or("").to_string(),
         reference: ctx.reference(),
+        after: ctx
+            .client_cert
+            .as_deref()
+            .map(|subject| serde_json::json!({ "client_certificate": subject })),
         ..Default::default()
     };
     let carried = Carried {

@@ -133,6 +133,7 @@ mod tests {
             ip: "10.1.2.3".parse().ok(),
             destination: None,
             auth: None,
+            access_levels: &[],
         }
     }
 

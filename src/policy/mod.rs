@@ -5,6 +5,7 @@
 //!
 //! May use: only the leaves `clock` and `net`: no async, no HTTP, no store.
 
+pub mod access_level;
 pub mod condition;
 pub mod explain;
 mod identity;
@@ -501,6 +502,11 @@ impl BindingCondition {
             expression: expression.to_string(),
             compiled: Condition::compile(expression)?,
         })
+    }
+
+    /// The access levels its expression names (see [`Condition::access_levels_named`]).
+    pub fn access_levels_named(&self) -> Vec<&str> {
+        self.compiled.access_levels_named()
     }
 
     /// A condition that ends access at `until` (Unix seconds): what `--expires` means.

@@ -420,6 +420,7 @@ mod tests {
             ip: "10.1.2.3".parse().ok(),
             destination: None,
             auth: None,
+            access_levels: &[],
         }
     }
 

@@ -37,6 +37,8 @@ pub struct Grounds {
     pub path: String,
     pub method: String,
     pub ip: Option<IpAddr>,
+    /// Whether its connection presented a verified client certificate (for access levels).
+    pub client_certificate: bool,
 }
 
 /// What, besides a change of policy, ends a live connection's right to stay open.
@@ -210,6 +212,7 @@ mod tests {
             path: "/".into(),
             method: "GET".into(),
             ip: None,
+            client_certificate: false,
         }
     }
 

@@ -173,6 +173,14 @@ impl State {
                     (Principal::Person(who), Some(app)) => app.step_up.shortfall(who).is_none(),
                     _ => true,
                 };
+                let levels = crate::policy::access_level::met(
+                    &self.config.access_levels,
+                    &crate::policy::access_level::Seen {
+                        ip: g.ip,
+                        client_certificate: g.client_certificate,
+                        time: now,
+                    },
+                );
                 let cx = Context {
                     path: &g.path,
                     host: &g.host,
@@ -181,6 +189,7 @@ impl State {
                     ip: g.ip,
                     destination: app.and_then(App::destination),
                     auth: Some(g.principal.auth(g.principal.castellan_groups(&snapshot))),
+                    access_levels: &levels,
                 };
                 let allowed = snapshot
                     .decide(&g.app, g.role, g.principal.who(), &cx)

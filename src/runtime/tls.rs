@@ -158,15 +158,58 @@ impl ResolvesServerCert for Certs {
 }
 
 /// The server side of TLS for `certs`.
-pub fn server_config(certs: Arc<Certs>) -> Arc<rustls::ServerConfig> {
-    let mut config = rustls::ServerConfig::builder_with_protocol_versions(&[
+/// The listener's TLS configuration. With `client_ca`, browsers are asked for a client
+/// certificate issued by it, without requiring one: a connection without a certificate goes on (and
+/// meets no access level that needs one), one with a certificate the CA did not issue fails its
+/// handshake.
+pub fn server_config(
+    certs: Arc<Certs>,
+    client_ca: Option<&Path>,
+) -> Result<Arc<rustls::ServerConfig>, String> {
+    let builder = rustls::ServerConfig::builder_with_protocol_versions(&[
         &rustls::version::TLS13,
         &rustls::version::TLS12,
-    ])
-    .with_no_client_auth()
-    .with_cert_resolver(certs);
+    ]);
+    let builder = match client_ca {
+        None => builder.with_no_client_auth(),
+        Some(path) => {
+            let mut roots = rustls::RootCertStore::empty();
+            let pem = std::fs::read(path)
+                .map_err(|e| format!("cannot read tls.client_ca {}: {e}", path.display()))?;
+            for cert in CertificateDer::pem_slice_iter(&pem) {
+                let cert =
+                    cert.map_err(|e| format!("tls.client_ca {} is not PEM: {e}", path.display()))?;
+                roots.add(cert).map_err(|e| {
+                    format!(
+                        "tls.client_ca {} holds an unusable certificate: {e}",
+                        path.display()
+                    )
+                })?;
+            }
+            if roots.is_empty() {
+                return Err(format!(
+                    "tls.client_ca {} holds no certificate",
+                    path.display()
+                ));
+            }
+            let verifier = rustls::server::WebPkiClientVerifier::builder(Arc::new(roots))
+                .allow_unauthenticated()
+                .build()
+                .map_err(|e| format!("tls.client_ca {}: {e}", path.display()))?;
+            builder.with_client_cert_verifier(verifier)
+        }
+    };
+    let mut config = builder.with_cert_resolver(certs);
     config.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec(), ACME_TLS_ALPN.to_vec()];
-    Arc::new(config)
+    Ok(Arc::new(config))
+}
+
+/// The subject of the client certificate a connection presented (verified during the
+/// handshake), as RFC 4514 writes it, e.g. `CN=laptop-042, O=Example`.
+pub fn client_subject(conn: &rustls::ServerConnection) -> Option<Arc<str>> {
+    let leaf = conn.peer_certificates()?.first()?;
+    let (_, cert) = x509_parser::parse_x509_certificate(leaf).ok()?;
+    Some(Arc::from(cert.subject().to_string()))
 }
 
 /// The self-signed certificate RFC 8737 asks for: the domain as its only name and the SHA-256 of

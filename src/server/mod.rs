@@ -122,9 +122,11 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let current = current.clone();
-                let service = hyper::service::service_fn(move |req| {
+                // The connection's client certificate (its subject), once TLS has verified it.
+                let service = move |client_cert: Option<Arc<str>>| hyper::service::service_fn(move |req| {
                     // Each request is served with the configuration of the moment it arrives.
                     let state = current.get();
+                    let client_cert = client_cert.clone();
                     let hsts = state.config.tls.as_ref().filter(|t| !t.hsts.is_zero()).map(|t| {
                         http::HeaderValue::from_str(&format!("max-age={}", t.hsts.as_secs()))
                             .expect("a number is a valid header value")
@@ -132,7 +134,7 @@ pub async fn run(
                     async move {
                         // Boxed: the request's future is large, and unboxed it would be part of
                         // every connection's task, in use or idle.
-                        let mut resp = Box::pin(routes::handle(state, peer, req)).await;
+                        let mut resp = Box::pin(routes::handle(state, peer, client_cert, req)).await;
                         if let Some(v) = hsts {
                             resp.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert(v);
                         }
@@ -151,7 +153,7 @@ pub async fn run(
                             if !first_bytes(&stream).await {
                                 return;
                             }
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service(None));
                             watcher.watch(conn.into_owned()).await
                         }
                         Some(acceptor) => {
@@ -175,7 +177,8 @@ pub async fn run(
                             } else {
                                 builder = builder.http1_only();
                             }
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
+                            let client_cert = crate::runtime::tls::client_subject(stream.get_ref().1);
+                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service(client_cert));
                             watcher.watch(conn.into_owned()).await
                         }
                     };
@@ -233,9 +236,9 @@ async fn start_tls(state: &Arc<State>) -> std::io::Result<Option<tokio_rustls::T
         tracing::info!("redirecting http://{addr} to HTTPS");
         tokio::spawn(crate::server::acme::serve_http(state.clone(), listener));
     }
-    Ok(Some(tokio_rustls::TlsAcceptor::from(
-        crate::runtime::tls::server_config(certs.clone()),
-    )))
+    let config = crate::runtime::tls::server_config(certs.clone(), tls.client_ca.as_deref())
+        .map_err(std::io::Error::other)?;
+    Ok(Some(tokio_rustls::TlsAcceptor::from(config)))
 }
 
 /// The state requests are served with; a configuration reload swaps it. Requests in flight keep

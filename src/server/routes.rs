@@ -32,13 +32,21 @@ use crate::web::failure::{Answer, Failure};
 use crate::web::{self, Body, pages};
 
 /// Handles one request; never fails (every error becomes a page or a JSON answer).
-pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>) -> Response<Body> {
+/// Answers one request; `client_cert` is the subject of the client certificate its connection
+/// presented, verified against `[tls] client_ca`.
+pub async fn handle(
+    state: Arc<State>,
+    peer: SocketAddr,
+    client_cert: Option<Arc<str>>,
+    req: Request<Incoming>,
+) -> Response<Body> {
     let start = Instant::now();
     let method = req.method().clone();
     let path = req.uri().path().to_string();
     let host = web::request_host(req.uri(), req.headers()).unwrap_or_default();
     let client_ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
     let mut ctx = Ctx::new(peer, client_ip, web::is_navigation(req.headers()));
+    ctx.client_cert = client_cert;
     let resp = match route(&state, &mut ctx, req, &host).await {
         Ok(r) => r,
         Err(f) => f.respond(&mut ctx),
@@ -97,6 +105,10 @@ pub async fn handle(state: Arc<State>, peer: SocketAddr, req: Request<Incoming>)
                 status: Some(i64::from(status)),
                 latency_us: Some(latency.as_micros() as i64),
                 reference: ctx.reference.unwrap_or_default(),
+                // The device certificate the connection presented, when there was one.
+                after: ctx
+                    .client_cert
+                    .map(|subject| serde_json::json!({ "client_certificate": &*subject })),
                 ..Default::default()
             })
             .await;

@@ -172,6 +172,9 @@ pub struct Ctx {
     pub reference: Option<String>,
     /// Whether the request is a decision about an app, recorded in the audit trail.
     pub audited: bool,
+    /// The subject of the client certificate the connection presented, verified against
+    /// `[tls] client_ca` (a device certificate); in the audit record.
+    pub client_cert: Option<Arc<str>>,
 }
 
 impl Ctx {
@@ -187,6 +190,7 @@ impl Ctx {
             binding: None,
             reference: None,
             audited: false,
+            client_cert: None,
         }
     }
 

@@ -135,6 +135,8 @@ pub struct Denied<'a> {
     pub request_href: String,
     /// The person's latest access request for this app: (status, when, decided by).
     pub request: Option<(&'a str, String, &'a str)>,
+    /// What the person can do about it themselves (a device certificate to present), if anything.
+    pub hint: Option<&'a str>,
 }
 
 pub fn denied(d: &Denied) -> String {
@@ -149,6 +151,10 @@ pub fn denied(d: &Denied) -> String {
             esc(by)
         ),
         _ => String::new(),
+    };
+    let status = match d.hint {
+        Some(h) => format!("<p class=\"notice\" role=\"status\">{}</p>{status}", esc(h)),
+        None => status,
     };
     let pending = matches!(d.request, Some(("pending", _, _)));
     page(
@@ -254,8 +260,10 @@ mod tests {
             switch_href: "/x?a=1&b=2".into(),
             request_href: "/r".into(),
             request: Some(("denied", "2026-11-28".into(), "<b>admin</b>")),
+            hint: Some("<i>install</i>"),
         });
         assert!(html.contains("&lt;b&gt;admin"));
+        assert!(html.contains("&lt;i&gt;install"));
         assert!(!html.contains("<script>x"));
         assert!(html.contains("&lt;script&gt;"));
         assert!(html.contains("a&quot;b"));

@@ -769,3 +769,195 @@ async fn apps_on_other_hosts_share_one_sign_in_through_one_time_codes() {
         .unwrap();
     assert_eq!(r.status(), 401);
 }
+
+/// A client certificate for `cn` from `ca`, for TLS client authentication: (certificate PEM then
+/// key PEM, as reqwest's identity takes them).
+fn device_identity(ca: &Ca, cn: &str) -> String {
+    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, cn);
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ClientAuth];
+    let key = rcgen::KeyPair::generate().unwrap();
+    let cert = params.signed_by(&key, &ca.issuer).unwrap();
+    format!("{}{}", cert.pem(), key.serialize_pem())
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_certificate_access_level_lets_in_only_connections_that_present_one() {
+    require(
+        std::path::Path::new("/usr/bin/chromium"),
+        "Debian's chromium",
+    );
+    let echo = Echo::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("castellan test CA");
+    let devices = Ca::new("Example device CA");
+    let (chain, key, _) = ca.leaf(&["apps.test", "*.apps.test"]);
+    std::fs::write(dir.path().join("cert.pem"), &chain).unwrap();
+    std::fs::write(dir.path().join("key.pem"), &key).unwrap();
+    std::fs::write(dir.path().join("devices.pem"), &devices.pem).unwrap();
+    let level = "accessPolicies/1/accessLevels/corp_devices";
+    let port = free_port();
+    let addr: SocketAddr = format!("127.0.0.1:{port}").parse().unwrap();
+    let mut c = start_castellan(
+        dir.path(),
+        &format!(
+            "listen = \"127.0.0.1:{port}\"\npublic_url = \"https://apps.test:{port}\"\nstore = \"sqlite://castellan.db\"\n\
+             [tls]\ncert = \"cert.pem\"\nkey = \"key.pem\"\nclient_ca = \"devices.pem\"\n\n\
+             [[access_levels]]\nname = \"{level}\"\nclient_certificate = true\n\n\
+             [[apps]]\nid = \"dash\"\nhost = \"dash.apps.test\"\nupstream = \"http://{}\"\n",
+            echo.addr
+        ),
+    )
+    .await;
+    let config = dir.path().join("castellan.toml");
+    let with = |identity: Option<&str>| {
+        let mut b = reqwest::Client::builder()
+            .tls_certs_only([reqwest::Certificate::from_pem(ca.pem.as_bytes()).unwrap()])
+            .resolve("apps.test", addr)
+            .resolve("dash.apps.test", addr)
+            .redirect(reqwest::redirect::Policy::none());
+        if let Some(pem) = identity {
+            b = b.identity(reqwest::Identity::from_pem(pem.as_bytes()).unwrap());
+        }
+        b.build().unwrap()
+    };
+    let plain = with(None);
+    let public = format!("https://apps.test:{port}");
+    eventually("HTTPS answers", Duration::from_secs(20), &mut c, || async {
+        plain
+            .get(format!("{public}/.castellan/healthz"))
+            .send()
+            .await
+            .is_ok()
+    })
+    .await;
+    let cli = |args: &[&str], stdin: Option<&str>| {
+        let out = run_cli(&config, args, stdin);
+        assert!(
+            out.status.success(),
+            "{args:?}: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    // A condition on a level the configuration does not define is refused when written.
+    let out = run_cli(
+        &config,
+        &[
+            "access",
+            "add",
+            "dash",
+            "user:ada@example.com",
+            "--condition",
+            "\"accessPolicies/1/accessLevels/corp_laptops\" in request.auth.access_levels",
+        ],
+        None,
+    );
+    assert!(!out.status.success());
+    assert!(
+        String::from_utf8_lossy(&out.stderr)
+            .contains("not configured (configured: accessPolicies/1/accessLevels/corp_devices)"),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let condition = format!("\"{level}\" in request.auth.access_levels");
+    cli(
+        &["users", "add", "ada@example.com", "--password-stdin"],
+        Some("a long enough password\n"),
+    );
+    let created = cli(&["service-accounts", "create", "kiosk"], None);
+    let key = created
+        .lines()
+        .map(str::trim)
+        .find(|l| l.starts_with("csk_"))
+        .expect("a key is printed")
+        .to_string();
+    for member in ["user:ada@example.com", "serviceAccount:kiosk"] {
+        cli(
+            &["access", "add", "dash", member, "--condition", &condition],
+            None,
+        );
+    }
+    tokio::time::sleep(Duration::from_millis(500)).await;
+
+    let device = device_identity(&devices, "laptop-042");
+    let token: serde_json::Value = plain
+        .post(format!("{public}/.castellan/token"))
+        .basic_auth("kiosk", Some(&key))
+        .form(&[("grant_type", "client_credentials"), ("audience", "dash")])
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let bearer = token["access_token"]
+        .as_str()
+        .expect("an access token")
+        .to_string();
+    let app = format!("https://dash.apps.test:{port}/reports");
+    // With the device certificate: in, and the audit record names the device.
+    let r = with(Some(&device))
+        .get(&app)
+        .bearer_auth(&bearer)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", r.text().await.unwrap());
+    // Without: refused, with what would help.
+    let r = plain.get(&app).bearer_auth(&bearer).send().await.unwrap();
+    assert_eq!(r.status(), 403);
+    let body: serde_json::Value = r.json().await.unwrap();
+    assert!(
+        body["hint"]
+            .as_str()
+            .unwrap_or("")
+            .contains("device certificate"),
+        "{body}"
+    );
+    // A certificate from another CA does not even finish the handshake.
+    let stranger = device_identity(&Ca::new("Someone else's CA"), "laptop-666");
+    assert!(
+        with(Some(&stranger))
+            .get(&app)
+            .bearer_auth(&bearer)
+            .send()
+            .await
+            .is_err()
+    );
+
+    let audit = cli(&["audit", "--app", "dash", "--json"], None);
+    let allowed: Vec<serde_json::Value> = audit
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .filter(|r: &serde_json::Value| r["action"] == "allow")
+        .collect();
+    assert_eq!(allowed.len(), 1, "{audit}");
+    assert_eq!(
+        allowed[0]["after"]["client_certificate"], "CN=laptop-042",
+        "{audit}"
+    );
+
+    // A browser without a device certificate signs in and gets the page that says what to do.
+    let v = run_browser_script(
+        "device-denied.mjs",
+        vec![
+            format!("https://dash.apps.test:{port}/"),
+            "ada@example.com".into(),
+            "a long enough password".into(),
+            "apps.test,dash.apps.test".into(),
+        ],
+    )
+    .await;
+    assert_eq!(v["status"], 403, "{v}");
+    let text = v["text"].as_str().unwrap();
+    assert!(
+        text.contains("You don't have access")
+            && text.contains(&format!(
+                "dash asks for a device certificate (access level {level})"
+            )),
+        "{v}"
+    );
+}

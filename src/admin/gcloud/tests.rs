@@ -58,7 +58,7 @@ version: 3
 fn every_binding_is_reported_as_is_translated_or_refused() {
     let config = apps();
     let web = config.app("web").unwrap();
-    let import = import(MIXED, web).unwrap();
+    let import = import(MIXED, web, &[]).unwrap();
     let lines: Vec<String> = import.report.iter().map(ToString::to_string).collect();
     let verdicts: Vec<(&str, &Verdict)> = import
         .report
@@ -86,13 +86,9 @@ fn every_binding_is_reported_as_is_translated_or_refused() {
     assert!(lines[3].contains("domain:example.com") && !lines[3].contains("gone"));
     assert!(matches!(verdicts[4], ("bindings[3]", Verdict::Refused(_))));
     assert!(
-        lines[4].contains("`accessPolicies/1/accessLevels/corp`"),
+        lines[4].contains("`accessPolicies/1/accessLevels/corp`")
+            && lines[4].contains("[[access_levels]]"),
         "{}",
-        lines[4]
-    );
-    assert!(
-        lines[4].contains('^'),
-        "the refusal points at the column: {}",
         lines[4]
     );
     assert_eq!(verdicts[5], ("bindings[4]", &Verdict::AsIs));
@@ -130,7 +126,7 @@ fn tunnel_policies_and_json() {
         "etag": "x", "version": 3
     })
     .to_string();
-    let import = import(&json, config.app("ssh").unwrap()).unwrap();
+    let import = import(&json, config.app("ssh").unwrap(), &[]).unwrap();
     assert_eq!(import.refused(), 1, "{:#?}", import.report);
     assert_eq!(import.policy.bindings.len(), 2);
     assert_eq!(import.policy.bindings[0].role, Role::TunnelAccessor);
@@ -142,16 +138,37 @@ fn tunnel_policies_and_json() {
         "{web:?}"
     );
     assert!(serde_json::from_str::<serde_json::Value>("{").is_err());
-    assert!(super::import("{", config.app("web").unwrap()).is_err());
+    assert!(super::import("{", config.app("web").unwrap(), &[]).is_err());
 }
 
 fn import_one_condition(config: &Config, app: &str, expression: &str) -> Verdict {
     let json = serde_json::json!({"bindings": [{"role": "roles/iap.httpsResourceAccessor",
         "members": ["user:a@example.com"], "condition": {"title": "t", "expression": expression}}]})
     .to_string();
-    import(&json, config.app(app).unwrap())
+    import(&json, config.app(app).unwrap(), &[])
         .unwrap()
         .report
         .remove(0)
         .verdict
+}
+
+#[test]
+fn a_condition_on_a_configured_access_level_is_imported_as_is() {
+    let config = apps();
+    let level = crate::policy::access_level::AccessLevel {
+        name: "accessPolicies/1/accessLevels/corp".into(),
+        ip_ranges: vec![crate::net::IpNet::parse("10.0.0.0/8").unwrap()],
+        client_certificate: false,
+        window: None,
+    };
+    let import = import(MIXED, config.app("web").unwrap(), &[level]).unwrap();
+    let verdicts: Vec<_> = import
+        .report
+        .iter()
+        .map(|e| (e.place.as_str(), &e.verdict))
+        .collect();
+    assert!(
+        matches!(verdicts[4], ("bindings[3]", Verdict::Translated(_))),
+        "{verdicts:?}"
+    );
 }

@@ -213,6 +213,10 @@ pub struct CheckArgs {
     /// (3, true, ["a","b"]), else as a string (request.auth.claims.NAME; repeatable).
     #[arg(long = "claim", value_name = "NAME=VALUE")]
     claims: Vec<String>,
+    /// The request comes with a verified client certificate (for access levels with
+    /// client_certificate = true; request.auth.access_levels).
+    #[arg(long)]
+    client_certificate: bool,
 }
 
 /// Splits `[APP] ARG` by `--global`.
@@ -330,9 +334,13 @@ pub async fn access(config: &Config, cmd: AccessCommand) -> Result<ExitCode> {
                     ops::parse_expires(&e, castellan::clock::now()).map_err(anyhow::Error::msg)
                 })
                 .transpose()?;
-            let condition =
-                ops::condition(condition.as_deref(), condition_title.as_deref(), expires)
-                    .map_err(anyhow::Error::msg)?;
+            let condition = ops::condition(
+                &config.access_levels,
+                condition.as_deref(),
+                condition_title.as_deref(),
+                expires,
+            )
+            .map_err(anyhow::Error::msg)?;
             let store = open_store(config).await?;
             let described = condition
                 .as_ref()
@@ -481,7 +489,7 @@ pub async fn policy(config: &Config, cmd: PolicyCommand) -> Result<ExitCode> {
             let (resource, file) = resource_and_arg(config, &args, &target)?;
             let doc = read_document(std::path::Path::new(&file))?;
             let policy = Policy::from_document(&doc)?;
-            ops::roles_fit(&config.apps, &resource, &policy).map_err(anyhow::Error::msg)?;
+            ops::fits(config, &resource, &policy).map_err(anyhow::Error::msg)?;
             if policy.is_public() && !yes {
                 bail!(
                     "this document makes {resource} public (allUsers): repeat with --yes if that is what you want"
@@ -513,7 +521,7 @@ pub async fn policy(config: &Config, cmd: PolicyCommand) -> Result<ExitCode> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("cannot read {}", file.display()))?;
             let target = config.app(&app).context("the app was just checked")?;
-            let import = castellan::admin::gcloud::import(&text, target)
+            let import = castellan::admin::gcloud::import(&text, target, &config.access_levels)
                 .map_err(|e| anyhow::anyhow!("{}: {e}", file.display()))?;
             println!("{}:", file.display());
             for entry in &import.report {
@@ -594,6 +602,14 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
             .unwrap_or_else(|_| serde_json::Value::String(value.to_string()));
         person.claims.insert(name.to_string(), value);
     }
+    let levels = castellan::policy::access_level::met(
+        &config.access_levels,
+        &castellan::policy::access_level::Seen {
+            ip: args.ip,
+            client_certificate: args.client_certificate,
+            time: at,
+        },
+    );
     let cx = Context {
         path: &path,
         host: &args.host,
@@ -606,6 +622,7 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
             .find(|a| a.id == args.app)
             .and_then(castellan::config::App::destination),
         auth: Some(person.auth(snapshot.groups_of(&email))),
+        access_levels: &levels,
     };
     // Domains as the email says: people signed in with Google match `domain:` by their
     // Workspace domain (hd), which the command line cannot know.

@@ -79,6 +79,12 @@ fn eval<'a>(n: &'a Node, cx: &Context<'a>) -> Value<'a> {
             Some(auth) => Value::Bool(auth.claims.contains_key(name)),
             None => Value::Error,
         },
+        // The request's access levels: there for anonymous callers too.
+        Node::InAttr(a, Attr::AccessLevels) => match eval(a, cx) {
+            Value::Str(s) => Value::Bool(cx.access_levels.contains(&s.as_ref())),
+            Value::Absent => Value::Bool(false),
+            _ => Value::Error,
+        },
         Node::InAttr(a, list) => match (eval(a, cx), &cx.auth) {
             (Value::Str(s), Some(auth)) => Value::Bool(match list {
                 Attr::AuthGroups => auth.groups.iter().any(|g| g.iter().any(|x| *x == *s)),
@@ -158,7 +164,7 @@ fn attr<'a>(a: Attr, cx: &Context<'a>) -> Value<'a> {
             None => Value::Error,
         },
         // Lists only appear on the right of `in` (the type checker sees to it).
-        Attr::AuthGroups | Attr::AuthAmr => Value::Error,
+        Attr::AuthGroups | Attr::AuthAmr | Attr::AccessLevels => Value::Error,
     }
 }
 

@@ -40,7 +40,8 @@ use std::net::IpAddr;
 
 use crate::net::IpNet;
 
-use self::time::{Nanos, TimeField, Zone};
+pub use self::time::Zone;
+use self::time::{Nanos, TimeField};
 
 /// What a condition can see of the request.
 #[derive(Debug, Clone)]
@@ -55,6 +56,9 @@ pub struct Context<'a> {
     pub destination: Option<Destination<'a>>,
     /// Who is asking (`request.auth.*`); `None` for an anonymous caller of a public app.
     pub auth: Option<Auth<'a>>,
+    /// The names of the configured access levels the request meets
+    /// (`request.auth.access_levels`).
+    pub access_levels: &'a [&'a str],
 }
 
 /// The caller as `request.auth` shows it to conditions.
@@ -172,6 +176,8 @@ enum Attr {
     /// A list of strings the request carries (`request.auth.groups`, `request.auth.amr`).
     AuthGroups,
     AuthAmr,
+    /// The access levels the request meets (`request.auth.access_levels`).
+    AccessLevels,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -250,6 +256,41 @@ impl Condition {
     /// logic does not absorb (CEL's rules) makes it false: conditions fail closed.
     pub fn eval(&self, cx: &Context<'_>) -> bool {
         eval::holds(&self.root, cx)
+    }
+
+    /// The access levels the condition names: the strings it looks for in
+    /// `request.auth.access_levels`.
+    pub fn access_levels_named(&self) -> Vec<&str> {
+        fn walk<'a>(n: &'a Node, out: &mut Vec<&'a str>) {
+            match n {
+                Node::InAttr(what, Attr::AccessLevels) => {
+                    if let Node::Str(s) = what.as_ref() {
+                        out.push(s);
+                    }
+                }
+                Node::Not(a)
+                | Node::InStrings(a, _)
+                | Node::InInts(a, _)
+                | Node::Matches(a, _)
+                | Node::InIpRange(a, _)
+                | Node::TimeField(_, a, _)
+                | Node::DurationIn(_, a)
+                | Node::InAttr(a, _)
+                | Node::InClaim(a, _) => walk(a, out),
+                Node::And(a, b)
+                | Node::Or(a, b)
+                | Node::Compare(_, a, b)
+                | Node::Arith(_, a, b)
+                | Node::Method(_, a, b) => {
+                    walk(a, out);
+                    walk(b, out);
+                }
+                _ => {}
+            }
+        }
+        let mut out = Vec::new();
+        walk(&self.root, &mut out);
+        out
     }
 
     /// Whether the condition reads `destination.ip` or `destination.port`, which only TCP apps have.

@@ -10,6 +10,7 @@ fn cx<'a>(path: &'a str, method: &'a str, ip: &str, time: i64) -> Context<'a> {
         ip: ip.parse().ok(),
         destination: None,
         auth: None,
+        access_levels: &[],
     }
 }
 
@@ -239,9 +240,9 @@ fn compile_errors_point_at_the_problem() {
             "too large to run safely",
         ),
         (
-            "\"accessPolicies/1/accessLevels/corp\" in request.auth.access_levels",
-            49,
-            "request.auth",
+            "request.auth.access_levels == \"corp\"",
+            31,
+            "cannot compare a list of strings with a string",
         ),
         (
             "request.path.matchez(\"x\")",
@@ -552,4 +553,25 @@ fn request_auth_sees_provider_groups_sign_in_and_claims() {
         let e = Condition::compile(src).expect_err(src);
         assert!(e.message.contains(needle), "{src}: {e}");
     }
+}
+
+#[test]
+fn access_levels_are_the_requests_whoever_asks() {
+    let named = r#""accessPolicies/1/accessLevels/corp" in request.auth.access_levels"#;
+    let c = Condition::compile(&format!("{named} || request.path == \"/open\"")).unwrap();
+    assert_eq!(
+        c.access_levels_named(),
+        ["accessPolicies/1/accessLevels/corp"]
+    );
+    let met = ["accessPolicies/1/accessLevels/corp"];
+    let mut with = cx("/", "GET", "10.0.0.1", 0);
+    with.access_levels = &met;
+    let without = cx("/", "GET", "10.0.0.1", 0);
+    assert!(c.eval(&with));
+    assert!(!c.eval(&without));
+    // An anonymous caller of a public app is decided on its request's levels too.
+    assert!(with.auth.is_none());
+    // Negated, a level the request lacks is simply absent: no error, the negation holds.
+    let not = Condition::compile(&format!("!({named})")).unwrap();
+    assert!(not.eval(&without) && !not.eval(&with));
 }

@@ -1,6 +1,7 @@
 //! `request.auth`: who is asking, as conditions see it: the provider, groups, how they signed in
 //! (`amr`, `acr`) and the claims the provider's `claims` key keeps; `has()` for a claim's presence.
-//! Access Context Manager's `request.auth.access_levels` is refused, naming the level.
+//! `request.auth.access_levels`: the configured access levels the request meets (IAP's form,
+//! `"accessPolicies/1/accessLevels/corp" in request.auth.access_levels`).
 
 use super::super::lex::{Tok, Token};
 use super::super::{Attr, Error, Node, Type};
@@ -8,7 +9,7 @@ use super::{Parser, Typed};
 
 impl Parser {
     /// After `request.auth`; `c` is the column of `auth`.
-    pub(super) fn auth(&mut self, c: usize) -> Result<Typed, Error> {
+    pub(super) fn auth(&mut self) -> Result<Typed, Error> {
         self.expect_op(".")?;
         let col = self.column();
         let field = match self.peek() {
@@ -19,7 +20,7 @@ impl Parser {
             _ => {
                 return self.err(
                     col,
-                    "expected a field of `request.auth`: provider, groups, amr, acr or claims",
+                    "expected a field of `request.auth`: provider, groups, amr, acr, claims or access_levels",
                 );
             }
         };
@@ -33,10 +34,10 @@ impl Parser {
                 let name = self.claim_name()?;
                 Ok((Node::Claim(name), Type::Dyn))
             }
-            "access_levels" => self.access_levels(c),
+            "access_levels" => Ok((Node::Attr(Attr::AccessLevels), Type::StringList)),
             other => self.err(
                 col,
-                format!("unknown attribute `request.auth.{other}`: use request.auth.provider, .groups, .amr, .acr or .claims.NAME"),
+                format!("unknown attribute `request.auth.{other}`: use request.auth.provider, .groups, .amr, .acr, .claims.NAME or .access_levels"),
             ),
         }
     }
@@ -90,31 +91,5 @@ impl Parser {
         let name = self.claim_name()?;
         self.expect_op(")")?;
         Ok((Node::HasClaim(name), Type::Bool))
-    }
-
-    /// Access Context Manager's levels do not exist here: refused, naming the levels the
-    /// expression mentions.
-    fn access_levels(&self, c: usize) -> Result<Typed, Error> {
-        let levels: Vec<String> = self
-            .tokens
-            .iter()
-            .filter_map(|t| match &t.kind {
-                Tok::Str(s) if s.contains("accessLevels/") => Some(format!("`{s}`")),
-                _ => None,
-            })
-            .collect();
-        let named = match levels.as_slice() {
-            [] => "the access level it names".to_string(),
-            [one] => format!("access level {one}"),
-            many => format!("access levels {}", many.join(", ")),
-        };
-        self.err(
-            c,
-            format!(
-                "request.auth.access_levels (Access Context Manager) does not exist in castellan, so {named} \
-                 cannot be checked and the binding is refused rather than let through; for a network \
-                 condition write inIpRange(origin.ip, \"10.0.0.0/8\")"
-            ),
-        )
     }
 }

@@ -211,19 +211,20 @@ impl Parser {
                         Ok((Node::InInts(Box::new(left), items), Type::Bool))
                     }
                     (
-                        Node::Attr(list @ (Attr::AuthGroups | Attr::AuthAmr)),
+                        Node::Attr(list @ (Attr::AuthGroups | Attr::AuthAmr | Attr::AccessLevels)),
                         Type::String | Type::Dyn,
                     ) => Ok((Node::InAttr(Box::new(left), list), Type::Bool)),
                     (Node::Claim(name), Type::String | Type::Int | Type::Bool | Type::Dyn) => {
                         Ok((Node::InClaim(Box::new(left), name), Type::Bool))
                     }
-                    (Node::Attr(Attr::AuthGroups | Attr::AuthAmr), _) => self.err(
-                        col,
-                        format!(
-                            "`in` looks for a string in this list, but this is a {}",
-                            lty.name()
+                    (Node::Attr(Attr::AuthGroups | Attr::AuthAmr | Attr::AccessLevels), _) => self
+                        .err(
+                            col,
+                            format!(
+                                "`in` looks for a string in this list, but this is a {}",
+                                lty.name()
+                            ),
                         ),
-                    ),
                     (Node::Strings(_) | Node::Ints(_), _) => self.err(
                         col,
                         format!(
@@ -577,7 +578,7 @@ impl Parser {
             ("origin", "ip") => Ok((Node::Attr(Attr::Ip), Type::Ip)),
             ("destination", "ip") => Ok((Node::Attr(Attr::DestinationIp), Type::String)),
             ("destination", "port") => Ok((Node::Attr(Attr::DestinationPort), Type::Int)),
-            ("request", "auth") => self.auth(c),
+            ("request", "auth") => self.auth(),
             ("resource", _) => self.err(
                 c,
                 format!(

@@ -110,9 +110,9 @@ pub(super) fn parse_duration(s: &str) -> Result<Nanos, String> {
     Ok(if negative { -total } else { total })
 }
 
-/// A time zone named in a condition, resolved when the policy is stored.
+/// A time zone named in a condition (resolved when the policy is stored) or an access level.
 #[derive(Clone)]
-pub(super) struct Zone {
+pub struct Zone {
     name: String,
     tz: TimeZone,
 }
@@ -139,7 +139,7 @@ impl Zone {
 
     /// As CEL reads a time zone argument: `UTC`, a fixed offset (`+05:30`, `-08:00`) or an IANA
     /// name (`Europe/Berlin`, `America/New_York`; case does not matter).
-    pub(super) fn parse(name: &str) -> Result<Zone, String> {
+    pub fn parse(name: &str) -> Result<Zone, String> {
         if name.eq_ignore_ascii_case("UTC") {
             return Ok(Zone::utc());
         }
@@ -168,6 +168,16 @@ impl Zone {
                 ))
             }
         }
+    }
+
+    /// The day of the week (Monday = 0) and the minute of the day at Unix second `t` here.
+    pub fn weekday_and_minute(&self, t: i64) -> Option<(usize, u16)> {
+        let dt = self.tz.to_datetime(Timestamp::from_second(t).ok()?);
+        let minute = u16::try_from(i32::from(dt.hour()) * 60 + i32::from(dt.minute())).ok()?;
+        Some((
+            usize::from(dt.weekday().to_monday_zero_offset() as u8),
+            minute,
+        ))
     }
 
     /// One calendar field of `t` in this zone, numbered as CEL numbers it; `None` when `t` is
