@@ -38,6 +38,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [ -x /usr/sbin/sshd ] || missing+=(openssh-server)
 # The office-hours condition test: libfaketime sets castellan's clock from a file the test writes.
 [ -x /usr/bin/faketime ] || missing+=(faketime)
+# The device-certificate test: curl presents a client certificate, as a script on a device would.
+[ -x /usr/bin/curl ] || missing+=(curl)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || fail "missing Debian packages: run 'sudo apt-get install ${missing[*]}'"
   step "installing Debian's ${missing[*]} (apt-get)"

@@ -307,7 +307,8 @@ async fn a_matches_condition_as_google_writes_it_decides_requests() {
         let r = rita.request("GET", &c.url(path), &API, None).await;
         assert_eq!(r.status, want, "{path}");
     }
-    // Refused when written, with the reason: a pattern RE2 cannot run, and access levels.
+    // Refused when written, with the reason: a pattern RE2 cannot run, an access level this
+    // configuration does not define, a mistyped zone, a duration unit CEL lacks.
     for (condition, needle) in [
         (
             r#"request.path.matches("(a)\\1")"#,
@@ -315,7 +316,7 @@ async fn a_matches_condition_as_google_writes_it_decides_requests() {
         ),
         (
             r#""accessPolicies/1/accessLevels/corp" in request.auth.access_levels"#,
-            "request.auth",
+            "\"accessPolicies/1/accessLevels/corp\", which is not configured (there are none)",
         ),
         (
             r#"request.time.getHours("Europe/Berln") >= 9"#,

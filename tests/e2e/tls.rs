@@ -917,6 +917,35 @@ async fn a_device_certificate_access_level_lets_in_only_connections_that_present
             .contains("device certificate"),
         "{body}"
     );
+    // The same with curl, as a script on the device would call it.
+    std::fs::write(dir.path().join("device.pem"), &device).unwrap();
+    std::fs::write(dir.path().join("server-ca.pem"), &ca.pem).unwrap();
+    let curl = |cert: bool| {
+        let mut cmd = Command::new("curl");
+        cmd.args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "--cacert"])
+            .arg(dir.path().join("server-ca.pem"))
+            .args(["--resolve", &format!("dash.apps.test:{port}:127.0.0.1")])
+            .args(["-H", &format!("Authorization: Bearer {bearer}")]);
+        if cert {
+            cmd.arg("--cert").arg(dir.path().join("device.pem"));
+        }
+        let out = cmd.arg(&app).output().expect("curl runs");
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    assert_eq!(
+        (curl(true), curl(false)),
+        ("200".to_string(), "403".to_string())
+    );
+    // The troubleshooter, with and without one.
+    for (flag, code) in [(Some("--client-certificate"), Some(0)), (None, Some(1))] {
+        let mut args = vec!["check", "dash", "ada@example.com"];
+        args.extend(flag);
+        assert_eq!(
+            run_cli(&config, &args, None).status.code(),
+            code,
+            "{args:?}"
+        );
+    }
     // A certificate from another CA does not even finish the handshake.
     let stranger = device_identity(&Ca::new("Someone else's CA"), "laptop-666");
     assert!(
@@ -934,9 +963,12 @@ async fn a_device_certificate_access_level_lets_in_only_connections_that_present
         .filter_map(|l| serde_json::from_str(l).ok())
         .filter(|r: &serde_json::Value| r["action"] == "allow")
         .collect();
-    assert_eq!(allowed.len(), 1, "{audit}");
-    assert_eq!(
-        allowed[0]["after"]["client_certificate"], "CN=laptop-042",
+    // reqwest's request and curl's: each names the device.
+    assert_eq!(allowed.len(), 2, "{audit}");
+    assert!(
+        allowed
+            .iter()
+            .all(|r| r["after"]["client_certificate"] == "CN=laptop-042"),
         "{audit}"
     );
 
