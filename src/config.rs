@@ -309,8 +309,11 @@ impl fmt::Debug for Provider {
 #[derive(Debug, Clone)]
 pub struct App {
     pub id: String,
-    /// `scheme://host:port` of the app; the request path is forwarded unchanged.
-    pub upstream: Url,
+    /// `scheme://host:port` of the app (never empty; several for a pool of a web app's
+    /// replicas); the request path is forwarded unchanged.
+    pub upstreams: Vec<Url>,
+    /// How each upstream is checked (`health_check`), if at all.
+    pub health_check: Option<HealthCheck>,
     /// Match on the `Host` header (lower case, no port); `*.example.com` matches every name one
     /// label below example.com. Never castellan's own host (public_url's).
     pub host: String,
@@ -337,6 +340,18 @@ pub struct App {
     pub claims: AppClaims,
     /// The person's own tokens from their sign-in provider, sent to the app (opt-in).
     pub provider_tokens: ProviderTokens,
+}
+
+/// An app's active health check: `GET path` on each upstream every `interval`; `unhealthy`
+/// failures in a row (an error, a timeout, a status of 500 or more) take it out of the pool,
+/// `healthy` successes put it back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct HealthCheck {
+    pub path: String,
+    pub interval: Duration,
+    pub timeout: Duration,
+    pub healthy: u32,
+    pub unhealthy: u32,
 }
 
 /// What an app asks of the person's provider tokens: the headers that carry their access token
@@ -474,8 +489,13 @@ pub enum AppKind {
 }
 
 impl App {
+    /// The app's (first) upstream: a TCP app's only one.
+    pub fn upstream(&self) -> &Url {
+        &self.upstreams[0]
+    }
+
     pub fn kind(&self) -> AppKind {
-        if self.upstream.scheme() == "tcp" {
+        if self.upstream().scheme() == "tcp" {
             AppKind::Tcp
         } else {
             AppKind::Web
@@ -493,8 +513,8 @@ impl App {
 
     /// The upstream's `host:port` (a TCP app's).
     pub fn upstream_authority(&self) -> String {
-        let host = self.upstream.host_str().unwrap_or_default();
-        let port = self.upstream.port_or_known_default().unwrap_or(0);
+        let host = self.upstream().host_str().unwrap_or_default();
+        let port = self.upstream().port_or_known_default().unwrap_or(0);
         format!("{host}:{port}")
     }
 
@@ -509,12 +529,12 @@ impl App {
     pub fn destination(&self) -> Option<crate::policy::condition::Destination<'_>> {
         (self.kind() == AppKind::Tcp).then(|| crate::policy::condition::Destination {
             host: self
-                .upstream
+                .upstream()
                 .host_str()
                 .unwrap_or_default()
                 .trim_start_matches('[')
                 .trim_end_matches(']'),
-            port: self.upstream.port_or_known_default().unwrap_or(0),
+            port: self.upstream().port_or_known_default().unwrap_or(0),
         })
     }
 
@@ -901,6 +921,7 @@ const APP_KEYS: &[&str] = &[
     "access_token_header",
     "id_token_header",
     "provider_scopes",
+    "health_check",
 ];
 /// The keys a TCP app refuses (castellan passes its bytes through, with no HTTP headers): the
 /// tail of [`APP_KEYS`] from `identity_headers` on.
@@ -1945,10 +1966,8 @@ impl Reader<'_> {
                     );
                 }
             }
-            let upstream = self
-                .required(&mut a, &prefix, "upstream", "\"http://127.0.0.1:8501\"")
-                .and_then(|s| self.upstream(&prefix, &s));
-            if upstream.as_ref().is_some_and(|u| u.scheme() == "tcp") {
+            let upstreams = self.upstreams(&mut a, &prefix);
+            if upstreams.first().is_some_and(|u| u.scheme() == "tcp") {
                 for &key in http_only_app_keys() {
                     if a.contains_key(key) {
                         self.problem(
@@ -2044,7 +2063,7 @@ impl Reader<'_> {
                         }
                     };
                     let audience = auth_audience
-                        .or_else(|| upstream.as_ref().map(|u| u.origin().ascii_serialization()))
+                        .or_else(|| upstreams.first().map(|u| u.origin().ascii_serialization()))
                         .unwrap_or_default();
                     Some(UpstreamAuth { audience, header })
                 }
@@ -2126,10 +2145,12 @@ impl Reader<'_> {
                 );
             }
             // Without an upstream or a host the app is not served (the problem is reported).
-            if let (Some(upstream), Some(host)) = (upstream, host) {
+            let health_check = self.health_check(&mut a, &prefix);
+            if let (false, Some(host)) = (upstreams.is_empty(), host) {
                 out.push(App {
                     id,
-                    upstream,
+                    upstreams,
+                    health_check,
                     host,
                     path_prefix,
                     audience,
@@ -2371,6 +2392,115 @@ impl Reader<'_> {
                 Vec::new()
             }
         }
+    }
+
+    /// `upstream`: one URL, or for a web app a list of them (a pool: least outstanding requests,
+    /// unhealthy ones left out). Empty when it is missing or wrong (the problem is reported).
+    fn upstreams(&mut self, a: &mut toml::Table, prefix: &str) -> Vec<Url> {
+        let example = "\"http://127.0.0.1:8501\", or a list [\"http://10.0.0.5:8501\", \"http://10.0.0.6:8501\"]";
+        match a.remove("upstream") {
+            None => {
+                self.problem(
+                    format!("{prefix}upstream"),
+                    format!("missing: add e.g. upstream = {example}"),
+                );
+                Vec::new()
+            }
+            Some(Value::String(s)) => self.upstream(prefix, &s).into_iter().collect(),
+            Some(Value::Array(items)) if !items.is_empty() && items.len() <= 32 => {
+                let mut out: Vec<Url> = Vec::new();
+                for item in &items {
+                    let Some(u) = item.as_str().and_then(|s| self.upstream(prefix, s)) else {
+                        if item.as_str().is_none() {
+                            self.problem(
+                                format!("{prefix}upstream"),
+                                format!("expected URLs, e.g. upstream = {example}"),
+                            );
+                        }
+                        return Vec::new();
+                    };
+                    if u.scheme() == "tcp" {
+                        self.problem(
+                            format!("{prefix}upstream"),
+                            "a TCP app has one upstream: write upstream = \"tcp://HOST:PORT\"",
+                        );
+                        return Vec::new();
+                    }
+                    if out.contains(&u) {
+                        self.problem(format!("{prefix}upstream"), format!("{u} is listed twice"));
+                        return Vec::new();
+                    }
+                    out.push(u);
+                }
+                out
+            }
+            Some(_) => {
+                self.problem(
+                    format!("{prefix}upstream"),
+                    format!("expected a URL or a list of up to 32, e.g. upstream = {example}"),
+                );
+                Vec::new()
+            }
+        }
+    }
+
+    /// `health_check = { path = "/healthz", interval = "5s", timeout = "2s", healthy = 2,
+    /// unhealthy = 2 }`: how castellan checks each upstream of a web app.
+    fn health_check(&mut self, a: &mut toml::Table, prefix: &str) -> Option<HealthCheck> {
+        let key = format!("{prefix}health_check");
+        let mut t = match a.remove("health_check")? {
+            Value::Table(t) => t,
+            _ => {
+                self.problem(
+                    key,
+                    "expected a table, e.g. health_check = { path = \"/healthz\" }",
+                );
+                return None;
+            }
+        };
+        let inner = format!("{key}.");
+        self.unknown_keys(
+            &t,
+            &inner,
+            &["path", "interval", "timeout", "healthy", "unhealthy"],
+        );
+        let path = self.required(&mut t, &inner, "path", "\"/healthz\"")?;
+        if !path.starts_with('/') {
+            self.problem(
+                format!("{inner}path"),
+                format!("`{path}` is not a path: write e.g. \"/healthz\""),
+            );
+            return None;
+        }
+        let interval = self
+            .duration(&mut t, &inner, "interval")
+            .unwrap_or(Duration::from_secs(5));
+        let timeout = self
+            .duration(&mut t, &inner, "timeout")
+            .unwrap_or(Duration::from_secs(2));
+        let mut threshold = |r: &mut Self, k: &str| {
+            let n = r.count(&mut t, &inner, k).unwrap_or(2);
+            if n == 0 || n > 100 {
+                r.problem(format!("{inner}{k}"), "expected a count from 1 to 100");
+            }
+            n.clamp(1, 100) as u32
+        };
+        let healthy = threshold(self, "healthy");
+        let unhealthy = threshold(self, "unhealthy");
+        if interval.is_zero() || timeout.is_zero() || timeout > interval {
+            self.problem(
+                key,
+                "interval and timeout must be more than 0 s, and timeout at most the interval",
+            );
+            return None;
+        }
+        Some(HealthCheck {
+            path,
+            interval,
+            timeout,
+            healthy,
+            unhealthy,
+        })
     }
 
     fn upstream(&mut self, prefix: &str, s: &str) -> Option<Url> {
@@ -3148,6 +3278,56 @@ id = "b"
             .unwrap_err();
             assert_eq!(err[0].key, key, "{level}: {err:?}");
             assert!(err[0].message.contains(needle), "{level}: {err:?}");
+        }
+    }
+
+    #[test]
+    fn a_web_app_may_name_a_pool_of_upstreams_with_a_health_check() {
+        let app = |keys: &str| format!("[[apps]]\nid=\"a\"\nhost = \"a.example.com\"\n{keys}\n");
+        let c = parse(&app(
+            "upstream = [\"http://10.0.0.5:8501\", \"http://10.0.0.6:8501\"]\nhealth_check = { path = \"/healthz\" }",
+        ))
+        .unwrap();
+        assert_eq!(c.apps[0].upstreams.len(), 2);
+        assert_eq!(c.apps[0].upstream().as_str(), "http://10.0.0.5:8501/");
+        let hc = c.apps[0].health_check.as_ref().unwrap();
+        assert_eq!(
+            (
+                hc.interval.as_secs(),
+                hc.timeout.as_secs(),
+                hc.healthy,
+                hc.unhealthy
+            ),
+            (5, 2, 2, 2)
+        );
+        for (keys, needle) in [
+            ("upstream = []", "a URL or a list"),
+            (
+                "upstream = [\"http://10.0.0.5:1\", \"http://10.0.0.5:1\"]",
+                "listed twice",
+            ),
+            (
+                "upstream = [\"tcp://10.0.0.5:22\", \"tcp://10.0.0.6:22\"]",
+                "one upstream",
+            ),
+            (
+                "upstream = \"tcp://10.0.0.5:22\"\nhealth_check = { path = \"/\" }",
+                "does not apply to a TCP app",
+            ),
+            (
+                "upstream = \"http://10.0.0.5:1\"\nhealth_check = { path = \"healthz\" }",
+                "not a path",
+            ),
+            (
+                "upstream = \"http://10.0.0.5:1\"\nhealth_check = { path = \"/h\", interval = \"1s\", timeout = \"5s\" }",
+                "timeout at most the interval",
+            ),
+        ] {
+            let err = parse(&app(keys)).unwrap_err();
+            assert!(
+                err.iter().any(|e| e.message.contains(needle)),
+                "{keys}: {err:?}"
+            );
         }
     }
 

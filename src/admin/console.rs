@@ -364,7 +364,7 @@ async fn app_rows(
         .filter(|a| admin.may(&a.id))
         .map(|a| {
             let http = state.http.clone();
-            let url = a.upstream.clone();
+            let url = a.upstream().clone();
             let tcp = (a.kind() == crate::config::AppKind::Tcp).then(|| a.upstream_authority());
             tokio::spawn(async move {
                 // A TCP app is healthy when its port accepts a connection.
@@ -413,9 +413,29 @@ async fn app_rows(
                 ..Default::default()
             })
             .await?;
+        // A pool says what it knows of each upstream (health checks, refused connections).
+        let pool: Vec<(String, bool, String)> = state
+            .balancers
+            .get(&a.id)
+            .map(|b| {
+                b.states()
+                    .into_iter()
+                    .map(|t| {
+                        let detail = format!("{} ({} outstanding)", t.detail, t.outstanding);
+                        (t.url, t.in_pool, detail)
+                    })
+                    .collect()
+            })
+            .unwrap_or_default();
+        let healthy = if pool.is_empty() {
+            healthy
+        } else {
+            pool.iter().any(|(_, in_pool, _)| *in_pool)
+        };
         rows.push(AppRow {
             id: a.id.clone(),
-            upstream: a.upstream.as_str().trim_end_matches('/').to_string(),
+            upstream: a.upstream().as_str().trim_end_matches('/').to_string(),
+            pool,
             healthy,
             health_detail: if healthy { String::new() } else { detail },
             principals,
@@ -589,7 +609,11 @@ fn settings(state: &State) -> Vec<(String, String)> {
             format!("app {}", a.id),
             format!(
                 "{} · host {} · path {} · audience {}",
-                a.upstream.as_str().trim_end_matches('/'),
+                a.upstreams
+                    .iter()
+                    .map(|u| u.as_str().trim_end_matches('/'))
+                    .collect::<Vec<_>>()
+                    .join(", "),
                 &a.host,
                 a.path_prefix,
                 a.audience

@@ -27,6 +27,9 @@ pub(super) struct AppsPage {
 pub(super) struct AppRow {
     pub(super) id: String,
     pub(super) upstream: String,
+    /// For an app with a pool of upstreams: each one, whether it is in the pool, and what its
+    /// last health check said (or why it is out).
+    pub(super) pool: Vec<(String, bool, String)>,
     pub(super) healthy: bool,
     pub(super) health_detail: String,
     pub(super) principals: usize,

@@ -116,12 +116,13 @@ async fn forward(
         },
         added,
         live,
+        balancer: state.balancers.get(&app.id),
     };
     proxy::forward(&state.upstream, state.config.upstream_timeout, req, out)
         .await
         .map_err(|e| {
             state.metrics.upstream_error(&app.id, e.kind());
-            tracing::warn!(app = %app.id, upstream = %app.upstream, "upstream error: {e}");
+            tracing::warn!(app = %app.id, upstream = %app.upstream(), "upstream error: {e}");
             Failure::upstream(&app.id, matches!(e, proxy::Error::Timeout(_)))
         })
 }

@@ -13,7 +13,10 @@ use hyper_util::rt::TokioIo;
 use super::splice;
 use crate::config::App;
 use crate::runtime::live::{Pending, RevocableBody};
-use crate::runtime::upstream::Pool;
+use std::sync::Arc;
+
+use crate::runtime::balance::{Balancer, InFlight};
+use crate::runtime::upstream::{Driven, Failed, Pool};
 use crate::web::{Body, BoxError, HeaderList};
 
 /// Headers that describe one connection, never forwarded (RFC 9110 §7.6.1, plus the legacy ones).
@@ -42,6 +45,15 @@ pub enum Error {
     Timeout(Duration),
     #[error("the app's upstream failed: {0}")]
     Upstream(#[source] hyper::Error),
+}
+
+impl From<crate::runtime::upstream::Error> for Error {
+    fn from(e: crate::runtime::upstream::Error) -> Error {
+        match e {
+            crate::runtime::upstream::Error::Connect(e) => Error::Connect(e),
+            crate::runtime::upstream::Error::Http(e) => Error::Upstream(e),
+        }
+    }
 }
 
 impl Error {
@@ -73,6 +85,8 @@ pub struct Outbound<'a> {
     pub added: HeaderList,
     /// What to register if the answer outlives the request.
     pub live: Option<Pending>,
+    /// The app's pool, when it has several upstreams or a health check.
+    pub balancer: Option<&'a Arc<Balancer>>,
 }
 
 /// Sends `req` to `app` as `target` (the normalised path and query castellan decided on) and
@@ -92,10 +106,12 @@ pub async fn forward(
         forwarded,
         added,
         live,
+        balancer,
     } = out;
     let upgrade = wants_upgrade(req.headers(), req.version());
     let client_upgrade = upgrade.as_ref().map(|_| hyper::upgrade::on(&mut req));
     let (mut parts, body) = req.into_parts();
+    let bodiless = hyper::body::Body::is_end_stream(&body);
 
     let host = parts
         .uri
@@ -108,7 +124,6 @@ pub async fn forward(
                 .and_then(|h| h.to_str().ok())
                 .map(str::to_string)
         });
-    let upstream = app.upstream.as_str();
     // The request line carries the origin form (an upstream URL has no path of its own: the
     // configuration refuses one).
     parts.uri = target
@@ -145,7 +160,9 @@ pub async fn forward(
             headers.insert(header::HOST, h);
         }
         None => {
-            if let Some(a) = upstream
+            if let Some(a) = app
+                .upstream()
+                .as_str()
                 .parse::<Uri>()
                 .ok()
                 .and_then(|u| HeaderValue::from_str(u.authority()?.as_str()).ok())
@@ -170,14 +187,45 @@ pub async fn forward(
         })
         .map_err(|e| Box::new(e) as BoxError)
         .boxed_unsync();
+    // A request that may go again to another upstream after it reached one that failed: an
+    // idempotent method without a body (a request that never reached one always may).
+    let replay = (balancer.is_some()
+        && bodiless
+        && client_upgrade.is_none()
+        && matches!(
+            parts.method,
+            http::Method::GET | http::Method::HEAD | http::Method::OPTIONS
+        ))
+    .then(|| Replay {
+        method: parts.method.clone(),
+        uri: parts.uri.clone(),
+        headers: parts.headers.clone(),
+    });
     let upstream_req = Request::from_parts(parts, body);
-    // Boxed: the exchange's state is large, and the request's future is copied into its box.
-    let sent = Box::pin(pool.send(upstream, upstream_req, client_upgrade.is_some()));
-    let mut resp = match tokio::time::timeout(timeout, sent).await {
-        Err(_) => return Err(Error::Timeout(timeout)),
-        Ok(Err(crate::runtime::upstream::Error::Connect(e))) => return Err(Error::Connect(e)),
-        Ok(Err(crate::runtime::upstream::Error::Http(e))) => return Err(Error::Upstream(e)),
-        Ok(Ok(resp)) => resp,
+    let upgrading = client_upgrade.is_some();
+    let (mut resp, in_flight) = match balancer {
+        None => {
+            // Boxed: the exchange's state is large, and the request's future is copied into
+            // its box.
+            let sent = Box::pin(pool.send(app.upstream().as_str(), upstream_req, upgrading));
+            match tokio::time::timeout(timeout, sent).await {
+                Err(_) => return Err(Error::Timeout(timeout)),
+                Ok(Err(e)) => return Err(e.into()),
+                Ok(Ok(resp)) => (resp, None),
+            }
+        }
+        Some(b) => {
+            let sent = Box::pin(send_pooled(
+                pool,
+                b,
+                upstream_req,
+                replay,
+                upgrading,
+                timeout,
+            ));
+            let (resp, in_flight) = sent.await?;
+            (resp, Some(in_flight))
+        }
     };
 
     if resp.status() == StatusCode::SWITCHING_PROTOCOLS
@@ -189,6 +237,8 @@ pub async fn forward(
             .as_ref()
             .is_some_and(|p| p.as_bytes().eq_ignore_ascii_case(b"websocket"));
         tokio::spawn(async move {
+            // The WebSocket counts as outstanding on its upstream while it is open.
+            let _in_flight = in_flight;
             match tokio::try_join!(client_upgrade, upstream_upgrade) {
                 Ok((client, upstream)) => {
                     let mut client = TokioIo::new(client);
@@ -223,7 +273,17 @@ pub async fn forward(
     let short = hyper::body::Body::size_hint(&body)
         .exact()
         .is_some_and(|n| n <= crate::runtime::live::SHORT_BODY);
-    let body = body.map_err(|e| Box::new(e) as BoxError).boxed_unsync();
+    let body = body.map_err(|e| Box::new(e) as BoxError);
+    let body = match in_flight {
+        // Counted on its upstream until the body ends (or is dropped).
+        Some(in_flight) => body
+            .map_frame(move |f| {
+                let _ = &in_flight;
+                f
+            })
+            .boxed_unsync(),
+        None => body.boxed_unsync(),
+    };
     let body = match live {
         Some(pending) if !short => {
             let (guard, revoked) = pending.register();
@@ -232,6 +292,62 @@ pub async fn forward(
         _ => body,
     };
     Ok(Response::from_parts(parts, body))
+}
+
+/// What a request is made of, to send it again to another upstream.
+struct Replay {
+    method: http::Method,
+    uri: Uri,
+    headers: HeaderMap,
+}
+
+impl Replay {
+    fn request(&self) -> Request<Body> {
+        let mut r = Request::new(crate::web::empty());
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = Version::HTTP_11;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+/// Sends `req` to the least loaded of `balancer`'s upstreams; one that cannot be reached leaves
+/// the pool and the request goes to the next (when it never left, or `replay` can make it again),
+/// all within `timeout`. Returns the response and what counts it on its upstream.
+async fn send_pooled(
+    pool: &Pool,
+    balancer: &Arc<Balancer>,
+    mut req: Request<Body>,
+    replay: Option<Replay>,
+    upgrade: bool,
+    timeout: Duration,
+) -> Result<(Response<Driven>, InFlight), Error> {
+    let deadline = tokio::time::Instant::now() + timeout;
+    let mut tried = 0u64;
+    loop {
+        let i = balancer
+            .pick(tried)
+            .expect("an untried upstream: the loop stops when none is left");
+        tried |= 1 << i;
+        let in_flight = balancer.begin(i);
+        match tokio::time::timeout_at(deadline, pool.try_send(balancer.url(i), req, upgrade)).await
+        {
+            Err(_) => return Err(Error::Timeout(timeout)),
+            Ok(Ok(resp)) => return Ok((resp, in_flight)),
+            Ok(Err(Failed { error, request })) => {
+                if matches!(error, crate::runtime::upstream::Error::Connect(_)) {
+                    balancer.refused(i);
+                    tracing::warn!(upstream = %balancer.url(i), "upstream cannot be reached ({error}): out of the pool for a while");
+                }
+                let again = request.or_else(|| replay.as_ref().map(Replay::request));
+                match again {
+                    Some(r) if balancer.pick(tried).is_some() => req = r,
+                    _ => return Err(error.into()),
+                }
+            }
+        }
+    }
 }
 
 /// Removes what in an app's response would set or clear castellan's cookies.

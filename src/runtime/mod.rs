@@ -7,6 +7,7 @@
 //! May use: web, identity, store, policy, config and the leaves.
 
 pub mod audit;
+pub mod balance;
 mod directories;
 pub mod keys;
 pub mod live;
@@ -18,6 +19,7 @@ pub mod sessions;
 pub mod tls;
 pub mod upstream;
 
+use std::collections::HashMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -71,6 +73,8 @@ pub struct State {
     pub ip_limiter: Arc<Limiter>,
     pub audit: AuditSink,
     pub live: Arc<Registry>,
+    /// The pools of apps with several upstreams or a health check, by app id; see [`balance`].
+    pub balancers: HashMap<String, Arc<balance::Balancer>>,
     /// One refresh of a sign-in's grant at a time; see [`provider_tokens`].
     pub refresh_locks: Arc<provider_tokens::RefreshLocks>,
     /// For providers, access-request notifications and upstream health probes.
@@ -238,7 +242,27 @@ impl State {
             .map(|d| directory::Directory::new(d.clone(), http.clone(), metadata.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Directory(e.to_string()))?;
+        // Apps with a pool of upstreams or a health check, each with its health-check task
+        // (which ends with this state).
+        let balancers: HashMap<String, Arc<balance::Balancer>> = config
+            .apps
+            .iter()
+            .filter(|a| a.upstreams.len() > 1 || a.health_check.is_some())
+            .map(|a| {
+                let b = Arc::new(balance::Balancer::new(a));
+                if let Some(hc) = &a.health_check {
+                    tokio::spawn(balance::health_checks(
+                        a.id.clone(),
+                        hc.clone(),
+                        Arc::downgrade(&b),
+                        http.clone(),
+                    ));
+                }
+                (a.id.clone(), b)
+            })
+            .collect();
         let state = Arc::new(State {
+            balancers,
             directories,
             certs,
             reload_signal,

@@ -42,6 +42,12 @@ pub enum Error {
     Http(#[source] hyper::Error),
 }
 
+/// A send that failed, with the request when it never left.
+pub struct Failed {
+    pub error: Error,
+    pub request: Option<Request<Body>>,
+}
+
 /// The upstream connections of one castellan, by upstream.
 pub struct Pool {
     connector: HttpsConnector<HttpConnector>,
@@ -120,13 +126,35 @@ impl Pool {
     pub async fn send(
         &self,
         upstream: &str,
-        mut req: Request<Body>,
+        req: Request<Body>,
         upgrade: bool,
     ) -> Result<Response<Driven>, Error> {
+        self.try_send(upstream, req, upgrade)
+            .await
+            .map_err(|f| f.error)
+    }
+
+    /// [`Pool::send`], giving the request back when it never reached the upstream (no
+    /// connection could be made, or the connection closed before taking it), so that it can go
+    /// to another.
+    pub async fn try_send(
+        &self,
+        upstream: &str,
+        mut req: Request<Body>,
+        upgrade: bool,
+    ) -> Result<Response<Driven>, Failed> {
         loop {
             let (mut conn, reused) = match self.checkout(upstream).await {
                 Some(conn) => (conn, true),
-                None => (self.connect(upstream).await?, false),
+                None => match self.connect(upstream).await {
+                    Ok(conn) => (conn, false),
+                    Err(error) => {
+                        return Err(Failed {
+                            error,
+                            request: Some(req),
+                        });
+                    }
+                },
             };
             let sent = conn.sender.try_send_request(req);
             let result = if upgrade {
@@ -159,9 +187,20 @@ impl Pool {
                 // request went nowhere, so it goes again, on a new connection.
                 Err(mut e) if reused => match e.take_message() {
                     Some(r) => req = r,
-                    None => return Err(Error::Http(e.into_error())),
+                    None => {
+                        return Err(Failed {
+                            error: Error::Http(e.into_error()),
+                            request: None,
+                        });
+                    }
                 },
-                Err(e) => return Err(Error::Http(e.into_error())),
+                Err(mut e) => {
+                    let request = e.take_message();
+                    return Err(Failed {
+                        error: Error::Http(e.into_error()),
+                        request,
+                    });
+                }
             }
         }
     }

@@ -300,34 +300,37 @@ async fn watch_config(current: Arc<Current>, path: std::path::PathBuf) {
 /// naming the app and the address, rather than leaving it to the first request's log line.
 async fn check_upstreams(state: Arc<State>) {
     for app in &state.config.apps {
-        let (Some(host), Some(port)) = (
-            app.upstream.host_str(),
-            app.upstream.port_or_known_default(),
-        ) else {
-            continue;
-        };
-        let host = host
-            .trim_start_matches('[')
-            .trim_end_matches(']')
-            .to_string();
-        let connect = tokio::net::TcpStream::connect((host.as_str(), port));
-        match tokio::time::timeout(state.config.upstream_connect_timeout, connect).await {
-            Ok(Ok(_)) => {}
-            Ok(Err(e)) => tracing::warn!(
-                app = %app.id,
-                upstream = %app.upstream,
-                "app {} cannot be reached at {} ({e}); its requests get 502 until it answers. Start it, or fix upstream in its [[apps]] entry",
-                app.id,
-                app.upstream
-            ),
-            Err(_) => tracing::warn!(
-                app = %app.id,
-                upstream = %app.upstream,
-                "app {} did not answer at {} within {} s; its requests get 502 until it does",
-                app.id,
-                app.upstream,
-                state.config.upstream_connect_timeout.as_secs()
-            ),
+        for upstream in &app.upstreams {
+            let (Some(host), Some(port)) = (upstream.host_str(), upstream.port_or_known_default())
+            else {
+                continue;
+            };
+            let host = host
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_string();
+            let connect = tokio::net::TcpStream::connect((host.as_str(), port));
+            let others = if app.upstreams.len() > 1 {
+                "the pool's other upstreams take its requests meanwhile"
+            } else {
+                "its requests get 502 until it answers"
+            };
+            match tokio::time::timeout(state.config.upstream_connect_timeout, connect).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => tracing::warn!(
+                    app = %app.id,
+                    upstream = %upstream,
+                    "app {} cannot be reached at {upstream} ({e}); {others}. Start it, or fix upstream in its [[apps]] entry",
+                    app.id,
+                ),
+                Err(_) => tracing::warn!(
+                    app = %app.id,
+                    upstream = %upstream,
+                    "app {} did not answer at {upstream} within {} s; {others}",
+                    app.id,
+                    state.config.upstream_connect_timeout.as_secs()
+                ),
+            }
         }
     }
 }

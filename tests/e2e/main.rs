@@ -18,6 +18,7 @@ mod lifecycle;
 mod local;
 mod oidc;
 mod policy;
+mod pools;
 mod programmatic;
 mod provider_tokens;
 mod proxy;

@@ -391,7 +391,8 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
     let local = listener.local_addr()?;
     let app = Arc::new(App {
         id: "remote".into(),
-        upstream: Url::parse(&origin)?,
+        upstreams: vec![Url::parse(&origin)?],
+        health_check: None,
         host: remote.host_str().unwrap_or_default().to_string(),
         path_prefix: "/".into(),
         audience: String::new(),
@@ -464,6 +465,7 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
                                     forwarded,
                                     added,
                                     live: None,
+                                    balancer: None,
                                 };
                                 match proxy::forward(&upstream, Duration::from_secs(120), req, out)
                                     .await
