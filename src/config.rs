@@ -314,6 +314,9 @@ pub struct App {
     pub upstreams: Vec<Url>,
     /// How each upstream is checked (`health_check`), if at all.
     pub health_check: Option<HealthCheck>,
+    /// How castellan connects to the upstreams: timeouts, and for `https://` ones the CA and
+    /// client certificate.
+    pub connection: UpstreamConnection,
     /// Match on the `Host` header (lower case, no port); `*.example.com` matches every name one
     /// label below example.com. Never castellan's own host (public_url's).
     pub host: String,
@@ -340,6 +343,31 @@ pub struct App {
     pub claims: AppClaims,
     /// The person's own tokens from their sign-in provider, sent to the app (opt-in).
     pub provider_tokens: ProviderTokens,
+}
+
+/// How castellan reaches an app's upstreams.
+#[derive(Debug, Clone, PartialEq)]
+pub struct UpstreamConnection {
+    /// `upstream_connect_timeout` (the app's, else the top-level one).
+    pub connect_timeout: Duration,
+    /// `upstream_timeout` (the app's, else the top-level one): until the response headers.
+    pub timeout: Duration,
+    /// `upstream_ca`: PEM certificates that `https://` upstreams are verified against instead of
+    /// the system's roots.
+    pub ca: Option<PathBuf>,
+    /// `upstream_client_cert` and `upstream_client_key`: presented to `https://` upstreams that
+    /// ask for a client certificate (mTLS to the app).
+    pub client_cert: Option<(PathBuf, PathBuf)>,
+}
+
+impl UpstreamConnection {
+    /// Whether the app needs connections of its own (not the shared pool's): its own
+    /// connect timeout, CA or client certificate.
+    pub fn own_pool(&self, default_connect_timeout: Duration) -> bool {
+        self.ca.is_some()
+            || self.client_cert.is_some()
+            || self.connect_timeout != default_connect_timeout
+    }
 }
 
 /// An app's active health check: `GET path` on each upstream every `interval`; `unhealthy`
@@ -907,6 +935,7 @@ const APP_KEYS: &[&str] = &[
     "require_second_factor",
     "require_passkey",
     "require_acr",
+    "upstream_connect_timeout",
     "identity_headers",
     "upstream_auth",
     "upstream_auth_audience",
@@ -922,6 +951,10 @@ const APP_KEYS: &[&str] = &[
     "id_token_header",
     "provider_scopes",
     "health_check",
+    "upstream_timeout",
+    "upstream_ca",
+    "upstream_client_cert",
+    "upstream_client_key",
 ];
 /// The keys a TCP app refuses (castellan passes its bytes through, with no HTTP headers): the
 /// tail of [`APP_KEYS`] from `identity_headers` on.
@@ -1082,7 +1115,12 @@ impl Reader<'_> {
         };
         let had_apps = t.contains_key("apps");
         let reauth_default = self.duration(&mut t, "", "reauth_max_age");
-        let apps = self.apps(&mut t, reauth_default);
+        let apps = self.apps(
+            &mut t,
+            base,
+            reauth_default,
+            (upstream_connect_timeout, upstream_timeout),
+        );
         let client_ca = tls.as_ref().is_some_and(|t| t.client_ca.is_some());
         for (i, level) in access_levels.iter().enumerate() {
             if level.client_certificate && !client_ca {
@@ -1945,7 +1983,13 @@ impl Reader<'_> {
         }
     }
 
-    fn apps(&mut self, t: &mut toml::Table, reauth_default: Option<Duration>) -> Vec<App> {
+    fn apps(
+        &mut self,
+        t: &mut toml::Table,
+        base: &Path,
+        reauth_default: Option<Duration>,
+        (connect_default, timeout_default): (Duration, Duration),
+    ) -> Vec<App> {
         let mut ids = HashSet::new();
         let mut audiences = HashSet::new();
         let mut routes = BTreeMap::new();
@@ -2146,11 +2190,19 @@ impl Reader<'_> {
             }
             // Without an upstream or a host the app is not served (the problem is reported).
             let health_check = self.health_check(&mut a, &prefix);
+            let connection = self.upstream_connection(
+                &mut a,
+                &prefix,
+                base,
+                &upstreams,
+                (connect_default, timeout_default),
+            );
             if let (false, Some(host)) = (upstreams.is_empty(), host) {
                 out.push(App {
                     id,
                     upstreams,
                     health_check,
+                    connection,
                     host,
                     path_prefix,
                     audience,
@@ -2441,6 +2493,55 @@ impl Reader<'_> {
                 );
                 Vec::new()
             }
+        }
+    }
+
+    /// An app's `upstream_connect_timeout`, `upstream_timeout`, `upstream_ca`,
+    /// `upstream_client_cert` and `upstream_client_key`; the CA and certificate only for `https://`
+    /// upstreams, the certificate and key together.
+    fn upstream_connection(
+        &mut self,
+        a: &mut toml::Table,
+        prefix: &str,
+        base: &Path,
+        upstreams: &[Url],
+        (connect_default, timeout_default): (Duration, Duration),
+    ) -> UpstreamConnection {
+        let connect_timeout = self
+            .duration(a, prefix, "upstream_connect_timeout")
+            .unwrap_or(connect_default);
+        let timeout = self
+            .duration(a, prefix, "upstream_timeout")
+            .unwrap_or(timeout_default);
+        let file = |r: &mut Self, a: &mut toml::Table, key: &str| {
+            r.string(a, prefix, key).map(|p| base.join(p))
+        };
+        let ca = file(self, a, "upstream_ca");
+        let cert = file(self, a, "upstream_client_cert");
+        let key = file(self, a, "upstream_client_key");
+        let client_cert = match (cert, key) {
+            (Some(c), Some(k)) => Some((c, k)),
+            (None, None) => None,
+            _ => {
+                self.problem(
+                    format!("{prefix}upstream_client_cert"),
+                    "a client certificate needs its key: set both upstream_client_cert and upstream_client_key",
+                );
+                None
+            }
+        };
+        let tls = ca.is_some() || client_cert.is_some();
+        if tls && !upstreams.iter().all(|u| u.scheme() == "https") {
+            self.problem(
+                format!("{prefix}upstream"),
+                "upstream_ca and upstream_client_cert are for https:// upstreams: write the upstream as https://HOST:PORT",
+            );
+        }
+        UpstreamConnection {
+            connect_timeout,
+            timeout,
+            ca,
+            client_cert,
         }
     }
 
@@ -3300,6 +3401,19 @@ id = "b"
             ),
             (5, 2, 2, 2)
         );
+        // The app's timeouts default to the top-level ones; its own replace them.
+        let c = parse(&format!(
+            "upstream_timeout = \"30s\"\n{}",
+            app("upstream = \"https://10.0.0.5:1\"\nupstream_connect_timeout = \"1s\"\nupstream_ca = \"ca.pem\"")
+        ))
+        .unwrap();
+        let conn = &c.apps[0].connection;
+        assert_eq!(
+            (conn.connect_timeout.as_secs(), conn.timeout.as_secs()),
+            (1, 30)
+        );
+        assert!(conn.ca.as_ref().unwrap().ends_with("ca.pem"));
+        assert!(conn.own_pool(c.upstream_connect_timeout));
         for (keys, needle) in [
             ("upstream = []", "a URL or a list"),
             (
@@ -3321,6 +3435,14 @@ id = "b"
             (
                 "upstream = \"http://10.0.0.5:1\"\nhealth_check = { path = \"/h\", interval = \"1s\", timeout = \"5s\" }",
                 "timeout at most the interval",
+            ),
+            (
+                "upstream = \"http://10.0.0.5:1\"\nupstream_ca = \"ca.pem\"",
+                "for https:// upstreams",
+            ),
+            (
+                "upstream = \"https://10.0.0.5:1\"\nupstream_client_cert = \"c.pem\"",
+                "needs its key",
             ),
         ] {
             let err = parse(&app(keys)).unwrap_err();

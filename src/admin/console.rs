@@ -363,7 +363,8 @@ async fn app_rows(
         .iter()
         .filter(|a| admin.may(&a.id))
         .map(|a| {
-            let http = state.http.clone();
+            // Over the app's own connections (its CA, client certificate, connect timeout).
+            let pool = state.pool_for(a).clone();
             let url = a.upstream().clone();
             let tcp = (a.kind() == crate::config::AppKind::Tcp).then(|| a.upstream_authority());
             tokio::spawn(async move {
@@ -378,16 +379,15 @@ async fn app_rows(
                         Err(_) => (false, "no answer within 2 s".to_string()),
                     };
                 }
-                match http
-                    .get(url.as_str())
-                    .timeout(std::time::Duration::from_secs(2))
-                    .send()
-                    .await
-                {
-                    Ok(r) => (true, format!("HTTP {}", r.status().as_u16())),
-                    Err(e) if e.is_timeout() => (false, "no answer within 2 s".to_string()),
-                    Err(_) => (false, "connection refused or failed".to_string()),
-                }
+                // Any answer means it answers (the console says which).
+                let (answered, detail) = crate::runtime::balance::check(
+                    &pool,
+                    url.as_str(),
+                    "/",
+                    std::time::Duration::from_secs(2),
+                )
+                .await;
+                (answered || detail.starts_with("HTTP "), detail)
             })
         })
         .collect();

@@ -118,7 +118,7 @@ async fn forward(
         live,
         balancer: state.balancers.get(&app.id),
     };
-    proxy::forward(&state.upstream, state.config.upstream_timeout, req, out)
+    proxy::forward(state.pool_for(app), app.connection.timeout, req, out)
         .await
         .map_err(|e| {
             state.metrics.upstream_error(&app.id, e.kind());

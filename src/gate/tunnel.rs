@@ -75,7 +75,7 @@ async fn open(
     }
     // Only now, allowed, does castellan connect to the app.
     let target = app.upstream_authority();
-    let timeout = state.config.upstream_connect_timeout;
+    let timeout = app.connection.connect_timeout;
     let tcp = match tokio::time::timeout(timeout, tokio::net::TcpStream::connect(&target)).await {
         Ok(Ok(tcp)) => tcp,
         failed => {

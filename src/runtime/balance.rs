@@ -187,13 +187,16 @@ impl Balancer {
     }
 }
 
-/// Checks `app`'s upstreams every `interval` while `balancer` is in use (the state that holds it).
-pub async fn health_checks(
-    app: String,
-    hc: HealthCheck,
-    balancer: std::sync::Weak<Balancer>,
-    http: reqwest::Client,
-) {
+/// Checks `app`'s upstreams every `interval` while `balancer` is in use (the state that holds it),
+/// over connections of its own made as the app's are (its CA, client certificate, timeouts).
+pub async fn health_checks(app: App, hc: HealthCheck, balancer: std::sync::Weak<Balancer>) {
+    let pool = match super::upstream::Pool::for_app(&app.connection) {
+        Ok(p) => Arc::new(p),
+        Err(e) => {
+            tracing::error!(app = %app.id, "health checks cannot run: {e}");
+            return;
+        }
+    };
     loop {
         tokio::time::sleep(hc.interval).await;
         let Some(b) = balancer.upgrade() else {
@@ -201,37 +204,48 @@ pub async fn health_checks(
         };
         let mut checks = tokio::task::JoinSet::new();
         for i in 0..b.len() {
-            let url = format!("{}{}", b.url(i).trim_end_matches('/'), hc.path);
-            let http = http.clone();
-            let timeout = hc.timeout;
-            checks.spawn(async move {
-                let said = match http.get(&url).timeout(timeout).send().await {
-                    Ok(r) if r.status().as_u16() < 500 => {
-                        (true, format!("HTTP {}", r.status().as_u16()))
-                    }
-                    Ok(r) => (false, format!("HTTP {}", r.status().as_u16())),
-                    Err(e) if e.is_timeout() => (
-                        false,
-                        format!("no answer within {} s", timeout.as_secs_f32()),
-                    ),
-                    Err(_) => (false, "connection refused or failed".to_string()),
-                };
-                (i, said)
-            });
+            let upstream = b.url(i).to_string();
+            let pool = pool.clone();
+            let (path, timeout) = (hc.path.clone(), hc.timeout);
+            checks.spawn(async move { (i, check(&pool, &upstream, &path, timeout).await) });
         }
-        let mut results = Vec::new();
-        while let Some(Ok(r)) = checks.join_next().await {
-            results.push(r);
-        }
-        for (i, (passed, detail)) in results {
+        while let Some(Ok((i, (passed, detail)))) = checks.join_next().await {
             if b.checked(i, passed, detail.clone(), &hc) {
                 if passed {
-                    tracing::info!(app = %app, upstream = %b.url(i), "upstream passes its health check again: back in the pool");
+                    tracing::info!(app = %app.id, upstream = %b.url(i), "upstream passes its health check again: back in the pool");
                 } else {
-                    tracing::warn!(app = %app, upstream = %b.url(i), "upstream fails its health check ({detail}): out of the pool");
+                    tracing::warn!(app = %app.id, upstream = %b.url(i), "upstream fails its health check ({detail}): out of the pool");
                 }
             }
         }
+    }
+}
+
+/// One health check: `GET path` on `upstream` within `timeout`; passes below status 500.
+pub async fn check(
+    pool: &super::upstream::Pool,
+    upstream: &str,
+    path: &str,
+    timeout: Duration,
+) -> (bool, String) {
+    let authority = upstream
+        .split_once("://")
+        .map_or(upstream, |(_, rest)| rest)
+        .trim_end_matches('/')
+        .to_string();
+    let req = http::Request::get(path)
+        .header(http::header::HOST, authority)
+        .header(http::header::USER_AGENT, "castellan health check")
+        .body(crate::web::empty())
+        .expect("a GET request builds");
+    match tokio::time::timeout(timeout, pool.send(upstream, req, false)).await {
+        Ok(Ok(r)) if r.status().as_u16() < 500 => (true, format!("HTTP {}", r.status().as_u16())),
+        Ok(Ok(r)) => (false, format!("HTTP {}", r.status().as_u16())),
+        Ok(Err(e)) => (false, format!("{e}")),
+        Err(_) => (
+            false,
+            format!("no answer within {} s", timeout.as_secs_f32()),
+        ),
     }
 }
 

@@ -53,6 +53,8 @@ pub enum Error {
     Tls(String),
     #[error("{0}")]
     Directory(String),
+    #[error("app {0}: {1}")]
+    Upstream(String, String),
 }
 
 /// Everything a request needs, shared by all connections. A configuration reload makes a new
@@ -73,6 +75,9 @@ pub struct State {
     pub ip_limiter: Arc<Limiter>,
     pub audit: AuditSink,
     pub live: Arc<Registry>,
+    /// The connections of apps that have their own (`upstream_ca`, a client certificate, a
+    /// connect timeout), by app id; the others share [`State::upstream`].
+    app_pools: HashMap<String, upstream::Pool>,
     /// The pools of apps with several upstreams or a health check, by app id; see [`balance`].
     pub balancers: HashMap<String, Arc<balance::Balancer>>,
     /// One refresh of a sign-in's grant at a time; see [`provider_tokens`].
@@ -242,6 +247,15 @@ impl State {
             .map(|d| directory::Directory::new(d.clone(), http.clone(), metadata.clone()))
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Directory(e.to_string()))?;
+        // Apps whose connections are their own: a connect timeout, CA or client certificate.
+        let mut app_pools = HashMap::new();
+        for a in &config.apps {
+            if a.connection.own_pool(config.upstream_connect_timeout) {
+                let pool = upstream::Pool::for_app(&a.connection)
+                    .map_err(|e| Error::Upstream(a.id.clone(), e))?;
+                app_pools.insert(a.id.clone(), pool);
+            }
+        }
         // Apps with a pool of upstreams or a health check, each with its health-check task
         // (which ends with this state).
         let balancers: HashMap<String, Arc<balance::Balancer>> = config
@@ -252,16 +266,16 @@ impl State {
                 let b = Arc::new(balance::Balancer::new(a));
                 if let Some(hc) = &a.health_check {
                     tokio::spawn(balance::health_checks(
-                        a.id.clone(),
+                        a.clone(),
                         hc.clone(),
                         Arc::downgrade(&b),
-                        http.clone(),
                     ));
                 }
                 (a.id.clone(), b)
             })
             .collect();
         let state = Arc::new(State {
+            app_pools,
             balancers,
             directories,
             certs,
@@ -296,6 +310,11 @@ impl State {
 
     pub fn provider(&self, id: &str) -> Option<&oidc::Client> {
         self.providers.iter().find(|p| p.config.id == id)
+    }
+
+    /// The connections to `app`'s upstreams.
+    pub fn pool_for(&self, app: &crate::config::App) -> &upstream::Pool {
+        self.app_pools.get(&app.id).unwrap_or(&self.upstream)
     }
 
     /// Whether sign-ins keep the provider's access token: only while some app asks for it.

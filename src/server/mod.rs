@@ -315,7 +315,7 @@ async fn check_upstreams(state: Arc<State>) {
             } else {
                 "its requests get 502 until it answers"
             };
-            match tokio::time::timeout(state.config.upstream_connect_timeout, connect).await {
+            match tokio::time::timeout(app.connection.connect_timeout, connect).await {
                 Ok(Ok(_)) => {}
                 Ok(Err(e)) => tracing::warn!(
                     app = %app.id,
@@ -328,7 +328,7 @@ async fn check_upstreams(state: Arc<State>) {
                     upstream = %upstream,
                     "app {} did not answer at {upstream} within {} s; {others}",
                     app.id,
-                    state.config.upstream_connect_timeout.as_secs()
+                    app.connection.connect_timeout.as_secs()
                 ),
             }
         }

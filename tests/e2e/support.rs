@@ -242,7 +242,7 @@ impl Idp {
 // ---- an echo upstream -----------------------------------------------------------------------------
 
 /// An upstream app that answers with JSON describing the request it received.
-/// `/slow` waits 3 s; `/stream` sends `chunk-1`, waits 1.5 s, sends `chunk-2`; `/long` does the
+/// `/slow` (and any path ending so) waits 3 s; `/stream` sends `chunk-1`, waits 1.5 s, sends `chunk-2`; `/long` does the
 /// same with a Content-Length and 2 MiB after the wait; `/hostile` is a hostile app's page.
 pub struct Echo {
     pub addr: SocketAddr,
@@ -259,7 +259,7 @@ type EchoBody = http_body_util::combinators::BoxBody<Bytes, Infallible>;
 
 async fn echo(req: hyper::Request<Incoming>) -> Result<hyper::Response<EchoBody>, Infallible> {
     let path = req.uri().path().to_string();
-    if path == "/slow" {
+    if path.ends_with("/slow") {
         tokio::time::sleep(Duration::from_secs(3)).await;
     }
     if path == "/ws" {

@@ -393,6 +393,12 @@ pub async fn proxy(url: &str, port: u16) -> Result<ExitCode> {
         id: "remote".into(),
         upstreams: vec![Url::parse(&origin)?],
         health_check: None,
+        connection: castellan::config::UpstreamConnection {
+            connect_timeout: Duration::from_secs(10),
+            timeout: Duration::from_secs(60),
+            ca: None,
+            client_cert: None,
+        },
         host: remote.host_str().unwrap_or_default().to_string(),
         path_prefix: "/".into(),
         audience: String::new(),
