@@ -230,7 +230,10 @@ fn provider_token_headers(
         } else {
             token
         };
-        Some((name.clone(), http::HeaderValue::from_str(&value).ok()?))
+        let mut value = http::HeaderValue::from_str(&value).ok()?;
+        // A credential: never shown in debug output, never indexed by HPACK.
+        value.set_sensitive(true);
+        Some((name.clone(), value))
     })
     .collect()
 }
