@@ -59,6 +59,8 @@ pub struct Config {
     pub directories: Vec<Directory>,
     /// Named requirements on a request's context that conditions reference (`[[access_levels]]`).
     pub access_levels: Vec<AccessLevel>,
+    /// Where the audit trail is streamed to (`[[audit_sinks]]`).
+    pub audit_sinks: Vec<AuditSink>,
     /// The bearer token SCIM clients present at `/.castellan/scim/v2/` (None: SCIM is off).
     pub scim_token: Option<Secret>,
     pub apps: Vec<App>,
@@ -343,6 +345,27 @@ pub struct App {
     pub claims: AppClaims,
     /// The person's own tokens from their sign-in provider, sent to the app (opt-in).
     pub provider_tokens: ProviderTokens,
+}
+
+/// A place the audit trail is delivered to, every record in order, at least once.
+#[derive(Debug, Clone)]
+pub struct AuditSink {
+    pub id: String,
+    pub kind: AuditSinkKind,
+    /// Records per delivery.
+    pub batch: usize,
+}
+
+#[derive(Debug, Clone)]
+pub enum AuditSinkKind {
+    /// JSON batches POSTed to `url`, signed with `secret` (HMAC-SHA256) when there is one.
+    Webhook { url: Url, secret: Option<Secret> },
+    /// JSON lines appended to `path`, which is rotated at `max_size` bytes, `keep` old files kept.
+    File {
+        path: PathBuf,
+        max_size: u64,
+        keep: usize,
+    },
 }
 
 /// How castellan reaches an app's upstreams.
@@ -887,7 +910,14 @@ impl Env for StoreOnly<'_> {
 
 /// Top-level keys the environment cannot override (lists and tables); with [`ENV_KEYS`], every
 /// top-level key.
-const TABLE_KEYS: &[&str] = &["providers", "directories", "apps", "tls", "access_levels"];
+const TABLE_KEYS: &[&str] = &[
+    "providers",
+    "directories",
+    "apps",
+    "tls",
+    "access_levels",
+    "audit_sinks",
+];
 const DIRECTORY_KEYS: &[&str] = &[
     "id",
     "kind",
@@ -901,6 +931,10 @@ const DIRECTORY_KEYS: &[&str] = &[
     "authority",
 ];
 const TLS_KEYS: &[&str] = &["cert", "key", "acme", "http_listen", "hsts", "client_ca"];
+
+const AUDIT_SINK_KEYS: &[&str] = &[
+    "id", "kind", "url", "secret", "path", "max_size", "keep", "batch",
+];
 
 const ACCESS_LEVEL_KEYS: &[&str] = &[
     "name",
@@ -1089,6 +1123,7 @@ impl Reader<'_> {
         let providers = self.providers(&mut t);
         let directories = self.directories(&mut t, base);
         let access_levels = self.access_levels(&mut t);
+        let audit_sinks = self.audit_sinks(&mut t, base);
         let scim_token = self.string(&mut t, "", "scim_token").and_then(|token| {
             if token.len() < 32 && !self.env.secrets_unused() {
                 self.problem(
@@ -1202,6 +1237,7 @@ impl Reader<'_> {
             providers,
             directories,
             access_levels,
+            audit_sinks,
             scim_token,
             apps,
             tls,
@@ -1472,6 +1508,100 @@ impl Reader<'_> {
             }
         }
         nets
+    }
+
+    /// `[[audit_sinks]]`: a webhook or a JSON-lines file, each with a unique id.
+    fn audit_sinks(&mut self, t: &mut toml::Table, base: &Path) -> Vec<AuditSink> {
+        let mut out: Vec<AuditSink> = Vec::new();
+        for (prefix, mut a) in self.tables(t, "audit_sinks") {
+            self.unknown_keys(&a, &prefix, AUDIT_SINK_KEYS);
+            let id = self.required(&mut a, &prefix, "id", "\"siem\"");
+            let kind = self.required(&mut a, &prefix, "kind", "\"webhook\"");
+            let batch = self.count(&mut a, &prefix, "batch").unwrap_or(100);
+            if !(1..=1000).contains(&batch) {
+                self.problem(
+                    format!("{prefix}batch"),
+                    "expected 1 to 1000 records a delivery",
+                );
+            }
+            let kind = match kind.as_deref() {
+                Some("webhook") => {
+                    let url = self.required(
+                        &mut a,
+                        &prefix,
+                        "url",
+                        "\"https://siem.example.com/castellan\"",
+                    );
+                    let secret = self.string(&mut a, &prefix, "secret").map(Secret);
+                    match url.as_deref().map(Url::parse) {
+                        Some(Ok(u)) if matches!(u.scheme(), "http" | "https") => {
+                            Some(AuditSinkKind::Webhook { url: u, secret })
+                        }
+                        Some(_) => {
+                            self.problem(
+                                format!("{prefix}url"),
+                                "expected an http:// or https:// URL",
+                            );
+                            None
+                        }
+                        None => None,
+                    }
+                }
+                Some("file") => {
+                    let path = self.required(
+                        &mut a,
+                        &prefix,
+                        "path",
+                        "\"/var/log/castellan/audit.jsonl\"",
+                    );
+                    let max_size = match self.string(&mut a, &prefix, "max_size") {
+                        None => Some(100 << 20),
+                        Some(s) => parse_size(&s).or_else(|| {
+                            self.problem(
+                                format!("{prefix}max_size"),
+                                format!("`{s}` is not a size: write e.g. \"100MB\" or \"512KB\""),
+                            );
+                            None
+                        }),
+                    };
+                    let keep = self.count(&mut a, &prefix, "keep").unwrap_or(5);
+                    match (path, max_size) {
+                        (Some(p), Some(max_size)) => Some(AuditSinkKind::File {
+                            path: base.join(p),
+                            max_size,
+                            keep,
+                        }),
+                        _ => None,
+                    }
+                }
+                Some(other) => {
+                    self.problem(
+                        format!("{prefix}kind"),
+                        format!(
+                            "`{other}` is not a sink castellan has: write \"webhook\" or \"file\""
+                        ),
+                    );
+                    None
+                }
+                None => None,
+            };
+            let (Some(id), Some(kind)) = (id, kind) else {
+                continue;
+            };
+            if !valid_id(&id) || out.iter().any(|o| o.id == id) {
+                self.problem(
+                    format!("{prefix}id"),
+                    format!("`{id}` is not a unique id: use lower-case letters, digits and '-'"),
+                );
+                continue;
+            }
+            out.push(AuditSink {
+                id,
+                kind,
+                batch: batch.clamp(1, 1000),
+            });
+        }
+        out
     }
 
     /// `[[access_levels]]`: a unique name and at least one requirement.
@@ -2642,6 +2772,21 @@ impl Reader<'_> {
     }
 }
 
+/// `"100MB"`, `"512KB"`, `"1GB"`, or a number of bytes.
+pub fn parse_size(s: &str) -> Option<u64> {
+    let s = s.trim();
+    let (digits, unit) = s.split_at(s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len()));
+    let n: u64 = digits.parse().ok()?;
+    let factor = match unit.trim().to_ascii_uppercase().as_str() {
+        "" | "B" => 1,
+        "KB" | "KIB" => 1 << 10,
+        "MB" | "MIB" => 1 << 20,
+        "GB" | "GIB" => 1 << 30,
+        _ => return None,
+    };
+    n.checked_mul(factor).filter(|n| *n > 0)
+}
+
 /// App and provider ids: `[a-z0-9][a-z0-9-]*`, at most 63 characters.
 pub fn valid_id(id: &str) -> bool {
     let mut chars = id.chars();
@@ -2776,6 +2921,7 @@ mod tests {
             ("[[providers]]", PROVIDER_KEYS.to_vec()),
             ("[[directories]]", DIRECTORY_KEYS.to_vec()),
             ("[[access_levels]]", ACCESS_LEVEL_KEYS.to_vec()),
+            ("[[audit_sinks]]", AUDIT_SINK_KEYS.to_vec()),
             ("[[apps]]", APP_KEYS.to_vec()),
         ];
         let parsed: toml::Table = example.parse().unwrap();
@@ -2833,6 +2979,7 @@ mod tests {
             ("SCIM_TOKEN", "0123456789abcdef0123456789abcdef"),
             ("CORP_CLIENT_SECRET", "s"),
             ("GRAPH_CLIENT_SECRET", "s"),
+            ("AUDIT_WEBHOOK_SECRET", "s"),
         ]);
         if let Err(problems) = Config::parse(example, Path::new("/etc/castellan"), &env) {
             panic!("the README's complete example does not parse: {problems:#?}");
@@ -3449,6 +3596,49 @@ id = "b"
             assert!(
                 err.iter().any(|e| e.message.contains(needle)),
                 "{keys}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn audit_sinks_are_webhooks_or_files() {
+        let app =
+            "[[apps]]\nid=\"a\"\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\n";
+        let c = parse(&format!(
+            "[[audit_sinks]]\nid = \"siem\"\nkind = \"webhook\"\nurl = \"https://siem.example.com/in\"\n\
+             [[audit_sinks]]\nid = \"ship\"\nkind = \"file\"\npath = \"audit.jsonl\"\nmax_size = \"512KB\"\nkeep = 2\n{app}"
+        ))
+        .unwrap();
+        assert_eq!(c.audit_sinks.len(), 2);
+        assert!(matches!(
+            &c.audit_sinks[1].kind,
+            AuditSinkKind::File {
+                max_size: 524_288,
+                keep: 2,
+                ..
+            }
+        ));
+        assert_eq!(parse_size("100MB"), Some(100 << 20));
+        assert_eq!(parse_size("0"), None);
+        for (sink, needle) in [
+            ("id = \"x\"\nkind = \"syslog\"", "webhook\" or \"file"),
+            (
+                "id = \"x\"\nkind = \"webhook\"\nurl = \"ftp://x\"",
+                "http:// or https://",
+            ),
+            (
+                "id = \"x\"\nkind = \"file\"\npath = \"a\"\nmax_size = \"lots\"",
+                "not a size",
+            ),
+            (
+                "id = \"x\"\nkind = \"file\"\npath = \"a\"\nbatch = 5000",
+                "1 to 1000",
+            ),
+        ] {
+            let err = parse(&format!("[[audit_sinks]]\n{sink}\n{app}")).unwrap_err();
+            assert!(
+                err.iter().any(|e| e.message.contains(needle)),
+                "{sink}: {err:?}"
             );
         }
     }

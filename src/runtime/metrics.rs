@@ -39,6 +39,11 @@ pub struct TunnelBytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SinkLabel {
+    pub sink: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct EndedLabels {
     pub by: &'static str,
 }
@@ -76,6 +81,8 @@ pub struct Metrics {
     pub audit_dropped: Counter,
     pub audit_spooled: Gauge,
     pub audit_set_aside: Gauge,
+    /// Audit records a sink has yet to deliver, by sink.
+    pub audit_sink_backlog: Family<SinkLabel, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -148,7 +155,14 @@ impl Metrics {
             "Spool files the store refused, kept for an operator (rename one back to .jsonl to retry it)",
             audit_set_aside.clone(),
         );
+        let audit_sink_backlog = Family::<SinkLabel, Gauge>::default();
+        registry.register(
+            "audit_sink_backlog",
+            "Audit records an audit sink has yet to deliver (it catches up when it is back)",
+            audit_sink_backlog.clone(),
+        );
         Metrics {
+            audit_sink_backlog,
             audit_dropped,
             audit_spooled,
             audit_set_aside,

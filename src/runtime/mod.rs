@@ -7,6 +7,7 @@
 //! May use: web, identity, store, policy, config and the leaves.
 
 pub mod audit;
+pub mod audit_sinks;
 pub mod balance;
 mod directories;
 pub mod keys;
@@ -305,6 +306,10 @@ impl State {
             store,
         });
         state.reload().await.map_err(|e| Error::Keys(e.into()))?;
+        // Each audit sink's delivery, for as long as this configuration is in use.
+        for sink in &state.config.audit_sinks {
+            tokio::spawn(audit_sinks::run(Arc::downgrade(&state), sink.clone()));
+        }
         Ok(state)
     }
 

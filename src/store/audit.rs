@@ -44,9 +44,9 @@ pub struct AuditFilter {
     pub limit: i64,
 }
 
-const COLUMNS: &str = "id, at, kind, actor, ip, app, action, method, path, target, reason, binding, status, latency_us, reference, before, after";
+pub(super) const COLUMNS: &str = "id, at, kind, actor, ip, app, action, method, path, target, reason, binding, status, latency_us, reference, before, after";
 
-fn from_row(r: &sqlx::any::AnyRow) -> AuditRecord {
+pub(super) fn from_row(r: &sqlx::any::AnyRow) -> AuditRecord {
     let json = |i: usize| {
         r.get::<Option<String>, _>(i)
             .and_then(|s| serde_json::from_str(&s).ok())

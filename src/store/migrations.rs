@@ -92,6 +92,10 @@ const SQLITE: &[(&str, &str)] = &[
         "0020_provider_tokens.sql",
         include_str!("../../migrations/sqlite/0020_provider_tokens.sql"),
     ),
+    (
+        "0021_audit_sinks.sql",
+        include_str!("../../migrations/sqlite/0021_audit_sinks.sql"),
+    ),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -162,6 +166,10 @@ const POSTGRES: &[(&str, &str)] = &[
     (
         "0017_provider_tokens.sql",
         include_str!("../../migrations/postgres/0017_provider_tokens.sql"),
+    ),
+    (
+        "0018_audit_sinks.sql",
+        include_str!("../../migrations/postgres/0018_audit_sinks.sql"),
     ),
 ];
 

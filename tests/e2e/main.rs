@@ -3,6 +3,7 @@
 
 mod adversarial;
 mod api;
+mod audit_sinks;
 mod browser;
 mod cli;
 mod cli_login;
