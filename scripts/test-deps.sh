@@ -40,6 +40,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [ -x /usr/bin/faketime ] || missing+=(faketime)
 # The device-certificate test: curl presents a client certificate, as a script on a device would.
 [ -x /usr/bin/curl ] || missing+=(curl)
+# The audit streaming test: rsyslog receives castellan's RFC 5424 records over TCP and TLS.
+[ -x /usr/sbin/rsyslogd ] || missing+=(rsyslog)
+[ -f /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so ] || [ -f /usr/lib/rsyslog/lmnsd_ossl.so ] || missing+=(rsyslog-openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || fail "missing Debian packages: run 'sudo apt-get install ${missing[*]}'"
   step "installing Debian's ${missing[*]} (apt-get)"

@@ -366,6 +366,9 @@ pub enum AuditSinkKind {
         max_size: u64,
         keep: usize,
     },
+    /// RFC 5424 messages over TCP (`tcp://HOST:PORT`) or TLS (`tls://HOST:PORT`, RFC 5425),
+    /// octet-counted (RFC 6587); TLS verified against `ca` or the system's roots.
+    Syslog { address: Url, ca: Option<PathBuf> },
 }
 
 /// How castellan reaches an app's upstreams.
@@ -933,7 +936,7 @@ const DIRECTORY_KEYS: &[&str] = &[
 const TLS_KEYS: &[&str] = &["cert", "key", "acme", "http_listen", "hsts", "client_ca"];
 
 const AUDIT_SINK_KEYS: &[&str] = &[
-    "id", "kind", "url", "secret", "path", "max_size", "keep", "batch",
+    "id", "kind", "url", "secret", "path", "max_size", "keep", "address", "ca", "batch",
 ];
 
 const ACCESS_LEVEL_KEYS: &[&str] = &[
@@ -1574,11 +1577,37 @@ impl Reader<'_> {
                         _ => None,
                     }
                 }
+                Some("syslog") => {
+                    let address = self.required(
+                        &mut a,
+                        &prefix,
+                        "address",
+                        "\"tls://siem.example.com:6514\"",
+                    );
+                    let ca = self.string(&mut a, &prefix, "ca").map(|p| base.join(p));
+                    match address.as_deref().map(Url::parse) {
+                        Some(Ok(u))
+                            if matches!(u.scheme(), "tcp" | "tls")
+                                && u.host_str().is_some()
+                                && u.port().is_some() =>
+                        {
+                            if ca.is_some() && u.scheme() != "tls" {
+                                self.problem(format!("{prefix}ca"), "ca is for tls:// addresses");
+                            }
+                            Some(AuditSinkKind::Syslog { address: u, ca })
+                        }
+                        Some(_) => {
+                            self.problem(format!("{prefix}address"), "expected tcp://HOST:PORT or tls://HOST:PORT, e.g. \"tls://siem.example.com:6514\"");
+                            None
+                        }
+                        None => None,
+                    }
+                }
                 Some(other) => {
                     self.problem(
                         format!("{prefix}kind"),
                         format!(
-                            "`{other}` is not a sink castellan has: write \"webhook\" or \"file\""
+                            "`{other}` is not a sink castellan has: write \"webhook\", \"syslog\" or \"file\""
                         ),
                     );
                     None
@@ -3621,7 +3650,14 @@ id = "b"
         assert_eq!(parse_size("100MB"), Some(100 << 20));
         assert_eq!(parse_size("0"), None);
         for (sink, needle) in [
-            ("id = \"x\"\nkind = \"syslog\"", "webhook\" or \"file"),
+            (
+                "id = \"x\"\nkind = \"carrier-pigeon\"",
+                "\"syslog\" or \"file\"",
+            ),
+            (
+                "id = \"x\"\nkind = \"syslog\"\naddress = \"udp://h:514\"",
+                "tcp://HOST:PORT or tls://",
+            ),
             (
                 "id = \"x\"\nkind = \"webhook\"\nurl = \"ftp://x\"",
                 "http:// or https://",

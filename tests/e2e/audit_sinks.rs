@@ -1,6 +1,7 @@
-//! Audit streaming (`[[audit_sinks]]`): a webhook that is down for 10 s under a steady load, and a
-//! JSON-lines file, end with every record of the audit trail, in order, exactly as the store has
-//! it; each webhook batch carries a valid HMAC-SHA256 signature.
+//! Audit streaming (`[[audit_sinks]]`): a webhook that is down for 10 s under a steady load, Debian's
+//! rsyslog over TCP and over TLS, and a JSON-lines file, all end with every record of the audit
+//! trail, in order, exactly as the store has it; each webhook batch carries a valid HMAC-SHA256
+//! signature.
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
@@ -81,18 +82,88 @@ async fn receiver(
     (addr, task)
 }
 
+/// Debian's rsyslogd on loopback: plain TCP on `ports[0]`, TLS (with `cert`/`key`) on
+/// `ports[1]`, each written as RFC 5424 lines to `plain.log` and `tls.log` in `dir`.
+fn rsyslog(dir: &std::path::Path, ports: [u16; 2]) -> Proc {
+    let d = dir.display();
+    let conf = format!(
+        "global(workDirectory=\"{d}\" DefaultNetstreamDriverCAFile=\"{d}/ca.pem\" \
+         DefaultNetstreamDriverCertFile=\"{d}/server.pem\" DefaultNetstreamDriverKeyFile=\"{d}/server-key.pem\")\n\
+         module(load=\"imtcp\")\n\
+         input(type=\"imtcp\" port=\"{}\" address=\"127.0.0.1\" ruleset=\"plain\")\n\
+         input(type=\"imtcp\" port=\"{}\" address=\"127.0.0.1\" ruleset=\"tls\" streamDriver.name=\"ossl\" streamDriver.mode=\"1\" streamDriver.authMode=\"anon\")\n\
+         ruleset(name=\"plain\") {{ action(type=\"omfile\" file=\"{d}/plain.log\" template=\"RSYSLOG_SyslogProtocol23Format\") }}\n\
+         ruleset(name=\"tls\") {{ action(type=\"omfile\" file=\"{d}/tls.log\" template=\"RSYSLOG_SyslogProtocol23Format\") }}\n",
+        ports[0], ports[1]
+    );
+    std::fs::write(dir.join("rsyslog.conf"), conf).unwrap();
+    let mut cmd = std::process::Command::new("/usr/sbin/rsyslogd");
+    cmd.args(["-n", "-f"])
+        .arg(dir.join("rsyslog.conf"))
+        .arg("-i")
+        .arg(dir.join("rsyslog.pid"));
+    Proc::spawn("rsyslogd", &mut cmd, dir.join("rsyslogd.log"))
+}
+
+/// A CA and a server certificate for `localhost` it signed, as PEM files in `dir`.
+fn server_pki(dir: &std::path::Path) {
+    let mut ca = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    ca.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca.distinguished_name
+        .push(rcgen::DnType::CommonName, "SIEM CA");
+    let ca_key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(dir.join("ca.pem"), ca.self_signed(&ca_key).unwrap().pem()).unwrap();
+    let issuer = rcgen::Issuer::new(ca, ca_key);
+    let leaf = rcgen::CertificateParams::new(vec!["localhost".to_string()]).unwrap();
+    let key = rcgen::KeyPair::generate().unwrap();
+    std::fs::write(
+        dir.join("server.pem"),
+        leaf.signed_by(&key, &issuer).unwrap().pem(),
+    )
+    .unwrap();
+    std::fs::write(dir.join("server-key.pem"), key.serialize_pem()).unwrap();
+}
+
+/// The records in an rsyslog RFC 5424 file: each line's MSG, after its structured data.
+fn syslog_records(path: &std::path::Path) -> Vec<serde_json::Value> {
+    std::fs::read_to_string(path)
+        .unwrap_or_default()
+        .lines()
+        .map(|l| {
+            assert!(
+                l.starts_with("<86>1 ") && l.contains(" castellan - "),
+                "{l}"
+            );
+            serde_json::from_str(&l[l.find("] {").expect("structured data, then JSON") + 2..])
+                .unwrap()
+        })
+        .collect()
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_sink_that_was_down_ends_with_every_record_in_order() {
+    require(
+        std::path::Path::new("/usr/sbin/rsyslogd"),
+        "Debian's rsyslog",
+    );
     let up = Arc::new(AtomicBool::new(false));
     let got = Arc::new(Mutex::new(Received::default()));
     let (addr, _receiver) = receiver(up.clone(), got.clone()).await;
     let echo = Echo::start().await;
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("audit.jsonl");
+    server_pki(dir.path());
+    let ports = [free_port(), free_port()];
+    let _rsyslog = rsyslog(dir.path(), ports);
     let top = format!(
         "[[audit_sinks]]\nid = \"siem\"\nkind = \"webhook\"\nurl = \"http://{addr}/castellan\"\nsecret = \"{SECRET}\"\nbatch = 50\n\n\
-         [[audit_sinks]]\nid = \"shipper\"\nkind = \"file\"\npath = \"{}\"\n",
-        file.display()
+         [[audit_sinks]]\nid = \"shipper\"\nkind = \"file\"\npath = \"{}\"\n\n\
+         [[audit_sinks]]\nid = \"syslog\"\nkind = \"syslog\"\naddress = \"tcp://127.0.0.1:{}\"\n\n\
+         [[audit_sinks]]\nid = \"syslog-tls\"\nkind = \"syslog\"\naddress = \"tls://localhost:{}\"\nca = \"{}\"\n",
+        file.display(),
+        ports[0],
+        ports[1],
+        dir.path().join("ca.pem").display()
     );
     let mut setup = Setup::new(echo.addr);
     setup.top = &top;
@@ -170,13 +241,14 @@ async fn a_sink_that_was_down_ends_with_every_record_in_order() {
         t.elapsed(),
         down.elapsed()
     );
-    let received = got.lock().unwrap();
+    // A copy: the receiver keeps taking deliveries meanwhile.
+    let batches = got.lock().unwrap().batches.clone();
     assert!(
-        received.batches.iter().all(|(_, signed)| *signed),
+        batches.iter().all(|(_, signed)| *signed),
         "every batch is signed"
     );
     let mut delivered: Vec<serde_json::Value> = Vec::new();
-    for (batch, _) in &received.batches {
+    for (batch, _) in &batches {
         for r in batch {
             let id = r["id"].as_i64().unwrap();
             match delivered.last().map(|l| l["id"].as_i64().unwrap()) {
@@ -214,4 +286,27 @@ async fn a_sink_that_was_down_ends_with_every_record_in_order() {
         .filter(|r| r["id"].as_i64().unwrap() <= last)
         .collect();
     assert_eq!(in_file, stored, "the file holds the trail as stored");
+
+    // rsyslog got them over TCP and over TLS, as RFC 5424 messages.
+    for log in ["plain.log", "tls.log"] {
+        let t = Instant::now();
+        loop {
+            let got = syslog_records(&dir.path().join(log));
+            let upto: Vec<&serde_json::Value> = got
+                .iter()
+                .filter(|r| r["id"].as_i64().unwrap() <= last)
+                .collect();
+            if upto.len() >= stored.len() {
+                assert_eq!(upto, stored, "{log} holds the trail as stored, in order");
+                break;
+            }
+            assert!(
+                t.elapsed() < Duration::from_secs(20),
+                "{log}: {} of {} records",
+                upto.len(),
+                stored.len()
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
 }
