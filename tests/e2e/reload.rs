@@ -14,14 +14,9 @@ async fn a_changed_file_applies_under_load_and_an_invalid_one_changes_nothing() 
     c.add_user("ada@example.com", "a long enough password");
     c.grant("demo", "user:ada@example.com");
     let mut ada = Browser::new();
-    let r = ada
-        .sign_in_local(&c, "ada@example.com", "a long enough password", "/")
+    let cookie = ada
+        .sign_in_local_via(&c.origin, "ada@example.com", "a long enough password")
         .await;
-    assert_eq!(r.status, 302);
-    let cookie = format!(
-        "castellan_session={}",
-        ada.cookie(&c.origin, "castellan_session").unwrap()
-    );
     let mut ws = upgrade(&c, &cookie).await;
     // Before: /reports/ belongs to the demo app, which Ada may open.
     assert_eq!(
@@ -171,14 +166,9 @@ async fn a_step_up_added_by_a_reload_closes_open_websockets_that_lack_it() {
     c.add_user("ada@example.com", "a long enough password");
     c.grant("demo", "user:ada@example.com");
     let mut ada = Browser::new();
-    let r = ada
-        .sign_in_local(&c, "ada@example.com", "a long enough password", "/")
+    let cookie = ada
+        .sign_in_local_via(&c.origin, "ada@example.com", "a long enough password")
         .await;
-    assert_eq!(r.status, 302);
-    let cookie = format!(
-        "castellan_session={}",
-        ada.cookie(&c.origin, "castellan_session").unwrap()
-    );
     let mut ws = upgrade(&c, &cookie).await;
     let original = std::fs::read_to_string(&c.config_path).unwrap();
     let demo = "id = \"demo\"\n";
