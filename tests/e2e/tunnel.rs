@@ -457,8 +457,9 @@ async fn a_tcp_app_that_wants_a_recent_sign_in_gets_one_before_a_tunnel_opens() 
     // Fresh: the tunnel opens (and ends when stdin does).
     let out = tunnel();
     assert!(out.status.success(), "{out:?}");
-    // Older than the app allows: no token, so no tunnel, and the fix in the message.
-    tokio::time::sleep(Duration::from_millis(5500)).await;
+    // Older than the app allows: no token, so no tunnel, and the fix in the message. Sign-in
+    // times are whole seconds and the check is "more than 5 s", so 5.5 s could read as 5: wait 6.5.
+    tokio::time::sleep(Duration::from_millis(6500)).await;
     let out = tunnel();
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
