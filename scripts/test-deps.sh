@@ -4,7 +4,7 @@
 #     postgresql (throwaway clusters for the store tests) and pebble (an ACME CA for the HTTPS
 #     tests), apache2 + libapache2-mod-auth-openidc, wrk and nghttp2-client (the peer
 #     benchmark), openssh-server (the tunnel tests) and faketime (a clock the condition tests can
-#     set); apt-get needs root,
+#     set), rsyslog (audit streaming) and bind9 (DNS-01); apt-get needs root,
 #   - npm packages in tests/support (oidc-provider, jose, playwright-core; exact versions from package-lock.json),
 #   - Streamlit in a virtual environment at tests/support/.venv,
 #   - cargo-fuzz (for scripts/fuzz.sh).
@@ -42,6 +42,9 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [ -x /usr/bin/curl ] || missing+=(curl)
 # The audit streaming test: rsyslog receives castellan's RFC 5424 records over TCP and TLS.
 [ -x /usr/sbin/rsyslogd ] || missing+=(rsyslog)
+# The DNS-01 test: BIND 9 is the zone's primary, taking RFC 2136 updates; dig reads the zone.
+[ -x /usr/sbin/named ] || missing+=(bind9)
+[ -x /usr/bin/dig ] || missing+=(bind9-dnsutils)
 [ -f /usr/lib/x86_64-linux-gnu/rsyslog/lmnsd_ossl.so ] || [ -f /usr/lib/rsyslog/lmnsd_ossl.so ] || missing+=(rsyslog-openssl)
 if [ ${#missing[@]} -gt 0 ]; then
   [ "$(id -u)" = 0 ] || fail "missing Debian packages: run 'sudo apt-get install ${missing[*]}'"

@@ -126,12 +126,83 @@ pub struct Acme {
     pub challenge: AcmeChallenge,
 }
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+impl Acme {
+    /// Whether the certificate covers `host` (a `*.` domain covers one label in its place).
+    pub fn covers(&self, host: &str) -> bool {
+        self.domains.iter().any(|d| match d.strip_prefix("*.") {
+            Some(base) => host
+                .split_once('.')
+                .is_some_and(|(label, rest)| !label.is_empty() && rest == base),
+            None => d == host,
+        })
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
 pub enum AcmeChallenge {
     /// Answered on `http_listen` (port 80 in production).
     Http01,
     /// Answered in the TLS handshake on `listen` (port 443 in production).
     TlsAlpn01,
+    /// A TXT record written through a DNS provider: the one challenge that proves wildcards.
+    Dns01(DnsProvider),
+}
+
+/// Where DNS-01's TXT records are written.
+#[derive(Debug, Clone, PartialEq)]
+pub enum DnsProvider {
+    /// RFC 2136 dynamic updates, signed with a TSIG key, to the zone's primary server
+    /// (`host:port`, port 53 by default).
+    Rfc2136 { server: String, key: TsigKey },
+}
+
+/// A TSIG key (RFC 8945): its name as the DNS server knows it, the algorithm and the secret.
+#[derive(Clone, PartialEq)]
+pub struct TsigKey {
+    pub name: String,
+    pub algorithm: TsigAlgorithm,
+    pub secret: Vec<u8>,
+}
+
+impl std::fmt::Debug for TsigKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "TsigKey({}, {}, secret hidden)",
+            self.name,
+            self.algorithm.name()
+        )
+    }
+}
+
+/// The TSIG algorithms castellan signs with (RFC 8945 §6: HMAC-SHA256 is the one to use).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum TsigAlgorithm {
+    HmacSha256,
+    HmacSha384,
+    HmacSha512,
+}
+
+impl TsigAlgorithm {
+    const ALL: [TsigAlgorithm; 3] = [
+        TsigAlgorithm::HmacSha256,
+        TsigAlgorithm::HmacSha384,
+        TsigAlgorithm::HmacSha512,
+    ];
+
+    /// Its name as BIND's `tsig-keygen -a` and TSIG records write it.
+    pub fn name(self) -> &'static str {
+        match self {
+            TsigAlgorithm::HmacSha256 => "hmac-sha256",
+            TsigAlgorithm::HmacSha384 => "hmac-sha384",
+            TsigAlgorithm::HmacSha512 => "hmac-sha512",
+        }
+    }
+
+    pub fn parse(name: &str) -> Option<TsigAlgorithm> {
+        let name = name.trim_end_matches('.').to_ascii_lowercase();
+        Self::ALL.into_iter().find(|a| a.name() == name)
+    }
 }
 
 /// Where Google's metadata server is when nothing says otherwise.
@@ -947,7 +1018,21 @@ const ACCESS_LEVEL_KEYS: &[&str] = &[
     "hours",
     "time_zone",
 ];
-const ACME_KEYS: &[&str] = &["domains", "email", "directory", "ca_root", "challenge"];
+const ACME_KEYS: &[&str] = &[
+    "domains",
+    "email",
+    "directory",
+    "ca_root",
+    "challenge",
+    "dns",
+];
+const ACME_DNS_KEYS: &[&str] = &[
+    "provider",
+    "server",
+    "key_name",
+    "key_algorithm",
+    "key_secret",
+];
 const PROVIDER_KEYS: &[&str] = &[
     "id",
     "display_name",
@@ -1102,7 +1187,16 @@ impl Reader<'_> {
         if let (Some(tls), false) = (&tls, had_public_url) {
             // HTTPS by default: the first ACME domain, or the listen address.
             let host = match &tls.certificates {
-                Certificates::Acme(a) if !a.domains.is_empty() => a.domains[0].clone(),
+                Certificates::Acme(a) if !a.domains.is_empty() => {
+                    match a.domains.iter().find(|d| !d.starts_with("*.")) {
+                        Some(d) => d.clone(),
+                        None => {
+                            let base = &a.domains[0][2..];
+                            self.problem("public_url", format!("the ACME domains are all wildcards, so castellan cannot pick a host for its own pages: set public_url = \"https://auth.{base}\" (any host the certificate covers)"));
+                            base.to_string()
+                        }
+                    }
+                }
                 _ => public_url
                     .as_ref()
                     .and_then(|u| u.host_str())
@@ -1993,6 +2087,75 @@ impl Reader<'_> {
         out
     }
 
+    /// `tls.acme.dns`: where DNS-01's TXT records are written.
+    fn dns_provider(&mut self, a: &mut toml::Table) -> Option<DnsProvider> {
+        use base64::Engine as _;
+        const P: &str = "tls.acme.dns.";
+        let mut d = match a.remove("dns")? {
+            Value::Table(d) => d,
+            other => {
+                self.problem("tls.acme.dns", format!("expected a table, found {}: write dns = {{ provider = \"rfc2136\", server = \"ns1.example.com:53\", key_name = \"castellan\", key_secret = \"${{TSIG_SECRET}}\" }}", other.type_str()));
+                return None;
+            }
+        };
+        self.unknown_keys(&d, P, ACME_DNS_KEYS);
+        match self.string(&mut d, P, "provider").as_deref() {
+            Some("rfc2136") => {}
+            None => self.problem("tls.acme.dns.provider", "say which DNS provider writes the record: provider = \"rfc2136\" (dynamic updates with a TSIG key: BIND, PowerDNS, Knot, Windows DNS)"),
+            Some(other) => self.problem("tls.acme.dns.provider", format!("`{other}` is not a DNS provider castellan speaks: write \"rfc2136\" (dynamic updates with a TSIG key). For Cloud DNS or Route 53, delegate _acme-challenge to a zone on an RFC 2136 server with a CNAME (see docs/https.md)")),
+        }
+        let server = self.string(&mut d, P, "server");
+        if server.is_none() {
+            self.problem("tls.acme.dns.server", "the zone's primary DNS server, which takes the updates: server = \"ns1.example.com:53\"");
+        }
+        let name = self.string(&mut d, P, "key_name");
+        let valid_name = name.as_deref().is_some_and(|n| {
+            let n = n.trim_end_matches('.');
+            !n.is_empty() && n.len() < 254 && n.split('.').all(|l| !l.is_empty() && l.len() <= 63)
+        });
+        if !valid_name {
+            self.problem("tls.acme.dns.key_name", "the TSIG key's name as the DNS server knows it (BIND: key \"castellan\" { … }): key_name = \"castellan\"");
+        }
+        let algorithm = match self.string(&mut d, P, "key_algorithm") {
+            None => TsigAlgorithm::HmacSha256,
+            Some(name) => TsigAlgorithm::parse(&name).unwrap_or_else(|| {
+                let known: Vec<&str> = TsigAlgorithm::ALL.iter().map(|a| a.name()).collect();
+                self.problem(
+                    "tls.acme.dns.key_algorithm",
+                    format!(
+                        "`{name}` is not a TSIG algorithm castellan signs with: write one of {}",
+                        known.join(", ")
+                    ),
+                );
+                TsigAlgorithm::HmacSha256
+            }),
+        };
+        let secret = match self.string(&mut d, P, "key_secret") {
+            // A secret this command never uses, left as written (see `expand`).
+            Some(s) if s.starts_with("${") && self.env.secrets_unused() => Vec::new(),
+            Some(s) => base64::engine::general_purpose::STANDARD
+                .decode(s.trim())
+                .ok()
+                .filter(|k| !k.is_empty())
+                .unwrap_or_else(|| {
+                    self.problem("tls.acme.dns.key_secret", "expected the key's secret in base64, as tsig-keygen prints it (secret \"…\";); keep it out of the file: key_secret = \"${TSIG_SECRET}\"");
+                    Vec::new()
+                }),
+            None => {
+                self.problem("tls.acme.dns.key_secret", "the TSIG key's secret (base64): key_secret = \"${TSIG_SECRET}\"");
+                Vec::new()
+            }
+        };
+        Some(DnsProvider::Rfc2136 {
+            server: server?,
+            key: TsigKey {
+                name: name?,
+                algorithm,
+                secret,
+            },
+        })
+    }
+
     fn tls(&mut self, t: &mut toml::Table, base: &Path) -> Option<Tls> {
         let mut tls = match t.remove("tls")? {
             Value::Table(tls) => tls,
@@ -2040,6 +2203,7 @@ impl Reader<'_> {
                 };
                 if domains.is_empty()
                     || domains.iter().any(|d| {
+                        let d = d.strip_prefix("*.").unwrap_or(d);
                         d.is_empty()
                             || !d.split('.').all(|l| {
                                 !l.is_empty()
@@ -2049,7 +2213,7 @@ impl Reader<'_> {
                 {
                     self.problem(
                         "tls.acme.domains",
-                        "expected a list of host names to get a certificate for, e.g. [\"apps.example.com\"] (no wildcards: HTTP-01 and TLS-ALPN-01 cannot prove them)",
+                        "expected a list of host names to get a certificate for, e.g. [\"apps.example.com\"] (a wildcard is one `*.` label in front: \"*.apps.example.com\", with challenge = \"dns-01\")",
                     );
                 }
                 let email = self.string(&mut a, "tls.acme.", "email");
@@ -2063,18 +2227,36 @@ impl Reader<'_> {
                     );
                 }
                 let ca_root = file(self, &mut a, "ca_root");
-                let challenge = match self.string(&mut a, "tls.acme.", "challenge").as_deref() {
-                    None if http_listen.is_some() => AcmeChallenge::Http01,
-                    None => AcmeChallenge::TlsAlpn01,
-                    Some("http-01") => AcmeChallenge::Http01,
-                    Some("tls-alpn-01") => AcmeChallenge::TlsAlpn01,
-                    Some(other) => {
-                        self.problem("tls.acme.challenge", format!("`{other}` is not a challenge castellan answers: write \"http-01\" (needs tls.http_listen, port 80) or \"tls-alpn-01\" (on listen, port 443)"));
+                let dns = self.dns_provider(&mut a);
+                let challenge = match (
+                    self.string(&mut a, "tls.acme.", "challenge").as_deref(),
+                    dns,
+                ) {
+                    (None | Some("dns-01"), Some(dns)) => AcmeChallenge::Dns01(dns),
+                    (Some("dns-01"), None) => {
+                        self.problem("tls.acme.dns", "dns-01 writes a TXT record through a DNS provider: add dns = { provider = \"rfc2136\", server = \"ns1.example.com:53\", key_name = \"castellan\", key_secret = \"${TSIG_SECRET}\" }");
+                        AcmeChallenge::TlsAlpn01
+                    }
+                    (Some(other @ ("http-01" | "tls-alpn-01")), Some(_)) => {
+                        self.problem("tls.acme.dns", format!("is used by the dns-01 challenge only: remove it, or write challenge = \"dns-01\" instead of \"{other}\""));
+                        AcmeChallenge::TlsAlpn01
+                    }
+                    (None, None) if http_listen.is_some() => AcmeChallenge::Http01,
+                    (None, None) => AcmeChallenge::TlsAlpn01,
+                    (Some("http-01"), None) => AcmeChallenge::Http01,
+                    (Some("tls-alpn-01"), None) => AcmeChallenge::TlsAlpn01,
+                    (Some(other), _) => {
+                        self.problem("tls.acme.challenge", format!("`{other}` is not a challenge castellan answers: write \"http-01\" (needs tls.http_listen, port 80), \"tls-alpn-01\" (on listen, port 443) or \"dns-01\" (a TXT record through tls.acme.dns; the one that proves wildcards)"));
                         AcmeChallenge::TlsAlpn01
                     }
                 };
                 if challenge == AcmeChallenge::Http01 && http_listen.is_none() {
                     self.problem("tls.acme.challenge", "http-01 is answered on the plain-HTTP listener: set tls.http_listen = \"0.0.0.0:80\", or use challenge = \"tls-alpn-01\"");
+                }
+                if let Some(w) = domains.iter().find(|d| d.starts_with("*."))
+                    && !matches!(challenge, AcmeChallenge::Dns01(_))
+                {
+                    self.problem("tls.acme.domains", format!("`{w}` is a wildcard, which only the dns-01 challenge can prove: add dns = {{ provider = \"rfc2136\", … }} (see docs/https.md), or name each host"));
                 }
                 Some(Acme {
                     domains,
@@ -2995,9 +3177,9 @@ mod tests {
                 }
             }
         }
-        for key in ACME_KEYS {
+        for key in ACME_KEYS.iter().chain(ACME_DNS_KEYS) {
             if !reference.contains(&format!("{key} =")) {
-                missing.push(format!("[tls] acme {key}: not in the acme row"));
+                missing.push(format!("[tls] acme {key}: not in the acme rows"));
             }
         }
         assert!(
@@ -3625,6 +3807,85 @@ id = "b"
             assert!(
                 err.iter().any(|e| e.message.contains(needle)),
                 "{keys}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn dns01_takes_wildcards_and_a_tsig_key() {
+        let app = "[[apps]]\nid=\"a\"\nhost = \"a.apps.example.com\"\nupstream = \"http://127.0.0.1:1\"\n";
+        let dns = "dns = { provider = \"rfc2136\", server = \"127.0.0.1:5353\", key_name = \"castellan\", key_secret = \"c2VjcmV0\" }";
+        let c = parse(&format!(
+            "listen = \"0.0.0.0:443\"\n[tls]\nacme = {{ domains = [\"*.apps.example.com\", \"apps.example.com\"], {dns} }}\n{app}"
+        ))
+        .unwrap();
+        let Some(Tls {
+            certificates: Certificates::Acme(acme),
+            ..
+        }) = &c.tls
+        else {
+            panic!("no ACME: {:?}", c.tls)
+        };
+        let AcmeChallenge::Dns01(DnsProvider::Rfc2136 { server, key }) = &acme.challenge else {
+            panic!("dns-01 is implied by dns: {:?}", acme.challenge)
+        };
+        assert_eq!(server, "127.0.0.1:5353");
+        assert_eq!(
+            (key.algorithm, key.secret.as_slice()),
+            (TsigAlgorithm::HmacSha256, &b"secret"[..])
+        );
+        assert!(
+            !format!("{key:?}").contains("115"),
+            "the secret stays out of Debug output"
+        );
+        // Its own pages go on the first name that is not a wildcard.
+        assert_eq!(c.public_url.as_str(), "https://apps.example.com/");
+        assert!(acme.covers("a.apps.example.com") && acme.covers("apps.example.com"));
+        assert!(!acme.covers("a.b.apps.example.com") && !acme.covers("xapps.example.com"));
+
+        for (acme, needle) in [
+            (
+                "domains = [\"*.apps.example.com\"], challenge = \"tls-alpn-01\"",
+                "only the dns-01 challenge",
+            ),
+            (
+                "domains = [\"*.apps.example.com\"], challenge = \"dns-01\"",
+                "add dns = {",
+            ),
+            (
+                "domains = [\"a.*.example.com\"], challenge = \"dns-01\"",
+                "one `*.` label in front",
+            ),
+            (
+                &format!("domains = [\"*.apps.example.com\"], {dns}"),
+                "public_url = \"https://auth.apps.example.com\"",
+            ),
+            (
+                &format!("domains = [\"a.example.com\"], challenge = \"http-01\", {dns}"),
+                "dns-01 challenge only",
+            ),
+            (
+                "domains = [\"a.example.com\"], dns = { provider = \"route53\", server = \"x\", key_name = \"k\", key_secret = \"c2VjcmV0\" }",
+                "not a DNS provider castellan speaks",
+            ),
+            (
+                "domains = [\"a.example.com\"], dns = { provider = \"rfc2136\", server = \"x\", key_name = \"k\", key_secret = \"not base64!\" }",
+                "base64, as tsig-keygen prints it",
+            ),
+            (
+                "domains = [\"a.example.com\"], dns = { provider = \"rfc2136\", server = \"x\", key_name = \"k\", key_secret = \"c2VjcmV0\", key_algorithm = \"hmac-md5\" }",
+                "hmac-sha256, hmac-sha384, hmac-sha512",
+            ),
+            (
+                "domains = [\"a.example.com\"], dns = { provider = \"rfc2136\", key_name = \"k\", key_secret = \"c2VjcmV0\", zone = \"x\" }",
+                "tls.acme.dns.server",
+            ),
+        ] {
+            let err = parse(&format!("[tls]\nacme = {{ {acme} }}\n{app}")).unwrap_err();
+            assert!(
+                err.iter()
+                    .any(|e| e.message.contains(needle) || e.key.contains(needle)),
+                "{acme}: {err:?}"
             );
         }
     }

@@ -1,4 +1,5 @@
-//! Automatic certificates (RFC 8555) with HTTP-01 or TLS-ALPN-01, and the plain-HTTP listener.
+//! Automatic certificates (RFC 8555) with HTTP-01, TLS-ALPN-01 or DNS-01 (wildcards; see
+//! [`super::dns01`]), and the plain-HTTP listener.
 //!
 //! The account and certificates live in the store, so every replica serves the same certificate
 //! and only one orders at a time (a lease in the store). Challenges are written to the store too,
@@ -16,6 +17,7 @@ use instant_acme::{
 use crate::config::{Acme, AcmeChallenge};
 use crate::runtime::State;
 use crate::runtime::tls::{Certs, Installed};
+use crate::server::dns01::{self, Provider as _};
 use crate::store::StoredCertificate;
 
 /// How long one replica may hold the ordering lease (renewed while ordering).
@@ -123,54 +125,31 @@ async fn order(state: &State, acme: &Acme, domains: &[String], key: &str) -> Res
     let (kind, label) = match acme.challenge {
         AcmeChallenge::Http01 => (ChallengeType::Http01, "http-01"),
         AcmeChallenge::TlsAlpn01 => (ChallengeType::TlsAlpn01, "tls-alpn-01"),
+        AcmeChallenge::Dns01(_) => (ChallengeType::Dns01, "dns-01"),
     };
-    let mut tokens = Vec::new();
-    let mut authorizations = order.authorizations();
-    while let Some(a) = authorizations.next().await {
-        let mut a = a.map_err(|e| explain(&e))?;
-        match a.status {
-            AuthorizationStatus::Pending => {}
-            AuthorizationStatus::Valid => continue,
-            other => return Err(format!("an authorization is {other:?}")),
+    let mut answered = Answered::default();
+    let result = answer(state, acme, &mut order, kind, label, &mut answered).await;
+    let status = match result {
+        Ok(()) => {
+            let retry = RetryPolicy::new()
+                .initial_delay(Duration::from_millis(500))
+                .timeout(Duration::from_secs(120));
+            order.poll_ready(&retry).await.map_err(|e| explain(&e))
         }
-        let domain = a.identifier().to_string();
-        let mut challenge = a
-            .challenge(kind.clone())
-            .ok_or_else(|| format!("the CA offers no {label} challenge for {domain}"))?;
-        let key_authorization = challenge.key_authorization().as_str().to_string();
-        state
-            .store
-            .put_acme_challenge(&challenge.token, &domain, label, &key_authorization)
-            .await
-            .map_err(|e| e.to_string())?;
-        tokens.push(challenge.token.clone());
-        if acme.challenge == AcmeChallenge::TlsAlpn01
-            && let Some(certs) = &state.certs
-        {
-            // Answer at once here; other replicas pick it up from the store within a second.
-            let all = state
-                .store
-                .tls_alpn01_challenges()
-                .await
-                .map_err(|e| e.to_string())?;
-            certs.set_challenges(&all);
-        }
-        challenge.set_ready().await.map_err(|e| explain(&e))?;
-        tracing::info!(%domain, "ACME: {label} challenge ready for validation");
-    }
-    let retry = RetryPolicy::new()
-        .initial_delay(Duration::from_millis(500))
-        .timeout(Duration::from_secs(120));
-    let status = order.poll_ready(&retry).await;
-    let _ = state.store.clear_acme_challenges(&tokens).await;
-    let status = status.map_err(|e| explain(&e))?;
+        Err(e) => Err(e),
+    };
+    answered.clear(state, acme).await;
+    let status = status?;
     if status != OrderStatus::Ready {
         return Err(format!(
             "the CA could not validate the {label} challenge (order {status:?}). {}",
-            hint(acme.challenge)
+            hint(&acme.challenge)
         ));
     }
     tracing::info!(domains = %key, "ACME: challenges validated");
+    let retry = RetryPolicy::new()
+        .initial_delay(Duration::from_millis(500))
+        .timeout(Duration::from_secs(120));
     let pair = rcgen::KeyPair::generate().map_err(|e| e.to_string())?;
     let mut params = rcgen::CertificateParams::new(domains.to_vec()).map_err(|e| e.to_string())?;
     params.distinguished_name = rcgen::DistinguishedName::new();
@@ -197,6 +176,88 @@ async fn order(state: &State, acme: &Acme, domains: &[String], key: &str) -> Res
         .await
         .map_err(|e| e.to_string())?;
     tracing::info!(domains = %key, expires = installed.expires(), "ACME: certificate issued");
+    Ok(())
+}
+
+/// What an order left to clean up: challenge answers in the store, TXT records in DNS.
+#[derive(Default)]
+struct Answered {
+    tokens: Vec<String>,
+    records: Vec<(String, String)>,
+}
+
+impl Answered {
+    async fn clear(self, state: &State, acme: &Acme) {
+        let _ = state.store.clear_acme_challenges(&self.tokens).await;
+        if let AcmeChallenge::Dns01(dns) = &acme.challenge {
+            let provider = dns01::provider(dns);
+            for (name, value) in &self.records {
+                if let Err(e) = provider.withdraw(name, value).await {
+                    tracing::warn!("ACME: cannot remove the TXT record at {name}: {e}");
+                }
+            }
+        }
+    }
+}
+
+/// Answers each pending authorization's challenge and tells the CA it is ready.
+async fn answer(
+    state: &State,
+    acme: &Acme,
+    order: &mut instant_acme::Order,
+    kind: ChallengeType,
+    label: &str,
+    answered: &mut Answered,
+) -> Result<(), String> {
+    let mut authorizations = order.authorizations();
+    while let Some(a) = authorizations.next().await {
+        let mut a = a.map_err(|e| explain(&e))?;
+        match a.status {
+            AuthorizationStatus::Pending => {}
+            AuthorizationStatus::Valid => continue,
+            other => return Err(format!("an authorization is {other:?}")),
+        }
+        let domain = a.identifier().to_string();
+        let mut challenge = a
+            .challenge(kind.clone())
+            .ok_or_else(|| format!("the CA offers no {label} challenge for {domain}"))?;
+        let key_authorization = challenge.key_authorization();
+        match &acme.challenge {
+            AcmeChallenge::Dns01(dns) => {
+                let name = dns01::record_name(&domain);
+                let value = key_authorization.dns_value();
+                dns01::provider(dns).publish(&name, &value).await?;
+                tracing::info!(%domain, "ACME: TXT record published at {name}");
+                answered.records.push((name, value));
+            }
+            AcmeChallenge::Http01 | AcmeChallenge::TlsAlpn01 => {
+                state
+                    .store
+                    .put_acme_challenge(
+                        &challenge.token,
+                        &domain,
+                        label,
+                        key_authorization.as_str(),
+                    )
+                    .await
+                    .map_err(|e| e.to_string())?;
+                answered.tokens.push(challenge.token.clone());
+            }
+        }
+        if acme.challenge == AcmeChallenge::TlsAlpn01
+            && let Some(certs) = &state.certs
+        {
+            // Answer at once here; other replicas pick it up from the store within a second.
+            let all = state
+                .store
+                .tls_alpn01_challenges()
+                .await
+                .map_err(|e| e.to_string())?;
+            certs.set_challenges(&all);
+        }
+        challenge.set_ready().await.map_err(|e| explain(&e))?;
+        tracing::info!(%domain, "ACME: {label} challenge ready for validation");
+    }
     Ok(())
 }
 
@@ -271,13 +332,16 @@ fn explain(e: &instant_acme::Error) -> String {
     format!("{text}{hint}")
 }
 
-fn hint(challenge: AcmeChallenge) -> &'static str {
+fn hint(challenge: &AcmeChallenge) -> &'static str {
     match challenge {
         AcmeChallenge::Http01 => {
             "Check that the domain resolves to this machine and that port 80 (tls.http_listen) is reachable from the internet"
         }
         AcmeChallenge::TlsAlpn01 => {
             "Check that the domain resolves to this machine and that port 443 (listen) is reachable from the internet, without a TLS-terminating proxy in front"
+        }
+        AcmeChallenge::Dns01(_) => {
+            "Check that tls.acme.dns.server is the primary of the zone the domain's NS records name, and that its secondaries have the TXT record (zone transfers or NOTIFY)"
         }
     }
 }
@@ -371,7 +435,7 @@ async fn http_answer(
     let ours = asked.filter(|h| {
         public.host_str() == Some(h.as_str())
             || state.config.apps.iter().any(|a| a.host == *h)
-            || matches!(&state.config.tls, Some(t) if matches!(&t.certificates, crate::config::Certificates::Acme(a) if a.domains.contains(h)))
+            || matches!(&state.config.tls, Some(t) if matches!(&t.certificates, crate::config::Certificates::Acme(a) if a.covers(h)))
     });
     let host = ours.unwrap_or_else(|| public.host_str().unwrap_or("localhost").to_string());
     let port = match state.config.listen.port() {

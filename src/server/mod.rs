@@ -6,6 +6,7 @@
 //! May use: everything below it; nothing uses it but the command line.
 
 pub mod acme;
+pub mod dns01;
 pub mod routes;
 
 use std::convert::Infallible;

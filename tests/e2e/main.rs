@@ -11,6 +11,7 @@ mod console;
 mod context;
 mod deploy;
 mod directory;
+mod dns01;
 mod entra;
 mod faults;
 mod forward_auth;

@@ -11,13 +11,13 @@ use std::time::{Duration, Instant};
 use crate::support::*;
 
 /// A test CA that signs leaf certificates.
-struct Ca {
+pub(crate) struct Ca {
     issuer: rcgen::Issuer<'static, rcgen::KeyPair>,
     pem: String,
 }
 
 impl Ca {
-    fn new(name: &str) -> Ca {
+    pub(crate) fn new(name: &str) -> Ca {
         let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
         params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
         params
@@ -32,7 +32,7 @@ impl Ca {
     }
 
     /// A leaf for `names`: (chain PEM, key PEM, DER).
-    fn leaf(&self, names: &[&str]) -> (String, String, Vec<u8>) {
+    pub(crate) fn leaf(&self, names: &[&str]) -> (String, String, Vec<u8>) {
         let params =
             rcgen::CertificateParams::new(names.iter().map(|s| s.to_string()).collect::<Vec<_>>())
                 .unwrap();
@@ -43,7 +43,7 @@ impl Ca {
 }
 
 /// An HTTPS client for `host` that reaches `addr` and trusts only `root_pem`.
-fn client(host: &str, addr: SocketAddr, root_pem: &str) -> reqwest::Client {
+pub(crate) fn client(host: &str, addr: SocketAddr, root_pem: &str) -> reqwest::Client {
     reqwest::Client::builder()
         .tls_certs_only([reqwest::Certificate::from_pem(root_pem.as_bytes()).unwrap()])
         .resolve(host, addr)
@@ -54,7 +54,12 @@ fn client(host: &str, addr: SocketAddr, root_pem: &str) -> reqwest::Client {
 }
 
 /// The DER of the certificate `url` is served with (a new connection each time).
-async fn served_cert(host: &str, addr: SocketAddr, root_pem: &str, url: &str) -> Option<Vec<u8>> {
+pub(crate) async fn served_cert(
+    host: &str,
+    addr: SocketAddr,
+    root_pem: &str,
+    url: &str,
+) -> Option<Vec<u8>> {
     let resp = client(host, addr, root_pem).get(url).send().await.ok()?;
     resp.extensions()
         .get::<reqwest::tls::TlsInfo>()
@@ -62,7 +67,7 @@ async fn served_cert(host: &str, addr: SocketAddr, root_pem: &str, url: &str) ->
 }
 
 /// Starts castellan with `toml` in `dir`; waits until `ready` says it serves.
-async fn start_castellan(dir: &Path, toml: &str) -> Proc {
+pub(crate) async fn start_castellan(dir: &Path, toml: &str) -> Proc {
     let config = dir.join("castellan.toml");
     std::fs::write(&config, toml).unwrap();
     let mut cmd = Command::new(castellan_bin());
@@ -72,7 +77,7 @@ async fn start_castellan(dir: &Path, toml: &str) -> Proc {
     Proc::spawn("castellan", &mut cmd, dir.join("castellan.log"))
 }
 
-async fn eventually<F, Fut>(what: &str, limit: Duration, proc: &mut Proc, mut f: F)
+pub(crate) async fn eventually<F, Fut>(what: &str, limit: Duration, proc: &mut Proc, mut f: F)
 where
     F: FnMut() -> Fut,
     Fut: std::future::Future<Output = bool>,
@@ -234,19 +239,30 @@ fn c_log(dir: &tempfile::TempDir) -> String {
 }
 
 /// Debian's Pebble with pebble-challtestsrv as its DNS (every name is 127.0.0.1), validating
-/// HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`.
-struct Pebble {
-    directory: String,
+/// HTTP-01 on `http_port` and TLS-ALPN-01 on `tls_port`; or with a DNS server of the test's.
+pub(crate) struct Pebble {
+    pub(crate) directory: String,
     /// Trust for talking to Pebble itself.
-    api_ca: PathBuf,
+    pub(crate) api_ca: PathBuf,
     /// The root of the certificates Pebble issues.
-    issued_root: String,
+    pub(crate) issued_root: String,
     _procs: Vec<Proc>,
     _dir: tempfile::TempDir,
 }
 
 impl Pebble {
     async fn start(http_port: u16, tls_port: u16, validity_secs: u64) -> Pebble {
+        Pebble::start_with_dns(http_port, tls_port, validity_secs, None).await
+    }
+
+    /// Pebble resolving every name (DNS-01's TXT records too) at `dns`, or at its own
+    /// pebble-challtestsrv when `None`.
+    pub(crate) async fn start_with_dns(
+        http_port: u16,
+        tls_port: u16,
+        validity_secs: u64,
+        dns: Option<SocketAddr>,
+    ) -> Pebble {
         require(Path::new("/usr/bin/pebble"), "Debian's pebble");
         let dir = tempfile::tempdir().unwrap();
         let ca = Ca::new("pebble API CA");
@@ -269,31 +285,42 @@ impl Pebble {
             "certificateValidityPeriod": validity_secs,
         }});
         std::fs::write(dir.path().join("pebble.json"), config.to_string()).unwrap();
-        let mut dns = Command::new("pebble-challtestsrv");
-        dns.args([
-            "-dns01",
-            &format!("127.0.0.1:{dns_port}"),
-            "-http01",
-            "",
-            "-https01",
-            "",
-            "-tlsalpn01",
-            "",
-        ])
-        .args([
-            "-management",
-            &format!("127.0.0.1:{dns_mgmt}"),
-            "-defaultIPv4",
-            "127.0.0.1",
-            "-defaultIPv6",
-            "",
-        ]);
-        let dns = Proc::spawn("pebble-challtestsrv", &mut dns, dir.path().join("dns.log"));
+        let mut procs = Vec::new();
+        let dns = match dns {
+            Some(server) => server,
+            None => {
+                let mut dns = Command::new("pebble-challtestsrv");
+                dns.args([
+                    "-dns01",
+                    &format!("127.0.0.1:{dns_port}"),
+                    "-http01",
+                    "",
+                    "-https01",
+                    "",
+                    "-tlsalpn01",
+                    "",
+                ])
+                .args([
+                    "-management",
+                    &format!("127.0.0.1:{dns_mgmt}"),
+                    "-defaultIPv4",
+                    "127.0.0.1",
+                    "-defaultIPv6",
+                    "",
+                ]);
+                procs.push(Proc::spawn(
+                    "pebble-challtestsrv",
+                    &mut dns,
+                    dir.path().join("dns.log"),
+                ));
+                format!("127.0.0.1:{dns_port}").parse().unwrap()
+            }
+        };
         let mut pebble = Command::new("pebble");
         pebble
             .arg("-config")
             .arg(dir.path().join("pebble.json"))
-            .args(["-dnsserver", &format!("127.0.0.1:{dns_port}")])
+            .args(["-dnsserver", &dns.to_string()])
             .env("PEBBLE_VA_NOSLEEP", "1")
             .env("PEBBLE_WFE_NONCEREJECT", "0");
         let mut pebble = Proc::spawn("pebble", &mut pebble, dir.path().join("pebble.log"));
@@ -326,7 +353,7 @@ impl Pebble {
             directory,
             api_ca,
             issued_root,
-            _procs: vec![pebble, dns],
+            _procs: std::iter::once(pebble).chain(procs).collect(),
             _dir: dir,
         }
     }
