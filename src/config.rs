@@ -61,6 +61,8 @@ pub struct Config {
     pub access_levels: Vec<AccessLevel>,
     /// Where the audit trail is streamed to (`[[audit_sinks]]`).
     pub audit_sinks: Vec<AuditSink>,
+    /// OpenTelemetry traces (`[tracing]`); None: off, and nothing is recorded.
+    pub tracing: Option<Tracing>,
     /// The bearer token SCIM clients present at `/.castellan/scim/v2/` (None: SCIM is off).
     pub scim_token: Option<Secret>,
     pub apps: Vec<App>,
@@ -416,6 +418,20 @@ pub struct App {
     pub claims: AppClaims,
     /// The person's own tokens from their sign-in provider, sent to the app (opt-in).
     pub provider_tokens: ProviderTokens,
+}
+
+/// Traces exported to an OpenTelemetry collector over OTLP/HTTP (protobuf).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Tracing {
+    /// Where spans are POSTed: `otlp_endpoint`, with `/v1/traces` added when it has no path.
+    pub endpoint: Url,
+    /// The share of new traces recorded, 0 to 1; a trusted proxy's `traceparent` decides for the
+    /// traces it starts.
+    pub sample_ratio: f64,
+    /// `service.name` of the spans.
+    pub service_name: String,
+    /// Headers sent with every export (a vendor's API key, say).
+    pub headers: Vec<(http::HeaderName, Secret)>,
 }
 
 /// A place the audit trail is delivered to, every record in order, at least once.
@@ -984,7 +1000,9 @@ impl Env for StoreOnly<'_> {
 
 /// Top-level keys the environment cannot override (lists and tables); with [`ENV_KEYS`], every
 /// top-level key.
+const TRACING_KEYS: &[&str] = &["otlp_endpoint", "sample_ratio", "service_name", "headers"];
 const TABLE_KEYS: &[&str] = &[
+    "tracing",
     "providers",
     "directories",
     "apps",
@@ -1221,6 +1239,7 @@ impl Reader<'_> {
         let directories = self.directories(&mut t, base);
         let access_levels = self.access_levels(&mut t);
         let audit_sinks = self.audit_sinks(&mut t, base);
+        let tracing = self.tracing(&mut t);
         let scim_token = self.string(&mut t, "", "scim_token").and_then(|token| {
             if token.len() < 32 && !self.env.secrets_unused() {
                 self.problem(
@@ -1335,6 +1354,7 @@ impl Reader<'_> {
             directories,
             access_levels,
             audit_sinks,
+            tracing,
             scim_token,
             apps,
             tls,
@@ -1608,6 +1628,76 @@ impl Reader<'_> {
     }
 
     /// `[[audit_sinks]]`: a webhook or a JSON-lines file, each with a unique id.
+    /// `[tracing]`: OpenTelemetry traces over OTLP/HTTP.
+    fn tracing(&mut self, t: &mut toml::Table) -> Option<Tracing> {
+        const P: &str = "tracing.";
+        let mut tr = match t.remove("tracing")? {
+            Value::Table(tr) => tr,
+            other => {
+                self.problem("tracing", format!("expected a table, found {}: write it as [tracing] with otlp_endpoint = \"http://127.0.0.1:4318\"", other.type_str()));
+                return None;
+            }
+        };
+        self.unknown_keys(&tr, P, TRACING_KEYS);
+        let endpoint = self.required(&mut tr, P, "otlp_endpoint", "\"http://127.0.0.1:4318\"");
+        let endpoint = match endpoint.as_deref().map(Url::parse) {
+            Some(Ok(mut u)) if matches!(u.scheme(), "http" | "https") && u.host_str().is_some() => {
+                // As OTEL_EXPORTER_OTLP_ENDPOINT: a base URL gets the signal's path.
+                if u.path() == "/" || u.path().is_empty() {
+                    u.set_path("/v1/traces");
+                }
+                Some(u)
+            }
+            Some(_) => {
+                self.problem("tracing.otlp_endpoint", "expected the collector's OTLP/HTTP address, e.g. \"http://127.0.0.1:4318\" (castellan adds /v1/traces) or a full URL to POST to");
+                None
+            }
+            None => None,
+        };
+        let sample_ratio = match tr.remove("sample_ratio") {
+            None => 1.0,
+            Some(Value::Float(f)) if (0.0..=1.0).contains(&f) => f,
+            Some(Value::Integer(i)) if i == 0 || i == 1 => i as f64,
+            Some(other) => {
+                self.problem("tracing.sample_ratio", format!("expected a share of traces from 0 to 1, e.g. 0.1 for one in ten; found {other}"));
+                1.0
+            }
+        };
+        let service_name = self
+            .string(&mut tr, P, "service_name")
+            .unwrap_or_else(|| "castellan".to_string());
+        let mut headers = Vec::new();
+        match tr.remove("headers") {
+            None => {}
+            Some(Value::Table(h)) => {
+                for (name, value) in h {
+                    let key = format!("{P}headers.{name}");
+                    let Ok(parsed) = http::HeaderName::from_bytes(name.as_bytes()) else {
+                        self.problem(key, format!("`{name}` is not a header name: letters, digits and - only"));
+                        continue;
+                    };
+                    match value {
+                        Value::String(v) => match self.expand(&key, &v) {
+                            Some(v) if http::HeaderValue::from_str(&v).is_ok() => {
+                                headers.push((parsed, Secret(v)));
+                            }
+                            Some(_) => self.problem(key, "is not a header value: printable characters only, one line"),
+                            None => {}
+                        },
+                        other => self.problem(key, format!("expected a string, found {}", other.type_str())),
+                    }
+                }
+            }
+            Some(other) => self.problem("tracing.headers", format!("expected a table of header names and values, e.g. headers = {{ authorization = \"Bearer ${{OTLP_TOKEN}}\" }}; found {}", other.type_str())),
+        }
+        Some(Tracing {
+            endpoint: endpoint?,
+            sample_ratio,
+            service_name,
+            headers,
+        })
+    }
+
     fn audit_sinks(&mut self, t: &mut toml::Table, base: &Path) -> Vec<AuditSink> {
         let mut out: Vec<AuditSink> = Vec::new();
         for (prefix, mut a) in self.tables(t, "audit_sinks") {
@@ -3133,6 +3223,7 @@ mod tests {
             ("[[directories]]", DIRECTORY_KEYS.to_vec()),
             ("[[access_levels]]", ACCESS_LEVEL_KEYS.to_vec()),
             ("[[audit_sinks]]", AUDIT_SINK_KEYS.to_vec()),
+            ("[tracing]", TRACING_KEYS.to_vec()),
             ("[[apps]]", APP_KEYS.to_vec()),
         ];
         let parsed: toml::Table = example.parse().unwrap();
@@ -3191,6 +3282,7 @@ mod tests {
             ("CORP_CLIENT_SECRET", "s"),
             ("GRAPH_CLIENT_SECRET", "s"),
             ("AUDIT_WEBHOOK_SECRET", "s"),
+            ("OTLP_TOKEN", "t"),
         ]);
         if let Err(problems) = Config::parse(example, Path::new("/etc/castellan"), &env) {
             panic!("the README's complete example does not parse: {problems:#?}");
@@ -3886,6 +3978,38 @@ id = "b"
                 err.iter()
                     .any(|e| e.message.contains(needle) || e.key.contains(needle)),
                 "{acme}: {err:?}"
+            );
+        }
+    }
+
+    #[test]
+    fn tracing_exports_to_an_otlp_endpoint() {
+        let app =
+            "[[apps]]\nid=\"a\"\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\n";
+        let c = parse(&format!(
+            "[tracing]\notlp_endpoint = \"http://collector:4318\"\nsample_ratio = 0.25\nheaders = {{ x-api-key = \"${{SECRET}}\" }}\n{app}"
+        ))
+        .unwrap();
+        let t = c.tracing.unwrap();
+        assert_eq!(t.endpoint.as_str(), "http://collector:4318/v1/traces", "a base URL gets the path");
+        assert_eq!((t.sample_ratio, t.service_name.as_str()), (0.25, "castellan"));
+        assert_eq!(t.headers[0].0, "x-api-key");
+        assert_eq!(t.headers[0].1.0, "s3cret");
+        let c = parse(&format!("[tracing]\notlp_endpoint = \"https://otlp.example.com/otlp/v1/traces\"\n{app}")).unwrap();
+        assert_eq!(c.tracing.unwrap().endpoint.path(), "/otlp/v1/traces", "a full URL stays");
+        assert!(parse(app).unwrap().tracing.is_none(), "off unless configured");
+        for (tracing, needle) in [
+            ("sample_ratio = 0.5", "missing"),
+            ("otlp_endpoint = \"collector:4318\"", "OTLP/HTTP address"),
+            ("otlp_endpoint = \"http://c:4318\"\nsample_ratio = 2.0", "from 0 to 1"),
+            ("otlp_endpoint = \"http://c:4318\"\nheaders = { \"bad header\" = \"x\" }", "not a header name"),
+            ("otlp_endpoint = \"http://c:4318\"\nheaders = { a = \"line\\nbreak\" }", "not a header value"),
+            ("otlp_endpoint = \"http://c:4318\"\nsampling = 1", "sample_ratio"),
+        ] {
+            let err = parse(&format!("[tracing]\n{tracing}\n{app}")).unwrap_err();
+            assert!(
+                err.iter().any(|e| e.message.contains(needle) || e.key.contains(needle)),
+                "{tracing}: {err:?}"
             );
         }
     }

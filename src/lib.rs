@@ -7,7 +7,7 @@
 //!
 //! ```text
 //! clock, net, crypto,  leaves: time, IP networks, random tokens and digests, the tunnel wire
-//! tunnel               protocol (a TCP stream in a WebSocket)
+//! tunnel, trace        protocol (a TCP stream in a WebSocket), W3C trace context and OTLP spans
 //! policy               the pure IAM core: model, conditions, snapshot, decide/explain
 //! config               castellan.toml → typed Config; the only reader of the environment
 //! store                SQLite/PostgreSQL and the change feed; the only user of sqlx
@@ -36,5 +36,6 @@ pub mod policy;
 pub mod runtime;
 pub mod server;
 pub mod store;
+pub mod trace;
 pub mod tunnel;
 pub mod web;

@@ -11,6 +11,7 @@ use std::path::{Path, PathBuf};
 /// itself); `policy` may use only `clock` and `net`.
 const LAYERS: &[&[&str]] = &[
     &["clock", "net", "crypto", "tunnel"],
+    &["trace"],
     &["policy"],
     &["config"],
     &["store"],

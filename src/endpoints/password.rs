@@ -70,11 +70,13 @@ pub async fn sign_in(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> An
         .password_hash(&email)
         .await
         .map_err(|e| Failure::internal("reading the account", &e))?;
+    let span = ctx.span("password.verify", crate::trace::Kind::Internal);
     let ok = tokio::task::spawn_blocking(move || {
         crate::identity::local::verify_password(stored.as_deref(), &password)
     })
     .await
     .unwrap_or(false);
+    ctx.span_end(span, (!ok).then_some("wrong email or password"));
     if !ok {
         limits.fail(state);
         state.metrics.sign_in("local", "wrong-password");

@@ -345,10 +345,16 @@ pub async fn callback(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> 
     let code = web::param(&params, "code").ok_or_else(|| {
         Failure::sign_in_failed("Sign-in failed", "The provider's answer has no code.")
     })?;
-    let signed_in = match client
+    let span = ctx.span("oidc.code_exchange", crate::trace::Kind::Client);
+    ctx.span_set(span, "castellan.provider", client.config.id.as_str());
+    let exchanged = client
         .exchange(code, &flow.pkce_verifier, &flow.nonce)
-        .await
-    {
+        .await;
+    if ctx.trace.is_some() {
+        let error = exchanged.as_ref().err().map(ToString::to_string);
+        ctx.span_end(span, error.as_deref());
+    }
+    let signed_in = match exchanged {
         Ok(who) => who,
         Err(e @ oidc::Error::Unavailable { .. }) => {
             return Err(provider_unavailable(state, &client.config.display_name, &e));

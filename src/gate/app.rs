@@ -11,6 +11,7 @@ use super::{Admitted, proxy};
 use crate::config::App;
 use crate::policy::Principal;
 use crate::runtime::State;
+use crate::trace::Kind;
 use crate::web::ctx::{Ctx, Outcome, Why};
 use crate::web::failure::Failure;
 use crate::web::{self, Body};
@@ -118,13 +119,41 @@ async fn forward(
         live,
         balancer: state.balancers.get(&app.id),
     };
-    proxy::forward(state.pool_for(app), app.connection.timeout, req, out)
-        .await
-        .map_err(|e| {
+    let span = ctx.span("upstream", Kind::Client);
+    if let (Some(trace), Some(open)) = (&ctx.trace, span) {
+        // The app's spans continue this trace, under this span.
+        crate::runtime::traces::propagate(req.headers_mut(), trace, open);
+        ctx.span_set(
+            span,
+            "url.full",
+            format!(
+                "{}{}",
+                app.upstream().as_str().trim_end_matches('/'),
+                target
+            ),
+        );
+    }
+    let answer = proxy::forward(state.pool_for(app), app.connection.timeout, req, out).await;
+    match answer {
+        Ok(r) => {
+            ctx.span_set(
+                span,
+                "http.response.status_code",
+                i64::from(r.status().as_u16()),
+            );
+            ctx.span_end(span, None);
+            Ok(r)
+        }
+        Err(e) => {
+            ctx.span_end(span, Some(&e.to_string()));
             state.metrics.upstream_error(&app.id, e.kind());
             tracing::warn!(app = %app.id, upstream = %app.upstream(), "upstream error: {e}");
-            Failure::upstream(&app.id, matches!(e, proxy::Error::Timeout(_)))
-        })
+            Err(Failure::upstream(
+                &app.id,
+                matches!(e, proxy::Error::Timeout(_)),
+            ))
+        }
+    }
 }
 
 /// The answer to a CORS preflight from an allowed origin.

@@ -42,6 +42,15 @@ pub enum Credential {
 }
 
 impl Credential {
+    /// What kind it is, as traces name it.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            Credential::None => "none",
+            Credential::Session(_) => "session-cookie",
+            Credential::Token { .. } => "bearer-token",
+        }
+    }
+
     /// Whom the credential names.
     pub fn principal(&self) -> Option<Principal> {
         match self {

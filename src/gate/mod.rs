@@ -36,6 +36,7 @@ use crate::policy::{Decision, Principal, Reason, Who};
 use crate::runtime::State;
 use crate::runtime::live::{Grounds, Pending};
 use crate::runtime::provider_tokens::Served;
+use crate::trace::{Kind, Open};
 use crate::web::ctx::{Ctx, Outcome, Why};
 use crate::web::failure::Failure;
 use crate::web::{HeaderList, pages};
@@ -86,7 +87,9 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
     if !state.store_usable() {
         return Err(Failure::store_unavailable());
     }
+    let authenticate = ctx.span("authenticate", Kind::Internal);
     let credential = credential::read(state, ask.headers, ask.app).await?;
+    ctx.span_set(authenticate, "castellan.credential", credential.kind());
     if credential.carrier().is_some() {
         // A script with a token: answered with JSON, never redirected.
         ctx.navigation = false;
@@ -117,6 +120,8 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
             short,
         ));
     }
+    ctx.span_end(authenticate, None);
+    let authorize = ctx.span("authorize", Kind::Internal);
     let snapshot = state.snapshot();
     // The configured access levels this request meets (none configured: nothing to do).
     let levels = access_level::met(
@@ -141,6 +146,9 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
     };
     let who = principal.as_ref().map_or(Who::Anonymous, Principal::who);
     let decision = snapshot.decide(&ask.app.id, ask.app.role(), who, &cx);
+    if ctx.trace.is_some() {
+        trace_decision(ctx, authorize, &decision);
+    }
     let grant = match decision {
         Decision::Allow(grant) => grant,
         Decision::SignIn => return Err(sign_in(ask, None)),
@@ -208,6 +216,22 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
         headers,
         live,
     })
+}
+
+/// The authorize span: what was decided, and by which binding or for what reason.
+fn trace_decision(ctx: &mut Ctx, span: Option<Open>, decision: &Decision) {
+    match decision {
+        Decision::Allow(grant) => {
+            ctx.span_set(span, "castellan.decision", "allow");
+            ctx.span_set(span, "castellan.binding", &**grant.label());
+        }
+        Decision::SignIn => ctx.span_set(span, "castellan.decision", "sign-in"),
+        Decision::Deny(reason) => {
+            ctx.span_set(span, "castellan.decision", "deny");
+            ctx.span_set(span, "castellan.reason", reason.as_str());
+        }
+    }
+    ctx.span_end(span, None);
 }
 
 /// The headers that carry the person's provider tokens to `app`: the token as it is, or

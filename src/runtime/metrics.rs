@@ -79,6 +79,8 @@ pub struct Metrics {
     pub tunnels_open: Family<AppLabel, Gauge>,
     pub tunnel_bytes: Family<TunnelBytesLabels, Counter>,
     pub audit_dropped: Counter,
+    pub trace_spans_exported: Counter,
+    pub trace_spans_dropped: Counter,
     pub audit_spooled: Gauge,
     pub audit_set_aside: Gauge,
     /// Audit records a sink has yet to deliver, by sink.
@@ -137,6 +139,18 @@ impl Metrics {
             "Bytes carried by tunnels, by app and direction (up: to the app, down: from it)",
             tunnel_bytes.clone(),
         );
+        let trace_spans_exported = Counter::default();
+        registry.register(
+            "trace_spans_exported",
+            "Spans the OpenTelemetry collector took",
+            trace_spans_exported.clone(),
+        );
+        let trace_spans_dropped = Counter::default();
+        registry.register(
+            "trace_spans_dropped",
+            "Spans not exported: the queue was full, or the collector refused them or stayed unreachable",
+            trace_spans_dropped.clone(),
+        );
         let audit_dropped = Counter::default();
         registry.register(
             "audit_dropped",
@@ -164,6 +178,8 @@ impl Metrics {
         Metrics {
             audit_sink_backlog,
             audit_dropped,
+            trace_spans_exported,
+            trace_spans_dropped,
             audit_spooled,
             audit_set_aside,
             registry,

@@ -18,6 +18,7 @@ pub mod reload;
 mod revalidation;
 pub mod sessions;
 pub mod tls;
+pub mod traces;
 pub mod upstream;
 
 use std::collections::HashMap;
@@ -85,6 +86,8 @@ pub struct State {
     pub refresh_locks: Arc<provider_tokens::RefreshLocks>,
     /// For providers, access-request notifications and upstream health probes.
     pub http: reqwest::Client,
+    /// Starts requests' traces when `[tracing]` is configured; see [`traces`].
+    pub tracer: Option<Arc<traces::Tracer>>,
     /// ID tokens for private upstreams, access tokens for directories.
     pub metadata: Arc<google::Metadata>,
     /// The certificates served with `[tls]`.
@@ -126,6 +129,7 @@ struct Shared {
     reload_signal: Arc<tokio::sync::Notify>,
     changed: Arc<tokio::sync::Notify>,
     store_health: Arc<reload::StoreHealth>,
+    tracer: Option<Arc<traces::Tracer>>,
 }
 
 impl State {
@@ -151,13 +155,20 @@ impl State {
                 metrics.audit_spooled.clone(),
                 metrics.audit_set_aside.clone(),
             ),
-            metrics,
             live: Arc::new(Registry::default()),
             refresh_locks: Arc::default(),
             certs,
             reload_signal: Arc::new(tokio::sync::Notify::new()),
             changed: Arc::new(tokio::sync::Notify::new()),
             store_health: Arc::new(reload::StoreHealth::new()),
+            tracer: config.tracing.as_ref().map(|t| {
+                Arc::new(traces::Tracer::start(
+                    t,
+                    metrics.trace_spans_exported.clone(),
+                    metrics.trace_spans_dropped.clone(),
+                ))
+            }),
+            metrics,
             store,
         };
         State::build(config, shared).await
@@ -189,6 +200,10 @@ impl State {
             kept.push("tls");
             config.tls = old.tls.clone();
         }
+        if config.tracing != old.tracing {
+            kept.push("[tracing]");
+            config.tracing = old.tracing.clone();
+        }
         if !kept.is_empty() {
             tracing::warn!(
                 "configuration reload: {} changed, which takes a restart; the running values stay until then",
@@ -209,6 +224,7 @@ impl State {
                 reload_signal: self.reload_signal.clone(),
                 changed: self.changed.clone(),
                 store_health: self.store_health.clone(),
+                tracer: self.tracer.clone(),
             },
         )
         .await
@@ -227,6 +243,7 @@ impl State {
             reload_signal,
             changed,
             store_health,
+            tracer,
         } = shared;
         let (signer, csrf_keys) = keys::load(&config, &store).await?;
         let http = reqwest::Client::builder()
@@ -297,6 +314,7 @@ impl State {
             reload_lock: tokio::sync::Mutex::new(()),
             session_cache: sessions::Cache::default(),
             store_health,
+            tracer,
             changed,
             identity_cache: keys::IdentityCache::default(),
             signer: RwLock::new(Arc::new(signer)),

@@ -47,12 +47,28 @@ pub async fn handle(
     let client_ip = web::client_ip(peer, req.headers(), &state.config.trusted_proxies);
     let mut ctx = Ctx::new(peer, client_ip, web::is_navigation(req.headers()));
     ctx.client_cert = client_cert;
+    if let Some(tracer) = &state.tracer {
+        let trusted = state
+            .config
+            .trusted_proxies
+            .iter()
+            .any(|n| n.contains(peer.ip()));
+        ctx.trace = Some(tracer.begin(req.headers(), trusted, method.to_string()));
+    }
     let resp = match route(&state, &mut ctx, req, &host).await {
         Ok(r) => r,
         Err(f) => f.respond(&mut ctx),
     };
     let status = resp.status().as_u16();
     let latency = start.elapsed();
+    let trace_id = ctx.trace.take().map(|mut trace| {
+        end_trace(&mut trace, &ctx, &method, &host, &path, status);
+        let id = crate::trace::trace_id_hex(&trace.trace_id);
+        if let Some(tracer) = &state.tracer {
+            tracer.finish(trace);
+        }
+        id
+    });
     state
         .metrics
         .requests
@@ -83,6 +99,7 @@ pub async fn handle(
         latency_ms = (latency.as_secs_f64() * 1000.0 * 100.0).round() / 100.0,
         reference = ctx.reference.as_deref().unwrap_or("-"),
         peer = %peer.ip(),
+        trace_id = trace_id.as_deref(),
     );
     if ctx.audited {
         state
@@ -114,6 +131,40 @@ pub async fn handle(
             .await;
     }
     resp
+}
+
+/// The request's own span: what was asked (OpenTelemetry's HTTP server attributes) and what
+/// castellan decided; ended with every span a failure left open.
+fn end_trace(
+    trace: &mut crate::trace::Trace,
+    ctx: &Ctx,
+    method: &Method,
+    host: &str,
+    path: &str,
+    status: u16,
+) {
+    let root = trace.root();
+    trace.set(root, "http.request.method", method.as_str());
+    trace.set(root, "url.path", log_safe(path));
+    trace.set(root, "server.address", host);
+    trace.set(root, "client.address", crate::net::ip_text(ctx.client_ip));
+    trace.set(root, "http.response.status_code", i64::from(status));
+    trace.set(root, "castellan.app", &*ctx.app);
+    trace.set(root, "castellan.decision", ctx.outcome.as_str());
+    trace.set(root, "castellan.reason", ctx.why.as_str());
+    if !ctx.user.is_empty() {
+        trace.set(root, "enduser.id", ctx.user.as_str());
+    }
+    if let Some(b) = &ctx.binding {
+        trace.set(root, "castellan.binding", &**b);
+    }
+    if let Some(r) = &ctx.reference {
+        trace.set(root, "castellan.reference", r.as_str());
+    }
+    if status >= 500 {
+        trace.fail(root, ctx.why.as_str());
+    }
+    trace.end_all();
 }
 
 async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, host: &str) -> Answer {

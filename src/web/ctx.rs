@@ -9,6 +9,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 
 use crate::policy::Reason;
+use crate::trace::{Kind, Open, Trace, Value};
 
 /// What happened to a request: the `decision` of its log line, metric and audit record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -175,6 +176,8 @@ pub struct Ctx {
     /// The subject of the client certificate the connection presented, verified against
     /// `[tls] client_ca` (a device certificate); in the audit record.
     pub client_cert: Option<Arc<str>>,
+    /// The request's trace, when `[tracing]` is on (None otherwise: nothing is recorded).
+    pub trace: Option<Box<Trace>>,
 }
 
 impl Ctx {
@@ -191,6 +194,29 @@ impl Ctx {
             reference: None,
             audited: false,
             client_cert: None,
+            trace: None,
+        }
+    }
+
+    /// Starts a span of the request's trace; None when it is not traced.
+    pub fn span(&mut self, name: &'static str, kind: Kind) -> Option<Open> {
+        self.trace.as_mut().map(|t| t.start(name, kind))
+    }
+
+    /// Sets an attribute of `span` (given a `&str`, nothing is made for an untraced request).
+    pub fn span_set(&mut self, span: Option<Open>, key: &'static str, value: impl Into<Value>) {
+        if let (Some(t), Some(s)) = (self.trace.as_mut(), span) {
+            t.set(s, key, value);
+        }
+    }
+
+    /// Ends `span`; `error` marks it failed.
+    pub fn span_end(&mut self, span: Option<Open>, error: Option<&str>) {
+        if let (Some(t), Some(s)) = (self.trace.as_mut(), span) {
+            if let Some(e) = error {
+                t.fail(s, e);
+            }
+            t.end(s);
         }
     }
 

@@ -30,5 +30,6 @@ mod scim;
 mod step_up;
 mod support;
 mod tls;
+mod tracing;
 mod tunnel;
 mod upstreams;
