@@ -42,6 +42,8 @@ compgen -G '/usr/lib/postgresql/*/bin/initdb' >/dev/null || missing+=(postgresql
 [ -x /usr/bin/curl ] || missing+=(curl)
 # The audit streaming test: rsyslog receives castellan's RFC 5424 records over TCP and TLS.
 [ -x /usr/sbin/rsyslogd ] || missing+=(rsyslog)
+# scripts/instructions.sh (smoke-tested by scripts/test.sh): callgrind counts instructions.
+[ -x /usr/bin/valgrind ] || missing+=(valgrind)
 # The DNS-01 test: BIND 9 is the zone's primary, taking RFC 2136 updates; dig reads the zone.
 [ -x /usr/sbin/named ] || missing+=(bind9)
 [ -x /usr/bin/dig ] || missing+=(bind9-dnsutils)

@@ -29,4 +29,7 @@ scripts/fuzz.sh --dev "${FUZZ_SECONDS:-10}"
 stage "unit and end-to-end tests"
 # The e2e tests mostly wait on processes and sockets; four at a time suits two cores.
 cargo test --locked --lib --bins --tests -- --test-threads="${TEST_THREADS:-4}"
+# The instruction counter once, on the test build, so it keeps working (figures: a profiling build).
+stage "instruction counter smoke"
+REQUESTS=50 scripts/instructions.sh target/debug/castellan
 stage "all tests passed"
