@@ -3991,24 +3991,54 @@ id = "b"
         ))
         .unwrap();
         let t = c.tracing.unwrap();
-        assert_eq!(t.endpoint.as_str(), "http://collector:4318/v1/traces", "a base URL gets the path");
-        assert_eq!((t.sample_ratio, t.service_name.as_str()), (0.25, "castellan"));
+        assert_eq!(
+            t.endpoint.as_str(),
+            "http://collector:4318/v1/traces",
+            "a base URL gets the path"
+        );
+        assert_eq!(
+            (t.sample_ratio, t.service_name.as_str()),
+            (0.25, "castellan")
+        );
         assert_eq!(t.headers[0].0, "x-api-key");
         assert_eq!(t.headers[0].1.0, "s3cret");
-        let c = parse(&format!("[tracing]\notlp_endpoint = \"https://otlp.example.com/otlp/v1/traces\"\n{app}")).unwrap();
-        assert_eq!(c.tracing.unwrap().endpoint.path(), "/otlp/v1/traces", "a full URL stays");
-        assert!(parse(app).unwrap().tracing.is_none(), "off unless configured");
+        let c = parse(&format!(
+            "[tracing]\notlp_endpoint = \"https://otlp.example.com/otlp/v1/traces\"\n{app}"
+        ))
+        .unwrap();
+        assert_eq!(
+            c.tracing.unwrap().endpoint.path(),
+            "/otlp/v1/traces",
+            "a full URL stays"
+        );
+        assert!(
+            parse(app).unwrap().tracing.is_none(),
+            "off unless configured"
+        );
         for (tracing, needle) in [
             ("sample_ratio = 0.5", "missing"),
             ("otlp_endpoint = \"collector:4318\"", "OTLP/HTTP address"),
-            ("otlp_endpoint = \"http://c:4318\"\nsample_ratio = 2.0", "from 0 to 1"),
-            ("otlp_endpoint = \"http://c:4318\"\nheaders = { \"bad header\" = \"x\" }", "not a header name"),
-            ("otlp_endpoint = \"http://c:4318\"\nheaders = { a = \"line\\nbreak\" }", "not a header value"),
-            ("otlp_endpoint = \"http://c:4318\"\nsampling = 1", "sample_ratio"),
+            (
+                "otlp_endpoint = \"http://c:4318\"\nsample_ratio = 2.0",
+                "from 0 to 1",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318\"\nheaders = { \"bad header\" = \"x\" }",
+                "not a header name",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318\"\nheaders = { a = \"line\\nbreak\" }",
+                "not a header value",
+            ),
+            (
+                "otlp_endpoint = \"http://c:4318\"\nsampling = 1",
+                "sample_ratio",
+            ),
         ] {
             let err = parse(&format!("[tracing]\n{tracing}\n{app}")).unwrap_err();
             assert!(
-                err.iter().any(|e| e.message.contains(needle) || e.key.contains(needle)),
+                err.iter()
+                    .any(|e| e.message.contains(needle) || e.key.contains(needle)),
                 "{tracing}: {err:?}"
             );
         }

@@ -176,6 +176,16 @@ async fn export(
     }
 }
 
+/// For `castellan check-config`: an empty export (no spans), which a collector answers 200.
+pub async fn check(config: &Tracing) -> Result<(), String> {
+    let http = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .connect_timeout(Duration::from_secs(5))
+        .build()
+        .map_err(|e| e.to_string())?;
+    send(&http, config, Vec::new()).await.map_err(|(e, _)| e)
+}
+
 /// One POST; on failure, what went wrong and whether OTLP says to try again.
 async fn send(
     http: &reqwest::Client,

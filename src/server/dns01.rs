@@ -40,6 +40,16 @@ pub(crate) fn provider(config: &DnsProvider) -> impl Provider + '_ {
     }
 }
 
+/// For `castellan check-config`: the zone DNS-01 will write `domain`'s record in, once the server
+/// has shown it takes the key; or what is wrong.
+pub async fn check(config: &DnsProvider, domain: &str) -> Result<String, String> {
+    match config {
+        DnsProvider::Rfc2136 { server, key } => {
+            Rfc2136 { server, key }.check(&record_name(domain)).await
+        }
+    }
+}
+
 /// The name whose TXT record proves `domain` (`*.example.com` is proven at `example.com`'s).
 pub fn record_name(domain: &str) -> String {
     format!("_acme-challenge.{}", domain.trim_start_matches("*."))
@@ -155,8 +165,20 @@ impl Rfc2136<'_> {
     ) -> Result<(), String> {
         let id = random_id();
         let mut message = wire::update(id, zone, &[(change, name, value)], TTL)?;
-        let mac = wire::sign(&mut message, self.key, now());
-        let (response, answer) = self.ask(&message, id).await?;
+        self.signed(&mut message, id, zone, name).await
+    }
+
+    /// Signs `message`, sends it, and checks the answer: a success with a valid signature, or
+    /// the server's refusal said with what to check.
+    async fn signed(
+        &self,
+        message: &mut Vec<u8>,
+        id: u16,
+        zone: &str,
+        name: &str,
+    ) -> Result<(), String> {
+        let mac = wire::sign(message, self.key, now());
+        let (response, answer) = self.ask(message, id).await?;
         let key = &self.key.name;
         match (response.rcode, response.tsig_error()) {
             (0, 0) => response
@@ -188,6 +210,16 @@ impl Rfc2136<'_> {
                 rcode_name(rcode)
             )),
         }
+    }
+
+    /// What `castellan check-config` asks: the zone that holds `name`, and whether the server
+    /// takes the key (a signed SOA query, which changes nothing).
+    async fn check(&self, name: &str) -> Result<String, String> {
+        let zone = self.zone_of(name).await?;
+        let id = random_id();
+        let mut message = wire::query(id, &zone, wire::TYPE_SOA)?;
+        self.signed(&mut message, id, &zone, name).await?;
+        Ok(zone)
     }
 
     /// Whether the server answers `name`'s TXT query with `value`.

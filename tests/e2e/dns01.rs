@@ -114,9 +114,40 @@ async fn dns01_gets_a_wildcard_certificate_through_rfc2136_updates_to_bind() {
     let pebble = Pebble::start_with_dns(free_port(), free_port(), 3600, Some(bind.addr)).await;
     let record = "_acme-challenge.apps.test";
 
-    // A wrong secret: BIND refuses the update (BADSIG), castellan says what to check.
+    // A wrong secret: check-config asks BIND with a signed query and says what to check; the
+    // server refuses the update too (BADSIG).
     let wrong = base64::engine::general_purpose::STANDARD.encode(b"not the key BIND has at all");
     let dir = tempfile::tempdir().unwrap();
+    let checked = dir.path().join("check.toml");
+    std::fs::write(
+        &checked,
+        config(free_port(), &pebble, &bind, &wrong, echo.addr),
+    )
+    .unwrap();
+    let out = run_cli(&checked, &["check-config"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{stderr}");
+    assert!(
+        stderr.contains("ACME dns-01 for *.apps.test")
+            && stderr.contains("(BADSIG): check tls.acme.dns.key_secret"),
+        "{stderr}"
+    );
+    std::fs::write(
+        &checked,
+        config(free_port(), &pebble, &bind, &bind.secret, echo.addr),
+    )
+    .unwrap();
+    let out = run_cli(&checked, &["check-config"], None);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        stdout.contains("ACME dns-01 for apps.test: the DNS server is authoritative for apps.test and takes the TSIG key"),
+        "{stdout}"
+    );
     let mut c = start_castellan(
         dir.path(),
         &config(free_port(), &pebble, &bind, &wrong, echo.addr),

@@ -288,6 +288,27 @@ async fn an_untrusted_traceparent_starts_a_new_trace() {
     setup.idp = Some(&idp);
     setup.local_accounts = false;
     let c = Castellan::start_on(port, setup).await;
+    // check-config asks the collector with an empty export; a wrong path is said plainly.
+    let out = c.cli(&["check-config"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        stdout.contains(&format!(
+            "tracing: the collector at http://127.0.0.1:{}/v1/traces takes OTLP/HTTP exports",
+            receiver.port
+        )),
+        "{stdout}"
+    );
+    let wrong = c.config_path.with_file_name("wrong.toml");
+    let text = std::fs::read_to_string(&c.config_path).unwrap();
+    std::fs::write(&wrong, text.replace("/v1/traces", "/v1/nothing")).unwrap();
+    let out = run_cli(&wrong, &["check-config"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("warning: tracing:")
+            && stderr.contains("/v1/nothing answered 404")
+            && stderr.contains("check otlp_endpoint"),
+        "{stderr}"
+    );
     ok(&c.cli(&[
         "access",
         "add",

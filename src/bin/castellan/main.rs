@@ -298,7 +298,24 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 config.store,
                 config.redirect_uri(),
             );
-            Ok(check_providers(&config).await)
+            let providers = check_providers(&config).await;
+            let dns = check_dns01(&config).await;
+            if let Some(tracing) = &config.tracing {
+                match castellan::runtime::traces::check(tracing).await {
+                    Ok(()) => println!(
+                        "tracing: the collector at {} takes OTLP/HTTP exports",
+                        tracing.endpoint
+                    ),
+                    Err(e) => eprintln!(
+                        "warning: tracing: {e}; spans will be retried and then dropped until it does (check otlp_endpoint: castellan POSTs protobuf to it)"
+                    ),
+                }
+            }
+            Ok(if dns == ExitCode::SUCCESS {
+                providers
+            } else {
+                dns
+            })
         }
         Command::Serve => {
             // The file is watched for changes unless the configuration came from the environment.
@@ -384,6 +401,31 @@ async fn check_providers(config: &Config) -> ExitCode {
             Err(e) => eprintln!(
                 "warning: {e}; check-config could not ask it from here, and sign-in with it needs it"
             ),
+        }
+    }
+    status
+}
+
+/// DNS-01's provider, asked before the first order needs it: is the server authoritative for the
+/// zone, and does it take the TSIG key?
+async fn check_dns01(config: &Config) -> ExitCode {
+    use castellan::config::{AcmeChallenge, Certificates};
+    let Some(Certificates::Acme(acme)) = config.tls.as_ref().map(|t| &t.certificates) else {
+        return ExitCode::SUCCESS;
+    };
+    let AcmeChallenge::Dns01(dns) = &acme.challenge else {
+        return ExitCode::SUCCESS;
+    };
+    let mut status = ExitCode::SUCCESS;
+    for domain in &acme.domains {
+        match castellan::server::dns01::check(dns, domain).await {
+            Ok(zone) => println!(
+                "ACME dns-01 for {domain}: the DNS server is authoritative for {zone} and takes the TSIG key"
+            ),
+            Err(e) => {
+                eprintln!("ACME dns-01 for {domain}: {e}");
+                status = ExitCode::from(CONFIG_INVALID);
+            }
         }
     }
     status
