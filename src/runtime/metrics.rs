@@ -39,6 +39,12 @@ pub struct TunnelBytesLabels {
 }
 
 #[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct UpstreamLabels {
+    pub app: String,
+    pub upstream: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SinkLabel {
     pub sink: String,
 }
@@ -85,6 +91,8 @@ pub struct Metrics {
     pub audit_set_aside: Gauge,
     /// Audit records a sink has yet to deliver, by sink.
     pub audit_sink_backlog: Family<SinkLabel, Gauge>,
+    pub upstream_in_pool: Family<UpstreamLabels, Gauge>,
+    pub upstream_outstanding: Family<UpstreamLabels, Gauge>,
 }
 
 fn latency_histogram() -> Histogram {
@@ -175,7 +183,21 @@ impl Metrics {
             "Audit records an audit sink has yet to deliver (it catches up when it is back)",
             audit_sink_backlog.clone(),
         );
+        let upstream_in_pool = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_in_pool",
+            "1 while an upstream of an app's pool takes requests, 0 while it is out (failing its health check, or ejected after a refused connection)",
+            upstream_in_pool.clone(),
+        );
+        let upstream_outstanding = Family::<UpstreamLabels, Gauge>::default();
+        registry.register(
+            "upstream_outstanding",
+            "Requests an upstream of an app's pool is answering now",
+            upstream_outstanding.clone(),
+        );
         Metrics {
+            upstream_in_pool,
+            upstream_outstanding,
             audit_sink_backlog,
             audit_dropped,
             trace_spans_exported,

@@ -133,6 +133,30 @@ struct Shared {
 }
 
 impl State {
+    /// Sets the upstream pool gauges from the pools as they are now (at each scrape; an app that
+    /// left the configuration leaves the gauges with it).
+    pub fn refresh_upstream_metrics(&self) {
+        use metrics::UpstreamLabels;
+        self.metrics.upstream_in_pool.clear();
+        self.metrics.upstream_outstanding.clear();
+        for (app, balancer) in &self.balancers {
+            for t in balancer.states() {
+                let labels = UpstreamLabels {
+                    app: app.clone(),
+                    upstream: t.url,
+                };
+                self.metrics
+                    .upstream_in_pool
+                    .get_or_create(&labels)
+                    .set(i64::from(t.in_pool));
+                self.metrics
+                    .upstream_outstanding
+                    .get_or_create(&labels)
+                    .set(t.outstanding as i64);
+            }
+        }
+    }
+
     pub async fn new(config: Config, store: Store) -> Result<Arc<State>, Error> {
         let metrics = Arc::new(Metrics::new());
         let certs = match config.tls.as_ref().map(|t| &t.certificates) {

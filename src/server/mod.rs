@@ -76,11 +76,15 @@ async fn first_bytes(stream: &TcpStream) -> bool {
 pub async fn run(
     state: Arc<State>,
     listener: TcpListener,
+    metrics_listener: Option<TcpListener>,
     shutdown: impl std::future::Future<Output = ()>,
     config_file: Option<std::path::PathBuf>,
 ) -> std::io::Result<()> {
     let current = Current::new(state.clone());
     spawn_background(current.clone());
+    if let Some(l) = metrics_listener {
+        tokio::spawn(serve_metrics(current.clone(), l));
+    }
     #[cfg(unix)]
     {
         let reload = state.reload_signal.clone();
@@ -464,18 +468,20 @@ fn spawn_background(current: Arc<Current>) {
     });
 }
 
-/// Serves Prometheus metrics at `/metrics` on `listener`.
-pub async fn serve_metrics(state: Arc<State>, listener: TcpListener) {
+/// Serves Prometheus metrics at `/metrics` on `listener`, from the running state (the upstream
+/// pools' health is read as the scrape asks).
+async fn serve_metrics(current: Arc<Current>, listener: TcpListener) {
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
-        let state = state.clone();
+        let current = current.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req: Request<Incoming>| {
-                let state = state.clone();
+                let state = current.get();
                 async move {
                     let resp = if req.uri().path() == "/metrics" {
+                        state.refresh_upstream_metrics();
                         let mut r = Response::new(web::full(state.metrics.render()));
                         r.headers_mut().insert(
                             http::header::CONTENT_TYPE,

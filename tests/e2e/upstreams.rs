@@ -58,11 +58,31 @@ async fn a_pool_loses_no_request_when_an_upstream_is_killed_and_restarted() {
          health_check = {{ path = \"/pool/who\", interval = \"1s\", timeout = \"1s\", healthy = 1, unhealthy = 1 }}\n",
         ports[0], ports[1]
     );
+    let metrics_port = free_port();
+    let top = format!("metrics_listen = \"127.0.0.1:{metrics_port}\"\n");
     let mut setup = Setup::new(echo.addr);
     setup.extra = &extra;
+    setup.top = &top;
     let c = Castellan::start(setup).await;
     c.add_user("ada@example.com", "a long enough password");
     c.grant("pool", "user:ada@example.com");
+    // Each upstream's place in the pool, as Prometheus scrapes it.
+    let in_pool = |port: u16| {
+        let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
+        async move {
+            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
+            let series = format!(
+                "castellan_upstream_in_pool{{app=\"pool\",upstream=\"http://127.0.0.1:{port}\"}} "
+            );
+            text.lines()
+                .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_string))
+                .unwrap_or_else(|| panic!("no {series}in\n{text}"))
+        }
+    };
+    assert_eq!(
+        (in_pool(ports[0]).await, in_pool(ports[1]).await),
+        ("1".into(), "1".into())
+    );
     let mut ada = Browser::new();
     let cookie = ada
         .sign_in_local_via(&c.origin, "ada@example.com", "a long enough password")
@@ -86,7 +106,14 @@ async fn a_pool_loses_no_request_when_an_upstream_is_killed_and_restarted() {
     tokio::time::sleep(Duration::from_millis(600)).await;
     servers[0].child.kill().unwrap();
     let _ = servers[0].child.wait();
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    tokio::time::sleep(Duration::from_millis(1300)).await;
+    assert_eq!(
+        in_pool(ports[0]).await,
+        "0",
+        "a is out of the pool while it is down"
+    );
+    assert_eq!(in_pool(ports[1]).await, "1");
+    tokio::time::sleep(Duration::from_millis(200)).await;
     let root = dir.path().join("a");
     servers[0] = server(&root, ports[0], &dir.path().join("a-again.log"));
     listening(ports[0]).await;
@@ -113,6 +140,7 @@ async fn a_pool_loses_no_request_when_an_upstream_is_killed_and_restarted() {
         log.contains("out of the pool"),
         "the log says a left the pool:\n{log}"
     );
+    assert_eq!(in_pool(ports[0]).await, "1", "a is back");
 }
 
 /// A test CA, and a certificate it signs for `names` (server) or `cn` (client): PEM files in `dir`.

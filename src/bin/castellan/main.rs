@@ -500,9 +500,8 @@ async fn serve(config: Config, banner: Option<String>, config_file: Option<&Path
             }
         });
     }
-    if let Some(l) = metrics_listener {
+    if let Some(l) = &metrics_listener {
         tracing::info!("metrics at http://{}/metrics", l.local_addr()?);
-        tokio::spawn(server::serve_metrics(state.clone(), l));
     }
     if let Some(b) = banner {
         println!("{b}");
@@ -510,6 +509,7 @@ async fn serve(config: Config, banner: Option<String>, config_file: Option<&Path
     server::run(
         state,
         listener,
+        metrics_listener,
         shutdown_signal(),
         config_file.map(Path::to_path_buf),
     )
