@@ -147,7 +147,16 @@ async fn forward(
         Err(e) => {
             ctx.span_end(span, Some(&e.to_string()));
             state.metrics.upstream_error(&app.id, e.kind());
-            tracing::warn!(app = %app.id, upstream = %app.upstream(), "upstream error: {e}");
+            let trace_id = ctx
+                .trace
+                .as_ref()
+                .map(|t| crate::trace::trace_id_hex(&t.trace_id));
+            tracing::warn!(
+                app = %app.id,
+                upstream = %app.upstream(),
+                trace_id = trace_id.as_deref(),
+                "upstream error: {e}"
+            );
             Err(Failure::upstream(
                 &app.id,
                 matches!(e, proxy::Error::Timeout(_)),
