@@ -109,13 +109,19 @@ async fn a_traced_request_has_a_span_per_step_and_its_traceparent_reaches_the_ap
          headers = {{ authorization = \"Bearer ${{OTLP_TOKEN}}\" }}\n",
         receiver.port
     );
+    let dead = free_port();
+    let extra = format!(
+        "[[apps]]\nid = \"gone\"\nhost = \"127.0.0.1\"\npath_prefix = \"/gone\"\nupstream = \"http://127.0.0.1:{dead}\"\n"
+    );
     let mut setup = Setup::new(echo.addr);
     setup.top = &top;
+    setup.extra = &extra;
     setup.env = &[("OTLP_TOKEN", "collector-token")];
     let c = Castellan::start(setup).await;
     c.add_user("ada@example.com", "a long enough password");
     c.add_user("bob@example.com", "a long enough password");
     c.grant("demo", "user:ada@example.com");
+    c.grant("gone", "user:ada@example.com");
     let mut ada = Browser::new();
     let cookie = ada
         .sign_in_local_via(&c.origin, "ada@example.com", "a long enough password")
@@ -201,6 +207,37 @@ async fn a_traced_request_has_a_span_per_step_and_its_traceparent_reaches_the_ap
     assert!(
         log.lines().any(|l| l.contains("\"path\":\"/hello\"")
             && l.contains(&format!("\"trace_id\":\"{TRACE}\""))),
+        "{log}"
+    );
+
+    // An app that is down: the upstream span failed, and the warning carries the trace id.
+    let failed_trace = "33333333333333333333333333333333";
+    let resp = client
+        .get(c.url("/gone/x"))
+        .header("cookie", &cookie)
+        .header("traceparent", format!("00-{failed_trace}-{PARENT}-01"))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 502);
+    let spans = receiver.trace(failed_trace, 4).await;
+    let upstream = named(&spans, "upstream");
+    assert_eq!(
+        upstream["status"]["code"], 2,
+        "STATUS_CODE_ERROR: {upstream}"
+    );
+    assert!(
+        upstream["status"]["message"]
+            .as_str()
+            .unwrap()
+            .contains("connect"),
+        "{upstream}"
+    );
+    assert_eq!(named(&spans, "GET")["status"]["code"], 2);
+    let log = c.proc.log_text();
+    assert!(
+        log.lines()
+            .any(|l| l.contains("upstream error") && l.contains(failed_trace)),
         "{log}"
     );
 
