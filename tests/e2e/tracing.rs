@@ -2,8 +2,9 @@
 //! protobuf classes (tests/support/otlp_receiver.py, opentelemetry-proto) gets a span for each
 //! step of a request (the request, authentication, the decision with its binding, the call to
 //! the app, a sign-in's password check), in the trace a trusted proxy's `traceparent` started,
-//! and the app gets a `traceparent` naming the span of its call. An untrusted client's
-//! `traceparent` starts nothing; a collector that refuses at first gets the spans on a retry.
+//! and the app gets a `traceparent` naming the span of its call; a failed call is an error span
+//! whose warning carries the trace id. An untrusted client's `traceparent` starts nothing; a
+//! collector that refuses at first gets the spans on a retry; check-config asks the collector.
 
 use std::path::PathBuf;
 use std::process::Command;
