@@ -63,25 +63,27 @@ impl Receiver {
             .collect()
     }
 
-    /// The spans of `trace_id`, once there are `count` of them (castellan exports every second).
-    async fn trace(&self, trace_id: &str, count: usize) -> Vec<Value> {
+    /// The spans that `pick` chooses, once it has chosen `count` (castellan exports every second).
+    async fn wait(&self, count: usize, pick: impl Fn(&Value) -> bool) -> Vec<Value> {
         let t = Instant::now();
         loop {
-            let spans: Vec<Value> = self
-                .spans()
-                .into_iter()
-                .filter(|s| s["trace_id"] == trace_id)
-                .collect();
+            let spans: Vec<Value> = self.spans().into_iter().filter(|s| pick(s)).collect();
             if spans.len() >= count {
                 return spans;
             }
             assert!(
                 t.elapsed() < Duration::from_secs(20),
-                "{} of {count} spans of trace {trace_id} after 20 s: {spans:#?}",
-                spans.len()
+                "{} of {count} spans after 20 s: {:#?}",
+                spans.len(),
+                self.spans()
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
+    }
+
+    /// The spans of `trace_id`, once there are `count` of them.
+    async fn trace(&self, trace_id: &str, count: usize) -> Vec<Value> {
+        self.wait(count, |s| s["trace_id"] == trace_id).await
     }
 }
 
@@ -386,22 +388,10 @@ async fn an_untrusted_traceparent_starts_a_new_trace() {
     alice
         .sign_in_oidc(&c.url("/"), "alice@example.com", "alice-password")
         .await;
-    let t = Instant::now();
-    let exchange = loop {
-        if let Some(s) = receiver
-            .spans()
-            .into_iter()
-            .find(|s| s["name"] == "oidc.code_exchange")
-        {
-            break s;
-        }
-        assert!(
-            t.elapsed() < Duration::from_secs(20),
-            "{:#?}",
-            receiver.spans()
-        );
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    };
+    let exchange = receiver
+        .wait(1, |s| s["name"] == "oidc.code_exchange")
+        .await
+        .remove(0);
     assert_eq!(exchange["kind"], 3);
     assert_eq!(exchange["attributes"]["castellan.provider"], "corp");
     assert_eq!(exchange["status"]["code"], 0, "{exchange}");
