@@ -45,7 +45,9 @@ pub(crate) fn provider(config: &DnsProvider) -> impl Provider + '_ {
 pub async fn check(config: &DnsProvider, domain: &str) -> Result<String, String> {
     match config {
         DnsProvider::Rfc2136 { server, key } => {
-            Rfc2136 { server, key }.check(&record_name(domain)).await
+            // Finding the zone is a query signed with the key: it changes nothing and shows the
+            // server takes the key.
+            Rfc2136 { server, key }.zone_of(&record_name(domain)).await
         }
     }
 }
@@ -137,10 +139,11 @@ impl Rfc2136<'_> {
 
     /// The zone that holds `name`, from the SOA record the server gives with its answer.
     async fn zone_of(&self, name: &str) -> Result<String, String> {
+        // Signed, as certbot's RFC 2136 plugin asks: a server whose views are chosen by the key
+        // answers for the zone the key may change.
         let id = random_id();
-        let (response, _) = self
-            .ask(&wire::query(id, name, wire::TYPE_SOA)?, id)
-            .await?;
+        let mut message = wire::query(id, name, wire::TYPE_SOA)?;
+        let response = self.signed(&mut message, id, name, name).await?;
         let name = name.to_ascii_lowercase();
         let zone = response.records.iter().find(|r| {
             r.rtype == wire::TYPE_SOA && (name == r.name || name.ends_with(&format!(".{}", r.name)))
@@ -148,9 +151,8 @@ impl Rfc2136<'_> {
         match zone {
             Some(z) if response.authoritative => Ok(z.name.clone()),
             _ => Err(format!(
-                "the DNS server {} is not authoritative for a zone that holds {name} ({}): point tls.acme.dns.server at the zone's primary server",
+                "the DNS server {} is not authoritative for a zone that holds {name}: point tls.acme.dns.server at the zone's primary server",
                 self.server,
-                rcode_name(response.rcode)
             )),
         }
     }
@@ -165,46 +167,9 @@ impl Rfc2136<'_> {
     ) -> Result<(), String> {
         let id = random_id();
         let mut message = wire::update(id, zone, &[(change, name, value)], TTL)?;
-        self.signed(&mut message, id, zone, name).await
-    }
-
-    /// Signs `message`, sends it, and checks the answer: a success with a valid signature, or
-    /// the server's refusal said with what to check.
-    async fn signed(
-        &self,
-        message: &mut Vec<u8>,
-        id: u16,
-        zone: &str,
-        name: &str,
-    ) -> Result<(), String> {
-        let mac = wire::sign(message, self.key, now());
-        let (response, answer) = self.ask(message, id).await?;
-        let key = &self.key.name;
-        match (response.rcode, response.tsig_error()) {
-            (0, 0) => response
-                .verify(&answer, self.key, &mac, now())
-                .map_err(|e| format!("{e}: the update's result cannot be trusted")),
-            (_, 16) => Err(format!(
-                "the DNS server {} did not accept the signature with key `{key}` (BADSIG): check tls.acme.dns.key_secret and key_algorithm against the server's key",
-                self.server
-            )),
-            (_, 17) => Err(format!(
-                "the DNS server {} does not know the key `{key}` (BADKEY): check tls.acme.dns.key_name",
-                self.server
-            )),
-            (_, 18) => Err(format!(
-                "the DNS server {} says this machine's clock is off by more than 5 minutes (BADTIME): set the clock (NTP)",
-                self.server
-            )),
-            (5, _) => Err(format!(
-                "the DNS server {} refused to update {zone} with key `{key}` (REFUSED): let the key update TXT records there, e.g. BIND's update-policy {{ grant {key} name {name} TXT; }}; or allow-update {{ key {key}; }};",
-                self.server
-            )),
-            (9, _) => Err(format!(
-                "the DNS server {} is not the primary of {zone} (NOTAUTH): point tls.acme.dns.server at the primary",
-                self.server
-            )),
-            (rcode, _) => Err(format!(
+        match self.signed(&mut message, id, zone, name).await?.rcode {
+            0 => Ok(()),
+            rcode => Err(format!(
                 "the DNS server {} did not apply the update to {zone} ({})",
                 self.server,
                 rcode_name(rcode)
@@ -212,14 +177,46 @@ impl Rfc2136<'_> {
         }
     }
 
-    /// What `castellan check-config` asks: the zone that holds `name`, and whether the server
-    /// takes the key (a signed SOA query, which changes nothing).
-    async fn check(&self, name: &str) -> Result<String, String> {
-        let zone = self.zone_of(name).await?;
-        let id = random_id();
-        let mut message = wire::query(id, &zone, wire::TYPE_SOA)?;
-        self.signed(&mut message, id, &zone, name).await?;
-        Ok(zone)
+    /// Signs `message` (a query or an update of `zone` at `name`), sends it, and returns the
+    /// answer once its signature holds. A refusal is said with what to check; an answer to trust
+    /// (NOERROR, or NXDOMAIN for a name that does not exist yet) must be signed with the key.
+    async fn signed(
+        &self,
+        message: &mut Vec<u8>,
+        id: u16,
+        zone: &str,
+        name: &str,
+    ) -> Result<wire::Response, String> {
+        let mac = wire::sign(message, self.key, now());
+        let (response, answer) = self.ask(message, id).await?;
+        let (server, key) = (self.server, &self.key.name);
+        match (response.rcode, response.tsig_error()) {
+            (_, 16) => Err(format!(
+                "the DNS server {server} did not accept the signature with key `{key}` (BADSIG): check tls.acme.dns.key_secret and key_algorithm against the server's key"
+            )),
+            (_, 17) => Err(format!(
+                "the DNS server {server} does not know the key `{key}` (BADKEY): check tls.acme.dns.key_name"
+            )),
+            (_, 18) => Err(format!(
+                "the DNS server {server} says this machine's clock is off by more than 5 minutes (BADTIME): set the clock (NTP)"
+            )),
+            (0 | 3, _) => {
+                response
+                    .verify(&answer, self.key, &mac, now())
+                    .map_err(|e| format!("{e}: its answer cannot be trusted"))?;
+                Ok(response)
+            }
+            (5, _) => Err(format!(
+                "the DNS server {server} refused a request for {zone} signed with key `{key}` (REFUSED): let the key update TXT records there, e.g. BIND's update-policy {{ grant {key} name {name} TXT; }}; or allow-update {{ key {key}; }};"
+            )),
+            (9, _) => Err(format!(
+                "the DNS server {server} is not authoritative for {zone} (NOTAUTH): point tls.acme.dns.server at the zone's primary"
+            )),
+            (rcode, _) => Err(format!(
+                "the DNS server {server} answered {} for {zone}",
+                rcode_name(rcode)
+            )),
+        }
     }
 
     /// Whether the server answers `name`'s TXT query with `value`.
