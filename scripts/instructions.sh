@@ -5,6 +5,7 @@
 # machine cannot.
 #
 #   scripts/instructions.sh [BINARY] [TOML]
+#   CALLER=token scripts/instructions.sh …    # a service account's bearer token instead
 #
 # BINARY defaults to target/profiling/castellan (`cargo build --profile profiling`). TOML is
 # appended to the configuration (e.g. a [tracing] table). The caller is a person with a
@@ -48,13 +49,22 @@ upstream = "http://127.0.0.1:$up"
 EOF
 "$bin" users add bench@example.com --password-stdin --config "$dir/castellan.toml" <<<'a bench password, long enough' >/dev/null
 "$bin" access add demo user:bench@example.com --config "$dir/castellan.toml" >/dev/null
+if [ "${CALLER:-browser}" = token ]; then
+  key=$("$bin" service-accounts create bench --config "$dir/castellan.toml" | sed -n 's/^  \([^ ]\+\)$/\1/p' | head -1)
+  "$bin" access add demo serviceAccount:bench --config "$dir/castellan.toml" >/dev/null
+fi
 
 RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out" \
   "$bin" serve --config "$dir/castellan.toml" > "$dir/valgrind.log" 2>&1 & vg=$!; pids+=($vg)
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/.castellan/healthz" >/dev/null && break; sleep 0.1; done
-# Signed in as a browser is: the sign-in form (its CSRF token) on castellan's own host, the POST,
-# the hand-off that sets the app host's session cookie.
-cookie=$(python3 - "$port" <<'PY'
+if [ "${CALLER:-browser}" = token ]; then
+  token=$(curl -sf -u "bench:$key" -d grant_type=client_credentials -d audience=demo \
+    "http://127.0.0.1:$port/.castellan/token" | python3 -c 'import json, sys; print(json.load(sys.stdin)["access_token"])')
+  credential="authorization: Bearer $token"
+else
+  # Signed in as a browser is: the sign-in form (its CSRF token) on castellan's own host, the POST,
+  # the hand-off that sets the app host's session cookie.
+  cookie=$(python3 - "$port" <<'PY'
 import html.parser, http.cookiejar, sys, urllib.parse, urllib.request
 port = sys.argv[1]
 jar = http.cookiejar.CookieJar()
@@ -73,8 +83,10 @@ body = urllib.parse.urlencode({"csrf": page.fields["csrf"], "rd": page.fields.ge
 web.open(urllib.request.Request(origin + "/.castellan/sign_in", data=body, headers={"Origin": origin}))
 print(next(f"{c.name}={c.value}" for c in jar if c.name == "castellan_session" and c.domain.startswith("127.0.0.1")))
 PY
-)
-load() { h2load --h1 -c8 -n "$1" -H "cookie: $cookie" "http://127.0.0.1:$port/small" | grep -E '^status codes'; }
+  )
+  credential="cookie: $cookie"
+fi
+load() { h2load --h1 -c8 -n "$1" -H "$credential" "http://127.0.0.1:$port/small" | grep -E '^status codes'; }
 load 400 >/dev/null   # warm: caches, pools, the audit writer's statements
 sleep 3
 callgrind_control -i on "$vg" >/dev/null

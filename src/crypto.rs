@@ -30,6 +30,19 @@ pub fn digest(value: &str) -> String {
     URL_SAFE_NO_PAD.encode(digest::digest(&digest::SHA256, value.as_bytes()))
 }
 
+/// SHA-256 of `parts`, each preceded by its length (so no two lists of parts are hashed alike):
+/// a cache key that keeps no secret in memory in the clear.
+pub fn digest_parts(parts: &[&str]) -> [u8; 32] {
+    let mut ctx = digest::Context::new(&digest::SHA256);
+    for part in parts {
+        ctx.update(&(part.len() as u64).to_be_bytes());
+        ctx.update(part.as_bytes());
+    }
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ctx.finish().as_ref());
+    out
+}
+
 /// The PKCE S256 challenge of a verifier (RFC 7636 §4.2).
 pub fn pkce_challenge(verifier: &str) -> String {
     digest(verifier)

@@ -152,7 +152,6 @@ async fn token_credential(
         .is_some_and(|k| state.signer().knows(k))
     {
         let subject = state
-            .signer()
             .verify_access_token(token, &app.audience)
             .map_err(Failure::invalid_token)?;
         return match subject {

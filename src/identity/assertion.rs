@@ -22,6 +22,7 @@ pub const LIFETIME_SECS: i64 = 300;
 pub const ACCESS_TOKEN_SECS: i64 = 3600;
 
 /// Whom a castellan access token was issued to.
+#[derive(Debug, Clone, PartialEq, Eq)]
 pub enum TokenSubject {
     ServiceAccount {
         name: String,
@@ -30,6 +31,24 @@ pub enum TokenSubject {
     /// A person on the command line: the digest of the CLI's session.
     Session(String),
 }
+
+/// A castellan access token whose signature and claims held: whom it names, and until when
+/// (its `exp`, Unix seconds).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct VerifiedToken {
+    pub subject: TokenSubject,
+    pub expires_at: i64,
+}
+
+impl VerifiedToken {
+    /// Whether it is still good at `now`, with the leeway verification allows.
+    pub fn current(&self, now: i64) -> bool {
+        now <= self.expires_at + ACCESS_TOKEN_LEEWAY_SECS as i64
+    }
+}
+
+/// How far past its `exp` a token is still taken (clocks of replicas differ a little).
+const ACCESS_TOKEN_LEEWAY_SECS: u64 = 30;
 
 /// How long a new key is published before it is used.
 pub const PUBLISH_AHEAD_SECS: i64 = 3600;
@@ -237,7 +256,11 @@ impl Signer {
     }
 
     /// Checks one of castellan's access tokens for `audience`.
-    pub fn verify_access_token(&self, token: &str, audience: &str) -> Result<TokenSubject, String> {
+    pub fn verify_access_token(
+        &self,
+        token: &str,
+        audience: &str,
+    ) -> Result<VerifiedToken, String> {
         let header =
             jsonwebtoken::decode_header(token).map_err(|e| format!("malformed token: {e}"))?;
         let public = match header.kid.as_deref().and_then(|k| self.public.get(k)) {
@@ -252,7 +275,7 @@ impl Signer {
         v.set_issuer(&[&self.issuer]);
         v.set_audience(&[audience]);
         v.set_required_spec_claims(&["exp", "iss", "aud", "sub"]);
-        v.leeway = 30;
+        v.leeway = ACCESS_TOKEN_LEEWAY_SECS;
         let data =
             jsonwebtoken::decode::<serde_json::Value>(token, public, &v).map_err(|e| {
                 match e.kind() {
@@ -266,18 +289,23 @@ impl Signer {
                 }
             })?;
         let c = data.claims;
-        match (
+        let subject = match (
             c["client_id"].as_str(),
             c["ckid"].as_str(),
             c["sid"].as_str(),
         ) {
-            (Some(n), Some(k), None) => Ok(TokenSubject::ServiceAccount {
+            (Some(n), Some(k), None) => TokenSubject::ServiceAccount {
                 name: n.to_string(),
                 key: k.to_string(),
-            }),
-            (None, None, Some(sid)) => Ok(TokenSubject::Session(sid.to_string())),
-            _ => Err("the token names neither a service account nor a session".into()),
-        }
+            },
+            (None, None, Some(sid)) => TokenSubject::Session(sid.to_string()),
+            _ => return Err("the token names neither a service account nor a session".into()),
+        };
+        let expires_at = c["exp"].as_i64().ok_or("the token's exp is not a number")?;
+        Ok(VerifiedToken {
+            subject,
+            expires_at,
+        })
     }
 
     /// The assertion for a service account (no email).
@@ -389,7 +417,10 @@ mod tests {
         // Tokens signed with the previous key still verify.
         assert!(matches!(
             rotated.verify_access_token(&token, "castellan:demo"),
-            Ok(TokenSubject::ServiceAccount { .. })
+            Ok(VerifiedToken {
+                subject: TokenSubject::ServiceAccount { .. },
+                ..
+            })
         ));
         let pems: serde_json::Value = serde_json::from_str(rotated.pem_keys()).unwrap();
         assert!(pems[first.kid()].is_string() && pems[&next].is_string());

@@ -18,6 +18,7 @@ pub mod reload;
 mod revalidation;
 pub mod sessions;
 pub mod tls;
+mod tokens;
 pub mod traces;
 pub mod upstream;
 
@@ -112,6 +113,8 @@ pub struct State {
     reload_lock: tokio::sync::Mutex<()>,
     /// Sessions recently read from the store; see [`sessions`].
     session_cache: sessions::Cache,
+    /// Access tokens recently verified; see [`tokens`].
+    verified_tokens: tokens::Verified,
     /// Whether the store answered lately; see [`State::store_usable`].
     store_health: Arc<reload::StoreHealth>,
 }
@@ -337,6 +340,7 @@ impl State {
             revision: AtomicI64::new(-1),
             reload_lock: tokio::sync::Mutex::new(()),
             session_cache: sessions::Cache::default(),
+            verified_tokens: tokens::Verified::default(),
             store_health,
             tracer,
             changed,
