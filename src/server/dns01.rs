@@ -52,6 +52,20 @@ pub async fn check(config: &DnsProvider, domain: &str) -> Result<String, String>
     }
 }
 
+/// Where to connect for `server`: `host:port`, `[v6]:port`, or a bare host or address on port 53.
+fn server_address(server: &str) -> String {
+    if server.parse::<std::net::SocketAddr>().is_ok() {
+        return server.to_string();
+    }
+    if let Ok(ip) = server.trim_matches(['[', ']']).parse::<std::net::IpAddr>() {
+        return std::net::SocketAddr::new(ip, 53).to_string();
+    }
+    match server.rsplit_once(':') {
+        Some((host, port)) if !host.contains(':') && port.parse::<u16>().is_ok() => server.into(),
+        _ => format!("{server}:53"),
+    }
+}
+
 /// The name whose TXT record proves `domain` (`*.example.com` is proven at `example.com`'s).
 pub fn record_name(domain: &str) -> String {
     format!("_acme-challenge.{}", domain.trim_start_matches("*."))
@@ -93,15 +107,7 @@ impl Provider for Rfc2136<'_> {
 impl Rfc2136<'_> {
     /// One request and its answer over TCP (updates and their answers can exceed UDP's 512 bytes).
     async fn exchange(&self, message: &[u8]) -> Result<Vec<u8>, String> {
-        let server = self.server;
-        let target = if server
-            .rsplit_once(':')
-            .is_some_and(|(_, p)| p.parse::<u16>().is_ok())
-        {
-            server.to_string()
-        } else {
-            format!("{server}:53")
-        };
+        let target = server_address(self.server);
         let io = async {
             let mut stream = tokio::net::TcpStream::connect(&target).await?;
             let mut framed = (message.len() as u16).to_be_bytes().to_vec();

@@ -160,3 +160,18 @@ fn a_wildcard_is_proven_at_its_base_name() {
         "_acme-challenge.apps.example.com"
     );
 }
+
+#[test]
+fn the_server_is_reached_on_port_53_unless_it_says_otherwise() {
+    for (given, address) in [
+        ("ns1.example.com", "ns1.example.com:53"),
+        ("ns1.example.com:5353", "ns1.example.com:5353"),
+        ("192.0.2.1", "192.0.2.1:53"),
+        ("192.0.2.1:5353", "192.0.2.1:5353"),
+        ("2001:db8::1", "[2001:db8::1]:53"),
+        ("[2001:db8::1]", "[2001:db8::1]:53"),
+        ("[2001:db8::1]:5353", "[2001:db8::1]:5353"),
+    ] {
+        assert_eq!(super::server_address(given), address, "{given}");
+    }
+}
