@@ -870,6 +870,12 @@ impl Config {
         format!("{}/.castellan/callback", self.public_origin())
     }
 
+    /// Whether `peer` is one of `trusted_proxies`, whose forwarding headers (`X-Forwarded-*`,
+    /// `traceparent`) castellan believes.
+    pub fn trusts_proxy(&self, peer: std::net::IpAddr) -> bool {
+        self.trusted_proxies.iter().any(|n| n.contains(peer))
+    }
+
     /// `scheme://host[:port]` of `public_url`, without a trailing slash.
     pub fn public_origin(&self) -> String {
         self.public_url.origin().ascii_serialization()

@@ -108,11 +108,7 @@ async fn forward(
         target: &target,
         forwarded: proxy::Forwarded {
             peer_ip: ctx.peer.ip(),
-            peer_trusted: state
-                .config
-                .trusted_proxies
-                .iter()
-                .any(|n| n.contains(ctx.peer.ip())),
+            peer_trusted: state.config.trusts_proxy(ctx.peer.ip()),
             proto: state.config.public_url.scheme(),
         },
         added,

@@ -48,11 +48,7 @@ pub async fn handle(
     let mut ctx = Ctx::new(peer, client_ip, web::is_navigation(req.headers()));
     ctx.client_cert = client_cert;
     if let Some(tracer) = &state.tracer {
-        let trusted = state
-            .config
-            .trusted_proxies
-            .iter()
-            .any(|n| n.contains(peer.ip()));
+        let trusted = state.config.trusts_proxy(peer.ip());
         ctx.trace = Some(tracer.begin(req.headers(), trusted, method.to_string()));
     }
     let resp = match route(&state, &mut ctx, req, &host).await {
