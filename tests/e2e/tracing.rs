@@ -87,6 +87,24 @@ impl Receiver {
     }
 }
 
+/// A GET of `url` carrying a proxy's `traceparent` for `trace` (`flags` "01": sampled, "00": not)
+/// and, when given, a session cookie.
+fn in_trace(
+    client: &reqwest::Client,
+    url: &str,
+    cookie: Option<&str>,
+    trace: &str,
+    flags: &str,
+) -> reqwest::RequestBuilder {
+    let get = client
+        .get(url)
+        .header("traceparent", format!("00-{trace}-{PARENT}-{flags}"));
+    match cookie {
+        Some(c) => get.header("cookie", c),
+        None => get,
+    }
+}
+
 fn named<'a>(spans: &'a [Value], name: &str) -> &'a Value {
     spans
         .iter()
@@ -132,10 +150,7 @@ async fn a_traced_request_has_a_span_per_step_and_its_traceparent_reaches_the_ap
     let client = reqwest::Client::new();
 
     // A trusted proxy's sampled traceparent: castellan continues that trace, whatever its ratio.
-    let resp = client
-        .get(c.url("/hello"))
-        .header("cookie", &cookie)
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
+    let resp = in_trace(&client, &c.url("/hello"), Some(&cookie), TRACE, "01")
         .header("tracestate", "vendor=opaque")
         .send()
         .await
@@ -215,13 +230,16 @@ async fn a_traced_request_has_a_span_per_step_and_its_traceparent_reaches_the_ap
 
     // An app that is down: the upstream span failed, and the warning carries the trace id.
     let failed_trace = "33333333333333333333333333333333";
-    let resp = client
-        .get(c.url("/gone/x"))
-        .header("cookie", &cookie)
-        .header("traceparent", format!("00-{failed_trace}-{PARENT}-01"))
-        .send()
-        .await
-        .unwrap();
+    let resp = in_trace(
+        &client,
+        &c.url("/gone/x"),
+        Some(&cookie),
+        failed_trace,
+        "01",
+    )
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 502);
     let spans = receiver.trace(failed_trace, 4).await;
     let upstream = named(&spans, "upstream");
@@ -250,14 +268,17 @@ async fn a_traced_request_has_a_span_per_step_and_its_traceparent_reaches_the_ap
         .sign_in_local_via(&c.origin, "bob@example.com", "a long enough password")
         .await;
     let denied_trace = "11111111111111111111111111111111";
-    let resp = client
-        .get(c.url("/hello"))
-        .header("cookie", &bob_cookie)
-        .header("accept", "application/json")
-        .header("traceparent", format!("00-{denied_trace}-{PARENT}-01"))
-        .send()
-        .await
-        .unwrap();
+    let resp = in_trace(
+        &client,
+        &c.url("/hello"),
+        Some(&bob_cookie),
+        denied_trace,
+        "01",
+    )
+    .header("accept", "application/json")
+    .send()
+    .await
+    .unwrap();
     assert_eq!(resp.status(), 403);
     let spans = receiver.trace(denied_trace, 3).await;
     let authz = named(&spans, "authorize");
@@ -296,10 +317,7 @@ async fn a_traced_request_has_a_span_per_step_and_its_traceparent_reaches_the_ap
 
     // Not sampled by the proxy: nothing recorded, the trace id still passed on, unsampled.
     let unsampled = "22222222222222222222222222222222";
-    let body: Value = client
-        .get(c.url("/hello"))
-        .header("cookie", &cookie)
-        .header("traceparent", format!("00-{unsampled}-{PARENT}-00"))
+    let body: Value = in_trace(&client, &c.url("/hello"), Some(&cookie), unsampled, "00")
         .send()
         .await
         .unwrap()
@@ -359,16 +377,20 @@ async fn an_untrusted_traceparent_starts_a_new_trace() {
         "request.path.startsWith(\"/public\")",
     ]));
     tokio::time::sleep(Duration::from_millis(500)).await;
-    let body: Value = reqwest::Client::new()
-        .get(c.url("/public"))
-        .header("traceparent", format!("00-{TRACE}-{PARENT}-01"))
-        .header("tracestate", "forged=1")
-        .send()
-        .await
-        .unwrap()
-        .json()
-        .await
-        .unwrap();
+    let body: Value = in_trace(
+        &reqwest::Client::new(),
+        &c.url("/public"),
+        None,
+        TRACE,
+        "01",
+    )
+    .header("tracestate", "forged=1")
+    .send()
+    .await
+    .unwrap()
+    .json()
+    .await
+    .unwrap();
     let seen = seen_traceparent(&body);
     assert_eq!(seen.len(), 4, "{body}");
     assert_ne!(
