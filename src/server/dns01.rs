@@ -40,14 +40,36 @@ pub(crate) fn provider(config: &DnsProvider) -> impl Provider + '_ {
     }
 }
 
-/// For `castellan check-config`: the zone DNS-01 will write `domain`'s record in, once the server
-/// has shown it takes the key; or what is wrong.
-pub async fn check(config: &DnsProvider, domain: &str) -> Result<String, String> {
+/// What `castellan check-config` learned of DNS-01's server.
+#[derive(Debug)]
+pub enum Checked {
+    /// The zone the record will go in; the server took the key.
+    Zone(String),
+    /// The server could not be reached from here (which says nothing about the key).
+    Unreachable(String),
+    /// The server answered, and what it said is wrong: the key, the zone, the server.
+    Refused(String),
+}
+
+/// For `castellan check-config`: is the server reachable, authoritative for `domain`'s zone, and
+/// does it take the key? Finding the zone is a query signed with the key, which changes nothing.
+pub async fn check(config: &DnsProvider, domain: &str) -> Checked {
     match config {
         DnsProvider::Rfc2136 { server, key } => {
-            // Finding the zone is a query signed with the key: it changes nothing and shows the
-            // server takes the key.
-            Rfc2136 { server, key }.zone_of(&record_name(domain)).await
+            let target = server_address(server);
+            let reach = tokio::net::TcpStream::connect(&target);
+            match tokio::time::timeout(EXCHANGE_TIMEOUT, reach).await {
+                Ok(Ok(_)) => {}
+                Ok(Err(e)) => return Checked::Unreachable(format!("cannot reach {target}: {e}")),
+                Err(_) => return Checked::Unreachable(format!("{target} did not answer")),
+            }
+            match (Rfc2136 { server, key })
+                .zone_of(&record_name(domain))
+                .await
+            {
+                Ok(zone) => Checked::Zone(zone),
+                Err(e) => Checked::Refused(e),
+            }
         }
     }
 }

@@ -148,6 +148,20 @@ async fn dns01_gets_a_wildcard_certificate_through_rfc2136_updates_to_bind() {
         stdout.contains("ACME dns-01 for apps.test: the DNS server is authoritative for apps.test and takes the TSIG key"),
         "{stdout}"
     );
+    // A server this machine cannot reach is a warning, as an unreachable provider is: nothing
+    // was learned about the key.
+    let text = config(free_port(), &pebble, &bind, &bind.secret, echo.addr);
+    let closed = format!("127.0.0.1:{}", free_port());
+    std::fs::write(&checked, text.replace(&bind.addr.to_string(), &closed)).unwrap();
+    let out = run_cli(&checked, &["check-config"], None);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains(&format!(
+            "warning: ACME dns-01 for apps.test: cannot reach {closed}"
+        )),
+        "{stderr}"
+    );
     let mut c = start_castellan(
         dir.path(),
         &config(free_port(), &pebble, &bind, &wrong, echo.addr),
