@@ -193,7 +193,7 @@ impl Carried {
             .metrics
             .tunnels_open
             .get_or_create(&AppLabel {
-                app: self.app.clone(),
+                app: self.app.as_str().into(),
             })
             .clone();
         open.inc();
@@ -254,7 +254,7 @@ impl Carried {
         self.metrics
             .tunnel_bytes
             .get_or_create(&TunnelBytesLabels {
-                app: self.app.clone(),
+                app: self.app.as_str().into(),
                 direction,
             })
             .clone()

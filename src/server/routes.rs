@@ -69,7 +69,7 @@ pub async fn handle(
         .metrics
         .requests
         .get_or_create(&RequestLabels {
-            app: ctx.app.to_string(),
+            app: ctx.app.clone(),
             decision: ctx.outcome.as_str(),
             status,
         })
@@ -78,7 +78,7 @@ pub async fn handle(
         .metrics
         .latency
         .get_or_create(&AppLabel {
-            app: ctx.app.to_string(),
+            app: ctx.app.clone(),
         })
         .observe(latency.as_secs_f64());
     tracing::info!(
