@@ -416,15 +416,15 @@ fn same_origin_upgrade(ask: &Ask<'_>) -> bool {
 pub fn request_origin(scheme: &str, uri: &http::Uri, headers: &HeaderMap) -> String {
     let authority = uri
         .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        })
+        .map(http::uri::Authority::as_str)
+        .or_else(|| headers.get(header::HOST).and_then(|h| h.to_str().ok()))
         .unwrap_or_default();
-    format!("{scheme}://{}", authority.to_ascii_lowercase())
+    let mut origin = String::with_capacity(scheme.len() + 3 + authority.len());
+    origin.push_str(scheme);
+    origin.push_str("://");
+    origin.push_str(authority);
+    origin[scheme.len() + 3..].make_ascii_lowercase();
+    origin
 }
 
 #[cfg(test)]

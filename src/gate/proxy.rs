@@ -113,17 +113,16 @@ pub async fn forward(
     let (mut parts, body) = req.into_parts();
     let bodiless = hyper::body::Body::is_end_stream(&body);
 
-    let host = parts
-        .uri
-        .authority()
-        .map(|a| a.as_str().to_string())
-        .or_else(|| {
-            parts
-                .headers
-                .get(header::HOST)
-                .and_then(|h| h.to_str().ok())
-                .map(str::to_string)
-        });
+    // HTTP/2 names the host in the URI (`:authority`), HTTP/1.1 in `Host` (kept as it came: a
+    // clone shares its bytes).
+    let host = match parts.uri.authority() {
+        Some(a) => HeaderValue::from_str(a.as_str()).ok(),
+        None => parts
+            .headers
+            .get(header::HOST)
+            .filter(|h| h.to_str().is_ok())
+            .cloned(),
+    };
     // The request line carries the origin form (an upstream URL has no path of its own: the
     // configuration refuses one).
     parts.uri = target
@@ -155,9 +154,9 @@ pub async fn forward(
     }
     // The original Host goes through: apps such as Streamlit compare Origin with Host. A
     // request without one (HTTP/1.0) names the upstream.
-    match host.as_deref().and_then(|h| HeaderValue::from_str(h).ok()) {
+    match &host {
         Some(h) => {
-            headers.insert(header::HOST, h);
+            headers.insert(header::HOST, h.clone());
         }
         None => {
             if let Some(a) = app
@@ -171,7 +170,7 @@ pub async fn forward(
             }
         }
     }
-    set_forwarded(headers, &forwarded, host.as_deref());
+    set_forwarded(headers, &forwarded, host);
     for (name, v) in added {
         headers.insert(name, v);
     }
@@ -420,7 +419,7 @@ pub fn strip_identity_headers(headers: &mut HeaderMap) {
     }
 }
 
-fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<&str>) {
+fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<HeaderValue>) {
     let xff = if f.peer_trusted {
         let prior: Vec<&str> = headers
             .get_all(X_FORWARDED_FOR)
@@ -454,7 +453,7 @@ fn set_forwarded(headers: &mut HeaderMap, f: &Forwarded<'_>, host: Option<&str>)
             other => super::identity::value(other),
         }),
     );
-    match trusted_host.or_else(|| host.map(super::identity::value)) {
+    match trusted_host.or(host) {
         Some(h) => {
             headers.insert(X_FORWARDED_HOST, h);
         }
@@ -517,7 +516,11 @@ mod tests {
             peer_trusted: false,
             proto: "http",
         };
-        set_forwarded(&mut h, &f, Some("app.example.com"));
+        set_forwarded(
+            &mut h,
+            &f,
+            Some(HeaderValue::from_static("app.example.com")),
+        );
         assert_eq!(h["x-forwarded-for"], "1.2.3.4");
         assert_eq!(h["x-forwarded-proto"], "http");
         assert_eq!(h["x-forwarded-host"], "app.example.com");
