@@ -7,10 +7,12 @@
 
 pub mod acme;
 pub mod dns01;
+mod graceful;
 pub mod routes;
 
 use std::convert::Infallible;
-use std::sync::{Arc, RwLock};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock, Weak};
 use std::time::Duration;
 
 use http::{Request, Response};
@@ -111,7 +113,7 @@ pub async fn run(
         .timer(TokioTimer::new())
         .max_concurrent_streams(256)
         .keep_alive_interval(Duration::from_secs(30));
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let graceful = Arc::new(graceful::Shutdown::default());
     tokio::pin!(shutdown);
     loop {
         tokio::select! {
@@ -127,10 +129,13 @@ pub async fn run(
                 };
                 let _ = stream.set_nodelay(true);
                 let current = current.clone();
+                // The state this connection's last request was served with (behind a lock of
+                // its own, never shared with another connection's).
+                let held = current.hold();
                 // The connection's client certificate (its subject), once TLS has verified it.
                 let service = move |client_cert: Option<Arc<str>>| hyper::service::service_fn(move |req| {
                     // Each request is served with the configuration of the moment it arrives.
-                    let state = current.get();
+                    let state = current.latest(&held);
                     let client_cert = client_cert.clone();
                     let hsts = state.config.tls.as_ref().filter(|t| !t.hsts.is_zero()).map(|t| {
                         http::HeaderValue::from_str(&format!("max-age={}", t.hsts.as_secs()))
@@ -147,7 +152,7 @@ pub async fn run(
                     }
                 });
                 let builder = builder.clone();
-                let watcher = graceful.watcher();
+                let watcher = graceful.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let ended = match tls {
@@ -248,19 +253,57 @@ async fn start_tls(state: &Arc<State>) -> std::io::Result<Option<tokio_rustls::T
 
 /// The state requests are served with; a configuration reload swaps it. Requests in flight keep
 /// the state they started with, so nothing is cut off by a reload.
-pub struct Current(RwLock<Arc<State>>);
+///
+/// A request does not take the shared lock: its connection keeps a reference to the state its
+/// last request had, and takes the lock again only when the generation (bumped by each swap) has
+/// moved, so requests on both cores read one counter that changes only on reloads instead of all
+/// writing to one lock.
+pub struct Current {
+    state: RwLock<Arc<State>>,
+    generation: AtomicU64,
+}
+
+/// A connection's reference to the state, and the generation it was taken at. Weak, so that an
+/// idle keep-alive connection keeps no replaced state alive.
+pub struct Held(Mutex<(u64, Weak<State>)>);
 
 impl Current {
     pub fn new(state: Arc<State>) -> Arc<Current> {
-        Arc::new(Current(RwLock::new(state)))
+        Arc::new(Current {
+            state: RwLock::new(state),
+            generation: AtomicU64::new(0),
+        })
     }
 
     pub fn get(&self) -> Arc<State> {
-        self.0.read().unwrap_or_else(|p| p.into_inner()).clone()
+        self.state.read().unwrap_or_else(|p| p.into_inner()).clone()
+    }
+
+    /// A new connection's reference to the current state.
+    pub fn hold(&self) -> Held {
+        // The generation first: a swap in between makes the reference look older than it is,
+        // and the next request takes it again.
+        let generation = self.generation.load(Ordering::Acquire);
+        Held(Mutex::new((generation, Arc::downgrade(&self.get()))))
+    }
+
+    /// The current state, through the connection's reference unless a swap happened since.
+    pub fn latest(&self, held: &Held) -> Arc<State> {
+        let generation = self.generation.load(Ordering::Acquire);
+        let mut held = held.0.lock().unwrap_or_else(|p| p.into_inner());
+        if held.0 == generation
+            && let Some(state) = held.1.upgrade()
+        {
+            return state;
+        }
+        let state = self.get();
+        *held = (generation, Arc::downgrade(&state));
+        state
     }
 
     fn set(&self, state: Arc<State>) {
-        *self.0.write().unwrap_or_else(|p| p.into_inner()) = state;
+        *self.state.write().unwrap_or_else(|p| p.into_inner()) = state;
+        self.generation.fetch_add(1, Ordering::Release);
     }
 }
 

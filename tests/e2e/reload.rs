@@ -49,6 +49,10 @@ async fn a_changed_file_applies_under_load_and_an_invalid_one_changes_nothing() 
         failed
     });
     tokio::time::sleep(Duration::from_millis(300)).await;
+    // One keep-alive connection, opened before the reload and used after it: its requests follow
+    // the configuration too (each connection keeps the state its last request had).
+    let mut kept = KeptAlive::open(c.port).await;
+    assert_eq!(kept.get("/reports/q", &cookie).await, 200);
     let original = std::fs::read_to_string(&c.config_path).unwrap();
     let with_reports = format!(
         "{original}\n[[apps]]\nid = \"reports\"\nhost = \"127.0.0.1\"\nupstream = \"http://{}\"\npath_prefix = \"/reports\"\n",
@@ -74,6 +78,11 @@ async fn a_changed_file_applies_under_load_and_an_invalid_one_changes_nothing() 
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
     eprintln!("the changed file applied after {:?}", t.elapsed());
+    assert_eq!(
+        kept.get("/reports/q", &cookie).await,
+        403,
+        "a connection opened before the reload still served the old configuration"
+    );
 
     // An invalid file is refused: the log names the problem, and the running configuration stays.
     std::fs::write(
@@ -183,4 +192,46 @@ async fn a_step_up_added_by_a_reload_closes_open_websockets_that_lack_it() {
     let r = ada.request("GET", &c.url("/"), &API, None).await;
     assert_eq!(r.status, 401, "{}", r.body);
     assert_eq!(r.json()["requirement"], "passkey");
+}
+
+/// One HTTP/1.1 connection to castellan, kept open across requests.
+struct KeptAlive {
+    send: hyper::client::conn::http1::SendRequest<http_body_util::Empty<bytes::Bytes>>,
+    host: String,
+}
+
+impl KeptAlive {
+    async fn open(port: u16) -> KeptAlive {
+        let stream = tokio::net::TcpStream::connect(("127.0.0.1", port))
+            .await
+            .unwrap();
+        let (send, conn) =
+            hyper::client::conn::http1::handshake(hyper_util::rt::TokioIo::new(stream))
+                .await
+                .unwrap();
+        tokio::spawn(conn);
+        KeptAlive {
+            send,
+            host: format!("127.0.0.1:{port}"),
+        }
+    }
+
+    /// The status of a GET on this connection (the body read to its end).
+    async fn get(&mut self, path: &str, cookie: &str) -> u16 {
+        use http_body_util::BodyExt;
+        let req = http::Request::get(path)
+            .header("host", &self.host)
+            .header("cookie", cookie)
+            .header("accept", "application/json")
+            .body(http_body_util::Empty::new())
+            .unwrap();
+        self.send
+            .ready()
+            .await
+            .expect("the connection is still open");
+        let resp = self.send.send_request(req).await.unwrap();
+        let status = resp.status().as_u16();
+        resp.into_body().collect().await.unwrap();
+        status
+    }
 }
