@@ -102,7 +102,9 @@ impl Credential {
 /// that says the token is bad, and never an open door.
 pub async fn read(state: &State, headers: &HeaderMap, app: &App) -> Result<Credential, Failure> {
     if let Some((carrier, token)) = bearer(state, headers) {
-        return token_credential(state, &token, app, carrier).await;
+        // Boxed: its future is three times a session lookup's, and unboxed it would be part of
+        // every request's future, which is copied into its box.
+        return Box::pin(token_credential(state, &token, app, carrier)).await;
     }
     match state.session(headers).await {
         Ok(Some(s)) => Ok(Credential::Session(s)),

@@ -157,7 +157,8 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
             let hint = certificate_hint(state, ctx, ask.app, who, &cx);
             let failure = match credential {
                 Credential::Token { .. } => Failure::insufficient_scope(&name, &ask.app.id, reason),
-                _ => denied(state, ctx, ask, &name, reason, hint.as_deref()).await,
+                // Boxed, as every path off the allowed request's way (see `routes::route`).
+                _ => Box::pin(denied(state, ctx, ask, &name, reason, hint.as_deref())).await,
             };
             return Err(match hint {
                 Some(h) => failure.with("hint", serde_json::json!(h)),
@@ -182,7 +183,7 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
     if ask.app.provider_tokens.wanted()
         && let Credential::Session(session) = &credential
     {
-        match state.provider_tokens_for(ask.app, session).await? {
+        match Box::pin(state.provider_tokens_for(ask.app, session)).await? {
             Served::Tokens {
                 access_token,
                 id_token,
