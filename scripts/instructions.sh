@@ -6,16 +6,31 @@
 #
 #   scripts/instructions.sh [BINARY] [TOML]
 #   CALLER=token scripts/instructions.sh …    # a service account's bearer token instead
+#   scripts/instructions.sh floor             # the stack floor, for comparison
 #
 # BINARY defaults to target/profiling/castellan (`cargo build --profile profiling`). TOML is
 # appended to the configuration (e.g. a [tracing] table). The caller is a person with a
 # session cookie, as the peer benchmark's browser has (signed in through the form); each
 # request is decided, audited
 # (the audit writer's work is counted: instrumentation stays on until the writer has flushed) and
-# proxied to a small file served by Python's http.server (keep-alive). Prints instructions per request.
+# proxied to a small file served by Python's http.server (keep-alive). Prints instructions per
+# request, and how many of them ran on SQLite's threads (the audit trail): callgrind runs castellan about
+# 50 times slower, so the audit's batches hold a record or two and that share is larger than at
+# load, where a batch holds hundreds.
+#
+# `floor` counts the peer benchmark's stack floor instead (the same hyper server and upstream
+# pool with no authentication, decision or audit; `cargo build --profile profiling --bench
+# peers` builds it), on the same load and upstream.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bin=$(realpath "${1:-target/profiling/castellan}")
+floor=
+if [ "${1:-}" = floor ]; then
+  floor=$(ls -t target/profiling/deps/peers-* 2>/dev/null | grep -v '\.d$' | head -1 || true)
+  [ -n "$floor" ] || { echo "error: no stack floor: run cargo build --profile profiling --bench peers" >&2; exit 1; }
+  bin=$(realpath "$floor")
+else
+  bin=$(realpath "${1:-target/profiling/castellan}")
+fi
 extra=${2:-}
 requests=${REQUESTS:-4000}
 for tool in valgrind callgrind_control callgrind_annotate h2load curl python3; do
@@ -36,6 +51,12 @@ python3 -c 'import functools, http.server as h, sys
 h.SimpleHTTPRequestHandler.protocol_version = "HTTP/1.1"
 handler = functools.partial(h.SimpleHTTPRequestHandler, directory=sys.argv[2])
 h.ThreadingHTTPServer(("127.0.0.1", int(sys.argv[1])), handler).serve_forever()' "$up" "$dir/www" >/dev/null 2>&1 & pids+=($!)
+if [ -n "$floor" ]; then
+  valgrind --tool=callgrind --separate-threads=yes --instr-atstart=no --callgrind-out-file="$dir/callgrind.out" \
+    "$bin" --castellan-floor "127.0.0.1:$port" "http://127.0.0.1:$up" > "$dir/valgrind.log" 2>&1 & vg=$!; pids+=($vg)
+  for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/small" >/dev/null && break; sleep 0.1; done
+  credential="x-caller: nobody"
+else # castellan (not indented: the here-documents below end at the line's start)
 cat > "$dir/castellan.toml" <<EOF
 listen = "127.0.0.1:$port"
 public_url = "http://localhost:$port"
@@ -54,7 +75,7 @@ if [ "${CALLER:-browser}" = token ]; then
   "$bin" access add demo serviceAccount:bench --config "$dir/castellan.toml" >/dev/null
 fi
 
-RUST_LOG=warn valgrind --tool=callgrind --instr-atstart=no --callgrind-out-file="$dir/callgrind.out" \
+RUST_LOG=warn valgrind --tool=callgrind --separate-threads=yes --instr-atstart=no --callgrind-out-file="$dir/callgrind.out" \
   "$bin" serve --config "$dir/castellan.toml" > "$dir/valgrind.log" 2>&1 & vg=$!; pids+=($vg)
 for _ in $(seq 600); do curl -sf "http://127.0.0.1:$port/.castellan/healthz" >/dev/null && break; sleep 0.1; done
 if [ "${CALLER:-browser}" = token ]; then
@@ -86,6 +107,7 @@ PY
   )
   credential="cookie: $cookie"
 fi
+fi
 load() { h2load --h1 -c8 -n "$1" -H "$credential" "http://127.0.0.1:$port/small" | grep -E '^status codes'; }
 load 400 >/dev/null   # warm: caches, pools, the audit writer's statements
 sleep 3
@@ -94,6 +116,13 @@ load "$requests" >&2
 sleep 3               # the audit writer flushes these requests' records
 callgrind_control -i off "$vg" >/dev/null
 kill "$vg"; wait "$vg" 2>/dev/null || true
-total=$(callgrind_annotate "$dir/callgrind.out" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
-[ -n "${CALLGRIND_OUT:-}" ] && cp "$dir/callgrind.out" "$CALLGRIND_OUT"
-echo "$((total / requests)) instructions per request ($requests requests, $(basename "$bin"))"
+# One file a thread: SQLite runs on sqlx's connection threads (the audit writer's, and the store's
+# for the odd session lookup), never on the request threads.
+total=0; sqlite=0
+for f in "$dir"/callgrind.out-*; do
+  n=$(callgrind_annotate "$f" 2>/dev/null | sed -n 's/^\([0-9,]*\) .*PROGRAM TOTALS.*/\1/p' | tr -d ,)
+  total=$((total + ${n:-0}))
+  if grep -q 'sqlite3_step' "$f"; then sqlite=$((sqlite + ${n:-0})); fi
+done
+[ -n "${CALLGRIND_OUT:-}" ] && mkdir -p "$CALLGRIND_OUT" && cp "$dir"/callgrind.out-* "$CALLGRIND_OUT"/
+echo "$((total / requests)) instructions per request ($requests requests, $(basename "$bin")): $(((total - sqlite) / requests)) on the request threads, $((sqlite / requests)) in SQLite's threads (the audit trail)"
