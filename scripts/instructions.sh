@@ -7,6 +7,7 @@
 #   scripts/instructions.sh [BINARY] [TOML]
 #   CALLER=token scripts/instructions.sh …    # a service account's bearer token instead
 #   scripts/instructions.sh floor             # the stack floor, for comparison
+#   CALLGRIND_OUT=DIR scripts/instructions.sh  # keep callgrind's files (one per thread) in DIR
 #
 # BINARY defaults to target/profiling/castellan (`cargo build --profile profiling`). TOML is
 # appended to the configuration (e.g. a [tracing] table). The caller is a person with a
@@ -108,7 +109,13 @@ PY
   credential="cookie: $cookie"
 fi
 fi
-load() { h2load --h1 -c8 -n "$1" -H "$credential" "http://127.0.0.1:$port/small" | grep -E '^status codes'; }
+# Every request must reach the upstream (a refusal would count the wrong work).
+load() {
+  local codes
+  codes=$(h2load --h1 -c8 -n "$1" -H "$credential" "http://127.0.0.1:$port/small" | grep -E '^status codes')
+  echo "$codes"
+  case "$codes" in "status codes: $1 2xx,"*) ;; *) echo "error: not every request was answered 2xx" >&2; exit 1 ;; esac
+}
 load 400 >/dev/null   # warm: caches, pools, the audit writer's statements
 sleep 3
 callgrind_control -i on "$vg" >/dev/null
@@ -124,5 +131,7 @@ for f in "$dir"/callgrind.out-*; do
   total=$((total + ${n:-0}))
   if grep -q 'sqlite3_step' "$f"; then sqlite=$((sqlite + ${n:-0})); fi
 done
+[ "$total" -gt 0 ] || { echo "error: callgrind counted nothing (see $dir/valgrind.log)" >&2; cat "$dir/valgrind.log" >&2; exit 1; }
+[ "$sqlite" -gt 0 ] || [ -n "$floor" ] || { echo "error: no SQLite thread counted: the audit trail wrote nothing" >&2; exit 1; }
 [ -n "${CALLGRIND_OUT:-}" ] && mkdir -p "$CALLGRIND_OUT" && cp "$dir"/callgrind.out-* "$CALLGRIND_OUT"/
 echo "$((total / requests)) instructions per request ($requests requests, $(basename "$bin")): $(((total - sqlite) / requests)) on the request threads, $((sqlite / requests)) in SQLite's threads (the audit trail)"
