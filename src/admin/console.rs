@@ -517,14 +517,14 @@ async fn audit_page(
     let rows = records
         .into_iter()
         .map(|r| {
-            let detail = if r.kind == "decision" {
+            let detail = if &*r.kind == "decision" {
                 let mut d = format!("{} {} · {}", r.method, r.path, r.reason);
                 if !r.binding.is_empty() {
                     d.push_str(&format!(" · via {}", r.binding));
                 }
                 d
             } else {
-                let mut d = r.target.clone();
+                let mut d = r.target.to_string();
                 if let Some(a) = &r.after {
                     let text = a.to_string();
                     d.push_str(&format!(
@@ -536,10 +536,10 @@ async fn audit_page(
             };
             AuditRow {
                 when: when(r.at / 1000),
-                denied: r.action == "deny",
-                actor: r.actor,
-                action: r.action,
-                app: r.app,
+                denied: &*r.action == "deny",
+                actor: r.actor.to_string(),
+                action: r.action.to_string(),
+                app: r.app.to_string(),
                 detail,
             }
         })

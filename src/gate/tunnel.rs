@@ -18,7 +18,7 @@ use hyper_util::rt::TokioIo;
 
 use super::Admitted;
 use crate::config::App;
-use crate::policy::{Principal, Role};
+use crate::policy::Role;
 use crate::runtime::State;
 use crate::runtime::metrics::{AppLabel, Metrics, TunnelBytesLabels};
 use crate::store::AuditRecord;
@@ -95,13 +95,13 @@ async fn open(
         kind: "tunnel".into(),
         actor: principal
             .as_ref()
-            .map_or_else(|| "anonymous".to_string(), Principal::name),
-        ip: crate::net::ip_text(ctx.client_ip),
-        app: app.id.clone(),
-        method: req.method().as_str().to_string(),
-        path: path.to_string(),
-        binding: ctx.binding.as_deref().unwrap_or("").to_string(),
-        reference: ctx.reference(),
+            .map_or_else(|| "anonymous".into(), |p| p.name().into()),
+        ip: crate::net::ip_text(ctx.client_ip).into(),
+        app: app.id.as_str().into(),
+        method: req.method().as_str().into(),
+        path: path.into(),
+        binding: ctx.binding.clone().unwrap_or_default(),
+        reference: ctx.reference().into(),
         after: ctx
             .client_cert
             .as_deref()

@@ -381,7 +381,7 @@ mod tests {
             ..Default::default()
         };
         let all = store.audit(&filter).await.unwrap();
-        all.into_iter().map(|r| r.actor).collect()
+        all.into_iter().map(|r| r.actor.to_string()).collect()
     }
 
     #[tokio::test]

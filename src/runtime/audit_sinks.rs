@@ -335,7 +335,7 @@ mod tests {
         AuditRecord {
             id,
             kind: "decision".into(),
-            path: format!("/r/{id}"),
+            path: format!("/r/{id}").into(),
             ..Default::default()
         }
     }

@@ -102,22 +102,25 @@ pub async fn handle(
             .audit
             .record(AuditRecord {
                 at: crate::clock::now_ms(),
-                kind: "decision".into(),
+                kind: AuditRecord::word("decision"),
                 actor: if ctx.user.is_empty() {
-                    "anonymous".into()
+                    AuditRecord::word("anonymous")
                 } else {
-                    ctx.user
+                    ctx.user.into()
                 },
-                ip: crate::net::ip_text(ctx.client_ip),
-                app: ctx.app.to_string(),
-                action: ctx.outcome.as_str().into(),
-                method: method.to_string(),
-                path,
-                reason: ctx.why.as_str().into(),
-                binding: ctx.binding.as_deref().unwrap_or("").to_string(),
+                ip: crate::net::ip_text(ctx.client_ip).into(),
+                app: ctx.app,
+                action: AuditRecord::word(ctx.outcome.as_str()),
+                method: standard_method(&method)
+                    .map_or_else(|| method.as_str().into(), AuditRecord::word),
+                path: path.into(),
+                reason: AuditRecord::word(ctx.why.as_str()),
+                binding: ctx.binding.unwrap_or_else(|| AuditRecord::word("")),
                 status: Some(i64::from(status)),
                 latency_us: Some(latency.as_micros() as i64),
-                reference: ctx.reference.unwrap_or_default(),
+                reference: ctx
+                    .reference
+                    .map_or_else(|| AuditRecord::word(""), Into::into),
                 // The device certificate the connection presented, when there was one.
                 after: ctx
                     .client_cert
@@ -127,6 +130,22 @@ pub async fn handle(
             .await;
     }
     resp
+}
+
+/// A standard method's name as a `'static` word (None for an extension method).
+fn standard_method(method: &Method) -> Option<&'static str> {
+    const STANDARD: [(Method, &str); 9] = [
+        (Method::GET, "GET"),
+        (Method::HEAD, "HEAD"),
+        (Method::POST, "POST"),
+        (Method::PUT, "PUT"),
+        (Method::PATCH, "PATCH"),
+        (Method::DELETE, "DELETE"),
+        (Method::OPTIONS, "OPTIONS"),
+        (Method::CONNECT, "CONNECT"),
+        (Method::TRACE, "TRACE"),
+    ];
+    STANDARD.iter().find(|(m, _)| m == method).map(|(_, w)| *w)
 }
 
 /// The request's own span: what was asked (OpenTelemetry's HTTP server attributes) and what

@@ -1,32 +1,61 @@
 //! The audit trail: every access decision and every change, in one table.
 
+use std::sync::Arc;
+
 use sqlx::{Any, AssertSqlSafe, Row, Transaction};
 
 use super::{Actor, Result, Store, now_ms};
 
 /// One audit record, as stored and as printed by `castellan audit --json`.
+///
+/// Text is `Arc<str>`: a decision's record is made on every request and its text bound to the
+/// store's statement, and shared text (the app, the binding, the fixed words) is then counted,
+/// not copied, on both sides.
 #[derive(Debug, Clone, Default, serde::Serialize, serde::Deserialize, PartialEq)]
 pub struct AuditRecord {
     pub id: i64,
     /// Unix milliseconds.
     pub at: i64,
     /// `decision` or `change`.
-    pub kind: String,
-    pub actor: String,
-    pub ip: String,
-    pub app: String,
+    pub kind: Arc<str>,
+    pub actor: Arc<str>,
+    pub ip: Arc<str>,
+    pub app: Arc<str>,
     /// For decisions `allow`, `deny` or `sign-in`; for changes what was done (`policy.add`, …).
-    pub action: String,
-    pub method: String,
-    pub path: String,
-    pub target: String,
-    pub reason: String,
-    pub binding: String,
+    pub action: Arc<str>,
+    pub method: Arc<str>,
+    pub path: Arc<str>,
+    pub target: Arc<str>,
+    pub reason: Arc<str>,
+    pub binding: Arc<str>,
     pub status: Option<i64>,
     pub latency_us: Option<i64>,
-    pub reference: String,
+    pub reference: Arc<str>,
     pub before: Option<serde_json::Value>,
     pub after: Option<serde_json::Value>,
+}
+
+impl AuditRecord {
+    /// A fixed word (`decision`, `allow`, a method) as record text, without an allocation: each
+    /// thread keeps one shared copy of each word it has used.
+    pub fn word(word: &'static str) -> Arc<str> {
+        thread_local! {
+            static WORDS: std::cell::RefCell<Vec<(&'static str, Arc<str>)>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        WORDS.with_borrow_mut(|words| {
+            if let Some((_, shared)) = words.iter().find(|(w, _)| std::ptr::eq(*w, word)) {
+                return shared.clone();
+            }
+            let shared: Arc<str> = word.into();
+            // The words are the few fixed spellings of outcomes, reasons and methods; a bound
+            // keeps a mistake from growing the list.
+            if words.len() < 256 {
+                words.push((word, shared.clone()));
+            }
+            shared
+        })
+    }
 }
 
 /// What `castellan audit` and the API filter on.
@@ -51,22 +80,23 @@ pub(super) fn from_row(r: &sqlx::any::AnyRow) -> AuditRecord {
         r.get::<Option<String>, _>(i)
             .and_then(|s| serde_json::from_str(&s).ok())
     };
+    let text = |i: usize| -> Arc<str> { r.get::<String, _>(i).into() };
     AuditRecord {
         id: r.get(0),
         at: r.get(1),
-        kind: r.get(2),
-        actor: r.get(3),
-        ip: r.get(4),
-        app: r.get(5),
-        action: r.get(6),
-        method: r.get(7),
-        path: r.get(8),
-        target: r.get(9),
-        reason: r.get(10),
-        binding: r.get(11),
+        kind: text(2),
+        actor: text(3),
+        ip: text(4),
+        app: text(5),
+        action: text(6),
+        method: text(7),
+        path: text(8),
+        target: text(9),
+        reason: text(10),
+        binding: text(11),
         status: r.get(12),
         latency_us: r.get(13),
-        reference: r.get(14),
+        reference: text(14),
         before: json(15),
         after: json(16),
     }
@@ -102,7 +132,13 @@ async fn append_sqlite(pool: &sqlx::SqlitePool, records: &[AuditRecord]) -> Resu
     /// The statement and arguments for up to [`SQLITE_ROWS`] records.
     fn insert(chunk: &[AuditRecord]) -> (&'static str, SqliteArguments) {
         let rows = chunk.len().next_power_of_two();
-        let text = |s: &str| -> std::sync::Arc<str> { text_without_nul(s).into() };
+        // Shared, not copied, unless a NUL has to be replaced.
+        let text = |s: &Arc<str>| -> Arc<str> {
+            match text_without_nul(s) {
+                std::borrow::Cow::Borrowed(_) => s.clone(),
+                std::borrow::Cow::Owned(replaced) => replaced.into(),
+            }
+        };
         let mut args = SqliteArguments::default();
         args.reserve(rows * SQLITE_COLUMNS, 0);
         let add = |r: std::result::Result<(), sqlx::error::BoxDynError>| {
@@ -326,6 +362,17 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::super::store_test;
+
+    #[test]
+    fn a_fixed_word_is_shared_not_copied_and_reads_as_itself() {
+        use super::AuditRecord;
+        let (a, b) = (AuditRecord::word("allow"), AuditRecord::word("allow"));
+        assert!(std::sync::Arc::ptr_eq(&a, &b), "one copy per thread");
+        assert_eq!(&*a, "allow");
+        let deny = AuditRecord::word("deny");
+        assert_eq!(&*deny, "deny");
+        assert!(!std::sync::Arc::ptr_eq(&a, &deny));
+    }
     use super::*;
 
     /// Appends `batch` to an empty trail and reads the whole trail back, oldest first.
@@ -353,7 +400,7 @@ mod tests {
                     .map(|i| AuditRecord {
                         at: i,
                         kind: "decision".into(),
-                        actor: format!("u{i}@x.com"),
+                        actor: format!("u{i}@x.com").into(),
                         action: "allow".into(),
                         ..Default::default()
                     })
@@ -370,7 +417,7 @@ mod tests {
                 .unwrap();
             assert_eq!(all.len() as i64, i);
             assert!(all.windows(2).all(|w| w[0].id < w[1].id));
-            assert!(all.iter().enumerate().all(|(i, r)| r.actor == format!("u{i}@x.com") && r.at == i as i64));
+            assert!(all.iter().enumerate().all(|(i, r)| *r.actor == format!("u{i}@x.com") && r.at == i as i64));
         }
     }
 
@@ -378,7 +425,7 @@ mod tests {
     fn large_batches_are_cut_into_chunks_of_whole_rows() {
         let row = |i: usize| AuditRecord {
             at: i as i64,
-            path: "/".repeat(100_000),
+            path: "/".repeat(100_000).into(),
             ..Default::default()
         };
         let records: Vec<AuditRecord> = (0..100).map(row).collect();
@@ -396,7 +443,7 @@ mod tests {
         assert_eq!(at, 100);
         assert!(audit_json_chunks(&[]).is_empty());
         let huge = AuditRecord {
-            path: "x".repeat(CHUNK_BYTES * 2),
+            path: "x".repeat(CHUNK_BYTES * 2).into(),
             ..Default::default()
         };
         assert_eq!(audit_json_chunks(&[huge]).len(), 1, "a huge row goes alone");
@@ -408,9 +455,9 @@ mod tests {
                 .map(|i| AuditRecord {
                     at: i,
                     kind: "decision".into(),
-                    actor: format!("u{i}@x.com"),
+                    actor: format!("u{i}@x.com").into(),
                     action: "allow".into(),
-                    path: format!("/{}", "p".repeat(60_000)),
+                    path: format!("/{}", "p".repeat(60_000)).into(),
                     ..Default::default()
                 })
                 .collect();
@@ -437,7 +484,7 @@ mod tests {
                 binding: "[\"not\", \"json\"]".into(),
                 status: None,
                 latency_us: Some(i64::MIN),
-                reference: String::new(),
+                reference: "".into(),
                 ..Default::default()
             };
             let plain = AuditRecord {
@@ -452,7 +499,7 @@ mod tests {
             let all = written_back(&s, &[odd.clone(), plain.clone()]).await;
             let written = AuditRecord {
                 id: all[0].id,
-                path: odd.path.replace('\0', "\u{fffd}"),
+                path: odd.path.replace('\0', "\u{fffd}").into(),
                 ..odd
             };
             assert_eq!(written, all[0]);
@@ -488,7 +535,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(all.len(), 4);
-            assert_eq!(all[3].kind, "change");
+            assert_eq!(&*all[3].kind, "change");
             let denied_demo = s
                 .audit(&AuditFilter {
                     app: Some("demo".into()),
@@ -499,7 +546,7 @@ mod tests {
                 .await
                 .unwrap();
             assert_eq!(denied_demo.len(), 1);
-            assert_eq!(denied_demo[0].actor, "b@x.com");
+            assert_eq!(&*denied_demo[0].actor, "b@x.com");
             let after = s
                 .audit(&AuditFilter {
                     after_id: Some(all[1].id),

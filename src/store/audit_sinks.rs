@@ -71,8 +71,8 @@ mod tests {
                 .map(|i| crate::store::AuditRecord {
                     at: crate::clock::now_ms(),
                     kind: "decision".into(),
-                    actor: Actor::cli().name,
-                    path: format!("/t{i}"),
+                    actor: Actor::cli().name.into(),
+                    path: format!("/t{i}").into(),
                     ..Default::default()
                 })
                 .collect();
@@ -85,7 +85,7 @@ mod tests {
             s.set_audit_cursor("siem", first[2].id).await.unwrap();
             assert_eq!(s.audit_backlog(first[2].id).await.unwrap(), 2);
             let rest = s.audit_after(s.audit_cursor("siem").await.unwrap(), later, 10).await.unwrap();
-            assert_eq!(rest.iter().map(|r| r.path.as_str()).collect::<Vec<_>>(), ["/t3", "/t4"]);
+            assert_eq!(rest.iter().map(|r| &*r.path).collect::<Vec<_>>(), ["/t3", "/t4"]);
             // Records not settled yet wait.
             assert!(s.audit_after(0, 0, 10).await.unwrap().is_empty());
         }

@@ -119,7 +119,7 @@ pub async fn run(config: &Config, args: AuditArgs) -> Result<ExitCode> {
 
 fn line(r: &AuditRecord) -> String {
     let when = castellan::clock::format_rfc3339(r.at / 1000);
-    if r.kind == "decision" {
+    if &*r.kind == "decision" {
         format!(
             "{when}  {:<8} {:<28} {:<10} {} {}  {}{}{}",
             r.action,
@@ -139,7 +139,7 @@ fn line(r: &AuditRecord) -> String {
                 format!("  ref {}", r.reference)
             },
         )
-    } else if r.kind == "tunnel" {
+    } else if &*r.kind == "tunnel" {
         let a = r.after.clone().unwrap_or_default();
         format!(
             "{when}  tunnel   {:<28} {:<10} closed ({}) after {:.1} s: {} bytes up, {} down{}",
