@@ -101,10 +101,10 @@ impl Credential {
 /// cookie. A bad token is a 401; a store or provider that did not answer is a 503, never a 401
 /// that says the token is bad, and never an open door.
 pub async fn read(state: &State, headers: &HeaderMap, app: &App) -> Result<Credential, Failure> {
-    if let Some((carrier, token)) = bearer(state, headers) {
+    if let Some(token) = bearer(state, headers) {
         // Boxed: its future is three times a session lookup's, and unboxed it would be part of
         // every request's future, which is copied into its box.
-        return Box::pin(token_credential(state, &token, app, carrier)).await;
+        return Box::pin(token_credential(state, token, app)).await;
     }
     match state.session(headers).await {
         Ok(Some(s)) => Ok(Credential::Session(s)),
@@ -113,8 +113,52 @@ pub async fn read(state: &State, headers: &HeaderMap, app: &App) -> Result<Crede
     }
 }
 
-/// The bearer token meant for castellan, and the header it came in (see the module docs).
-pub fn bearer(state: &State, headers: &HeaderMap) -> Option<(HeaderName, String)> {
+/// A bearer token meant for castellan: the header it came in, and who it says signed it (read
+/// from the token once, not verified).
+pub struct Bearer {
+    pub carrier: HeaderName,
+    pub token: String,
+    pub signer: Signer,
+}
+
+/// Who a bearer token says signed it.
+pub enum Signer {
+    /// castellan: its `kid` is one of castellan's keys.
+    Castellan,
+    /// A provider that accepts programmatic audiences (its index in `State::providers`).
+    Provider(usize),
+    /// Neither: why not, for the 401.
+    Unknown(String),
+}
+
+impl Signer {
+    fn of(state: &State, token: &str) -> Signer {
+        let Ok(header) = jsonwebtoken::decode_header(token) else {
+            return Signer::Unknown("the token is not a JWT".into());
+        };
+        if header
+            .kid
+            .as_deref()
+            .is_some_and(|k| state.signer().knows(k))
+        {
+            return Signer::Castellan;
+        }
+        let Some(issuer) = unverified_issuer(token) else {
+            return Signer::Unknown("the token has no issuer".into());
+        };
+        match state
+            .providers
+            .iter()
+            .position(|p| p.config.issuer == issuer && !p.config.programmatic_audiences.is_empty())
+        {
+            Some(i) => Signer::Provider(i),
+            None => Signer::Unknown(format!("tokens from {issuer} are not accepted here")),
+        }
+    }
+}
+
+/// The bearer token meant for castellan (see the module docs).
+pub fn bearer(state: &State, headers: &HeaderMap) -> Option<Bearer> {
     let token = |name: &HeaderName| {
         let v = headers.get(name)?.to_str().ok()?;
         let t = v
@@ -122,82 +166,76 @@ pub fn bearer(state: &State, headers: &HeaderMap) -> Option<(HeaderName, String)
             .or_else(|| v.strip_prefix("bearer "))?;
         Some(t.trim().to_string())
     };
-    if let Some(t) = token(&header::PROXY_AUTHORIZATION) {
-        return Some((header::PROXY_AUTHORIZATION, t));
-    }
-    let t = token(&header::AUTHORIZATION)?;
-    let ours = jsonwebtoken::decode_header(&t)
-        .is_ok_and(|h| h.kid.as_deref().is_some_and(|k| state.signer().knows(k)))
-        || unverified_issuer(&t).is_some_and(|iss| {
-            state
-                .providers
-                .iter()
-                .any(|p| p.config.issuer == iss && !p.config.programmatic_audiences.is_empty())
+    if let Some(token) = token(&header::PROXY_AUTHORIZATION) {
+        let signer = Signer::of(state, &token);
+        return Some(Bearer {
+            carrier: header::PROXY_AUTHORIZATION,
+            token,
+            signer,
         });
-    ours.then_some((header::AUTHORIZATION, t))
+    }
+    let token = token(&header::AUTHORIZATION)?;
+    match Signer::of(state, &token) {
+        // Anyone else's token is the app's own.
+        Signer::Unknown(_) => None,
+        signer => Some(Bearer {
+            carrier: header::AUTHORIZATION,
+            token,
+            signer,
+        }),
+    }
 }
 
-async fn token_credential(
-    state: &State,
-    token: &str,
-    app: &App,
-    carrier: HeaderName,
-) -> Result<Credential, Failure> {
+async fn token_credential(state: &State, bearer: Bearer, app: &App) -> Result<Credential, Failure> {
+    let Bearer {
+        carrier,
+        token,
+        signer,
+    } = bearer;
     if token.len() > 16 * 1024 {
         return Err(Failure::invalid_token("the token is too large"));
     }
-    let header = jsonwebtoken::decode_header(token)
-        .map_err(|_| Failure::invalid_token("the token is not a JWT"))?;
-    if header
-        .kid
-        .as_deref()
-        .is_some_and(|k| state.signer().knows(k))
-    {
-        let subject = state
-            .verify_access_token(token, &app.audience)
-            .map_err(Failure::invalid_token)?;
-        return match subject {
-            TokenSubject::ServiceAccount { name, key } => {
-                match state.store.key_active(&key).await {
-                    Ok(true) => Ok(Credential::Token {
-                        principal: Principal::ServiceAccount(Arc::from(name)),
-                        auth_time: None,
-                        revocation: Revocation::Key(key),
+    let provider = match signer {
+        Signer::Castellan => {
+            let subject = state
+                .verify_access_token(&token, &app.audience)
+                .map_err(Failure::invalid_token)?;
+            return match subject {
+                TokenSubject::ServiceAccount { name, key } => {
+                    match state.store.key_active(&key).await {
+                        Ok(true) => Ok(Credential::Token {
+                            principal: Principal::ServiceAccount(Arc::from(name)),
+                            auth_time: None,
+                            revocation: Revocation::Key(key),
+                            carrier,
+                        }),
+                        Ok(false) => Err(Failure::invalid_token(
+                            "the key this token was minted with has been revoked",
+                        )),
+                        Err(e) => Err(Failure::internal("checking a bearer token", &e)),
+                    }
+                }
+                // A person on the command line: the token stands while its session does, and
+                // the session says when they signed in.
+                TokenSubject::Session(sid) => match state.session_by_digest(&sid).await {
+                    Ok(Some(s)) => Ok(Credential::Token {
+                        principal: Principal::Person(s.identity),
+                        auth_time: Some(s.signed_in_at),
+                        revocation: Revocation::Session(sid),
                         carrier,
                     }),
-                    Ok(false) => Err(Failure::invalid_token(
-                        "the key this token was minted with has been revoked",
+                    Ok(None) => Err(Failure::invalid_token(
+                        "the session this token belongs to has ended: run `castellan login` again",
                     )),
                     Err(e) => Err(Failure::internal("checking a bearer token", &e)),
-                }
-            }
-            // A person on the command line: the token stands while its session does, and the
-            // session says when they signed in.
-            TokenSubject::Session(sid) => match state.session_by_digest(&sid).await {
-                Ok(Some(s)) => Ok(Credential::Token {
-                    principal: Principal::Person(s.identity),
-                    auth_time: Some(s.signed_in_at),
-                    revocation: Revocation::Session(sid),
-                    carrier,
-                }),
-                Ok(None) => Err(Failure::invalid_token(
-                    "the session this token belongs to has ended: run `castellan login` again",
-                )),
-                Err(e) => Err(Failure::internal("checking a bearer token", &e)),
-            },
-        };
-    }
-    // Otherwise it must be an ID token from a provider that accepts programmatic audiences.
-    let issuer = unverified_issuer(token)
-        .ok_or_else(|| Failure::invalid_token("the token has no issuer"))?;
-    let provider = state
-        .providers
-        .iter()
-        .find(|p| p.config.issuer == issuer && !p.config.programmatic_audiences.is_empty())
-        .ok_or_else(|| {
-            Failure::invalid_token(format!("tokens from {issuer} are not accepted here"))
-        })?;
-    match provider.verify_programmatic(token).await {
+                },
+            };
+        }
+        // An ID token from a provider that accepts programmatic audiences.
+        Signer::Provider(i) => &state.providers[i],
+        Signer::Unknown(why) => return Err(Failure::invalid_token(why)),
+    };
+    match provider.verify_programmatic(&token).await {
         // A provider's token says nothing of SCIM: a person provisioned as inactive is refused
         // here as at sign-in.
         Ok((identity, _)) if state.deactivated(&identity.email) => {
