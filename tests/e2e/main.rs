@@ -20,6 +20,7 @@ mod lifecycle;
 mod local;
 mod oidc;
 mod policy;
+mod process_state;
 mod programmatic;
 mod provider_tokens;
 mod proxy;

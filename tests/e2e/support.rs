@@ -14,6 +14,8 @@ use http_body_util::{BodyExt, Full};
 use hyper::body::Incoming;
 use hyper_util::rt::TokioIo;
 
+use crate::process_state;
+
 pub fn support_dir() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/support")
 }
@@ -136,35 +138,9 @@ async fn answers_within(
     Err(format!(
         "{what} did not answer at {url} within {} s; {}; log:\n{}",
         limit.as_secs(),
-        process_state(proc.child.id()),
+        process_state::describe(proc.child.id()),
         proc.log_text()
     ))
-}
-
-/// The kernel's view of a process that does not answer, and the machine's load, for a failure message.
-fn process_state(pid: u32) -> String {
-    let read = |p: &str| std::fs::read_to_string(p).unwrap_or_default();
-    let state = read(&format!("/proc/{pid}/status"))
-        .lines()
-        .find(|l| l.starts_with("State:"))
-        .map(str::to_string)
-        .unwrap_or_else(|| "process gone".into());
-    let wchan = read(&format!("/proc/{pid}/wchan"));
-    let busiest = Command::new("ps")
-        .args(["-eo", "pid,stat,pcpu,etime,comm", "--sort=-pcpu"])
-        .output()
-        .map(|o| {
-            String::from_utf8_lossy(&o.stdout)
-                .lines()
-                .take(8)
-                .collect::<Vec<_>>()
-                .join("\n")
-        })
-        .unwrap_or_default();
-    format!(
-        "pid {pid} {state}, waiting in {wchan:?}; load average {}; busiest processes:\n{busiest}",
-        read("/proc/loadavg").trim()
-    )
 }
 
 // ---- the OpenID Provider --------------------------------------------------------------------------
