@@ -693,13 +693,14 @@ struct Target {
 #[global_allocator]
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
-/// The stack floor: what castellan's proxying costs without castellan's own work. hyper's server
-/// configured as castellan configures it, castellan's upstream pool, hop-by-hop headers removed
-/// both ways; nothing else. Serves until killed.
+/// The stack floor: what castellan's proxying costs without castellan's own work. hyper's servers
+/// as castellan configures them (`castellan::server::Protocols`), chosen as castellan chooses
+/// (`first_bytes`), castellan's upstream pool, hop-by-hop headers removed both ways; nothing
+/// else. Serves until killed.
 async fn floor(listen: String, upstream: String) {
+    use castellan::server::{Protocol, Protocols, first_bytes};
     use http_body_util::BodyExt;
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    use hyper_util::server::conn::auto;
+    use hyper_util::rt::TokioIo;
     type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
     let pool = std::sync::Arc::new(castellan::runtime::upstream::Pool::for_apps(
@@ -707,22 +708,17 @@ async fn floor(listen: String, upstream: String) {
     ));
     let upstream: std::sync::Arc<str> = upstream.into();
     let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256);
+    let protocols = std::sync::Arc::new(Protocols::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (pool, upstream, builder) = (pool.clone(), upstream.clone(), builder.clone());
+        let (pool, upstream, protocols) = (pool.clone(), upstream.clone(), protocols.clone());
         tokio::spawn(async move {
+            let Some(protocol) = first_bytes(&stream).await else {
+                return;
+            };
             let service =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (pool, upstream) = (pool.clone(), upstream.clone());
@@ -771,9 +767,14 @@ async fn floor(listen: String, upstream: String) {
                         Ok::<_, std::convert::Infallible>(answer)
                     }
                 });
-            let _ = builder
-                .serve_connection_with_upgrades(TokioIo::new(stream), service)
-                .await;
+            let io = TokioIo::new(stream);
+            let _ = match protocol {
+                Protocol::Http1 => {
+                    let conn = protocols.http1.serve_connection(io, service);
+                    conn.with_upgrades().await
+                }
+                Protocol::Http2 => protocols.http2.serve_connection(io, service).await,
+            };
         });
     }
 }

@@ -18,7 +18,6 @@ use std::time::Duration;
 use http::{Request, Response};
 use hyper::body::Incoming;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use tokio::net::{TcpListener, TcpStream};
 
 use crate::config::Config;
@@ -45,30 +44,103 @@ pub fn raise_open_files_limit() -> Option<u64> {
 /// HTTP/2 (after that, hyper's header timeout applies).
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// Waits until the client has sent enough to choose the protocol: 24 bytes of the HTTP/2
-/// preface, or anything that is not its start. False when it closes or takes longer than
-/// [`FIRST_BYTES_TIMEOUT`].
-async fn first_bytes(stream: &TcpStream) -> bool {
+/// The protocol a client speaks on a connection.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Protocol {
+    Http1,
+    Http2,
+}
+
+/// Waits until the client has sent enough to choose the protocol: the 24 bytes of the HTTP/2
+/// preface, or anything that is not its start. Peeked, not read, so hyper reads the request
+/// itself into its own buffer (hyper-util's automatic choice reads the first bytes apart and
+/// hands them back in front of the stream, and hyper then grows its read buffer to 16 KiB for
+/// every connection). `None` when the client closes or takes longer than [`FIRST_BYTES_TIMEOUT`].
+pub async fn first_bytes(stream: &TcpStream) -> Option<Protocol> {
     const PREFACE: &[u8; 24] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
     let deadline = tokio::time::Instant::now() + FIRST_BYTES_TIMEOUT;
     let mut buf = [0u8; 24];
     loop {
         let n = match tokio::time::timeout_at(deadline, stream.peek(&mut buf)).await {
             Ok(Ok(n)) => n,
-            _ => return false,
+            _ => return None,
         };
         if n == 0 {
-            return false;
+            return None;
         }
-        if n == PREFACE.len() || buf[..n] != PREFACE[..n] {
-            return true;
+        if buf[..n] != PREFACE[..n] {
+            return Some(Protocol::Http1);
+        }
+        if n == PREFACE.len() {
+            return Some(Protocol::Http2);
         }
         // Part of the preface so far: peek again shortly (peek does not wait for more bytes).
         if tokio::time::timeout_at(deadline, tokio::time::sleep(Duration::from_millis(20)))
             .await
             .is_err()
         {
-            return false;
+            return None;
+        }
+    }
+}
+
+/// hyper's HTTP/1 and HTTP/2 servers as castellan configures them, built once and shared by
+/// every connection (each connection copies the settings it needs when it starts). Public for
+/// the peer benchmark's stack floor, which serves with the same settings.
+pub struct Protocols {
+    pub http1: hyper::server::conn::http1::Builder,
+    pub http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+}
+
+impl Default for Protocols {
+    fn default() -> Protocols {
+        let mut http1 = hyper::server::conn::http1::Builder::new();
+        http1
+            .timer(TokioTimer::new())
+            .header_read_timeout(Duration::from_secs(10))
+            // A request's line and headers may take 64 KiB; more is refused (431) before anything
+            // is decided. Set exactly: hyper's buffer limit alone is only reached when its
+            // buffer happens to grow onto it (a 70 KB header once passed under it).
+            .max_header_size(64 * 1024)
+            .max_buf_size(64 * 1024);
+        let mut http2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+        http2
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(256)
+            .keep_alive_interval(Duration::from_secs(30));
+        Protocols { http1, http2 }
+    }
+}
+
+impl Protocols {
+    /// Serves one connection in `protocol` (HTTP/1 with upgrades, for WebSockets) until it
+    /// ends, under `shutdown`.
+    async fn serve<I, S, B>(
+        &self,
+        io: I,
+        protocol: Protocol,
+        service: S,
+        shutdown: &graceful::Shutdown,
+    ) -> hyper::Result<()>
+    where
+        I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
+        S: hyper::service::HttpService<Incoming, ResBody = B>,
+        S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        B: hyper::body::Body + 'static,
+        B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+        TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
+    {
+        let io = TokioIo::new(io);
+        match protocol {
+            Protocol::Http1 => {
+                let conn = self.http1.serve_connection(io, service).with_upgrades();
+                shutdown.watch(conn).await
+            }
+            Protocol::Http2 => {
+                shutdown
+                    .watch(self.http2.serve_connection(io, service))
+                    .await
+            }
         }
     }
 }
@@ -102,17 +174,7 @@ pub async fn run(
         tokio::spawn(watch_config(current.clone(), path));
     }
     let tls = start_tls(&state).await?;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10))
-        .max_buf_size(64 * 1024);
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(256)
-        .keep_alive_interval(Duration::from_secs(30));
+    let protocols = Arc::new(Protocols::default());
     let graceful = Arc::new(graceful::Shutdown::default());
     tokio::pin!(shutdown);
     loop {
@@ -141,56 +203,51 @@ pub async fn run(
                         http::HeaderValue::from_str(&format!("max-age={}", t.hsts.as_secs()))
                             .expect("a number is a valid header value")
                     });
-                    async move {
-                        // Boxed: the request's future is large, and unboxed it would be part of
-                        // every connection's task, in use or idle.
-                        let mut resp = Box::pin(routes::handle(state, peer, client_cert, req)).await;
+                    // Boxed: the request's future is large, and hyper keeps a place for the
+                    // service's future in every connection, in use or idle.
+                    Box::pin(async move {
+                        let mut resp = routes::handle(state, peer, client_cert, req).await;
                         if let Some(v) = hsts {
                             resp.headers_mut().entry(http::header::STRICT_TRANSPORT_SECURITY).or_insert(v);
                         }
                         Ok::<_, Infallible>(resp)
-                    }
+                    })
                 });
-                let builder = builder.clone();
+                let protocols = protocols.clone();
                 let watcher = graceful.clone();
                 let tls = tls.clone();
                 tokio::spawn(async move {
                     let ended = match tls {
                         None => {
-                            // hyper-util reads the first bytes to tell HTTP/1 from HTTP/2 with no
-                            // timer of its own: a client that connects and sends nothing (or half
-                            // the HTTP/2 preface) would hold its socket for ever.
-                            if !first_bytes(&stream).await {
+                            // A client that connects and sends nothing (or half the HTTP/2
+                            // preface) is let go after FIRST_BYTES_TIMEOUT.
+                            let Some(protocol) = first_bytes(&stream).await else {
                                 return;
-                            }
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service(None));
-                            watcher.watch(conn.into_owned()).await
+                            };
+                            protocols.serve(stream, protocol, service(None), &watcher).await
                         }
-                        Some(acceptor) => {
+                        // Boxed: a TLS connection's handshake and stream are large, and inline
+                        // they would be part of every connection's task, plain HTTP included.
+                        Some(acceptor) => Box::pin(async move {
                             let stream = match tokio::time::timeout(TLS_HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
                                 Ok(Ok(s)) => s,
                                 Ok(Err(e)) => {
                                     tracing::debug!(%peer, "TLS handshake failed: {e}");
-                                    return;
+                                    return Ok(());
                                 }
-                                Err(_) => return,
+                                Err(_) => return Ok(()),
                             };
                             // An ACME validator only checks the challenge certificate.
-                            if stream.get_ref().1.alpn_protocol() == Some(crate::runtime::tls::ACME_TLS_ALPN) {
-                                return;
+                            let alpn = stream.get_ref().1.alpn_protocol();
+                            if alpn == Some(crate::runtime::tls::ACME_TLS_ALPN) {
+                                return Ok(());
                             }
                             // ALPN has chosen the protocol (HTTP/2 over TLS needs it, RFC 9113
-                            // §3.2): no guessing from the first bytes, which has no timer.
-                            let mut builder = builder;
-                            if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
-                                builder = builder.http2_only();
-                            } else {
-                                builder = builder.http1_only();
-                            }
+                            // §3.2): no guessing from the first bytes.
+                            let protocol = if alpn == Some(b"h2") { Protocol::Http2 } else { Protocol::Http1 };
                             let client_cert = crate::runtime::tls::client_subject(stream.get_ref().1);
-                            let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service(client_cert));
-                            watcher.watch(conn.into_owned()).await
-                        }
+                            protocols.serve(stream, protocol, service(client_cert), &watcher).await
+                        }).await,
                     };
                     if let Err(e) = ended {
                         tracing::debug!(%peer, "connection ended: {e}");

@@ -524,8 +524,14 @@ async fn websockets_need_a_session_and_our_origin_and_huge_requests_are_refused(
         );
         assert!(!answer.contains("101 Switching"), "{answer}");
     }
-    // Oversized headers and cookies: refused before anything is decided or proxied.
-    for (name, size) in [("X-Big", 70_000), ("Cookie", 70_000), ("X-Many", 0)] {
+    // Oversized headers and cookies: refused before anything is decided or proxied. The limit is
+    // 64 KiB for the request line and headers together, exactly: just over it is refused too.
+    for (name, size) in [
+        ("X-Big", 70_000),
+        ("X-Just-Over", 65_536),
+        ("Cookie", 70_000),
+        ("X-Many", 0),
+    ] {
         let headers = if size > 0 {
             format!("{name}: {}\r\n", "a".repeat(size))
         } else {
@@ -543,4 +549,12 @@ async fn websockets_need_a_session_and_our_origin_and_huge_requests_are_refused(
             "{name}: {s:?}"
         );
     }
+    // The control: just under the limit, the request is decided as any other (no session: 401).
+    let req = format!(
+        "GET /probe HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nX-Just-Under: {}\r\nConnection: close\r\n\r\n",
+        c.port,
+        "a".repeat(60_000)
+    );
+    let answer = raw(&c, req.as_bytes()).await;
+    assert_eq!(statuses(&answer), vec![401], "just under the limit");
 }

@@ -5,14 +5,14 @@ use std::time::Duration;
 use http_body_util::{BodyExt, Full};
 use hyper::body::Bytes;
 use hyper_util::rt::{TokioExecutor, TokioIo};
-use hyper_util::server::conn::auto;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 use super::Shutdown;
 
-/// A server whose requests take `delay` to answer, its connections watched by `shutdown`.
-async fn serve(shutdown: Arc<Shutdown>, delay: Duration) -> std::net::SocketAddr {
+/// A server whose requests take `delay` to answer, its connections (HTTP/2 with `h2`, else
+/// HTTP/1 with upgrades, as castellan serves them) watched by `shutdown`.
+async fn serve(shutdown: Arc<Shutdown>, delay: Duration, h2: bool) -> std::net::SocketAddr {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
@@ -24,9 +24,16 @@ async fn serve(shutdown: Arc<Shutdown>, delay: Duration) -> std::net::SocketAddr
                     tokio::time::sleep(delay).await;
                     Ok::<_, Infallible>(http::Response::new(Full::new(Bytes::from("done"))))
                 });
-                let builder = auto::Builder::new(TokioExecutor::new());
-                let conn = builder.serve_connection_with_upgrades(TokioIo::new(stream), service);
-                let _ = shutdown.watch(conn.into_owned()).await;
+                let io = TokioIo::new(stream);
+                let _ = if h2 {
+                    let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+                    shutdown.watch(builder.serve_connection(io, service)).await
+                } else {
+                    let builder = hyper::server::conn::http1::Builder::new();
+                    shutdown
+                        .watch(builder.serve_connection(io, service).with_upgrades())
+                        .await
+                };
             });
         }
     });
@@ -46,7 +53,7 @@ async fn get(stream: &mut TcpStream) -> String {
 #[tokio::test]
 async fn idle_keep_alive_connections_close_and_shutdown_returns() {
     let shutdown = Arc::new(Shutdown::default());
-    let addr = serve(shutdown.clone(), Duration::ZERO).await;
+    let addr = serve(shutdown.clone(), Duration::ZERO, false).await;
     let mut a = TcpStream::connect(addr).await.unwrap();
     let mut b = TcpStream::connect(addr).await.unwrap();
     assert!(get(&mut a).await.ends_with("done"));
@@ -66,7 +73,7 @@ async fn idle_keep_alive_connections_close_and_shutdown_returns() {
 #[tokio::test]
 async fn a_request_in_flight_is_answered_before_shutdown_returns() {
     let shutdown = Arc::new(Shutdown::default());
-    let addr = serve(shutdown.clone(), Duration::from_millis(300)).await;
+    let addr = serve(shutdown.clone(), Duration::from_millis(300), false).await;
     let client = tokio::spawn(async move {
         let stream = TcpStream::connect(addr).await.unwrap();
         let (mut send, conn) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
@@ -90,6 +97,32 @@ async fn a_request_in_flight_is_answered_before_shutdown_returns() {
         "waited for the request"
     );
     assert_eq!(client.await.unwrap(), "done");
+}
+
+#[tokio::test]
+async fn an_idle_http2_connection_is_sent_away_and_shutdown_returns() {
+    let shutdown = Arc::new(Shutdown::default());
+    let addr = serve(shutdown.clone(), Duration::ZERO, true).await;
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let (mut send, conn) =
+        hyper::client::conn::http2::handshake(TokioExecutor::new(), TokioIo::new(stream))
+            .await
+            .unwrap();
+    let conn = tokio::spawn(conn);
+    let req = http::Request::get("http://x/")
+        .body(http_body_util::Empty::<Bytes>::new())
+        .unwrap();
+    let resp = send.send_request(req).await.unwrap();
+    assert_eq!(resp.into_body().collect().await.unwrap().to_bytes(), "done");
+    tokio::time::timeout(Duration::from_secs(5), shutdown.shutdown())
+        .await
+        .expect("shutdown returned once the idle HTTP/2 connection closed");
+    // The client's side ends too: the server sent GOAWAY and closed.
+    tokio::time::timeout(Duration::from_secs(5), conn)
+        .await
+        .expect("the client's connection ended")
+        .unwrap()
+        .unwrap();
 }
 
 #[tokio::test]
