@@ -371,26 +371,22 @@ pub fn lease_holder() -> String {
 /// The plain-HTTP listener beside HTTPS: ACME HTTP-01 answers, and a permanent redirect to HTTPS
 /// for everything else (to a host castellan serves; any other `Host` goes to `public_url`).
 pub async fn serve_http(state: Arc<State>, listener: tokio::net::TcpListener) {
-    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-    let mut builder = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
-    builder
-        .http1()
-        .timer(TokioTimer::new())
-        .header_read_timeout(Duration::from_secs(10));
+    // HTTP/1 as the main listener serves it (its header size limit and timeout).
+    let http1 = Arc::new(super::Protocols::default().http1);
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let state = state.clone();
-        let builder = builder.clone();
+        let http1 = http1.clone();
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
                 async move { Ok::<_, std::convert::Infallible>(http_answer(&state, req).await) }
             });
-            let _ = builder
-                .serve_connection(TokioIo::new(stream), service)
+            let _ = http1
+                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
                 .await;
         });
     }
