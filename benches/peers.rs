@@ -694,13 +694,14 @@ struct Target {
 static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 /// The stack floor: what castellan's proxying costs without castellan's own work. hyper's servers
-/// as castellan configures them (`castellan::server::Protocols`), chosen as castellan chooses
-/// (`first_bytes`), castellan's upstream pool, hop-by-hop headers removed both ways; nothing
+/// as castellan configures and serves them (`castellan::server::Protocols`: its settings,
+/// timeouts and graceful shutdown), chosen as castellan chooses (`first_bytes`), castellan's upstream pool, hop-by-hop headers removed both ways; nothing
 /// else. Serves until killed.
 async fn floor(listen: String, upstream: String) {
-    use castellan::server::{Protocol, Protocols, first_bytes};
+    use castellan::server::graceful::Shutdown;
+    use castellan::server::timeouts::Timeouts;
+    use castellan::server::{Protocols, first_bytes};
     use http_body_util::BodyExt;
-    use hyper_util::rt::TokioIo;
     type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
     let pool = std::sync::Arc::new(castellan::runtime::upstream::Pool::for_apps(
@@ -708,13 +709,15 @@ async fn floor(listen: String, upstream: String) {
     ));
     let upstream: std::sync::Arc<str> = upstream.into();
     let listener = tokio::net::TcpListener::bind(&listen).await.unwrap();
-    let protocols = std::sync::Arc::new(Protocols::default());
+    let protocols = std::sync::Arc::new(Protocols::new(Timeouts::default()));
+    let shutdown = std::sync::Arc::new(Shutdown::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             continue;
         };
         let _ = stream.set_nodelay(true);
-        let (pool, upstream, protocols) = (pool.clone(), upstream.clone(), protocols.clone());
+        let (pool, upstream) = (pool.clone(), upstream.clone());
+        let (protocols, shutdown) = (protocols.clone(), shutdown.clone());
         tokio::spawn(async move {
             let Some(protocol) = first_bytes(&stream).await else {
                 return;
@@ -722,7 +725,8 @@ async fn floor(listen: String, upstream: String) {
             let service =
                 hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
                     let (pool, upstream) = (pool.clone(), upstream.clone());
-                    async move {
+                    // Boxed, as castellan's service boxes its request's future.
+                    Box::pin(async move {
                         let (mut parts, body) = req.into_parts();
                         // HTTP/2 carries the host as :authority; HTTP/1.1 upstreams need Host.
                         if let Some(a) = parts.uri.authority()
@@ -765,16 +769,9 @@ async fn floor(listen: String, upstream: String) {
                             }
                         };
                         Ok::<_, std::convert::Infallible>(answer)
-                    }
+                    })
                 });
-            let io = TokioIo::new(stream);
-            let _ = match protocol {
-                Protocol::Http1 => {
-                    let conn = protocols.http1.serve_connection(io, service);
-                    conn.with_upgrades().await
-                }
-                Protocol::Http2 => protocols.http2.serve_connection(io, service).await,
-            };
+            let _ = protocols.serve(stream, protocol, service, &shutdown).await;
         });
     }
 }

@@ -371,22 +371,25 @@ pub fn lease_holder() -> String {
 /// The plain-HTTP listener beside HTTPS: ACME HTTP-01 answers, and a permanent redirect to HTTPS
 /// for everything else (to a host castellan serves; any other `Host` goes to `public_url`).
 pub async fn serve_http(state: Arc<State>, listener: tokio::net::TcpListener) {
-    // HTTP/1 as the main listener serves it (its header size limit and timeout).
-    let http1 = Arc::new(super::Protocols::default().http1);
+    // HTTP/1 as the main listener serves it (its header size limit and timeouts).
+    let protocols = Arc::new(super::Protocols::new(super::timeouts::Timeouts::default()));
+    let shutdown = Arc::new(super::graceful::Shutdown::default());
     loop {
         let Ok((stream, _)) = listener.accept().await else {
             tokio::time::sleep(Duration::from_millis(50)).await;
             continue;
         };
         let state = state.clone();
-        let http1 = http1.clone();
+        let (protocols, shutdown) = (protocols.clone(), shutdown.clone());
         tokio::spawn(async move {
             let service = hyper::service::service_fn(move |req| {
                 let state = state.clone();
-                async move { Ok::<_, std::convert::Infallible>(http_answer(&state, req).await) }
+                Box::pin(async move {
+                    Ok::<_, std::convert::Infallible>(http_answer(&state, req).await)
+                })
             });
-            let _ = http1
-                .serve_connection(hyper_util::rt::TokioIo::new(stream), service)
+            let _ = protocols
+                .serve(stream, super::Protocol::Http1, service, &shutdown)
                 .await;
         });
     }

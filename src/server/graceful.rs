@@ -19,6 +19,8 @@ use hyper::server::conn::{http1, http2};
 use hyper::service::HttpService;
 use tokio::sync::Notify;
 
+use super::timeouts::Deadline;
+
 type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A connection that can be asked to finish: the request in flight completes, an idle
@@ -97,8 +99,9 @@ impl Drop for Registration {
 
 impl Shutdown {
     /// Serves `conn` to its end; once [`Shutdown::shutdown`] is called, the connection is asked
-    /// to finish (the request in flight completes, an idle keep-alive connection closes).
-    pub fn watch<C: GracefulConnection>(&self, conn: C) -> Watched<C> {
+    /// to finish (the request in flight completes, an idle keep-alive connection closes). With a
+    /// `deadline`, the connection is closed when it outlives the limit of its phase.
+    pub fn watch<C: GracefulConnection>(&self, conn: C, deadline: Option<Deadline>) -> Watched<C> {
         self.inner.open.fetch_add(1, Ordering::AcqRel);
         Watched {
             // Boxed once per connection, so the wrapper needs no pin projection.
@@ -109,6 +112,7 @@ impl Shutdown {
                 waker: None,
             },
             asked: false,
+            deadline,
         }
     }
 
@@ -137,6 +141,7 @@ pub struct Watched<C> {
     me: Registration,
     /// Whether the connection was asked to finish.
     asked: bool,
+    deadline: Option<Deadline>,
 }
 
 impl<C: GracefulConnection> Future for Watched<C> {
@@ -157,7 +162,18 @@ impl<C: GracefulConnection> Future for Watched<C> {
                 this.conn.as_mut().graceful_shutdown();
             }
         }
-        this.conn.as_mut().poll(cx)
+        let served = this.conn.as_mut().poll(cx);
+        // Checked once the connection has had its turn (a request that just arrived or ended
+        // has moved its phase). Dropping the connection closes it; an idle one has nothing in
+        // flight, and hyper has just found nothing to read.
+        if served.is_pending()
+            && let Some(deadline) = &mut this.deadline
+            && let Poll::Ready(expired) = deadline.poll(cx)
+        {
+            tracing::debug!("connection closed: {expired:?} timeout");
+            return Poll::Ready(Ok(()));
+        }
+        served
     }
 }
 

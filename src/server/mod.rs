@@ -7,8 +7,9 @@
 
 pub mod acme;
 pub mod dns01;
-mod graceful;
+pub mod graceful;
 pub mod routes;
+pub mod timeouts;
 
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -85,19 +86,23 @@ pub async fn first_bytes(stream: &TcpStream) -> Option<Protocol> {
 }
 
 /// hyper's HTTP/1 and HTTP/2 servers as castellan configures them, built once and shared by
-/// every connection (each connection copies the settings it needs when it starts). Public for
-/// the peer benchmark's stack floor, which serves with the same settings.
+/// every connection (each connection copies the settings it needs when it starts), and the
+/// limits an HTTP/1 connection's phases have ([`timeouts`]). Public for the peer benchmark's stack
+/// floor, which serves with the same settings.
 pub struct Protocols {
-    pub http1: hyper::server::conn::http1::Builder,
-    pub http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    http1: hyper::server::conn::http1::Builder,
+    http2: hyper::server::conn::http2::Builder<TokioExecutor>,
+    timeouts: timeouts::Timeouts,
 }
 
-impl Default for Protocols {
-    fn default() -> Protocols {
+impl Protocols {
+    pub fn new(timeouts: timeouts::Timeouts) -> Protocols {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
             .timer(TokioTimer::new())
-            .header_read_timeout(Duration::from_secs(10))
+            // Ours instead (`timeouts`): hyper's runs while a connection waits for a request too,
+            // which made it a 10-second idle timeout.
+            .header_read_timeout(None::<Duration>)
             // A request's line and headers may take 64 KiB; more is refused (431) before anything
             // is decided. Set exactly: hyper's buffer limit alone is only reached when its
             // buffer happens to grow onto it (a 70 KB header once passed under it).
@@ -108,14 +113,16 @@ impl Default for Protocols {
             .timer(TokioTimer::new())
             .max_concurrent_streams(256)
             .keep_alive_interval(Duration::from_secs(30));
-        Protocols { http1, http2 }
+        Protocols {
+            http1,
+            http2,
+            timeouts,
+        }
     }
-}
 
-impl Protocols {
-    /// Serves one connection in `protocol` (HTTP/1 with upgrades, for WebSockets) until it
-    /// ends, under `shutdown`.
-    async fn serve<I, S, B>(
+    /// Serves one connection in `protocol` until it ends, under `shutdown`: HTTP/1 with upgrades
+    /// (for WebSockets) and the limits of `timeouts`, or HTTP/2.
+    pub async fn serve<I, S, B>(
         &self,
         io: I,
         protocol: Protocol,
@@ -124,22 +131,25 @@ impl Protocols {
     ) -> hyper::Result<()>
     where
         I: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
-        S: hyper::service::HttpService<Incoming, ResBody = B>,
+        S: hyper::service::Service<Request<Incoming>, Response = Response<B>>,
+        S::Future: Unpin + Send + 'static,
         S::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        B: hyper::body::Body + 'static,
+        B: hyper::body::Body + Unpin + Send + 'static,
+        B::Data: Send,
         B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-        TokioExecutor: hyper::rt::bounds::Http2ServerConnExec<S::Future, B>,
     {
-        let io = TokioIo::new(io);
         match protocol {
             Protocol::Http1 => {
+                let phase = timeouts::Phase::new();
+                let io = TokioIo::new(timeouts::Clocked::new(io, phase.clone()));
+                let service = timeouts::Phased::new(service, phase.clone());
                 let conn = self.http1.serve_connection(io, service).with_upgrades();
-                shutdown.watch(conn).await
+                let deadline = timeouts::Deadline::new(phase, self.timeouts);
+                shutdown.watch(conn, Some(deadline)).await
             }
             Protocol::Http2 => {
-                shutdown
-                    .watch(self.http2.serve_connection(io, service))
-                    .await
+                let conn = self.http2.serve_connection(TokioIo::new(io), service);
+                shutdown.watch(conn, None).await
             }
         }
     }
@@ -174,7 +184,7 @@ pub async fn run(
         tokio::spawn(watch_config(current.clone(), path));
     }
     let tls = start_tls(&state).await?;
-    let protocols = Arc::new(Protocols::default());
+    let protocols = Arc::new(Protocols::new(timeouts::Timeouts::default()));
     let graceful = Arc::new(graceful::Shutdown::default());
     tokio::pin!(shutdown);
     loop {

@@ -293,6 +293,36 @@ async fn slowloris_and_half_open_connections_neither_starve_others_nor_stay() {
     );
 }
 
+/// A load balancer keeps its connections to castellan open between requests for minutes
+/// (Google's for 600 s): castellan must not close one that waits longer than a request's head may
+/// take (10 s), or the balancer sends a request on a closing connection and answers 502.
+#[tokio::test(flavor = "multi_thread")]
+async fn a_keep_alive_connection_may_wait_longer_than_a_request_head_may_take() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = Echo::start().await;
+    let c = Castellan::start(Setup::new(echo.addr)).await;
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", c.port))
+        .await
+        .unwrap();
+    let req = format!(
+        "GET /.castellan/healthz HTTP/1.1\r\nHost: 127.0.0.1:{}\r\n\r\n",
+        c.port
+    );
+    let mut buf = vec![0u8; 4096];
+    for round in ["first", "after 12 s of silence"] {
+        if round != "first" {
+            tokio::time::sleep(Duration::from_secs(12)).await;
+        }
+        s.write_all(req.as_bytes()).await.unwrap();
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf))
+            .await
+            .expect("an answer")
+            .unwrap();
+        let answer = String::from_utf8_lossy(&buf[..n]);
+        assert!(answer.starts_with("HTTP/1.1 200"), "{round}: {answer:?}");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_dead_or_slow_upstream_leaks_no_connections() {
     let echo = Echo::start().await;

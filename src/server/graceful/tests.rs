@@ -27,11 +27,13 @@ async fn serve(shutdown: Arc<Shutdown>, delay: Duration, h2: bool) -> std::net::
                 let io = TokioIo::new(stream);
                 let _ = if h2 {
                     let builder = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
-                    shutdown.watch(builder.serve_connection(io, service)).await
+                    shutdown
+                        .watch(builder.serve_connection(io, service), None)
+                        .await
                 } else {
                     let builder = hyper::server::conn::http1::Builder::new();
                     shutdown
-                        .watch(builder.serve_connection(io, service).with_upgrades())
+                        .watch(builder.serve_connection(io, service).with_upgrades(), None)
                         .await
                 };
             });
