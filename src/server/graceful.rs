@@ -5,6 +5,9 @@
 //! connections, so every poll of every connection took the same lock, on whichever core it ran
 //! (several times a request). Here a connection registers its waker once (again only if its
 //! task's waker changes) and otherwise reads one flag that is written once, at shutdown.
+//!
+//! The same wrapper enforces an HTTP/1 connection's time limits ([`super::timeouts`]), since it
+//! is the one place that sees each of the connection's turns.
 
 use std::collections::HashMap;
 use std::future::Future;

@@ -76,9 +76,9 @@ impl Phase {
         }
     }
 
-    /// A request's head is complete: it is being served, with no deadline of ours.
+    /// A request's head is complete: it is being served, with no deadline of ours (so no time).
     fn request_began(&self) {
-        self.set(BUSY);
+        self.word.store(BUSY, Ordering::Relaxed);
     }
 
     /// The response has been sent (or abandoned): the connection waits for the next request.
