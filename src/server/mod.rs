@@ -42,7 +42,7 @@ pub fn raise_open_files_limit() -> Option<u64> {
 }
 
 /// How long a new connection may take to send enough of its first request to tell HTTP/1 from
-/// HTTP/2 (after that, hyper's header timeout applies).
+/// HTTP/2 (after that, the head limit of [`timeouts`] applies).
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
 
 /// The protocol a client speaks on a connection.
