@@ -99,9 +99,9 @@ impl Protocols {
     pub fn new(timeouts: timeouts::Timeouts) -> Protocols {
         let mut http1 = hyper::server::conn::http1::Builder::new();
         http1
-            .timer(TokioTimer::new())
             // Ours instead (`timeouts`): hyper's runs while a connection waits for a request too,
-            // which made it a 10-second idle timeout.
+            // which made it a 10-second idle timeout. (It is all hyper's HTTP/1 timer is for, so
+            // HTTP/1 has none.)
             .header_read_timeout(None::<Duration>)
             // A request's line and headers may take 64 KiB; more is refused (431) before anything
             // is decided. Set exactly: hyper's buffer limit alone is only reached when its
