@@ -221,7 +221,7 @@ async fn token_credential(state: &State, bearer: Bearer, app: &App) -> Result<Cr
                     Ok(Some(s)) => Ok(Credential::Token {
                         principal: Principal::Person(s.identity),
                         auth_time: Some(s.signed_in_at),
-                        revocation: Revocation::Session(sid),
+                        revocation: Revocation::Session(s.digest),
                         carrier,
                     }),
                     Ok(None) => Err(Failure::invalid_token(

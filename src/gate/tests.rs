@@ -272,7 +272,7 @@ async fn a_session_cookie_is_decided_and_registered_by_its_session() {
     let (cookie, digest) = w.session("ann@example.com", 0).await;
     let ok = w.ask("GET", "/", &[("cookie", &cookie)]).await.unwrap();
     assert_eq!(ok.principal.as_deref(), Some("ann@example.com"));
-    assert_eq!(ok.revocation, Some(Revocation::Session(digest)));
+    assert_eq!(ok.revocation, Some(Revocation::Session(digest.into())));
     assert!(ok.identity_headers >= 3, "{ok:?}");
     assert_eq!(ok.outcome, Outcome::Allow);
 
@@ -287,6 +287,34 @@ async fn a_session_cookie_is_decided_and_registered_by_its_session() {
     let forged = format!("{}=not-a-session", w.state.cookies.session);
     let r = w.ask("GET", "/", &[("cookie", &forged)]).await.unwrap_err();
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+}
+
+/// The cache answers for a cookie's session from the cookie alone (it remembers each session id's
+/// digest), never for longer than the session lives, and never for another session.
+#[tokio::test]
+async fn a_cached_session_cookie_ends_with_its_session() {
+    let w = world().await;
+    let (ann, ann_digest) = w.session("ann@example.com", 0).await;
+    let (bob, _) = w.session("bob@example.com", 0).await;
+    for _ in 0..2 {
+        let ok = w.ask("GET", "/", &[("cookie", &ann)]).await.unwrap();
+        assert_eq!(ok.principal.as_deref(), Some("ann@example.com"));
+        let denied = w.ask("GET", "/", &[("cookie", &bob)]).await.unwrap_err();
+        assert_eq!(denied.status, StatusCode::FORBIDDEN, "bob is never ann");
+    }
+    // Ann signs out elsewhere: the store ends the session and this process forgets it; the
+    // cookie's digest is still remembered, and names a session that is no more.
+    w.state
+        .store
+        .revoke_sessions(Some(&ann_digest[..16]), None, &Actor::cli())
+        .await
+        .unwrap();
+    w.state.forget_session(&ann_digest);
+    let r = w.ask("GET", "/", &[("cookie", &ann)]).await.unwrap_err();
+    assert_eq!(
+        (r.status, r.outcome),
+        (StatusCode::UNAUTHORIZED, Outcome::SignIn)
+    );
 }
 
 #[tokio::test]
@@ -397,7 +425,10 @@ async fn a_command_line_token_is_registered_by_its_session_and_ends_with_it() {
         let bearer = format!("Bearer {token}");
         let ok = w.ask("GET", "/", &[(carrier, &bearer)]).await.unwrap();
         assert_eq!(ok.principal.as_deref(), Some("ann@example.com"));
-        assert_eq!(ok.revocation, Some(Revocation::Session(digest.clone())));
+        assert_eq!(
+            ok.revocation,
+            Some(Revocation::Session(digest.clone().into()))
+        );
     }
     // A token is decided on its own: a good cookie beside a bad token does not help.
     let (cookie, _) = w.session("ann@example.com", 0).await;

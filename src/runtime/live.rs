@@ -46,7 +46,7 @@ pub struct Grounds {
 pub enum Revocation {
     /// The session (by digest) it rides on: a browser's, or the command line's whose access token
     /// opened it. Sign-out and revocation end it.
-    Session(String),
+    Session(Arc<str>),
     /// The service account key (by id) its access token was minted with.
     Key(String),
     /// Nothing but the policy (a provider's ID token, an anonymous caller of a public app).

@@ -127,7 +127,7 @@ impl State {
             let sessions: Vec<String> = entries
                 .iter()
                 .filter_map(|(_, g)| match &g.revocation {
-                    Revocation::Session(d) => Some(d.clone()),
+                    Revocation::Session(d) => Some(d.to_string()),
                     _ => None,
                 })
                 .collect::<HashSet<_>>()
@@ -146,7 +146,7 @@ impl State {
             };
             for (_, g) in &entries {
                 let ok = match &g.revocation {
-                    Revocation::Session(d) => live.contains(d),
+                    Revocation::Session(d) => live.contains(&**d),
                     Revocation::Key(k) => match self.store.key_active(k).await {
                         Ok(active) => active,
                         Err(e) => {
