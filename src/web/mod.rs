@@ -169,10 +169,14 @@ pub fn request_host(uri: &http::Uri, headers: &HeaderMap) -> Option<String> {
 /// True when the request is a browser navigation (which may be redirected to sign in) rather than
 /// a script, API or WebSocket request (which gets a 401 it can act on).
 pub fn is_navigation(headers: &HeaderMap) -> bool {
-    if let Some(mode) = headers.get("sec-fetch-mode") {
+    // Named once: a lookup by `&str` parses and checks the name on every request.
+    const SEC_FETCH_MODE: header::HeaderName = header::HeaderName::from_static("sec-fetch-mode");
+    const X_REQUESTED_WITH: header::HeaderName =
+        header::HeaderName::from_static("x-requested-with");
+    if let Some(mode) = headers.get(SEC_FETCH_MODE) {
         return mode.as_bytes().eq_ignore_ascii_case(b"navigate");
     }
-    if headers.contains_key("x-requested-with") || headers.contains_key(header::UPGRADE) {
+    if headers.contains_key(X_REQUESTED_WITH) || headers.contains_key(header::UPGRADE) {
         return false;
     }
     headers
