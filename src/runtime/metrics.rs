@@ -1,7 +1,8 @@
 //! Prometheus metrics: requests by app, decision and status; latency; sign-ins; upstream errors.
 //!
-//! An app's name in a request's labels is the request's own `Arc<str>` (shared, not copied): the
-//! two families every request counts in cost a hash lookup each, and no allocation.
+//! Every request is counted in two families ([`Metrics::request`]). A family is a map behind a
+//! lock that every thread takes, so each thread keeps the counters it has used (a few: one per
+//! app, outcome and status) and finds them again by comparing labels, with no hash and no lock.
 
 use std::sync::Arc;
 
@@ -81,9 +82,12 @@ impl EndedBy {
 }
 
 pub struct Metrics {
+    /// Which of the process's `Metrics` this is (tests make several): the per-thread handles of
+    /// [`Metrics::request`] say whose they are.
+    id: u64,
     registry: Registry,
-    pub requests: Family<RequestLabels, Counter>,
-    pub latency: Family<AppLabel, Histogram, fn() -> Histogram>,
+    requests: Family<RequestLabels, Counter>,
+    latency: Family<AppLabel, Histogram, fn() -> Histogram>,
     pub sign_ins: Family<SignInLabels, Counter>,
     pub upstream_errors: Family<UpstreamErrorLabels, Counter>,
     pub sign_ins_ended: Family<EndedLabels, Counter>,
@@ -105,7 +109,56 @@ fn latency_histogram() -> Histogram {
     Histogram::new(exponential_buckets(0.00025, 2.0, 16))
 }
 
+/// A thread's handles on one request label set's counter and its app's latency histogram.
+struct RequestHandles {
+    metrics: u64,
+    labels: RequestLabels,
+    count: Counter,
+    latency: Histogram,
+}
+
+/// The most label sets a thread keeps handles on; past it, it starts again.
+const HANDLES_MAX: usize = 64;
+
 impl Metrics {
+    /// Counts an answered request, and how long it took, in seconds.
+    pub fn request(&self, labels: RequestLabels, seconds: f64) {
+        thread_local! {
+            static HANDLES: std::cell::RefCell<Vec<RequestHandles>> =
+                const { std::cell::RefCell::new(Vec::new()) };
+        }
+        HANDLES.with_borrow_mut(|handles| {
+            let i = match handles
+                .iter()
+                .position(|h| h.metrics == self.id && h.labels == labels)
+            {
+                Some(i) => i,
+                None => {
+                    // Counters outlive their family's lock: a clone shares its value.
+                    let count = self.requests.get_or_create(&labels).clone();
+                    let latency = self
+                        .latency
+                        .get_or_create(&AppLabel {
+                            app: labels.app.clone(),
+                        })
+                        .clone();
+                    if handles.len() >= HANDLES_MAX {
+                        handles.clear();
+                    }
+                    handles.push(RequestHandles {
+                        metrics: self.id,
+                        labels,
+                        count,
+                        latency,
+                    });
+                    handles.len() - 1
+                }
+            };
+            handles[i].count.inc();
+            handles[i].latency.observe(seconds);
+        });
+    }
+
     pub fn new() -> Metrics {
         let mut registry = Registry::with_prefix("castellan");
         let requests = Family::<RequestLabels, Counter>::default();
@@ -200,7 +253,9 @@ impl Metrics {
             "Requests an upstream of an app's pool is answering now",
             upstream_outstanding.clone(),
         );
+        static MADE: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         Metrics {
+            id: MADE.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             upstream_in_pool,
             upstream_outstanding,
             audit_sink_backlog,
@@ -259,3 +314,6 @@ impl Default for Metrics {
         Metrics::new()
     }
 }
+
+#[cfg(test)]
+mod tests;

@@ -25,7 +25,7 @@ use crate::endpoints::{
     password, public, scim, second_factor, sign_in, sign_out, token,
 };
 use crate::runtime::State;
-use crate::runtime::metrics::{AppLabel, RequestLabels};
+use crate::runtime::metrics::RequestLabels;
 use crate::store::AuditRecord;
 use crate::web::ctx::{Ctx, Why, log_safe};
 use crate::web::failure::{Answer, Failure};
@@ -65,22 +65,14 @@ pub async fn handle(
         }
         id
     });
-    state
-        .metrics
-        .requests
-        .get_or_create(&RequestLabels {
+    state.metrics.request(
+        RequestLabels {
             app: ctx.app.clone(),
             decision: ctx.outcome.as_str(),
             status,
-        })
-        .inc();
-    state
-        .metrics
-        .latency
-        .get_or_create(&AppLabel {
-            app: ctx.app.clone(),
-        })
-        .observe(latency.as_secs_f64());
+        },
+        latency.as_secs_f64(),
+    );
     tracing::info!(
         target: "castellan::request",
         method = %method,
