@@ -127,6 +127,41 @@ async fn sign_in_wrong_password_and_attempt_limit() {
     );
 }
 
+/// A password check (Argon2) works in 19 MiB. castellan gives them back to the system within a
+/// couple of seconds while it is idle, not at its next burst of work (when its allocator would
+/// next look): an idle castellan that one person signed in to stays near its idle size.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_memory_a_password_check_used_is_returned_while_idle() {
+    let (_echo, c) = start().await;
+    let pid = c.proc.child.id();
+    let rss_kib = || {
+        let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+            .expect("VmRSS in /proc/PID/status")
+    };
+    let before = rss_kib();
+    let mut b = Browser::new();
+    let page = b
+        .sign_in_local(&c, "carol@example.com", PASSWORD, "/app")
+        .await;
+    assert_eq!(page.status, 302, "signed in: {}", page.body);
+    let limit = before + 8 * 1024;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    let mut now = rss_kib();
+    while now > limit && std::time::Instant::now() < deadline {
+        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+        now = rss_kib();
+    }
+    assert!(
+        now <= limit,
+        "5 s after one sign-in castellan holds {now} KiB, {} KiB more than before it ({before} KiB)",
+        now - before
+    );
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn the_form_needs_its_csrf_token_and_our_origin() {
     let (_echo, c) = start().await;
