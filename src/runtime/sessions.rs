@@ -48,8 +48,9 @@ pub(super) struct Cache(Mutex<Entries>);
 #[derive(Default)]
 struct Entries {
     sessions: HashMap<Arc<str>, Cached>,
-    /// A session id → its digest. An entry outlives its session's (a forgotten session is read
-    /// from the store again, by the same digest), so it never answers for a session by itself.
+    /// A session id → its digest, for ids of sessions the store knew. An entry outlives its
+    /// session's (a forgotten session is read from the store again, by the same digest), so it
+    /// never answers for a session by itself.
     digests: HashMap<Box<str>, Arc<str>>,
 }
 
@@ -119,19 +120,20 @@ impl State {
                 None => None,
             }
         };
-        let digest = match known {
-            Some(digest) => digest,
-            None => {
-                let digest: Arc<str> = crate::crypto::digest(id).into();
-                let mut cache = self.session_cache.lock();
-                if cache.digests.len() >= CACHE_MAX {
-                    cache.digests.clear();
-                }
-                cache.digests.insert(id.into(), digest.clone());
-                digest
+        if let Some(digest) = known {
+            return self.session_by_digest(&digest).await;
+        }
+        let digest: Arc<str> = crate::crypto::digest(id).into();
+        let session = self.session_by_digest(&digest).await?;
+        // Only the ids of sessions the store knows: made-up cookies must not fill the cache.
+        if session.is_some() {
+            let mut cache = self.session_cache.lock();
+            if cache.digests.len() >= CACHE_MAX {
+                cache.digests.clear();
             }
-        };
-        self.session_by_digest(&digest).await
+            cache.digests.insert(id.into(), digest);
+        }
+        Ok(session)
     }
 
     /// The session whose digest is `digest` (see [`State::session`]).
@@ -216,3 +218,6 @@ impl State {
         self.session_cache.lock().sessions.remove(digest);
     }
 }
+
+#[cfg(test)]
+mod tests;
