@@ -5,9 +5,9 @@
 //! outage keep working for `store_outage_grace`, as decisions from the last snapshot do.
 //!
 //! The store knows a session by the digest of its id (SHA-256), never by the id. The cache also
-//! remembers which digest a cookie's id has, so that a request whose session is cached costs a
-//! lookup, not a digest (a SHA-256 a request was about 7% of castellan's work on the request's
-//! way).
+//! remembers which digest the id of a session it has read has, so that a request whose session is
+//! cached costs a lookup, not a digest (a SHA-256 a request was about 7% of castellan's work on
+//! the request's way).
 
 use std::collections::HashMap;
 use std::sync::atomic::Ordering;
@@ -40,8 +40,8 @@ struct Cached {
     read: Instant,
 }
 
-/// Sessions recently read from the store, by digest, and the digests of the session ids recent
-/// requests carried.
+/// Sessions recently read from the store, by digest, and the digests of the ids of those sessions
+/// that recent requests carried.
 #[derive(Default)]
 pub(super) struct Cache(Mutex<Entries>);
 
