@@ -758,6 +758,15 @@ pub trait Env {
 /// The process environment.
 pub struct ProcessEnv;
 
+/// An environment with no variables: for configurations read without one (tests, fuzzing).
+pub struct NoEnv;
+
+impl Env for NoEnv {
+    fn var(&self, _: &str) -> Option<String> {
+        None
+    }
+}
+
 impl Env for ProcessEnv {
     fn var(&self, name: &str) -> Option<String> {
         std::env::var(name).ok()

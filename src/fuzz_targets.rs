@@ -151,18 +151,12 @@ pub fn condition(data: &[u8]) {
     }
 }
 
-struct NoEnv;
-
-impl crate::config::Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-}
-
 /// Configuration files: any text is either a configuration or a list of problems, never a panic.
 pub fn config(data: &[u8]) {
     let Some(t) = text(data) else { return };
-    if let Err(problems) = crate::config::Config::parse(t, Path::new("/etc/castellan"), &NoEnv) {
+    if let Err(problems) =
+        crate::config::Config::parse(t, Path::new("/etc/castellan"), &crate::config::NoEnv)
+    {
         assert!(!problems.is_empty());
     }
 }

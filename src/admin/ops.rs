@@ -240,17 +240,11 @@ mod tests {
 
     #[test]
     fn an_apps_role_is_the_default_and_a_role_that_grants_nothing_is_refused() {
-        struct NoEnv;
-        impl crate::config::Env for NoEnv {
-            fn var(&self, _: &str) -> Option<String> {
-                None
-            }
-        }
         let config = crate::config::Config::parse(
             "[[apps]]\nid = \"web\"\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\n\
              [[apps]]\nid = \"ssh\"\nhost = \"b.example.com\"\nupstream = \"tcp://127.0.0.1:22\"\n",
             std::path::Path::new("/etc/castellan"),
-            &NoEnv,
+            &crate::config::NoEnv,
         )
         .unwrap();
         let app = |id: &str| Resource::App(id.into());

@@ -29,7 +29,6 @@ struct World {
 /// with `reauth_max_age = "60s"`), `keys` (ann and `bot`, with `require_passkey`) and `open`
 /// (public).
 async fn world() -> World {
-    let (dir, store) = crate::store::temp_store().await;
     let toml = r#"
         listen = "127.0.0.1:8080"
         [[apps]]
@@ -54,8 +53,7 @@ async fn world() -> World {
         path_prefix = "/open"
         upstream = "http://127.0.0.1:9"
     "#;
-    let config = crate::config::Config::parse(toml, dir.path(), &NoEnv).unwrap();
-    let state = State::new(config, store).await.unwrap();
+    let (dir, state) = State::for_tests(toml).await;
     let grant = |app: &str, member: &str| {
         let state = state.clone();
         let (app, member) = (app.to_string(), member.to_string());
@@ -83,13 +81,6 @@ async fn world() -> World {
     grant("open", "allUsers").await;
     state.apply_own_change().await;
     World { state, _dir: dir }
-}
-
-struct NoEnv;
-impl crate::config::Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
 }
 
 impl World {

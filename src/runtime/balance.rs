@@ -262,15 +262,9 @@ mod tests {
                 .join(", ")
         );
         let dir = tempfile::tempdir().unwrap();
-        let config = crate::config::Config::parse(&toml, dir.path(), &NoEnv).unwrap();
+        let config =
+            crate::config::Config::parse(&toml, dir.path(), &crate::config::NoEnv).unwrap();
         Arc::new(Balancer::new(&config.apps[0]))
-    }
-
-    struct NoEnv;
-    impl crate::config::Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
     }
 
     #[test]

@@ -160,6 +160,16 @@ impl State {
         }
     }
 
+    /// A state for tests: the configuration `toml` (no environment) on a SQLite store in a
+    /// temporary folder, which lives as long as the returned `TempDir`.
+    #[cfg(test)]
+    pub(crate) async fn for_tests(toml: &str) -> (tempfile::TempDir, Arc<State>) {
+        let (dir, store) = crate::store::temp_store().await;
+        let config = Config::parse(toml, dir.path(), &crate::config::NoEnv).unwrap();
+        let state = State::new(config, store).await.unwrap();
+        (dir, state)
+    }
+
     pub async fn new(config: Config, store: Store) -> Result<Arc<State>, Error> {
         let metrics = Arc::new(Metrics::new());
         let certs = match config.tls.as_ref().map(|t| &t.certificates) {

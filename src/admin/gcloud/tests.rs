@@ -2,17 +2,11 @@ use super::*;
 use crate::config::Config;
 
 fn apps() -> Config {
-    struct NoEnv;
-    impl crate::config::Env for NoEnv {
-        fn var(&self, _: &str) -> Option<String> {
-            None
-        }
-    }
     Config::parse(
         "[[apps]]\nid = \"web\"\nhost = \"a.example.com\"\nupstream = \"http://127.0.0.1:1\"\n\
          [[apps]]\nid = \"ssh\"\nhost = \"b.example.com\"\nupstream = \"tcp://10.0.0.5:22\"\n",
         std::path::Path::new("/etc/castellan"),
-        &NoEnv,
+        &crate::config::NoEnv,
     )
     .unwrap()
 }

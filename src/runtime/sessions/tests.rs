@@ -1,24 +1,16 @@
 use super::*;
 
-struct NoEnv;
-impl crate::config::Env for NoEnv {
-    fn var(&self, _: &str) -> Option<String> {
-        None
-    }
-}
-
 async fn state() -> (tempfile::TempDir, Arc<State>) {
-    let (dir, store) = crate::store::temp_store().await;
-    let toml = r#"
+    State::for_tests(
+        r#"
         listen = "127.0.0.1:8080"
         [[apps]]
         id = "demo"
         host = "127.0.0.1"
         upstream = "http://127.0.0.1:9"
-    "#;
-    let config = crate::config::Config::parse(toml, dir.path(), &NoEnv).unwrap();
-    let state = State::new(config, store).await.unwrap();
-    (dir, state)
+    "#,
+    )
+    .await
 }
 
 fn cookie(state: &State, id: &str) -> http::HeaderMap {
