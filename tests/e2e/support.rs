@@ -29,12 +29,23 @@ pub fn require(path: &Path, what: &str) {
     );
 }
 
+/// A loopback port no one listens on, never the same twice in this run: the kernel hands a
+/// port it just freed to the next `bind(0)` as readily as any other, so two ports asked for in a
+/// row (castellan's, then Pebble's helpers') could otherwise be one, and one listener lose.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    static GIVEN: std::sync::Mutex<Vec<u16>> = std::sync::Mutex::new(Vec::new());
+    let mut given = GIVEN.lock().unwrap_or_else(|e| e.into_inner());
+    loop {
+        let port = StdListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        if !given.contains(&port) {
+            given.push(port);
+            return port;
+        }
+    }
 }
 
 /// A child process, killed on drop. Its combined output goes to a log file printed if the test fails.
