@@ -383,7 +383,7 @@ impl fmt::Debug for Provider {
 /// One protected upstream app.
 #[derive(Debug, Clone)]
 pub struct App {
-    pub id: String,
+    pub id: std::sync::Arc<str>,
     /// `scheme://host:port` of the app (never empty; several for a pool of a web app's
     /// replicas); the request path is forwarded unchanged.
     pub upstreams: Vec<Url>,
@@ -900,7 +900,7 @@ impl Config {
     }
 
     pub fn app(&self, id: &str) -> Option<&App> {
-        self.apps.iter().find(|a| a.id == id)
+        self.apps.iter().find(|a| &*a.id == id)
     }
 }
 
@@ -2645,7 +2645,7 @@ impl Reader<'_> {
             );
             if let (false, Some(host)) = (upstreams.is_empty(), host) {
                 out.push(App {
-                    id,
+                    id: id.into(),
                     upstreams,
                     health_check,
                     connection,

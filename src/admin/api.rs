@@ -140,7 +140,7 @@ fn resource(state: &State, name: &str) -> Result<Resource, Failure> {
     state
         .config
         .app(name)
-        .map(|a| Resource::App(a.id.clone()))
+        .map(|a| Resource::App(a.id.to_string()))
         .ok_or_else(|| Failure::not_found(format!("there is no app `{name}`")))
 }
 
@@ -425,7 +425,7 @@ async fn route(state: &State, ctx: &mut Ctx, req: Request<Incoming>, rest: &str)
                     .config
                     .apps
                     .iter()
-                    .find(|a| a.id == body.app)
+                    .find(|a| *a.id == *body.app)
                     .and_then(crate::config::App::destination),
                 auth: Some(person.auth(snapshot.groups_of(&email))),
                 access_levels: &levels,

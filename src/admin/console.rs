@@ -122,7 +122,7 @@ pub async fn handle(state: &State, ctx: &mut Ctx, req: Request<Incoming>, path: 
         .apps
         .iter()
         .filter(|a| global || snapshot.has_role(Some(&a.id), Role::Admin, as_who, &cx))
-        .map(|a| a.id.clone())
+        .map(|a| a.id.to_string())
         .collect();
     if !global && apps.is_empty() {
         return Err(forbidden(&format!(
@@ -400,14 +400,14 @@ async fn app_rows(
         .collect();
     for (a, probe) in apps.into_iter().zip(probes) {
         let (healthy, detail) = probe.await.unwrap_or((false, "probe failed".into()));
-        let policy = snapshot.policy(&Resource::App(a.id.clone()));
+        let policy = snapshot.policy(&Resource::App(a.id.to_string()));
         let principals = policy
             .map(|p| p.bindings.iter().map(|b| b.members.len()).sum())
             .unwrap_or(0);
         let last = state
             .store
             .audit(&AuditFilter {
-                app: Some(a.id.clone()),
+                app: Some(a.id.to_string()),
                 decision: Some("allow".into()),
                 limit: 1,
                 ..Default::default()
@@ -416,7 +416,7 @@ async fn app_rows(
         // A pool says what it knows of each upstream (health checks, refused connections).
         let pool: Vec<(String, bool, String)> = state
             .balancers
-            .get(&a.id)
+            .get(&*a.id)
             .map(|b| {
                 b.states()
                     .into_iter()
@@ -433,7 +433,7 @@ async fn app_rows(
             pool.iter().any(|(_, in_pool, _)| *in_pool)
         };
         rows.push(AppRow {
-            id: a.id.clone(),
+            id: a.id.to_string(),
             upstream: a.upstream().as_str().trim_end_matches('/').to_string(),
             pool,
             healthy,

@@ -19,7 +19,7 @@ use crate::store::{self, Actor, Store};
 /// grant nothing) is refused with the right one.
 pub fn role_for(apps: &[App], resource: &Resource, given: Option<&str>) -> Result<Role, String> {
     let app = match resource {
-        Resource::App(id) => apps.iter().find(|a| &a.id == id),
+        Resource::App(id) => apps.iter().find(|a| *a.id == **id),
         Resource::Global => None,
     };
     let Some(given) = given else {

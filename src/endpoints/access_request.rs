@@ -20,7 +20,7 @@ pub async fn page(state: &State, ctx: &mut Ctx, req: &Request<Incoming>) -> Answ
     let app = web::param(&params, "app")
         .and_then(|a| state.config.app(a))
         .ok_or_else(|| Failure::not_found("There is no such app."))?;
-    ctx.app = app.id.as_str().into();
+    ctx.app = app.id.clone();
     let _ = who;
     let return_to = safe_return(state, web::param(&params, "rd"));
     let (browser, set_browser) = browser_id(state, req.headers());
@@ -61,7 +61,7 @@ pub async fn post(state: &State, ctx: &mut Ctx, req: Request<Incoming>) -> Answe
         .request_access(&app.id, &who, &reason, &crate::net::ip_text(ctx.client_ip))
         .await
         .map_err(|e| Failure::internal("saving the access request", &e))?;
-    ctx.app = app.id.as_str().into();
+    ctx.app = app.id.clone();
     ctx.mark(Outcome::AccessRequested, Why::None);
     if new && let Some(hook) = state.config.access_request_webhook.clone() {
         let http = state.http.clone();

@@ -174,7 +174,7 @@ pub fn passkey_csp(state: &State) -> Option<HeaderValue> {
 
 /// The chooser (providers, then the local-account form), with an optional error.
 pub fn render(state: &State, browser: &str, start: &Start<'_>, message: Option<&str>) -> String {
-    let app = start.step_up.map(|a| a.id.as_str());
+    let app = start.step_up.map(|a| &*a.id);
     let providers = state
         .providers
         .iter()
@@ -253,7 +253,7 @@ async fn start_flow(
         return_to: start.return_to.to_string(),
         created_at: crate::clock::now(),
         max_age: start.max_age.unwrap_or(0),
-        step_up_app: start.step_up.map(|a| a.id.clone()).unwrap_or_default(),
+        step_up_app: start.step_up.map(|a| a.id.to_string()).unwrap_or_default(),
         step_up_forced: start.fresh,
     };
     let acr_values = start.step_up.and_then(|a| a.step_up.acr_values());

@@ -115,7 +115,7 @@ fn target_app<'a>(state: &'a State, wanted: &str) -> Option<&'a App> {
         .config
         .apps
         .iter()
-        .find(|a| a.id == wanted || a.audience == wanted)
+        .find(|a| &*a.id == wanted || a.audience == wanted)
     {
         return Some(a);
     }

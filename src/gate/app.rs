@@ -39,7 +39,7 @@ pub async fn serve(
             .contains_key(header::ACCESS_CONTROL_REQUEST_METHOD)
     {
         // A preflight from an allowed origin carries no credentials: castellan answers it.
-        ctx.app = app.id.as_str().into();
+        ctx.app = app.id.clone();
         ctx.audited = true;
         ctx.mark(Outcome::CorsPreflight, Why::None);
         return preflight(&req, origin);
@@ -113,7 +113,7 @@ async fn forward(
         },
         added,
         live,
-        balancer: state.balancers.get(&app.id),
+        balancer: state.balancers.get(&*app.id),
     };
     let span = ctx.span("upstream", Kind::Client);
     if let (Some(trace), Some(open)) = (&ctx.trace, span) {

@@ -82,7 +82,7 @@ pub struct Admitted {
 
 /// Runs the whole chain for `ask`, recording what it decided in `ctx`.
 pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitted, Failure> {
-    ctx.app = ask.app.id.as_str().into();
+    ctx.app = ask.app.id.clone();
     ctx.audited = true;
     if !state.store_usable() {
         return Err(Failure::store_unavailable());
@@ -96,7 +96,7 @@ pub async fn admit(state: &State, ctx: &mut Ctx, ask: &Ask<'_>) -> Result<Admitt
     }
     let principal = credential.principal();
     if let Some(p) = &principal {
-        ctx.set_user(&p.name());
+        ctx.set_principal(p);
     }
     let now = crate::clock::now();
     // The app wants a recent sign-in: an older one (of any credential a person holds) is repeated

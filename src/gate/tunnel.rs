@@ -97,7 +97,7 @@ async fn open(
             .as_ref()
             .map_or_else(|| "anonymous".into(), |p| p.name().into()),
         ip: crate::net::ip_text(ctx.client_ip).into(),
-        app: app.id.as_str().into(),
+        app: app.id.clone(),
         method: req.method().as_str().into(),
         path: path.into(),
         binding: ctx.binding.clone().unwrap_or_default(),
@@ -111,7 +111,7 @@ async fn open(
     let carried = Carried {
         metrics: state.metrics.clone(),
         audit: state.audit.clone(),
-        app: app.id.clone(),
+        app: app.id.to_string(),
     };
     let registered = live.map(crate::runtime::live::Pending::register);
     tokio::spawn(async move {

@@ -11,6 +11,10 @@ use std::sync::Arc;
 use super::condition::Context;
 use super::{Member, Policy, Role};
 
+/// The hash map `crate::crypto::FastMap` is (the policy core uses only the clock and networks):
+/// every request looks its principal and app up here.
+type FastMap<K, V> = HashMap<K, V, foldhash::quality::RandomState>;
+
 /// Which policy a binding belongs to.
 #[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
 pub enum Resource {
@@ -185,10 +189,10 @@ struct Hit {
 /// Bindings by member kind, in policy order, for one role of one policy.
 #[derive(Debug, Default)]
 struct Index {
-    users: HashMap<String, Vec<Hit>>,
-    domains: HashMap<String, Vec<Hit>>,
-    groups: HashMap<String, Vec<Hit>>,
-    service_accounts: HashMap<String, Vec<Hit>>,
+    users: FastMap<String, Vec<Hit>>,
+    domains: FastMap<String, Vec<Hit>>,
+    groups: FastMap<String, Vec<Hit>>,
+    service_accounts: FastMap<String, Vec<Hit>>,
     all_authenticated: Vec<Hit>,
     all_users: Vec<Hit>,
 }
@@ -240,9 +244,9 @@ impl Compiled {
 #[derive(Debug, Default)]
 pub struct Snapshot {
     global: Option<Compiled>,
-    apps: HashMap<String, Compiled>,
+    apps: FastMap<String, Compiled>,
     /// castellan's own groups, by member email.
-    groups_of: HashMap<String, Vec<String>>,
+    groups_of: FastMap<String, Vec<String>>,
 }
 
 /// Outcome of looking at the candidates of one policy.

@@ -1,7 +1,7 @@
 //! Keys from the store's key rings: the assertion signer and the CSRF keys, re-read (and rotated
 //! when due) every minute by every replica; and the cache of identity headers signed with them.
 
-use std::collections::HashMap;
+use crate::crypto::FastMap;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -107,19 +107,22 @@ impl State {
 /// to [`ASSERTION_REUSE_SECS`] of their assertion's five-minute life, so signing is not paid per
 /// request. Cleared whenever the store changes.
 #[derive(Default)]
-pub struct IdentityCache(Mutex<HashMap<String, (HeaderList, i64)>>);
+pub struct IdentityCache(Mutex<FastMap<String, (HeaderList, i64)>>);
 
 impl IdentityCache {
     /// The cache's key: everything the headers say, NUL-separated. None when a part holds a NUL
     /// itself (two different identities could then share a key): such headers are made afresh
     /// every time.
     pub fn key(parts: &[&str]) -> Option<String> {
+        if parts.iter().any(|p| p.as_bytes().contains(&0)) {
+            return None;
+        }
         let mut key = String::with_capacity(parts.iter().map(|p| p.len() + 1).sum());
         for part in parts {
             key.push_str(part);
             key.push('\0');
         }
-        (key.bytes().filter(|&b| b == 0).count() == parts.len()).then_some(key)
+        Some(key)
     }
 
     /// Headers made less than [`ASSERTION_REUSE_SECS`] before `now`.

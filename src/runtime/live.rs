@@ -27,7 +27,7 @@ use crate::web::{Body, BoxError};
 /// What a live connection was allowed on.
 #[derive(Debug, Clone)]
 pub struct Grounds {
-    pub app: String,
+    pub app: Arc<str>,
     /// The role it was allowed with (roles/tunnelAccessor for a tunnel).
     pub role: Role,
     pub principal: Principal,

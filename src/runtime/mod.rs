@@ -22,7 +22,7 @@ mod tokens;
 pub mod traces;
 pub mod upstream;
 
-use std::collections::HashMap;
+use crate::crypto::FastMap;
 use std::sync::atomic::AtomicI64;
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
@@ -80,9 +80,9 @@ pub struct State {
     pub live: Arc<Registry>,
     /// The connections of apps that have their own (`upstream_ca`, a client certificate, a
     /// connect timeout), by app id; the others share [`State::upstream`].
-    app_pools: HashMap<String, upstream::Pool>,
+    app_pools: FastMap<String, upstream::Pool>,
     /// The pools of apps with several upstreams or a health check, by app id; see [`balance`].
-    pub balancers: HashMap<String, Arc<balance::Balancer>>,
+    pub balancers: FastMap<String, Arc<balance::Balancer>>,
     /// One refresh of a sign-in's grant at a time; see [`provider_tokens`].
     pub refresh_locks: Arc<provider_tokens::RefreshLocks>,
     /// For providers, access-request notifications and upstream health probes.
@@ -303,17 +303,17 @@ impl State {
             .collect::<Result<Vec<_>, _>>()
             .map_err(|e| Error::Directory(e.to_string()))?;
         // Apps whose connections are their own: a connect timeout, CA or client certificate.
-        let mut app_pools = HashMap::new();
+        let mut app_pools = FastMap::default();
         for a in &config.apps {
             if a.connection.own_pool(config.upstream_connect_timeout) {
                 let pool = upstream::Pool::for_app(&a.connection)
-                    .map_err(|e| Error::Upstream(a.id.clone(), e))?;
-                app_pools.insert(a.id.clone(), pool);
+                    .map_err(|e| Error::Upstream(a.id.to_string(), e))?;
+                app_pools.insert(a.id.to_string(), pool);
             }
         }
         // Apps with a pool of upstreams or a health check, each with its health-check task
         // (which ends with this state).
-        let balancers: HashMap<String, Arc<balance::Balancer>> = config
+        let balancers: FastMap<String, Arc<balance::Balancer>> = config
             .apps
             .iter()
             .filter(|a| a.upstreams.len() > 1 || a.health_check.is_some())
@@ -326,7 +326,7 @@ impl State {
                         Arc::downgrade(&b),
                     ));
                 }
-                (a.id.clone(), b)
+                (a.id.to_string(), b)
             })
             .collect();
         let state = Arc::new(State {
@@ -375,7 +375,7 @@ impl State {
 
     /// The connections to `app`'s upstreams.
     pub fn pool_for(&self, app: &crate::config::App) -> &upstream::Pool {
-        self.app_pools.get(&app.id).unwrap_or(&self.upstream)
+        self.app_pools.get(&*app.id).unwrap_or(&self.upstream)
     }
 
     /// Whether sign-ins keep the provider's access token: only while some app asks for it.

@@ -9,7 +9,7 @@
 //! cached costs a lookup, not a digest (a SHA-256 a request was about 7% of castellan's work on
 //! the request's way).
 
-use std::collections::HashMap;
+use crate::crypto::FastMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
@@ -47,11 +47,11 @@ pub(super) struct Cache(Mutex<Entries>);
 
 #[derive(Default)]
 struct Entries {
-    sessions: HashMap<Arc<str>, Cached>,
+    sessions: FastMap<Arc<str>, Cached>,
     /// A session id → its digest, for ids of sessions the store knew. An entry outlives its
     /// session's (a forgotten session is read from the store again, by the same digest), so it
     /// never answers for a session by itself.
-    digests: HashMap<Box<str>, Arc<str>>,
+    digests: FastMap<Box<str>, Arc<str>>,
 }
 
 impl Entries {

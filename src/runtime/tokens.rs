@@ -9,7 +9,7 @@
 //! cache, cleared with every store change). A configuration reload starts an empty cache, as the
 //! issuer comes from the configuration.
 
-use std::collections::HashMap;
+use crate::crypto::FastMap;
 use std::sync::Mutex;
 
 use super::State;
@@ -20,14 +20,14 @@ const MAX_TOKENS: usize = 100_000;
 
 /// Verified tokens by [`Verified::key`].
 #[derive(Default)]
-pub(super) struct Verified(Mutex<HashMap<[u8; 32], VerifiedToken>>);
+pub(super) struct Verified(Mutex<FastMap<[u8; 32], VerifiedToken>>);
 
 impl Verified {
     fn key(audience: &str, token: &str) -> [u8; 32] {
         crate::crypto::digest_parts(&[audience, token])
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<[u8; 32], VerifiedToken>> {
+    fn lock(&self) -> std::sync::MutexGuard<'_, FastMap<[u8; 32], VerifiedToken>> {
         self.0.lock().unwrap_or_else(|p| p.into_inner())
     }
 

@@ -8,7 +8,7 @@
 //! task per upstream connection, each request crossed between tasks at least four times).
 //! WebSocket upgrades are the exception: their connection gets a task, and is never reused.
 
-use std::collections::HashMap;
+use crate::crypto::FastMap;
 use std::future::{Future, poll_fn};
 use std::pin::{Pin, pin};
 use std::sync::{Arc, Mutex, Weak};
@@ -58,7 +58,7 @@ pub struct Pool {
 #[derive(Default)]
 struct Shared {
     /// Unused connections by upstream (the app's `upstream` URL), oldest first.
-    idle: Mutex<HashMap<String, Vec<Idle>>>,
+    idle: Mutex<FastMap<String, Vec<Idle>>>,
     sweeping: std::sync::atomic::AtomicBool,
 }
 

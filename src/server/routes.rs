@@ -98,7 +98,7 @@ pub async fn handle(
                 actor: if ctx.user.is_empty() {
                     AuditRecord::word("anonymous")
                 } else {
-                    ctx.user.into()
+                    ctx.user
                 },
                 ip: crate::net::ip_text(ctx.client_ip).into(),
                 app: ctx.app,
@@ -160,7 +160,7 @@ fn end_trace(
     trace.set(root, "castellan.decision", ctx.outcome.as_str());
     trace.set(root, "castellan.reason", ctx.why.as_str());
     if !ctx.user.is_empty() {
-        trace.set(root, "enduser.id", ctx.user.as_str());
+        trace.set(root, "enduser.id", &*ctx.user);
     }
     if let Some(b) = &ctx.binding {
         trace.set(root, "castellan.binding", &**b);

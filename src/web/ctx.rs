@@ -163,8 +163,8 @@ pub struct Ctx {
     pub navigation: bool,
     /// The app the request is for, or `castellan` for castellan's own pages.
     pub app: Arc<str>,
-    /// Who: an email, `serviceAccount:NAME`, or empty for nobody.
-    pub user: String,
+    /// Who: an email, `serviceAccount:NAME`, or empty for nobody (shared with the audit record).
+    pub user: Arc<str>,
     pub outcome: Outcome,
     pub why: Why,
     /// The binding that let the request through.
@@ -186,8 +186,8 @@ impl Ctx {
             peer,
             client_ip,
             navigation,
-            app: Arc::from("-"),
-            user: String::new(),
+            app: crate::store::AuditRecord::word("-"),
+            user: crate::store::AuditRecord::word(""),
             outcome: Outcome::None,
             why: Why::None,
             binding: None,
@@ -237,7 +237,20 @@ impl Ctx {
     /// Names the person, escaped for the log: a control character in a submitted email cannot
     /// forge a log line.
     pub fn set_user(&mut self, who: &str) {
-        self.user = log_safe(who);
+        self.user = if who.chars().any(char::is_control) {
+            log_safe(who).into()
+        } else {
+            who.into()
+        };
+    }
+
+    /// Names the caller the gate let through or turned away (a person's email is not copied
+    /// twice).
+    pub fn set_principal(&mut self, who: &crate::policy::Principal) {
+        match who {
+            crate::policy::Principal::Person(identity) => self.set_user(&identity.email),
+            other => self.set_user(&other.name()),
+        }
     }
 }
 

@@ -296,7 +296,7 @@ async fn warn_unknown_group(
 
 pub fn known_app(config: &Config, app: &str) -> Result<()> {
     if config.app(app).is_none() {
-        let ids: Vec<&str> = config.apps.iter().map(|a| a.id.as_str()).collect();
+        let ids: Vec<&str> = config.apps.iter().map(|a| &*a.id).collect();
         bail!(
             "there is no app `{app}` in the configuration; apps: {}",
             ids.join(", ")
@@ -619,7 +619,7 @@ pub async fn check(config: &Config, args: CheckArgs) -> Result<ExitCode> {
         destination: config
             .apps
             .iter()
-            .find(|a| a.id == args.app)
+            .find(|a| *a.id == *args.app)
             .and_then(castellan::config::App::destination),
         auth: Some(person.auth(snapshot.groups_of(&email))),
         access_levels: &levels,

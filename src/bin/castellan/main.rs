@@ -291,7 +291,7 @@ async fn run(cli: Cli) -> Result<ExitCode> {
                 config
                     .apps
                     .iter()
-                    .map(|a| a.id.as_str())
+                    .map(|a| &*a.id)
                     .collect::<Vec<_>>()
                     .join(", "),
                 sign_in_methods(&config),
