@@ -22,6 +22,7 @@ cargo test --locked --bench propagation
 cargo test --locked --bench connections
 cargo test --locked --bench peers
 cargo test --locked --bench tunnel
+cargo test --locked --bench audit
 # Each fuzz target for a few seconds, so they keep building and the seeds keep passing; built
 # without optimisation, which halves the build (long runs: scripts/fuzz.sh 600).
 stage "fuzzing smoke"
