@@ -4,7 +4,9 @@
 //! last record it delivered) and reads on from it, so a sink that is down never holds up a request
 //! and loses nothing; it falls behind (`castellan_audit_sink_backlog`) and catches up when it is
 //! back. One replica at a time delivers for a sink (a lease in the store). Records are read once
-//! they are [`SETTLE`] old, so one whose write committed late is not skipped.
+//! they are [`SETTLE`] old, so one whose write committed late is not skipped, and a batch ends at
+//! the first record that is not (ids and times are not in the same order: see
+//! [`crate::store::Store::audit_after`]).
 
 use std::io::Write;
 use std::sync::{Arc, Weak};

@@ -31,23 +31,30 @@ impl Store {
         Ok(())
     }
 
-    /// Up to `limit` records after `after_id`, oldest first, written before `before_ms` (records
-    /// are read once they have settled, so one whose write committed late is not skipped).
+    /// Up to `limit` records after `after_id`, in id order, that have settled: the batch ends
+    /// before the first record made at or after `settled_ms`, so a cursor moved to its last
+    /// record never passes one still settling. Ids and times are not in the same order: a
+    /// change is written at once, while decisions made before it wait up to the audit writer's
+    /// linger in memory and take larger ids; a batch that skipped an unsettled record to take
+    /// settled ones after it would leave that record behind the cursor for good.
     pub async fn audit_after(
         &self,
         after_id: i64,
-        before_ms: i64,
+        settled_ms: i64,
         limit: i64,
     ) -> Result<Vec<AuditRecord>> {
         let rows = sqlx::query(AssertSqlSafe(format!(
-            "SELECT {COLUMNS} FROM audit WHERE id > $1 AND at < $2 ORDER BY id LIMIT $3"
+            "SELECT {COLUMNS} FROM audit WHERE id > $1 ORDER BY id LIMIT $2"
         )))
         .bind(after_id)
-        .bind(before_ms)
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
-        Ok(rows.iter().map(from_row).collect())
+        Ok(rows
+            .iter()
+            .map(from_row)
+            .take_while(|r| r.at < settled_ms)
+            .collect())
     }
 
     /// How many records are after `after_id` (a sink's backlog).
@@ -88,6 +95,33 @@ mod tests {
             assert_eq!(rest.iter().map(|r| &*r.path).collect::<Vec<_>>(), ["/t3", "/t4"]);
             // Records not settled yet wait.
             assert!(s.audit_after(0, 0, 10).await.unwrap().is_empty());
+        }
+    }
+
+    store_test! {
+        async fn a_batch_stops_at_the_first_record_still_settling(s: Store) {
+            // A change is written at once; decisions made just before it wait in the writer and
+            // take larger ids with older times.
+            let now = crate::clock::now_ms();
+            let record = |at: i64, path: &str| crate::store::AuditRecord {
+                at,
+                kind: "decision".into(),
+                actor: Actor::cli().name.into(),
+                path: path.into(),
+                ..Default::default()
+            };
+            s.append_audit(&[record(now - 10_000, "/old"), record(now, "/new"), record(now - 10_000, "/late")])
+                .await
+                .unwrap();
+            let settled = now - 2_000;
+            let batch = s.audit_after(0, settled, 10).await.unwrap();
+            assert_eq!(
+                batch.iter().map(|r| &*r.path).collect::<Vec<_>>(),
+                ["/old"],
+                "the batch must end before /new, or a cursor moved to /late leaves /new behind"
+            );
+            let later = s.audit_after(batch[0].id, now + 1, 10).await.unwrap();
+            assert_eq!(later.iter().map(|r| &*r.path).collect::<Vec<_>>(), ["/new", "/late"]);
         }
     }
 }
