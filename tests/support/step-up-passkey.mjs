@@ -14,6 +14,15 @@ const browser = await chromium.launch({
 });
 const page = await browser.newPage();
 const out = {};
+// What the page did, printed if a step fails: which side stalled shows in it (a click that sent
+// nothing, a request that never got its answer, a script error).
+const seen = [];
+const note = (what) => seen.push(`${new Date().toISOString().slice(11, 23)} ${what}`);
+page.on('request', (r) => note(`→ ${r.method()} ${r.url()}`));
+page.on('requestfinished', (r) => note(`← ${r.method()} ${r.url()}`));
+page.on('requestfailed', (r) => note(`✗ ${r.method()} ${r.url()} ${r.failure()?.errorText}`));
+page.on('console', (m) => note(`console.${m.type()}: ${m.text()}`));
+page.on('pageerror', (e) => note(`page error: ${e}`));
 const text = () => page.evaluate(() => document.body.innerText);
 const signInWithPassword = async () => {
   await page.fill('input[name=email]', email);
@@ -62,7 +71,7 @@ try {
   out.againUrl = page.url();
   console.log(JSON.stringify(out));
 } catch (e) {
-  console.log(JSON.stringify({ error: String(e), url: page.url(), text: await text().catch(() => ''), ...out }));
+  console.log(JSON.stringify({ error: String(e), url: page.url(), text: await text().catch(() => ''), seen, ...out }));
   process.exitCode = 1;
 } finally {
   await browser.close();
