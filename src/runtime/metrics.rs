@@ -100,6 +100,8 @@ pub struct Metrics {
     pub audit_set_aside: Gauge,
     /// Audit records a sink has yet to deliver, by sink.
     pub audit_sink_backlog: Family<SinkLabel, Gauge>,
+    /// Audit records not yet in the index by person.
+    pub audit_unindexed: Gauge,
     pub upstream_in_pool: Family<UpstreamLabels, Gauge>,
     pub upstream_outstanding: Family<UpstreamLabels, Gauge>,
 }
@@ -241,6 +243,12 @@ impl Metrics {
             "Audit records an audit sink has yet to deliver (it catches up when it is back)",
             audit_sink_backlog.clone(),
         );
+        let audit_unindexed = Gauge::default();
+        registry.register(
+            "audit_unindexed",
+            "Audit records not yet in the index by person, which the server builds every 5 s (queries by person read these from the trail itself)",
+            audit_unindexed.clone(),
+        );
         let upstream_in_pool = Family::<UpstreamLabels, Gauge>::default();
         registry.register(
             "upstream_in_pool",
@@ -259,6 +267,7 @@ impl Metrics {
             upstream_in_pool,
             upstream_outstanding,
             audit_sink_backlog,
+            audit_unindexed,
             audit_dropped,
             trace_spans_exported,
             trace_spans_dropped,

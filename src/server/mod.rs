@@ -44,6 +44,9 @@ pub fn raise_open_files_limit() -> Option<u64> {
 /// How long a new connection may take to send enough of its first request to tell HTTP/1 from
 /// HTTP/2 (after that, the head limit of [`timeouts`] applies).
 const FIRST_BYTES_TIMEOUT: Duration = Duration::from_secs(10);
+/// How often the audit trail's new records are copied to its index by person: at 15,000
+/// requests a second, 75,000 at a time.
+const AUDIT_INDEX_EVERY: Duration = Duration::from_secs(5);
 
 /// The protocol a client speaks on a connection.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -556,6 +559,29 @@ fn spawn_background(current: Arc<Current>) {
                 Ok(true) => state.revalidate_sessions().await,
                 Ok(false) => {}
                 Err(e) => tracing::warn!("cannot take the revalidation lease: {e}"),
+            }
+        }
+    });
+    let index = current.clone();
+    tokio::spawn(async move {
+        // Copies the audit trail's new records to its index by person, many at a time (every
+        // replica may; a record copied twice is kept once).
+        loop {
+            tokio::time::sleep(AUDIT_INDEX_EVERY).await;
+            let settled =
+                crate::clock::now_ms() - crate::runtime::audit_sinks::SETTLE.as_millis() as i64;
+            let state = index.get();
+            let indexed = match state.store.index_audit(settled).await {
+                Ok(_) => state.store.audit_unindexed().await,
+                Err(e) => Err(e),
+            };
+            match indexed {
+                Ok(behind) => {
+                    state.metrics.audit_unindexed.set(behind);
+                }
+                Err(e) => tracing::warn!(
+                    "indexing the audit trail by person failed (queries by person read the trail itself meanwhile): {e}"
+                ),
             }
         }
     });

@@ -312,9 +312,6 @@ impl Store {
         if let Some(app) = &f.app {
             cond("app =", Arg::Text(app));
         }
-        if let Some(actor) = &f.actor {
-            cond("actor =", Arg::Text(actor));
-        }
         if let Some(t) = f.since_ms {
             cond("at >=", Arg::Int(t));
         }
@@ -329,6 +326,12 @@ impl Store {
         }
         if let Some(id) = f.after_id {
             cond("id >", Arg::Int(id));
+        }
+        if let Some(actor) = &f.actor {
+            args.extend([Arg::Text(actor), Arg::Text(actor)]);
+            let n = args.len();
+            sql.push_str(" AND ");
+            sql.push_str(&super::audit_actors::by_actor(n - 1, n));
         }
         args.push(Arg::Int(f.limit.clamp(1, 100_000)));
         sql.push_str(&format!(" ORDER BY id DESC LIMIT ${}", args.len()));
@@ -349,13 +352,29 @@ impl Store {
         Ok(rows)
     }
 
-    /// Deletes records older than `before_ms`.
+    /// Deletes records older than `before_ms`, and their entries in the index by person.
     pub async fn prune_audit(&self, before_ms: i64) -> Result<u64> {
-        Ok(sqlx::query("DELETE FROM audit WHERE at < $1")
+        let mut tx = self.pool.begin().await?;
+        // Every record removed has an id up to this one: the index's entries are found by id.
+        let last: Option<i64> = sqlx::query_scalar("SELECT MAX(id) FROM audit WHERE at < $1")
             .bind(before_ms)
-            .execute(&self.pool)
+            .fetch_one(&mut *tx)
+            .await?;
+        let Some(last) = last else {
+            return Ok(0);
+        };
+        let removed = sqlx::query("DELETE FROM audit WHERE at < $1")
+            .bind(before_ms)
+            .execute(&mut *tx)
             .await?
-            .rows_affected())
+            .rows_affected();
+        sqlx::query("DELETE FROM audit_actors WHERE id <= $1 AND at < $2")
+            .bind(last)
+            .bind(before_ms)
+            .execute(&mut *tx)
+            .await?;
+        tx.commit().await?;
+        Ok(removed)
     }
 }
 

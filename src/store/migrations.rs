@@ -96,6 +96,10 @@ const SQLITE: &[(&str, &str)] = &[
         "0021_audit_sinks.sql",
         include_str!("../../migrations/sqlite/0021_audit_sinks.sql"),
     ),
+    (
+        "0022_audit_actors.sql",
+        include_str!("../../migrations/sqlite/0022_audit_actors.sql"),
+    ),
 ];
 
 const POSTGRES: &[(&str, &str)] = &[
@@ -170,6 +174,10 @@ const POSTGRES: &[(&str, &str)] = &[
     (
         "0018_audit_sinks.sql",
         include_str!("../../migrations/postgres/0018_audit_sinks.sql"),
+    ),
+    (
+        "0019_audit_actors.sql",
+        include_str!("../../migrations/postgres/0019_audit_actors.sql"),
     ),
 ];
 

@@ -13,6 +13,7 @@
 
 mod acme;
 mod audit;
+mod audit_actors;
 mod audit_sinks;
 pub mod changes;
 mod copy;

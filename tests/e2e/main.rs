@@ -3,6 +3,7 @@
 
 mod adversarial;
 mod api;
+mod audit;
 mod audit_sinks;
 mod browser;
 mod cli;
