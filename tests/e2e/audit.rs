@@ -105,11 +105,6 @@ async fn a_person_s_records_are_found_before_and_after_the_server_indexes_them()
         ["/fay/0", "/fay/1", "/fay/2"]
     );
     // Nothing was written since: the gauge says nothing waits to be indexed.
-    let metrics = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let metrics = scrape(metrics_port).await;
     assert!(metrics.contains("castellan_audit_unindexed 0"), "{metrics}");
 }

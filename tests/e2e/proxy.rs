@@ -383,12 +383,7 @@ async fn metrics_count_requests_by_app_and_decision() {
     Browser::new()
         .request("GET", &c.url("/a"), &[("accept", "application/json")], None)
         .await;
-    let text = reqwest::get(format!("http://127.0.0.1:{metrics_port}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(metrics_port).await;
     assert!(
         text.contains("castellan_requests_total{app=\"demo\",decision=\"allow\",status=\"200\"} 1"),
         "{text}"

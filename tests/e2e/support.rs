@@ -29,6 +29,13 @@ pub fn require(path: &Path, what: &str) {
     );
 }
 
+/// What castellan's metrics listener on loopback `port` serves at `/metrics`, as Prometheus
+/// scrapes it.
+pub async fn scrape(port: u16) -> String {
+    let url = format!("http://127.0.0.1:{port}/metrics");
+    reqwest::get(url).await.unwrap().text().await.unwrap()
+}
+
 /// A loopback port no one listens on, never the same twice in this run: the kernel hands a
 /// port it just freed to the next `bind(0)` as readily as any other, so two ports asked for in a
 /// row (castellan's, then Pebble's helpers') could otherwise be one, and one listener lose.

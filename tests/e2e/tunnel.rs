@@ -231,12 +231,7 @@ async fn ssh_and_scp_go_through_the_tunnel_as_the_person_with_the_tunnel_role() 
         .unwrap();
     assert!(biggest > 100 * 1024 * 1024, "{tunnels:?}");
     // And in the metrics: bytes each way, no tunnel left open.
-    let text = reqwest::get(format!("http://127.0.0.1:{metrics}/metrics"))
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
+    let text = scrape(metrics).await;
     let value = |series: &str| -> f64 {
         text.lines()
             .find(|l| l.starts_with(series))

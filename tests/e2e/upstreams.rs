@@ -67,17 +67,14 @@ async fn a_pool_loses_no_request_when_an_upstream_is_killed_and_restarted() {
     c.add_user("ada@example.com", "a long enough password");
     c.grant("pool", "user:ada@example.com");
     // Each upstream's place in the pool, as Prometheus scrapes it.
-    let in_pool = |port: u16| {
-        let metrics = format!("http://127.0.0.1:{metrics_port}/metrics");
-        async move {
-            let text = reqwest::get(&metrics).await.unwrap().text().await.unwrap();
-            let series = format!(
-                "castellan_upstream_in_pool{{app=\"pool\",upstream=\"http://127.0.0.1:{port}\"}} "
-            );
-            text.lines()
-                .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_string))
-                .unwrap_or_else(|| panic!("no {series}in\n{text}"))
-        }
+    let in_pool = |port: u16| async move {
+        let text = scrape(metrics_port).await;
+        let series = format!(
+            "castellan_upstream_in_pool{{app=\"pool\",upstream=\"http://127.0.0.1:{port}\"}} "
+        );
+        text.lines()
+            .find_map(|l| l.strip_prefix(series.as_str()).map(str::to_string))
+            .unwrap_or_else(|| panic!("no {series}in\n{text}"))
     };
     assert_eq!(
         (in_pool(ports[0]).await, in_pool(ports[1]).await),
