@@ -24,32 +24,30 @@ pub(super) fn by_actor(actor: usize, again: usize) -> String {
     )
 }
 
-impl Store {
-    /// Copies the records written since the last call, in id order up to the first one made at
-    /// or after `settled_ms` (one whose write may still commit late has not settled; see
-    /// [`Store::audit_after`]), into the index by person. Returns how many were copied. Safe to
-    /// run from several replicas at once: a record copied twice is kept once.
-    pub async fn index_audit(&self, settled_ms: i64) -> Result<u64> {
+/// [`Store::index_audit`] on `$pool` (SQLite's own pool or the `Any` one: the same statements,
+/// checked for each).
+macro_rules! index_on {
+    ($pool:expr, $settled_ms:expr) => {{
         let mut copied = 0;
         loop {
             let from: i64 = sqlx::query_scalar("SELECT COALESCE(MAX(id), 0) FROM audit_actors")
-                .fetch_one(&self.pool)
+                .fetch_one($pool)
                 .await?;
             let chunk = sqlx::query(
                 "SELECT COUNT(*), MAX(id), MIN(CASE WHEN at >= $2 THEN id END) \
                  FROM (SELECT id, at FROM audit WHERE id > $1 ORDER BY id LIMIT $3) AS chunk",
             )
             .bind(from)
-            .bind(settled_ms)
+            .bind($settled_ms)
             .bind(CHUNK)
-            .fetch_one(&self.pool)
+            .fetch_one($pool)
             .await?;
             let (count, last, unsettled): (i64, Option<i64>, Option<i64>) =
                 (chunk.get(0), chunk.get(1), chunk.get(2));
             let upto = match (last, unsettled) {
                 (_, Some(first_unsettled)) => first_unsettled - 1,
                 (Some(last), None) => last,
-                (None, None) => return Ok(copied),
+                (None, None) => break,
             };
             if upto > from {
                 copied += sqlx::query(
@@ -59,22 +57,43 @@ impl Store {
                 )
                 .bind(from)
                 .bind(upto)
-                .execute(&self.pool)
+                .execute($pool)
                 .await?
                 .rows_affected();
             }
             if unsettled.is_some() || count < CHUNK {
-                return Ok(copied);
+                break;
             }
+        }
+        Ok(copied)
+    }};
+}
+
+impl Store {
+    /// Copies the records written since the last call, in id order up to the first one made at
+    /// or after `settled_ms` (one whose write may still commit late has not settled; see
+    /// [`Store::audit_after`]), into the index by person. Returns how many were copied. Safe to
+    /// run from several replicas at once: a record copied twice is kept once.
+    ///
+    /// On SQLite it runs on the audit writer's own connection: that connection's page cache
+    /// already holds the records just written (another connection would read them again and
+    /// keep a second copy of those pages), and the writer and the copy take turns rather than
+    /// wait for each other's lock.
+    pub async fn index_audit(&self, settled_ms: i64) -> Result<u64> {
+        match &self.sqlite_audit {
+            Some(pool) => index_on!(pool, settled_ms),
+            None => index_on!(&self.pool, settled_ms),
         }
     }
 }
 
 impl Store {
-    /// How many records are after the last one in the index by person.
+    /// How many records were written after the last one in the index by person, from their ids
+    /// (counting them would read their pages; ids can skip on PostgreSQL, so at most that many).
     pub async fn audit_unindexed(&self) -> Result<i64> {
         Ok(sqlx::query_scalar(
-            "SELECT COUNT(*) FROM audit WHERE id > (SELECT COALESCE(MAX(id), 0) FROM audit_actors)",
+            "SELECT (SELECT COALESCE(MAX(id), 0) FROM audit) \
+                  - (SELECT COALESCE(MAX(id), 0) FROM audit_actors)",
         )
         .fetch_one(&self.pool)
         .await?)
