@@ -246,7 +246,7 @@ impl Metrics {
         let audit_unindexed = Gauge::default();
         registry.register(
             "audit_unindexed",
-            "Audit records not yet in the index by person, which the server builds every 5 s (queries by person read these from the trail itself)",
+            "Audit records not yet in the index by person, which the server builds every second (queries by person read these from the trail itself)",
             audit_unindexed.clone(),
         );
         let upstream_in_pool = Family::<UpstreamLabels, Gauge>::default();

@@ -1,5 +1,5 @@
 //! The audit trail read back by person: the server copies new records to the trail's index by
-//! person every 5 s, many at a time, and `castellan audit --user` finds a person's records before
+//! person every second, many at a time, and `castellan audit --user` finds a person's records before
 //! that (from the trail itself) and after (from the index), the same either way.
 
 use std::time::{Duration, Instant};
@@ -81,7 +81,7 @@ async fn a_person_s_records_are_found_before_and_after_the_server_indexes_them()
         "found in the trail itself, before any indexing"
     );
 
-    // Once the records have settled (2 s) the server's next round (every 5 s) indexes them all.
+    // Once the records have settled (2 s) the server's next round (every second) indexes them all.
     let trail = "SELECT COUNT(*) FROM audit WHERE actor = ?";
     let indexed = "SELECT COUNT(*) FROM audit_actors WHERE actor = ?";
     let all = count(&c, trail, "erin@example.com").await;
