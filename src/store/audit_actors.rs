@@ -1,7 +1,7 @@
 //! The audit trail by person, indexed in bulk. An index on the trail's `(actor, at)` costs a page
 //! write a record when many people are signed in (each record lands where that person's records
 //! are); `audit_actors` holds each record's id, person and time instead, copied many at a time by
-//! [`Store::index_audit`], which the server runs every few seconds. A query by person reads it for
+//! [`Store::index_audit`], which the server runs every second. A query by person reads it for
 //! the records copied so far and the trail itself for the few after them (see [`Store::audit`]), so
 //! it finds every record whether or not the copy has caught up.
 
@@ -85,9 +85,7 @@ impl Store {
             None => index_on!(&self.pool, settled_ms),
         }
     }
-}
 
-impl Store {
     /// How many records were written after the last one in the index by person, from their ids
     /// (counting them would read their pages; ids can skip on PostgreSQL, so at most that many).
     pub async fn audit_unindexed(&self) -> Result<i64> {
