@@ -573,11 +573,11 @@ fn spawn_background(current: Arc<Current>) {
             let settled =
                 crate::clock::now_ms() - crate::runtime::audit_sinks::SETTLE.as_millis() as i64;
             let state = index.get();
-            let indexed = match state.store.index_audit(settled).await {
-                Ok(_) => state.store.audit_unindexed().await,
-                Err(e) => Err(e),
+            let behind = async {
+                state.store.index_audit(settled).await?;
+                state.store.audit_unindexed().await
             };
-            match indexed {
+            match behind.await {
                 Ok(behind) => {
                     state.metrics.audit_unindexed.set(behind);
                 }
